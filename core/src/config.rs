@@ -1,0 +1,210 @@
+//! Configuration: a TOML file, overridden by `MUSICFS_*` environment variables and command
+//! line flags (the binaries apply those on top of [`Config::load`]). Every field has a
+//! default, so an empty file is a valid configuration.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// A configuration problem, reported to the user with the file it came from.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("bad config {path}: {message}")]
+    Parse {
+        /// The config path.
+        path: PathBuf,
+        /// What the parser said, with the line.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("bad config value for `{key}`: {message}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// Why it is refused.
+        message: String,
+    },
+}
+
+/// One origin: where tracks live.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginConfig {
+    /// Root directory of a local (or locally mounted NFS/SMB) origin.
+    pub path: PathBuf,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the catalog and the snapshot live.
+    pub state_dir: Option<PathBuf>,
+    /// The path template (see docs/TEMPLATES.md).
+    pub template: String,
+    /// Origins, in priority order.
+    #[serde(rename = "origin")]
+    pub origins: Vec<OriginConfig>,
+    /// FUSE worker threads; 0 means one per CPU.
+    pub threads: usize,
+    /// Kernel entry cache timeout, seconds.
+    pub entry_timeout_secs: f64,
+    /// Kernel attribute cache timeout, seconds.
+    pub attr_timeout_secs: f64,
+    /// Let other users see the mount (needs `user_allow_other` when unprivileged).
+    pub allow_other: bool,
+    /// Owner shown for every node (default: the daemon's user).
+    pub uid: Option<u32>,
+    /// Group shown for every node (default: the daemon's group).
+    pub gid: Option<u32>,
+    /// Log filter (`info`, `debug`, `musicfs_fusedev=trace`, ...).
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            state_dir: None,
+            template: crate::template::DEFAULT_TEMPLATE.to_string(),
+            origins: Vec::new(),
+            threads: 0,
+            entry_timeout_secs: 3600.0,
+            attr_timeout_secs: 3600.0,
+            allow_other: false,
+            uid: None,
+            gid: None,
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or returns the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().to_string())
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, v) in [
+            ("entry_timeout_secs", self.entry_timeout_secs),
+            ("attr_timeout_secs", self.attr_timeout_secs),
+        ] {
+            if !v.is_finite() || v < 0.0 || v > 1e9 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{v} is not a number of seconds between 0 and 1e9"),
+                });
+            }
+        }
+        crate::template::Template::parse(&self.template).map_err(|e| ConfigError::Invalid {
+            key: "template",
+            message: e.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// The state directory: the configured one, else `$XDG_STATE_HOME/musicfs`, else
+    /// `/var/lib/musicfs` for root and `~/.local/state/musicfs` for others.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(d) = &self.state_dir {
+            return d.clone();
+        }
+        default_state_dir()
+    }
+
+    /// Entry timeout as a duration.
+    pub fn entry_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.entry_timeout_secs)
+    }
+
+    /// Attribute timeout as a duration.
+    pub fn attr_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.attr_timeout_secs)
+    }
+
+    /// Worker threads: the configured number, or one per CPU.
+    pub fn worker_threads(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("musicfs");
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/musicfs");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/state/musicfs"),
+        None => PathBuf::from(".musicfs-state"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn origins_and_values_parse() {
+        let c = Config::parse(
+            "threads = 2\nentry_timeout_secs = 5\n[[origin]]\npath = \"/music\"\n[[origin]]\npath = \"/nfs\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.threads, 2);
+        assert_eq!(c.entry_timeout(), Duration::from_secs(5));
+        assert_eq!(c.origins.len(), 2);
+        assert_eq!(c.origins[1].path, PathBuf::from("/nfs"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = Config::parse("treads = 2\n").unwrap_err();
+        assert!(err.contains("treads"), "{err}");
+    }
+
+    #[test]
+    fn negative_timeout_is_invalid() {
+        let c = Config {
+            attr_timeout_secs: -1.0,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

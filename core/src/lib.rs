@@ -1,0 +1,17 @@
+//! MusicFS core: the types every other crate speaks, and nothing that does I/O on an origin.
+//!
+//! It owns the track model ([`meta::TrackRecord`], [`meta::TrackMeta`]), path templates
+//! ([`template::Template`]) with name sanitising ([`sanitize`]), the virtual tree and its
+//! on-disk rkyv snapshot ([`tree::TreeBuilder`], [`snapshot::Snapshot`]) and configuration
+//! ([`config`]). It must not depend on any other MusicFS crate, and must not know how bytes
+//! are fetched or where the catalog lives.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod meta;
+pub mod sanitize;
+pub mod snapshot;
+pub mod template;
+pub mod tree;
+
+pub use meta::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackRecord};

@@ -1,0 +1,159 @@
+//! Track metadata and the catalog record: what the scanner produces, the catalog stores and
+//! the template renders.
+
+use serde::{Deserialize, Serialize};
+
+/// Stable id of a track in the catalog. Never reused; files in the tree take it as inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TrackId(pub u64);
+
+/// Index of an origin in the catalog's origin table (and in a snapshot's origin list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OriginId(pub u32);
+
+/// Audio container formats MusicFS recognises by extension and content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Format {
+    /// FLAC (Vorbis comments, picture blocks).
+    Flac,
+    /// MPEG-1/2 layer III (ID3v2, ID3v1).
+    Mp3,
+    /// MP4/M4A (AAC or ALAC; ilst atoms).
+    M4a,
+    /// Ogg Vorbis.
+    Ogg,
+    /// Ogg Opus.
+    Opus,
+    /// RIFF WAVE (INFO chunk).
+    Wav,
+}
+
+impl Format {
+    /// Every format, in a fixed order.
+    pub const ALL: [Format; 6] = [
+        Format::Flac,
+        Format::Mp3,
+        Format::M4a,
+        Format::Ogg,
+        Format::Opus,
+        Format::Wav,
+    ];
+
+    /// The extension used in the virtual tree (`$format`), lower case.
+    pub fn ext(self) -> &'static str {
+        match self {
+            Format::Flac => "flac",
+            Format::Mp3 => "mp3",
+            Format::M4a => "m4a",
+            Format::Ogg => "ogg",
+            Format::Opus => "opus",
+            Format::Wav => "wav",
+        }
+    }
+
+    /// The format for a source file extension (case-insensitive), if it is one we read.
+    pub fn from_ext(ext: &str) -> Option<Format> {
+        let e = ext.to_ascii_lowercase();
+        Some(match e.as_str() {
+            "flac" => Format::Flac,
+            "mp3" => Format::Mp3,
+            "m4a" | "mp4" | "m4b" | "aac" | "alac" => Format::M4a,
+            "ogg" | "oga" => Format::Ogg,
+            "opus" => Format::Opus,
+            "wav" | "wave" => Format::Wav,
+            _ => return None,
+        })
+    }
+}
+
+/// Tags and stream facts of one track, as read from the file. `None`/empty means absent:
+/// defaults ("Unknown Artist", ...) are applied when rendering, never stored.
+///
+/// Multi-valued tags (two ARTIST comments) keep every value in order; renderers join them
+/// with `"; "`. Where a file carries both ID3v2 and ID3v1, the scanner keeps the ID3v2 value
+/// and uses ID3v1 only for fields ID3v2 lacks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackMeta {
+    /// Track title.
+    pub title: Option<String>,
+    /// Track artist(s).
+    pub artist: Vec<String>,
+    /// Album title.
+    pub album: Option<String>,
+    /// Album artist(s); albums group by this, falling back to `artist`.
+    pub album_artist: Vec<String>,
+    /// Genre(s).
+    pub genre: Vec<String>,
+    /// Date as tagged (`1969`, `1969-10-22`, ...); `$year` takes its first four digits.
+    pub date: Option<String>,
+    /// Track number as tagged, without the total: `3`, `A1`.
+    pub track: Option<String>,
+    /// Track total (`3/12` or TRACKTOTAL).
+    pub track_total: Option<u32>,
+    /// Disc number as tagged, without the total.
+    pub disc: Option<String>,
+    /// Disc total.
+    pub disc_total: Option<u32>,
+    /// Composer(s).
+    pub composer: Vec<String>,
+    /// Unsynchronised lyrics.
+    pub lyrics: Option<String>,
+    /// Duration in milliseconds.
+    pub duration_ms: Option<u64>,
+    /// Average bitrate in bits per second.
+    pub bitrate: Option<u32>,
+    /// Sample rate in Hz.
+    pub sample_rate: Option<u32>,
+    /// Channel count.
+    pub channels: Option<u16>,
+    /// The file embeds cover art.
+    pub has_art: bool,
+}
+
+/// What a scan remembers of a source file to tell, without opening it, whether it changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanState {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Inode number on the origin's filesystem.
+    pub ino: u64,
+    /// Status change time, nanoseconds since the epoch.
+    pub ctime_ns: i64,
+}
+
+/// One track in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackRecord {
+    /// Stable id (never reused).
+    pub id: TrackId,
+    /// The origin that holds the file.
+    pub origin: OriginId,
+    /// Path of the file relative to the origin root, as raw bytes (Unix paths need not be
+    /// UTF-8).
+    pub rel_path: Vec<u8>,
+    /// Container format.
+    pub format: Format,
+    /// File facts at the last scan.
+    pub scan: ScanState,
+    /// Tags and stream facts.
+    pub meta: TrackMeta,
+}
+
+impl TrackRecord {
+    /// The source file's name without directory and extension, lossily decoded: the title
+    /// used when the file has none.
+    pub fn file_stem(&self) -> String {
+        let name = self
+            .rel_path
+            .rsplit(|b| *b == b'/')
+            .next()
+            .unwrap_or(&self.rel_path);
+        let stem = match name.iter().rposition(|b| *b == b'.') {
+            Some(0) | None => name,
+            Some(dot) => &name[..dot],
+        };
+        String::from_utf8_lossy(stem).into_owned()
+    }
+}

@@ -1,0 +1,406 @@
+//! The on-disk tree snapshot: a small header, then an rkyv archive of [`TreeData`], written
+//! atomically and read zero-copy from a memory map.
+//!
+//! Header (64 bytes, little endian): magic `MFSSNAP\0`, format version (u32), flags (u32),
+//! generation (u64), body length (u64), xxh3 of the body (u64), xxh3 of the preceding 40
+//! header bytes (u64), zero padding. The body starts at offset 64, so the page-aligned map
+//! keeps the archive's 16-byte alignment.
+//!
+//! [`Snapshot::open`] checks the header and the body checksum and validates the archive
+//! once; afterwards every access is O(1) or O(log n) with no allocation. Indices read from
+//! the archive are still bounds-checked, so even a bug in a writer cannot cause an
+//! out-of-bounds read.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use thiserror::Error;
+
+use crate::tree::{ArchivedNodeData, ArchivedTreeData, TreeData, KIND_DIR, KIND_FILE};
+pub use crate::tree::ROOT_INO;
+
+const MAGIC: &[u8; 8] = b"MFSSNAP\0";
+/// Version of the snapshot layout; a snapshot of another version is refused and rebuilt.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 64;
+
+/// Why a snapshot could not be written or loaded.
+#[derive(Debug, Error)]
+pub enum SnapshotError {
+    /// The file could not be read or written.
+    #[error("snapshot {path}: {source}")]
+    Io {
+        /// The snapshot path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// No snapshot has been published yet.
+    #[error("no snapshot at {0}")]
+    Missing(PathBuf),
+    /// The file is not a snapshot or is damaged.
+    #[error("snapshot {path} is corrupt: {reason}")]
+    Corrupt {
+        /// The snapshot path.
+        path: PathBuf,
+        /// What check failed.
+        reason: String,
+    },
+    /// The snapshot was written by a different layout version.
+    #[error("snapshot {path} has format version {found}, this build reads version {FORMAT_VERSION}")]
+    Incompatible {
+        /// The snapshot path.
+        path: PathBuf,
+        /// The version found in the header.
+        found: u32,
+    },
+    /// The tree could not be serialised.
+    #[error("cannot serialise the tree: {0}")]
+    Serialise(String),
+}
+
+/// A published, validated tree, mapped read-only.
+pub struct Snapshot {
+    map: Mmap,
+    generation: u64,
+    origins: Vec<PathBuf>,
+}
+
+/// A node of the snapshot, borrowed from the map.
+#[derive(Clone, Copy)]
+pub struct Node<'a> {
+    snap: &'a ArchivedTreeData,
+    raw: &'a ArchivedNodeData,
+}
+
+/// The source of a file node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileRef<'a> {
+    /// Catalog id of the track.
+    pub track_id: u64,
+    /// Origin index; [`Snapshot::origin_root`] gives its root.
+    pub origin: u32,
+    /// Path relative to the origin root.
+    pub rel_path: &'a [u8],
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Snapshot {
+    /// Serialises `tree` as generation `generation` and publishes it at `path` atomically:
+    /// temp file, fsync, rename, fsync of the directory. A crash leaves either the old or
+    /// the new snapshot, plus at most a temp file that [`Snapshot::open`] removes.
+    pub fn write(path: &Path, tree: &TreeData, generation: u64) -> Result<(), SnapshotError> {
+        let body = rkyv::to_bytes::<rkyv::rancor::Error>(tree)
+            .map_err(|e| SnapshotError::Serialise(e.to_string()))?;
+        let header = encode_header(generation, &body);
+        let tmp = temp_path(path);
+        let write = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            f.write_all(&header)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io_err(path)(e)
+        })
+    }
+
+    /// Maps and validates the snapshot at `path`, removing a temp file left by an
+    /// interrupted publish.
+    pub fn open(path: &Path) -> Result<Snapshot, SnapshotError> {
+        let _ = fs::remove_file(temp_path(path));
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SnapshotError::Missing(path.to_path_buf()))
+            }
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        // SAFETY: the snapshot is only ever replaced by rename, never written in place, so
+        // the mapped inode's bytes do not change under us.
+        let map = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
+        let corrupt = |reason: &str| SnapshotError::Corrupt {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        let generation = check_header(&map, path).map_err(|r| match r {
+            HeaderFault::Version(found) => SnapshotError::Incompatible {
+                path: path.to_path_buf(),
+                found,
+            },
+            HeaderFault::Bad(reason) => corrupt(reason),
+        })?;
+        let tree = rkyv::access::<ArchivedTreeData, rkyv::rancor::Error>(&map[HEADER_LEN..])
+            .map_err(|e| corrupt(&format!("archive does not validate: {e}")))?;
+        if tree.nodes.is_empty() || tree.nodes[0].kind.to_native() != KIND_DIR {
+            return Err(corrupt("no root directory"));
+        }
+        let origins = tree
+            .origins
+            .iter()
+            .map(|o| PathBuf::from(OsStr::from_bytes(o.as_slice())))
+            .collect();
+        Ok(Snapshot {
+            map,
+            generation,
+            origins,
+        })
+    }
+
+    fn tree(&self) -> &ArchivedTreeData {
+        // SAFETY: `open` validated these exact bytes with `rkyv::access`, and the map is
+        // immutable for the snapshot's lifetime.
+        unsafe { rkyv::access_unchecked::<ArchivedTreeData>(&self.map[HEADER_LEN..]) }
+    }
+
+    /// The generation this snapshot was published as.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Root directory of origin `origin`.
+    pub fn origin_root(&self, origin: u32) -> Option<&Path> {
+        self.origins.get(origin as usize).map(PathBuf::as_path)
+    }
+
+    /// Number of files in the tree.
+    pub fn track_count(&self) -> u64 {
+        self.tree().track_count.to_native()
+    }
+
+    /// Sum of the sizes of all files.
+    pub fn total_size(&self) -> u64 {
+        self.tree().total_size.to_native()
+    }
+
+    /// Number of nodes, directories included.
+    pub fn node_count(&self) -> usize {
+        self.tree().nodes.len()
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> Node<'_> {
+        Node {
+            snap: self.tree(),
+            raw: &self.tree().nodes[0],
+        }
+    }
+
+    fn at(&self, idx: u32) -> Option<Node<'_>> {
+        let snap = self.tree();
+        snap.nodes
+            .get(idx as usize)
+            .map(|raw| Node { snap, raw })
+    }
+
+    /// The node with inode `ino` (binary search).
+    pub fn node(&self, ino: u64) -> Option<Node<'_>> {
+        let index = &self.tree().by_ino;
+        let pos = index
+            .binary_search_by(|e| e.ino.to_native().cmp(&ino))
+            .ok()?;
+        self.at(index[pos].node.to_native())
+    }
+
+    /// The child of directory `parent_ino` named `name` (binary search).
+    pub fn lookup(&self, parent_ino: u64, name: &[u8]) -> Option<Node<'_>> {
+        let dir = self.node(parent_ino)?;
+        let kids = dir.child_slice();
+        let pos = kids
+            .binary_search_by(|raw| Node { snap: dir.snap, raw }.name().cmp(name))
+            .ok()?;
+        Some(Node {
+            snap: dir.snap,
+            raw: &kids[pos],
+        })
+    }
+
+    /// The children of directory `dir_ino` in name order, starting at child number `offset`;
+    /// empty for a file or an unknown inode.
+    pub fn children(&self, dir_ino: u64, offset: usize) -> impl Iterator<Item = Node<'_>> {
+        let (snap, kids) = match self.node(dir_ino) {
+            Some(dir) => (Some(dir.snap), dir.child_slice()),
+            None => (None, &[][..]),
+        };
+        kids.get(offset..)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(move |raw| snap.map(|snap| Node { snap, raw }))
+    }
+
+    /// Every node below the root with its path (components joined by `/`, no leading
+    /// slash), depth first in name order: the order `musicfs tree` prints.
+    pub fn walk(&self) -> Vec<(Vec<u8>, Node<'_>)> {
+        let mut out = Vec::with_capacity(self.node_count());
+        let mut stack: Vec<(Vec<u8>, Node<'_>)> = vec![(Vec::new(), self.root())];
+        while let Some((prefix, dir)) = stack.pop() {
+            let mut subdirs = Vec::new();
+            for child in self.children(dir.ino(), 0) {
+                let mut path = prefix.clone();
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(child.name());
+                if child.is_dir() {
+                    subdirs.push((path.clone(), child));
+                }
+                out.push((path, child));
+            }
+            stack.extend(subdirs.into_iter().rev());
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+impl<'a> Node<'a> {
+    fn child_slice(&self) -> &'a [ArchivedNodeData] {
+        if self.raw.kind.to_native() != KIND_DIR {
+            return &[];
+        }
+        let first = self.raw.first_child.to_native() as usize;
+        let end = first + self.raw.child_count.to_native() as usize;
+        self.snap.nodes.get(first..end).unwrap_or(&[])
+    }
+
+    /// Inode number.
+    pub fn ino(&self) -> u64 {
+        self.raw.ino.to_native()
+    }
+
+    /// Inode of the parent directory (the root's is its own).
+    pub fn parent_ino(&self) -> u64 {
+        let parent = self.raw.parent.to_native() as usize;
+        self.snap
+            .nodes
+            .get(parent)
+            .map_or(ROOT_INO, |p| p.ino.to_native())
+    }
+
+    /// The name within its directory (empty for the root).
+    pub fn name(&self) -> &'a [u8] {
+        let off = self.raw.name_off.to_native() as usize;
+        let len = self.raw.name_len.to_native() as usize;
+        self.snap.names.get(off..off + len).unwrap_or(&[])
+    }
+
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.raw.kind.to_native() == KIND_DIR
+    }
+
+    /// Size in bytes (files), 0 for directories.
+    pub fn size(&self) -> u64 {
+        self.raw.size.to_native()
+    }
+
+    /// Modification time in ns since the epoch.
+    pub fn mtime_ns(&self) -> i64 {
+        self.raw.mtime_ns.to_native()
+    }
+
+    /// Link count: 1 for files, 2 + subdirectories for directories.
+    pub fn nlink(&self) -> u32 {
+        if self.is_dir() {
+            2 + self.raw.subdirs.to_native()
+        } else {
+            1
+        }
+    }
+
+    /// Number of entries in a directory (0 for files).
+    pub fn child_count(&self) -> u32 {
+        if self.is_dir() {
+            self.raw.child_count.to_native()
+        } else {
+            0
+        }
+    }
+
+    /// Where a file's bytes come from; `None` for directories.
+    pub fn file(&self) -> Option<FileRef<'a>> {
+        if self.raw.kind.to_native() != KIND_FILE {
+            return None;
+        }
+        let off = self.raw.path_off.to_native() as usize;
+        let len = self.raw.path_len.to_native() as usize;
+        Some(FileRef {
+            track_id: self.raw.track_id.to_native(),
+            origin: self.raw.origin.to_native(),
+            rel_path: self.snap.paths.get(off..off + len)?,
+        })
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+fn encode_header(generation: u64, body: &[u8]) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&generation.to_le_bytes());
+    h[24..32].copy_from_slice(&(body.len() as u64).to_le_bytes());
+    h[32..40].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(body).to_le_bytes());
+    let own = xxhash_rust::xxh3::xxh3_64(&h[..40]);
+    h[40..48].copy_from_slice(&own.to_le_bytes());
+    h
+}
+
+enum HeaderFault {
+    Version(u32),
+    Bad(&'static str),
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
+}
+
+/// Checks magic, version, both checksums and the length; returns the generation.
+fn check_header(map: &[u8], _path: &Path) -> Result<u64, HeaderFault> {
+    if map.len() < HEADER_LEN || &map[0..8] != MAGIC {
+        return Err(HeaderFault::Bad("not a MusicFS snapshot (bad magic)"));
+    }
+    if xxhash_rust::xxh3::xxh3_64(&map[..40]) != le_u64(map, 40) {
+        return Err(HeaderFault::Bad("header checksum mismatch"));
+    }
+    let mut v = [0u8; 4];
+    v.copy_from_slice(&map[8..12]);
+    let version = u32::from_le_bytes(v);
+    if version != FORMAT_VERSION {
+        return Err(HeaderFault::Version(version));
+    }
+    let body = &map[HEADER_LEN..];
+    if le_u64(map, 24) != body.len() as u64 {
+        return Err(HeaderFault::Bad("truncated or extended body"));
+    }
+    if xxhash_rust::xxh3::xxh3_64(body) != le_u64(map, 32) {
+        return Err(HeaderFault::Bad("body checksum mismatch"));
+    }
+    Ok(le_u64(map, 16))
+}
