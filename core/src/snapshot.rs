@@ -180,7 +180,23 @@ impl Snapshot {
 
     /// Root directory of origin `origin`.
     pub fn origin_root(&self, origin: u32) -> Option<&Path> {
-        self.origins.get(origin as usize).map(PathBuf::as_path)
+        self.origins
+            .get(origin as usize)
+            .map(PathBuf::as_path)
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+
+    /// Roots of the origins this tree was built from.
+    pub fn origin_roots(&self) -> impl Iterator<Item = &Path> {
+        self.origins
+            .iter()
+            .map(PathBuf::as_path)
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+
+    /// The path template the tree was rendered with.
+    pub fn template(&self) -> &str {
+        self.tree().template.as_str()
     }
 
     /// Number of files in the tree.

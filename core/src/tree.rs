@@ -76,6 +76,8 @@ pub struct InoEntry {
 /// The whole tree, as archived in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize)]
 pub struct TreeData {
+    /// The path template the tree was rendered with.
+    pub template: String,
     /// Origin roots, indexed by origin id (absolute paths, as bytes).
     pub origins: Vec<Vec<u8>>,
     /// Number of files.
@@ -109,15 +111,18 @@ struct PendingDir {
 
 /// Collects rendered tracks and lays them out as a [`TreeData`].
 pub struct TreeBuilder {
+    template: String,
     origins: Vec<Vec<u8>>,
     dirs: Vec<PendingDir>,
 }
 
 impl TreeBuilder {
-    /// A builder for a library whose origin roots are `origins`, indexed by origin id.
-    pub fn new(origins: Vec<PathBuf>) -> TreeBuilder {
+    /// A builder for a library whose origin roots are `origins`, indexed by origin id
+    /// (an empty path for an origin not in this tree), rendered with `template`.
+    pub fn new(template: &str, origins: Vec<PathBuf>) -> TreeBuilder {
         use std::os::unix::ffi::OsStringExt;
         TreeBuilder {
+            template: template.to_string(),
             origins: origins.into_iter().map(|p| p.into_os_string().into_vec()).collect(),
             dirs: vec![PendingDir::default()],
         }
@@ -157,7 +162,7 @@ impl TreeBuilder {
         for dir in &mut self.dirs {
             resolve_clashes(dir);
         }
-        Layout::new(self.origins).run(self.dirs)
+        Layout::new(self.template, self.origins).run(self.dirs)
     }
 }
 
@@ -215,9 +220,10 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(origins: Vec<Vec<u8>>) -> Layout {
+    fn new(template: String, origins: Vec<Vec<u8>>) -> Layout {
         Layout {
             data: TreeData {
+                template,
                 origins,
                 track_count: 0,
                 total_size: 0,

@@ -34,7 +34,10 @@ fn track(id: u64, artist: &str, album: &str, title: &str, track: Option<&str>) -
 
 fn build(tracks: &[TrackRecord]) -> TreeData {
     let t = Template::parse(musicfs_core::template::DEFAULT_TEMPLATE).unwrap();
-    let mut b = TreeBuilder::new(vec![PathBuf::from("/music")]);
+    let mut b = TreeBuilder::new(
+        musicfs_core::template::DEFAULT_TEMPLATE,
+        vec![PathBuf::from("/music")],
+    );
     for tr in tracks {
         b.add(tr, &t.render(tr));
     }

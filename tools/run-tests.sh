@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every check and test of MusicFS on a fresh Debian 12 machine, installing what is
+# missing first (apt: fuse3, ffmpeg, mpd, mpc; the Rust components from rust-toolchain.toml).
+# End-to-end tests mount real FUSE filesystems: they need /dev/fuse and root (CI runs as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+command -v fusermount3 >/dev/null || missing+=(fuse3)
+command -v mpd >/dev/null || missing+=(mpd)
+command -v mpc >/dev/null || missing+=(mpc)
+command -v setpriv >/dev/null || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  echo "cargo is missing: install Rust with rustup (https://rustup.rs), then re-run" >&2
+  exit 1
+fi
+
+export CARGO_TERM_COLOR=never
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+cargo build --workspace --bins
+
+features=()
+if [ -e /dev/fuse ] && [ "$(id -u)" -eq 0 ]; then
+  features=(--features musicfs-tests/e2e)
+else
+  echo "not root or no /dev/fuse: end-to-end mount tests are skipped" >&2
+fi
+cargo test --workspace "${features[@]}" -- --test-threads 2

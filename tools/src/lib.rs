@@ -1,0 +1,239 @@
+//! Wiring shared by the `musicfsd` daemon and the `musicfs` CLI: the state directory,
+//! configuration merging, logging, and publishing a snapshot from the catalog.
+//!
+//! Nothing here holds logic of its own beyond putting the crates together: scanning lives in
+//! `musicfs-index`, the catalog in `musicfs-storage`, templates and snapshots in
+//! `musicfs-core`, serving in `musicfs-fusedev`.
+
+use std::io::IsTerminal;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use musicfs_core::config::Config;
+use musicfs_core::snapshot::Snapshot;
+use musicfs_core::template::Template;
+use musicfs_core::tree::TreeBuilder;
+use musicfs_index::scan::{ScanOptions, ScanReport};
+use musicfs_storage::Catalog;
+
+/// Paths inside the state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// The state directory at `root`, created if missing.
+    pub fn create(root: &Path) -> Result<StateDir> {
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("cannot create state dir {}", root.display()))?;
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The LMDB catalog directory.
+    pub fn catalog_dir(&self) -> PathBuf {
+        self.root.join("catalog")
+    }
+
+    /// The published tree snapshot.
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.root.join("tree.snap")
+    }
+
+    /// Opens (or creates) the catalog.
+    pub fn open_catalog(&self) -> Result<Catalog> {
+        Catalog::open(&self.catalog_dir()).context("cannot open the catalog")
+    }
+}
+
+/// Sets up `tracing` to stderr: `RUST_LOG` wins, else `level`.
+pub fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(format!("{level},symphonia=warn")))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Canonical, checked origin roots: each must be a readable directory.
+pub fn check_origins(origins: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    origins
+        .iter()
+        .map(|o| {
+            let canon = std::fs::canonicalize(o)
+                .with_context(|| format!("origin {} is missing", o.display()))?;
+            anyhow::ensure!(canon.is_dir(), "origin {} is not a directory", o.display());
+            std::fs::read_dir(&canon)
+                .with_context(|| format!("origin {} is not readable", o.display()))?;
+            Ok(canon)
+        })
+        .collect()
+}
+
+/// The configured origins as paths.
+pub fn origin_paths(cfg: &Config) -> Vec<PathBuf> {
+    cfg.origins.iter().map(|o| o.path.clone()).collect()
+}
+
+/// Scans `origins` into the catalog, with a progress bar when stderr is a terminal.
+pub fn scan_with_progress(catalog: &Catalog, origins: &[PathBuf]) -> Result<ScanReport> {
+    let mut opts = ScanOptions::default();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    });
+    if let Some(bar) = bar.clone() {
+        opts.progress = Some(Arc::new(move |p: musicfs_index::scan::Progress| {
+            bar.set_message(format!(
+                "scanning: {} files seen, {} read, {} unchanged",
+                p.seen, p.opened, p.unchanged
+            ));
+        }));
+    }
+    let report = musicfs_index::scan::scan(catalog, origins, &opts)?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(report)
+}
+
+/// One line (plus one per skipped file) describing a scan.
+pub fn scan_summary(r: &ScanReport) -> String {
+    let mut s = format!(
+        "scanned {} files in {:.2}s ({:.0} files/s): {} added, {} changed, {} removed, {} unchanged, {} opened, {} skipped",
+        r.seen,
+        r.elapsed.as_secs_f64(),
+        r.files_per_sec(),
+        r.added,
+        r.changed,
+        r.removed,
+        r.unchanged,
+        r.opened,
+        r.skipped.len()
+    );
+    for skip in &r.skipped {
+        s.push_str(&format!("\n  skipped {}: {}", skip.path.display(), skip.reason));
+    }
+    s
+}
+
+/// What a publish did.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// Generation of the new snapshot.
+    pub generation: u64,
+    /// Files in the tree.
+    pub tracks: u64,
+    /// Time to build and write.
+    pub elapsed: Duration,
+}
+
+/// Renders every catalogued track of `origins` through `template` and publishes the tree
+/// as a new snapshot generation (atomically replacing the old one).
+pub fn publish(
+    catalog: &Catalog,
+    template: &Template,
+    origins: &[PathBuf],
+    snapshot_path: &Path,
+) -> Result<Published> {
+    let start = Instant::now();
+    let mut roots: Vec<PathBuf> = Vec::new();
+    let mut wanted: Vec<u32> = Vec::new();
+    for (id, root) in catalog.origins()? {
+        let idx = id.0 as usize;
+        if roots.len() <= idx {
+            roots.resize(idx + 1, PathBuf::new());
+        }
+        if origins.iter().any(|o| o.as_os_str().as_bytes() == root.as_os_str().as_bytes()) {
+            wanted.push(id.0);
+            roots[idx] = root;
+        }
+    }
+    let mut builder = TreeBuilder::new(template.as_str(), roots);
+    catalog.for_each(|track| {
+        if wanted.contains(&track.origin.0) {
+            builder.add(&track, &template.render(&track));
+        }
+    })?;
+    let tree = builder.build();
+    let generation = match Snapshot::open(snapshot_path) {
+        Ok(old) => old.generation() + 1,
+        Err(_) => 1,
+    };
+    Snapshot::write(snapshot_path, &tree, generation)?;
+    Ok(Published {
+        generation,
+        tracks: tree.track_count,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Refuses a mountpoint that is missing, not a directory, or already a mount, with a
+/// message naming the problem.
+pub fn check_mountpoint(mountpoint: &Path) -> Result<()> {
+    let meta = std::fs::metadata(mountpoint)
+        .with_context(|| format!("mountpoint {} does not exist", mountpoint.display()))?;
+    anyhow::ensure!(
+        meta.is_dir(),
+        "mountpoint {} is not a directory",
+        mountpoint.display()
+    );
+    let canon = std::fs::canonicalize(mountpoint)?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let already = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mountinfo(mp) == canon.as_os_str().as_bytes());
+    anyhow::ensure!(!already, "mountpoint {} is already a mount", mountpoint.display());
+    Ok(())
+}
+
+/// Mount table fields escape space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Tells systemd (when `NOTIFY_SOCKET` is set) about our state, e.g. `READY=1`.
+pub fn sd_notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = target.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(Path::new(&target)),
+    };
+    let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr));
+    if let Err(e) = sent {
+        tracing::warn!("sd_notify {state}: {e}");
+    }
+}
