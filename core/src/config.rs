@@ -116,7 +116,7 @@ impl Config {
             ("entry_timeout_secs", self.entry_timeout_secs),
             ("attr_timeout_secs", self.attr_timeout_secs),
         ] {
-            if !v.is_finite() || v < 0.0 || v > 1e9 {
+            if !v.is_finite() || !(0.0..=1e9).contains(&v) {
                 return Err(ConfigError::Invalid {
                     key,
                     message: format!("{v} is not a number of seconds between 0 and 1e9"),

@@ -1,0 +1,429 @@
+//! The catalog: every track MusicFS knows, in an LMDB environment (through heed).
+//!
+//! Layout (see [`schema`]): `tracks` maps a [`TrackId`] (u64 big-endian) to the track;
+//! `paths` maps (origin id as u32 big-endian, relative path bytes) to the track's id and
+//! [`ScanState`], so an incremental scan never reads tags; `origins` maps an [`OriginId`]
+//! to its root path; `meta` holds the schema version and the persistent counters.
+//!
+//! Ids are never reused: new tracks take the next value of a persistent counter, and a
+//! file that is upserted again keeps its id. Every write is one transaction; when the map
+//! is full it grows (doubling) and the transaction runs again.
+//!
+//! A catalog directory may be open once per process (LMDB's rule): share the [`Catalog`]
+//! (it is `Send + Sync`; reads run concurrently with each other and with a write). It must
+//! live on a local filesystem.
+
+mod error;
+mod schema;
+mod store;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use heed::{CommitOrAbort, RoTxn, RwTxn};
+use musicfs_core::meta::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackRecord};
+
+pub use self::error::CatalogError;
+pub use self::schema::SCHEMA_VERSION;
+use self::schema::{path_key, rel_path_in_key, Dbs, PathEntry, TrackValue};
+use self::store::Store;
+
+/// The map size a catalog starts with; it grows on demand.
+const DEFAULT_MAP_SIZE: usize = 256 << 20;
+
+/// One new or changed file for [`Catalog::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upsert {
+    /// The origin holding the file, from [`Catalog::origin_id`].
+    pub origin: OriginId,
+    /// Path relative to the origin root, raw bytes.
+    pub rel_path: Vec<u8>,
+    /// Container format.
+    pub format: Format,
+    /// File facts at this scan.
+    pub scan: ScanState,
+    /// Tags and stream facts.
+    pub meta: TrackMeta,
+}
+
+/// The track catalog of one MusicFS instance. See the [module docs](self).
+pub struct Catalog {
+    store: Store,
+    dbs: Dbs<'static>,
+}
+
+impl Catalog {
+    /// Opens the catalog in `dir`, creating the directory and an empty catalog if missing.
+    /// Refuses a catalog written with a newer schema and migrates an older one.
+    pub fn open(dir: &Path) -> Result<Catalog, CatalogError> {
+        Self::open_with_map_size(dir, DEFAULT_MAP_SIZE)
+    }
+
+    /// [`Catalog::open`] with a chosen initial map size (rounded up to 64 KiB), so tests
+    /// can exercise map growth without writing hundreds of megabytes.
+    #[doc(hidden)]
+    pub fn open_with_map_size(dir: &Path, map_size: usize) -> Result<Catalog, CatalogError> {
+        let store = Store::open(dir, map_size)?;
+        let dbs = store.with_env_retrying("open", |env| {
+            let wtxn = env.write_txn().map_err(|e| store.lmdb("open", e))?;
+            let outcome = env
+                .create_databases_and_commit(wtxn, |opener, wtxn| {
+                    let dbs = Dbs::create(opener, wtxn)?;
+                    Ok::<_, heed::Error>(match schema::ensure_schema(store.dir(), dbs, wtxn) {
+                        Ok(()) => CommitOrAbort::Commit(dbs),
+                        Err(refused) => CommitOrAbort::Abort(refused),
+                    })
+                })
+                .map_err(|e| store.lmdb("open", e))?;
+            match outcome {
+                CommitOrAbort::Commit(dbs) => Ok(dbs),
+                CommitOrAbort::Abort(refused) => Err(refused),
+            }
+        })?;
+        tracing::debug!(catalog = %store.dir().display(), "catalog open");
+        Ok(Catalog { store, dbs })
+    }
+
+    /// The id of the origin rooted at `root`, registering it if it is new. Roots compare
+    /// as raw bytes, so the caller passes a canonical path.
+    pub fn origin_id(&self, root: &Path) -> Result<OriginId, CatalogError> {
+        let root = root.as_os_str().as_bytes();
+        if let Some(id) = self
+            .store
+            .read("origin lookup", |txn| self.find_origin(txn, root))?
+        {
+            return Ok(id);
+        }
+        self.store.write("origin registration", |txn| {
+            if let Some(id) = self.find_origin(txn, root)? {
+                return Ok(id);
+            }
+            let meta = self.dbs.meta(self.store.dir());
+            let id = meta.next_origin_id(txn)?;
+            let next = id.checked_add(1).ok_or_else(|| self.exhausted("origin"))?;
+            self.dbs
+                .origins
+                .put(txn, &id, root)
+                .map_err(|e| self.store.lmdb("origin registration", e))?;
+            meta.set_next_origin_id(txn, next)?;
+            Ok(OriginId(id))
+        })
+    }
+
+    /// Every registered origin with its root, in id order.
+    pub fn origins(&self) -> Result<Vec<(OriginId, PathBuf)>, CatalogError> {
+        let lmdb = |e| self.store.lmdb("origins", e);
+        self.store.read("origins", |txn| {
+            let mut out = Vec::new();
+            for entry in self.dbs.origins.iter(txn).map_err(lmdb)? {
+                let (id, root) = entry.map_err(lmdb)?;
+                out.push((OriginId(id), PathBuf::from(OsStr::from_bytes(root))));
+            }
+            Ok(out)
+        })
+    }
+
+    /// The track with id `id`, if it exists.
+    pub fn get(&self, id: TrackId) -> Result<Option<TrackRecord>, CatalogError> {
+        self.store.read("get", |txn| {
+            Ok(self.track(txn, id)?.map(|value| value.into_record(id)))
+        })
+    }
+
+    /// The track at `rel_path` in `origin`, if there is one.
+    pub fn find(
+        &self,
+        origin: OriginId,
+        rel_path: &[u8],
+    ) -> Result<Option<TrackRecord>, CatalogError> {
+        self.store.read("find", |txn| {
+            let key = path_key(origin, rel_path);
+            let Some(entry) = self.path_entry(txn, &key)? else {
+                return Ok(None);
+            };
+            let value = self.indexed_track(txn, &key, entry.id)?;
+            self.check_same_path(&value, entry.id, origin, rel_path)?;
+            Ok(Some(value.into_record(entry.id)))
+        })
+    }
+
+    /// Everything an incremental scan needs for one origin: rel path -> (id, scan state).
+    pub fn scan_states(
+        &self,
+        origin: OriginId,
+    ) -> Result<HashMap<Vec<u8>, (TrackId, ScanState)>, CatalogError> {
+        let lmdb = |e| self.store.lmdb("scan states", e);
+        self.store.read("scan states", |txn| {
+            let mut out = HashMap::new();
+            let prefix = schema::origin_prefix(origin);
+            for item in self.dbs.paths.prefix_iter(txn, &prefix).map_err(lmdb)? {
+                let (key, entry) = item.map_err(lmdb)?;
+                let rel_path = match rel_path_in_key(key) {
+                    Some(rel_path) => rel_path.to_vec(),
+                    None => self.indexed_track(txn, key, entry.id)?.rel_path,
+                };
+                out.insert(rel_path, (entry.id, entry.scan));
+            }
+            Ok(out)
+        })
+    }
+
+    /// One write transaction: upserts (new (origin, rel_path) get a fresh id from a
+    /// persistent counter, ids are never reused; existing keep their id) and removals by
+    /// id. Returns the ids of the upserts in order.
+    ///
+    /// Removals run first, so a batch that removes a track and upserts its path gives the
+    /// path a fresh id. Removing an unknown id is not an error. An upsert identical to the
+    /// stored track writes nothing.
+    pub fn apply(
+        &self,
+        upserts: &[Upsert],
+        removals: &[TrackId],
+    ) -> Result<Vec<TrackId>, CatalogError> {
+        let ids = self
+            .store
+            .write("apply", |txn| self.apply_in(txn, upserts, removals))?;
+        tracing::debug!(
+            catalog = %self.store.dir().display(),
+            upserts = upserts.len(),
+            removals = removals.len(),
+            "catalog changes applied"
+        );
+        Ok(ids)
+    }
+
+    /// Calls `f` for every track in id order (one read transaction).
+    ///
+    /// `f` must not call back into this catalog: a write that has to grow the map waits
+    /// for this read to end, and blocks new reads meanwhile, so a nested call could wait
+    /// forever. Collect what you need and act after `for_each` returns.
+    pub fn for_each(&self, mut f: impl FnMut(TrackRecord)) -> Result<(), CatalogError> {
+        let lmdb = |e| self.store.lmdb("for each", e);
+        self.store.read("for each", |txn| {
+            for item in self.dbs.tracks.iter(txn).map_err(lmdb)? {
+                let (id, value) = item.map_err(lmdb)?;
+                f(value.into_record(TrackId(id)));
+            }
+            Ok(())
+        })
+    }
+
+    /// The number of tracks.
+    pub fn len(&self) -> Result<u64, CatalogError> {
+        self.store.read("len", |txn| {
+            self.dbs
+                .tracks
+                .len(txn)
+                .map_err(|e| self.store.lmdb("len", e))
+        })
+    }
+
+    /// True when the catalog holds no track.
+    pub fn is_empty(&self) -> Result<bool, CatalogError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// A counter bumped by every [`apply`](Catalog::apply) that changed something (used
+    /// to know whether the tree must be republished).
+    pub fn change_counter(&self) -> Result<u64, CatalogError> {
+        self.store.read("change counter", |txn| {
+            self.dbs.meta(self.store.dir()).change_counter(txn)
+        })
+    }
+
+    fn apply_in(
+        &self,
+        txn: &mut RwTxn<'_>,
+        upserts: &[Upsert],
+        removals: &[TrackId],
+    ) -> Result<Vec<TrackId>, CatalogError> {
+        let meta = self.dbs.meta(self.store.dir());
+        let mut changed = false;
+        for &id in removals {
+            changed |= self.remove_in(txn, id)?;
+        }
+        let first_new = meta.next_track_id(txn)?;
+        let mut next_new = first_new;
+        let mut known_origins = Vec::new();
+        let mut ids = Vec::with_capacity(upserts.len());
+        for upsert in upserts {
+            if !known_origins.contains(&upsert.origin) {
+                self.check_origin(txn, upsert.origin)?;
+                known_origins.push(upsert.origin);
+            }
+            let (id, wrote) = self.upsert_in(txn, upsert, &mut next_new)?;
+            changed |= wrote;
+            ids.push(id);
+        }
+        if next_new != first_new {
+            meta.set_next_track_id(txn, next_new)?;
+        }
+        if changed {
+            meta.bump_change_counter(txn)?;
+        }
+        Ok(ids)
+    }
+
+    /// Writes one upsert; returns its id and whether anything changed.
+    fn upsert_in(
+        &self,
+        txn: &mut RwTxn<'_>,
+        upsert: &Upsert,
+        next_new: &mut u64,
+    ) -> Result<(TrackId, bool), CatalogError> {
+        let lmdb = |e| self.store.lmdb("apply", e);
+        let key = path_key(upsert.origin, &upsert.rel_path);
+        let value = TrackValue {
+            origin: upsert.origin,
+            rel_path: upsert.rel_path.clone(),
+            format: upsert.format,
+            scan: upsert.scan,
+            meta: upsert.meta.clone(),
+        };
+        let id = match self.path_entry(txn, &key)? {
+            Some(entry) => {
+                match self.track(txn, entry.id)? {
+                    Some(old) if old == value && entry.scan == value.scan => {
+                        return Ok((entry.id, false));
+                    }
+                    Some(old) => {
+                        self.check_same_path(&old, entry.id, upsert.origin, &upsert.rel_path)?
+                    }
+                    None => tracing::warn!(
+                        catalog = %self.store.dir().display(),
+                        id = entry.id.0,
+                        "path index entry without its track; rewriting the track"
+                    ),
+                }
+                entry.id
+            }
+            None => {
+                let id = TrackId(*next_new);
+                *next_new = next_new
+                    .checked_add(1)
+                    .ok_or_else(|| self.exhausted("track"))?;
+                id
+            }
+        };
+        self.dbs.tracks.put(txn, &id.0, &value).map_err(lmdb)?;
+        let entry = PathEntry {
+            id,
+            scan: upsert.scan,
+        };
+        self.dbs.paths.put(txn, &key, &entry).map_err(lmdb)?;
+        Ok((id, true))
+    }
+
+    /// Removes a track and its path entry; returns whether it existed.
+    fn remove_in(&self, txn: &mut RwTxn<'_>, id: TrackId) -> Result<bool, CatalogError> {
+        let lmdb = |e| self.store.lmdb("apply", e);
+        let Some(old) = self.track(txn, id)? else {
+            return Ok(false);
+        };
+        let key = path_key(old.origin, &old.rel_path);
+        // Only drop the index entry if it is this track's: never unlink another track.
+        if self
+            .path_entry(txn, &key)?
+            .is_some_and(|entry| entry.id == id)
+        {
+            self.dbs.paths.delete(txn, &key).map_err(lmdb)?;
+        }
+        self.dbs.tracks.delete(txn, &id.0).map_err(lmdb)?;
+        Ok(true)
+    }
+
+    fn find_origin(&self, txn: &RoTxn<'_>, root: &[u8]) -> Result<Option<OriginId>, CatalogError> {
+        // Origins are few; a scan avoids a second index keyed by unbounded paths.
+        let lmdb = |e| self.store.lmdb("origin lookup", e);
+        for entry in self.dbs.origins.iter(txn).map_err(lmdb)? {
+            let (id, stored) = entry.map_err(lmdb)?;
+            if stored == root {
+                return Ok(Some(OriginId(id)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn check_origin(&self, txn: &RoTxn<'_>, origin: OriginId) -> Result<(), CatalogError> {
+        let found = self
+            .dbs
+            .origins
+            .get(txn, &origin.0)
+            .map_err(|e| self.store.lmdb("apply", e))?;
+        match found {
+            Some(_) => Ok(()),
+            None => Err(CatalogError::UnknownOrigin {
+                path: self.store.dir().to_path_buf(),
+                origin,
+            }),
+        }
+    }
+
+    fn track(&self, txn: &RoTxn<'_>, id: TrackId) -> Result<Option<TrackValue>, CatalogError> {
+        self.dbs
+            .tracks
+            .get(txn, &id.0)
+            .map_err(|e| self.store.lmdb("track read", e))
+    }
+
+    fn path_entry(&self, txn: &RoTxn<'_>, key: &[u8]) -> Result<Option<PathEntry>, CatalogError> {
+        self.dbs
+            .paths
+            .get(txn, key)
+            .map_err(|e| self.store.lmdb("path index read", e))
+    }
+
+    /// The track a path index entry points to, which must exist.
+    fn indexed_track(
+        &self,
+        txn: &RoTxn<'_>,
+        key: &[u8],
+        id: TrackId,
+    ) -> Result<TrackValue, CatalogError> {
+        self.track(txn, id)?.ok_or_else(|| {
+            self.corrupt(format!(
+                "path index entry {} points to missing track {}",
+                String::from_utf8_lossy(key.get(4..).unwrap_or_default()),
+                id.0
+            ))
+        })
+    }
+
+    /// Guards against a path index entry pointing at another file's track (a damaged
+    /// index, or two long paths whose hashed keys collide).
+    fn check_same_path(
+        &self,
+        value: &TrackValue,
+        id: TrackId,
+        origin: OriginId,
+        rel_path: &[u8],
+    ) -> Result<(), CatalogError> {
+        if value.origin == origin && value.rel_path == rel_path {
+            return Ok(());
+        }
+        Err(self.corrupt(format!(
+            "path index entry for {:?} in origin {} points to track {} at {:?} in origin {}",
+            String::from_utf8_lossy(rel_path),
+            origin.0,
+            id.0,
+            String::from_utf8_lossy(&value.rel_path),
+            value.origin.0
+        )))
+    }
+
+    fn corrupt(&self, detail: String) -> CatalogError {
+        CatalogError::Corrupt {
+            path: self.store.dir().to_path_buf(),
+            detail,
+        }
+    }
+
+    fn exhausted(&self, what: &'static str) -> CatalogError {
+        CatalogError::IdsExhausted {
+            path: self.store.dir().to_path_buf(),
+            what,
+        }
+    }
+}

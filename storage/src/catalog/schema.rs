@@ -1,0 +1,350 @@
+//! The catalog's on-disk layout: databases, key encodings, stored values, the schema
+//! version and its migrations.
+//!
+//! Values are bincode (through heed's `SerdeBincode`), which is positional: adding,
+//! removing or reordering a field of a stored type (including `TrackMeta` and `ScanState`
+//! from `musicfs-core`) changes the format. Such a change must bump
+//! [`SCHEMA_VERSION`] and add a step to [`upgrade`].
+
+use std::path::Path;
+
+use heed::byteorder::BE;
+use heed::types::{Bytes, SerdeBincode, Str, U32, U64};
+use heed::{CommitToken, Database, DatabaseOpener, OnCommit, RoTxn, RwTxn};
+use musicfs_core::meta::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackRecord};
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_128;
+
+use super::error::CatalogError;
+
+/// Version of the on-disk layout this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The longest `paths` key. Fixed at LMDB's default key limit rather than taken from the
+/// environment, because it decides which keys are hashed and so is part of the format.
+pub(crate) const MAX_PATH_KEY: usize = 511;
+
+/// Bytes of the hash that ends a hashed `paths` key.
+const PATH_HASH_LEN: usize = 16;
+
+/// The first id handed to a track; 0 stays free as a sentinel for other layers.
+const FIRST_TRACK_ID: u64 = 1;
+
+const KEY_SCHEMA: &str = "schema_version";
+const KEY_NEXT_TRACK: &str = "next_track_id";
+const KEY_NEXT_ORIGIN: &str = "next_origin_id";
+const KEY_CHANGES: &str = "change_counter";
+
+/// Track id (u64 big-endian, so keys sort by id) to track.
+pub(crate) type TracksDb<'t> = Database<'t, U64<BE>, SerdeBincode<TrackValue>>;
+/// Path key (see [`path_key`]) to the track's id and scan state.
+pub(crate) type PathsDb<'t> = Database<'t, Bytes, SerdeBincode<PathEntry>>;
+/// Origin id (u32 big-endian) to the origin's root path bytes.
+pub(crate) type OriginsDb<'t> = Database<'t, U32<BE>, Bytes>;
+/// Counters and the schema version, big-endian integers under string keys.
+pub(crate) type MetaDb<'t> = Database<'t, Str, Bytes>;
+
+/// The catalog's named databases. `'t` is `'static` once the transaction that opened them
+/// has committed.
+#[derive(Clone, Copy)]
+pub(crate) struct Dbs<'t> {
+    pub(crate) tracks: TracksDb<'t>,
+    pub(crate) paths: PathsDb<'t>,
+    pub(crate) origins: OriginsDb<'t>,
+    pub(crate) meta: MetaDb<'t>,
+}
+
+impl<'t> Dbs<'t> {
+    /// Creates the databases that do not exist yet and opens all of them.
+    pub(crate) fn create<T>(
+        opener: &DatabaseOpener<'t, T>,
+        txn: &mut RwTxn<'t>,
+    ) -> heed::Result<Dbs<'t>> {
+        Ok(Dbs {
+            tracks: opener.create_database(txn, Some("tracks"))?,
+            paths: opener.create_database(txn, Some("paths"))?,
+            origins: opener.create_database(txn, Some("origins"))?,
+            meta: opener.create_database(txn, Some("meta"))?,
+        })
+    }
+
+    pub(crate) fn meta<'a>(&self, dir: &'a Path) -> Meta<'a>
+    where
+        't: 'a,
+    {
+        Meta { dir, db: self.meta }
+    }
+}
+
+impl OnCommit for Dbs<'_> {
+    type Committed = Dbs<'static>;
+
+    fn on_commit(self, token: &CommitToken) -> Dbs<'static> {
+        Dbs {
+            tracks: self.tracks.on_commit(token),
+            paths: self.paths.on_commit(token),
+            origins: self.origins.on_commit(token),
+            meta: self.meta.on_commit(token),
+        }
+    }
+}
+
+/// A track as stored under its id (the id is the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TrackValue {
+    pub(crate) origin: OriginId,
+    pub(crate) rel_path: Vec<u8>,
+    pub(crate) format: Format,
+    pub(crate) scan: ScanState,
+    pub(crate) meta: TrackMeta,
+}
+
+impl TrackValue {
+    pub(crate) fn into_record(self, id: TrackId) -> TrackRecord {
+        TrackRecord {
+            id,
+            origin: self.origin,
+            rel_path: self.rel_path,
+            format: self.format,
+            scan: self.scan,
+            meta: self.meta,
+        }
+    }
+}
+
+/// What the path index holds: enough for an incremental scan without reading the (large)
+/// track values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PathEntry {
+    pub(crate) id: TrackId,
+    pub(crate) scan: ScanState,
+}
+
+/// The `paths` key prefix of every file of `origin`.
+pub(crate) fn origin_prefix(origin: OriginId) -> [u8; 4] {
+    origin.0.to_be_bytes()
+}
+
+/// The `paths` key of a file: origin id (u32 big-endian) then the relative path bytes.
+///
+/// LMDB keys are bounded, paths are not: a key that would reach [`MAX_PATH_KEY`] keeps as
+/// much of the path as fits and ends with the path's 128-bit xxh3, making it exactly
+/// `MAX_PATH_KEY` long. Plain keys are always shorter, so the two forms never collide.
+pub(crate) fn path_key(origin: OriginId, rel_path: &[u8]) -> Vec<u8> {
+    let prefix = origin_prefix(origin);
+    let mut key = Vec::with_capacity((prefix.len() + rel_path.len()).min(MAX_PATH_KEY));
+    key.extend_from_slice(&prefix);
+    if prefix.len() + rel_path.len() < MAX_PATH_KEY {
+        key.extend_from_slice(rel_path);
+    } else {
+        let keep = MAX_PATH_KEY - prefix.len() - PATH_HASH_LEN;
+        key.extend_from_slice(&rel_path[..keep]);
+        key.extend_from_slice(&xxh3_128(rel_path).to_be_bytes());
+    }
+    key
+}
+
+/// The relative path spelled out in a `paths` key, or `None` when the key is hashed and
+/// the path must be read from the track.
+pub(crate) fn rel_path_in_key(key: &[u8]) -> Option<&[u8]> {
+    (key.len() < MAX_PATH_KEY).then(|| key.get(4..).unwrap_or_default())
+}
+
+fn read_be<const N: usize>(
+    dir: &Path,
+    meta: MetaDb<'_>,
+    txn: &RoTxn<'_>,
+    key: &'static str,
+) -> Result<Option<[u8; N]>, CatalogError> {
+    let lmdb = |source| CatalogError::Lmdb {
+        path: dir.to_path_buf(),
+        op: "meta read",
+        source,
+    };
+    match meta.get(txn, key).map_err(lmdb)? {
+        None => Ok(None),
+        Some(bytes) => bytes
+            .try_into()
+            .map(Some)
+            .map_err(|_| CatalogError::Corrupt {
+                path: dir.to_path_buf(),
+                detail: format!("meta value {key:?} has {} bytes, expected {N}", bytes.len()),
+            }),
+    }
+}
+
+fn write_meta(
+    dir: &Path,
+    meta: MetaDb<'_>,
+    txn: &mut RwTxn<'_>,
+    key: &'static str,
+    bytes: &[u8],
+) -> Result<(), CatalogError> {
+    meta.put(txn, key, bytes)
+        .map_err(|source| CatalogError::Lmdb {
+            path: dir.to_path_buf(),
+            op: "meta write",
+            source,
+        })
+}
+
+/// Typed access to the counters in `meta`.
+pub(crate) struct Meta<'a> {
+    dir: &'a Path,
+    db: MetaDb<'a>,
+}
+
+impl Meta<'_> {
+    /// The id the next new track gets.
+    pub(crate) fn next_track_id(&self, txn: &RoTxn<'_>) -> Result<u64, CatalogError> {
+        let raw = read_be::<8>(self.dir, self.db, txn, KEY_NEXT_TRACK)?;
+        Ok(raw.map_or(FIRST_TRACK_ID, u64::from_be_bytes))
+    }
+
+    pub(crate) fn set_next_track_id(
+        &self,
+        txn: &mut RwTxn<'_>,
+        next: u64,
+    ) -> Result<(), CatalogError> {
+        write_meta(self.dir, self.db, txn, KEY_NEXT_TRACK, &next.to_be_bytes())
+    }
+
+    /// The id the next new origin gets.
+    pub(crate) fn next_origin_id(&self, txn: &RoTxn<'_>) -> Result<u32, CatalogError> {
+        let raw = read_be::<4>(self.dir, self.db, txn, KEY_NEXT_ORIGIN)?;
+        Ok(raw.map_or(0, u32::from_be_bytes))
+    }
+
+    pub(crate) fn set_next_origin_id(
+        &self,
+        txn: &mut RwTxn<'_>,
+        next: u32,
+    ) -> Result<(), CatalogError> {
+        write_meta(self.dir, self.db, txn, KEY_NEXT_ORIGIN, &next.to_be_bytes())
+    }
+
+    pub(crate) fn change_counter(&self, txn: &RoTxn<'_>) -> Result<u64, CatalogError> {
+        let raw = read_be::<8>(self.dir, self.db, txn, KEY_CHANGES)?;
+        Ok(raw.map_or(0, u64::from_be_bytes))
+    }
+
+    pub(crate) fn bump_change_counter(&self, txn: &mut RwTxn<'_>) -> Result<(), CatalogError> {
+        let next = self.change_counter(txn)?.wrapping_add(1);
+        write_meta(self.dir, self.db, txn, KEY_CHANGES, &next.to_be_bytes())
+    }
+
+    /// The stored schema version, if any.
+    pub(crate) fn schema_version(&self, txn: &RoTxn<'_>) -> Result<Option<u32>, CatalogError> {
+        Ok(read_be::<4>(self.dir, self.db, txn, KEY_SCHEMA)?.map(u32::from_be_bytes))
+    }
+
+    pub(crate) fn set_schema_version(
+        &self,
+        txn: &mut RwTxn<'_>,
+        version: u32,
+    ) -> Result<(), CatalogError> {
+        write_meta(self.dir, self.db, txn, KEY_SCHEMA, &version.to_be_bytes())
+    }
+}
+
+/// Brings a freshly opened catalog to [`SCHEMA_VERSION`]: stamps a new one, migrates an
+/// older one, refuses a newer one. Runs in the transaction that opens the databases, so a
+/// refusal leaves the files untouched.
+pub(crate) fn ensure_schema(
+    dir: &Path,
+    dbs: Dbs<'_>,
+    txn: &mut RwTxn<'_>,
+) -> Result<(), CatalogError> {
+    let meta = dbs.meta(dir);
+    match meta.schema_version(txn)? {
+        Some(SCHEMA_VERSION) => Ok(()),
+        Some(found) if found > SCHEMA_VERSION => Err(CatalogError::SchemaTooNew {
+            path: dir.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+        Some(found) => {
+            upgrade(dir, dbs, txn, found)?;
+            meta.set_schema_version(txn, SCHEMA_VERSION)
+        }
+        None => {
+            let lmdb = |source| CatalogError::Lmdb {
+                path: dir.to_path_buf(),
+                op: "open",
+                source,
+            };
+            let has_data = !dbs.tracks.is_empty(txn).map_err(lmdb)?
+                || !dbs.paths.is_empty(txn).map_err(lmdb)?
+                || !dbs.origins.is_empty(txn).map_err(lmdb)?;
+            if has_data {
+                return Err(CatalogError::Corrupt {
+                    path: dir.to_path_buf(),
+                    detail: "it holds tracks or origins but no schema version".to_owned(),
+                });
+            }
+            meta.set_schema_version(txn, SCHEMA_VERSION)
+        }
+    }
+}
+
+/// Rewrites the data of schema `from` into the current layout, one version at a time.
+fn upgrade(dir: &Path, dbs: Dbs<'_>, txn: &mut RwTxn<'_>, from: u32) -> Result<(), CatalogError> {
+    let mut version = from;
+    while version < SCHEMA_VERSION {
+        version = upgrade_step(dir, dbs, txn, version)?;
+    }
+    Ok(())
+}
+
+/// Migrates the data of schema `version` to the next version and returns it. Each new
+/// schema version adds the arm that migrates from its predecessor; version 1 is the first
+/// there ever was, so nothing older can be migrated yet.
+fn upgrade_step(
+    dir: &Path,
+    _dbs: Dbs<'_>,
+    _txn: &mut RwTxn<'_>,
+    version: u32,
+) -> Result<u32, CatalogError> {
+    match version {
+        current if current >= SCHEMA_VERSION => Ok(current),
+        found => Err(CatalogError::SchemaUnsupported {
+            path: dir.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_paths_are_spelled_out_in_their_key() {
+        let key = path_key(OriginId(7), b"a/b.flac");
+        assert_eq!(&key[..4], &[0, 0, 0, 7]);
+        assert_eq!(rel_path_in_key(&key), Some(&b"a/b.flac"[..]));
+    }
+
+    #[test]
+    fn long_paths_get_a_hashed_key_of_the_maximum_length() {
+        let long = vec![b'x'; 2000];
+        let key = path_key(OriginId(1), &long);
+        assert_eq!(key.len(), MAX_PATH_KEY);
+        assert_eq!(rel_path_in_key(&key), None);
+        let mut other = long.clone();
+        other[1999] = b'y';
+        assert_ne!(key, path_key(OriginId(1), &other));
+    }
+
+    #[test]
+    fn a_path_one_byte_short_of_the_limit_is_hashed_so_plain_keys_stay_shorter() {
+        let exact = vec![b'x'; MAX_PATH_KEY - 4];
+        assert_eq!(rel_path_in_key(&path_key(OriginId(0), &exact)), None);
+        let fits = vec![b'x'; MAX_PATH_KEY - 5];
+        assert_eq!(
+            rel_path_in_key(&path_key(OriginId(0), &fits)),
+            Some(&fits[..])
+        );
+    }
+}
