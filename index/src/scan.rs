@@ -1,0 +1,521 @@
+//! Incremental, parallel scan of local origins into the catalog.
+//!
+//! One walker thread lists each origin and compares every audio file's stat with what the
+//! catalog remembers; only new or changed files go to the tag-reading workers. The calling
+//! thread collects their results and writes them in batches, one catalog transaction per
+//! batch, so an interrupted scan keeps what it already wrote and the next scan resumes from
+//! there (the unchanged files are not opened again).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use musicfs_core::{Format, OriginId, ScanState, TrackId, TrackMeta};
+use musicfs_storage::{Catalog, CatalogError, Upsert};
+use walkdir::WalkDir;
+
+use crate::fsio::{open_readonly, scan_state};
+use crate::tags::{read_tags_from, TagError};
+
+/// How many upserts/removals go into one catalog transaction.
+const BATCH: usize = 1000;
+/// The collector reports progress at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// Why a scan could not run at all. Per-file problems are not errors: they end up in
+/// [`ScanReport::skipped`].
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// An origin root is missing, unreadable or not a directory.
+    #[error("origin {path}: {source}")]
+    Origin {
+        /// The origin as given.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The catalog refused a read or a write.
+    #[error("catalog: {0}")]
+    Catalog(#[from] CatalogError),
+}
+
+/// A snapshot of a running scan, handed to [`ScanOptions::progress`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Audio files found so far.
+    pub seen: u64,
+    /// Files whose tags have been read so far.
+    pub opened: u64,
+    /// Files found unchanged so far.
+    pub unchanged: u64,
+    /// True for the last call, when the scan is complete.
+    pub done: bool,
+}
+
+/// A progress callback. Called from the scan's threads (the walker and the collector): at
+/// most every 100 ms while files are read, every 4096 files walked, and once at the end
+/// with `done` set.
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// How to scan.
+#[derive(Clone)]
+pub struct ScanOptions {
+    /// Tag-reading worker threads (at least 1).
+    pub threads: usize,
+    /// Called with running totals; lets a CLI drive a progress bar.
+    pub progress: Option<ProgressFn>,
+    /// Re-read every file's tags even when its stat is unchanged (repairs a catalog after a
+    /// tag-reader fix, or after an edit that preserved size and times).
+    pub verify: bool,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            progress: None,
+            verify: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for ScanOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanOptions")
+            .field("threads", &self.threads)
+            .field("progress", &self.progress.is_some())
+            .field("verify", &self.verify)
+            .finish()
+    }
+}
+
+/// A path the scan did not catalog, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The path as walked (under the origin root).
+    pub path: PathBuf,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+/// What a scan did.
+#[derive(Debug, Clone, Default)]
+pub struct ScanReport {
+    /// Audio files (by extension) found in the origins.
+    pub seen: u64,
+    /// Files new to the catalog.
+    pub added: u64,
+    /// Files whose stat changed and whose tags were read again.
+    pub changed: u64,
+    /// Catalog entries removed: the file is gone, or no longer readable as audio.
+    pub removed: u64,
+    /// Files whose stat matched the catalog; not opened.
+    pub unchanged: u64,
+    /// Files actually opened to read tags.
+    pub opened: u64,
+    /// Paths not cataloged, with the reason (broken files, dangling or looping symlinks,
+    /// symlinks leaving the origin, unreadable directories).
+    pub skipped: Vec<Skipped>,
+    /// Wall time of the whole scan.
+    pub elapsed: Duration,
+}
+
+impl ScanReport {
+    /// Audio files examined per second of wall time.
+    pub fn files_per_sec(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.seen as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A file that needs its tags read.
+struct Job {
+    path: PathBuf,
+    rel: Vec<u8>,
+    expected: Format,
+    state: ScanState,
+    known: Option<TrackId>,
+}
+
+struct Done {
+    job: Job,
+    result: Result<(Format, TrackMeta), TagError>,
+}
+
+/// What the walker hands back once the origin is listed.
+struct WalkOutcome {
+    /// Catalog entries whose file was not found (minus those under unreadable directories).
+    gone: Vec<TrackId>,
+    skipped: Vec<Skipped>,
+}
+
+/// Scans `origins` (local directories) into `catalog`: new and changed files are read and
+/// upserted, vanished ones removed, unchanged ones left alone without being opened.
+pub fn scan(
+    catalog: &Catalog,
+    origins: &[PathBuf],
+    opts: &ScanOptions,
+) -> Result<ScanReport, ScanError> {
+    let start = Instant::now();
+    let mut report = ScanReport::default();
+    for origin in origins {
+        scan_origin(catalog, origin, opts, &mut report)?;
+    }
+    report.elapsed = start.elapsed();
+    if let Some(cb) = &opts.progress {
+        cb(Progress {
+            seen: report.seen,
+            opened: report.opened,
+            unchanged: report.unchanged,
+            done: true,
+        });
+    }
+    tracing::info!(
+        seen = report.seen,
+        added = report.added,
+        changed = report.changed,
+        removed = report.removed,
+        unchanged = report.unchanged,
+        skipped = report.skipped.len(),
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "scan finished"
+    );
+    Ok(report)
+}
+
+fn origin_root(origin: &Path) -> Result<PathBuf, ScanError> {
+    let err = |source| ScanError::Origin {
+        path: origin.to_path_buf(),
+        source,
+    };
+    let root = origin.canonicalize().map_err(err)?;
+    // Listing proves the directory is readable now, rather than finding out after the
+    // walk and mistaking an unreadable origin for an empty one (which would remove it all).
+    std::fs::read_dir(&root).map_err(err)?;
+    Ok(root)
+}
+
+/// Running totals shared by the walker and the collecting thread; they start from the
+/// totals of the origins already scanned, so progress is cumulative.
+struct Counters {
+    seen: AtomicU64,
+    unchanged: AtomicU64,
+    opened: AtomicU64,
+    progress: Option<ProgressFn>,
+}
+
+impl Counters {
+    fn new(report: &ScanReport, progress: Option<ProgressFn>) -> Self {
+        Counters {
+            seen: AtomicU64::new(report.seen),
+            unchanged: AtomicU64::new(report.unchanged),
+            opened: AtomicU64::new(report.opened),
+            progress,
+        }
+    }
+
+    fn emit(&self) {
+        if let Some(cb) = &self.progress {
+            cb(Progress {
+                seen: self.seen.load(Ordering::Relaxed),
+                opened: self.opened.load(Ordering::Relaxed),
+                unchanged: self.unchanged.load(Ordering::Relaxed),
+                done: false,
+            });
+        }
+    }
+}
+
+fn scan_origin(
+    catalog: &Catalog,
+    origin: &Path,
+    opts: &ScanOptions,
+    report: &mut ScanReport,
+) -> Result<(), ScanError> {
+    let root = origin_root(origin)?;
+    let origin_id = catalog.origin_id(&root)?;
+    let known = catalog.scan_states(origin_id)?;
+    let threads = opts.threads.max(1);
+    let counters = Counters::new(report, opts.progress.clone());
+    let (job_tx, job_rx) = bounded::<Job>(threads * 64);
+    let (done_tx, done_rx) = bounded::<Done>(threads * 64);
+
+    let (walk, collected) = std::thread::scope(|s| {
+        let walker = {
+            let root = &root;
+            let counters = &counters;
+            let verify = opts.verify;
+            s.spawn(move || walk_origin(root, known, verify, counters, job_tx))
+        };
+        for _ in 0..threads {
+            let rx = job_rx.clone();
+            let tx = done_tx.clone();
+            s.spawn(move || read_worker(rx, tx));
+        }
+        drop(job_rx);
+        drop(done_tx);
+        let collected = collect(catalog, origin_id, done_rx, &counters, report);
+        // The walker only fails by panicking, which would be a bug; report it as an empty
+        // outcome rather than removing the origin's tracks.
+        let walk = walker.join().unwrap_or_else(|_| WalkOutcome {
+            gone: Vec::new(),
+            skipped: vec![Skipped {
+                path: root.clone(),
+                reason: "directory walk aborted".into(),
+            }],
+        });
+        (walk, collected)
+    });
+    let mut removals = collected?;
+    removals.extend(walk.gone);
+    for chunk in removals.chunks(BATCH) {
+        catalog.apply(&[], chunk)?;
+    }
+    report.removed += removals.len() as u64;
+    report.seen = counters.seen.load(Ordering::Relaxed);
+    report.unchanged = counters.unchanged.load(Ordering::Relaxed);
+    report.skipped.extend(walk.skipped);
+    Ok(())
+}
+
+fn read_worker(jobs: Receiver<Job>, done: Sender<Done>) {
+    for job in jobs {
+        let result = open_readonly(&job.path)
+            .map_err(TagError::from)
+            .and_then(|f| read_tags_from(f, Some(job.expected)));
+        if done.send(Done { job, result }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Drains the workers' results into catalog batches. Returns the ids of known files that
+/// are no longer readable audio, for removal.
+fn collect(
+    catalog: &Catalog,
+    origin: OriginId,
+    done: Receiver<Done>,
+    counters: &Counters,
+    report: &mut ScanReport,
+) -> Result<Vec<TrackId>, ScanError> {
+    let mut batch: Vec<Upsert> = Vec::with_capacity(BATCH);
+    let mut removals = Vec::new();
+    let mut last_progress = Instant::now();
+    for Done { job, result } in done {
+        report.opened += 1;
+        counters.opened.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok((format, meta)) => {
+                if job.known.is_some() {
+                    report.changed += 1;
+                } else {
+                    report.added += 1;
+                }
+                batch.push(Upsert {
+                    origin,
+                    rel_path: job.rel,
+                    format,
+                    scan: job.state,
+                    meta,
+                });
+            }
+            Err(e) => {
+                tracing::debug!(path = %job.path.display(), error = %e, "skipping file");
+                removals.extend(job.known);
+                report.skipped.push(Skipped {
+                    path: job.path,
+                    reason: e.to_string(),
+                });
+            }
+        }
+        if batch.len() >= BATCH {
+            catalog.apply(&batch, &[])?;
+            batch.clear();
+        }
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            counters.emit();
+        }
+    }
+    if !batch.is_empty() {
+        catalog.apply(&batch, &[])?;
+    }
+    Ok(removals)
+}
+
+fn rel_bytes(root: &Path, path: &Path) -> Option<Vec<u8>> {
+    path.strip_prefix(root)
+        .ok()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+}
+
+fn audio_format(path: &Path) -> Option<Format> {
+    path.extension()
+        .and_then(OsStr::to_str)
+        .and_then(Format::from_ext)
+}
+
+fn walk_origin(
+    root: &Path,
+    mut known: HashMap<Vec<u8>, (TrackId, ScanState)>,
+    verify: bool,
+    counters: &Counters,
+    jobs: Sender<Job>,
+) -> WalkOutcome {
+    let mut skipped = Vec::new();
+    // Relative directories we could not list: catalog entries under them are kept, since
+    // "unreadable right now" is not "deleted".
+    let mut unreadable: Vec<Vec<u8>> = Vec::new();
+    let mut it = WalkDir::new(root).follow_links(true).into_iter();
+    while let Some(next) = it.next() {
+        let entry = match next {
+            Ok(e) => e,
+            Err(e) => {
+                let (path, reason) = describe_walk_error(&e);
+                if let Some(rel) = rel_bytes(root, &path) {
+                    if e.loop_ancestor().is_none() && path.is_dir() {
+                        unreadable.push(rel);
+                    }
+                }
+                skipped.push(Skipped { path, reason });
+                continue;
+            }
+        };
+        let path = entry.path();
+        if entry.path_is_symlink() {
+            match path.canonicalize() {
+                Ok(target) if target.starts_with(root) => {}
+                Ok(target) => {
+                    skipped.push(Skipped {
+                        path: path.to_path_buf(),
+                        reason: format!(
+                            "symlink points outside the origin (to {})",
+                            target.display()
+                        ),
+                    });
+                    if entry.file_type().is_dir() {
+                        it.skip_current_dir();
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    skipped.push(Skipped {
+                        path: path.to_path_buf(),
+                        reason: format!("cannot resolve symlink: {e}"),
+                    });
+                    continue;
+                }
+            }
+        }
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let Some(expected) = audio_format(path) else {
+            continue;
+        };
+        let Some(rel) = rel_bytes(root, path) else {
+            continue;
+        };
+        let md = match entry.metadata() {
+            Ok(md) => md,
+            Err(e) => {
+                skipped.push(Skipped {
+                    path: path.to_path_buf(),
+                    reason: format!("cannot stat: {e}"),
+                });
+                continue;
+            }
+        };
+        let seen = counters.seen.fetch_add(1, Ordering::Relaxed) + 1;
+        if seen.is_multiple_of(4096) {
+            // Unchanged files never reach the collector; report walking progress from here.
+            counters.emit();
+        }
+        let state = scan_state(&md);
+        let known_id = match known.remove(&rel) {
+            Some((_, old)) if old == state && !verify => {
+                counters.unchanged.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Some((id, _)) => Some(id),
+            None => None,
+        };
+        let job = Job {
+            path: entry.into_path(),
+            rel,
+            expected,
+            state,
+            known: known_id,
+        };
+        if jobs.send(job).is_err() {
+            // The collector stopped (a catalog write failed); it reports the error.
+            return WalkOutcome {
+                gone: Vec::new(),
+                skipped,
+            };
+        }
+    }
+    let gone = known
+        .into_iter()
+        .filter(|(rel, _)| !unreadable.iter().any(|dir| is_under(rel, dir)))
+        .map(|(_, (id, _))| id)
+        .collect();
+    WalkOutcome { gone, skipped }
+}
+
+fn is_under(rel: &[u8], dir: &[u8]) -> bool {
+    dir.is_empty() || (rel.starts_with(dir) && rel.get(dir.len()) == Some(&b'/'))
+}
+
+fn describe_walk_error(e: &walkdir::Error) -> (PathBuf, String) {
+    let path = e.path().map(Path::to_path_buf).unwrap_or_default();
+    if let Some(ancestor) = e.loop_ancestor() {
+        return (
+            path,
+            format!("symlink loop (back to {})", ancestor.display()),
+        );
+    }
+    let dangling = std::fs::symlink_metadata(&path)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false)
+        && std::fs::metadata(&path).is_err();
+    if dangling {
+        let target = std::fs::read_link(&path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        return (path, format!("dangling symlink (to {target})"));
+    }
+    let reason = match e.io_error() {
+        Some(io) => format!("cannot read: {io}"),
+        None => e.to_string(),
+    };
+    (path, reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_under_matches_whole_path_components_only() {
+        assert!(is_under(b"a/b/c.flac", b"a/b"));
+        assert!(!is_under(b"a/bc/c.flac", b"a/b"));
+        assert!(is_under(b"x.flac", b""));
+    }
+
+    #[test]
+    fn audio_format_uses_the_extension_case_insensitively() {
+        assert_eq!(audio_format(Path::new("a/B.FLAC")), Some(Format::Flac));
+        assert_eq!(audio_format(Path::new("cover.jpg")), None);
+        assert_eq!(audio_format(Path::new("noext")), None);
+    }
+}

@@ -1,0 +1,470 @@
+//! Tag and stream-fact reading with symphonia, without decoding audio.
+//!
+//! # Which tag wins
+//!
+//! symphonia 0.6's probe reads *trailing* metadata first (ID3v1 and APE sit at fixed
+//! offsets from the end), then leading metadata (ID3v2) while it searches for the
+//! container, then the container's own tags (Vorbis comments, MP4 `ilst`, RIFF `INFO`).
+//! Each arrives as a separate [`MetadataRevision`] tagged with a [`MetadataId`]. We rank the
+//! revisions by that id, not by arrival order: ID3v2 first, then the container's native tags,
+//! then APE, then ID3v1. Each field is taken whole from the best-ranked revision that has it,
+//! so ID3v1 only fills fields ID3v2 lacks, and a multi-valued field is never a mix of two
+//! tag blocks.
+
+use std::fs::File;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use musicfs_core::{Format, TrackMeta};
+use symphonia::core::codecs::audio::well_known::CODEC_ID_OPUS;
+use symphonia::core::codecs::CodecParameters;
+use symphonia::core::errors::Error as SymphoniaError;
+use symphonia::core::formats::probe::Hint;
+use symphonia::core::formats::well_known as fmt_ids;
+use symphonia::core::formats::{FormatOptions, FormatReader, Track, TrackType};
+use symphonia::core::io::MediaSourceStream;
+use symphonia::core::meta::well_known as meta_ids;
+use symphonia::core::meta::{
+    MetadataId, MetadataOptions, MetadataRevision, RawValue, StandardTag, Tag,
+};
+
+use crate::fields::{self, Field};
+use crate::fsio::open_readonly;
+use crate::riff;
+
+/// Why a file's tags could not be read. The `Display` text is the human reason the scanner
+/// reports for a skipped file.
+#[derive(Debug, thiserror::Error)]
+pub enum TagError {
+    /// The file could not be opened or read.
+    #[error("cannot read file: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file has no bytes.
+    #[error("empty file (0 bytes)")]
+    Empty,
+    /// The file ends before its headers do.
+    #[error("truncated file: data ends inside the headers")]
+    Truncated,
+    /// No known container was found in the bytes.
+    #[error("not a recognised audio file ({0})")]
+    Unrecognised(String),
+    /// The container is recognised but its structure is broken.
+    #[error("malformed audio file: {0}")]
+    Malformed(String),
+    /// A container symphonia reads but MusicFS does not serve (Matroska, AIFF, CAF, ...).
+    #[error("unsupported container: {0}")]
+    UnsupportedContainer(&'static str),
+    /// The file's content is not the format its extension promises.
+    #[error("extension says {expected} but the content is {found}")]
+    FormatMismatch {
+        /// Format implied by the extension.
+        expected: &'static str,
+        /// Format found in the content.
+        found: &'static str,
+    },
+    /// The container holds no audio track.
+    #[error("no audio track in the file")]
+    NoAudioTrack,
+    /// The tag reader panicked on this input; caught so one hostile file cannot take the
+    /// scanner down.
+    #[error("tag reader crashed on this file: {0}")]
+    Panicked(String),
+}
+
+impl From<SymphoniaError> for TagError {
+    fn from(e: SymphoniaError) -> Self {
+        match e {
+            SymphoniaError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                TagError::Truncated
+            }
+            SymphoniaError::IoError(io) => TagError::Io(io),
+            SymphoniaError::Unsupported(msg) if msg.contains("no suitable format reader") => {
+                TagError::Unrecognised("no known audio container in it".into())
+            }
+            SymphoniaError::Unsupported(msg) => TagError::Unrecognised(msg.to_string()),
+            other => TagError::Malformed(other.to_string()),
+        }
+    }
+}
+
+/// Reads the container format, tags and stream facts of the file at `path`.
+///
+/// The file is opened read-only (with `O_NOATIME` where allowed). See [`read_tags_from`].
+pub fn read_tags(path: &Path) -> Result<(Format, TrackMeta), TagError> {
+    let file = open_readonly(path)?;
+    let expected = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .and_then(Format::from_ext);
+    read_tags_from(file, expected)
+}
+
+/// Reads the container format, tags and stream facts from an open file.
+///
+/// `expected` is the format the file's extension promises; when given, content of another
+/// format is an error (Ogg Vorbis and Ogg Opus count as one family, since `.ogg` files often
+/// hold Opus). Never panics: a panic inside symphonia is caught and returned as
+/// [`TagError::Panicked`].
+pub fn read_tags_from(
+    file: File,
+    expected: Option<Format>,
+) -> Result<(Format, TrackMeta), TagError> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Err(TagError::Empty);
+    }
+    match catch_unwind(AssertUnwindSafe(|| read_inner(file, len, expected))) {
+        Ok(result) => result,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            tracing::warn!(panic = %msg, "symphonia panicked while probing a file");
+            Err(TagError::Panicked(msg))
+        }
+    }
+}
+
+fn read_inner(
+    file: File,
+    len: u64,
+    expected: Option<Format>,
+) -> Result<(Format, TrackMeta), TagError> {
+    // A second handle for the WAV INFO workaround (see `riff`); it reads with pread, so the
+    // shared file offset does not matter.
+    let side = file.try_clone()?;
+    let mss = MediaSourceStream::new(Box::new(file), Default::default());
+    let mut hint = Hint::new();
+    if let Some(f) = expected {
+        hint.with_extension(f.ext());
+    }
+    let mut reader = symphonia::default::get_probe().probe(
+        &hint,
+        mss,
+        FormatOptions::default(),
+        MetadataOptions::default(),
+    )?;
+    let track = reader
+        .default_track(TrackType::Audio)
+        .cloned()
+        .ok_or(TagError::NoAudioTrack)?;
+    let found = container_format(reader.as_ref(), &track)?;
+    if let Some(exp) = expected {
+        if !same_family(exp, found) {
+            return Err(TagError::FormatMismatch {
+                expected: format_name(exp),
+                found: format_name(found),
+            });
+        }
+    }
+
+    let extra = match found {
+        Format::Wav => riff::wav_info_revision(&side, len),
+        _ => None,
+    };
+    let mut meta = merge_revisions(reader.as_mut(), track.id, extra);
+    stream_facts(&mut meta, &track, reader.as_ref(), len);
+    Ok((found, meta))
+}
+
+fn container_format(reader: &dyn FormatReader, track: &Track) -> Result<Format, TagError> {
+    let id = reader.format_info().format;
+    let info = reader.format_info();
+    Ok(if id == fmt_ids::FORMAT_ID_FLAC {
+        Format::Flac
+    } else if id == fmt_ids::FORMAT_ID_MP3 {
+        Format::Mp3
+    } else if id == fmt_ids::FORMAT_ID_ISOMP4 || id == fmt_ids::FORMAT_ID_ADTS {
+        Format::M4a
+    } else if id == fmt_ids::FORMAT_ID_WAVE {
+        Format::Wav
+    } else if id == fmt_ids::FORMAT_ID_OGG {
+        match &track.codec_params {
+            Some(CodecParameters::Audio(p)) if p.codec == CODEC_ID_OPUS => Format::Opus,
+            _ => Format::Ogg,
+        }
+    } else {
+        return Err(TagError::UnsupportedContainer(info.long_name));
+    })
+}
+
+fn same_family(a: Format, b: Format) -> bool {
+    let ogg = |f| matches!(f, Format::Ogg | Format::Opus);
+    a == b || (ogg(a) && ogg(b))
+}
+
+fn format_name(f: Format) -> &'static str {
+    match f {
+        Format::Flac => "FLAC",
+        Format::Mp3 => "MP3",
+        Format::M4a => "MP4/M4A",
+        Format::Ogg => "Ogg Vorbis",
+        Format::Opus => "Ogg Opus",
+        Format::Wav => "WAV",
+    }
+}
+
+/// Lower is better; see the module docs.
+fn revision_rank(id: MetadataId) -> u8 {
+    if id == meta_ids::METADATA_ID_ID3V2 {
+        0
+    } else if id == meta_ids::METADATA_ID_APEV1 || id == meta_ids::METADATA_ID_APEV2 {
+        2
+    } else if id == meta_ids::METADATA_ID_ID3V1 {
+        3
+    } else {
+        1
+    }
+}
+
+fn merge_revisions(
+    reader: &mut dyn FormatReader,
+    track_id: u32,
+    extra: Option<MetadataRevision>,
+) -> TrackMeta {
+    let mut parts: Vec<(u8, TrackMeta)> = Vec::new();
+    let mut has_art = false;
+    if let Some(rev) = &extra {
+        parts.push((
+            revision_rank(rev.info.metadata),
+            revision_meta(rev, track_id),
+        ));
+    }
+    let mut log = reader.metadata();
+    loop {
+        if let Some(rev) = log.current() {
+            has_art |= revision_has_art(rev);
+            parts.push((
+                revision_rank(rev.info.metadata),
+                revision_meta(rev, track_id),
+            ));
+        }
+        if log.pop().is_none() {
+            break;
+        }
+    }
+    parts.sort_by_key(|(rank, _)| *rank);
+
+    let mut out = TrackMeta {
+        has_art,
+        ..TrackMeta::default()
+    };
+    for (_, p) in parts {
+        fill_missing(&mut out, p);
+    }
+    out
+}
+
+fn revision_has_art(rev: &MetadataRevision) -> bool {
+    !rev.media.visuals.is_empty() || rev.per_track.iter().any(|t| !t.metadata.visuals.is_empty())
+}
+
+fn revision_meta(rev: &MetadataRevision, track_id: u32) -> TrackMeta {
+    let mut m = TrackMeta::default();
+    let track_tags = rev
+        .per_track
+        .iter()
+        .filter(|t| t.track_id == u64::from(track_id))
+        .flat_map(|t| t.metadata.tags.iter());
+    for tag in rev.media.tags.iter().chain(track_tags) {
+        apply_tag(&mut m, tag);
+    }
+    m
+}
+
+fn fill_missing(out: &mut TrackMeta, p: TrackMeta) {
+    fn opt<T>(dst: &mut Option<T>, src: Option<T>) {
+        if dst.is_none() {
+            *dst = src;
+        }
+    }
+    fn list(dst: &mut Vec<String>, src: Vec<String>) {
+        if dst.is_empty() {
+            *dst = src;
+        }
+    }
+    opt(&mut out.title, p.title);
+    list(&mut out.artist, p.artist);
+    opt(&mut out.album, p.album);
+    list(&mut out.album_artist, p.album_artist);
+    list(&mut out.genre, p.genre);
+    opt(&mut out.date, p.date);
+    opt(&mut out.track, p.track);
+    opt(&mut out.track_total, p.track_total);
+    opt(&mut out.disc, p.disc);
+    opt(&mut out.disc_total, p.disc_total);
+    list(&mut out.composer, p.composer);
+    opt(&mut out.lyrics, p.lyrics);
+}
+
+fn std_field(std: &StandardTag) -> Option<Field> {
+    use StandardTag as S;
+    Some(match std {
+        S::TrackTitle(_) => Field::Title,
+        S::Artist(_) => Field::Artist,
+        S::Album(_) => Field::Album,
+        S::AlbumArtist(_) => Field::AlbumArtist,
+        S::Genre(_) => Field::Genre,
+        S::RecordingDate(_)
+        | S::ReleaseDate(_)
+        | S::RecordingYear(_)
+        | S::ReleaseYear(_)
+        | S::RecordingTime(_)
+        | S::ReleaseTime(_) => Field::Date,
+        S::TrackNumber(_) => Field::Track,
+        S::TrackTotal(_) => Field::TrackTotal,
+        S::DiscNumber(_) => Field::Disc,
+        S::DiscTotal(_) => Field::DiscTotal,
+        S::Composer(_) => Field::Composer,
+        S::Lyrics(_) => Field::Lyrics,
+        _ => return None,
+    })
+}
+
+/// The tag's text values. A parsed standard string wins over the raw text (an ID3v2 genre
+/// `(17)` becomes `Rock`); otherwise every string of the raw value is kept.
+fn text_values(tag: &Tag) -> Vec<String> {
+    use StandardTag as S;
+    if let Some(
+        S::TrackTitle(s)
+        | S::Artist(s)
+        | S::Album(s)
+        | S::AlbumArtist(s)
+        | S::Genre(s)
+        | S::Composer(s)
+        | S::Lyrics(s),
+    ) = &tag.std
+    {
+        return vec![s.as_str().to_owned()];
+    }
+    raw_strings(&tag.raw.value)
+}
+
+fn raw_strings(v: &RawValue) -> Vec<String> {
+    match v {
+        RawValue::String(s) => vec![s.as_str().to_owned()],
+        RawValue::StringList(l) => l.iter().cloned().collect(),
+        RawValue::UnsignedInt(n) if *n > 0 => vec![n.to_string()],
+        RawValue::SignedInt(n) if *n > 0 => vec![n.to_string()],
+        _ => Vec::new(),
+    }
+}
+
+/// A numeric standard tag's value, for positions stored as numbers (MP4 `trkn`, ID3v1).
+fn std_number(std: &Option<StandardTag>) -> Option<u64> {
+    use StandardTag as S;
+    match std {
+        Some(S::TrackNumber(n) | S::TrackTotal(n) | S::DiscNumber(n) | S::DiscTotal(n)) => {
+            Some(*n).filter(|n| *n > 0)
+        }
+        _ => None,
+    }
+}
+
+fn apply_tag(m: &mut TrackMeta, tag: &Tag) {
+    let field = match &tag.std {
+        Some(std) => std_field(std),
+        None => fields::field_of_raw_key(&tag.raw.key),
+    };
+    let Some(field) = field else { return };
+    match field {
+        Field::Title => set_first(&mut m.title, text_values(tag), fields::clean),
+        Field::Album => set_first(&mut m.album, text_values(tag), fields::clean),
+        Field::Lyrics => set_first(&mut m.lyrics, text_values(tag), fields::clean),
+        Field::Date => set_first(&mut m.date, text_values(tag), fields::clean_date),
+        Field::Artist => fields::push_unique(&mut m.artist, text_values(tag)),
+        Field::AlbumArtist => fields::push_unique(&mut m.album_artist, text_values(tag)),
+        Field::Genre => fields::push_unique(&mut m.genre, text_values(tag)),
+        Field::Composer => fields::push_unique(&mut m.composer, text_values(tag)),
+        Field::Track => apply_position(&mut m.track, &mut m.track_total, tag),
+        Field::Disc => apply_position(&mut m.disc, &mut m.disc_total, tag),
+        Field::TrackTotal => apply_total(&mut m.track_total, tag),
+        Field::DiscTotal => apply_total(&mut m.disc_total, tag),
+    }
+}
+
+fn set_first(dst: &mut Option<String>, values: Vec<String>, f: fn(&str) -> Option<String>) {
+    if dst.is_none() {
+        *dst = values.iter().find_map(|v| f(v));
+    }
+}
+
+/// Positions are read from the raw text when there is one, so `A1` survives and `3/12`
+/// yields its total; numeric-only sources (MP4, ID3v1) go through the standard tag.
+fn apply_position(pos: &mut Option<String>, total: &mut Option<u32>, tag: &Tag) {
+    if let RawValue::String(s) = &tag.raw.value {
+        let (p, t) = fields::split_position(s);
+        // A raw `3/12` is attached to two standard tags (number and total); only the number
+        // one reaches here, and the total comes along from the same split.
+        if pos.is_none() {
+            *pos = p;
+        }
+        if total.is_none() {
+            *total = t;
+        }
+        return;
+    }
+    if let Some(StandardTag::TrackTotal(_) | StandardTag::DiscTotal(_)) = &tag.std {
+        return;
+    }
+    if pos.is_none() {
+        *pos = std_number(&tag.std).map(|n| n.to_string()).or_else(|| {
+            raw_strings(&tag.raw.value)
+                .into_iter()
+                .find_map(|v| fields::clean(&v))
+        });
+    }
+}
+
+fn apply_total(total: &mut Option<u32>, tag: &Tag) {
+    if total.is_some() {
+        return;
+    }
+    *total = match std_number(&tag.std) {
+        Some(n) => u32::try_from(n).ok(),
+        None => match &tag.raw.value {
+            // `3/12` under a total key is still a position string; take what follows the `/`.
+            RawValue::String(s) => match s.split_once('/') {
+                Some((_, t)) => fields::parse_count(t),
+                None => fields::parse_count(s),
+            },
+            _ => None,
+        },
+    };
+}
+
+fn stream_facts(m: &mut TrackMeta, track: &Track, reader: &dyn FormatReader, file_len: u64) {
+    if let Some(CodecParameters::Audio(p)) = &track.codec_params {
+        m.sample_rate = p.sample_rate.filter(|r| *r > 0);
+        m.channels = p
+            .channels
+            .as_ref()
+            .and_then(|c| u16::try_from(c.count()).ok())
+            .filter(|c| *c > 0);
+    }
+    m.duration_ms = duration_ms(track, m.sample_rate).or_else(|| {
+        let info = reader.media_info();
+        let tb = info.time_base?;
+        let t = tb.calc_duration(info.duration?)?;
+        u64::try_from(t.as_millis()).ok()
+    });
+    m.bitrate = m
+        .duration_ms
+        .filter(|d| *d > 0)
+        .and_then(|d| u32::try_from(u128::from(file_len) * 8000 / u128::from(d)).ok());
+}
+
+fn duration_ms(track: &Track, sample_rate: Option<u32>) -> Option<u64> {
+    if let (Some(tb), Some(dur)) = (track.time_base, track.duration) {
+        if let Some(t) = tb.calc_duration(dur) {
+            if let Ok(ms) = u64::try_from(t.as_millis()) {
+                return Some(ms);
+            }
+        }
+    }
+    let frames = track.num_frames?;
+    let rate = u64::from(sample_rate?);
+    Some(frames.saturating_mul(1000) / rate)
+}

@@ -1,0 +1,301 @@
+//! Scanning the ffmpeg-generated fixture library into a real catalog, no mount.
+//!
+//! Needs ffmpeg; without it these tests fail with a message saying so (CI installs it).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use musicfs_core::TrackRecord;
+use musicfs_index::{scan, Progress, ScanError, ScanOptions, ScanReport};
+use musicfs_storage::Catalog;
+use musicfs_tests::fixtures::{build_fixture_library, ffmpeg_available, Fixture};
+use tempfile::TempDir;
+
+struct Env {
+    _dir: TempDir,
+    fixture: Fixture,
+    catalog: Catalog,
+}
+
+fn setup() -> Env {
+    assert!(
+        ffmpeg_available(),
+        "ffmpeg is required for the scan tests (apt-get install ffmpeg); refusing to pass silently"
+    );
+    let dir = TempDir::new().expect("tempdir");
+    let fixture = build_fixture_library(&dir.path().join("fx")).expect("build fixture library");
+    let catalog = Catalog::open(&dir.path().join("catalog")).expect("open catalog");
+    Env {
+        _dir: dir,
+        fixture,
+        catalog,
+    }
+}
+
+fn opts() -> ScanOptions {
+    ScanOptions {
+        threads: 4,
+        ..ScanOptions::default()
+    }
+}
+
+fn run_scan(env: &Env) -> ScanReport {
+    scan(
+        &env.catalog,
+        std::slice::from_ref(&env.fixture.root),
+        &opts(),
+    )
+    .expect("scan")
+}
+
+fn records(catalog: &Catalog) -> HashMap<PathBuf, TrackRecord> {
+    let mut out = HashMap::new();
+    catalog
+        .for_each(|r| {
+            let rel = PathBuf::from(String::from_utf8(r.rel_path.clone()).expect("utf-8 path"));
+            out.insert(rel, r);
+        })
+        .expect("for_each");
+    out
+}
+
+fn skipped_reason<'a>(report: &'a ScanReport, root: &Path, rel: &Path) -> Option<&'a str> {
+    let full = root.join(rel);
+    report
+        .skipped
+        .iter()
+        .find(|s| s.path == full)
+        .map(|s| s.reason.as_str())
+}
+
+#[test]
+fn first_scan_reads_every_tag_and_skips_every_broken_file() {
+    let env = setup();
+    let fx = &env.fixture;
+    let report = run_scan(&env);
+    let recs = records(&env.catalog);
+
+    for t in &fx.tracks {
+        let rec = recs.get(&t.rel_path).unwrap_or_else(|| {
+            panic!(
+                "{} missing from catalog; report: {report:#?}",
+                t.rel_path.display()
+            )
+        });
+        let (got, want) = (&rec.meta, &t.meta);
+        let name = t.rel_path.display();
+        assert_eq!(rec.format, t.format, "{name}: format");
+        assert_eq!(got.title, want.title, "{name}: title");
+        assert_eq!(got.artist, want.artist, "{name}: artist");
+        assert_eq!(got.album, want.album, "{name}: album");
+        assert_eq!(got.album_artist, want.album_artist, "{name}: album artist");
+        assert_eq!(got.genre, want.genre, "{name}: genre");
+        assert_eq!(got.date, want.date, "{name}: date");
+        assert_eq!(got.track, want.track, "{name}: track");
+        assert_eq!(got.track_total, want.track_total, "{name}: track total");
+        assert_eq!(got.disc, want.disc, "{name}: disc");
+        assert_eq!(got.disc_total, want.disc_total, "{name}: disc total");
+        assert_eq!(got.composer, want.composer, "{name}: composer");
+        assert_eq!(got.lyrics, want.lyrics, "{name}: lyrics");
+        assert_eq!(got.has_art, want.has_art, "{name}: embedded art");
+        assert_eq!(got.sample_rate, want.sample_rate, "{name}: sample rate");
+        assert_eq!(got.channels, want.channels, "{name}: channels");
+        let ms = got
+            .duration_ms
+            .unwrap_or_else(|| panic!("{name}: no duration"));
+        assert!(
+            (900..=1150).contains(&ms),
+            "{name}: duration {ms} ms, expected about 1000"
+        );
+        assert!(
+            got.bitrate.is_some_and(|b| b > 1000),
+            "{name}: bitrate {:?}",
+            got.bitrate
+        );
+        assert_eq!(
+            rec.scan.size,
+            fs::metadata(fx.root.join(&t.rel_path)).unwrap().len()
+        );
+    }
+    assert_eq!(
+        recs.len(),
+        fx.tracks.len(),
+        "catalog holds exactly the good files: {:?}",
+        recs.keys()
+    );
+
+    for b in &fx.broken {
+        let reason = skipped_reason(&report, &fx.root, &b.rel_path).unwrap_or_else(|| {
+            panic!(
+                "broken file {} ({}) not reported: {:#?}",
+                b.rel_path.display(),
+                b.what,
+                report.skipped
+            )
+        });
+        assert!(!reason.is_empty(), "{}: empty reason", b.rel_path.display());
+    }
+    for l in &fx.bad_links {
+        assert!(
+            skipped_reason(&report, &fx.root, l).is_some(),
+            "bad symlink {} not reported: {:#?}",
+            l.display(),
+            report.skipped
+        );
+    }
+    let loop_reason = skipped_reason(&report, &fx.root, Path::new("links/loop")).unwrap();
+    assert!(loop_reason.contains("loop"), "loop reason: {loop_reason}");
+    let dangling = skipped_reason(&report, &fx.root, Path::new("links/dangling.mp3")).unwrap();
+    assert!(dangling.contains("dangling"), "dangling reason: {dangling}");
+    let outside = skipped_reason(&report, &fx.root, Path::new("links/outside.flac")).unwrap();
+    assert!(outside.contains("outside"), "outside reason: {outside}");
+    let mismatch =
+        skipped_reason(&report, &fx.root, Path::new("broken/really a flac.mp3")).unwrap();
+    assert!(mismatch.contains("FLAC"), "mismatch reason: {mismatch}");
+    for i in &fx.ignored {
+        assert!(
+            skipped_reason(&report, &fx.root, i).is_none(),
+            "{} should be ignored silently",
+            i.display()
+        );
+    }
+    assert_eq!(
+        report.skipped.len(),
+        fx.broken.len() + fx.bad_links.len(),
+        "nothing else is skipped: {:#?}",
+        report.skipped
+    );
+
+    assert_eq!(report.added as usize, fx.tracks.len());
+    assert_eq!(report.opened as usize, fx.tracks.len() + fx.broken.len());
+    assert_eq!(report.seen, report.opened);
+    assert_eq!(
+        (report.changed, report.removed, report.unchanged),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn rescans_open_only_new_or_changed_files_and_drop_deleted_ones() {
+    let env = setup();
+    let fx = &env.fixture;
+    let first = run_scan(&env);
+    assert_eq!(first.added as usize, fx.tracks.len());
+
+    // Unreadable files have no catalog entry to compare with, so they are retried on every
+    // scan; with them gone, an unchanged library opens nothing.
+    let again = run_scan(&env);
+    assert_eq!(again.opened as usize, fx.broken.len(), "{again:#?}");
+    assert_eq!(again.unchanged as usize, fx.tracks.len());
+    fs::remove_dir_all(fx.root.join("broken")).unwrap();
+    let clean = run_scan(&env);
+    assert_eq!(clean.opened, 0, "{clean:#?}");
+    assert_eq!((clean.added, clean.changed, clean.removed), (0, 0, 0));
+    assert_eq!(clean.unchanged as usize, fx.tracks.len());
+
+    let touched = fx.root.join("m4a/Aac Song.m4a");
+    fs::File::options()
+        .write(true)
+        .open(&touched)
+        .unwrap()
+        .set_modified(SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    let after_touch = run_scan(&env);
+    assert_eq!(after_touch.opened, 1, "{after_touch:#?}");
+    assert_eq!(after_touch.changed, 1);
+    assert_eq!(after_touch.added, 0);
+
+    let before = records(&env.catalog);
+    let gone = PathBuf::from("dup/take2.flac");
+    fs::remove_file(fx.root.join(&gone)).unwrap();
+    let after_delete = run_scan(&env);
+    assert_eq!(after_delete.opened, 0);
+    assert_eq!(after_delete.removed, 1);
+    let after = records(&env.catalog);
+    assert_eq!(after.len(), before.len() - 1);
+    assert!(!after.contains_key(&gone));
+    for (rel, rec) in &after {
+        assert_eq!(
+            before.get(rel).map(|r| r.id),
+            Some(rec.id),
+            "{} kept its id",
+            rel.display()
+        );
+    }
+}
+
+#[test]
+fn verify_rereads_every_file_even_when_unchanged_and_reports_progress() {
+    let env = setup();
+    run_scan(&env);
+    let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let sink = seen.clone();
+    let report = scan(
+        &env.catalog,
+        std::slice::from_ref(&env.fixture.root),
+        &ScanOptions {
+            verify: true,
+            progress: Some(Arc::new(move |p| sink.lock().unwrap().push(p))),
+            ..opts()
+        },
+    )
+    .unwrap();
+    let n = env.fixture.tracks.len() + env.fixture.broken.len();
+    assert_eq!(report.opened as usize, n);
+    assert_eq!(report.changed as usize, env.fixture.tracks.len());
+    assert_eq!(report.unchanged, 0);
+    let calls = seen.lock().unwrap();
+    let last = calls.last().expect("progress was reported");
+    assert!(last.done);
+    assert_eq!((last.seen, last.opened), (report.seen, report.opened));
+}
+
+#[test]
+fn missing_origin_is_an_error_naming_the_path() {
+    let dir = TempDir::new().unwrap();
+    let catalog = Catalog::open(&dir.path().join("catalog")).unwrap();
+    let missing = dir.path().join("no-such-origin");
+    match scan(
+        &catalog,
+        std::slice::from_ref(&missing),
+        &ScanOptions::default(),
+    ) {
+        Err(e @ ScanError::Origin { .. }) => {
+            assert!(e.to_string().contains("no-such-origin"), "{e}")
+        }
+        other => panic!("expected an origin error, got {other:?}"),
+    }
+}
+
+#[test]
+fn truncated_and_corrupted_copies_of_every_good_file_never_panic() {
+    let env = setup();
+    let scratch = TempDir::new().unwrap();
+    for t in &env.fixture.tracks {
+        let bytes = fs::read(env.fixture.root.join(&t.rel_path)).unwrap();
+        let ext = t.rel_path.extension().unwrap();
+        let len = bytes.len();
+        let mut variants: Vec<Vec<u8>> = [1, 4, 11, 64, 100, 300, 1000, 4096, len / 2, len - 1]
+            .into_iter()
+            .filter(|n| *n < len)
+            .map(|n| bytes[..n].to_vec())
+            .collect();
+        // Flip bytes throughout the headers, where parsers trust lengths and counts.
+        for (i, pos) in (0..len.min(8192)).step_by(97).enumerate() {
+            let mut c = bytes.clone();
+            c[pos] ^= 0xFF - (i as u8 % 7);
+            variants.push(c);
+        }
+        for (i, v) in variants.iter().enumerate() {
+            let p = scratch.path().join(format!("v{i}")).with_extension(ext);
+            fs::write(&p, v).unwrap();
+            match musicfs_index::read_tags(&p) {
+                Ok(_) => {}
+                Err(e) => assert!(!e.to_string().is_empty()),
+            }
+        }
+    }
+}
