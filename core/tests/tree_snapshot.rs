@@ -52,8 +52,11 @@ fn publish(tree: &TreeData) -> (tempfile::TempDir, Snapshot) {
     (dir, snap)
 }
 
-/// (path, ino, is_dir, size, source) for every node, from the snapshot.
-fn listing(snap: &Snapshot) -> Vec<(String, u64, bool, u64, Option<Vec<u8>>)> {
+/// (path, ino, is_dir, size, source) of one node.
+type Row = (String, u64, bool, u64, Option<Vec<u8>>);
+
+/// Every node of the snapshot.
+fn listing(snap: &Snapshot) -> Vec<Row> {
     snap.walk()
         .into_iter()
         .map(|(p, n)| {

@@ -1,0 +1,27 @@
+//! MusicFS FUSE server: mounts a tree snapshot read-only and answers the kernel from it.
+//!
+//! It owns the session (mount, unmount, auto-unmount), the worker threads (one cloned
+//! `/dev/fuse` fd each, pinned, with their own buffers) and the filesystem operations. It
+//! must not know how bytes are fetched beyond opening the source path a snapshot names, and
+//! it never writes anywhere: every write operation answers EROFS.
+//!
+//! Types to read first:
+//! - [`mount`] / [`MountOptions`] / [`Mounted`] / [`Unmounter`]: the lifecycle the daemon
+//!   drives ([`session`]).
+//! - [`FsModel`]: every operation as a plain function over the snapshot, tested without a
+//!   kernel ([`fs`]).
+//! - [`fuse::FuseFs`]: the thin `fuse_backend_rs::FileSystem` shell around the model, where
+//!   [`FsError::to_errno`] turns errors into errnos.
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod handles;
+pub mod session;
+pub mod xattr;
+
+pub use error::{FsError, FuseError};
+pub use fs::{Attr, DirItem, FsConfig, FsModel, FsStats, Kind};
+pub use session::{mount, mount_with_tags, MountOptions, Mounted, Unmounter};
+pub use xattr::{TagSource, XattrReply};

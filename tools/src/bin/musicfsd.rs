@@ -1,0 +1,224 @@
+//! `musicfsd`: mounts the MusicFS tree and serves it until unmounted or signalled.
+//!
+//! Start-up is O(1) when a snapshot matching the configuration exists: it is mapped and
+//! served at once. Without one (first run, new origin or template, corrupt snapshot) the
+//! catalog is brought up to date and a snapshot published before mounting.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use clap::Parser;
+use musicfs_core::config::Config;
+use musicfs_core::snapshot::{Snapshot, SnapshotError};
+use musicfs_core::template::Template;
+use musicfs_fusedev::MountOptions;
+use musicfs_storage::Catalog;
+use musicfs_tools::{
+    check_mountpoint, check_origins, init_logging, origin_paths, publish, scan_summary,
+    scan_with_progress, sd_notify, StateDir,
+};
+use tracing::{error, info, warn};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The MusicFS daemon: a read-only FUSE filesystem showing a music library by its tags.
+#[derive(Parser)]
+#[command(name = "musicfsd", version, about)]
+struct Cli {
+    /// Where to mount the tree (an existing, empty directory).
+    mountpoint: PathBuf,
+    /// FUSE worker threads, each on its own /dev/fuse queue [default: one per CPU].
+    #[arg(long, env = "MUSICFS_THREADS")]
+    threads: Option<usize>,
+    /// TOML configuration file.
+    #[arg(long, env = "MUSICFS_CONFIG")]
+    config: Option<PathBuf>,
+    /// An origin directory; repeat for several (default: the config's origins).
+    #[arg(long = "origin", env = "MUSICFS_ORIGINS", value_delimiter = ':')]
+    origins: Vec<PathBuf>,
+    /// Path template (see docs/TEMPLATES.md).
+    #[arg(long, env = "MUSICFS_TEMPLATE")]
+    template: Option<String>,
+    /// State directory (catalog and snapshot) [default: $XDG_STATE_HOME/musicfs, or
+    /// /var/lib/musicfs for root].
+    #[arg(long, env = "MUSICFS_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Let other users access the mount.
+    #[arg(long)]
+    allow_other: bool,
+    /// Owner uid shown for every file [default: the daemon's].
+    #[arg(long)]
+    uid: Option<u32>,
+    /// Owner gid shown for every file [default: the daemon's].
+    #[arg(long)]
+    gid: Option<u32>,
+    /// Kernel entry cache timeout in seconds [default: 3600].
+    #[arg(long)]
+    entry_timeout: Option<f64>,
+    /// Kernel attribute cache timeout in seconds [default: 3600].
+    #[arg(long)]
+    attr_timeout: Option<f64>,
+    /// Log filter (error, warn, info, debug, trace); RUST_LOG wins.
+    #[arg(long, env = "MUSICFS_LOG_LEVEL")]
+    log_level: Option<String>,
+}
+
+/// Exit code for bad usage, configuration or environment (mountpoint, origins).
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match merge_config(&cli) {
+        Ok(cfg) => cfg,
+        Err(e) => return usage_error(e),
+    };
+    init_logging(&cfg.log_level);
+    if let Err(e) = check_mountpoint(&cli.mountpoint) {
+        return usage_error(e);
+    }
+    let origins = match check_origins(&origin_paths(&cfg)) {
+        Ok(o) => o,
+        Err(e) => return usage_error(e),
+    };
+    match run(&cli, &cfg, &origins) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("musicfsd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage_error(e: anyhow::Error) -> ExitCode {
+    eprintln!("musicfsd: {e:#}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn merge_config(cli: &Cli) -> Result<Config> {
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    if let Some(t) = cli.threads {
+        cfg.threads = t;
+    }
+    if !cli.origins.is_empty() {
+        cfg.origins = cli
+            .origins
+            .iter()
+            .map(|p| musicfs_core::config::OriginConfig { path: p.clone() })
+            .collect();
+    }
+    if let Some(t) = &cli.template {
+        cfg.template = t.clone();
+    }
+    if let Some(d) = &cli.state_dir {
+        cfg.state_dir = Some(d.clone());
+    }
+    cfg.allow_other |= cli.allow_other;
+    cfg.uid = cli.uid.or(cfg.uid);
+    cfg.gid = cli.gid.or(cfg.gid);
+    if let Some(t) = cli.entry_timeout {
+        cfg.entry_timeout_secs = t;
+    }
+    if let Some(t) = cli.attr_timeout {
+        cfg.attr_timeout_secs = t;
+    }
+    if let Some(l) = &cli.log_level {
+        cfg.log_level = l.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
+    let state = StateDir::create(&cfg.state_dir())?;
+    let catalog = Arc::new(state.open_catalog()?);
+    let template = Template::parse(&cfg.template)?;
+    let snapshot = load_or_build(&state, &catalog, &template, origins)?;
+    info!(
+        generation = snapshot.generation(),
+        tracks = snapshot.track_count(),
+        "serving snapshot"
+    );
+    let opts = MountOptions {
+        threads: cfg.worker_threads(),
+        entry_timeout: cfg.entry_timeout(),
+        attr_timeout: cfg.attr_timeout(),
+        allow_other: cfg.allow_other,
+        uid: cfg.uid,
+        gid: cfg.gid,
+        ..MountOptions::default()
+    };
+    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+    let mounted = musicfs_fusedev::mount(&cli.mountpoint, shared, Some(catalog), &opts)
+        .with_context(|| format!("cannot mount {}", cli.mountpoint.display()))?;
+    let unmounter = mounted.unmounter();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("cannot install signal handlers")?;
+    let signal_handle = signals.handle();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                info!(signal = sig, "unmounting on signal");
+                if let Err(e) = unmounter.unmount() {
+                    error!("unmount on signal failed: {e}");
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    info!(mountpoint = %cli.mountpoint.display(), "mounted");
+    sd_notify("READY=1");
+    let result = mounted.wait();
+    signal_handle.close();
+    info!("unmounted");
+    result.context("FUSE session failed")
+}
+
+/// The snapshot to serve: the published one when it matches the configured origins and
+/// template, else a fresh one from the catalog (scanning first when the catalog has never
+/// seen an origin). A corrupt or incompatible snapshot is reported and rebuilt.
+fn load_or_build(
+    state: &StateDir,
+    catalog: &Catalog,
+    template: &Template,
+    origins: &[PathBuf],
+) -> Result<Snapshot> {
+    let path = state.snapshot_path();
+    match Snapshot::open(&path) {
+        Ok(snap) if matches_config(&snap, template, origins) => return Ok(snap),
+        Ok(_) => info!("configuration changed since the last snapshot: rebuilding"),
+        Err(SnapshotError::Missing(_)) => info!("no snapshot yet: scanning the origins"),
+        Err(e) => warn!("{e}; rebuilding it"),
+    }
+    anyhow::ensure!(
+        !origins.is_empty(),
+        "no origin: give --origin DIR or [[origin]] in the config"
+    );
+    let known: Vec<PathBuf> = catalog.origins()?.into_iter().map(|(_, p)| p).collect();
+    if origins.iter().any(|o| !known.contains(o)) {
+        let report = scan_with_progress(catalog, origins)?;
+        info!("{}", scan_summary(&report));
+    }
+    let published = publish(catalog, template, origins, &path)?;
+    info!(
+        generation = published.generation,
+        tracks = published.tracks,
+        ms = published.elapsed.as_millis() as u64,
+        "published snapshot"
+    );
+    Ok(Snapshot::open(&path)?)
+}
+
+fn matches_config(snap: &Snapshot, template: &Template, origins: &[PathBuf]) -> bool {
+    let roots: Vec<&std::path::Path> = snap.origin_roots().collect();
+    snap.template() == template.as_str()
+        && roots.len() == origins.len()
+        && origins.iter().all(|o| roots.contains(&o.as_path()))
+}
