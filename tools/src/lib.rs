@@ -182,44 +182,6 @@ pub fn publish(
     })
 }
 
-/// Refuses a mountpoint that is missing, not a directory, or already a mount, with a
-/// message naming the problem.
-pub fn check_mountpoint(mountpoint: &Path) -> Result<()> {
-    let meta = std::fs::metadata(mountpoint)
-        .with_context(|| format!("mountpoint {} does not exist", mountpoint.display()))?;
-    anyhow::ensure!(
-        meta.is_dir(),
-        "mountpoint {} is not a directory",
-        mountpoint.display()
-    );
-    let canon = std::fs::canonicalize(mountpoint)?;
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let already = mounts
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| unescape_mountinfo(mp) == canon.as_os_str().as_bytes());
-    anyhow::ensure!(!already, "mountpoint {} is already a mount", mountpoint.display());
-    Ok(())
-}
-
-/// Mount table fields escape space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &str) -> Vec<u8> {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 /// Tells systemd (when `NOTIFY_SOCKET` is set) about our state, e.g. `READY=1`.
 pub fn sd_notify(state: &str) {
     use std::os::linux::net::SocketAddrExt;

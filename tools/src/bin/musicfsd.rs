@@ -17,7 +17,7 @@ use musicfs_core::template::Template;
 use musicfs_fusedev::MountOptions;
 use musicfs_storage::Catalog;
 use musicfs_tools::{
-    check_mountpoint, check_origins, init_logging, origin_paths, publish, scan_summary,
+    check_origins, init_logging, origin_paths, publish, scan_summary,
     scan_with_progress, sd_notify, StateDir,
 };
 use tracing::{error, info, warn};
@@ -77,8 +77,8 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     init_logging(&cfg.log_level);
-    if let Err(e) = check_mountpoint(&cli.mountpoint) {
-        return usage_error(e);
+    if let Err(e) = musicfs_fusedev::session::check_mountpoint(&cli.mountpoint) {
+        return usage_error(e.into());
     }
     let origins = match check_origins(&origin_paths(&cfg)) {
         Ok(o) => o,
