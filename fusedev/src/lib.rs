@@ -18,6 +18,7 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod handles;
+pub mod notify;
 pub mod session;
 pub mod xattr;
 

@@ -369,6 +369,20 @@ impl Mounted {
         }
     }
 
+    /// A notifier for kernel cache invalidation, on its own cloned `/dev/fuse` fd.
+    pub fn notifier(&self) -> Result<crate::notify::Notifier, FuseError> {
+        let session = lock(&self.shared.session);
+        let session = session.as_ref().ok_or_else(|| FuseError::Session {
+            path: self.shared.mountpoint.clone(),
+            reason: "the session is closed".into(),
+        })?;
+        let fd = worker_fd(session).map_err(|e| FuseError::Session {
+            path: self.shared.mountpoint.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(crate::notify::Notifier::new(fd))
+    }
+
     /// The (canonical) mountpoint.
     pub fn mountpoint(&self) -> &Path {
         &self.shared.mountpoint
