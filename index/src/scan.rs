@@ -5,6 +5,12 @@
 //! thread collects their results and writes them in batches, one catalog transaction per
 //! batch, so an interrupted scan keeps what it already wrote and the next scan resumes from
 //! there (the unchanged files are not opened again).
+//!
+//! Files that cannot be read as audio for a reason inherent to their bytes (empty,
+//! truncated, not the format their extension says) are remembered in the catalog's
+//! `skipped` table with their stat, so they too are not reopened until they change; they
+//! are still reported in every [`ScanReport::skipped`]. Files that failed with an I/O
+//! error are not remembered: the error may be gone by the next scan.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -16,13 +22,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use musicfs_core::{Format, OriginId, ScanState, TrackId, TrackMeta};
-use musicfs_storage::{Catalog, CatalogError, Upsert};
+use musicfs_storage::{Batch, Catalog, CatalogError, SkipRecord, Upsert};
 use walkdir::WalkDir;
 
 use crate::fsio::{open_readonly, scan_state};
 use crate::tags::{read_tags_from, TagError};
 
-/// How many upserts/removals go into one catalog transaction.
+/// How many changes (upserts, removals, skips) go into one catalog transaction.
 const BATCH: usize = 1000;
 /// The collector reports progress at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
@@ -114,12 +120,14 @@ pub struct ScanReport {
     pub changed: u64,
     /// Catalog entries removed: the file is gone, or no longer readable as audio.
     pub removed: u64,
-    /// Files whose stat matched the catalog; not opened.
+    /// Files whose stat matched the catalog (tracks, and broken files it remembers as
+    /// skipped); not opened.
     pub unchanged: u64,
     /// Files actually opened to read tags.
     pub opened: u64,
     /// Paths not cataloged, with the reason (broken files, dangling or looping symlinks,
-    /// symlinks leaving the origin, unreadable directories).
+    /// symlinks leaving the origin, unreadable directories). A broken file left unchanged
+    /// since an earlier scan is listed with the reason recorded then, without being opened.
     pub skipped: Vec<Skipped>,
     /// Wall time of the whole scan.
     pub elapsed: Duration,
@@ -155,7 +163,26 @@ struct Done {
 struct WalkOutcome {
     /// Catalog entries whose file was not found (minus those under unreadable directories).
     gone: Vec<TrackId>,
+    /// Remembered broken files that were not found (same exception), as rel paths.
+    gone_broken: Vec<Vec<u8>>,
     skipped: Vec<Skipped>,
+}
+
+/// What the catalog remembers of one origin, for the walker to compare stats against.
+struct Known {
+    tracks: HashMap<Vec<u8>, (TrackId, ScanState)>,
+    broken: HashMap<Vec<u8>, (ScanState, String)>,
+}
+
+/// What to do with one audio file the walker found.
+#[derive(Debug, PartialEq, Eq)]
+enum Decision {
+    /// A cataloged track whose stat has not changed.
+    Unchanged,
+    /// A remembered broken file whose stat has not changed, with the stored reason.
+    StillBroken(String),
+    /// Read its tags; carries the id when the file is a cataloged track.
+    Read(Option<TrackId>),
 }
 
 /// Scans `origins` (local directories) into `catalog`: new and changed files are read and
@@ -243,7 +270,10 @@ fn scan_origin(
 ) -> Result<(), ScanError> {
     let root = origin_root(origin)?;
     let origin_id = catalog.origin_id(&root)?;
-    let known = catalog.scan_states(origin_id)?;
+    let known = Known {
+        tracks: catalog.scan_states(origin_id)?,
+        broken: catalog.skipped_states(origin_id)?,
+    };
     let threads = opts.threads.max(1);
     let counters = Counters::new(report, opts.progress.clone());
     let (job_tx, job_rx) = bounded::<Job>(threads * 64);
@@ -268,6 +298,7 @@ fn scan_origin(
         // outcome rather than removing the origin's tracks.
         let walk = walker.join().unwrap_or_else(|_| WalkOutcome {
             gone: Vec::new(),
+            gone_broken: Vec::new(),
             skipped: vec![Skipped {
                 path: root.clone(),
                 reason: "directory walk aborted".into(),
@@ -275,16 +306,36 @@ fn scan_origin(
         });
         (walk, collected)
     });
-    let mut removals = collected?;
-    removals.extend(walk.gone);
-    for chunk in removals.chunks(BATCH) {
-        catalog.apply(&[], chunk)?;
-    }
-    report.removed += removals.len() as u64;
+    collected?;
+    report.removed += walk.gone.len() as u64;
+    forget_gone(catalog, origin_id, walk.gone, walk.gone_broken)?;
     report.seen = counters.seen.load(Ordering::Relaxed);
     report.unchanged = counters.unchanged.load(Ordering::Relaxed);
     report.skipped.extend(walk.skipped);
     Ok(())
+}
+
+/// Removes the tracks and forgets the broken files that were not found, in batches.
+fn forget_gone(
+    catalog: &Catalog,
+    origin: OriginId,
+    gone: Vec<TrackId>,
+    gone_broken: Vec<Vec<u8>>,
+) -> Result<(), CatalogError> {
+    let mut removals = gone.into_iter();
+    let mut unskipped = gone_broken.into_iter().map(|rel| (origin, rel));
+    loop {
+        let mut batch = Batch {
+            removals: removals.by_ref().take(BATCH).collect(),
+            ..Batch::default()
+        };
+        let room = BATCH - batch.removals.len();
+        batch.unskipped = unskipped.by_ref().take(room).collect();
+        if batch.removals.is_empty() && batch.unskipped.is_empty() {
+            return Ok(());
+        }
+        catalog.apply_batch(&batch)?;
+    }
 }
 
 fn read_worker(jobs: Receiver<Job>, done: Sender<Done>) {
@@ -298,17 +349,16 @@ fn read_worker(jobs: Receiver<Job>, done: Sender<Done>) {
     }
 }
 
-/// Drains the workers' results into catalog batches. Returns the ids of known files that
-/// are no longer readable audio, for removal.
+/// Drains the workers' results into catalog batches. A known track that is no longer
+/// readable audio is removed in the same transaction that records it as skipped.
 fn collect(
     catalog: &Catalog,
     origin: OriginId,
     done: Receiver<Done>,
     counters: &Counters,
     report: &mut ScanReport,
-) -> Result<Vec<TrackId>, ScanError> {
-    let mut batch: Vec<Upsert> = Vec::with_capacity(BATCH);
-    let mut removals = Vec::new();
+) -> Result<(), ScanError> {
+    let mut batch = Batch::default();
     let mut last_progress = Instant::now();
     for Done { job, result } in done {
         report.opened += 1;
@@ -320,7 +370,7 @@ fn collect(
                 } else {
                     report.added += 1;
                 }
-                batch.push(Upsert {
+                batch.upserts.push(Upsert {
                     origin,
                     rel_path: job.rel,
                     format,
@@ -330,26 +380,44 @@ fn collect(
             }
             Err(e) => {
                 tracing::debug!(path = %job.path.display(), error = %e, "skipping file");
-                removals.extend(job.known);
+                if let Some(id) = job.known {
+                    batch.removals.push(id);
+                    report.removed += 1;
+                }
+                let reason = e.to_string();
+                if matches!(e, TagError::Io(_)) {
+                    batch.unskipped.push((origin, job.rel));
+                } else {
+                    batch.skipped.push(SkipRecord {
+                        origin,
+                        rel_path: job.rel,
+                        scan: job.state,
+                        reason: reason.clone(),
+                    });
+                }
                 report.skipped.push(Skipped {
                     path: job.path,
-                    reason: e.to_string(),
+                    reason,
                 });
             }
         }
-        if batch.len() >= BATCH {
-            catalog.apply(&batch, &[])?;
-            batch.clear();
+        if batch_len(&batch) >= BATCH {
+            catalog.apply_batch(&batch)?;
+            batch = Batch::default();
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
             counters.emit();
         }
     }
-    if !batch.is_empty() {
-        catalog.apply(&batch, &[])?;
+    if batch_len(&batch) > 0 {
+        catalog.apply_batch(&batch)?;
     }
-    Ok(removals)
+    Ok(())
+}
+
+fn batch_len(batch: &Batch) -> usize {
+    batch.upserts.len() + batch.removals.len() + batch.skipped.len() + batch.unskipped.len()
 }
 
 fn rel_bytes(root: &Path, path: &Path) -> Option<Vec<u8>> {
@@ -364,9 +432,23 @@ fn audio_format(path: &Path) -> Option<Format> {
         .and_then(Format::from_ext)
 }
 
+/// Compares a found file's stat with what the catalog remembers of its path, and forgets
+/// the path in `known` so that whatever is left at the end was not found.
+fn decide(known: &mut Known, rel: &[u8], state: ScanState, verify: bool) -> Decision {
+    let broken = known.broken.remove(rel);
+    match known.tracks.remove(rel) {
+        Some((_, old)) if old == state && !verify => Decision::Unchanged,
+        Some((id, _)) => Decision::Read(Some(id)),
+        None => match broken {
+            Some((old, reason)) if old == state && !verify => Decision::StillBroken(reason),
+            _ => Decision::Read(None),
+        },
+    }
+}
+
 fn walk_origin(
     root: &Path,
-    mut known: HashMap<Vec<u8>, (TrackId, ScanState)>,
+    mut known: Known,
     verify: bool,
     counters: &Counters,
     jobs: Sender<Job>,
@@ -441,13 +523,20 @@ fn walk_origin(
             counters.emit();
         }
         let state = scan_state(&md);
-        let known_id = match known.remove(&rel) {
-            Some((_, old)) if old == state && !verify => {
+        let known_id = match decide(&mut known, &rel, state, verify) {
+            Decision::Unchanged => {
                 counters.unchanged.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            Some((id, _)) => Some(id),
-            None => None,
+            Decision::StillBroken(reason) => {
+                counters.unchanged.fetch_add(1, Ordering::Relaxed);
+                skipped.push(Skipped {
+                    path: entry.into_path(),
+                    reason,
+                });
+                continue;
+            }
+            Decision::Read(known_id) => known_id,
         };
         let job = Job {
             path: entry.into_path(),
@@ -460,16 +549,28 @@ fn walk_origin(
             // The collector stopped (a catalog write failed); it reports the error.
             return WalkOutcome {
                 gone: Vec::new(),
+                gone_broken: Vec::new(),
                 skipped,
             };
         }
     }
+    let under_unreadable = |rel: &Vec<u8>| unreadable.iter().any(|dir| is_under(rel, dir));
     let gone = known
+        .tracks
         .into_iter()
-        .filter(|(rel, _)| !unreadable.iter().any(|dir| is_under(rel, dir)))
+        .filter(|(rel, _)| !under_unreadable(rel))
         .map(|(_, (id, _))| id)
         .collect();
-    WalkOutcome { gone, skipped }
+    let gone_broken = known
+        .broken
+        .into_keys()
+        .filter(|rel| !under_unreadable(rel))
+        .collect();
+    WalkOutcome {
+        gone,
+        gone_broken,
+        skipped,
+    }
 }
 
 fn is_under(rel: &[u8], dir: &[u8]) -> bool {
@@ -510,6 +611,60 @@ mod tests {
         assert!(is_under(b"a/b/c.flac", b"a/b"));
         assert!(!is_under(b"a/bc/c.flac", b"a/b"));
         assert!(is_under(b"x.flac", b""));
+    }
+
+    fn state(size: u64) -> ScanState {
+        ScanState {
+            size,
+            mtime_ns: 1,
+            ino: 2,
+            ctime_ns: 3,
+        }
+    }
+
+    fn known() -> Known {
+        Known {
+            tracks: HashMap::from([(b"good.flac".to_vec(), (TrackId(7), state(10)))]),
+            broken: HashMap::from([(b"bad.mp3".to_vec(), (state(0), "empty".to_owned()))]),
+        }
+    }
+
+    #[test]
+    fn an_unchanged_broken_file_keeps_its_reason_and_is_not_read() {
+        let mut k = known();
+        assert_eq!(
+            decide(&mut k, b"bad.mp3", state(0), false),
+            Decision::StillBroken("empty".to_owned())
+        );
+        assert!(k.broken.is_empty(), "found files are not forgotten as gone");
+    }
+
+    #[test]
+    fn a_changed_or_verified_broken_file_is_read_as_new() {
+        assert_eq!(
+            decide(&mut known(), b"bad.mp3", state(5), false),
+            Decision::Read(None)
+        );
+        assert_eq!(
+            decide(&mut known(), b"bad.mp3", state(0), true),
+            Decision::Read(None)
+        );
+    }
+
+    #[test]
+    fn tracks_are_read_again_only_when_changed_or_verified() {
+        assert_eq!(
+            decide(&mut known(), b"good.flac", state(10), false),
+            Decision::Unchanged
+        );
+        assert_eq!(
+            decide(&mut known(), b"good.flac", state(11), false),
+            Decision::Read(Some(TrackId(7)))
+        );
+        assert_eq!(
+            decide(&mut known(), b"new.ogg", state(1), false),
+            Decision::Read(None)
+        );
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The catalog: every track MusicFS knows, in an LMDB environment (through heed).
 //!
-//! Layout (see [`schema`]): `tracks` maps a [`TrackId`] (u64 big-endian) to the track;
-//! `paths` maps (origin id as u32 big-endian, relative path bytes) to the track's id and
-//! [`ScanState`], so an incremental scan never reads tags; `origins` maps an [`OriginId`]
-//! to its root path; `meta` holds the schema version and the persistent counters.
+//! Layout (see `catalog/schema.rs`): `tracks` maps a [`TrackId`] (u64 big-endian) to
+//! the track; `paths` maps (origin id as u32 big-endian, relative path bytes) to the
+//! track's id and [`ScanState`], so an incremental scan never reads tags; `skipped` maps
+//! the same keys to the files the scanner could not catalog (broken audio), with the
+//! reason and scan state, so an unchanged broken file is not opened again; `origins` maps
+//! an [`OriginId`] to its root path; `meta` holds the schema version and the persistent
+//! counters. A path is in at most one of `paths` and `skipped`.
 //!
 //! Ids are never reused: new tracks take the next value of a persistent counter, and a
 //! file that is upserted again keeps its id. Every write is one transaction; when the map
@@ -15,6 +18,7 @@
 
 mod error;
 mod schema;
+mod skipped;
 mod store;
 
 use std::collections::HashMap;
@@ -28,6 +32,7 @@ use musicfs_core::meta::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackR
 pub use self::error::CatalogError;
 pub use self::schema::SCHEMA_VERSION;
 use self::schema::{path_key, rel_path_in_key, Dbs, PathEntry, TrackValue};
+pub use self::skipped::SkipRecord;
 use self::store::Store;
 
 /// The map size a catalog starts with; it grows on demand.
@@ -46,6 +51,21 @@ pub struct Upsert {
     pub scan: ScanState,
     /// Tags and stream facts.
     pub meta: TrackMeta,
+}
+
+/// Everything one scan step changes, for [`Catalog::apply_batch`]: written in one
+/// transaction, in the order removals, unskipped, skipped, upserts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// New or changed files; each also leaves `skipped`.
+    pub upserts: Vec<Upsert>,
+    /// Tracks to drop, by id; unknown ids are ignored.
+    pub removals: Vec<TrackId>,
+    /// Files to remember as not catalogable; a track at the same path is removed.
+    pub skipped: Vec<SkipRecord>,
+    /// Files to forget as skipped (they vanished, or must be retried next scan); unknown
+    /// paths are ignored.
+    pub unskipped: Vec<(OriginId, Vec<u8>)>,
 }
 
 /// The track catalog of one MusicFS instance. See the [module docs](self).
@@ -176,22 +196,29 @@ impl Catalog {
     ///
     /// Removals run first, so a batch that removes a track and upserts its path gives the
     /// path a fresh id. Removing an unknown id is not an error. An upsert identical to the
-    /// stored track writes nothing.
+    /// stored track writes nothing. An upsert forgets the skip recorded for its path (see
+    /// [`apply_batch`](Catalog::apply_batch)).
     pub fn apply(
         &self,
         upserts: &[Upsert],
         removals: &[TrackId],
     ) -> Result<Vec<TrackId>, CatalogError> {
-        let ids = self
-            .store
-            .write("apply", |txn| self.apply_in(txn, upserts, removals))?;
-        tracing::debug!(
-            catalog = %self.store.dir().display(),
-            upserts = upserts.len(),
-            removals = removals.len(),
-            "catalog changes applied"
-        );
-        Ok(ids)
+        self.apply_parts(upserts, removals, &[], &[])
+    }
+
+    /// [`apply`](Catalog::apply) plus the `skipped` changes of [`Batch`], all in one
+    /// transaction. Returns the ids of the upserts in order.
+    ///
+    /// Only track changes bump the [change counter](Catalog::change_counter): the tree
+    /// does not show skipped files. Recording a skip for a path that holds a track removes
+    /// that track, which does count.
+    pub fn apply_batch(&self, batch: &Batch) -> Result<Vec<TrackId>, CatalogError> {
+        self.apply_parts(
+            &batch.upserts,
+            &batch.removals,
+            &batch.skipped,
+            &batch.unskipped,
+        )
     }
 
     /// Calls `f` for every track in id order (one read transaction).
@@ -233,25 +260,68 @@ impl Catalog {
         })
     }
 
+    fn apply_parts(
+        &self,
+        upserts: &[Upsert],
+        removals: &[TrackId],
+        skipped: &[SkipRecord],
+        unskipped: &[(OriginId, Vec<u8>)],
+    ) -> Result<Vec<TrackId>, CatalogError> {
+        let ids = self.store.write("apply", |txn| {
+            self.apply_in(txn, upserts, removals, skipped, unskipped)
+        })?;
+        tracing::debug!(
+            catalog = %self.store.dir().display(),
+            upserts = upserts.len(),
+            removals = removals.len(),
+            skipped = skipped.len(),
+            unskipped = unskipped.len(),
+            "catalog changes applied"
+        );
+        Ok(ids)
+    }
+
     fn apply_in(
         &self,
         txn: &mut RwTxn<'_>,
         upserts: &[Upsert],
         removals: &[TrackId],
+        skipped: &[SkipRecord],
+        unskipped: &[(OriginId, Vec<u8>)],
     ) -> Result<Vec<TrackId>, CatalogError> {
         let meta = self.dbs.meta(self.store.dir());
         let mut changed = false;
         for &id in removals {
             changed |= self.remove_in(txn, id)?;
         }
+        for (origin, rel_path) in unskipped {
+            self.unskip_in(txn, *origin, rel_path)?;
+        }
+        let mut known_origins = Vec::new();
+        for skip in skipped {
+            if !known_origins.contains(&skip.origin) {
+                self.check_origin(txn, skip.origin)?;
+                known_origins.push(skip.origin);
+            }
+            changed |= self.skip_in(txn, skip)?;
+        }
+        // Most batches come from a library without broken files: skip the per-upsert
+        // lookup then.
+        let any_skipped = !self
+            .dbs
+            .skipped
+            .is_empty(txn)
+            .map_err(|e| self.store.lmdb("apply", e))?;
         let first_new = meta.next_track_id(txn)?;
         let mut next_new = first_new;
-        let mut known_origins = Vec::new();
         let mut ids = Vec::with_capacity(upserts.len());
         for upsert in upserts {
             if !known_origins.contains(&upsert.origin) {
                 self.check_origin(txn, upsert.origin)?;
                 known_origins.push(upsert.origin);
+            }
+            if any_skipped {
+                self.unskip_in(txn, upsert.origin, &upsert.rel_path)?;
             }
             let (id, wrote) = self.upsert_in(txn, upsert, &mut next_new)?;
             changed |= wrote;

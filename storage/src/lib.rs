@@ -2,7 +2,8 @@
 //!
 //! Today this crate owns the **catalog** ([`catalog`]): the LMDB environment (through heed)
 //! that remembers every track the scanner found, under a stable [`TrackId`], with its tags
-//! and the file facts ([`ScanState`]) an incremental scan compares against. Later it will
+//! and the file facts ([`ScanState`]) an incremental scan compares against, and the files
+//! it could not read, so it does not open them again while they stay unchanged. Later it will
 //! also own the content-addressed chunk store (CAS: chunk index, pack files, eviction) and
 //! the origins (local, S3, SFTP, SMB) that list and read source files.
 //!
@@ -14,7 +15,8 @@
 //! Types to read first:
 //! - [`Catalog`]: open a catalog directory, look tracks up, apply a scan's changes in one
 //!   transaction.
-//! - [`Upsert`]: one new or changed file, as the scanner hands it over.
+//! - [`Upsert`]: one new or changed file, as the scanner hands it over; [`Batch`] groups
+//!   upserts, removals and [`SkipRecord`]s (broken files) into one transaction.
 //! - [`CatalogError`]: every way the catalog can fail, with the catalog's path in it.
 //!
 //! [`TrackId`]: musicfs_core::meta::TrackId
@@ -23,4 +25,4 @@
 
 pub mod catalog;
 
-pub use catalog::{Catalog, CatalogError, Upsert, SCHEMA_VERSION};
+pub use catalog::{Batch, Catalog, CatalogError, SkipRecord, Upsert, SCHEMA_VERSION};

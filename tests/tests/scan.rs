@@ -178,35 +178,73 @@ fn first_scan_reads_every_tag_and_skips_every_broken_file() {
     );
 }
 
+/// Moves a file's mtime forward without changing its bytes, as `touch` does.
+fn touch(path: &Path) {
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+}
+
+fn skipped_paths(report: &ScanReport) -> Vec<&Path> {
+    let mut paths: Vec<&Path> = report.skipped.iter().map(|s| s.path.as_path()).collect();
+    paths.sort();
+    paths
+}
+
 #[test]
-fn rescans_open_only_new_or_changed_files_and_drop_deleted_ones() {
+fn rescans_open_only_new_or_changed_files_even_with_broken_files_present() {
     let env = setup();
     let fx = &env.fixture;
     let first = run_scan(&env);
     assert_eq!(first.added as usize, fx.tracks.len());
+    assert!(!fx.broken.is_empty());
+    let audio_files = fx.tracks.len() + fx.broken.len();
 
-    // Unreadable files have no catalog entry to compare with, so they are retried on every
-    // scan; with them gone, an unchanged library opens nothing.
     let again = run_scan(&env);
-    assert_eq!(again.opened as usize, fx.broken.len(), "{again:#?}");
-    assert_eq!(again.unchanged as usize, fx.tracks.len());
-    fs::remove_dir_all(fx.root.join("broken")).unwrap();
-    let clean = run_scan(&env);
-    assert_eq!(clean.opened, 0, "{clean:#?}");
-    assert_eq!((clean.added, clean.changed, clean.removed), (0, 0, 0));
-    assert_eq!(clean.unchanged as usize, fx.tracks.len());
+    assert_eq!(again.opened, 0, "{again:#?}");
+    assert_eq!((again.added, again.changed, again.removed), (0, 0, 0));
+    assert_eq!(again.unchanged as usize, audio_files);
+    assert_eq!(skipped_paths(&again), skipped_paths(&first));
+    for b in &fx.broken {
+        assert_eq!(
+            skipped_reason(&again, &fx.root, &b.rel_path),
+            skipped_reason(&first, &fx.root, &b.rel_path),
+            "{} keeps the reason found when it was read",
+            b.rel_path.display()
+        );
+    }
 
-    let touched = fx.root.join("m4a/Aac Song.m4a");
-    fs::File::options()
-        .write(true)
-        .open(&touched)
-        .unwrap()
-        .set_modified(SystemTime::now() + Duration::from_secs(5))
-        .unwrap();
+    touch(&fx.root.join("m4a/Aac Song.m4a"));
     let after_touch = run_scan(&env);
     assert_eq!(after_touch.opened, 1, "{after_touch:#?}");
-    assert_eq!(after_touch.changed, 1);
-    assert_eq!(after_touch.added, 0);
+    assert_eq!(
+        (after_touch.added, after_touch.changed, after_touch.removed),
+        (0, 1, 0)
+    );
+
+    let broken = Path::new("broken/truncated.flac");
+    touch(&fx.root.join(broken));
+    let after_broken_touch = run_scan(&env);
+    assert_eq!(after_broken_touch.opened, 1, "{after_broken_touch:#?}");
+    assert_eq!(
+        (
+            after_broken_touch.added,
+            after_broken_touch.changed,
+            after_broken_touch.removed
+        ),
+        (0, 0, 0)
+    );
+    let reason = skipped_reason(&after_broken_touch, &fx.root, broken);
+    assert!(
+        reason.is_some_and(|r| !r.is_empty()),
+        "{after_broken_touch:#?}"
+    );
+    assert_eq!(reason, skipped_reason(&first, &fx.root, broken));
+    assert_eq!(skipped_paths(&after_broken_touch), skipped_paths(&first));
+    assert_eq!(run_scan(&env).opened, 0, "the new stat was remembered");
 
     let before = records(&env.catalog);
     let gone = PathBuf::from("dup/take2.flac");
@@ -225,6 +263,50 @@ fn rescans_open_only_new_or_changed_files_and_drop_deleted_ones() {
             rel.display()
         );
     }
+
+    fs::remove_file(fx.root.join(broken)).unwrap();
+    let after_broken_delete = run_scan(&env);
+    assert_eq!(after_broken_delete.opened, 0);
+    assert_eq!(after_broken_delete.removed, 0);
+    assert_eq!(
+        after_broken_delete.skipped.len(),
+        first.skipped.len() - 1,
+        "{after_broken_delete:#?}"
+    );
+    assert!(skipped_reason(&after_broken_delete, &fx.root, broken).is_none());
+}
+
+#[test]
+fn a_repaired_file_is_cataloged_and_a_damaged_one_is_dropped_and_remembered() {
+    let env = setup();
+    let fx = &env.fixture;
+    run_scan(&env);
+    let repaired = Path::new("broken/truncated.flac");
+    let damaged = Path::new("mp3/森の人.mp3");
+    let good_flac = fs::read(fx.root.join("flac/Artist One/Album A/03 - Flac Song.flac")).unwrap();
+    fs::write(fx.root.join(repaired), good_flac).unwrap();
+    let mp3 = fs::read(fx.root.join(damaged)).unwrap();
+    fs::write(fx.root.join(damaged), &mp3[..100]).unwrap();
+
+    let report = run_scan(&env);
+
+    assert_eq!(report.opened, 2, "{report:#?}");
+    assert_eq!((report.added, report.removed), (1, 1));
+    assert!(skipped_reason(&report, &fx.root, repaired).is_none());
+    let reason = skipped_reason(&report, &fx.root, damaged).map(str::to_owned);
+    assert!(reason.is_some(), "{report:#?}");
+    let recs = records(&env.catalog);
+    assert!(recs.contains_key(repaired));
+    assert!(!recs.contains_key(damaged));
+
+    let again = run_scan(&env);
+    assert_eq!(again.opened, 0, "{again:#?}");
+    assert_eq!(
+        skipped_reason(&again, &fx.root, damaged),
+        reason.as_deref(),
+        "the damaged file stays skipped without being reopened"
+    );
+    assert!(skipped_reason(&again, &fx.root, repaired).is_none());
 }
 
 #[test]

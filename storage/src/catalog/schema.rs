@@ -39,6 +39,9 @@ const KEY_CHANGES: &str = "change_counter";
 pub(crate) type TracksDb<'t> = Database<'t, U64<BE>, SerdeBincode<TrackValue>>;
 /// Path key (see [`path_key`]) to the track's id and scan state.
 pub(crate) type PathsDb<'t> = Database<'t, Bytes, SerdeBincode<PathEntry>>;
+/// Path key (see [`path_key`]) of a file the scanner could not catalog, to the reason and
+/// the file's scan state at the time.
+pub(crate) type SkippedDb<'t> = Database<'t, Bytes, SerdeBincode<SkipValue>>;
 /// Origin id (u32 big-endian) to the origin's root path bytes.
 pub(crate) type OriginsDb<'t> = Database<'t, U32<BE>, Bytes>;
 /// Counters and the schema version, big-endian integers under string keys.
@@ -50,12 +53,15 @@ pub(crate) type MetaDb<'t> = Database<'t, Str, Bytes>;
 pub(crate) struct Dbs<'t> {
     pub(crate) tracks: TracksDb<'t>,
     pub(crate) paths: PathsDb<'t>,
+    pub(crate) skipped: SkippedDb<'t>,
     pub(crate) origins: OriginsDb<'t>,
     pub(crate) meta: MetaDb<'t>,
 }
 
 impl<'t> Dbs<'t> {
-    /// Creates the databases that do not exist yet and opens all of them.
+    /// Creates the databases that do not exist yet and opens all of them. A catalog
+    /// written before `skipped` existed gets it here, empty: that is its correct content,
+    /// as the files it would list are simply opened once more by the next scan.
     pub(crate) fn create<T>(
         opener: &DatabaseOpener<'t, T>,
         txn: &mut RwTxn<'t>,
@@ -63,6 +69,7 @@ impl<'t> Dbs<'t> {
         Ok(Dbs {
             tracks: opener.create_database(txn, Some("tracks"))?,
             paths: opener.create_database(txn, Some("paths"))?,
+            skipped: opener.create_database(txn, Some("skipped"))?,
             origins: opener.create_database(txn, Some("origins"))?,
             meta: opener.create_database(txn, Some("meta"))?,
         })
@@ -83,6 +90,7 @@ impl OnCommit for Dbs<'_> {
         Dbs {
             tracks: self.tracks.on_commit(token),
             paths: self.paths.on_commit(token),
+            skipped: self.skipped.on_commit(token),
             origins: self.origins.on_commit(token),
             meta: self.meta.on_commit(token),
         }
@@ -120,7 +128,18 @@ pub(crate) struct PathEntry {
     pub(crate) scan: ScanState,
 }
 
-/// The `paths` key prefix of every file of `origin`.
+/// A file the scanner found but could not catalog, as stored under its path key.
+///
+/// The path is kept in full because a hashed key does not spell it out and, unlike a
+/// `paths` entry, there is no track to read it from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SkipValue {
+    pub(crate) rel_path: Vec<u8>,
+    pub(crate) scan: ScanState,
+    pub(crate) reason: String,
+}
+
+/// The `paths` (and `skipped`) key prefix of every file of `origin`.
 pub(crate) fn origin_prefix(origin: OriginId) -> [u8; 4] {
     origin.0.to_be_bytes()
 }
@@ -275,6 +294,7 @@ pub(crate) fn ensure_schema(
             };
             let has_data = !dbs.tracks.is_empty(txn).map_err(lmdb)?
                 || !dbs.paths.is_empty(txn).map_err(lmdb)?
+                || !dbs.skipped.is_empty(txn).map_err(lmdb)?
                 || !dbs.origins.is_empty(txn).map_err(lmdb)?;
             if has_data {
                 return Err(CatalogError::Corrupt {

@@ -21,8 +21,8 @@ const MAP_GRANULE: usize = 64 << 10;
 /// that can never fit ends in an error instead of doubling forever.
 const MAX_MAP_SIZE: u64 = 1 << 40;
 
-/// Named databases the catalog opens (`tracks`, `paths`, `origins`, `meta`).
-const MAX_DBS: u32 = 4;
+/// Named databases the catalog opens (`tracks`, `paths`, `skipped`, `origins`, `meta`).
+const MAX_DBS: u32 = 5;
 
 /// An open LMDB environment plus the resize gate.
 pub(crate) struct Store {
