@@ -37,12 +37,47 @@ pub enum ConfigError {
     },
 }
 
+/// How changes in an origin are noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchMode {
+    /// inotify: local filesystems; changes show within about a second.
+    #[default]
+    Inotify,
+    /// A stat walk every `poll_interval_secs`: NFS/SMB paths, where inotify sees only
+    /// local writes.
+    Poll,
+    /// Only the refresh interval, SIGHUP and restarts.
+    None,
+}
+
 /// One origin: where tracks live.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OriginConfig {
     /// Root directory of a local (or locally mounted NFS/SMB) origin.
     pub path: PathBuf,
+    /// How changes are noticed.
+    #[serde(default)]
+    pub watch: WatchMode,
+    /// Seconds between stat walks with `watch = "poll"`.
+    #[serde(default = "default_poll_secs")]
+    pub poll_interval_secs: f64,
+}
+
+fn default_poll_secs() -> f64 {
+    60.0
+}
+
+impl OriginConfig {
+    /// A local origin with default settings.
+    pub fn local(path: PathBuf) -> OriginConfig {
+        OriginConfig {
+            path,
+            watch: WatchMode::Inotify,
+            poll_interval_secs: default_poll_secs(),
+        }
+    }
 }
 
 /// The whole configuration.
@@ -62,6 +97,8 @@ pub struct Config {
     pub entry_timeout_secs: f64,
     /// Kernel attribute cache timeout, seconds.
     pub attr_timeout_secs: f64,
+    /// Seconds between full stat walks of every origin (0: never), on top of watching.
+    pub refresh_interval_secs: f64,
     /// Let other users see the mount (needs `user_allow_other` when unprivileged).
     pub allow_other: bool,
     /// Owner shown for every node (default: the daemon's user).
@@ -81,6 +118,7 @@ impl Default for Config {
             threads: 0,
             entry_timeout_secs: 3600.0,
             attr_timeout_secs: 3600.0,
+            refresh_interval_secs: 3600.0,
             allow_other: false,
             uid: None,
             gid: None,
@@ -112,10 +150,18 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let polls = self
+            .origins
+            .iter()
+            .map(|o| ("poll_interval_secs", o.poll_interval_secs));
         for (key, v) in [
             ("entry_timeout_secs", self.entry_timeout_secs),
             ("attr_timeout_secs", self.attr_timeout_secs),
-        ] {
+            ("refresh_interval_secs", self.refresh_interval_secs),
+        ]
+        .into_iter()
+        .chain(polls)
+        {
             if !v.is_finite() || !(0.0..=1e9).contains(&v) {
                 return Err(ConfigError::Invalid {
                     key,
@@ -184,9 +230,12 @@ mod tests {
     #[test]
     fn origins_and_values_parse() {
         let c = Config::parse(
-            "threads = 2\nentry_timeout_secs = 5\n[[origin]]\npath = \"/music\"\n[[origin]]\npath = \"/nfs\"\n",
+            "threads = 2\nentry_timeout_secs = 5\n[[origin]]\npath = \"/music\"\n[[origin]]\npath = \"/nfs\"\nwatch = \"poll\"\npoll_interval_secs = 30\n",
         )
         .unwrap();
+        assert_eq!(c.origins[0].watch, WatchMode::Inotify);
+        assert_eq!(c.origins[1].watch, WatchMode::Poll);
+        assert_eq!(c.origins[1].poll_interval_secs, 30.0);
         assert_eq!(c.threads, 2);
         assert_eq!(c.entry_timeout(), Duration::from_secs(5));
         assert_eq!(c.origins.len(), 2);

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use thiserror::Error;
 
-use crate::tree::{ArchivedNodeData, ArchivedTreeData, TreeData, KIND_DIR, KIND_FILE};
 pub use crate::tree::ROOT_INO;
+use crate::tree::{ArchivedNodeData, ArchivedTreeData, TreeData, KIND_DIR, KIND_FILE};
 
 const MAGIC: &[u8; 8] = b"MFSSNAP\0";
 /// Version of the snapshot layout; a snapshot of another version is refused and rebuilt.
@@ -51,7 +51,9 @@ pub enum SnapshotError {
         reason: String,
     },
     /// The snapshot was written by a different layout version.
-    #[error("snapshot {path} has format version {found}, this build reads version {FORMAT_VERSION}")]
+    #[error(
+        "snapshot {path} has format version {found}, this build reads version {FORMAT_VERSION}"
+    )]
     Incompatible {
         /// The snapshot path.
         path: PathBuf,
@@ -194,6 +196,11 @@ impl Snapshot {
             .filter(|p| !p.as_os_str().is_empty())
     }
 
+    /// The catalog change counter this tree was built from.
+    pub fn catalog_version(&self) -> u64 {
+        self.tree().catalog_version.to_native()
+    }
+
     /// The path template the tree was rendered with.
     pub fn template(&self) -> &str {
         self.tree().template.as_str()
@@ -224,9 +231,7 @@ impl Snapshot {
 
     fn at(&self, idx: u32) -> Option<Node<'_>> {
         let snap = self.tree();
-        snap.nodes
-            .get(idx as usize)
-            .map(|raw| Node { snap, raw })
+        snap.nodes.get(idx as usize).map(|raw| Node { snap, raw })
     }
 
     /// The node with inode `ino` (binary search).
@@ -243,7 +248,14 @@ impl Snapshot {
         let dir = self.node(parent_ino)?;
         let kids = dir.child_slice();
         let pos = kids
-            .binary_search_by(|raw| Node { snap: dir.snap, raw }.name().cmp(name))
+            .binary_search_by(|raw| {
+                Node {
+                    snap: dir.snap,
+                    raw,
+                }
+                .name()
+                .cmp(name)
+            })
             .ok()?;
         Some(Node {
             snap: dir.snap,

@@ -78,6 +78,9 @@ pub struct InoEntry {
 pub struct TreeData {
     /// The path template the tree was rendered with.
     pub template: String,
+    /// The catalog's change counter when the tree was built: a restart compares it with
+    /// the catalog to know whether the snapshot is current.
+    pub catalog_version: u64,
     /// Origin roots, indexed by origin id (absolute paths, as bytes).
     pub origins: Vec<Vec<u8>>,
     /// Number of files.
@@ -112,6 +115,7 @@ struct PendingDir {
 /// Collects rendered tracks and lays them out as a [`TreeData`].
 pub struct TreeBuilder {
     template: String,
+    catalog_version: u64,
     origins: Vec<Vec<u8>>,
     dirs: Vec<PendingDir>,
 }
@@ -123,9 +127,18 @@ impl TreeBuilder {
         use std::os::unix::ffi::OsStringExt;
         TreeBuilder {
             template: template.to_string(),
-            origins: origins.into_iter().map(|p| p.into_os_string().into_vec()).collect(),
+            catalog_version: 0,
+            origins: origins
+                .into_iter()
+                .map(|p| p.into_os_string().into_vec())
+                .collect(),
             dirs: vec![PendingDir::default()],
         }
+    }
+
+    /// Records the catalog change counter the tree is built from.
+    pub fn set_catalog_version(&mut self, version: u64) {
+        self.catalog_version = version;
     }
 
     /// Adds a track under its rendered path (`components`: sanitised, the last one the file
@@ -162,7 +175,9 @@ impl TreeBuilder {
         for dir in &mut self.dirs {
             resolve_clashes(dir);
         }
-        Layout::new(self.template, self.origins).run(self.dirs)
+        let mut data = Layout::new(self.template, self.origins).run(self.dirs);
+        data.catalog_version = self.catalog_version;
+        data
     }
 }
 
@@ -224,6 +239,7 @@ impl Layout {
         Layout {
             data: TreeData {
                 template,
+                catalog_version: 0,
                 origins,
                 track_count: 0,
                 total_size: 0,
@@ -332,7 +348,10 @@ impl Layout {
     /// Children always come after their parent in breadth-first order: one reverse pass.
     fn propagate_dir_mtimes(&mut self) {
         for i in (1..self.data.nodes.len()).rev() {
-            let (m, p) = (self.data.nodes[i].mtime_ns, self.data.nodes[i].parent as usize);
+            let (m, p) = (
+                self.data.nodes[i].mtime_ns,
+                self.data.nodes[i].parent as usize,
+            );
             if self.data.nodes[p].mtime_ns < m {
                 self.data.nodes[p].mtime_ns = m;
             }

@@ -75,7 +75,13 @@ fn listing(snap: &Snapshot) -> Vec<Row> {
 fn snapshot_serves_what_the_template_rendered() {
     let tracks = vec![
         track(1, "Miles Davis", "Kind of Blue", "So What", Some("1")),
-        track(2, "Miles Davis", "Kind of Blue", "Freddie Freeloader", Some("2")),
+        track(
+            2,
+            "Miles Davis",
+            "Kind of Blue",
+            "Freddie Freeloader",
+            Some("2"),
+        ),
         track(3, "Nina Simone", "Pastel Blues", "Sinnerman", Some("10")),
     ];
     let (_d, snap) = publish(&build(&tracks));
@@ -99,14 +105,19 @@ fn snapshot_serves_what_the_template_rendered() {
     assert!(artist.is_dir());
     assert_eq!(artist.nlink(), 3);
     assert_eq!(artist.parent_ino(), ROOT_INO);
-    let album = snap.lookup(artist.ino(), b"Kind of Blue (1969) [FLAC]").unwrap();
+    let album = snap
+        .lookup(artist.ino(), b"Kind of Blue (1969) [FLAC]")
+        .unwrap();
     let song = snap.lookup(album.ino(), b"01 - So What.flac").unwrap();
     assert_eq!(song.ino(), 1 + FILE_INO_BASE);
     assert_eq!(song.size(), 1001);
     assert_eq!(song.file().unwrap().rel_path, b"src/1.flac");
     assert_eq!(snap.origin_root(0).unwrap(), std::path::Path::new("/music"));
     assert!(snap.lookup(album.ino(), b"nope").is_none());
-    assert!(snap.lookup(song.ino(), b"x").is_none(), "a file has no children");
+    assert!(
+        snap.lookup(song.ino(), b"x").is_none(),
+        "a file has no children"
+    );
     // Directory mtime is the newest descendant's.
     assert_eq!(artist.mtime_ns(), 1_700_000_000_000_000_002);
 }
@@ -118,9 +129,15 @@ fn readdir_pages_from_any_offset() {
         .collect();
     let (_d, snap) = publish(&build(&tracks));
     let album = snap
-        .lookup(snap.lookup(ROOT_INO, b"A").unwrap().ino(), b"B (1969) [FLAC]")
+        .lookup(
+            snap.lookup(ROOT_INO, b"A").unwrap().ino(),
+            b"B (1969) [FLAC]",
+        )
         .unwrap();
-    let all: Vec<Vec<u8>> = snap.children(album.ino(), 0).map(|n| n.name().to_vec()).collect();
+    let all: Vec<Vec<u8>> = snap
+        .children(album.ino(), 0)
+        .map(|n| n.name().to_vec())
+        .collect();
     assert_eq!(all.len(), 50);
     assert!(all.windows(2).all(|w| w[0] < w[1]));
     for off in [0, 1, 17, 49, 50, 51, 1000] {
@@ -170,19 +187,34 @@ fn corrupt_snapshots_are_refused_never_trusted() {
     let last = flipped.len() - 3;
     flipped[last] ^= 0x40;
     std::fs::write(&path, &flipped).unwrap();
-    assert!(matches!(Snapshot::open(&path), Err(SnapshotError::Corrupt { .. })));
+    assert!(matches!(
+        Snapshot::open(&path),
+        Err(SnapshotError::Corrupt { .. })
+    ));
 
     std::fs::write(&path, &good[..good.len() / 2]).unwrap();
-    assert!(matches!(Snapshot::open(&path), Err(SnapshotError::Corrupt { .. })));
+    assert!(matches!(
+        Snapshot::open(&path),
+        Err(SnapshotError::Corrupt { .. })
+    ));
 
     std::fs::write(&path, b"").unwrap();
-    assert!(matches!(Snapshot::open(&path), Err(SnapshotError::Corrupt { .. })));
+    assert!(matches!(
+        Snapshot::open(&path),
+        Err(SnapshotError::Corrupt { .. })
+    ));
 
     std::fs::write(&path, vec![0xA5; 4096]).unwrap();
-    assert!(matches!(Snapshot::open(&path), Err(SnapshotError::Corrupt { .. })));
+    assert!(matches!(
+        Snapshot::open(&path),
+        Err(SnapshotError::Corrupt { .. })
+    ));
 
     std::fs::remove_file(&path).unwrap();
-    assert!(matches!(Snapshot::open(&path), Err(SnapshotError::Missing(_))));
+    assert!(matches!(
+        Snapshot::open(&path),
+        Err(SnapshotError::Missing(_))
+    ));
 }
 
 #[test]
@@ -198,7 +230,16 @@ fn interrupted_publish_leaves_the_old_snapshot_and_no_temp_file() {
 fn arb_tracks() -> impl Strategy<Value = Vec<TrackRecord>> {
     // Few distinct names so clashes are frequent; unicode and hostile characters included.
     let name = prop::sample::select(vec![
-        "A", "B", "AC/DC", "Beyonce\u{301}", "Beyonc\u{e9}", "..", "", " x ", "\u{0}nul", "日本",
+        "A",
+        "B",
+        "AC/DC",
+        "Beyonce\u{301}",
+        "Beyonc\u{e9}",
+        "..",
+        "",
+        " x ",
+        "\u{0}nul",
+        "日本",
     ]);
     let one = (name.clone(), name.clone(), name, prop::option::of(1u32..30));
     prop::collection::vec(one, 1..60).prop_map(|v| {

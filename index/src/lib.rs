@@ -21,6 +21,7 @@ pub mod fsio;
 mod riff;
 pub mod scan;
 pub mod tags;
+pub mod watch;
 
 pub use scan::{scan, Progress, ProgressFn, ScanError, ScanOptions, ScanReport, Skipped};
 pub use tags::{read_tags, read_tags_from, TagError};

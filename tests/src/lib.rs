@@ -1,3 +1,3 @@
 //! placeholder
-pub mod harness;
 pub mod fixtures;
+pub mod harness;

@@ -1,6 +1,9 @@
 //! Wiring shared by the `musicfsd` daemon and the `musicfs` CLI: the state directory,
 //! configuration merging, logging, and publishing a snapshot from the catalog.
 //!
+//! [`live`] keeps the served tree current: publishing, reconciling after a restart,
+//! watching origins and swapping snapshots with kernel invalidation.
+//!
 //! Nothing here holds logic of its own beyond putting the crates together: scanning lives in
 //! `musicfs-index`, the catalog in `musicfs-storage`, templates and snapshots in
 //! `musicfs-core`, serving in `musicfs-fusedev`.
@@ -9,15 +12,14 @@ use std::io::IsTerminal;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use musicfs_core::config::Config;
-use musicfs_core::snapshot::Snapshot;
-use musicfs_core::template::Template;
-use musicfs_core::tree::TreeBuilder;
 use musicfs_index::scan::{ScanOptions, ScanReport};
 use musicfs_storage::Catalog;
+
+pub mod live;
 
 /// Paths inside the state directory.
 #[derive(Debug, Clone)]
@@ -126,60 +128,13 @@ pub fn scan_summary(r: &ScanReport) -> String {
         r.skipped.len()
     );
     for skip in &r.skipped {
-        s.push_str(&format!("\n  skipped {}: {}", skip.path.display(), skip.reason));
+        s.push_str(&format!(
+            "\n  skipped {}: {}",
+            skip.path.display(),
+            skip.reason
+        ));
     }
     s
-}
-
-/// What a publish did.
-#[derive(Debug, Clone)]
-pub struct Published {
-    /// Generation of the new snapshot.
-    pub generation: u64,
-    /// Files in the tree.
-    pub tracks: u64,
-    /// Time to build and write.
-    pub elapsed: Duration,
-}
-
-/// Renders every catalogued track of `origins` through `template` and publishes the tree
-/// as a new snapshot generation (atomically replacing the old one).
-pub fn publish(
-    catalog: &Catalog,
-    template: &Template,
-    origins: &[PathBuf],
-    snapshot_path: &Path,
-) -> Result<Published> {
-    let start = Instant::now();
-    let mut roots: Vec<PathBuf> = Vec::new();
-    let mut wanted: Vec<u32> = Vec::new();
-    for (id, root) in catalog.origins()? {
-        let idx = id.0 as usize;
-        if roots.len() <= idx {
-            roots.resize(idx + 1, PathBuf::new());
-        }
-        if origins.iter().any(|o| o.as_os_str().as_bytes() == root.as_os_str().as_bytes()) {
-            wanted.push(id.0);
-            roots[idx] = root;
-        }
-    }
-    let mut builder = TreeBuilder::new(template.as_str(), roots);
-    catalog.for_each(|track| {
-        if wanted.contains(&track.origin.0) {
-            builder.add(&track, &template.render(&track));
-        }
-    })?;
-    let tree = builder.build();
-    let generation = match Snapshot::open(snapshot_path) {
-        Ok(old) => old.generation() + 1,
-        Err(_) => 1,
-    };
-    Snapshot::write(snapshot_path, &tree, generation)?;
-    Ok(Published {
-        generation,
-        tracks: tree.track_count,
-        elapsed: start.elapsed(),
-    })
 }
 
 /// Tells systemd (when `NOTIFY_SOCKET` is set) about our state, e.g. `READY=1`.

@@ -10,9 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use musicfs_core::config::Config;
 use musicfs_core::snapshot::Snapshot;
 use musicfs_core::template::Template;
+use musicfs_tools::live::Library;
 use musicfs_tools::{
-    check_origins, init_logging, origin_paths, publish, scan_summary, scan_with_progress,
-    StateDir,
+    check_origins, init_logging, origin_paths, scan_summary, scan_with_progress, StateDir,
 };
 
 #[global_allocator]
@@ -20,7 +20,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// MusicFS control CLI.
 #[derive(Parser)]
-#[command(name = "musicfs", version, about = "Scan a music library and inspect its MusicFS tree")]
+#[command(
+    name = "musicfs",
+    version,
+    about = "Scan a music library and inspect its MusicFS tree"
+)]
 struct Cli {
     #[command(flatten)]
     common: Common,
@@ -112,10 +116,21 @@ fn scan(mut cfg: Config, origins: Vec<PathBuf>, template: Option<String>) -> Res
     );
     let origins = check_origins(&origins)?;
     let state = StateDir::create(&cfg.state_dir())?;
-    let catalog = state.open_catalog()?;
-    let report = scan_with_progress(&catalog, &origins)?;
+    let library = Library {
+        catalog: std::sync::Arc::new(state.open_catalog()?),
+        template,
+        origins,
+        state,
+    };
+    let report = scan_with_progress(&library.catalog, &library.origins)?;
     eprintln!("{}", scan_summary(&report));
-    let published = publish(&catalog, &template, &origins, &state.snapshot_path())?;
+    if let Ok(snap) = Snapshot::open(&library.state.snapshot_path()) {
+        if library.is_current(&snap)? {
+            eprintln!("tree unchanged: generation {} kept", snap.generation());
+            return Ok(());
+        }
+    }
+    let published = library.publish()?;
     eprintln!(
         "published generation {} with {} tracks in {:.3}s",
         published.generation,

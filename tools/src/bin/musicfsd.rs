@@ -7,19 +7,18 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use clap::Parser;
 use musicfs_core::config::Config;
-use musicfs_core::snapshot::{Snapshot, SnapshotError};
 use musicfs_core::template::Template;
 use musicfs_fusedev::MountOptions;
-use musicfs_storage::Catalog;
-use musicfs_tools::{
-    check_origins, init_logging, origin_paths, publish, scan_summary,
-    scan_with_progress, sd_notify, StateDir,
-};
+use musicfs_tools::live::{start_watching, Library, Refresher, Trigger};
+use musicfs_tools::{check_origins, init_logging, origin_paths, sd_notify, StateDir};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
 #[global_allocator]
@@ -108,7 +107,7 @@ fn merge_config(cli: &Cli) -> Result<Config> {
         cfg.origins = cli
             .origins
             .iter()
-            .map(|p| musicfs_core::config::OriginConfig { path: p.clone() })
+            .map(|p| musicfs_core::config::OriginConfig::local(p.clone()))
             .collect();
     }
     if let Some(t) = &cli.template {
@@ -134,10 +133,18 @@ fn merge_config(cli: &Cli) -> Result<Config> {
 }
 
 fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
+    // Registered before anything slow so an early SIGTERM is queued, not fatal: it unmounts
+    // as soon as the mount is up.
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
     let state = StateDir::create(&cfg.state_dir())?;
-    let catalog = Arc::new(state.open_catalog()?);
-    let template = Template::parse(&cfg.template)?;
-    let snapshot = load_or_build(&state, &catalog, &template, origins)?;
+    let library = Library {
+        catalog: Arc::new(state.open_catalog()?),
+        template: Template::parse(&cfg.template)?,
+        origins: origins.to_vec(),
+        state,
+    };
+    let (snapshot, scanned) = library.load_or_build()?;
     info!(
         generation = snapshot.generation(),
         tracks = snapshot.track_count(),
@@ -153,72 +160,65 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
         ..MountOptions::default()
     };
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
-    let mounted = musicfs_fusedev::mount(&cli.mountpoint, shared, Some(catalog), &opts)
+    let catalog = library.catalog.clone();
+    let mounted = musicfs_fusedev::mount(&cli.mountpoint, shared.clone(), Some(catalog), &opts)
         .with_context(|| format!("cannot mount {}", cli.mountpoint.display()))?;
+    info!(mountpoint = %cli.mountpoint.display(), "mounted");
+    sd_notify("READY=1");
+
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (watches, polled) = start_watching(cfg, origins, &tx);
+    let sink = match mounted.notifier() {
+        Ok(n) => Some(Box::new(n) as Box<_>),
+        Err(e) => {
+            warn!("no kernel invalidation, changes show after the cache timeouts: {e}");
+            None
+        }
+    };
+    let refresher = Refresher {
+        library,
+        shared,
+        sink,
+        refresh_interval: (cfg.refresh_interval_secs > 0.0)
+            .then(|| Duration::from_secs_f64(cfg.refresh_interval_secs)),
+        polled,
+    };
+    if !scanned {
+        // Serve first, then catch up with what changed while we were down (stat-only).
+        let _ = tx.send(Trigger::Rescan("start-up reconcile"));
+    }
+    let refresh_thread = std::thread::Builder::new()
+        .name("refresh".into())
+        .spawn(move || refresher.run(rx))
+        .context("cannot start the refresh thread")?;
+
     let unmounter = mounted.unmounter();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("cannot install signal handlers")?;
     let signal_handle = signals.handle();
+    let signal_tx = tx.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    info!("SIGHUP: rescanning the origins");
+                    let _ = signal_tx.send(Trigger::Rescan("SIGHUP"));
+                    continue;
+                }
                 info!(signal = sig, "unmounting on signal");
                 if let Err(e) = unmounter.unmount() {
                     error!("unmount on signal failed: {e}");
                 }
+                return;
             }
         })
         .context("cannot start the signal thread")?;
-    info!(mountpoint = %cli.mountpoint.display(), "mounted");
-    sd_notify("READY=1");
     let result = mounted.wait();
     signal_handle.close();
+    drop(watches);
+    let _ = tx.send(Trigger::Stop);
+    if refresh_thread.join().is_err() {
+        error!("the refresh thread panicked");
+    }
     info!("unmounted");
     result.context("FUSE session failed")
-}
-
-/// The snapshot to serve: the published one when it matches the configured origins and
-/// template, else a fresh one from the catalog (scanning first when the catalog has never
-/// seen an origin). A corrupt or incompatible snapshot is reported and rebuilt.
-fn load_or_build(
-    state: &StateDir,
-    catalog: &Catalog,
-    template: &Template,
-    origins: &[PathBuf],
-) -> Result<Snapshot> {
-    let path = state.snapshot_path();
-    match Snapshot::open(&path) {
-        Ok(snap) if matches_config(&snap, template, origins) => return Ok(snap),
-        Ok(_) => info!("configuration changed since the last snapshot: rebuilding"),
-        Err(SnapshotError::Missing(_)) => info!("no snapshot yet: scanning the origins"),
-        Err(e) => warn!("{e}; rebuilding it"),
-    }
-    anyhow::ensure!(
-        !origins.is_empty(),
-        "no origin: give --origin DIR or [[origin]] in the config"
-    );
-    let known: Vec<PathBuf> = catalog.origins()?.into_iter().map(|(_, p)| p).collect();
-    if origins.iter().any(|o| !known.contains(o)) {
-        let report = scan_with_progress(catalog, origins)?;
-        info!("{}", scan_summary(&report));
-    }
-    let published = publish(catalog, template, origins, &path)?;
-    info!(
-        generation = published.generation,
-        tracks = published.tracks,
-        ms = published.elapsed.as_millis() as u64,
-        "published snapshot"
-    );
-    Ok(Snapshot::open(&path)?)
-}
-
-fn matches_config(snap: &Snapshot, template: &Template, origins: &[PathBuf]) -> bool {
-    let roots: Vec<&std::path::Path> = snap.origin_roots().collect();
-    snap.template() == template.as_str()
-        && roots.len() == origins.len()
-        && origins.iter().all(|o| roots.contains(&o.as_path()))
 }

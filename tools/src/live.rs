@@ -1,0 +1,468 @@
+//! Keeping the served tree current.
+//!
+//! [`Library`] ties the catalog, the template and the origins together: it publishes a
+//! snapshot, decides at start-up whether the published one can be served as is, and
+//! refreshes (stat-only scan, then a republish only when the catalog changed).
+//! [`Refresher`] runs on its own thread in the daemon: it waits for triggers (inotify
+//! changes, poll and refresh intervals, SIGHUP, the start-up reconcile), coalesces bursts,
+//! refreshes, swaps the new snapshot in for the FUSE workers and invalidates exactly what
+//! changed in the kernel's caches.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use musicfs_core::config::{Config, WatchMode};
+use musicfs_core::snapshot::{Snapshot, SnapshotError};
+use musicfs_core::template::Template;
+use musicfs_core::tree::TreeBuilder;
+use musicfs_fusedev::notify::{invalidate_changes, InvalidationSink};
+use musicfs_index::scan::ScanReport;
+use musicfs_index::watch::Change;
+use musicfs_storage::Catalog;
+use tracing::{info, warn};
+
+use crate::{scan_summary, scan_with_progress, StateDir};
+
+/// The catalog, the template and the origins of one library.
+pub struct Library {
+    /// The catalog.
+    pub catalog: Arc<Catalog>,
+    /// The path template.
+    pub template: Template,
+    /// Canonical origin roots, in configuration order.
+    pub origins: Vec<PathBuf>,
+    /// Where the snapshot is published.
+    pub state: StateDir,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// Generation of the new snapshot.
+    pub generation: u64,
+    /// Files in the tree.
+    pub tracks: u64,
+    /// Time to build and write.
+    pub elapsed: Duration,
+}
+
+impl Library {
+    /// Renders every catalogued track of the library's origins and publishes the tree as a
+    /// new snapshot generation (atomically replacing the old one).
+    pub fn publish(&self) -> Result<Published> {
+        let start = Instant::now();
+        let path = self.state.snapshot_path();
+        let version = self.catalog.change_counter()?;
+        let mut roots: Vec<PathBuf> = Vec::new();
+        let mut wanted: Vec<u32> = Vec::new();
+        for (id, root) in self.catalog.origins()? {
+            let idx = id.0 as usize;
+            if roots.len() <= idx {
+                roots.resize(idx + 1, PathBuf::new());
+            }
+            let bytes = root.as_os_str().as_bytes();
+            if self
+                .origins
+                .iter()
+                .any(|o| o.as_os_str().as_bytes() == bytes)
+            {
+                wanted.push(id.0);
+                roots[idx] = root;
+            }
+        }
+        let mut builder = TreeBuilder::new(self.template.as_str(), roots);
+        builder.set_catalog_version(version);
+        self.catalog.for_each(|track| {
+            if wanted.contains(&track.origin.0) {
+                builder.add(&track, &self.template.render(&track));
+            }
+        })?;
+        let tree = builder.build();
+        let generation = match Snapshot::open(&path) {
+            Ok(old) => old.generation() + 1,
+            Err(_) => 1,
+        };
+        Snapshot::write(&path, &tree, generation)?;
+        Ok(Published {
+            generation,
+            tracks: tree.track_count,
+            elapsed: start.elapsed(),
+        })
+    }
+
+    /// Whether `snap` shows exactly this library: same template, same origins, built from
+    /// the catalog as it is now.
+    pub fn is_current(&self, snap: &Snapshot) -> Result<bool> {
+        let roots: Vec<&Path> = snap.origin_roots().collect();
+        Ok(snap.template() == self.template.as_str()
+            && roots.len() == self.origins.len()
+            && self.origins.iter().all(|o| roots.contains(&o.as_path()))
+            && snap.catalog_version() == self.catalog.change_counter()?)
+    }
+
+    /// The snapshot to serve at start-up, and whether the origins were scanned to make it.
+    ///
+    /// The published snapshot is served as is when it matches the configuration: start-up
+    /// is O(1) and the caller reconciles in the background. A snapshot that is stale but
+    /// whose origins the catalog knows is rebuilt from the catalog without touching the
+    /// origins; only origins the catalog has never seen are scanned first. A corrupt or
+    /// incompatible snapshot is reported and rebuilt, never trusted.
+    pub fn load_or_build(&self) -> Result<(Snapshot, bool)> {
+        let path = self.state.snapshot_path();
+        match Snapshot::open(&path) {
+            Ok(snap) if self.is_current(&snap)? => return Ok((snap, false)),
+            Ok(snap) if self.serves_same_origins(&snap) => {
+                // The catalog moved on (an interrupted publish): serve the old tree now,
+                // the background reconcile publishes the new one.
+                info!("snapshot is older than the catalog: serving it while reconciling");
+                return Ok((snap, false));
+            }
+            Ok(_) => info!("configuration changed since the last snapshot: rebuilding"),
+            Err(SnapshotError::Missing(_)) => info!("no snapshot yet"),
+            Err(e) => warn!("{e}; rebuilding it"),
+        }
+        anyhow::ensure!(
+            !self.origins.is_empty(),
+            "no origin: give --origin DIR or [[origin]] in the config"
+        );
+        let known: Vec<PathBuf> = self
+            .catalog
+            .origins()?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        let scanned = self.origins.iter().any(|o| !known.contains(o));
+        if scanned {
+            info!("scanning origins the catalog has not seen");
+            let report = scan_with_progress(&self.catalog, &self.origins)?;
+            info!("{}", scan_summary(&report));
+        }
+        let published = self.publish()?;
+        info!(
+            generation = published.generation,
+            tracks = published.tracks,
+            ms = published.elapsed.as_millis() as u64,
+            "published snapshot"
+        );
+        Ok((Snapshot::open(&path)?, scanned))
+    }
+
+    fn serves_same_origins(&self, snap: &Snapshot) -> bool {
+        let roots: Vec<&Path> = snap.origin_roots().collect();
+        snap.template() == self.template.as_str()
+            && roots.len() == self.origins.len()
+            && self.origins.iter().all(|o| roots.contains(&o.as_path()))
+    }
+
+    /// Scans `which` origins (indices into [`Library::origins`]; all when empty) and
+    /// publishes a new snapshot when the catalog no longer matches `current`.
+    pub fn refresh(&self, which: &[usize], current: &Snapshot) -> Result<Refreshed> {
+        let origins: Vec<PathBuf> = if which.is_empty() {
+            self.origins.clone()
+        } else {
+            which
+                .iter()
+                .filter_map(|&i| self.origins.get(i).cloned())
+                .collect()
+        };
+        let report = musicfs_index::scan::scan(&self.catalog, &origins, &Default::default())?;
+        if self.is_current(current)? {
+            return Ok(Refreshed {
+                report,
+                snapshot: None,
+            });
+        }
+        let published = self.publish()?;
+        let snapshot = Snapshot::open(&self.state.snapshot_path())?;
+        info!(
+            generation = published.generation,
+            tracks = published.tracks,
+            ms = published.elapsed.as_millis() as u64,
+            "republished"
+        );
+        Ok(Refreshed {
+            report,
+            snapshot: Some(snapshot),
+        })
+    }
+}
+
+/// The outcome of [`Library::refresh`].
+pub struct Refreshed {
+    /// What the scan found.
+    pub report: ScanReport,
+    /// The new snapshot, when anything changed.
+    pub snapshot: Option<Snapshot>,
+}
+
+/// Why the refresher should look at the origins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// A watcher saw a change.
+    Watch(Change),
+    /// Rescan every origin (SIGHUP, start-up reconcile, control command), with the reason.
+    Rescan(&'static str),
+    /// Stop the refresher.
+    Stop,
+}
+
+/// Quiet time that ends a burst of changes, and the longest a burst may delay a refresh.
+const SETTLE: Duration = Duration::from_millis(150);
+const MAX_DELAY: Duration = Duration::from_millis(1000);
+
+/// The refresh loop of a running daemon.
+pub struct Refresher {
+    /// The library.
+    pub library: Library,
+    /// What the FUSE workers serve.
+    pub shared: Arc<ArcSwap<Snapshot>>,
+    /// Where kernel invalidations go (none when not mounted, e.g. in tests).
+    pub sink: Option<Box<dyn InvalidationSink + Send>>,
+    /// Seconds between full stat walks (0: never).
+    pub refresh_interval: Option<Duration>,
+    /// Origins polled (index, interval) because inotify cannot see their changes.
+    pub polled: Vec<(usize, Duration)>,
+}
+
+impl Refresher {
+    /// Runs until a [`Trigger::Stop`] arrives or every sender is gone.
+    pub fn run(self, rx: Receiver<Trigger>) {
+        let mut timers = Timers::new(self.refresh_interval, &self.polled);
+        loop {
+            let first = match rx.recv_timeout(timers.until_next()) {
+                Ok(t) => t,
+                Err(RecvTimeoutError::Timeout) => {
+                    let due = timers.take_due();
+                    self.refresh_now(&due, "timer");
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let Some(which) = collect_burst(first, &rx) else {
+                return;
+            };
+            self.refresh_now(&which, "change");
+        }
+    }
+
+    fn refresh_now(&self, which: &[usize], why: &str) {
+        let current = self.shared.load_full();
+        match self.library.refresh(which, &current) {
+            Ok(Refreshed {
+                report,
+                snapshot: Some(next),
+            }) => {
+                info!(why, "{}", scan_summary(&report));
+                let next = Arc::new(next);
+                self.shared.store(next.clone());
+                if let Some(sink) = &self.sink {
+                    let done = invalidate_changes(&current, &next, sink.as_ref());
+                    info!(
+                        generation = next.generation(),
+                        entries = done.entries,
+                        inodes = done.inodes,
+                        "swapped in the new tree"
+                    );
+                }
+            }
+            Ok(Refreshed { report, .. }) => {
+                tracing::debug!(why, seen = report.seen, "refresh found nothing new")
+            }
+            Err(e) => warn!(
+                why,
+                "refresh failed, still serving the previous tree: {e:#}"
+            ),
+        }
+    }
+}
+
+/// Drains a burst of triggers: returns the origins to rescan (empty = all), or `None` to
+/// stop. Waits until the burst has been quiet for [`SETTLE`], at most [`MAX_DELAY`].
+fn collect_burst(first: Trigger, rx: &Receiver<Trigger>) -> Option<Vec<usize>> {
+    let start = Instant::now();
+    let mut all = false;
+    let mut which = Vec::new();
+    let mut add = |t: Trigger| -> bool {
+        match t {
+            Trigger::Stop => return false,
+            Trigger::Rescan(_) | Trigger::Watch(Change::Overflow(_)) => all = true,
+            Trigger::Watch(Change::Origin(i)) => {
+                if !which.contains(&i) {
+                    which.push(i);
+                }
+            }
+        }
+        true
+    };
+    if !add(first) {
+        return None;
+    }
+    loop {
+        let left = MAX_DELAY.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        match rx.recv_timeout(SETTLE.min(left)) {
+            Ok(t) => {
+                if !add(t) {
+                    return None;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => break,
+            Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+    Some(if all { Vec::new() } else { which })
+}
+
+/// Deadlines of the periodic refreshes: the full refresh interval and each polled origin.
+struct Timers {
+    /// (origins to scan — empty for all, interval, next deadline)
+    entries: Vec<(Vec<usize>, Duration, Instant)>,
+}
+
+impl Timers {
+    fn new(refresh: Option<Duration>, polled: &[(usize, Duration)]) -> Timers {
+        let now = Instant::now();
+        let mut entries: Vec<(Vec<usize>, Duration, Instant)> = polled
+            .iter()
+            .map(|&(i, every)| (vec![i], every, now + every))
+            .collect();
+        if let Some(every) = refresh {
+            entries.push((Vec::new(), every, now + every));
+        }
+        Timers { entries }
+    }
+
+    fn until_next(&self) -> Duration {
+        let now = Instant::now();
+        self.entries
+            .iter()
+            .map(|e| e.2.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_secs(3600))
+    }
+
+    /// The origins whose deadline passed (empty = all), re-armed.
+    fn take_due(&mut self) -> Vec<usize> {
+        let now = Instant::now();
+        let mut which = Vec::new();
+        let mut all = false;
+        for (origins, every, due) in &mut self.entries {
+            if *due <= now {
+                *due = now + *every;
+                all |= origins.is_empty();
+                which.extend(origins.iter().copied());
+            }
+        }
+        if all {
+            Vec::new()
+        } else {
+            which
+        }
+    }
+}
+
+/// Starts inotify watches for the origins configured with `watch = "inotify"`, feeding
+/// `tx`; returns the watches (keep them alive) and the origins to poll instead.
+pub fn start_watching(
+    cfg: &Config,
+    origins: &[PathBuf],
+    tx: &Sender<Trigger>,
+) -> (
+    Option<musicfs_index::watch::Watches>,
+    Vec<(usize, Duration)>,
+) {
+    let mut inotify = Vec::new();
+    let mut polled = Vec::new();
+    for (i, root) in origins.iter().enumerate() {
+        let oc = cfg.origins.get(i);
+        match oc.map_or(WatchMode::Inotify, |o| o.watch) {
+            WatchMode::Inotify => inotify.push((i, root.clone())),
+            WatchMode::Poll => {
+                let secs = oc.map_or(60.0, |o| o.poll_interval_secs);
+                polled.push((i, Duration::from_secs_f64(secs.max(0.1))));
+            }
+            WatchMode::None => {}
+        }
+    }
+    if inotify.is_empty() {
+        return (None, polled);
+    }
+    let (wtx, wrx) = crossbeam_channel::unbounded::<Change>();
+    let roots: Vec<PathBuf> = inotify.iter().map(|(_, r)| r.clone()).collect();
+    match musicfs_index::watch::watch(&roots, wtx) {
+        Ok(w) => {
+            let map: Vec<usize> = inotify.iter().map(|(i, _)| *i).collect();
+            let tx = tx.clone();
+            let forward = std::thread::Builder::new()
+                .name("watch".into())
+                .spawn(move || {
+                    for change in wrx {
+                        let change = match change {
+                            Change::Origin(k) => Change::Origin(map[k]),
+                            other => other,
+                        };
+                        if tx.send(Trigger::Watch(change)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            if let Err(e) = forward {
+                warn!("cannot start the watch thread, polling instead: {e}");
+                polled.extend(inotify.iter().map(|(i, _)| (*i, Duration::from_secs(60))));
+                return (None, polled);
+            }
+            (Some(w), polled)
+        }
+        Err(e) => {
+            warn!("cannot watch origins with inotify ({e}); polling every 60 s instead");
+            polled.extend(inotify.iter().map(|(i, _)| (*i, Duration::from_secs(60))));
+            (None, polled)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_changes_becomes_one_refresh_of_the_changed_origins() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for i in [2, 0, 2, 2] {
+            tx.send(Trigger::Watch(Change::Origin(i))).unwrap();
+        }
+        let which = collect_burst(Trigger::Watch(Change::Origin(0)), &rx).unwrap();
+        assert_eq!(which, vec![0, 2]);
+    }
+
+    #[test]
+    fn overflow_or_sighup_rescans_everything() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        tx.send(Trigger::Watch(Change::Overflow("q".into())))
+            .unwrap();
+        let which = collect_burst(Trigger::Watch(Change::Origin(1)), &rx).unwrap();
+        assert!(which.is_empty());
+        assert_eq!(collect_burst(Trigger::Rescan("SIGHUP"), &rx), Some(vec![]));
+    }
+
+    #[test]
+    fn stop_ends_the_burst() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        tx.send(Trigger::Stop).unwrap();
+        assert_eq!(collect_burst(Trigger::Watch(Change::Origin(0)), &rx), None);
+    }
+
+    #[test]
+    fn due_timers_name_their_origins_and_rearm() {
+        let mut t = Timers::new(None, &[(1, Duration::ZERO), (3, Duration::from_secs(999))]);
+        assert_eq!(t.take_due(), vec![1]);
+        assert!(t.until_next() <= Duration::from_secs(999));
+    }
+}
