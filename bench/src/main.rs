@@ -1,0 +1,212 @@
+//! `musicfs-bench`: one harness that generates a synthetic library, mounts MusicFS and its
+//! peers (bindfs, mergerfs, rclone, musefs) over the same files in one run, and reports
+//! p50/p99/p99.9 and throughput with every figure as a ratio to native.
+//!
+//! Start with `run.rs` (the orchestration), `ops.rs` (what is timed) and `peers.rs` (how
+//! each peer is started and how virtual paths map to source paths).
+
+mod gen;
+mod metric;
+mod ops;
+mod peers;
+mod ready;
+mod report;
+mod run;
+mod scanners;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+use crate::peers::Peer;
+
+#[derive(Parser)]
+#[command(name = "musicfs-bench", about = "MusicFS and its peers side by side")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generates (or reuses) a deterministic synthetic library.
+    Gen {
+        /// Number of tracks.
+        #[arg(long)]
+        tracks: u64,
+        /// Seed of names and shape.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Formats to use.
+        #[arg(long, value_delimiter = ',', default_value = "flac,mp3,m4a,ogg,opus")]
+        formats: Vec<String>,
+        /// Size of the big file for sequential/random reads, in MiB.
+        #[arg(long, default_value_t = 200)]
+        big_mib: u64,
+        /// Library directory.
+        dir: PathBuf,
+    },
+    /// Mounts each peer over the library and measures them.
+    Run {
+        /// A library made by `gen` (with --quick: generated here when missing).
+        #[arg(long)]
+        library: PathBuf,
+        /// Peers to run.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "native,musicfs,bindfs,mergerfs,rclone,musefs"
+        )]
+        peers: Vec<String>,
+        /// Operations.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "stat,lookup,readdir,open,read,seqread,randread,concurrent,mount,scan,rss"
+        )]
+        ops: Vec<String>,
+        /// Output directory (report.json, report.md, logs, mounts).
+        #[arg(long)]
+        out: PathBuf,
+        /// Small library, few iterations, skip peers not installed.
+        #[arg(long)]
+        quick: bool,
+        /// Directory holding musicfsd and musicfs.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Mount-ready time of musicfsd on synthesised catalogs of the given sizes.
+    MountReady {
+        /// Library sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
+        tracks: Vec<u64>,
+        /// Starts per size.
+        #[arg(long, default_value_t = 3)]
+        starts: usize,
+        /// Work and output directory (ready.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// Directory holding musicfsd and musicfs.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lofty=error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("musicfs-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    match cli.command {
+        Cmd::Gen {
+            tracks,
+            seed,
+            formats,
+            big_mib,
+            dir,
+        } => {
+            let key = gen::LibraryKey {
+                tracks,
+                seed,
+                formats,
+                big_file_bytes: big_mib << 20,
+                version: gen::GEN_VERSION,
+            };
+            let r = gen::ensure(&dir, &key)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        Cmd::Run {
+            library,
+            peers,
+            ops,
+            out,
+            quick,
+            bin_dir,
+        } => {
+            let mut ps = Vec::new();
+            for p in &peers {
+                match Peer::from_name(p) {
+                    Some(p) => ps.push(p),
+                    None => bail!("unknown peer {p:?}"),
+                }
+            }
+            if quick {
+                let key = gen::LibraryKey {
+                    tracks: 300,
+                    seed: 1,
+                    formats: ["flac", "mp3", "m4a", "ogg", "opus"]
+                        .map(String::from)
+                        .to_vec(),
+                    big_file_bytes: 16 << 20,
+                    version: gen::GEN_VERSION,
+                };
+                let r = gen::ensure(&library, &key)?;
+                tracing::info!(
+                    reused = r.reused,
+                    files_per_sec = r.files_per_sec,
+                    "quick library ready"
+                );
+            }
+            let opts = run::RunOpts {
+                library,
+                peers: ps,
+                ops,
+                out: out.clone(),
+                quick,
+                bin_dir,
+                command,
+            };
+            let report = run::run(&opts)?;
+            println!("{}", report.markdown());
+            println!("report: {}", out.join("report.json").display());
+        }
+        Cmd::MountReady {
+            tracks,
+            starts,
+            out,
+            bin_dir,
+        } => {
+            let bins = peers::find_bins(bin_dir.as_deref())?;
+            std::fs::create_dir_all(&out)?;
+            let out = out.canonicalize()?;
+            let r = ready::measure(&bins, &out, &tracks, starts)?;
+            let json = serde_json::to_string_pretty(&r)?;
+            std::fs::write(out.join("ready.json"), &json)?;
+            println!(
+                "| tracks | ready p50 (ms) | starts (ms) | snapshot MB | RSS MB | RssAnon MB |"
+            );
+            println!("|---|---|---|---|---|---|");
+            for x in &r {
+                println!(
+                    "| {} | {:.1} | {:?} | {:.1} | {:.1} | {:.1} |",
+                    x.tracks,
+                    x.ready_ms_median,
+                    x.ready_ms
+                        .iter()
+                        .map(|v| (v * 10.0).round() / 10.0)
+                        .collect::<Vec<_>>(),
+                    x.snapshot_bytes as f64 / 1e6,
+                    x.rss_idle_mb,
+                    x.rss_idle_anon_mb
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! Starting and stopping the filesystems under test, and mapping source paths to the
+//! paths each one shows.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The filesystems the harness knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// The library directory itself.
+    Native,
+    /// musicfsd.
+    Musicfs,
+    /// bindfs -r.
+    Bindfs,
+    /// mergerfs -o ro.
+    Mergerfs,
+    /// rclone mount of a local path.
+    Rclone,
+    /// musefs mount.
+    Musefs,
+}
+
+impl Peer {
+    /// Every peer, in report order.
+    pub const ALL: [Peer; 6] = [
+        Peer::Native,
+        Peer::Musicfs,
+        Peer::Bindfs,
+        Peer::Mergerfs,
+        Peer::Rclone,
+        Peer::Musefs,
+    ];
+
+    /// Name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Native => "native",
+            Peer::Musicfs => "musicfs",
+            Peer::Bindfs => "bindfs",
+            Peer::Mergerfs => "mergerfs",
+            Peer::Rclone => "rclone",
+            Peer::Musefs => "musefs",
+        }
+    }
+
+    /// Parses a name.
+    pub fn from_name(s: &str) -> Option<Peer> {
+        Peer::ALL.into_iter().find(|p| p.name() == s.trim())
+    }
+
+    /// Whether it shows a tag-organised tree (paths need mapping).
+    pub fn is_virtual(self) -> bool {
+        matches!(self, Peer::Musicfs | Peer::Musefs)
+    }
+
+    /// What "cold" means for this peer, for the report.
+    pub fn cold_meaning(self) -> &'static str {
+        match self {
+            Peer::Native => "dentry/inode caches dropped (drop_caches=2) before the pass; page cache too (3) before each readdir",
+            Peer::Musicfs => "--entry-timeout 0 --attr-timeout 0, plus the same cache drops",
+            Peer::Bindfs => "-o entry_timeout=0,attr_timeout=0,negative_timeout=0, plus the same cache drops",
+            Peer::Mergerfs => "-o cache.entry=0,cache.attr=0,cache.negative_entry=0, plus the same cache drops",
+            Peer::Rclone => "--attr-timeout 0 --dir-cache-time 1ms, plus the same cache drops",
+            Peer::Musefs => "--attr-ttl-ms 0, plus the same cache drops",
+        }
+    }
+}
+
+/// Where the helper binaries live.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    /// musicfsd.
+    pub musicfsd: PathBuf,
+    /// musicfs (CLI).
+    pub musicfs: PathBuf,
+    /// musefs, when installed.
+    pub musefs: Option<PathBuf>,
+}
+
+/// `name` on PATH or in ~/.cargo/bin.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Finds musicfsd/musicfs: `bin_dir`, else next to this executable, else the workspace's
+/// target/release then target/debug, else PATH.
+pub fn find_bins(bin_dir: Option<&Path>) -> Result<Bins> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(d) = bin_dir {
+        candidates.push(d.to_path_buf());
+    }
+    if let Some(d) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        candidates.push(d.clone());
+        if let Some(up) = d.parent() {
+            candidates.push(up.to_path_buf());
+        }
+    }
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target");
+    candidates.push(ws.join("release"));
+    candidates.push(ws.join("debug"));
+    let dir = candidates
+        .into_iter()
+        .find(|d| d.join("musicfsd").is_file() && d.join("musicfs").is_file());
+    let (musicfsd, musicfs) = match dir {
+        Some(d) => (d.join("musicfsd"), d.join("musicfs")),
+        None => match (which("musicfsd"), which("musicfs")) {
+            (Some(a), Some(b)) => (a, b),
+            _ => bail!("musicfsd/musicfs not built: run cargo build --release --bins"),
+        },
+    };
+    Ok(Bins {
+        musicfsd,
+        musicfs,
+        musefs: which("musefs"),
+    })
+}
+
+/// Whether `mnt` is a mount point now (per /proc/self/mountinfo).
+pub fn is_mounted(mnt: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = mnt.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| m == want))
+}
+
+/// A running peer mount.
+pub struct Mount {
+    /// Peer.
+    pub peer: Peer,
+    /// Root under which source (or virtual) paths resolve.
+    pub root: PathBuf,
+    /// The serving process.
+    pub child: Option<Child>,
+    /// Process start to first successful stat of the probe file.
+    pub ready: Duration,
+}
+
+impl Mount {
+    /// Pid of the serving process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops the process (SIGTERM) and makes sure nothing stays mounted.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }
+        if self.peer != Peer::Native && is_mounted(&self.root) {
+            let _ = Command::new("umount").arg("-l").arg(&self.root).status();
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// How to start a peer: the prepared command and where it mounts.
+pub struct Launch {
+    /// Peer.
+    pub peer: Peer,
+    /// Command (None for native).
+    pub cmd: Option<Command>,
+    /// Mount point (or the library for native).
+    pub root: PathBuf,
+}
+
+/// The launch of `peer` over `lib` at `mnt`; `cold` turns off its kernel caches.
+pub fn launch(
+    peer: Peer,
+    lib: &Path,
+    mnt: &Path,
+    cold: bool,
+    bins: &Bins,
+    state: &Path,
+) -> Result<Launch> {
+    let cmd = match peer {
+        Peer::Native => {
+            return Ok(Launch {
+                peer,
+                cmd: None,
+                root: lib.to_path_buf(),
+            })
+        }
+        Peer::Musicfs => {
+            let mut c = Command::new(&bins.musicfsd);
+            c.arg("--state-dir").arg(state).arg("--origin").arg(lib);
+            if cold {
+                c.args(["--entry-timeout", "0", "--attr-timeout", "0"]);
+            }
+            c.arg(mnt);
+            c
+        }
+        Peer::Bindfs => {
+            let mut c = Command::new("bindfs");
+            c.args(["-f", "-r"]);
+            if cold {
+                c.args(["-o", "entry_timeout=0,attr_timeout=0,negative_timeout=0"]);
+            }
+            c.arg(lib).arg(mnt);
+            c
+        }
+        Peer::Mergerfs => {
+            let mut c = Command::new("mergerfs");
+            let mut opts = "ro".to_string();
+            if cold {
+                opts.push_str(",cache.entry=0,cache.attr=0,cache.negative_entry=0");
+            }
+            c.args(["-f", "-o", &opts]).arg(lib).arg(mnt);
+            c
+        }
+        Peer::Rclone => {
+            let mut c = Command::new("rclone");
+            c.arg("mount").arg(lib).arg(mnt).arg("--read-only");
+            if cold {
+                c.args(["--attr-timeout", "0s", "--dir-cache-time", "1ms"]);
+            }
+            c
+        }
+        Peer::Musefs => {
+            let bin = bins
+                .musefs
+                .clone()
+                .context("not installed: run cargo install musefs")?;
+            let mut c = Command::new(bin);
+            c.arg("mount")
+                .arg(mnt)
+                .arg("--db")
+                .arg(state.join("musefs.db"));
+            c.args(["--template", MUSEFS_TEMPLATE]);
+            if cold {
+                c.args(["--attr-ttl-ms", "0"]);
+            }
+            c
+        }
+    };
+    Ok(Launch {
+        peer,
+        cmd: Some(cmd),
+        root: mnt.to_path_buf(),
+    })
+}
+
+/// The template musefs is mounted with; [`musefs_path`] renders it.
+pub const MUSEFS_TEMPLATE: &str = "$albumartist/$album/$title";
+
+/// Starts a launch and waits (at most `timeout`) until `probe` (relative to the root)
+/// can be stat'ed through it.
+pub fn start(l: Launch, probe: &Path, timeout: Duration, log: &Path) -> Result<Mount> {
+    let Some(mut cmd) = l.cmd else {
+        return Ok(Mount {
+            peer: l.peer,
+            root: l.root,
+            child: None,
+            ready: Duration::ZERO,
+        });
+    };
+    std::fs::create_dir_all(&l.root)?;
+    if is_mounted(&l.root) {
+        let _ = Command::new("umount").arg("-l").arg(&l.root).status();
+    }
+    let logf = std::fs::File::create(log)?;
+    let target = l.root.join(probe);
+    let t = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf)
+        .spawn()
+        .with_context(|| format!("cannot start {}", l.peer.name()))?;
+    let mut m = Mount {
+        peer: l.peer,
+        root: l.root,
+        child: Some(child),
+        ready: Duration::ZERO,
+    };
+    loop {
+        if std::fs::symlink_metadata(&target).is_ok() {
+            m.ready = t.elapsed();
+            return Ok(m);
+        }
+        if let Some(Ok(Some(status))) = m.child.as_mut().map(Child::try_wait) {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: String = tail.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+            bail!("exited with {status} before serving: {tail}");
+        }
+        if t.elapsed() > timeout {
+            bail!("{} not visible after {:?}", target.display(), timeout);
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Maps source paths to the paths a tag-organised peer shows.
+#[derive(Debug, Default)]
+pub struct PathMap {
+    map: HashMap<String, String>,
+}
+
+impl PathMap {
+    /// The peer path of a source path (None: the peer does not show it).
+    pub fn get(&self, src_rel: &str) -> Option<&str> {
+        self.map.get(src_rel).map(String::as_str)
+    }
+}
+
+/// Reads `musicfs tree --long` (`ino\tsize\tvirtual\tsource`) into a map from source
+/// paths relative to `lib` to virtual paths relative to the mount.
+pub fn musicfs_map(bins: &Bins, state: &Path, lib: &Path) -> Result<PathMap> {
+    let out = Command::new(&bins.musicfs)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["tree", "--long"])
+        .output()
+        .context("cannot run musicfs tree")?;
+    if !out.status.success() {
+        bail!(
+            "musicfs tree failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let prefix = format!("{}/", lib.display());
+    let mut map = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() < 4 || f[3].is_empty() {
+            continue;
+        }
+        if let Some(src) = f[3].strip_prefix(&prefix) {
+            map.insert(src.to_string(), f[2].trim_start_matches('/').to_string());
+        }
+    }
+    if map.is_empty() {
+        bail!("musicfs tree listed no file under {}", lib.display());
+    }
+    Ok(PathMap { map })
+}
+
+/// musefs's path for a manifest entry under [`MUSEFS_TEMPLATE`], for entries whose
+/// fields are all present and plain (so the rendering is unambiguous).
+pub fn musefs_map(entries: &[crate::gen::ManifestEntry]) -> PathMap {
+    let plain = |s: &str| !s.is_empty() && !s.contains('/') && !s.starts_with('.') && s.trim() == s;
+    let mut count: HashMap<String, u32> = HashMap::new();
+    let rendered: Vec<(String, String)> = entries
+        .iter()
+        .filter(|e| plain(&e.album_artist) && plain(&e.album) && plain(&e.title))
+        .map(|e| {
+            // musefs names Ogg Vorbis files by codec.
+            let ext = if e.ext == "ogg" {
+                "vorbis"
+            } else {
+                e.ext.as_str()
+            };
+            let v = format!("{}/{}/{}.{ext}", e.album_artist, e.album, e.title);
+            *count.entry(v.clone()).or_default() += 1;
+            (e.rel_path.clone(), v)
+        })
+        .collect();
+    let map = rendered
+        .into_iter()
+        .filter(|(_, v)| count.get(v) == Some(&1))
+        .collect();
+    PathMap { map }
+}

@@ -1,0 +1,637 @@
+//! `musicfs-bench run`: scans, mounts every peer over the same library in turn, measures
+//! the same operations on the same files, and writes the report.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::gen::{self, ManifestEntry, Rng, BIG_FILE};
+use crate::metric::Metric;
+use crate::ops;
+use crate::peers::{self, Bins, PathMap, Peer};
+use crate::report::{PeerReport, Report};
+use crate::scanners::{self, ScanResult};
+
+/// Options of a run.
+#[derive(Debug, Clone)]
+pub struct RunOpts {
+    /// Library root (generated).
+    pub library: PathBuf,
+    /// Peers to run.
+    pub peers: Vec<Peer>,
+    /// Operations to measure.
+    pub ops: Vec<String>,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Quick mode.
+    pub quick: bool,
+    /// Where musicfsd/musicfs are.
+    pub bin_dir: Option<PathBuf>,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+struct Sizes {
+    sample: usize,
+    readdir_warm: [usize; 3],
+    readdir_cold: [usize; 3],
+    randread: usize,
+    seq_passes: usize,
+    per_reader: usize,
+}
+
+const DIR_CLASSES: [(&str, usize); 3] = [("10", 10), ("1000", 1000), ("100k", 100_000)];
+const READERS: [usize; 3] = [1, 8, 64];
+
+/// The files and directories every peer is measured on, as source paths.
+struct Workload {
+    sample: Vec<String>,
+    dirs: Vec<(&'static str, String, Vec<String>)>,
+    albums: Vec<Vec<String>>,
+}
+
+struct Maps {
+    musicfs: Option<PathMap>,
+    musefs: Option<PathMap>,
+}
+
+impl Maps {
+    fn path(&self, peer: Peer, src: &str) -> Option<PathBuf> {
+        match peer {
+            Peer::Musicfs => self.musicfs.as_ref()?.get(src).map(PathBuf::from),
+            Peer::Musefs => self.musefs.as_ref()?.get(src).map(PathBuf::from),
+            _ => Some(PathBuf::from(src)),
+        }
+    }
+
+    fn all(&self, src: &str) -> bool {
+        self.musicfs.as_ref().is_none_or(|m| m.get(src).is_some())
+            && self.musefs.as_ref().is_none_or(|m| m.get(src).is_some())
+    }
+
+    /// The peer directory of a source directory, when all its files land in one place.
+    fn dir(&self, peer: Peer, files: &[String]) -> Option<PathBuf> {
+        let mut parent: Option<PathBuf> = None;
+        for f in files {
+            let p = self.path(peer, f)?.parent()?.to_path_buf();
+            match &parent {
+                Some(q) if *q != p => return None,
+                _ => parent = Some(p),
+            }
+        }
+        parent
+    }
+}
+
+fn sizes(quick: bool) -> Sizes {
+    if quick {
+        Sizes {
+            sample: 100,
+            readdir_warm: [20, 10, 2],
+            readdir_cold: [3, 2, 1],
+            randread: 1000,
+            seq_passes: 2,
+            per_reader: 1,
+        }
+    } else {
+        Sizes {
+            sample: 2000,
+            readdir_warm: [200, 50, 5],
+            readdir_cold: [20, 10, 3],
+            randread: 20_000,
+            seq_passes: 5,
+            per_reader: 4,
+        }
+    }
+}
+
+fn workload(entries: &[ManifestEntry], maps: &Maps, quick: bool) -> Workload {
+    let s = sizes(quick);
+    let usable: Vec<&ManifestEntry> = entries.iter().filter(|e| maps.all(&e.rel_path)).collect();
+    let mut rng = Rng::new(42);
+    let mut sample = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let want = s.sample.min(usable.len());
+    while sample.len() < want {
+        let i = rng.below(usable.len() as u64) as usize;
+        if seen.insert(i) {
+            sample.push(usable[i].rel_path.clone());
+        }
+    }
+    let mut by_dir: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for e in entries {
+        if let Some((d, _)) = e.rel_path.rsplit_once('/') {
+            by_dir.entry(d).or_default().push(e.rel_path.clone());
+        }
+    }
+    let consistent = |files: &[String]| {
+        [Peer::Musicfs, Peer::Musefs].iter().all(|p| {
+            let has_map = match p {
+                Peer::Musicfs => maps.musicfs.is_some(),
+                _ => maps.musefs.is_some(),
+            };
+            !has_map || maps.dir(*p, files).is_some()
+        })
+    };
+    let mut dirs = Vec::new();
+    for (label, target) in DIR_CLASSES {
+        let best = by_dir
+            .iter()
+            .filter(|(_, f)| f.len() * 2 >= target && f.len() <= target * 2)
+            .filter(|(_, f)| consistent(f))
+            .min_by_key(|(_, f)| f.len().abs_diff(target));
+        if let Some((d, f)) = best {
+            dirs.push((label, d.to_string(), f.clone()));
+        }
+    }
+    let albums: Vec<Vec<String>> = by_dir
+        .values()
+        .filter(|f| (8..=16).contains(&f.len()) && consistent(f))
+        .take(READERS[2] * s.per_reader)
+        .cloned()
+        .collect();
+    Workload {
+        sample,
+        dirs,
+        albums,
+    }
+}
+
+fn machine() -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1).map(|s| s.trim().to_string()))
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    m.insert("cpu".into(), format!("{cpu} ({cores} cores)"));
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        })
+        .unwrap_or_default();
+    m.insert("memory".into(), mem);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    m.insert("kernel".into(), kernel.trim().to_string());
+    m
+}
+
+fn ensure_tool(bin: &str, pkg: &str, quick: bool) -> Option<String> {
+    if peers::which(bin).is_some() {
+        return None;
+    }
+    if quick {
+        return Some(format!(
+            "not installed (quick mode skips it): apt-get install {pkg}"
+        ));
+    }
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", pkg])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok && peers::which(bin).is_some() {
+        None
+    } else {
+        Some(format!("not installed and apt-get install {pkg} failed"))
+    }
+}
+
+/// Runs the benchmark and writes `report.json` and `report.md` to `opts.out`.
+pub fn run(opts: &RunOpts) -> Result<Report> {
+    let start = Instant::now();
+    std::fs::create_dir_all(&opts.out)?;
+    let out = opts.out.canonicalize()?;
+    let lib = opts
+        .library
+        .canonicalize()
+        .with_context(|| format!("library {} missing", opts.library.display()))?;
+    let entries = gen::read_manifest(&lib)?;
+    let has = |op: &str| opts.ops.iter().any(|o| o == op);
+    let bins = peers::find_bins(opts.bin_dir.as_deref());
+    let state = out.join("state");
+    std::fs::create_dir_all(&state)?;
+    let files = entries.len() as u64 + 1;
+    let mut report = Report {
+        command: opts.command.clone(),
+        machine: machine(),
+        quick: opts.quick,
+        ..Report::default()
+    };
+    report
+        .library
+        .insert("path".into(), lib.display().to_string());
+    report.library.insert("tracks".into(), files.to_string());
+
+    // Scans come first: musicfs's scan is also what its mount serves.
+    let mut skip: HashMap<Peer, String> = HashMap::new();
+    let mut scans = Vec::new();
+    let wants = |p: Peer| opts.peers.contains(&p);
+    let musicfs_state = state.join("musicfs");
+    let musefs_state = state.join("musefs");
+    match &bins {
+        Err(e) => {
+            skip.insert(Peer::Musicfs, e.to_string());
+            scans.push(ScanResult::skipped("musicfs", e.to_string()));
+        }
+        Ok(b) if wants(Peer::Musicfs) || has("scan") => {
+            match scanners::musicfs(b, &lib, &musicfs_state, files) {
+                Ok(r) => scans.push(r),
+                Err(e) => {
+                    skip.insert(Peer::Musicfs, format!("scan failed: {e:#}"));
+                    scans.push(ScanResult::skipped("musicfs", format!("{e:#}")));
+                }
+            }
+        }
+        Ok(_) => {}
+    }
+    if wants(Peer::Musefs) || has("scan") {
+        let r = match &bins {
+            Ok(b) if b.musefs.is_some() => scanners::musefs(b, &lib, &musefs_state, files),
+            _ => Err(anyhow::anyhow!("not installed: run cargo install musefs")),
+        };
+        match r {
+            Ok(r) => scans.push(r),
+            Err(e) => {
+                skip.insert(Peer::Musefs, format!("{e:#}"));
+                scans.push(ScanResult::skipped("musefs", format!("{e:#}")));
+            }
+        }
+    }
+    if has("scan") {
+        for (name, bin, pkg) in [("beets", "beet", "beets"), ("mpd", "mpc", "mpc")] {
+            let missing = ensure_tool(bin, pkg, opts.quick).or_else(|| {
+                (name == "mpd")
+                    .then(|| ensure_tool("mpd", "mpd", opts.quick))
+                    .flatten()
+            });
+            let r = match missing {
+                Some(reason) => ScanResult::skipped(name, reason),
+                None => {
+                    let res = if name == "beets" {
+                        scanners::beets(&lib, &state, files)
+                    } else {
+                        scanners::mpd(&lib, &state, files)
+                    };
+                    res.unwrap_or_else(|e| ScanResult::skipped(name, format!("{e:#}")))
+                }
+            };
+            scans.push(r);
+        }
+    }
+    report.scanners = scans
+        .iter()
+        .map(|s| serde_json::to_value(s).unwrap_or_default())
+        .collect();
+
+    let mut maps = Maps {
+        musicfs: None,
+        musefs: None,
+    };
+    if let (Ok(b), true) = (
+        &bins,
+        wants(Peer::Musicfs) && !skip.contains_key(&Peer::Musicfs),
+    ) {
+        match peers::musicfs_map(b, &musicfs_state, &lib) {
+            Ok(m) => maps.musicfs = Some(m),
+            Err(e) => {
+                skip.insert(Peer::Musicfs, format!("{e:#}"));
+            }
+        }
+    }
+    if wants(Peer::Musefs) && !skip.contains_key(&Peer::Musefs) {
+        let mut with_big = entries.clone();
+        with_big.push(ManifestEntry {
+            rel_path: BIG_FILE.into(),
+            ext: "flac".into(),
+            album_artist: "Bench Big".into(),
+            album: "Huge Album".into(),
+            title: "Huge".into(),
+        });
+        maps.musefs = Some(peers::musefs_map(&with_big));
+    }
+    for (tool, peer, pkg) in [
+        ("bindfs", Peer::Bindfs, "bindfs"),
+        ("mergerfs", Peer::Mergerfs, "mergerfs"),
+        ("rclone", Peer::Rclone, "rclone"),
+    ] {
+        if wants(peer) {
+            if let Some(reason) = ensure_tool(tool, pkg, opts.quick) {
+                skip.insert(peer, reason);
+            }
+        }
+    }
+    let work = workload(&entries, &maps, opts.quick);
+    report
+        .library
+        .insert("sample_files".into(), work.sample.len().to_string());
+    for (label, d, n) in &work.dirs {
+        report.library.insert(
+            format!("readdir_{label}_dir"),
+            format!("{d} ({} files)", n.len()),
+        );
+    }
+
+    for &peer in &opts.peers {
+        let mut pr = PeerReport {
+            name: peer.name().into(),
+            cold: peer.cold_meaning().into(),
+            ..PeerReport::default()
+        };
+        pr.expected = expected(peer, opts, &work);
+        let outcome = match (&bins, skip.get(&peer)) {
+            (_, Some(reason)) => Err(anyhow::anyhow!("{reason}")),
+            (Err(e), _) if peer == Peer::Musicfs => Err(anyhow::anyhow!("{e}")),
+            (b, None) => {
+                let dummy = Bins {
+                    musicfsd: PathBuf::new(),
+                    musicfs: PathBuf::new(),
+                    musefs: peers::which("musefs"),
+                };
+                let b = b.as_ref().unwrap_or(&dummy);
+                let st = if peer == Peer::Musefs {
+                    &musefs_state
+                } else {
+                    &musicfs_state
+                };
+                measure_peer(peer, &lib, &out, b, st, &maps, &work, opts, &mut pr)
+            }
+        };
+        match outcome {
+            Ok(()) => pr.status = "ok".into(),
+            Err(e) => {
+                pr.status = "skipped".into();
+                pr.reason = Some(format!("{e:#}"));
+                pr.metrics.clear();
+            }
+        }
+        tracing::info!(peer = peer.name(), status = %pr.status, "peer done");
+        report.peers.push(pr);
+    }
+    report.compute_ratios();
+    report.seconds = start.elapsed().as_secs_f64();
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(out.join("report.md"), report.markdown())?;
+    Ok(report)
+}
+
+fn expected(peer: Peer, opts: &RunOpts, work: &Workload) -> Vec<String> {
+    let has = |op: &str| opts.ops.iter().any(|o| o == op);
+    let mut v = Vec::new();
+    for op in ["stat", "lookup", "open"] {
+        if has(op) {
+            v.push(format!("{op}_warm"));
+            v.push(format!("{op}_cold"));
+        }
+    }
+    if has("readdir") {
+        for (label, _, _) in &work.dirs {
+            v.push(format!("readdir_{label}_warm"));
+            v.push(format!("readdir_{label}_cold"));
+        }
+    }
+    if has("read") {
+        v.push("read_files".into());
+    }
+    if has("seqread") {
+        v.push("seqread".into());
+    }
+    if has("randread") {
+        v.push("randread".into());
+    }
+    if has("concurrent") {
+        v.extend(READERS.iter().map(|n| format!("concurrent_{n}")));
+    }
+    if peer != Peer::Native {
+        if has("mount") {
+            v.push("mount".into());
+            if peer.is_virtual() {
+                v.push("restart".into());
+            }
+        }
+        if has("rss") {
+            v.extend(
+                [
+                    "rss_idle_mb",
+                    "rss_idle_anon_mb",
+                    "rss_load_mb",
+                    "rss_load_anon_mb",
+                ]
+                .map(String::from),
+            );
+        }
+    }
+    v
+}
+
+fn mapped(maps: &Maps, peer: Peer, root: &Path, srcs: &[String]) -> Vec<PathBuf> {
+    srcs.iter()
+        .filter_map(|s| maps.path(peer, s).map(|p| root.join(p)))
+        .collect()
+}
+
+fn put(pr: &mut PeerReport, name: &str, r: Result<Metric>) {
+    let m = r.unwrap_or_else(|e| Metric::failed(format!("{e:#}")));
+    pr.metrics.insert(name.to_string(), m);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure_peer(
+    peer: Peer,
+    lib: &Path,
+    out: &Path,
+    bins: &Bins,
+    state: &Path,
+    maps: &Maps,
+    work: &Workload,
+    opts: &RunOpts,
+    pr: &mut PeerReport,
+) -> Result<()> {
+    let s = sizes(opts.quick);
+    let has = |op: &str| opts.ops.iter().any(|o| o == op);
+    let mnt_root = out.join("mnt");
+    let probe = maps
+        .path(peer, &work.sample[0])
+        .context("sample file not shown by this peer")?;
+    let timeout = Duration::from_secs(if opts.quick { 30 } else { 300 });
+    let launch = |cold: bool| -> Result<peers::Mount> {
+        let tag = if cold { "cold" } else { "warm" };
+        let mnt = mnt_root.join(format!("{}-{tag}", peer.name()));
+        let l = peers::launch(peer, lib, &mnt, cold, bins, state)?;
+        peers::start(
+            l,
+            &probe,
+            timeout,
+            &out.join(format!("{}-{tag}.log", peer.name())),
+        )
+    };
+
+    let warm = launch(false)?;
+    let root = warm.root.clone();
+    let sample = mapped(maps, peer, &root, &work.sample);
+    pr.sample_files = sample.len() as u64;
+    if peer != Peer::Native && has("mount") {
+        pr.metrics.insert(
+            "mount".into(),
+            Metric::value(warm.ready.as_secs_f64() * 1e3, "ms"),
+        );
+    }
+    let pid = warm.pid();
+    if let (Some(pid), true) = (pid, has("rss")) {
+        let (r, a) = ops::rss(pid)?;
+        pr.metrics
+            .insert("rss_idle_mb".into(), Metric::value(r as f64 / 1e6, "MB"));
+        pr.metrics.insert(
+            "rss_idle_anon_mb".into(),
+            Metric::value(a as f64 / 1e6, "MB"),
+        );
+    }
+    if has("stat") {
+        put(pr, "stat_warm", ops::stat(&sample, true));
+    }
+    if has("lookup") {
+        put(pr, "lookup_warm", ops::lookup(&sample, true));
+    }
+    if has("readdir") {
+        for (i, (label, dir, files)) in work.dirs.iter().enumerate() {
+            let r = dir_of(maps, peer, &root, files, dir)
+                .and_then(|d| ops::readdir(&d, s.readdir_warm[i], true));
+            put(pr, &format!("readdir_{label}_warm"), r);
+        }
+    }
+    if has("open") {
+        put(pr, "open_warm", ops::open_first_block(&sample, true));
+    }
+    if has("read") {
+        put(pr, "read_files", ops::read_files(&sample));
+    }
+    let big = maps.path(peer, BIG_FILE).map(|p| root.join(p));
+    if has("seqread") {
+        let r = big
+            .as_deref()
+            .context("big file not shown")
+            .and_then(|b| ops::seqread(b, s.seq_passes));
+        put(pr, "seqread", r);
+    }
+    if has("randread") {
+        let r = big
+            .as_deref()
+            .context("big file not shown")
+            .and_then(|b| ops::randread(b, s.randread, 7));
+        put(pr, "randread", r);
+    }
+    if has("concurrent") {
+        let albums: Vec<Vec<PathBuf>> = work
+            .albums
+            .iter()
+            .map(|a| mapped(maps, peer, &root, a))
+            .collect();
+        for n in READERS {
+            let sampler = (n == READERS[2])
+                .then_some(pid)
+                .flatten()
+                .map(ops::RssSampler::start);
+            put(
+                pr,
+                &format!("concurrent_{n}"),
+                ops::concurrent(&albums, n, s.per_reader),
+            );
+            if let (Some(sm), true) = (sampler, has("rss")) {
+                let (r, a) = sm.finish();
+                pr.metrics
+                    .insert("rss_load_mb".into(), Metric::value(r as f64 / 1e6, "MB"));
+                pr.metrics.insert(
+                    "rss_load_anon_mb".into(),
+                    Metric::value(a as f64 / 1e6, "MB"),
+                );
+            }
+        }
+    }
+    if has("rss") && pid.is_some() && !pr.metrics.contains_key("rss_load_mb") {
+        // Without the concurrent op, load is the warm stat pass repeated.
+        let sm = ops::RssSampler::start(pid.unwrap_or(0));
+        let _ = ops::read_files(&sample);
+        let (r, a) = sm.finish();
+        pr.metrics
+            .insert("rss_load_mb".into(), Metric::value(r as f64 / 1e6, "MB"));
+        pr.metrics.insert(
+            "rss_load_anon_mb".into(),
+            Metric::value(a as f64 / 1e6, "MB"),
+        );
+    }
+    warm.stop();
+
+    if peer.is_virtual() && has("mount") {
+        let again = launch(false)?;
+        pr.metrics.insert(
+            "restart".into(),
+            Metric::value(again.ready.as_secs_f64() * 1e3, "ms"),
+        );
+        again.stop();
+    }
+
+    if ["stat", "lookup", "open", "readdir"].iter().any(|o| has(o)) {
+        let cold = launch(true)?;
+        let root = cold.root.clone();
+        let sample = mapped(maps, peer, &root, &work.sample);
+        if has("stat") {
+            put(
+                pr,
+                "stat_cold",
+                ops::drop_caches(2).and_then(|_| ops::stat(&sample, false)),
+            );
+        }
+        if has("lookup") {
+            put(
+                pr,
+                "lookup_cold",
+                ops::drop_caches(2).and_then(|_| ops::lookup(&sample, false)),
+            );
+        }
+        if has("readdir") {
+            for (i, (label, dir, files)) in work.dirs.iter().enumerate() {
+                let r = dir_of(maps, peer, &root, files, dir)
+                    .and_then(|d| ops::readdir(&d, s.readdir_cold[i], false));
+                put(pr, &format!("readdir_{label}_cold"), r);
+            }
+        }
+        if has("open") {
+            put(
+                pr,
+                "open_cold",
+                ops::drop_caches(2).and_then(|_| ops::open_first_block(&sample, false)),
+            );
+        }
+        cold.stop();
+    }
+    Ok(())
+}
+
+fn dir_of(
+    maps: &Maps,
+    peer: Peer,
+    root: &Path,
+    files: &[String],
+    src_dir: &str,
+) -> Result<PathBuf> {
+    if !peer.is_virtual() {
+        return Ok(root.join(src_dir));
+    }
+    let d = maps
+        .dir(peer, files)
+        .with_context(|| format!("{src_dir}: files not in one directory of this peer"))?;
+    Ok(root.join(d))
+}
