@@ -37,6 +37,56 @@ pub enum ConfigError {
     },
 }
 
+/// FUSE passthrough for reads of local sources (`passthrough`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PassthroughSetting {
+    /// When the kernel grants it and the daemon has CAP_SYS_ADMIN; plain reads otherwise.
+    #[default]
+    Auto,
+    /// Required: the mount fails without it.
+    On,
+    /// Never.
+    Off,
+}
+
+/// How FUSE requests reach the daemon (`transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportSetting {
+    /// FUSE-over-io_uring when the kernel allows it, else /dev/fuse.
+    #[default]
+    Auto,
+    /// FUSE-over-io_uring, required: the mount fails without it.
+    Uring,
+    /// Per-worker /dev/fuse fds only.
+    Dev,
+}
+
+impl std::str::FromStr for PassthroughSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            _ => Err(format!("{s:?} is not auto, on or off")),
+        }
+    }
+}
+
+impl std::str::FromStr for TransportSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "uring" => Ok(Self::Uring),
+            "dev" => Ok(Self::Dev),
+            _ => Err(format!("{s:?} is not auto, uring or dev")),
+        }
+    }
+}
+
 /// How changes in an origin are noticed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,6 +157,12 @@ pub struct Config {
     pub gid: Option<u32>,
     /// Log filter (`info`, `debug`, `musicfs_fusedev=trace`, ...).
     pub log_level: String,
+    /// FUSE passthrough for reads of local sources.
+    pub passthrough: PassthroughSetting,
+    /// FUSE request transport.
+    pub transport: TransportSetting,
+    /// Write Y to /sys/module/fuse/parameters/enable_uring at mount (root only).
+    pub enable_uring_param: bool,
 }
 
 impl Default for Config {
@@ -123,6 +179,9 @@ impl Default for Config {
             uid: None,
             gid: None,
             log_level: "info".to_string(),
+            passthrough: PassthroughSetting::Auto,
+            transport: TransportSetting::Auto,
+            enable_uring_param: false,
         }
     }
 }

@@ -299,6 +299,28 @@ proptest! {
     }
 
     #[test]
+    fn a_damaged_snapshot_never_panics_or_loops(
+        tracks in arb_tracks(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..8),
+    ) {
+        let (dir, _snap) = publish(&build(&tracks));
+        let path = dir.path().join("tree.snap");
+        let mut bytes = std::fs::read(&path).unwrap();
+        for (at, mask) in flips {
+            let i = 64 + at.index(bytes.len() - 64);
+            bytes[i] ^= mask;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        if let Ok(snap) = Snapshot::open(&path) {
+            for (p, n) in snap.walk() {
+                let _ = (snap.node(n.ino()), n.file(), n.nlink(), n.parent_ino());
+                let _ = snap.lookup(n.parent_ino(), p.rsplit(|b| *b == b'/').next().unwrap());
+                let _ = snap.children(n.ino(), 1).count();
+            }
+        }
+    }
+
+    #[test]
     fn inodes_are_equal_across_two_builds_of_the_same_catalog(tracks in arb_tracks()) {
         let mut reversed = tracks.clone();
         reversed.reverse();

@@ -232,6 +232,7 @@ pub struct Refresher {
 impl Refresher {
     /// Runs until a [`Trigger::Stop`] arrives or every sender is gone.
     pub fn run(self, rx: Receiver<Trigger>) {
+        self.verify_served();
         let mut timers = Timers::new(self.refresh_interval, &self.polled);
         loop {
             let first = match rx.recv_timeout(timers.until_next()) {
@@ -250,6 +251,40 @@ impl Refresher {
         }
     }
 
+    /// Start-up maps the snapshot after O(1) checks; its body checksum is verified here,
+    /// in the background, and a damaged snapshot is rebuilt from the catalog and swapped in.
+    fn verify_served(&self) {
+        let current = self.shared.load_full();
+        let path = self.library.state.snapshot_path();
+        let Err(e) = current.verify(&path) else {
+            return;
+        };
+        warn!("{e}; rebuilding it from the catalog");
+        let rebuilt = self
+            .library
+            .publish()
+            .and_then(|_| Ok(Snapshot::open_verified(&path)?));
+        match rebuilt {
+            Ok(next) => self.swap_in(&current, next),
+            Err(e) => warn!("cannot rebuild the snapshot, still serving the damaged one: {e:#}"),
+        }
+    }
+
+    /// Serves `next` from now on and tells the kernel what changed since `current`.
+    fn swap_in(&self, current: &Snapshot, next: Snapshot) {
+        let next = Arc::new(next);
+        self.shared.store(next.clone());
+        if let Some(sink) = &self.sink {
+            let done = invalidate_changes(current, &next, sink.as_ref());
+            info!(
+                generation = next.generation(),
+                entries = done.entries,
+                inodes = done.inodes,
+                "swapped in the new tree"
+            );
+        }
+    }
+
     fn refresh_now(&self, which: &[usize], why: &str) {
         let current = self.shared.load_full();
         match self.library.refresh(which, &current) {
@@ -258,17 +293,7 @@ impl Refresher {
                 snapshot: Some(next),
             }) => {
                 info!(why, "{}", scan_summary(&report));
-                let next = Arc::new(next);
-                self.shared.store(next.clone());
-                if let Some(sink) = &self.sink {
-                    let done = invalidate_changes(&current, &next, sink.as_ref());
-                    info!(
-                        generation = next.generation(),
-                        entries = done.entries,
-                        inodes = done.inodes,
-                        "swapped in the new tree"
-                    );
-                }
+                self.swap_in(&current, next);
             }
             Ok(Refreshed { report, .. }) => {
                 tracing::debug!(why, seen = report.seen, "refresh found nothing new")

@@ -142,7 +142,7 @@ fn scan(mut cfg: Config, origins: Vec<PathBuf>, template: Option<String>) -> Res
 
 fn tree(cfg: &Config, long: bool) -> Result<()> {
     let state = StateDir::create(&cfg.state_dir())?;
-    let snap = Snapshot::open(&state.snapshot_path())
+    let snap = Snapshot::open_verified(&state.snapshot_path())
         .context("no usable snapshot: run `musicfs scan` first")?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

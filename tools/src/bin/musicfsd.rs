@@ -13,8 +13,9 @@ use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use clap::Parser;
 use musicfs_core::config::Config;
+use musicfs_core::config::{PassthroughSetting, TransportSetting};
 use musicfs_core::template::Template;
-use musicfs_fusedev::MountOptions;
+use musicfs_fusedev::{MountOptions, PassthroughMode, TransportMode};
 use musicfs_tools::live::{start_watching, Library, Refresher, Trigger};
 use musicfs_tools::{check_origins, init_logging, origin_paths, sd_notify, StateDir};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -64,6 +65,15 @@ struct Cli {
     /// Log filter (error, warn, info, debug, trace); RUST_LOG wins.
     #[arg(long, env = "MUSICFS_LOG_LEVEL")]
     log_level: Option<String>,
+    /// FUSE passthrough for local sources: auto, on (fail the mount without it), off.
+    #[arg(long, env = "MUSICFS_PASSTHROUGH")]
+    passthrough: Option<musicfs_core::config::PassthroughSetting>,
+    /// Request transport: auto, uring (FUSE-over-io_uring, required), dev (/dev/fuse).
+    #[arg(long, env = "MUSICFS_TRANSPORT")]
+    transport: Option<musicfs_core::config::TransportSetting>,
+    /// Write Y to /sys/module/fuse/parameters/enable_uring before mounting (root).
+    #[arg(long)]
+    enable_uring_param: bool,
 }
 
 /// Exit code for bad usage, configuration or environment (mountpoint, origins).
@@ -128,6 +138,13 @@ fn merge_config(cli: &Cli) -> Result<Config> {
     if let Some(l) = &cli.log_level {
         cfg.log_level = l.clone();
     }
+    if let Some(p) = cli.passthrough {
+        cfg.passthrough = p;
+    }
+    if let Some(t) = cli.transport {
+        cfg.transport = t;
+    }
+    cfg.enable_uring_param |= cli.enable_uring_param;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -157,6 +174,17 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
         allow_other: cfg.allow_other,
         uid: cfg.uid,
         gid: cfg.gid,
+        passthrough: match cfg.passthrough {
+            PassthroughSetting::Auto => PassthroughMode::Auto,
+            PassthroughSetting::On => PassthroughMode::On,
+            PassthroughSetting::Off => PassthroughMode::Off,
+        },
+        transport: match cfg.transport {
+            TransportSetting::Auto => TransportMode::Auto,
+            TransportSetting::Uring => TransportMode::Uring,
+            TransportSetting::Dev => TransportMode::Dev,
+        },
+        enable_uring_param: cfg.enable_uring_param,
         ..MountOptions::default()
     };
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
