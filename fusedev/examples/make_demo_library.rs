@@ -1,5 +1,6 @@
 //! Writes a small fake library (origin files) and its snapshot under DIR, for trying
-//! `serve_snapshot` by hand: `make_demo_library DIR [TRACKS]` → DIR/origin, DIR/snapshot.
+//! `serve_snapshot` by hand: `make_demo_library DIR [TRACKS [BIG_MIB]]` → DIR/origin, DIR/snapshot; with BIG_MIB, track 1
+//! is that many MiB (for throughput runs).
 
 use std::path::PathBuf;
 
@@ -18,6 +19,10 @@ fn main() -> anyhow::Result<()> {
         Some(n) => n.to_string_lossy().parse()?,
         None => 30,
     };
+    let big_mib: Option<usize> = match args.next() {
+        Some(n) => Some(n.to_string_lossy().parse()?),
+        None => None,
+    };
     let origin = dir.join("origin");
     std::fs::create_dir_all(&origin)?;
     let origin = origin.canonicalize()?;
@@ -26,7 +31,10 @@ fn main() -> anyhow::Result<()> {
         let rel = format!("raw/{id:05}.flac");
         let path = origin.join(&rel);
         std::fs::create_dir_all(path.parent().context("parent")?)?;
-        let len = 1000 + (id as usize * 7919) % 300_000;
+        let len = match big_mib {
+            Some(mib) if id == 1 => mib << 20,
+            _ => 1000 + (id as usize * 7919) % 300_000,
+        };
         let bytes: Vec<u8> = (0..len).map(|i| (i as u64 * 31 + id) as u8).collect();
         std::fs::write(&path, &bytes)?;
         let artist = format!("Artist {}", id % 3);

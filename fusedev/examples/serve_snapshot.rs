@@ -1,7 +1,8 @@
 //! Serves a snapshot at a mountpoint until SIGINT/SIGTERM or an external unmount.
 //!
 //! `cargo run -p musicfs-fusedev --example serve_snapshot -- SNAPSHOT MOUNTPOINT
-//!  [--catalog DIR] [--threads N] [--no-auto-unmount] [--allow-other]`
+//!  [--catalog DIR] [--threads N] [--no-auto-unmount] [--allow-other]
+//!  [--passthrough auto|on|off] [--transport auto|uring|dev] [--timeout SECS]`
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +33,19 @@ fn main() -> anyhow::Result<()> {
                 opts.threads = n.to_string_lossy().parse()?;
             }
             Some("--no-auto-unmount") => opts.auto_unmount = false,
+            Some("--passthrough") => {
+                let v = args.next().context("--passthrough needs auto|on|off")?;
+                opts.passthrough = v.to_string_lossy().parse()?;
+            }
+            Some("--transport") => {
+                let v = args.next().context("--transport needs auto|uring|dev")?;
+                opts.transport = v.to_string_lossy().parse()?;
+            }
+            Some("--timeout") => {
+                let v = args.next().context("--timeout needs seconds")?;
+                let t = std::time::Duration::from_secs_f64(v.to_string_lossy().parse()?);
+                (opts.entry_timeout, opts.attr_timeout, opts.negative_timeout) = (t, t, t);
+            }
             Some("--allow-other") => opts.allow_other = true,
             _ => positional.push(PathBuf::from(arg)),
         }

@@ -188,6 +188,15 @@ pub enum FuseError {
         /// What failed.
         reason: String,
     },
+    /// A feature the options require (`--passthrough=on`, `--transport=uring`) is not
+    /// available on this kernel or to this process.
+    #[error("{feature} is required but unavailable: {reason}")]
+    Unavailable {
+        /// The feature.
+        feature: &'static str,
+        /// Why it is unavailable.
+        reason: String,
+    },
     /// A worker stopped on an error reading or writing /dev/fuse.
     #[error("FUSE worker {index} failed: {source}")]
     Worker {

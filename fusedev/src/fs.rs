@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use musicfs_core::snapshot::{Node, Snapshot};
+use musicfs_core::snapshot::{Node, Snapshot, ROOT_INO};
 
 use crate::handles::HandleTable;
+use crate::status::{ServeStatus, STATUS_FIELDS};
 use crate::xattr::{self, TagSource, XattrReply};
 use crate::FsError;
 
@@ -133,6 +134,7 @@ pub struct FsModel {
     cfg: FsConfig,
     files: HandleTable<Arc<File>>,
     dirs: HandleTable<Arc<Snapshot>>,
+    status: ServeStatus,
 }
 
 /// Directory offsets: 1 and 2 follow `.` and `..`; child `i` is followed by `i + 3`.
@@ -151,7 +153,13 @@ impl FsModel {
             cfg,
             files: HandleTable::new(),
             dirs: HandleTable::new(),
+            status: ServeStatus::default(),
         }
+    }
+
+    /// How the mount is being served (the root's status attributes read this).
+    pub fn status(&self) -> &ServeStatus {
+        &self.status
     }
 
     /// The configuration.
@@ -379,6 +387,10 @@ impl FsModel {
         let field = xattr::field_of(name).ok_or_else(missing)?;
         let snap = self.snapshot.load();
         let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
+        if ino == ROOT_INO {
+            let value = self.status.value(field).ok_or_else(missing)?;
+            return xattr::sized_reply(value.as_bytes().to_vec(), size);
+        }
         let Some(file) = node.file() else {
             return Err(missing());
         };
@@ -416,6 +428,12 @@ impl FsModel {
                 }
             }
             push(xattr::SOURCE_FIELD);
+        } else if ino == ROOT_INO {
+            for field in STATUS_FIELDS {
+                names.extend_from_slice(xattr::XATTR_PREFIX.as_bytes());
+                names.extend_from_slice(field.as_bytes());
+                names.push(0);
+            }
         }
         xattr::sized_reply(names, size)
     }
@@ -925,6 +943,35 @@ user.musicfs.format\0user.musicfs.source\0"
                 .to_errno(),
             libc::ERANGE
         );
-        assert_eq!(m.listxattr(ROOT_INO, 0).expect("dir"), XattrReply::Size(0));
+        let dir = m.lookup(ROOT_INO, b"Ann").expect("Ann").ino;
+        assert_eq!(m.listxattr(dir, 0).expect("dir"), XattrReply::Size(0));
+    }
+
+    #[test]
+    fn the_root_reports_the_serving_mode_as_status_attributes() {
+        let l = lib();
+        let m = model(&l);
+        let list = b"user.musicfs.transport\0user.musicfs.passthrough\0user.musicfs.origin_reads\0";
+        assert_eq!(
+            m.listxattr(ROOT_INO, 200).expect("list"),
+            XattrReply::Data(list.to_vec())
+        );
+        assert_eq!(
+            m.getxattr(ROOT_INO, b"user.musicfs.passthrough", 100)
+                .expect("get"),
+            XattrReply::Data(b"off".to_vec())
+        );
+        m.status().set_passthrough(true);
+        assert_eq!(
+            m.getxattr(ROOT_INO, b"user.musicfs.passthrough", 100)
+                .expect("get"),
+            XattrReply::Data(b"on".to_vec())
+        );
+        assert_eq!(
+            m.getxattr(ROOT_INO, b"user.musicfs.title", 0)
+                .unwrap_err()
+                .to_errno(),
+            libc::ENODATA
+        );
     }
 }

@@ -33,7 +33,7 @@ impl FuseFs {
     }
 }
 
-fn fail(op: &'static str, ino: u64, e: FsError) -> io::Error {
+pub(crate) fn fail(op: &'static str, ino: u64, e: FsError) -> io::Error {
     let errno = e.to_errno();
     if e.is_expected() {
         tracing::debug!(op, ino, errno, error = %e, "fuse op refused");

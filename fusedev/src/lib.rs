@@ -14,15 +14,23 @@
 //!   [`FsError::to_errno`] turns errors into errnos.
 #![deny(missing_docs)]
 
+pub mod abi;
 pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod handles;
+pub mod native;
+pub mod negotiate;
 pub mod notify;
+pub mod passthrough;
+pub mod ring;
 pub mod session;
+pub mod status;
+pub mod uring;
 pub mod xattr;
 
 pub use error::{FsError, FuseError};
 pub use fs::{Attr, DirItem, FsConfig, FsModel, FsStats, Kind};
 pub use session::{mount, mount_with_tags, MountOptions, Mounted, Unmounter};
+pub use status::{PassthroughMode, ServeStatus, Transport, TransportMode};
 pub use xattr::{TagSource, XattrReply};

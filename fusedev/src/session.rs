@@ -30,8 +30,14 @@ use fuse_backend_rs::transport::{FuseBuf, FuseDevWriter, FuseSession, Reader};
 use musicfs_core::snapshot::Snapshot;
 use musicfs_storage::Catalog;
 
+use crate::abi::{self, Pod};
 use crate::fs::{FsConfig, FsModel};
 use crate::fuse::FuseFs;
+use crate::native::{Native, Outcome, Req, WorkerIo};
+use crate::negotiate::Wants;
+use crate::ring::ReadRing;
+use crate::status::{OriginReads, PassthroughMode, ServeStatus, Transport, TransportMode};
+use crate::uring;
 use crate::xattr::TagSource;
 use crate::FuseError;
 
@@ -65,6 +71,21 @@ pub struct MountOptions {
     pub auto_unmount: bool,
     /// Kernel readahead for the mount's bdi, in KiB (root only; best effort).
     pub readahead_kb: Option<u32>,
+    /// FUSE passthrough for reads of local sources.
+    pub passthrough: PassthroughMode,
+    /// Which transport carries requests.
+    pub transport: TransportMode,
+    /// Read sources through a per-worker io_uring (falls back to `pread` without it).
+    pub uring_reads: bool,
+    /// Write `Y` to `/sys/module/fuse/parameters/enable_uring` before mounting, when the
+    /// transport may use io_uring (root only). The daemon never touches it otherwise.
+    pub enable_uring_param: bool,
+    /// Testing: make the kernel refuse every passthrough registration (a malformed
+    /// `fuse_backing_map`), to exercise the plain-read fallback.
+    pub refuse_passthrough: bool,
+    /// Testing: make the kernel refuse io_uring queue registration (a malformed register
+    /// command), to exercise the `/dev/fuse` fallback.
+    pub refuse_uring: bool,
 }
 
 impl Default for MountOptions {
@@ -81,6 +102,12 @@ impl Default for MountOptions {
             fsname: "musicfs".to_string(),
             auto_unmount: true,
             readahead_kb: Some(1024),
+            passthrough: PassthroughMode::Auto,
+            transport: TransportMode::Auto,
+            uring_reads: true,
+            enable_uring_param: false,
+            refuse_passthrough: false,
+            refuse_uring: false,
         }
     }
 }
@@ -125,6 +152,10 @@ struct Shared {
     live: Mutex<usize>,
     live_cv: Condvar,
     watchdog: Mutex<Option<Watchdog>>,
+    /// io_uring entry buffers of finished queue workers, freed once the connection is gone.
+    uring_buffers: Mutex<Vec<Box<[u8]>>>,
+    /// The mount's device number (its FUSE connection's name under /sys/fs/fuse).
+    conn_dev: std::sync::atomic::AtomicU64,
 }
 
 /// Unprivileged auto-unmount: a `sh` in its own session reading a pipe whose write end only
@@ -209,6 +240,7 @@ pub struct Mounted {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<WorkerEnd>>,
     model: Arc<FsModel>,
+    native: Arc<Native>,
 }
 
 /// A handle another thread (a signal handler thread) uses to unmount.
@@ -253,6 +285,9 @@ pub fn mount_with_tags(
     };
     let model = Arc::new(FsModel::new(snapshot, tags, cfg));
     let server = Arc::new(Server::new(FuseFs::new(model.clone())));
+    let wants = feature_wants(opts)?;
+    let native = Arc::new(Native::new(model.clone(), wants, opts.refuse_passthrough));
+    let uring_reads = opts.uring_reads && probe_read_ring();
     let session_err = |e: fuse_backend_rs::transport::Error| FuseError::Session {
         path: mp.clone(),
         reason: e.to_string(),
@@ -297,12 +332,15 @@ pub fn mount_with_tags(
         live: Mutex::new(0),
         live_cv: Condvar::new(),
         watchdog: Mutex::new(None),
+        uring_buffers: Mutex::new(Vec::new()),
+        conn_dev: std::sync::atomic::AtomicU64::new(0),
     });
     // From here a failure must unmount: `Mounted`'s Drop does it.
     let mut mounted = Mounted {
         shared: shared.clone(),
         workers: Vec::new(),
         model,
+        native: native.clone(),
     };
     match watchdog {
         Some(Ok(w)) => *lock(&shared.watchdog) = Some(w),
@@ -313,16 +351,234 @@ pub fn mount_with_tags(
     }
     cloned?;
     install_wake_handler();
+    let serving = Serving {
+        server,
+        native: native.clone(),
+        bufsize,
+        uring_reads,
+    };
+    let serving = Arc::new(serving);
     for (index, fd) in fds.into_iter().enumerate() {
         let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
-        mounted.spawn_worker(index, fd, server.clone(), bufsize, cpu)?;
+        mounted.spawn_worker(index, fd, serving.clone(), cpu)?;
     }
+    // Once INIT grants io_uring, the kernel holds every request until all queues are
+    // registered (or a registration fails): register before the first probe.
+    let negotiated = native.wait_init(INIT_WAIT).unwrap_or_default();
+    let transport = if negotiated.uring() {
+        start_uring(&mut mounted, threads, &cpus, uring_reads, opts)?
+    } else {
+        Transport::Dev
+    };
     let meta = probe(&mp)?;
+    shared.conn_dev.store(meta.dev(), Ordering::SeqCst);
     if let Some(kb) = opts.readahead_kb {
         set_readahead(meta.dev(), kb);
     }
-    tracing::info!(mountpoint = ?mp, threads, pinned = !cpus.is_empty(), "mounted");
+    let model = mounted.model.clone();
+    let status = model.status();
+    status.set_origin_reads(if uring_reads {
+        OriginReads::IoUring
+    } else {
+        OriginReads::Pread
+    });
+    let passthrough = negotiated.passthrough() && native.backing().enabled();
+    status.set_passthrough(passthrough);
+    if opts.passthrough == PassthroughMode::On && !passthrough {
+        return Err(FuseError::Unavailable {
+            feature: "FUSE passthrough",
+            reason: "the kernel did not grant FUSE_PASSTHROUGH at INIT".into(),
+        });
+    }
+    if transport == Transport::Dev && opts.transport == TransportMode::Uring {
+        return Err(FuseError::Unavailable {
+            feature: "FUSE-over-io_uring",
+            reason: "the kernel did not grant FUSE_OVER_IO_URING at INIT".into(),
+        });
+    }
+    status.set_transport(transport);
+    tracing::info!(
+        mountpoint = ?mp,
+        threads,
+        pinned = !cpus.is_empty(),
+        transport = status.value("transport").unwrap_or("?"),
+        passthrough = status.value("passthrough").unwrap_or("?"),
+        origin_reads = status.value("origin_reads").unwrap_or("?"),
+        "mounted"
+    );
     Ok(mounted)
+}
+
+/// Starts one io_uring queue worker per `/dev/fuse` worker (pinned alike) and waits for
+/// each to report its registration. A refusal falls back to `/dev/fuse` (the kernel keeps
+/// routing requests there until every queue is registered), unless the options require
+/// io_uring.
+fn start_uring(
+    mounted: &mut Mounted,
+    threads: usize,
+    cpus: &[usize],
+    uring_reads: bool,
+    opts: &MountOptions,
+) -> Result<Transport, FuseError> {
+    let plan = uring::assign_queues(uring::queue_count(), threads, cpus);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut started = 0;
+    for (index, qids) in plan.into_iter().enumerate() {
+        if qids.is_empty() {
+            continue;
+        }
+        let fd = {
+            let session = lock(&mounted.shared.session);
+            let session = session.as_ref().ok_or_else(|| FuseError::Session {
+                path: mounted.shared.mountpoint.clone(),
+                reason: "the session is closed".into(),
+            })?;
+            worker_fd(session).map_err(|e| FuseError::Session {
+                path: mounted.shared.mountpoint.clone(),
+                reason: e.to_string(),
+            })?
+        };
+        let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
+        let qw = uring::QueueWorker {
+            index,
+            fd,
+            qids,
+            uring_reads,
+            refuse: opts.refuse_uring,
+        };
+        mounted.spawn_queue_worker(qw, cpu, tx.clone())?;
+        started += 1;
+    }
+    drop(tx);
+    let mut failure = None;
+    for _ in 0..started {
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure.get_or_insert(e.to_string());
+            }
+            Err(_) => {
+                failure.get_or_insert("a queue worker ended before registering".to_string());
+            }
+        }
+    }
+    match failure {
+        None => Ok(Transport::Uring),
+        Some(reason) if opts.transport == TransportMode::Uring => Err(FuseError::Unavailable {
+            feature: "FUSE-over-io_uring",
+            reason,
+        }),
+        Some(reason) => {
+            tracing::warn!(%reason, "FUSE-over-io_uring refused by the kernel; serving on /dev/fuse");
+            Ok(Transport::Dev)
+        }
+    }
+}
+
+/// Aborts FUSE connection `dev` (through the fusectl filesystem), failing every pending
+/// and future request with ENOTCONN.
+fn abort_connection(dev: u64) {
+    let path = format!("/sys/fs/fuse/connections/{dev}/abort");
+    if let Err(e) = std::fs::write(&path, "1") {
+        tracing::error!(path, error = %e, "cannot abort the FUSE connection");
+    }
+}
+
+/// How long mount waits for the kernel's INIT before probing anyway (the probe then
+/// reports a mount that does not answer).
+const INIT_WAIT: Duration = Duration::from_secs(30);
+
+/// What every `/dev/fuse` worker serves with.
+struct Serving {
+    server: Arc<Server<FuseFs>>,
+    native: Arc<Native>,
+    bufsize: usize,
+    uring_reads: bool,
+}
+
+/// Whether this process holds `CAP_SYS_ADMIN` (passthrough's backing-open needs it).
+fn has_cap_sys_admin() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
+/// Path of the kernel's switch for FUSE-over-io_uring (kernel 6.14+).
+pub const URING_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Whether the kernel currently allows FUSE-over-io_uring.
+pub fn uring_param_enabled() -> bool {
+    std::fs::read_to_string(URING_PARAM).is_ok_and(|v| v.trim() == "Y")
+}
+
+/// Which optional INIT features to ask for, failing early when the options require one
+/// this process or kernel cannot have.
+fn feature_wants(opts: &MountOptions) -> Result<Wants, FuseError> {
+    let cap = has_cap_sys_admin();
+    let passthrough = match opts.passthrough {
+        PassthroughMode::Off => false,
+        PassthroughMode::Auto => {
+            if !cap {
+                tracing::info!(
+                    "no CAP_SYS_ADMIN: FUSE passthrough off, reads go through the daemon"
+                );
+            }
+            cap
+        }
+        PassthroughMode::On if !cap => {
+            return Err(FuseError::Unavailable {
+                feature: "FUSE passthrough",
+                reason: "it needs CAP_SYS_ADMIN".into(),
+            })
+        }
+        PassthroughMode::On => true,
+    };
+    if opts.transport != TransportMode::Dev && opts.enable_uring_param && !uring_param_enabled() {
+        match std::fs::write(URING_PARAM, "Y") {
+            Ok(()) => tracing::info!(param = URING_PARAM, "enabled FUSE-over-io_uring"),
+            Err(e) => {
+                tracing::warn!(param = URING_PARAM, error = %e, "cannot enable FUSE-over-io_uring")
+            }
+        }
+    }
+    let uring = match opts.transport {
+        TransportMode::Dev => false,
+        TransportMode::Auto => {
+            let on = uring_param_enabled();
+            if !on {
+                tracing::info!(
+                    param = URING_PARAM,
+                    "FUSE-over-io_uring is off in the kernel; using /dev/fuse"
+                );
+            }
+            on
+        }
+        TransportMode::Uring if !uring_param_enabled() => {
+            return Err(FuseError::Unavailable {
+                feature: "FUSE-over-io_uring",
+                reason: format!("{URING_PARAM} is not Y (see --enable-uring-param)"),
+            })
+        }
+        TransportMode::Uring => true,
+    };
+    Ok(Wants { passthrough, uring })
+}
+
+/// Whether this process may create an io_uring (seccomp or `kernel.io_uring_disabled` may
+/// forbid it); workers read sources with `pread` otherwise.
+fn probe_read_ring() -> bool {
+    match ReadRing::new() {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::info!(error = %e, "io_uring unavailable; origin reads use pread");
+            false
+        }
+    }
 }
 
 impl Mounted {
@@ -330,22 +586,59 @@ impl Mounted {
         &mut self,
         index: usize,
         fd: File,
-        server: Arc<Server<FuseFs>>,
-        bufsize: usize,
+        serving: Arc<Serving>,
         cpu: Option<usize>,
+    ) -> Result<(), FuseError> {
+        self.spawn_thread(format!("musicfs-fuse-{index}"), move |slot, shared| {
+            let end = serve(slot, &fd, &serving, cpu, shared);
+            drop(fd);
+            end
+        })
+    }
+
+    /// Starts a queue worker for FUSE-over-io_uring; it reports its registration on `ready`.
+    fn spawn_queue_worker(
+        &mut self,
+        qw: uring::QueueWorker,
+        cpu: Option<usize>,
+        ready: std::sync::mpsc::Sender<io::Result<()>>,
+    ) -> Result<(), FuseError> {
+        let native = self.native.clone();
+        self.spawn_thread(format!("musicfs-uring-{}", qw.index), move |_, shared| {
+            unblock_wake_signal();
+            if let Some(cpu) = cpu {
+                pin_to(cpu);
+            }
+            let keep = |bufs: Vec<Box<[u8]>>| lock(&shared.uring_buffers).extend(bufs);
+            match uring::run(&qw, &native, &shared.stop, ready, &keep) {
+                uring::QueueEnd::Closed => WorkerEnd::Unmounted,
+                uring::QueueEnd::Stopped | uring::QueueEnd::Refused => WorkerEnd::Stopped,
+                uring::QueueEnd::Failed(e) => {
+                    // Requests already routed to this queue would wait forever: end the
+                    // connection so callers get ENOTCONN instead of hanging.
+                    tracing::error!(worker = qw.index, error = %e, "FUSE io_uring queue failed; aborting the connection");
+                    abort_connection(shared.conn_dev.load(Ordering::SeqCst));
+                    WorkerEnd::Failed(e)
+                }
+            }
+        })
+    }
+
+    fn spawn_thread(
+        &mut self,
+        name: String,
+        body: impl FnOnce(usize, &Shared) -> WorkerEnd + Send + 'static,
     ) -> Result<(), FuseError> {
         let shared = self.shared.clone();
         // Hold the slot table while spawning so a worker that ends at once finds its slot.
         let mut slots = lock(&self.shared.slots);
+        let index = slots.len();
         *lock(&self.shared.live) += 1;
-        let spawned = std::thread::Builder::new()
-            .name(format!("musicfs-fuse-{index}"))
-            .spawn(move || {
-                let end = serve(index, &fd, &server, bufsize, cpu, &shared);
-                drop(fd);
-                shared.worker_exited(index);
-                end
-            });
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            let end = body(index, &shared);
+            shared.worker_exited(index);
+            end
+        });
         match spawned {
             Ok(handle) => {
                 slots.push(WorkerSlot {
@@ -381,6 +674,22 @@ impl Mounted {
             reason: e.to_string(),
         })?;
         Ok(crate::notify::Notifier::new(fd))
+    }
+
+    /// How the mount is being served (transport, passthrough, origin reads).
+    pub fn status(&self) -> &ServeStatus {
+        self.model.status()
+    }
+
+    /// Number of passthrough backing ids registered now (one per inode open in
+    /// passthrough mode).
+    pub fn passthrough_files(&self) -> usize {
+        self.native.backing().registered()
+    }
+
+    /// Requests answered through FUSE-over-io_uring queues so far.
+    pub fn uring_requests(&self) -> u64 {
+        self.native.uring_requests()
     }
 
     /// The (canonical) mountpoint.
@@ -433,6 +742,8 @@ impl Mounted {
         // Closing the session fd (and, with auto_unmount, the fusermount3 keep-alive
         // socket) ends the connection; nothing is mounted any more at this point.
         drop(lock(&self.shared.session).take());
+        lock(&self.shared.uring_buffers).clear();
+        self.native.backing().clear();
         if let Some(w) = lock(&self.shared.watchdog).take() {
             w.disarm();
         }
@@ -500,8 +811,7 @@ fn worker_fd(session: &FuseSession) -> fuse_backend_rs::transport::Result<File> 
 fn serve(
     index: usize,
     fd: &File,
-    server: &Server<FuseFs>,
-    bufsize: usize,
+    serving: &Serving,
     cpu: Option<usize>,
     shared: &Shared,
 ) -> WorkerEnd {
@@ -510,10 +820,18 @@ fn serve(
         pin_to(cpu);
     }
     let raw = fd.as_raw_fd();
+    let server = &serving.server;
+    let mut io = WorkerIo {
+        dev_fd: raw,
+        ring: serving.uring_reads.then(ReadRing::new).and_then(|r| {
+            r.map_err(|e| tracing::warn!(worker = index, error = %e, "no io_uring for origin reads; pread"))
+                .ok()
+        }),
+    };
     // Separate request and reply buffers, allocated once: the crate's own channel aliases
     // one buffer for both, which relies on handlers never reading after writing.
-    let mut inbuf = vec![0u8; bufsize];
-    let mut outbuf = vec![0u8; bufsize];
+    let mut inbuf = vec![0u8; serving.bufsize];
+    let mut outbuf = vec![0u8; serving.bufsize];
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return WorkerEnd::Stopped;
@@ -534,6 +852,23 @@ fn serve(
             }
         }
         let len = n as usize;
+        if let Some(h) = abi::InHeader::read_from(&inbuf[..len]) {
+            if Native::handles_on_dev(h.opcode) {
+                let hlen = std::mem::size_of::<abi::InHeader>();
+                let req = Req {
+                    h,
+                    op: &inbuf[hlen..len],
+                    data: &[],
+                };
+                let olen = std::mem::size_of::<abi::OutHeader>();
+                let outcome = serving.native.handle(&mut io, &req, &mut outbuf[olen..]);
+                write_reply(raw, h.unique, outcome, &mut outbuf, index);
+                if h.opcode == abi::FUSE_INIT {
+                    serving.native.init_replied();
+                }
+                continue;
+            }
+        }
         let reader = match Reader::<()>::from_fuse_buffer(FuseBuf::new(&mut inbuf[..len])) {
             Ok(r) => r,
             Err(e) => {
@@ -550,6 +885,33 @@ fn serve(
         };
         if let Err(e) = server.handle_message(reader, writer.into(), None, None) {
             tracing::debug!(worker = index, error = %e, "FUSE request not answered");
+        }
+    }
+}
+
+/// Sends the reply to request `unique` whose body `native` left after the out-header room
+/// in `outbuf`, header and body in one `write(2)`.
+fn write_reply(fd: i32, unique: u64, outcome: Outcome, outbuf: &mut [u8], worker: usize) {
+    let olen = std::mem::size_of::<abi::OutHeader>();
+    let (body, error) = match outcome {
+        Outcome::Silent => return,
+        Outcome::Reply(n) => (n, 0),
+        Outcome::Error(e) => (0, -e),
+    };
+    let total = olen + body;
+    let header = abi::OutHeader {
+        len: total as u32,
+        error,
+        unique,
+    };
+    let _ = header.write_to(outbuf);
+    // SAFETY: writes `total` bytes that `outbuf` holds (the body was written within it).
+    let n = unsafe { libc::write(fd, outbuf.as_ptr().cast(), total) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        // ENOENT: the request was interrupted and is gone; nothing to answer.
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            tracing::debug!(worker, error = %e, "FUSE reply not delivered");
         }
     }
 }

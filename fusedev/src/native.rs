@@ -1,0 +1,515 @@
+//! Requests MusicFS decodes and answers itself, without fuse-backend-rs: INIT (to negotiate
+//! protocol 7.42 features), OPEN/RELEASE (passthrough backing ids), READ (origin reads
+//! through the worker's io_uring) on every transport, and every other operation on the
+//! io_uring transport, where requests arrive split into header, per-op struct and payload
+//! and the reply is committed from memory rather than written to a file descriptor.
+//!
+//! Like [`crate::fuse`], each operation is one call into [`FsModel`]; errors become an
+//! errno once, through [`crate::fuse::fail`].
+
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::abi::{self, Pod};
+use crate::fs::{Attr, DirItem, FsModel, Kind};
+use crate::fuse::fail;
+use crate::negotiate::{self, InitAnswer, Negotiated, Wants};
+use crate::passthrough::Backing;
+use crate::ring::{pread_full, ReadRing};
+use crate::xattr::XattrReply;
+use crate::FsError;
+
+/// One decoded request: the in-header, the per-opcode struct and the data after it (names,
+/// ...). On `/dev/fuse` the last two are one buffer; on io_uring they arrive apart.
+pub struct Req<'a> {
+    /// `fuse_in_header`.
+    pub h: abi::InHeader,
+    /// The per-opcode struct (`fuse_read_in`, ...); may be longer than the struct.
+    pub op: &'a [u8],
+    /// What follows it (a name for lookup and getxattr).
+    pub data: &'a [u8],
+}
+
+/// What to send back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A reply whose body is the first `n` bytes of the output buffer.
+    Reply(usize),
+    /// An error reply with this errno.
+    Error(i32),
+    /// No reply (forget, interrupt, destroy).
+    Silent,
+}
+
+/// Per-worker I/O state.
+pub struct WorkerIo {
+    /// The worker's FUSE device fd (for the backing-id ioctls).
+    pub dev_fd: RawFd,
+    /// The worker's ring for origin reads, if io_uring is usable.
+    pub ring: Option<ReadRing>,
+}
+
+/// The native request handler shared by every worker.
+pub struct Native {
+    model: Arc<FsModel>,
+    backing: Backing,
+    wants: Wants,
+    init: Mutex<InitState>,
+    init_cv: Condvar,
+    uring_requests: AtomicU64,
+}
+
+#[derive(Default)]
+struct InitState {
+    negotiated: Option<Negotiated>,
+    /// The INIT reply reached the kernel (so the connection is initialised).
+    replied: bool,
+}
+
+fn split(d: Duration) -> (u64, u32) {
+    (d.as_secs(), d.subsec_nanos())
+}
+
+/// The kernel's view of `a`.
+pub fn fuse_attr(a: &Attr) -> abi::Attr {
+    let secs = a.mtime_ns.div_euclid(1_000_000_000) as u64;
+    let nsecs = a.mtime_ns.rem_euclid(1_000_000_000) as u32;
+    abi::Attr {
+        ino: a.ino,
+        size: a.size,
+        blocks: a.blocks(),
+        atime: secs,
+        mtime: secs,
+        ctime: secs,
+        atimensec: nsecs,
+        mtimensec: nsecs,
+        ctimensec: nsecs,
+        mode: a.mode(),
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: crate::fs::IO_BLOCK_SIZE,
+        flags: 0,
+    }
+}
+
+fn dirent_type(kind: Kind) -> u32 {
+    match kind {
+        Kind::Dir => u32::from(libc::DT_DIR),
+        Kind::File => u32::from(libc::DT_REG),
+    }
+}
+
+/// Writes `v` at the start of `out` and returns the reply outcome.
+fn put<T: Pod>(out: &mut [u8], v: &T) -> Outcome {
+    match v.write_to(out) {
+        Some(n) => Outcome::Reply(n),
+        None => Outcome::Error(libc::ERANGE),
+    }
+}
+
+/// The name argument: NUL-terminated, in the data part (or, from kernels that put it
+/// first, in the op part).
+fn name_arg<'a>(req: &Req<'a>, skip: usize) -> Option<&'a [u8]> {
+    let raw = if req.op.len() > skip {
+        &req.op[skip..]
+    } else {
+        req.data
+    };
+    let end = raw.iter().position(|b| *b == 0)?;
+    Some(&raw[..end])
+}
+
+impl Native {
+    /// A handler over `model` that asks INIT for `wants`; `refuse_backing` makes every
+    /// passthrough registration fail as a refusing kernel would (to test the fallback).
+    pub fn new(model: Arc<FsModel>, wants: Wants, refuse_backing: bool) -> Native {
+        let backing = Backing::new(refuse_backing);
+        if !wants.passthrough {
+            backing.disable();
+        }
+        Native {
+            model,
+            backing,
+            wants,
+            init: Mutex::new(InitState::default()),
+            init_cv: Condvar::new(),
+            uring_requests: AtomicU64::new(0),
+        }
+    }
+
+    /// What INIT settled, once it has run.
+    pub fn negotiated(&self) -> Option<Negotiated> {
+        self.init_state().negotiated
+    }
+
+    fn init_state(&self) -> std::sync::MutexGuard<'_, InitState> {
+        self.init.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that the INIT reply was written (the kernel processes it in that write).
+    pub fn init_replied(&self) {
+        self.init_state().replied = true;
+        self.init_cv.notify_all();
+    }
+
+    /// Waits until the INIT reply went out, at most `limit`; returns what was settled.
+    pub fn wait_init(&self, limit: Duration) -> Option<Negotiated> {
+        let state = self.init_state();
+        let (state, _) = self
+            .init_cv
+            .wait_timeout_while(state, limit, |s| !s.replied)
+            .unwrap_or_else(|p| p.into_inner());
+        state.negotiated
+    }
+
+    /// Counts one request answered through an io_uring queue.
+    pub fn count_uring_request(&self) {
+        self.uring_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests answered through io_uring queues so far.
+    pub fn uring_requests(&self) -> u64 {
+        self.uring_requests.load(Ordering::Relaxed)
+    }
+
+    /// The passthrough table.
+    pub fn backing(&self) -> &Backing {
+        &self.backing
+    }
+
+    /// Whether this opcode is answered natively on the `/dev/fuse` transport (the rest go
+    /// to fuse-backend-rs).
+    pub fn handles_on_dev(opcode: u32) -> bool {
+        matches!(
+            opcode,
+            abi::FUSE_INIT | abi::FUSE_OPEN | abi::FUSE_RELEASE | abi::FUSE_READ
+        )
+    }
+
+    /// Answers `req`, writing the reply body into `out`.
+    pub fn handle(&self, io: &mut WorkerIo, req: &Req<'_>, out: &mut [u8]) -> Outcome {
+        let ino = req.h.nodeid;
+        let result = match req.h.opcode {
+            abi::FUSE_INIT => return self.init(req, out),
+            abi::FUSE_FORGET | abi::FUSE_BATCH_FORGET | abi::FUSE_INTERRUPT => {
+                return Outcome::Silent
+            }
+            abi::FUSE_DESTROY => {
+                self.model.close_all();
+                self.backing.clear();
+                return Outcome::Silent;
+            }
+            abi::FUSE_LOOKUP => return self.lookup(req, out),
+            abi::FUSE_GETATTR => self.model.getattr(ino).map(|a| {
+                let (s, ns) = split(self.model.config().attr_timeout);
+                put(
+                    out,
+                    &abi::AttrOut {
+                        attr_valid: s,
+                        attr_valid_nsec: ns,
+                        dummy: 0,
+                        attr: fuse_attr(&a),
+                    },
+                )
+            }),
+            abi::FUSE_OPEN => self.open(io, req, out),
+            abi::FUSE_READ => self.read(io, req, out),
+            abi::FUSE_RELEASE => {
+                let r = abi::ReleaseIn::read_prefix(req.op);
+                self.backing.release(io.dev_fd, r.fh);
+                self.model.release(r.fh).map(|()| Outcome::Reply(0))
+            }
+            abi::FUSE_OPENDIR => self.model.opendir(ino).map(|fh| {
+                put(
+                    out,
+                    &abi::OpenOut {
+                        fh,
+                        open_flags: abi::FOPEN_CACHE_DIR | abi::FOPEN_KEEP_CACHE,
+                        backing_id: 0,
+                    },
+                )
+            }),
+            abi::FUSE_READDIR => self.readdir(req, out, false),
+            abi::FUSE_READDIRPLUS => self.readdir(req, out, true),
+            abi::FUSE_RELEASEDIR => {
+                let r = abi::ReleaseIn::read_prefix(req.op);
+                self.model.releasedir(r.fh).map(|()| Outcome::Reply(0))
+            }
+            abi::FUSE_STATFS => {
+                let s = self.model.statfs();
+                Ok(put(
+                    out,
+                    &abi::Kstatfs {
+                        blocks: s.blocks,
+                        files: s.files,
+                        bsize: s.block_size,
+                        frsize: s.block_size,
+                        namelen: s.name_max,
+                        ..abi::Kstatfs::default()
+                    },
+                ))
+            }
+            abi::FUSE_ACCESS => {
+                let a = abi::AccessIn::read_prefix(req.op);
+                self.model.access(ino, a.mask).map(|()| Outcome::Reply(0))
+            }
+            abi::FUSE_GETXATTR => {
+                let g = abi::GetxattrIn::read_prefix(req.op);
+                match name_arg(req, std::mem::size_of::<abi::GetxattrIn>()) {
+                    Some(name) => self
+                        .model
+                        .getxattr(ino, name, g.size)
+                        .map(|r| xattr_reply(r, out)),
+                    None => return Outcome::Error(libc::EINVAL),
+                }
+            }
+            abi::FUSE_LISTXATTR => {
+                let g = abi::GetxattrIn::read_prefix(req.op);
+                self.model
+                    .listxattr(ino, g.size)
+                    .map(|r| xattr_reply(r, out))
+            }
+            abi::FUSE_FLUSH | abi::FUSE_FSYNC | abi::FUSE_FSYNCDIR => Ok(Outcome::Reply(0)),
+            abi::FUSE_READLINK => Err(FsError::NotASymlink(ino)),
+            abi::FUSE_SETATTR
+            | abi::FUSE_SYMLINK
+            | abi::FUSE_MKNOD
+            | abi::FUSE_MKDIR
+            | abi::FUSE_UNLINK
+            | abi::FUSE_RMDIR
+            | abi::FUSE_RENAME
+            | abi::FUSE_RENAME2
+            | abi::FUSE_LINK
+            | abi::FUSE_WRITE
+            | abi::FUSE_SETXATTR
+            | abi::FUSE_REMOVEXATTR
+            | abi::FUSE_CREATE
+            | abi::FUSE_TMPFILE
+            | abi::FUSE_FALLOCATE
+            | abi::FUSE_COPY_FILE_RANGE => Err(FsError::ReadOnly("write")),
+            _ => return Outcome::Error(libc::ENOSYS),
+        };
+        match result {
+            Ok(o) => o,
+            Err(e) => Outcome::Error(
+                fail(op_name(req.h.opcode), ino, e)
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO),
+            ),
+        }
+    }
+
+    fn init(&self, req: &Req<'_>, out: &mut [u8]) -> Outcome {
+        match negotiate::answer(req.op, self.wants) {
+            InitAnswer::Error(e) => {
+                tracing::error!(errno = e, "FUSE INIT: unsupported protocol major version");
+                Outcome::Error(e)
+            }
+            InitAnswer::Reply {
+                out: init,
+                len,
+                settled,
+            } => {
+                if let Some(n) = settled {
+                    if !n.passthrough() {
+                        self.backing.disable();
+                    }
+                    self.init_state().negotiated = Some(n);
+                    tracing::info!(
+                        minor = n.minor,
+                        offered = format_args!("{:#x}", n.offered),
+                        granted = format_args!("{:#x}", n.granted),
+                        passthrough = n.passthrough(),
+                        uring = n.uring(),
+                        "FUSE INIT"
+                    );
+                }
+                let bytes = negotiate::reply_bytes(&init, len);
+                match out.get_mut(..bytes.len()) {
+                    Some(dst) => {
+                        dst.copy_from_slice(bytes);
+                        Outcome::Reply(bytes.len())
+                    }
+                    None => Outcome::Error(libc::ERANGE),
+                }
+            }
+        }
+    }
+
+    fn lookup(&self, req: &Req<'_>, out: &mut [u8]) -> Outcome {
+        let parent = req.h.nodeid;
+        let Some(name) = name_arg(req, 0) else {
+            return Outcome::Error(libc::EINVAL);
+        };
+        let cfg = self.model.config();
+        let entry = match self.model.lookup(parent, name) {
+            Ok(a) => {
+                let (es, ens) = split(cfg.entry_timeout);
+                let (as_, ans) = split(cfg.attr_timeout);
+                abi::EntryOut {
+                    nodeid: a.ino,
+                    generation: 0,
+                    entry_valid: es,
+                    attr_valid: as_,
+                    entry_valid_nsec: ens,
+                    attr_valid_nsec: ans,
+                    attr: fuse_attr(&a),
+                }
+            }
+            Err(FsError::NotFound { .. }) if !cfg.negative_timeout.is_zero() => {
+                // nodeid 0 with a timeout: a negative entry the kernel caches.
+                let (es, ens) = split(cfg.negative_timeout);
+                abi::EntryOut {
+                    entry_valid: es,
+                    entry_valid_nsec: ens,
+                    ..abi::EntryOut::default()
+                }
+            }
+            Err(e) => {
+                return Outcome::Error(
+                    fail("lookup", parent, e)
+                        .raw_os_error()
+                        .unwrap_or(libc::EIO),
+                )
+            }
+        };
+        put(out, &entry)
+    }
+
+    fn open(&self, io: &mut WorkerIo, req: &Req<'_>, out: &mut [u8]) -> Result<Outcome, FsError> {
+        let ino = req.h.nodeid;
+        let o = abi::OpenIn::read_prefix(req.op);
+        let fh = self.model.open(ino, o.flags)?;
+        let backing = if self.backing.enabled() {
+            self.model
+                .with_file(fh, |f| {
+                    Ok(self.backing.open(io.dev_fd, ino, fh, f.as_raw_fd()))
+                })
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let reply = match backing {
+            // The page cache is the source file's own: FOPEN_KEEP_CACHE has nothing to keep.
+            Some(id) => abi::OpenOut {
+                fh,
+                open_flags: abi::FOPEN_PASSTHROUGH,
+                backing_id: id,
+            },
+            None => abi::OpenOut {
+                fh,
+                open_flags: abi::FOPEN_KEEP_CACHE,
+                backing_id: 0,
+            },
+        };
+        Ok(put(out, &reply))
+    }
+
+    fn read(&self, io: &mut WorkerIo, req: &Req<'_>, out: &mut [u8]) -> Result<Outcome, FsError> {
+        let r = abi::ReadIn::read_prefix(req.op);
+        let want = (r.size as usize).min(out.len());
+        let dst = &mut out[..want];
+        let n = self.model.with_file(r.fh, |f| match io.ring.as_mut() {
+            Some(ring) => ring.read_full(f.as_raw_fd(), dst, r.offset),
+            None => pread_full(f.as_raw_fd(), dst, r.offset),
+        })?;
+        Ok(Outcome::Reply(n))
+    }
+
+    fn readdir(&self, req: &Req<'_>, out: &mut [u8], plus: bool) -> Result<Outcome, FsError> {
+        let r = abi::ReadIn::read_prefix(req.op);
+        let limit = (r.size as usize).min(out.len());
+        let cfg = self.model.config();
+        let mut used = 0;
+        let mut emit = |item: DirItem<'_>| {
+            let dirent_len = abi::dirent_size(item.name.len());
+            let entry_len = if plus {
+                std::mem::size_of::<abi::EntryOut>()
+            } else {
+                0
+            };
+            if used + entry_len + dirent_len > limit {
+                return false;
+            }
+            let buf = &mut out[used..used + entry_len + dirent_len];
+            buf.fill(0);
+            if plus {
+                let entry = match &item.attr {
+                    Some(a) => {
+                        let (es, ens) = split(cfg.entry_timeout);
+                        let (as_, ans) = split(cfg.attr_timeout);
+                        abi::EntryOut {
+                            nodeid: a.ino,
+                            generation: 0,
+                            entry_valid: es,
+                            attr_valid: as_,
+                            entry_valid_nsec: ens,
+                            attr_valid_nsec: ans,
+                            attr: fuse_attr(a),
+                        }
+                    }
+                    // `.` and `..`: the kernel does not instantiate a zero nodeid.
+                    None => abi::EntryOut::default(),
+                };
+                let _ = entry.write_to(buf);
+            }
+            let d = abi::Dirent {
+                ino: item.ino,
+                off: item.next_offset,
+                namelen: item.name.len() as u32,
+                typ: dirent_type(item.kind),
+            };
+            let at = entry_len;
+            let _ = d.write_to(&mut buf[at..]);
+            let name_at = at + std::mem::size_of::<abi::Dirent>();
+            buf[name_at..name_at + item.name.len()].copy_from_slice(item.name);
+            used += entry_len + dirent_len;
+            true
+        };
+        self.model
+            .readdir(r.fh, req.h.nodeid, r.offset, &mut emit)?;
+        Ok(Outcome::Reply(used))
+    }
+}
+
+fn xattr_reply(r: XattrReply, out: &mut [u8]) -> Outcome {
+    match r {
+        XattrReply::Size(n) => put(
+            out,
+            &abi::GetxattrOut {
+                size: n,
+                padding: 0,
+            },
+        ),
+        XattrReply::Data(v) => match out.get_mut(..v.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(&v);
+                Outcome::Reply(v.len())
+            }
+            None => Outcome::Error(libc::ERANGE),
+        },
+    }
+}
+
+fn op_name(opcode: u32) -> &'static str {
+    match opcode {
+        abi::FUSE_GETATTR => "getattr",
+        abi::FUSE_OPEN => "open",
+        abi::FUSE_READ => "read",
+        abi::FUSE_RELEASE => "release",
+        abi::FUSE_OPENDIR => "opendir",
+        abi::FUSE_READDIR => "readdir",
+        abi::FUSE_READDIRPLUS => "readdirplus",
+        abi::FUSE_RELEASEDIR => "releasedir",
+        abi::FUSE_ACCESS => "access",
+        abi::FUSE_GETXATTR => "getxattr",
+        abi::FUSE_LISTXATTR => "listxattr",
+        abi::FUSE_READLINK => "readlink",
+        _ => "write",
+    }
+}

@@ -1,0 +1,198 @@
+//! FUSE passthrough (protocol 7.40): an open file's reads go straight from the kernel to the
+//! source file, without a round trip to the daemon.
+//!
+//! On OPEN the daemon registers the source fd with `FUSE_DEV_IOC_BACKING_OPEN` and answers
+//! `FOPEN_PASSTHROUGH` with the backing id; on RELEASE it drops it with
+//! `FUSE_DEV_IOC_BACKING_CLOSE`. The kernel refuses two different backing files for one inode
+//! at the same time (EBUSY on open), so ids are shared per inode and reference counted.
+//!
+//! Any refusal falls back to the plain read path for that open: EPERM (no `CAP_SYS_ADMIN`,
+//! or the connection did not negotiate passthrough) turns passthrough off for the whole
+//! mount; other errors (ELOOP for a source on a stacked filesystem, ...) only for that file.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::io::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use crate::abi::{self, FuseBackingMap};
+
+/// Backing ids of the files open in passthrough mode.
+pub struct Backing {
+    enabled: AtomicBool,
+    refuse: bool,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// inode → (backing id, open handles using it)
+    by_ino: HashMap<u64, (i32, u32)>,
+    /// file handle → inode, for handles opened in passthrough mode
+    by_fh: HashMap<u64, u64>,
+}
+
+impl Backing {
+    /// A table that tries passthrough; `refuse` makes every registration fail the way a
+    /// refusing kernel does (a malformed map, EINVAL), to exercise the fallback.
+    pub fn new(refuse: bool) -> Backing {
+        Backing {
+            enabled: AtomicBool::new(true),
+            refuse,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Whether opens still try passthrough.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Stops trying (INIT did not grant passthrough).
+    pub fn disable(&self) {
+        self.enabled.store(false, Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Every update below is a few map operations; a poisoned lock is still consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers `file_fd` (the source of `ino`, opened as handle `fh`) through the FUSE
+    /// device `dev_fd`; returns the backing id for the OPEN reply, or `None` to serve this
+    /// open on the plain path.
+    pub fn open(&self, dev_fd: RawFd, ino: u64, fh: u64, file_fd: RawFd) -> Option<i32> {
+        if !self.enabled() {
+            return None;
+        }
+        let mut inner = self.lock();
+        let id = match inner.by_ino.get_mut(&ino) {
+            Some((id, refs)) => {
+                *refs += 1;
+                *id
+            }
+            None => match backing_open(dev_fd, file_fd, self.refuse) {
+                Ok(id) => {
+                    inner.by_ino.insert(ino, (id, 1));
+                    id
+                }
+                Err(e) => {
+                    drop(inner);
+                    self.refused(ino, &e);
+                    return None;
+                }
+            },
+        };
+        inner.by_fh.insert(fh, ino);
+        Some(id)
+    }
+
+    fn refused(&self, ino: u64, e: &io::Error) {
+        if e.raw_os_error() == Some(libc::EPERM) {
+            if self.enabled.swap(false, Ordering::Relaxed) {
+                tracing::warn!(error = %e, "FUSE passthrough refused (needs CAP_SYS_ADMIN); reads go through the daemon");
+            }
+        } else {
+            tracing::info!(ino, error = %e, "FUSE passthrough refused for this file; plain reads");
+        }
+    }
+
+    /// Drops handle `fh`'s use of its backing id (closing the id with its last handle).
+    /// Handles that were not opened in passthrough mode are ignored.
+    pub fn release(&self, dev_fd: RawFd, fh: u64) {
+        let mut inner = self.lock();
+        let Some(ino) = inner.by_fh.remove(&fh) else {
+            return;
+        };
+        let close = match inner.by_ino.get_mut(&ino) {
+            Some((id, refs)) if *refs <= 1 => Some(*id),
+            Some((_, refs)) => {
+                *refs -= 1;
+                None
+            }
+            None => None,
+        };
+        if let Some(id) = close {
+            inner.by_ino.remove(&ino);
+            if let Err(e) = backing_close(dev_fd, id) {
+                tracing::warn!(ino, id, error = %e, "FUSE_DEV_IOC_BACKING_CLOSE");
+            }
+        }
+    }
+
+    /// Number of backing ids registered now.
+    pub fn registered(&self) -> usize {
+        self.lock().by_ino.len()
+    }
+
+    /// Forgets every id (after unmount, when the connection and its ids are gone).
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.by_ino.clear();
+        inner.by_fh.clear();
+    }
+}
+
+fn backing_open(dev_fd: RawFd, file_fd: RawFd, refuse: bool) -> io::Result<i32> {
+    let map = FuseBackingMap {
+        fd: file_fd,
+        // Nonzero flags are refused by the kernel with EINVAL: the simulated refusal.
+        flags: u32::from(refuse),
+        padding: 0,
+    };
+    // SAFETY: the ioctl reads a fuse_backing_map from a pointer to a live local value.
+    let id = unsafe {
+        libc::ioctl(
+            dev_fd,
+            abi::FUSE_DEV_IOC_BACKING_OPEN as _,
+            &map as *const FuseBackingMap,
+        )
+    };
+    if id <= 0 {
+        // A zero id is not valid either; treat it as a refusal.
+        let e = io::Error::last_os_error();
+        return Err(if id == 0 {
+            io::Error::from_raw_os_error(libc::EINVAL)
+        } else {
+            e
+        });
+    }
+    Ok(id)
+}
+
+fn backing_close(dev_fd: RawFd, id: i32) -> io::Result<()> {
+    let id = id as u32;
+    // SAFETY: the ioctl reads a u32 from a pointer to a live local value.
+    let rc = unsafe {
+        libc::ioctl(
+            dev_fd,
+            abi::FUSE_DEV_IOC_BACKING_CLOSE as _,
+            &id as *const u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_that_is_not_fuse_refuses_and_the_open_falls_back() {
+        // /dev/null does not know the ioctl: ENOTTY, a per-file refusal.
+        let null = std::fs::File::open("/dev/null").expect("null");
+        use std::os::unix::io::AsRawFd;
+        let b = Backing::new(false);
+        assert_eq!(b.open(null.as_raw_fd(), 5, 1, null.as_raw_fd()), None);
+        assert!(b.enabled());
+        assert_eq!(b.registered(), 0);
+        // Releasing a handle that never had a backing id does nothing.
+        b.release(null.as_raw_fd(), 1);
+        b.disable();
+        assert!(!b.enabled());
+    }
+}

@@ -1,0 +1,408 @@
+//! Every transport and read mode this kernel allows, on a real mount: `/dev/fuse` and
+//! FUSE-over-io_uring, each with plain reads and with passthrough, plus the fallbacks when
+//! the kernel refuses a feature. Files must read back bit-exactly (`cmp`, and `ffmpeg -f md5`
+//! of a generated FLAC). Needs root and /dev/fuse; run with
+//! `cargo test -p musicfs-fusedev --features e2e`. Tests that need io_uring set
+//! `/sys/module/fuse/parameters/enable_uring` to Y and restore it afterwards.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use musicfs_core::meta::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackRecord};
+use musicfs_core::snapshot::Snapshot;
+use musicfs_core::tree::TreeBuilder;
+use musicfs_fusedev::session::{is_mountpoint, URING_PARAM};
+use musicfs_fusedev::{
+    mount_with_tags, FuseError, MountOptions, Mounted, PassthroughMode, TagSource, TransportMode,
+};
+
+/// The uring parameter is global: tests in this file run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct NoTags;
+
+impl TagSource for NoTags {
+    fn track(
+        &self,
+        _id: u64,
+    ) -> Result<Option<TrackRecord>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(None)
+    }
+}
+
+/// Sets the kernel's enable_uring parameter and puts the old value back on drop.
+struct UringParam {
+    old: Option<String>,
+}
+
+impl UringParam {
+    fn set(on: bool) -> UringParam {
+        let old = std::fs::read_to_string(URING_PARAM).ok();
+        std::fs::write(URING_PARAM, if on { "Y" } else { "N" }).expect("write enable_uring");
+        UringParam { old }
+    }
+}
+
+impl Drop for UringParam {
+    fn drop(&mut self) {
+        if let Some(old) = &self.old {
+            let _ = std::fs::write(URING_PARAM, old.trim());
+        }
+    }
+}
+
+struct Lib {
+    _dir: tempfile::TempDir,
+    origin: PathBuf,
+    mnt: PathBuf,
+    snap: PathBuf,
+    /// (virtual path under the mount, source path)
+    files: Vec<(String, PathBuf)>,
+    flac: Option<(String, PathBuf)>,
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn library() -> Lib {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let origin = dir.path().join("origin");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&origin).expect("origin");
+    std::fs::create_dir(&mnt).expect("mnt");
+    let mut sources = vec![
+        ("a.flac".to_string(), 3 * 1024 * 1024 + 17),
+        ("b.flac".to_string(), 4096),
+        ("c.flac".to_string(), 0),
+        ("d.flac".to_string(), 1),
+    ];
+    for (i, (name, len)) in sources.iter().enumerate() {
+        std::fs::write(origin.join(name), pattern(*len, i as u64 + 1)).expect("write");
+    }
+    let tone = origin.join("tone.flac");
+    let made = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("sine=frequency=440:duration=4")
+        .args(["-c:a", "flac"])
+        .arg(&tone)
+        .status()
+        .is_ok_and(|s| s.success());
+    if made {
+        let len = std::fs::metadata(&tone).expect("tone").len() as usize;
+        sources.push(("tone.flac".to_string(), len));
+    } else {
+        eprintln!("ffmpeg unavailable: the FLAC md5 check is skipped");
+    }
+    let mut builder = TreeBuilder::new("$artist/$title", vec![origin.clone()]);
+    let mut files = Vec::new();
+    for (i, (name, len)) in sources.iter().enumerate() {
+        let title = name.trim_end_matches(".flac").to_string();
+        let rec = TrackRecord {
+            id: TrackId(i as u64 + 1),
+            origin: OriginId(0),
+            rel_path: name.clone().into_bytes(),
+            format: Format::Flac,
+            scan: ScanState {
+                size: *len as u64,
+                mtime_ns: 1_600_000_000_000_000_000,
+                ino: 0,
+                ctime_ns: 0,
+            },
+            meta: TrackMeta {
+                title: Some(title.clone()),
+                artist: vec!["Band".into()],
+                ..TrackMeta::default()
+            },
+        };
+        builder.add(&rec, &["Band".into(), format!("{title}.flac")]);
+        files.push((format!("Band/{title}.flac"), origin.join(name)));
+    }
+    let flac = made.then(|| files.last().cloned()).flatten();
+    let snap = dir.path().join("snapshot");
+    Snapshot::write(&snap, &builder.build(), 1).expect("snapshot");
+    Lib {
+        _dir: dir,
+        origin,
+        mnt,
+        snap,
+        files,
+        flac,
+    }
+}
+
+fn mount(lib: &Lib, opts: &MountOptions) -> Result<Mounted, FuseError> {
+    let snap = Arc::new(ArcSwap::from_pointee(
+        Snapshot::open(&lib.snap).expect("open snapshot"),
+    ));
+    mount_with_tags(&lib.mnt, snap, Some(Arc::new(NoTags)), opts)
+}
+
+fn opts(transport: TransportMode, passthrough: PassthroughMode) -> MountOptions {
+    MountOptions {
+        threads: 2,
+        transport,
+        passthrough,
+        ..MountOptions::default()
+    }
+}
+
+fn root_attr(mp: &Path, name: &str) -> String {
+    let p = std::ffi::CString::new(mp.as_os_str().as_bytes()).expect("path");
+    let n = std::ffi::CString::new(format!("user.musicfs.{name}")).expect("name");
+    let mut buf = [0u8; 64];
+    // SAFETY: NUL-terminated strings; the buffer length is passed.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(
+        len >= 0,
+        "getxattr {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    String::from_utf8_lossy(&buf[..len as usize]).into_owned()
+}
+
+fn ffmpeg_md5(path: &Path) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-i"])
+        .arg(path)
+        .args(["-f", "md5", "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(out.status.success(), "ffmpeg on {path:?} failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Every file reads back exactly, by `cmp`, by a full read, and by reads at odd offsets;
+/// the FLAC decodes to the same audio.
+fn check_reads(mp: &Path, lib: &Lib) {
+    for (virt, src) in &lib.files {
+        let path = mp.join(virt);
+        let status = Command::new("cmp")
+            .arg(src)
+            .arg(&path)
+            .status()
+            .expect("cmp");
+        assert!(status.success(), "cmp {src:?} {path:?}");
+        let want = std::fs::read(src).expect("source");
+        let got = std::fs::read(&path).expect("mount read");
+        assert!(got == want, "{virt}: {} bytes vs {}", got.len(), want.len());
+        if want.len() > 100_000 {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::open(&path).expect("open");
+            let mut buf = vec![0u8; 70_001];
+            for off in [1u64, 65_535, 1_000_003, want.len() as u64 - 5] {
+                let n = f.read_at(&mut buf, off).expect("read_at");
+                let o = off as usize;
+                assert_eq!(
+                    &buf[..n],
+                    &want[o..(o + n).min(want.len())],
+                    "{virt} @ {off}"
+                );
+            }
+        }
+    }
+    if let Some((virt, src)) = &lib.flac {
+        assert_eq!(
+            ffmpeg_md5(&mp.join(virt)),
+            ffmpeg_md5(src),
+            "decoded audio differs"
+        );
+    }
+}
+
+fn stop(mounted: Mounted) {
+    let mp = mounted.mountpoint().to_path_buf();
+    let unmounter = mounted.unmounter();
+    let stopper = std::thread::spawn(move || unmounter.unmount());
+    mounted.wait().expect("clean stop");
+    stopper.join().expect("join").expect("unmount");
+    assert!(!is_mountpoint(&mp).expect("mountinfo"));
+}
+
+/// Mounts with `o`, checks the reported mode and bit-exact reads, and whether opens really
+/// got passthrough backing ids and requests really came over io_uring.
+fn serve_and_check(lib: &Lib, o: &MountOptions, transport: &str, passthrough: &str) {
+    let mounted = mount(lib, o).expect("mount");
+    let mp = mounted.mountpoint().to_path_buf();
+    assert_eq!(root_attr(&mp, "transport"), transport);
+    assert_eq!(root_attr(&mp, "passthrough"), passthrough);
+    assert_eq!(mounted.status().value("transport"), Some(transport));
+    check_reads(&mp, lib);
+    let big = std::fs::File::open(mp.join(&lib.files[0].0)).expect("open");
+    let backed = mounted.passthrough_files();
+    drop(big);
+    if passthrough == "on" && !o.refuse_passthrough {
+        assert!(backed >= 1, "an open file should have a backing id");
+    } else {
+        assert_eq!(backed, 0, "no backing ids on the plain path");
+    }
+    let via_uring = mounted.uring_requests();
+    if transport == "uring" {
+        assert!(via_uring > 0, "requests should arrive over io_uring");
+    } else {
+        assert_eq!(via_uring, 0);
+    }
+    stop(mounted);
+    assert_eq!(
+        std::fs::read_dir(&lib.origin).expect("origin").count(),
+        lib.files.len()
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs root and /dev/fuse; enable the e2e feature"
+)]
+fn dev_transport_with_plain_reads_is_bit_exact() {
+    let _s = serial();
+    let lib = library();
+    serve_and_check(
+        &lib,
+        &opts(TransportMode::Dev, PassthroughMode::Off),
+        "dev",
+        "off",
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs root and /dev/fuse; enable the e2e feature"
+)]
+fn dev_transport_with_passthrough_is_bit_exact() {
+    let _s = serial();
+    let lib = library();
+    serve_and_check(
+        &lib,
+        &opts(TransportMode::Dev, PassthroughMode::On),
+        "dev",
+        "on",
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs root and /dev/fuse; enable the e2e feature"
+)]
+fn uring_transport_with_plain_reads_is_bit_exact() {
+    let _s = serial();
+    let _p = UringParam::set(true);
+    let lib = library();
+    serve_and_check(
+        &lib,
+        &opts(TransportMode::Uring, PassthroughMode::Off),
+        "uring",
+        "off",
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs root and /dev/fuse; enable the e2e feature"
+)]
+fn uring_transport_with_passthrough_is_bit_exact() {
+    let _s = serial();
+    let _p = UringParam::set(true);
+    let lib = library();
+    serve_and_check(
+        &lib,
+        &opts(TransportMode::Uring, PassthroughMode::On),
+        "uring",
+        "on",
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs root and /dev/fuse; enable the e2e feature"
+)]
+fn a_kernel_refusing_backing_files_gets_plain_reads() {
+    let _s = serial();
+    let lib = library();
+    let o = MountOptions {
+        refuse_passthrough: true,
+        ..opts(TransportMode::Dev, PassthroughMode::Auto)
+    };
+    serve_and_check(&lib, &o, "dev", "on");
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs root and /dev/fuse; enable the e2e feature"
+)]
+fn a_kernel_refusing_uring_queues_falls_back_to_dev() {
+    let _s = serial();
+    let _p = UringParam::set(true);
+    let lib = library();
+    let o = MountOptions {
+        refuse_uring: true,
+        ..opts(TransportMode::Auto, PassthroughMode::Auto)
+    };
+    serve_and_check(&lib, &o, "dev", "on");
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs root and /dev/fuse; enable the e2e feature"
+)]
+fn with_the_uring_parameter_off_auto_serves_on_dev_and_uring_required_fails_cleanly() {
+    let _s = serial();
+    let _p = UringParam::set(false);
+    let lib = library();
+    serve_and_check(
+        &lib,
+        &opts(TransportMode::Auto, PassthroughMode::Off),
+        "dev",
+        "off",
+    );
+    let err = mount(&lib, &opts(TransportMode::Uring, PassthroughMode::Off))
+        .err()
+        .expect("uring required but off");
+    assert!(matches!(err, FuseError::Unavailable { .. }), "{err}");
+    let canon = lib.mnt.canonicalize().expect("canon");
+    assert!(!is_mountpoint(&canon).expect("mountinfo"));
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs root and /dev/fuse; enable the e2e feature"
+)]
+fn uring_required_but_refused_fails_the_mount_without_leaving_it() {
+    let _s = serial();
+    let _p = UringParam::set(true);
+    let lib = library();
+    let o = MountOptions {
+        refuse_uring: true,
+        ..opts(TransportMode::Uring, PassthroughMode::Off)
+    };
+    let err = mount(&lib, &o).err().expect("refused");
+    assert!(matches!(err, FuseError::Unavailable { .. }), "{err}");
+    let canon = lib.mnt.canonicalize().expect("canon");
+    assert!(!is_mountpoint(&canon).expect("mountinfo"));
+}
