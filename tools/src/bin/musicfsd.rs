@@ -189,8 +189,22 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
     };
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let catalog = library.catalog.clone();
-    let mounted = musicfs_fusedev::mount(&cli.mountpoint, shared.clone(), Some(catalog), &opts)
-        .with_context(|| format!("cannot mount {}", cli.mountpoint.display()))?;
+    let mounted =
+        match musicfs_fusedev::mount(&cli.mountpoint, shared.clone(), Some(catalog), &opts) {
+            Ok(m) => m,
+            // Unmounted from outside between mount(2) and our first stat of it: a clean stop.
+            Err(musicfs_fusedev::FuseError::NotAnswering { .. })
+                if std::fs::canonicalize(&cli.mountpoint)
+                    .and_then(|mp| musicfs_fusedev::session::is_mountpoint(&mp))
+                    .is_ok_and(|mounted| !mounted) =>
+            {
+                info!("unmounted during start-up");
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot mount {}", cli.mountpoint.display()))
+            }
+        };
     info!(mountpoint = %cli.mountpoint.display(), "mounted");
     sd_notify("READY=1");
 
