@@ -12,37 +12,41 @@
 //! interrupts each still-blocked worker with a signal (see [`wake_signal`]) so `wait`
 //! returns even when a process still holds a file open on the detached mount.
 
-use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
-use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::transport::{FuseBuf, FuseDevWriter, FuseSession, Reader};
+use fuse_backend_rs::transport::FuseSession;
 use musicfs_core::snapshot::Snapshot;
 use musicfs_storage::Catalog;
 
-use crate::abi::{self, Pod};
 use crate::fs::{FsConfig, FsModel};
 use crate::fuse::FuseFs;
-use crate::native::{Native, Outcome, Req, WorkerIo};
-use crate::negotiate::Wants;
-use crate::ring::ReadRing;
+use crate::native::Native;
 use crate::status::{OriginReads, PassthroughMode, ServeStatus, Transport, TransportMode};
 use crate::uring;
 use crate::xattr::TagSource;
 use crate::FuseError;
 
-/// `statfs` type of a FUSE mount.
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+mod features;
+mod mountpoint;
+mod watchdog;
+mod worker;
+
+pub use features::{uring_param_enabled, URING_PARAM};
+pub use mountpoint::{check_mountpoint, is_mountpoint};
+pub use worker::wake_signal;
+
+use features::{feature_wants, probe_read_ring};
+use mountpoint::{detach, probe};
+use watchdog::Watchdog;
+use worker::{allowed_cpus, install_wake_handler, worker_fd, Serving, WorkerEnd};
 
 /// How to mount.
 #[derive(Debug, Clone)]
@@ -112,32 +116,6 @@ impl Default for MountOptions {
     }
 }
 
-/// The signal [`Unmounter`] sends to interrupt workers blocked in `read(2)`: `SIGRTMIN + 3`.
-/// Its handler does nothing; it is installed without `SA_RESTART`, so the read returns
-/// EINTR and the worker sees the stop flag. Only worker threads are ever sent it.
-pub fn wake_signal() -> i32 {
-    libc::SIGRTMIN() + 3
-}
-
-extern "C" fn on_wake_signal(_: libc::c_int) {}
-
-fn install_wake_handler() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: a zeroed sigaction is valid; we set a handler that does nothing (so it is
-        // async-signal-safe) and an empty mask; flags 0 leaves SA_RESTART off on purpose.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_wake_signal as *const () as libc::sighandler_t;
-            libc::sigemptyset(&mut sa.sa_mask);
-            sa.sa_flags = 0;
-            if libc::sigaction(wake_signal(), &sa, std::ptr::null_mut()) != 0 {
-                tracing::warn!(error = %io::Error::last_os_error(), "cannot install FUSE worker wake handler");
-            }
-        }
-    });
-}
-
 struct WorkerSlot {
     thread: libc::pthread_t,
     alive: bool,
@@ -156,43 +134,6 @@ struct Shared {
     uring_buffers: Mutex<Vec<Box<[u8]>>>,
     /// The mount's device number (its FUSE connection's name under /sys/fs/fuse).
     conn_dev: std::sync::atomic::AtomicU64,
-}
-
-/// Unprivileged auto-unmount: a `sh` in its own session reading a pipe whose write end only
-/// the daemon holds. A clean stop writes a line (the watchdog exits); if the daemon dies, the
-/// read sees EOF and the watchdog runs `fusermount3 -u -z` on the mountpoint.
-struct Watchdog {
-    child: std::process::Child,
-}
-
-impl Watchdog {
-    fn spawn(mp: &Path) -> io::Result<Watchdog> {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = std::process::Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(r#"if read -r _; then exit 0; fi; exec fusermount3 -u -z -q -- "$0""#)
-            .arg(mp)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null());
-        // SAFETY: setsid is async-signal-safe, as required between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        Ok(Watchdog {
-            child: cmd.spawn()?,
-        })
-    }
-
-    fn disarm(mut self) {
-        use std::io::Write;
-        if let Some(mut stdin) = self.child.stdin.take() {
-            let _ = stdin.write_all(b"stop\n");
-        }
-        let _ = self.child.wait();
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -247,12 +188,6 @@ pub struct Mounted {
 #[derive(Clone)]
 pub struct Unmounter {
     shared: Arc<Shared>,
-}
-
-enum WorkerEnd {
-    Unmounted,
-    Stopped,
-    Failed(io::Error),
 }
 
 /// Mounts `snapshot` at `mountpoint`, with tags from `catalog`, and starts the workers.
@@ -475,186 +410,11 @@ fn start_uring(
     }
 }
 
-/// Aborts FUSE connection `dev` (through the fusectl filesystem), failing every pending
-/// and future request with ENOTCONN.
-fn abort_connection(dev: u64) {
-    let path = format!("/sys/fs/fuse/connections/{dev}/abort");
-    if let Err(e) = std::fs::write(&path, "1") {
-        tracing::error!(path, error = %e, "cannot abort the FUSE connection");
-    }
-}
-
 /// How long mount waits for the kernel's INIT before probing anyway (the probe then
 /// reports a mount that does not answer).
 const INIT_WAIT: Duration = Duration::from_secs(30);
 
-/// What every `/dev/fuse` worker serves with.
-struct Serving {
-    server: Arc<Server<FuseFs>>,
-    native: Arc<Native>,
-    bufsize: usize,
-    uring_reads: bool,
-}
-
-/// Whether this process holds `CAP_SYS_ADMIN` (passthrough's backing-open needs it).
-fn has_cap_sys_admin() -> bool {
-    const CAP_SYS_ADMIN: u32 = 21;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-            u64::from_str_radix(hex.trim(), 16).ok()
-        })
-        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
-}
-
-/// Path of the kernel's switch for FUSE-over-io_uring (kernel 6.14+).
-pub const URING_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
-
-/// Whether the kernel currently allows FUSE-over-io_uring.
-pub fn uring_param_enabled() -> bool {
-    std::fs::read_to_string(URING_PARAM).is_ok_and(|v| v.trim() == "Y")
-}
-
-/// Which optional INIT features to ask for, failing early when the options require one
-/// this process or kernel cannot have.
-fn feature_wants(opts: &MountOptions) -> Result<Wants, FuseError> {
-    let cap = has_cap_sys_admin();
-    let passthrough = match opts.passthrough {
-        PassthroughMode::Off => false,
-        PassthroughMode::Auto => {
-            if !cap {
-                tracing::info!(
-                    "no CAP_SYS_ADMIN: FUSE passthrough off, reads go through the daemon"
-                );
-            }
-            cap
-        }
-        PassthroughMode::On if !cap => {
-            return Err(FuseError::Unavailable {
-                feature: "FUSE passthrough",
-                reason: "it needs CAP_SYS_ADMIN".into(),
-            })
-        }
-        PassthroughMode::On => true,
-    };
-    if opts.transport != TransportMode::Dev && opts.enable_uring_param && !uring_param_enabled() {
-        match std::fs::write(URING_PARAM, "Y") {
-            Ok(()) => tracing::info!(param = URING_PARAM, "enabled FUSE-over-io_uring"),
-            Err(e) => {
-                tracing::warn!(param = URING_PARAM, error = %e, "cannot enable FUSE-over-io_uring")
-            }
-        }
-    }
-    let uring = match opts.transport {
-        TransportMode::Dev => false,
-        TransportMode::Auto => {
-            let on = uring_param_enabled();
-            if !on {
-                tracing::info!(
-                    param = URING_PARAM,
-                    "FUSE-over-io_uring is off in the kernel; using /dev/fuse"
-                );
-            }
-            on
-        }
-        TransportMode::Uring if !uring_param_enabled() => {
-            return Err(FuseError::Unavailable {
-                feature: "FUSE-over-io_uring",
-                reason: format!("{URING_PARAM} is not Y (see --enable-uring-param)"),
-            })
-        }
-        TransportMode::Uring => true,
-    };
-    Ok(Wants { passthrough, uring })
-}
-
-/// Whether this process may create an io_uring (seccomp or `kernel.io_uring_disabled` may
-/// forbid it); workers read sources with `pread` otherwise.
-fn probe_read_ring() -> bool {
-    match ReadRing::new() {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::info!(error = %e, "io_uring unavailable; origin reads use pread");
-            false
-        }
-    }
-}
-
 impl Mounted {
-    fn spawn_worker(
-        &mut self,
-        index: usize,
-        fd: File,
-        serving: Arc<Serving>,
-        cpu: Option<usize>,
-    ) -> Result<(), FuseError> {
-        self.spawn_thread(format!("musicfs-fuse-{index}"), move |slot, shared| {
-            let end = serve(slot, &fd, &serving, cpu, shared);
-            drop(fd);
-            end
-        })
-    }
-
-    /// Starts a queue worker for FUSE-over-io_uring; it reports its registration on `ready`.
-    fn spawn_queue_worker(
-        &mut self,
-        qw: uring::QueueWorker,
-        cpu: Option<usize>,
-        ready: std::sync::mpsc::Sender<io::Result<()>>,
-    ) -> Result<(), FuseError> {
-        let native = self.native.clone();
-        self.spawn_thread(format!("musicfs-uring-{}", qw.index), move |_, shared| {
-            unblock_wake_signal();
-            if let Some(cpu) = cpu {
-                pin_to(cpu);
-            }
-            let keep = |bufs: Vec<Box<[u8]>>| lock(&shared.uring_buffers).extend(bufs);
-            match uring::run(&qw, &native, &shared.stop, ready, &keep) {
-                uring::QueueEnd::Closed => WorkerEnd::Unmounted,
-                uring::QueueEnd::Stopped | uring::QueueEnd::Refused => WorkerEnd::Stopped,
-                uring::QueueEnd::Failed(e) => {
-                    // Requests already routed to this queue would wait forever: end the
-                    // connection so callers get ENOTCONN instead of hanging.
-                    tracing::error!(worker = qw.index, error = %e, "FUSE io_uring queue failed; aborting the connection");
-                    abort_connection(shared.conn_dev.load(Ordering::SeqCst));
-                    WorkerEnd::Failed(e)
-                }
-            }
-        })
-    }
-
-    fn spawn_thread(
-        &mut self,
-        name: String,
-        body: impl FnOnce(usize, &Shared) -> WorkerEnd + Send + 'static,
-    ) -> Result<(), FuseError> {
-        let shared = self.shared.clone();
-        // Hold the slot table while spawning so a worker that ends at once finds its slot.
-        let mut slots = lock(&self.shared.slots);
-        let index = slots.len();
-        *lock(&self.shared.live) += 1;
-        let spawned = std::thread::Builder::new().name(name).spawn(move || {
-            let end = body(index, &shared);
-            shared.worker_exited(index);
-            end
-        });
-        match spawned {
-            Ok(handle) => {
-                slots.push(WorkerSlot {
-                    thread: handle.as_pthread_t(),
-                    alive: true,
-                });
-                self.workers.push(handle);
-                Ok(())
-            }
-            Err(source) => {
-                *lock(&self.shared.live) -= 1;
-                Err(FuseError::SpawnWorker { index, source })
-            }
-        }
-    }
-
     /// A handle that unmounts from another thread and makes [`Mounted::wait`] return.
     pub fn unmounter(&self) -> Unmounter {
         Unmounter {
@@ -782,203 +542,6 @@ impl Unmounter {
     }
 }
 
-/// A worker's own fd: a `FUSE_DEV_IOC_CLONE` of the session fd, or, where `/dev/fuse` cannot
-/// be opened (an unprivileged user when the device is mode 0600 and fusermount3 opened it),
-/// a dup of the session fd made blocking: workers then share one kernel processing queue.
-fn worker_fd(session: &FuseSession) -> fuse_backend_rs::transport::Result<File> {
-    use fuse_backend_rs::transport::Error as TErr;
-    match session.clone_fuse_file() {
-        Ok(f) => Ok(f),
-        Err(clone_err) => {
-            let file = session
-                .get_fuse_file()
-                .ok_or_else(|| TErr::SessionFailure("no session fd".into()))?;
-            let dup = file.try_clone().map_err(TErr::IoError)?;
-            // SAFETY: F_GETFL/F_SETFL on an fd we own change only its status flags.
-            let rc = unsafe {
-                let flags = libc::fcntl(dup.as_raw_fd(), libc::F_GETFL);
-                libc::fcntl(dup.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK)
-            };
-            if rc != 0 {
-                return Err(TErr::IoError(io::Error::last_os_error()));
-            }
-            tracing::warn!(error = %clone_err, "cannot clone /dev/fuse; workers share the session fd");
-            Ok(dup)
-        }
-    }
-}
-
-fn serve(
-    index: usize,
-    fd: &File,
-    serving: &Serving,
-    cpu: Option<usize>,
-    shared: &Shared,
-) -> WorkerEnd {
-    unblock_wake_signal();
-    if let Some(cpu) = cpu {
-        pin_to(cpu);
-    }
-    let raw = fd.as_raw_fd();
-    let server = &serving.server;
-    let mut io = WorkerIo {
-        dev_fd: raw,
-        ring: serving.uring_reads.then(ReadRing::new).and_then(|r| {
-            r.map_err(|e| tracing::warn!(worker = index, error = %e, "no io_uring for origin reads; pread"))
-                .ok()
-        }),
-    };
-    // Separate request and reply buffers, allocated once: the crate's own channel aliases
-    // one buffer for both, which relies on handlers never reading after writing.
-    let mut inbuf = vec![0u8; serving.bufsize];
-    let mut outbuf = vec![0u8; serving.bufsize];
-    loop {
-        if shared.stop.load(Ordering::SeqCst) {
-            return WorkerEnd::Stopped;
-        }
-        // SAFETY: reads at most inbuf.len() bytes into memory inbuf owns; raw stays open
-        // while `fd` is borrowed.
-        let n = unsafe { libc::read(raw, inbuf.as_mut_ptr().cast(), inbuf.len()) };
-        if n <= 0 {
-            let err = io::Error::last_os_error();
-            match (n, err.raw_os_error()) {
-                (0, _) | (_, Some(libc::ENODEV)) => return WorkerEnd::Unmounted,
-                // ENOENT: the request was interrupted before we read it.
-                (_, Some(libc::EINTR | libc::EAGAIN | libc::ENOENT)) => continue,
-                _ => {
-                    tracing::error!(worker = index, error = %err, "reading /dev/fuse");
-                    return WorkerEnd::Failed(err);
-                }
-            }
-        }
-        let len = n as usize;
-        if let Some(h) = abi::InHeader::read_from(&inbuf[..len]) {
-            if Native::handles_on_dev(h.opcode) {
-                let hlen = std::mem::size_of::<abi::InHeader>();
-                let req = Req {
-                    h,
-                    op: &inbuf[hlen..len],
-                    data: &[],
-                };
-                let olen = std::mem::size_of::<abi::OutHeader>();
-                let outcome = serving.native.handle(&mut io, &req, &mut outbuf[olen..]);
-                write_reply(raw, h.unique, outcome, &mut outbuf, index);
-                if h.opcode == abi::FUSE_INIT {
-                    serving.native.init_replied();
-                }
-                continue;
-            }
-        }
-        let reader = match Reader::<()>::from_fuse_buffer(FuseBuf::new(&mut inbuf[..len])) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(worker = index, error = %e, "bad FUSE request buffer");
-                continue;
-            }
-        };
-        let writer = match FuseDevWriter::<()>::new(raw, &mut outbuf) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(worker = index, error = %e, "FUSE reply buffer");
-                continue;
-            }
-        };
-        if let Err(e) = server.handle_message(reader, writer.into(), None, None) {
-            tracing::debug!(worker = index, error = %e, "FUSE request not answered");
-        }
-    }
-}
-
-/// Sends the reply to request `unique` whose body `native` left after the out-header room
-/// in `outbuf`, header and body in one `write(2)`.
-fn write_reply(fd: i32, unique: u64, outcome: Outcome, outbuf: &mut [u8], worker: usize) {
-    let olen = std::mem::size_of::<abi::OutHeader>();
-    let (body, error) = match outcome {
-        Outcome::Silent => return,
-        Outcome::Reply(n) => (n, 0),
-        Outcome::Error(e) => (0, -e),
-    };
-    let total = olen + body;
-    let header = abi::OutHeader {
-        len: total as u32,
-        error,
-        unique,
-    };
-    let _ = header.write_to(outbuf);
-    // SAFETY: writes `total` bytes that `outbuf` holds (the body was written within it).
-    let n = unsafe { libc::write(fd, outbuf.as_ptr().cast(), total) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        // ENOENT: the request was interrupted and is gone; nothing to answer.
-        if e.raw_os_error() != Some(libc::ENOENT) {
-            tracing::debug!(worker, error = %e, "FUSE reply not delivered");
-        }
-    }
-}
-
-fn unblock_wake_signal() {
-    // SAFETY: sigset operations on a local, zero-initialised set; pthread_sigmask only
-    // changes this thread's mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, wake_signal());
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-    }
-}
-
-/// The CPUs this process may run on, in order.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
-fn pin_to(cpu: usize) {
-    // SAFETY: as above; pid 0 is the calling thread.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        tracing::warn!(cpu, error = %io::Error::last_os_error(), "cannot pin FUSE worker");
-    }
-}
-
-/// `stat`s the mount root (which waits for INIT and a GETATTR round trip) and checks that a
-/// FUSE filesystem now sits there.
-fn probe(mp: &Path) -> Result<std::fs::Metadata, FuseError> {
-    let err = |source| FuseError::NotAnswering {
-        path: mp.to_path_buf(),
-        source,
-    };
-    let meta = std::fs::metadata(mp).map_err(err)?;
-    let cpath = std::ffi::CString::new(mp.as_os_str().as_bytes())
-        .map_err(|_| err(io::Error::from_raw_os_error(libc::EINVAL)))?;
-    // SAFETY: statfs writes into a zeroed local struct; cpath is NUL-terminated.
-    let fs_type = unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        if libc::statfs(cpath.as_ptr(), &mut st) != 0 {
-            return Err(err(io::Error::last_os_error()));
-        }
-        st.f_type
-    };
-    if fs_type as i64 != FUSE_SUPER_MAGIC {
-        return Err(err(io::Error::other(format!(
-            "filesystem type {fs_type:#x} is not FUSE"
-        ))));
-    }
-    Ok(meta)
-}
-
 fn set_readahead(dev: u64, kb: u32) {
     let path = format!(
         "/sys/class/bdi/{}:{}/read_ahead_kb",
@@ -988,148 +551,5 @@ fn set_readahead(dev: u64, kb: u32) {
     match std::fs::write(&path, kb.to_string()) {
         Ok(()) => tracing::debug!(path, kb, "readahead set"),
         Err(e) => tracing::debug!(path, error = %e, "cannot set readahead"),
-    }
-}
-
-fn detach(mp: &Path) -> Result<(), FuseError> {
-    let fail = |reason: String| FuseError::Unmount {
-        path: mp.to_path_buf(),
-        reason,
-    };
-    let cpath = std::ffi::CString::new(mp.as_os_str().as_bytes())
-        .map_err(|_| fail("path contains NUL".into()))?;
-    // SAFETY: cpath is a valid NUL-terminated path.
-    if unsafe { libc::umount2(cpath.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        // Already gone (unmounted externally).
-        Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(()),
-        Some(libc::EPERM) => {
-            let status = std::process::Command::new("fusermount3")
-                .args(["-u", "-z", "-q", "--"])
-                .arg(mp)
-                .status()
-                .map_err(|e| fail(format!("fusermount3: {e}")))?;
-            if status.success() || !is_mountpoint(mp).unwrap_or(true) {
-                Ok(())
-            } else {
-                Err(fail(format!("fusermount3 -u exited with {status}")))
-            }
-        }
-        _ => Err(fail(err.to_string())),
-    }
-}
-
-/// Checks that `path` can take a mount: it exists, is a directory, and nothing (not even a
-/// dead FUSE mount) is mounted there. Returns the canonical path.
-pub fn check_mountpoint(path: &Path) -> Result<PathBuf, FuseError> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(FuseError::MountpointMissing(path.to_path_buf()))
-        }
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            return Err(FuseError::DeadMount(path.to_path_buf()))
-        }
-        Err(source) => {
-            return Err(FuseError::Mountpoint {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
-    if !meta.is_dir() {
-        return Err(FuseError::MountpointNotDirectory(path.to_path_buf()));
-    }
-    let canon = path
-        .canonicalize()
-        .map_err(|source| FuseError::Mountpoint {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let mounted = is_mountpoint(&canon).map_err(|source| FuseError::Mountpoint {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if mounted {
-        return Err(FuseError::AlreadyMounted(canon));
-    }
-    Ok(canon)
-}
-
-/// Whether `path` (canonical) is a mount point in this process's mount namespace.
-pub fn is_mountpoint(path: &Path) -> io::Result<bool> {
-    let info = std::fs::read("/proc/self/mountinfo")?;
-    let want = path.as_os_str().as_bytes();
-    Ok(info
-        .split(|b| *b == b'\n')
-        .filter_map(|line| line.split(|b| *b == b' ').nth(4))
-        .any(|field| unescape_mountinfo(field) == want))
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
-fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let octal = field.get(i + 1..i + 4).and_then(|d| {
-            let s = std::str::from_utf8(d).ok()?;
-            u8::from_str_radix(s, 8).ok()
-        });
-        match (field[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes_decode_spaces_and_backslashes() {
-        assert_eq!(unescape_mountinfo(br"/mnt/my\040music"), b"/mnt/my music");
-        assert_eq!(unescape_mountinfo(br"/a\134b"), b"/a\\b");
-        assert_eq!(unescape_mountinfo(br"/plain"), b"/plain");
-        assert_eq!(unescape_mountinfo(br"/trailing\04"), br"/trailing\04");
-    }
-
-    #[test]
-    fn root_is_a_mountpoint_and_a_fresh_dir_is_not() {
-        assert!(is_mountpoint(Path::new("/")).unwrap_or(false));
-        let dir = tempfile::tempdir().expect("tempdir");
-        let canon = dir.path().canonicalize().expect("canon");
-        assert!(!is_mountpoint(&canon).expect("mountinfo"));
-    }
-
-    #[test]
-    fn mountpoint_checks_give_distinct_errors() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let missing = dir.path().join("nope");
-        assert!(matches!(
-            check_mountpoint(&missing),
-            Err(FuseError::MountpointMissing(_))
-        ));
-        let file = dir.path().join("f");
-        std::fs::write(&file, b"x").expect("write");
-        assert!(matches!(
-            check_mountpoint(&file),
-            Err(FuseError::MountpointNotDirectory(_))
-        ));
-        assert!(matches!(
-            check_mountpoint(Path::new("/")),
-            Err(FuseError::AlreadyMounted(_))
-        ));
-        assert!(check_mountpoint(dir.path()).is_ok());
     }
 }

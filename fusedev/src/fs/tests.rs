@@ -1,0 +1,408 @@
+use super::testlib::{content, Library};
+use super::*;
+use musicfs_core::meta::TrackMeta;
+use musicfs_core::snapshot::ROOT_INO;
+
+fn meta(title: &str) -> TrackMeta {
+    TrackMeta {
+        title: Some(title.into()),
+        artist: vec!["Ann".into(), "Bob".into()],
+        duration_ms: Some(61_000),
+        ..TrackMeta::default()
+    }
+}
+
+fn lib() -> Library {
+    let mut l = Library::new();
+    l.add("Ann/First (2001)/01 - One.flac", 10_000, meta("One"));
+    l.add("Ann/First (2001)/02 - Two.flac", 5, meta("Two"));
+    l.add("Bob/Solo/01 - Alone.flac", 0, TrackMeta::default());
+    l
+}
+
+fn model(l: &Library) -> FsModel {
+    let tags: Arc<dyn TagSource> = l.tags();
+    FsModel::new(
+        l.shared(),
+        Some(tags),
+        FsConfig {
+            uid: 1234,
+            gid: 5678,
+            ..FsConfig::default()
+        },
+    )
+}
+
+fn path_ino(m: &FsModel, path: &str) -> u64 {
+    path.split('/').fold(ROOT_INO, |dir, name| {
+        m.lookup(dir, name.as_bytes()).expect("lookup").ino
+    })
+}
+
+fn list(m: &FsModel, ino: u64, offset: u64) -> Vec<(Vec<u8>, u64, u64)> {
+    let fh = m.opendir(ino).expect("opendir");
+    let mut out = Vec::new();
+    m.readdir(fh, ino, offset, &mut |it| {
+        out.push((it.name.to_vec(), it.ino, it.next_offset));
+        true
+    })
+    .expect("readdir");
+    m.releasedir(fh).expect("releasedir");
+    out
+}
+
+#[test]
+fn lookup_walks_the_tree_and_misses_are_enoent() {
+    let l = lib();
+    let m = model(&l);
+    let artist = m.lookup(ROOT_INO, b"Ann").expect("Ann");
+    assert_eq!(artist.kind, Kind::Dir);
+    let file = path_ino(&m, "Ann/First (2001)/01 - One.flac");
+    assert_eq!(m.getattr(file).expect("getattr").size, 10_000);
+    let miss = m.lookup(artist.ino, b"Nobody").unwrap_err();
+    assert_eq!(miss.to_errno(), libc::ENOENT);
+    assert_eq!(
+        m.lookup(ROOT_INO, b"ann").unwrap_err().to_errno(),
+        libc::ENOENT
+    );
+}
+
+#[test]
+fn lookup_under_a_file_is_enotdir_and_under_an_unknown_inode_estale() {
+    let l = lib();
+    let m = model(&l);
+    let file = path_ino(&m, "Bob/Solo/01 - Alone.flac");
+    assert_eq!(m.lookup(file, b"x").unwrap_err().to_errno(), libc::ENOTDIR);
+    assert_eq!(
+        m.lookup(999_999, b"x").unwrap_err().to_errno(),
+        libc::ESTALE
+    );
+    assert_eq!(m.getattr(999_999).unwrap_err().to_errno(), libc::ESTALE);
+}
+
+#[test]
+fn getattr_shows_read_only_modes_owner_size_and_mtime() {
+    let l = lib();
+    let m = model(&l);
+    let root = m.getattr(ROOT_INO).expect("root");
+    assert_eq!(root.mode(), libc::S_IFDIR | 0o555);
+    assert_eq!(root.nlink, 2 + 2);
+    let f = m
+        .getattr(path_ino(&m, "Ann/First (2001)/02 - Two.flac"))
+        .expect("file");
+    assert_eq!(f.mode(), libc::S_IFREG | 0o444);
+    assert_eq!((f.uid, f.gid, f.size, f.nlink), (1234, 5678, 5, 1));
+    assert_eq!(f.mtime_ns, 1_700_000_000_123_456_789 + 2);
+    assert_eq!(f.blocks(), 1);
+}
+
+#[test]
+fn readdir_from_any_offset_continues_the_full_listing() {
+    let mut l = Library::new();
+    for i in 0..40 {
+        l.add(&format!("Many/track {i:02}.flac"), 1, TrackMeta::default());
+    }
+    let m = model(&l);
+    let dir = m.lookup(ROOT_INO, b"Many").expect("Many").ino;
+    let full = list(&m, dir, 0);
+    assert_eq!(full.len(), 42);
+    assert_eq!(full[0].0, b".");
+    assert_eq!(full[1].0, b"..");
+    assert_eq!(full[1].1, ROOT_INO);
+    assert_eq!(full[2].0, b"track 00.flac");
+    for offset in 0..=full.len() as u64 + 3 {
+        let tail = list(&m, dir, offset);
+        let expect: Vec<_> = full.iter().skip(offset as usize).cloned().collect();
+        assert_eq!(tail, expect, "offset {offset}");
+    }
+    // Each entry's next offset resumes right after it.
+    for (i, (_, _, next)) in full.iter().enumerate() {
+        assert_eq!(*next, i as u64 + 1);
+    }
+}
+
+#[test]
+fn readdir_stops_when_the_reply_is_full_and_resumes_without_gaps() {
+    let mut l = Library::new();
+    for i in 0..25 {
+        l.add(&format!("D/{i:02}.flac"), 1, TrackMeta::default());
+    }
+    let m = model(&l);
+    let dir = m.lookup(ROOT_INO, b"D").expect("D").ino;
+    let fh = m.opendir(dir).expect("opendir");
+    let mut names = Vec::new();
+    let mut offset = 0;
+    loop {
+        let mut page = Vec::new();
+        m.readdir(fh, dir, offset, &mut |it| {
+            if page.len() == 4 {
+                return false;
+            }
+            page.push((it.name.to_vec(), it.next_offset));
+            true
+        })
+        .expect("readdir");
+        let Some(last) = page.last() else { break };
+        offset = last.1;
+        names.extend(page.into_iter().map(|(n, _)| n));
+    }
+    assert_eq!(names.len(), 27);
+    let mut sorted = names[2..].to_vec();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 25);
+}
+
+#[test]
+fn readdir_of_an_open_dir_keeps_its_snapshot_after_a_republish() {
+    let mut l = lib();
+    let shared = l.shared();
+    let m = FsModel::new(shared.clone(), None, FsConfig::default());
+    let fh = m.opendir(ROOT_INO).expect("opendir");
+    l.add("Zed/Z/z.flac", 1, TrackMeta::default());
+    shared.store(Arc::new(l.snapshot(2)));
+    let mut names = Vec::new();
+    m.readdir(fh, ROOT_INO, 2, &mut |it| {
+        names.push(it.name.to_vec());
+        true
+    })
+    .expect("readdir");
+    assert_eq!(names, vec![b"Ann".to_vec(), b"Bob".to_vec()]);
+    assert!(m.lookup(ROOT_INO, b"Zed").is_ok());
+}
+
+#[test]
+fn readdir_on_a_file_or_bad_handle_fails_cleanly() {
+    let l = lib();
+    let m = model(&l);
+    let file = path_ino(&m, "Bob/Solo/01 - Alone.flac");
+    assert_eq!(m.opendir(file).unwrap_err().to_errno(), libc::ENOTDIR);
+    let err = m.readdir(77, ROOT_INO, 0, &mut |_| true).unwrap_err();
+    assert_eq!(err.to_errno(), libc::EBADF);
+    assert_eq!(m.releasedir(77).unwrap_err().to_errno(), libc::EBADF);
+}
+
+#[test]
+fn open_with_any_write_intent_is_erofs() {
+    let l = lib();
+    let m = model(&l);
+    let file = path_ino(&m, "Ann/First (2001)/01 - One.flac");
+    for flags in [
+        libc::O_WRONLY,
+        libc::O_RDWR,
+        libc::O_RDONLY | libc::O_TRUNC,
+        libc::O_RDONLY | libc::O_CREAT,
+        libc::O_WRONLY | libc::O_APPEND,
+    ] {
+        let err = m.open(file, flags as u32).unwrap_err();
+        assert_eq!(err.to_errno(), libc::EROFS, "flags {flags:#o}");
+    }
+    assert_eq!(m.open_handles(), (0, 0));
+    let fh = m
+        .open(file, (libc::O_RDONLY | libc::O_NONBLOCK) as u32)
+        .expect("read-only open");
+    m.release(fh).expect("release");
+}
+
+#[test]
+fn open_of_a_directory_is_eisdir() {
+    let l = lib();
+    let m = model(&l);
+    assert_eq!(m.open(ROOT_INO, 0).unwrap_err().to_errno(), libc::EISDIR);
+}
+
+#[test]
+fn read_returns_the_source_bytes_at_any_offset_and_short_at_eof() {
+    let l = lib();
+    let m = model(&l);
+    let file = path_ino(&m, "Ann/First (2001)/01 - One.flac");
+    let fh = m.open(file, 0).expect("open");
+    let want = content(1, 10_000);
+    for (offset, len) in [(0usize, 100usize), (4095, 4097), (9_990, 100), (10_000, 10)] {
+        let mut buf = vec![0u8; len];
+        let n = m.read(fh, offset as u64, &mut buf).expect("read");
+        let end = (offset + len).min(want.len());
+        assert_eq!(&buf[..n], &want[offset..end], "offset {offset}");
+    }
+    m.release(fh).expect("release");
+    assert_eq!(m.release(fh).unwrap_err().to_errno(), libc::EBADF);
+    let mut buf = [0u8; 4];
+    assert_eq!(m.read(fh, 0, &mut buf).unwrap_err().to_errno(), libc::EBADF);
+}
+
+#[test]
+fn open_of_a_vanished_source_is_estale() {
+    let l = lib();
+    let m = model(&l);
+    std::fs::remove_file(l.source(2)).expect("remove");
+    let file = path_ino(&m, "Ann/First (2001)/02 - Two.flac");
+    assert_eq!(m.open(file, 0).unwrap_err().to_errno(), libc::ESTALE);
+}
+
+#[test]
+fn an_open_handle_survives_its_source_being_removed() {
+    let l = lib();
+    let m = model(&l);
+    let file = path_ino(&m, "Ann/First (2001)/02 - Two.flac");
+    let fh = m.open(file, 0).expect("open");
+    std::fs::remove_file(l.source(2)).expect("remove");
+    let mut buf = [0u8; 5];
+    assert_eq!(m.read(fh, 0, &mut buf).expect("read"), 5);
+    assert_eq!(buf.to_vec(), content(2, 5));
+}
+
+#[test]
+fn statfs_counts_tracks_and_blocks_of_the_library() {
+    let l = lib();
+    let m = model(&l);
+    let s = m.statfs();
+    assert_eq!(s.files, 3);
+    assert_eq!(s.blocks, 10_005u64.div_ceil(4096));
+    assert_eq!(s.block_size, 4096);
+    assert_eq!(s.name_max, 255);
+}
+
+#[test]
+fn access_refuses_write_and_execute_on_files() {
+    let l = lib();
+    let m = model(&l);
+    let file = path_ino(&m, "Bob/Solo/01 - Alone.flac");
+    let r = libc::R_OK as u32;
+    let w = libc::W_OK as u32;
+    let x = libc::X_OK as u32;
+    assert!(m.access(file, r).is_ok());
+    assert!(m.access(file, 0).is_ok());
+    assert_eq!(m.access(file, w).unwrap_err().to_errno(), libc::EROFS);
+    assert_eq!(m.access(file, x).unwrap_err().to_errno(), libc::EACCES);
+    assert!(m.access(ROOT_INO, r | x).is_ok());
+    assert_eq!(m.access(ROOT_INO, w).unwrap_err().to_errno(), libc::EROFS);
+}
+
+#[test]
+fn getxattr_probes_size_fills_exact_buffers_and_rejects_short_ones() {
+    let l = lib();
+    let m = model(&l);
+    let file = path_ino(&m, "Ann/First (2001)/01 - One.flac");
+    let name = b"user.musicfs.artist";
+    assert_eq!(
+        m.getxattr(file, name, 0).expect("probe"),
+        XattrReply::Size(8)
+    );
+    assert_eq!(
+        m.getxattr(file, name, 8).expect("exact"),
+        XattrReply::Data(b"Ann; Bob".to_vec())
+    );
+    assert_eq!(
+        m.getxattr(file, name, 100).expect("big"),
+        XattrReply::Data(b"Ann; Bob".to_vec())
+    );
+    assert_eq!(
+        m.getxattr(file, name, 7).unwrap_err().to_errno(),
+        libc::ERANGE
+    );
+    assert_eq!(
+        m.getxattr(file, b"user.musicfs.duration_ms", 64)
+            .expect("dur"),
+        XattrReply::Data(b"61000".to_vec())
+    );
+    assert_eq!(
+        m.getxattr(file, b"user.musicfs.format", 64).expect("fmt"),
+        XattrReply::Data(b"flac".to_vec())
+    );
+}
+
+#[test]
+fn getxattr_of_absent_or_foreign_attributes_is_enodata() {
+    let l = lib();
+    let m = model(&l);
+    let file = path_ino(&m, "Ann/First (2001)/01 - One.flac");
+    for name in [
+        &b"user.musicfs.genre"[..],
+        b"user.musicfs.nonsense",
+        b"user.other",
+        b"security.capability",
+        b"system.posix_acl_access",
+    ] {
+        let err = m.getxattr(file, name, 0).unwrap_err();
+        assert_eq!(err.to_errno(), libc::ENODATA, "{name:?}");
+    }
+    let err = m.getxattr(ROOT_INO, b"user.musicfs.title", 0).unwrap_err();
+    assert_eq!(err.to_errno(), libc::ENODATA);
+}
+
+#[test]
+fn source_xattr_is_the_absolute_origin_path_even_without_a_catalog() {
+    let l = lib();
+    let m = FsModel::new(l.shared(), None, FsConfig::default());
+    let file = path_ino(&m, "Ann/First (2001)/02 - Two.flac");
+    let want = l.source(2).into_os_string().into_encoded_bytes();
+    assert_eq!(
+        m.getxattr(file, b"user.musicfs.source", 4096)
+            .expect("source"),
+        XattrReply::Data(want)
+    );
+    assert_eq!(
+        m.listxattr(file, 4096).expect("list"),
+        XattrReply::Data(b"user.musicfs.source\0".to_vec())
+    );
+    assert_eq!(
+        m.getxattr(file, b"user.musicfs.title", 0)
+            .unwrap_err()
+            .to_errno(),
+        libc::ENODATA
+    );
+}
+
+#[test]
+fn listxattr_names_present_tags_probes_and_ranges() {
+    let l = lib();
+    let m = model(&l);
+    let file = path_ino(&m, "Ann/First (2001)/01 - One.flac");
+    let want = b"user.musicfs.title\0user.musicfs.artist\0user.musicfs.duration_ms\0\
+user.musicfs.format\0user.musicfs.source\0"
+        .to_vec();
+    assert_eq!(
+        m.listxattr(file, 0).expect("probe"),
+        XattrReply::Size(want.len() as u32)
+    );
+    assert_eq!(
+        m.listxattr(file, want.len() as u32).expect("list"),
+        XattrReply::Data(want.clone())
+    );
+    assert_eq!(
+        m.listxattr(file, want.len() as u32 - 1)
+            .unwrap_err()
+            .to_errno(),
+        libc::ERANGE
+    );
+    let dir = m.lookup(ROOT_INO, b"Ann").expect("Ann").ino;
+    assert_eq!(m.listxattr(dir, 0).expect("dir"), XattrReply::Size(0));
+}
+
+#[test]
+fn the_root_reports_the_serving_mode_as_status_attributes() {
+    let l = lib();
+    let m = model(&l);
+    let list = b"user.musicfs.transport\0user.musicfs.passthrough\0user.musicfs.origin_reads\0";
+    assert_eq!(
+        m.listxattr(ROOT_INO, 200).expect("list"),
+        XattrReply::Data(list.to_vec())
+    );
+    assert_eq!(
+        m.getxattr(ROOT_INO, b"user.musicfs.passthrough", 100)
+            .expect("get"),
+        XattrReply::Data(b"off".to_vec())
+    );
+    m.status().set_passthrough(true);
+    assert_eq!(
+        m.getxattr(ROOT_INO, b"user.musicfs.passthrough", 100)
+            .expect("get"),
+        XattrReply::Data(b"on".to_vec())
+    );
+    assert_eq!(
+        m.getxattr(ROOT_INO, b"user.musicfs.title", 0)
+            .unwrap_err()
+            .to_errno(),
+        libc::ENODATA
+    );
+}

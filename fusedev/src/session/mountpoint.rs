@@ -1,0 +1,180 @@
+//! What sits at the mountpoint: the checks before mounting, the probe after, the detach at
+//! the end, and the `/proc/self/mountinfo` parsing they share.
+
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::FuseError;
+
+/// `statfs` type of a FUSE mount.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// `stat`s the mount root (which waits for INIT and a GETATTR round trip) and checks that a
+/// FUSE filesystem now sits there.
+pub(super) fn probe(mp: &Path) -> Result<std::fs::Metadata, FuseError> {
+    let err = |source| FuseError::NotAnswering {
+        path: mp.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(mp).map_err(err)?;
+    let cpath = std::ffi::CString::new(mp.as_os_str().as_bytes())
+        .map_err(|_| err(io::Error::from_raw_os_error(libc::EINVAL)))?;
+    // SAFETY: statfs writes into a zeroed local struct; cpath is NUL-terminated.
+    let fs_type = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        if libc::statfs(cpath.as_ptr(), &mut st) != 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        st.f_type
+    };
+    if fs_type as i64 != FUSE_SUPER_MAGIC {
+        return Err(err(io::Error::other(format!(
+            "filesystem type {fs_type:#x} is not FUSE"
+        ))));
+    }
+    Ok(meta)
+}
+
+pub(super) fn detach(mp: &Path) -> Result<(), FuseError> {
+    let fail = |reason: String| FuseError::Unmount {
+        path: mp.to_path_buf(),
+        reason,
+    };
+    let cpath = std::ffi::CString::new(mp.as_os_str().as_bytes())
+        .map_err(|_| fail("path contains NUL".into()))?;
+    // SAFETY: cpath is a valid NUL-terminated path.
+    if unsafe { libc::umount2(cpath.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        // Already gone (unmounted externally).
+        Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(()),
+        Some(libc::EPERM) => {
+            let status = std::process::Command::new("fusermount3")
+                .args(["-u", "-z", "-q", "--"])
+                .arg(mp)
+                .status()
+                .map_err(|e| fail(format!("fusermount3: {e}")))?;
+            if status.success() || !is_mountpoint(mp).unwrap_or(true) {
+                Ok(())
+            } else {
+                Err(fail(format!("fusermount3 -u exited with {status}")))
+            }
+        }
+        _ => Err(fail(err.to_string())),
+    }
+}
+
+/// Checks that `path` can take a mount: it exists, is a directory, and nothing (not even a
+/// dead FUSE mount) is mounted there. Returns the canonical path.
+pub fn check_mountpoint(path: &Path) -> Result<PathBuf, FuseError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(FuseError::MountpointMissing(path.to_path_buf()))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(FuseError::DeadMount(path.to_path_buf()))
+        }
+        Err(source) => {
+            return Err(FuseError::Mountpoint {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if !meta.is_dir() {
+        return Err(FuseError::MountpointNotDirectory(path.to_path_buf()));
+    }
+    let canon = path
+        .canonicalize()
+        .map_err(|source| FuseError::Mountpoint {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mounted = is_mountpoint(&canon).map_err(|source| FuseError::Mountpoint {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if mounted {
+        return Err(FuseError::AlreadyMounted(canon));
+    }
+    Ok(canon)
+}
+
+/// Whether `path` (canonical) is a mount point in this process's mount namespace.
+pub fn is_mountpoint(path: &Path) -> io::Result<bool> {
+    let info = std::fs::read("/proc/self/mountinfo")?;
+    let want = path.as_os_str().as_bytes();
+    Ok(info
+        .split(|b| *b == b'\n')
+        .filter_map(|line| line.split(|b| *b == b' ').nth(4))
+        .any(|field| unescape_mountinfo(field) == want))
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field.get(i + 1..i + 4).and_then(|d| {
+            let s = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(s, 8).ok()
+        });
+        match (field[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_decode_spaces_and_backslashes() {
+        assert_eq!(unescape_mountinfo(br"/mnt/my\040music"), b"/mnt/my music");
+        assert_eq!(unescape_mountinfo(br"/a\134b"), b"/a\\b");
+        assert_eq!(unescape_mountinfo(br"/plain"), b"/plain");
+        assert_eq!(unescape_mountinfo(br"/trailing\04"), br"/trailing\04");
+    }
+
+    #[test]
+    fn root_is_a_mountpoint_and_a_fresh_dir_is_not() {
+        assert!(is_mountpoint(Path::new("/")).unwrap_or(false));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let canon = dir.path().canonicalize().expect("canon");
+        assert!(!is_mountpoint(&canon).expect("mountinfo"));
+    }
+
+    #[test]
+    fn mountpoint_checks_give_distinct_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nope");
+        assert!(matches!(
+            check_mountpoint(&missing),
+            Err(FuseError::MountpointMissing(_))
+        ));
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").expect("write");
+        assert!(matches!(
+            check_mountpoint(&file),
+            Err(FuseError::MountpointNotDirectory(_))
+        ));
+        assert!(matches!(
+            check_mountpoint(Path::new("/")),
+            Err(FuseError::AlreadyMounted(_))
+        ));
+        assert!(check_mountpoint(dir.path()).is_ok());
+    }
+}
