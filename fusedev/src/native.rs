@@ -5,7 +5,7 @@
 //! and the reply is committed from memory rather than written to a file descriptor.
 //!
 //! Like [`crate::fuse`], each operation is one call into [`FsModel`]; errors become an
-//! errno once, through [`crate::fuse::fail`].
+//! errno once, through `crate::fuse::fail`.
 
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
