@@ -40,7 +40,7 @@ pub struct LibraryKey {
 }
 
 /// Bumped when the generator output changes, so old libraries are regenerated.
-pub const GEN_VERSION: u32 = 1;
+pub const GEN_VERSION: u32 = 2;
 
 /// One planned track.
 #[derive(Debug, Clone)]
@@ -443,24 +443,38 @@ fn tagged_bytes(template: &[u8], plan: &TrackPlan) -> Result<Vec<u8>> {
 }
 
 /// A FLAC file of about `bytes` bytes: the tagged template with APPLICATION blocks of
-/// incompressible filler inserted after STREAMINFO, so it reads like real data.
+/// incompressible filler inserted after its last metadata block (so tag readers that only
+/// look at a file's head still find the tags), before the audio frames.
 fn big_flac(template: &[u8], bytes: u64, plan: &TrackPlan) -> Result<Vec<u8>> {
     let tagged = tagged_bytes(template, plan)?;
     if tagged.len() < 42 || &tagged[..4] != b"fLaC" {
         bail!("FLAC template has no STREAMINFO");
     }
+    // Walk the metadata blocks to the last one (flag bit 7 of its header byte).
+    let mut pos = 4usize;
+    let last = loop {
+        let Some(hdr) = tagged.get(pos..pos + 4) else {
+            bail!("FLAC template metadata is truncated");
+        };
+        let len = u32::from_be_bytes([0, hdr[1], hdr[2], hdr[3]]) as usize;
+        if hdr[0] & 0x80 != 0 {
+            break pos;
+        }
+        pos += 4 + len;
+    };
+    let hdr = &tagged[last..last + 4];
+    let audio = last + 4 + u32::from_be_bytes([0, hdr[1], hdr[2], hdr[3]]) as usize;
     let mut out = Vec::with_capacity(bytes as usize + tagged.len());
-    // STREAMINFO is always first: 4-byte marker + 4-byte header + 34 bytes. Clear its
-    // last-block flag since blocks follow it.
-    out.extend_from_slice(&tagged[..42]);
-    out[4] &= 0x7f;
+    out.extend_from_slice(&tagged[..audio]);
+    out[last] &= 0x7f;
     let mut rng = Rng::new(0xb16);
     let mut left = bytes;
     const MAX_BLOCK: u64 = (1 << 24) - 1 - 8;
     while left > 0 {
         let len = left.min(MAX_BLOCK);
+        left -= len;
         let body = len + 4;
-        out.push(2);
+        out.push(if left == 0 { 0x80 | 2 } else { 2 });
         out.extend_from_slice(&(body as u32).to_be_bytes()[1..]);
         out.extend_from_slice(b"mfsB");
         let start = out.len();
@@ -469,9 +483,8 @@ fn big_flac(template: &[u8], bytes: u64, plan: &TrackPlan) -> Result<Vec<u8>> {
             let r = rng.next_u64().to_le_bytes();
             chunk.copy_from_slice(&r[..chunk.len()]);
         }
-        left -= len;
     }
-    out.extend_from_slice(&tagged[42..]);
+    out.extend_from_slice(&tagged[audio..]);
     Ok(out)
 }
 

@@ -61,11 +61,22 @@ pub fn stat(paths: &[PathBuf], warm: bool) -> Result<Metric> {
 /// One-component lookup: `fstatat(parent_fd, name)` with the parent directory already
 /// open, so only the last component's LOOKUP (and GETATTR) is timed.
 pub fn lookup(paths: &[PathBuf], warm: bool) -> Result<Metric> {
+    // One open fd per distinct parent: a FUSE peer may pin backing fds per open directory.
+    let mut dirs: std::collections::HashMap<&Path, std::rc::Rc<File>> = Default::default();
     let mut items = Vec::new();
     for p in paths {
         let parent = p.parent().context("path without parent")?;
         let name = p.file_name().context("path without name")?;
-        let dir = File::open(parent).with_context(|| format!("open {}", parent.display()))?;
+        let dir = match dirs.get(parent) {
+            Some(d) => d.clone(),
+            None => {
+                let d = std::rc::Rc::new(
+                    File::open(parent).with_context(|| format!("open {}", parent.display()))?,
+                );
+                dirs.insert(parent, d.clone());
+                d
+            }
+        };
         items.push((dir, CString::new(name.as_bytes())?));
     }
     let one = |dir: &File, name: &CString| -> std::io::Result<()> {

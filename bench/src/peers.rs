@@ -297,7 +297,11 @@ pub fn start(l: Launch, probe: &Path, timeout: Duration, log: &Path) -> Result<M
     if is_mounted(&l.root) {
         let _ = Command::new("umount").arg("-l").arg(&l.root).status();
     }
-    let logf = std::fs::File::create(log)?;
+    // Appended, so a start that misbehaves is still in the log after later starts.
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     let target = l.root.join(probe);
     let t = Instant::now();
     let child = cmd
@@ -312,21 +316,48 @@ pub fn start(l: Launch, probe: &Path, timeout: Duration, log: &Path) -> Result<M
         child: Some(child),
         ready: Duration::ZERO,
     };
-    loop {
+    // The probe runs on its own thread: a daemon that mounts but never answers leaves a
+    // stat blocked in the kernel, and only killing the daemon (which aborts the FUSE
+    // connection) releases it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut child = m.child.take();
+    std::thread::spawn(move || loop {
         if std::fs::symlink_metadata(&target).is_ok() {
-            m.ready = t.elapsed();
-            return Ok(m);
+            let _ = tx.send(t.elapsed());
+            return;
         }
-        if let Some(Ok(Some(status))) = m.child.as_mut().map(Child::try_wait) {
-            let tail = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: String = tail.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
-            bail!("exited with {status} before serving: {tail}");
-        }
-        if t.elapsed() > timeout {
-            bail!("{} not visible after {:?}", target.display(), timeout);
+        if tx.send(Duration::ZERO).is_err() {
+            return;
         }
         std::thread::sleep(Duration::from_micros(200));
-    }
+    });
+    let outcome = loop {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(d) if !d.is_zero() => break Ok(d),
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                break Err(anyhow::anyhow!("probe thread ended"))
+            }
+        }
+        if let Some(Ok(Some(status))) = child.as_mut().map(Child::try_wait) {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: String = tail.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+            break Err(anyhow::anyhow!(
+                "exited with {status} before serving: {tail}"
+            ));
+        }
+        if t.elapsed() > timeout {
+            if let Some(c) = child.as_mut() {
+                let _ = c.kill();
+            }
+            break Err(anyhow::anyhow!(
+                "probe stat not answered after {timeout:?} (daemon killed)"
+            ));
+        }
+    };
+    m.child = child;
+    m.ready = outcome?;
+    Ok(m)
 }
 
 /// Maps source paths to the paths a tag-organised peer shows.

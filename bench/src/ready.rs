@@ -30,9 +30,9 @@ pub struct ReadyResult {
     pub ready_ms: Vec<f64>,
     /// Median of `ready_ms`.
     pub ready_ms_median: f64,
-    /// VmRSS after the first stat, MB.
+    /// VmRSS after the first stat of the last start, MB.
     pub rss_idle_mb: f64,
-    /// RssAnon after the first stat, MB.
+    /// RssAnon after the first stat of the last start, MB.
     pub rss_idle_anon_mb: f64,
 }
 
@@ -150,7 +150,7 @@ pub fn measure(bins: &Bins, work: &Path, sizes: &[u64], starts: usize) -> Result
             )
             .with_context(|| format!("musicfsd at {n} tracks"))?;
             ready_ms.push(m.ready.as_secs_f64() * 1e3);
-            if i == 0 {
+            if i + 1 == starts.max(1) {
                 if let Some(pid) = m.pid() {
                     (rss, anon) = ops::rss(pid)?;
                 }

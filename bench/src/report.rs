@@ -112,9 +112,10 @@ impl Report {
         );
         for sc in &self.scanners {
             let g = |k: &str| sc.get(k).cloned().unwrap_or_default();
+            let status = g("status").as_str().unwrap_or("").to_string();
             let status = match g("reason").as_str() {
-                Some(r) => format!("skipped: {r}"),
-                None => g("status").as_str().unwrap_or("").to_string(),
+                Some(r) => format!("{status}: {r}"),
+                None => status,
             };
             let _ = writeln!(
                 s,
