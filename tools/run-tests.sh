@@ -30,7 +30,7 @@ cargo build --workspace --bins
 
 features=()
 if [ -e /dev/fuse ] && [ "$(id -u)" -eq 0 ]; then
-  features=(--features musicfs-tests/e2e)
+  features=(--features musicfs-tests/e2e,musicfs-fusedev/e2e,musicfs-bench/e2e)
   # The unprivileged-mount test needs a world-usable /dev/fuse (most distros ship 0666;
   # Debian here has 0600): let it widen the mode for its run and restore it.
   export MUSICFS_E2E_GRANT_DEV_FUSE=1
