@@ -30,7 +30,7 @@ use crate::tree::{ArchivedNodeData, ArchivedTreeData, TreeData, KIND_DIR, KIND_F
 
 const MAGIC: &[u8; 8] = b"MFSSNAP\0";
 /// Version of the snapshot layout; a snapshot of another version is refused and rebuilt.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 64;
 
 /// Why a snapshot could not be written or loaded.
@@ -383,6 +383,12 @@ impl<'a> Node<'a> {
     /// Size in bytes (files), 0 for directories.
     pub fn size(&self) -> u64 {
         self.raw.size.to_native()
+    }
+
+    /// Content version of a file (see [`NodeData::generation`](crate::tree::NodeData)),
+    /// 0 for directories.
+    pub fn generation(&self) -> u64 {
+        self.raw.generation.to_native()
     }
 
     /// Modification time in ns since the epoch.

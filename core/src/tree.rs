@@ -42,6 +42,10 @@ pub struct NodeData {
     pub mtime_ns: i64,
     /// Catalog id (files only, else 0).
     pub track_id: u64,
+    /// Content version of a file: changes whenever its source's (size, mtime, inode,
+    /// ctime) change, so the kernel can tell a replaced file from the one it cached (FUSE
+    /// entry generation). 0 for directories.
+    pub generation: u64,
     /// Offset of the name in [`TreeData::names`].
     pub name_off: u64,
     /// Offset of the source path (relative to the origin root) in [`TreeData::paths`].
@@ -100,6 +104,7 @@ pub struct TreeData {
 struct PendingFile {
     name: String,
     track_id: u64,
+    generation: u64,
     origin: u32,
     rel_path: Vec<u8>,
     size: u64,
@@ -163,6 +168,7 @@ impl TreeBuilder {
         self.dirs[dir].files.push(PendingFile {
             name: file_name,
             track_id: track.id.0,
+            generation: content_generation(&track.scan),
             origin: track.origin.0,
             rel_path: track.rel_path.clone(),
             size: track.scan.size,
@@ -306,6 +312,7 @@ impl Layout {
                             size: f.size,
                             mtime_ns: f.mtime_ns,
                             track_id: f.track_id,
+                            generation: f.generation,
                             path_off,
                             path_len,
                             origin: f.origin,
@@ -359,12 +366,23 @@ impl Layout {
     }
 }
 
+/// A file's content version, from what the scan saw of its source (never 0).
+fn content_generation(scan: &crate::meta::ScanState) -> u64 {
+    let mut bytes = [0u8; 32];
+    bytes[0..8].copy_from_slice(&scan.size.to_le_bytes());
+    bytes[8..16].copy_from_slice(&scan.mtime_ns.to_le_bytes());
+    bytes[16..24].copy_from_slice(&scan.ino.to_le_bytes());
+    bytes[24..32].copy_from_slice(&scan.ctime_ns.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes) | 1
+}
+
 fn empty_node() -> NodeData {
     NodeData {
         ino: 0,
         size: 0,
         mtime_ns: 0,
         track_id: 0,
+        generation: 0,
         name_off: 0,
         path_off: 0,
         name_len: 0,

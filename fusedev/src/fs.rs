@@ -70,6 +70,9 @@ pub enum Kind {
 pub struct Attr {
     /// Inode number.
     pub ino: u64,
+    /// FUSE entry generation: a file's content version, so a replaced source is a new
+    /// inode to the kernel (which then fails I/O on the old one rather than mix pages).
+    pub generation: u64,
     /// Directory or file.
     pub kind: Kind,
     /// Bytes readable (0 for directories).
@@ -170,6 +173,7 @@ impl FsModel {
     fn attr_of(&self, node: &Node<'_>) -> Attr {
         Attr {
             ino: node.ino(),
+            generation: node.generation(),
             kind: if node.is_dir() { Kind::Dir } else { Kind::File },
             size: node.size(),
             mtime_ns: node.mtime_ns(),

@@ -27,6 +27,39 @@ pub struct FuseFs {
 }
 
 impl FuseFs {
+    /// Feeds directory items to the kernel's reply buffer until it is full (`add` returns
+    /// 0) or fails; shared by readdir and readdirplus.
+    fn fill_dir(
+        &self,
+        op: &'static str,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        mut add: impl FnMut(DirEntry, &DirItem<'_>) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let mut err = None;
+        let mut emit = |item: DirItem<'_>| {
+            let d = DirEntry {
+                ino: item.ino,
+                offset: item.next_offset,
+                type_: dirent_type(item.kind),
+                name: item.name,
+            };
+            match add(d, &item) {
+                Ok(0) => false,
+                Ok(_) => true,
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            }
+        };
+        self.model
+            .readdir(handle, inode, offset, &mut emit)
+            .map_err(|e| fail(op, inode, e))?;
+        err.map_or(Ok(()), Err)
+    }
+
     /// Serves `model`.
     pub fn new(model: Arc<FsModel>) -> FuseFs {
         FuseFs { model }
@@ -81,7 +114,7 @@ impl FuseFs {
         let cfg = self.model.config();
         Entry {
             inode: attr.ino,
-            generation: 0,
+            generation: attr.generation,
             attr: to_stat(attr),
             attr_flags: 0,
             attr_timeout: cfg.attr_timeout,
@@ -449,27 +482,7 @@ impl FileSystem for FuseFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let mut err = None;
-        let mut emit = |item: DirItem<'_>| {
-            let d = DirEntry {
-                ino: item.ino,
-                offset: item.next_offset,
-                type_: dirent_type(item.kind),
-                name: item.name,
-            };
-            match add_entry(d) {
-                Ok(0) => false,
-                Ok(_) => true,
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
-            }
-        };
-        self.model
-            .readdir(handle, inode, offset, &mut emit)
-            .map_err(|e| fail("readdir", inode, e))?;
-        err.map_or(Ok(()), Err)
+        self.fill_dir("readdir", inode, handle, offset, |d, _| add_entry(d))
     }
 
     fn readdirplus(
@@ -481,31 +494,13 @@ impl FileSystem for FuseFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let mut err = None;
-        let mut emit = |item: DirItem<'_>| {
-            let d = DirEntry {
-                ino: item.ino,
-                offset: item.next_offset,
-                type_: dirent_type(item.kind),
-                name: item.name,
-            };
+        self.fill_dir("readdirplus", inode, handle, offset, |d, item| {
             let e = match &item.attr {
                 Some(attr) => self.entry(attr),
                 None => Self::empty_entry(),
             };
-            match add_entry(d, e) {
-                Ok(0) => false,
-                Ok(_) => true,
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
-            }
-        };
-        self.model
-            .readdir(handle, inode, offset, &mut emit)
-            .map_err(|e| fail("readdirplus", inode, e))?;
-        err.map_or(Ok(()), Err)
+            add_entry(d, e)
+        })
     }
 
     fn fsyncdir(

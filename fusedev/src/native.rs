@@ -352,7 +352,7 @@ impl Native {
                 let (as_, ans) = split(cfg.attr_timeout);
                 abi::EntryOut {
                     nodeid: a.ino,
-                    generation: 0,
+                    generation: a.generation,
                     entry_valid: es,
                     attr_valid: as_,
                     entry_valid_nsec: ens,
@@ -445,7 +445,7 @@ impl Native {
                         let (as_, ans) = split(cfg.attr_timeout);
                         abi::EntryOut {
                             nodeid: a.ino,
-                            generation: 0,
+                            generation: a.generation,
                             entry_valid: es,
                             attr_valid: as_,
                             entry_valid_nsec: ens,

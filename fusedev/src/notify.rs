@@ -119,7 +119,13 @@ pub fn invalidate_changes(
     for (_, dir) in std::iter::once((Vec::new(), new.root())).chain(new.walk()) {
         if !dir.is_dir() {
             if let Some(before) = old.node(dir.ino()) {
-                if before.size() != dir.size() || before.mtime_ns() != dir.mtime_ns() {
+                if before.generation() != dir.generation() {
+                    // Replaced content: make the kernel look the name up again, so it sees
+                    // the new generation, retires the old inode (I/O on it fails with EIO
+                    // instead of mixing old and new pages) and starts a fresh one.
+                    entry(dir.parent_ino(), dir.name());
+                    inodes.push(dir.ino());
+                } else if before.size() != dir.size() || before.mtime_ns() != dir.mtime_ns() {
                     inodes.push(dir.ino());
                 }
             }
@@ -228,9 +234,11 @@ mod tests {
         let b = new.lookup(a, b"B").unwrap().ino();
         let mut entries = rec.entries.borrow().clone();
         entries.sort();
+        // "kept" has new content (a new generation): its name is looked up again.
         let mut want = vec![
             (ROOT_INO, "C".to_string()),
             (a, "E".to_string()),
+            (b, "kept".to_string()),
             (b, "moved".to_string()),
         ];
         want.sort();

@@ -4,7 +4,10 @@
 //! On OPEN the daemon registers the source fd with `FUSE_DEV_IOC_BACKING_OPEN` and answers
 //! `FOPEN_PASSTHROUGH` with the backing id; on RELEASE it drops it with
 //! `FUSE_DEV_IOC_BACKING_CLOSE`. The kernel refuses two different backing files for one inode
-//! at the same time (EBUSY on open), so ids are shared per inode and reference counted.
+//! at the same time (EBUSY on open), so ids are shared per (inode, source file) and reference
+//! counted. Keying by the source file too means a source replaced while a handle is open
+//! never lends the old file's id to a new open: the new open registers the new file (and the
+//! kernel, told of the new generation, gives it a new inode).
 //!
 //! Any refusal falls back to the plain read path for that open: EPERM (no `CAP_SYS_ADMIN`,
 //! or the connection did not negotiate passthrough) turns passthrough off for the whole
@@ -27,10 +30,24 @@ pub struct Backing {
 
 #[derive(Default)]
 struct Inner {
-    /// inode → (backing id, open handles using it)
-    by_ino: HashMap<u64, (i32, u32)>,
-    /// file handle → inode, for handles opened in passthrough mode
-    by_fh: HashMap<u64, u64>,
+    /// (inode, source file) → (backing id, open handles using it)
+    by_ino: HashMap<Key, (i32, u32)>,
+    /// file handle → key, for handles opened in passthrough mode
+    by_fh: HashMap<u64, Key>,
+}
+
+/// An inode of ours and the identity (device, inode) of the source file behind it.
+type Key = (u64, u64, u64);
+
+fn source_identity(fd: RawFd) -> io::Result<(u64, u64)> {
+    // SAFETY: fstat writes into a zeroed local struct; fd is a valid open descriptor.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((st.st_dev, st.st_ino))
+    }
 }
 
 impl Backing {
@@ -66,15 +83,22 @@ impl Backing {
         if !self.enabled() {
             return None;
         }
+        let key = match source_identity(file_fd) {
+            Ok((dev, src)) => (ino, dev, src),
+            Err(e) => {
+                self.refused(ino, &e);
+                return None;
+            }
+        };
         let mut inner = self.lock();
-        let id = match inner.by_ino.get_mut(&ino) {
+        let id = match inner.by_ino.get_mut(&key) {
             Some((id, refs)) => {
                 *refs += 1;
                 *id
             }
             None => match backing_open(dev_fd, file_fd, self.refuse) {
                 Ok(id) => {
-                    inner.by_ino.insert(ino, (id, 1));
+                    inner.by_ino.insert(key, (id, 1));
                     id
                 }
                 Err(e) => {
@@ -84,7 +108,7 @@ impl Backing {
                 }
             },
         };
-        inner.by_fh.insert(fh, ino);
+        inner.by_fh.insert(fh, key);
         Some(id)
     }
 
@@ -102,10 +126,10 @@ impl Backing {
     /// Handles that were not opened in passthrough mode are ignored.
     pub fn release(&self, dev_fd: RawFd, fh: u64) {
         let mut inner = self.lock();
-        let Some(ino) = inner.by_fh.remove(&fh) else {
+        let Some(key) = inner.by_fh.remove(&fh) else {
             return;
         };
-        let close = match inner.by_ino.get_mut(&ino) {
+        let close = match inner.by_ino.get_mut(&key) {
             Some((id, refs)) if *refs <= 1 => Some(*id),
             Some((_, refs)) => {
                 *refs -= 1;
@@ -114,9 +138,9 @@ impl Backing {
             None => None,
         };
         if let Some(id) = close {
-            inner.by_ino.remove(&ino);
+            inner.by_ino.remove(&key);
             if let Err(e) = backing_close(dev_fd, id) {
-                tracing::warn!(ino, id, error = %e, "FUSE_DEV_IOC_BACKING_CLOSE");
+                tracing::warn!(ino = key.0, id, error = %e, "FUSE_DEV_IOC_BACKING_CLOSE");
             }
         }
     }

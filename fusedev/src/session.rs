@@ -40,7 +40,7 @@ mod watchdog;
 mod worker;
 
 pub use features::{uring_param_enabled, URING_PARAM};
-pub use mountpoint::{check_mountpoint, is_mountpoint};
+pub use mountpoint::{check_mountpoint, clear_dead_mount, is_mountpoint};
 pub use worker::wake_signal;
 
 use features::{feature_wants, probe_read_ring};
@@ -231,7 +231,10 @@ pub fn mount_with_tags(
     let root = unsafe { libc::geteuid() } == 0;
     // fusermount3's own auto_unmount helper (3.14) checks the dead mount by opening it as
     // root, which the kernel refuses for another user's mount without allow_other, so it
-    // never unmounts an unprivileged mount: a watchdog of ours does it then.
+    // never unmounts an unprivileged mount; and a daemon killed while fusermount3 is still
+    // handing it the fd kills fusermount3 with SIGPIPE after it mounted. A watchdog of ours,
+    // started before the mount, covers both: whenever this process dies, it unmounts.
+    let watchdog = opts.auto_unmount.then(|| Watchdog::spawn(&mp));
     let mut session = FuseSession::new_with_autounmount(
         &mp,
         &opts.fsname,
@@ -241,8 +244,12 @@ pub fn mount_with_tags(
     )
     .map_err(session_err)?;
     session.set_allow_other(opts.allow_other);
-    session.mount().map_err(session_err)?;
-    let watchdog = (opts.auto_unmount && !root).then(|| Watchdog::spawn(&mp));
+    if let Err(e) = session.mount() {
+        if let Some(Ok(w)) = watchdog {
+            w.disarm();
+        }
+        return Err(session_err(e));
+    }
     let bufsize = session.bufsize();
     let mut fds = Vec::new();
     let cpus = if opts.pin_threads {

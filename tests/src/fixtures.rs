@@ -760,52 +760,8 @@ fn strip_id3v2(path: &Path) -> Result<()> {
 /// Replaces a FLAC file's Vorbis comment block with `comments` (keys may repeat).
 fn write_vorbis_comments(path: &Path, comments: &[(&str, &str)]) -> Result<()> {
     let bytes = fs::read(path)?;
-    if bytes.get(..4) != Some(b"fLaC".as_slice()) {
-        bail!("{} is not a FLAC file", path.display());
-    }
-    let mut blocks: Vec<(u8, &[u8])> = Vec::new();
-    let mut pos = 4;
-    loop {
-        let header = bytes
-            .get(pos..pos + 4)
-            .with_context(|| format!("{}: truncated metadata", path.display()))?;
-        let last = header[0] & 0x80 != 0;
-        let kind = header[0] & 0x7f;
-        let len =
-            usize::from(header[1]) << 16 | usize::from(header[2]) << 8 | usize::from(header[3]);
-        let body = bytes
-            .get(pos + 4..pos + 4 + len)
-            .with_context(|| format!("{}: truncated block", path.display()))?;
-        if kind != 4 {
-            blocks.push((kind, body));
-        }
-        pos += 4 + len;
-        if last {
-            break;
-        }
-    }
-    let vendor = b"musicfs fixtures";
-    let mut vc = Vec::new();
-    vc.extend_from_slice(&(vendor.len() as u32).to_le_bytes());
-    vc.extend_from_slice(vendor);
-    vc.extend_from_slice(&(comments.len() as u32).to_le_bytes());
-    for (k, val) in comments {
-        let c = format!("{k}={val}");
-        vc.extend_from_slice(&(c.len() as u32).to_le_bytes());
-        vc.extend_from_slice(c.as_bytes());
-    }
-    // STREAMINFO must stay first.
-    blocks.insert(1.min(blocks.len()), (4, &vc));
-
-    let mut out = b"fLaC".to_vec();
-    let n = blocks.len();
-    for (i, (kind, body)) in blocks.iter().enumerate() {
-        let flag = if i + 1 == n { 0x80 } else { 0 };
-        let len = body.len();
-        out.extend_from_slice(&[flag | kind, (len >> 16) as u8, (len >> 8) as u8, len as u8]);
-        out.extend_from_slice(body);
-    }
-    out.extend_from_slice(&bytes[pos..]);
+    let out = crate::harness::flac_with_comments(&bytes, comments)
+        .with_context(|| format!("{}", path.display()))?;
     fs::write(path, out)?;
     Ok(())
 }

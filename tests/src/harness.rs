@@ -1087,3 +1087,188 @@ fn build_library() -> Result<Library> {
 pub fn audio_md5(path: &Path) -> Result<String> {
     crate::fixtures::audio_md5(path)
 }
+
+// ---------------------------------------------------------------------------------------
+// Live-library helpers (changing origins under a running daemon).
+// ---------------------------------------------------------------------------------------
+
+/// Spawns `musicfsd` with `opts` on `state_dir` and `mountpoint`, stderr appended to
+/// `log_path`, and returns at once, without waiting for the mount (crash tests kill it at a
+/// chosen moment of its start-up).
+pub fn spawn_musicfsd(
+    opts: &MountOptions,
+    state_dir: &Path,
+    mountpoint: &Path,
+    log_path: &Path,
+) -> Result<Child> {
+    spawn_daemon(
+        &opts.args(state_dir, mountpoint),
+        opts.run_as,
+        log_path,
+        None,
+    )
+}
+
+/// Encodes `seconds` of audio into the FLAC file `path` with ffmpeg: white noise when
+/// `noise` (incompressible, so the file is about 88 KB per second), else a sine of `freq` Hz
+/// (a few KB). `tags` are written as Vorbis comments.
+pub fn encode_flac(
+    path: &Path,
+    seconds: f64,
+    freq: u32,
+    noise: bool,
+    tags: &[(&str, &str)],
+) -> Result<()> {
+    let source = if noise {
+        format!("anoisesrc=d={seconds}:c=white:seed={freq}:a=0.5")
+    } else {
+        format!("sine=frequency={freq}:duration={seconds}")
+    };
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args([
+        "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", &source,
+    ])
+    .args(["-ac", "1", "-ar", "44100", "-c:a", "flac"]);
+    for (k, v) in tags {
+        cmd.arg("-metadata").arg(format!("{k}={v}"));
+    }
+    cmd.args(["-f", "flac"]).arg(path);
+    run_ok(&mut cmd)?;
+    Ok(())
+}
+
+/// `flac` (a whole FLAC file) with its Vorbis comment block replaced by `comments`; every
+/// other block and the audio frames are kept byte for byte. Lets a test make thousands of
+/// differently tagged files without running ffmpeg for each.
+pub fn flac_with_comments(flac: &[u8], comments: &[(&str, &str)]) -> Result<Vec<u8>> {
+    if flac.get(..4) != Some(b"fLaC".as_slice()) {
+        bail!("not a FLAC stream");
+    }
+    let mut blocks: Vec<(u8, &[u8])> = Vec::new();
+    let mut pos = 4;
+    loop {
+        let header = flac
+            .get(pos..pos + 4)
+            .context("truncated FLAC metadata block header")?;
+        let last = header[0] & 0x80 != 0;
+        let kind = header[0] & 0x7f;
+        let len =
+            usize::from(header[1]) << 16 | usize::from(header[2]) << 8 | usize::from(header[3]);
+        let body = flac
+            .get(pos + 4..pos + 4 + len)
+            .context("truncated FLAC metadata block")?;
+        if kind != 4 {
+            blocks.push((kind, body));
+        }
+        pos += 4 + len;
+        if last {
+            break;
+        }
+    }
+    let vendor = b"musicfs live tests";
+    let mut vc = Vec::new();
+    vc.extend_from_slice(&(vendor.len() as u32).to_le_bytes());
+    vc.extend_from_slice(vendor);
+    vc.extend_from_slice(&(comments.len() as u32).to_le_bytes());
+    for (k, v) in comments {
+        let c = format!("{k}={v}");
+        vc.extend_from_slice(&(c.len() as u32).to_le_bytes());
+        vc.extend_from_slice(c.as_bytes());
+    }
+    // STREAMINFO must stay first.
+    blocks.insert(1.min(blocks.len()), (4, &vc));
+    let mut out = b"fLaC".to_vec();
+    let n = blocks.len();
+    for (i, (kind, body)) in blocks.iter().enumerate() {
+        let flag = if i + 1 == n { 0x80 } else { 0 };
+        let len = body.len();
+        out.extend_from_slice(&[flag | kind, (len >> 16) as u8, (len >> 8) as u8, len as u8]);
+        out.extend_from_slice(body);
+    }
+    out.extend_from_slice(&flac[pos..]);
+    Ok(out)
+}
+
+/// A tree entry without its inode number: what two scans of the same origin must agree on
+/// (inodes come from catalog ids, which depend on the order files were first seen).
+pub type TreeShape = (PathBuf, u64, Option<PathBuf>);
+
+/// `musicfs tree --long` of `state_dir` as (path, size, source), in tree order.
+pub fn tree_shape(state_dir: &Path) -> Result<Vec<TreeShape>> {
+    Ok(musicfs_tree_long(state_dir)?
+        .into_iter()
+        .map(|e| (e.path, e.size, e.source))
+        .collect())
+}
+
+/// The tree a clean `musicfs scan` of `origins` into a fresh state dir publishes.
+pub fn clean_scan_shape(origins: &[PathBuf]) -> Result<Vec<TreeShape>> {
+    let state = tempfile::Builder::new()
+        .prefix("musicfs-clean-scan-")
+        .tempdir()?;
+    musicfs_scan(origins, state.path())?;
+    tree_shape(state.path())
+}
+
+/// The first difference between two tree shapes, for assertion messages.
+pub fn first_shape_difference(got: &[TreeShape], want: &[TreeShape]) -> Option<String> {
+    let got_set: std::collections::BTreeSet<&TreeShape> = got.iter().collect();
+    let want_set: std::collections::BTreeSet<&TreeShape> = want.iter().collect();
+    let extra: Vec<_> = got_set.difference(&want_set).take(5).collect();
+    let missing: Vec<_> = want_set.difference(&got_set).take(5).collect();
+    if extra.is_empty() && missing.is_empty() && got.len() == want.len() {
+        return None;
+    }
+    Some(format!(
+        "{} entries vs {} expected; unexpected: {extra:?}; missing: {missing:?}",
+        got.len(),
+        want.len()
+    ))
+}
+
+/// Waits until the daemon's log, from byte `from` on, has a line containing one of
+/// `needles`; returns that line and the log length after it. Fails after `timeout`.
+pub fn wait_for_log_line(
+    log_path: &Path,
+    from: usize,
+    needles: &[&str],
+    timeout: Duration,
+) -> Result<(String, usize)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = fs::read(log_path).unwrap_or_default();
+        let tail = log.get(from..).unwrap_or_default();
+        let mut offset = from;
+        for line in tail.split_inclusive(|&b| b == b'\n') {
+            offset += line.len();
+            if !line.ends_with(b"\n") {
+                break;
+            }
+            let text = String::from_utf8_lossy(line);
+            if needles.iter().any(|n| text.contains(n)) {
+                return Ok((text.trim_end().to_string(), offset));
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "no log line with any of {needles:?} within {timeout:?}; log:\n{}",
+                String::from_utf8_lossy(&log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Log lines that end one refresh of the daemon's refresh loop (`tools/src/live.rs`).
+pub const REFRESH_DONE: &[&str] = &[
+    "refresh found nothing new",
+    "swapped in the new tree",
+    "refresh failed",
+];
+
+impl MountedFs {
+    /// The path of the daemon's captured stderr.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+}

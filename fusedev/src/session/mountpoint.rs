@@ -106,12 +106,50 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, FuseError> {
 
 /// Whether `path` (canonical) is a mount point in this process's mount namespace.
 pub fn is_mountpoint(path: &Path) -> io::Result<bool> {
+    Ok(mount_type(path)?.is_some())
+}
+
+/// The filesystem type (`fuse.musicfs`, `ext4`, ...) of the mount at `path` (absolute,
+/// as the mount table spells it), if something is mounted there. The last mount wins.
+fn mount_type(path: &Path) -> io::Result<Option<Vec<u8>>> {
     let info = std::fs::read("/proc/self/mountinfo")?;
     let want = path.as_os_str().as_bytes();
     Ok(info
         .split(|b| *b == b'\n')
-        .filter_map(|line| line.split(|b| *b == b' ').nth(4))
-        .any(|field| unescape_mountinfo(field) == want))
+        .filter(|line| {
+            line.split(|b| *b == b' ')
+                .nth(4)
+                .map(unescape_mountinfo)
+                .as_deref()
+                == Some(want)
+        })
+        .filter_map(|line| {
+            // Optional fields end at " - "; the type follows it.
+            let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
+            let dash = fields.iter().position(|f| *f == b"-")?;
+            fields.get(dash + 1).map(|t| t.to_vec())
+        })
+        .next_back())
+}
+
+/// Lazily unmounts a dead MusicFS mount at `path` (one whose daemon was killed before its
+/// auto-unmount helper could act), so a restart can mount again. Returns whether one was
+/// cleared; a dead mount of another filesystem is left alone.
+pub fn clear_dead_mount(path: &Path) -> Result<bool, FuseError> {
+    let abs = std::path::absolute(path).map_err(|source| FuseError::Mountpoint {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let fstype = mount_type(&abs).map_err(|source| FuseError::Mountpoint {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if fstype.as_deref() != Some(b"fuse.musicfs".as_slice()) {
+        return Ok(false);
+    }
+    detach(&abs)?;
+    tracing::warn!(mountpoint = ?abs, "cleared a dead MusicFS mount left by a killed daemon");
+    Ok(true)
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, ...).

@@ -86,7 +86,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     init_logging(&cfg.log_level);
-    if let Err(e) = musicfs_fusedev::session::check_mountpoint(&cli.mountpoint) {
+    if let Err(e) = check_mountpoint(&cli.mountpoint) {
         return usage_error(e.into());
     }
     let origins = match check_origins(&origin_paths(&cfg)) {
@@ -100,6 +100,17 @@ fn main() -> ExitCode {
             eprintln!("musicfsd: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The mountpoint checks, clearing first a dead mount a killed MusicFS daemon left there.
+fn check_mountpoint(mp: &std::path::Path) -> Result<(), musicfs_fusedev::FuseError> {
+    use musicfs_fusedev::session;
+    match session::check_mountpoint(mp) {
+        Err(musicfs_fusedev::FuseError::DeadMount(_)) if session::clear_dead_mount(mp)? => {
+            session::check_mountpoint(mp).map(drop)
+        }
+        other => other.map(drop),
     }
 }
 
@@ -161,6 +172,9 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
         origins: origins.to_vec(),
         state,
     };
+    // Watch before loading or scanning: a change made while we start is queued, not lost.
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (watches, polled) = start_watching(cfg, origins, &tx);
     let (snapshot, scanned) = library.load_or_build()?;
     info!(
         generation = snapshot.generation(),
@@ -208,8 +222,6 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
     info!(mountpoint = %cli.mountpoint.display(), "mounted");
     sd_notify("READY=1");
 
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let (watches, polled) = start_watching(cfg, origins, &tx);
     let sink = match mounted.notifier() {
         Ok(n) => Some(Box::new(n) as Box<_>),
         Err(e) => {
