@@ -380,7 +380,8 @@ impl Template {
     }
 
     /// Renders the path of `rec`: [`component_count`](Self::component_count) sanitised
-    /// components, the last one being the file name.
+    /// components, the last one being the file name. `$format` is the track's own format
+    /// everywhere; [`Template::render_in`] makes directories show the album's formats.
     pub fn render(&self, rec: &TrackRecord) -> Vec<String> {
         let mut values = Values::new(rec);
         self.components
@@ -388,6 +389,82 @@ impl Template {
             .map(|c| render_component(c, &mut values))
             .collect()
     }
+
+    /// Like [`Template::render`], but in directory components `$format`/`$format_upper`
+    /// describe the track's album as `albums` saw it: every format its tracks come in
+    /// (`FLAC+MP3`), so an album of mixed formats (a compilation ripped from several
+    /// sources) stays one folder. The file name keeps the track's own extension.
+    pub fn render_in(&self, rec: &TrackRecord, albums: &AlbumFormats) -> Vec<String> {
+        let mixed = albums.mixed_label(rec);
+        let mut values = Values::new(rec);
+        let last = self.components.len().saturating_sub(1);
+        self.components
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                match (&mixed, i < last) {
+                    (Some((lower, upper)), true) => {
+                        values.set(Variable::Format, Cow::Owned(lower.clone()));
+                        values.set(Variable::FormatUpper, Cow::Owned(upper.clone()));
+                    }
+                    (Some(_), false) => {
+                        values.reset(Variable::Format);
+                        values.reset(Variable::FormatUpper);
+                    }
+                    (None, _) => {}
+                }
+                render_component(c, &mut values)
+            })
+            .collect()
+    }
+}
+
+/// The formats each album's tracks come in, collected over the whole library before
+/// rendering (see [`Template::render_in`]). An album is its album artist and title as
+/// rendered (NFC), so it matches the folder the template makes.
+#[derive(Debug, Default, Clone)]
+pub struct AlbumFormats {
+    formats: std::collections::HashMap<(String, String), u8>,
+}
+
+impl AlbumFormats {
+    /// Counts `rec`'s format towards its album.
+    pub fn add(&mut self, rec: &TrackRecord) {
+        *self.formats.entry(album_key(rec)).or_default() |= format_bit(rec.format);
+    }
+
+    /// `("flac+mp3", "FLAC+MP3")` when `rec`'s album has tracks in several formats.
+    fn mixed_label(&self, rec: &TrackRecord) -> Option<(String, String)> {
+        let mask = *self.formats.get(&album_key(rec))?;
+        if mask.count_ones() < 2 {
+            return None;
+        }
+        let present: Vec<Format> = Format::ALL
+            .into_iter()
+            .filter(|f| mask & format_bit(*f) != 0)
+            .collect();
+        let join = |name: fn(Format) -> &'static str| {
+            present
+                .iter()
+                .map(|f| name(*f))
+                .collect::<Vec<_>>()
+                .join("+")
+        };
+        Some((join(Format::ext), join(format_upper)))
+    }
+}
+
+fn format_bit(f: Format) -> u8 {
+    1 << (f as u8)
+}
+
+fn album_key(rec: &TrackRecord) -> (String, String) {
+    use unicode_normalization::UnicodeNormalization;
+    let nfc = |v: Cow<'_, str>| v.nfc().collect::<String>();
+    (
+        nfc(Variable::AlbumArtist.value(rec)),
+        nfc(Variable::Album.value(rec)),
+    )
 }
 
 impl Default for Template {
@@ -434,6 +511,14 @@ impl<'a> Values<'a> {
             rec,
             cache: Default::default(),
         }
+    }
+
+    fn set(&mut self, v: Variable, value: Cow<'a, str>) {
+        self.cache[v as usize] = Some(value);
+    }
+
+    fn reset(&mut self, v: Variable) {
+        self.cache[v as usize] = None;
     }
 
     fn get(&mut self, v: Variable) -> &str {

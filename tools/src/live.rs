@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use musicfs_core::config::{Config, WatchMode};
 use musicfs_core::snapshot::{Snapshot, SnapshotError};
-use musicfs_core::template::Template;
+use musicfs_core::template::{AlbumFormats, Template};
 use musicfs_core::tree::TreeBuilder;
 use musicfs_fusedev::notify::{invalidate_changes, InvalidationSink};
 use musicfs_index::scan::ScanReport;
@@ -75,11 +75,19 @@ impl Library {
                 roots[idx] = root;
             }
         }
+        // Two passes: album-level facts ($format of a mixed-format album) first, so every
+        // track of an album renders into the same folder.
+        let mut albums = AlbumFormats::default();
+        self.catalog.for_each(|track| {
+            if wanted.contains(&track.origin.0) {
+                albums.add(&track);
+            }
+        })?;
         let mut builder = TreeBuilder::new(self.template.as_str(), roots);
         builder.set_catalog_version(version);
         self.catalog.for_each(|track| {
             if wanted.contains(&track.origin.0) {
-                builder.add(&track, &self.template.render(&track));
+                builder.add(&track, &self.template.render_in(&track, &albums));
             }
         })?;
         let tree = builder.build();

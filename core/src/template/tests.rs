@@ -540,3 +540,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_mixed_format_album_stays_one_folder_and_keeps_each_extension() {
+    let t = Template::default();
+    let mut a = rec(full());
+    let mut b = rec(TrackMeta {
+        title: Some("Something".into()),
+        track: Some("2".into()),
+        ..full()
+    });
+    b.format = Format::Mp3;
+    let mut albums = AlbumFormats::default();
+    albums.add(&a);
+    albums.add(&b);
+    let pa = t.render_in(&a, &albums);
+    let pb = t.render_in(&b, &albums);
+    assert_eq!(pa[..2], pb[..2]);
+    assert_eq!(pa[1], "Abbey Road (1969) [FLAC+MP3]");
+    assert_eq!(pa[2], "01 - Come Together.flac");
+    assert_eq!(pb[2], "02 - Something.mp3");
+    // A single-format album renders as `render` does.
+    a.meta.album = Some("Let It Be".into());
+    assert_eq!(t.render_in(&a, &albums), t.render(&a));
+}
