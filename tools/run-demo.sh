@@ -26,14 +26,16 @@ if [ -z "$library" ]; then
     echo "generating a demo library in $library" >&2
     mkdir -p "$library.partial"
     n=0
+    a=0
     for artist in "Miles Davis" "Nina Simone" "Björk" "坂本龍一"; do
       for album in 1 2; do
+        a=$((a + 1))
+        case $((a % 4)) in 0) ext=flac ;; 1) ext=mp3 ;; 2) ext=ogg ;; *) ext=m4a ;; esac
         for t in 1 2 3 4; do
           n=$((n + 1))
-          case $((n % 4)) in 0) ext=flac ;; 1) ext=mp3 ;; 2) ext=ogg ;; *) ext=m4a ;; esac
           ffmpeg -nostdin -v error -f lavfi -i "sine=frequency=$((200 + n * 20)):duration=2" \
             -metadata artist="$artist" -metadata album="Album $album" \
-            -metadata title="Song $t" -metadata track="$t/4" -metadata date="$((1960 + n))" \
+            -metadata title="Song $t" -metadata track="$t/4" -metadata date="$((1960 + a))" \
             -metadata genre="Demo" "$library.partial/track$n.$ext"
         done
       done
