@@ -57,7 +57,7 @@ enum Cmd {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "native,musicfs,bindfs,mergerfs,rclone,musefs"
+            default_value = "native,musicfs,musicfs-plain,musicfs-uring,bindfs,mergerfs,rclone,musefs"
         )]
         peers: Vec<String>,
         /// Operations.
@@ -82,8 +82,8 @@ enum Cmd {
         /// Library sizes.
         #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
         tracks: Vec<u64>,
-        /// Starts per size.
-        #[arg(long, default_value_t = 3)]
+        /// Counted starts per size (after one untimed warm-up start).
+        #[arg(long, default_value_t = 5)]
         starts: usize,
         /// Work and output directory (ready.json).
         #[arg(long)]
@@ -189,18 +189,19 @@ fn real_main(cli: Cli) -> Result<()> {
             let json = serde_json::to_string_pretty(&r)?;
             std::fs::write(out.join("ready.json"), &json)?;
             println!(
-                "| tracks | ready p50 (ms) | starts (ms) | snapshot MB | RSS MB | RssAnon MB |"
+                "| tracks | ready p50 (ms) | starts (ms) | warm-up (ms) | snapshot MB | RSS MB | RssAnon MB |"
             );
-            println!("|---|---|---|---|---|---|");
+            println!("|---|---|---|---|---|---|---|");
             for x in &r {
                 println!(
-                    "| {} | {:.1} | {:?} | {:.1} | {:.1} | {:.1} |",
+                    "| {} | {:.1} | {:?} | {:.1} | {:.1} | {:.1} | {:.1} |",
                     x.tracks,
                     x.ready_ms_median,
                     x.ready_ms
                         .iter()
                         .map(|v| (v * 10.0).round() / 10.0)
                         .collect::<Vec<_>>(),
+                    x.warmup_ms,
                     x.snapshot_bytes as f64 / 1e6,
                     x.rss_idle_mb,
                     x.rss_idle_anon_mb

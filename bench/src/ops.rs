@@ -178,6 +178,22 @@ fn read_whole(p: &Path, buf: &mut [u8]) -> Result<u64> {
     }
 }
 
+/// Like [`read_whole`], recording the latency of each `read(2)` call in `h`.
+fn read_whole_timed(p: &Path, buf: &mut [u8], h: &mut hdrhistogram::Histogram<u64>) -> Result<u64> {
+    let mut f = File::open(p).with_context(|| format!("open {}", p.display()))?;
+    let mut total = 0u64;
+    loop {
+        let t = Instant::now();
+        let n = f.read(buf);
+        record(h, t.elapsed());
+        let n = n?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n as u64;
+    }
+}
+
 /// open + read to the end + close of small track files.
 pub fn read_files(paths: &[PathBuf]) -> Result<Metric> {
     let mut buf = vec![0u8; 128 << 10];
@@ -238,7 +254,8 @@ pub fn randread(path: &Path, count: usize, seed: u64) -> Result<Metric> {
 }
 
 /// `readers` threads each stream whole albums (every file, 128 KiB reads), after one
-/// warming pass: per-file latency and aggregate MB/s.
+/// warming pass: latency of each `read(2)` call (so p99 is comparable across reader
+/// counts) and aggregate MB/s.
 pub fn concurrent(albums: &[Vec<PathBuf>], readers: usize, per_reader: usize) -> Result<Metric> {
     if albums.is_empty() {
         bail!("no album to stream");
@@ -268,10 +285,8 @@ pub fn concurrent(albums: &[Vec<PathBuf>], readers: usize, per_reader: usize) ->
                 let mut buf = vec![0u8; 128 << 10];
                 for album in mine {
                     for p in album.iter() {
-                        let t = Instant::now();
-                        match read_whole(p, &mut buf) {
+                        match read_whole_timed(p, &mut buf, &mut h) {
                             Ok(n) => {
-                                record(&mut h, t.elapsed());
                                 bytes.fetch_add(n, Ordering::Relaxed);
                             }
                             Err(e) => {

@@ -13,8 +13,12 @@ use anyhow::{bail, Context, Result};
 pub enum Peer {
     /// The library directory itself.
     Native,
-    /// musicfsd.
+    /// musicfsd with its defaults (transport auto, passthrough auto).
     Musicfs,
+    /// musicfsd `--passthrough off`: every read goes through the daemon.
+    MusicfsPlain,
+    /// musicfsd `--transport uring --enable-uring-param`: FUSE over io_uring.
+    MusicfsUring,
     /// bindfs -r.
     Bindfs,
     /// mergerfs -o ro.
@@ -27,9 +31,11 @@ pub enum Peer {
 
 impl Peer {
     /// Every peer, in report order.
-    pub const ALL: [Peer; 6] = [
+    pub const ALL: [Peer; 8] = [
         Peer::Native,
         Peer::Musicfs,
+        Peer::MusicfsPlain,
+        Peer::MusicfsUring,
         Peer::Bindfs,
         Peer::Mergerfs,
         Peer::Rclone,
@@ -41,6 +47,8 @@ impl Peer {
         match self {
             Peer::Native => "native",
             Peer::Musicfs => "musicfs",
+            Peer::MusicfsPlain => "musicfs-plain",
+            Peer::MusicfsUring => "musicfs-uring",
             Peer::Bindfs => "bindfs",
             Peer::Mergerfs => "mergerfs",
             Peer::Rclone => "rclone",
@@ -53,16 +61,26 @@ impl Peer {
         Peer::ALL.into_iter().find(|p| p.name() == s.trim())
     }
 
+    /// Whether it is one of the musicfsd variants (same catalog, same tree).
+    pub fn is_musicfs(self) -> bool {
+        matches!(
+            self,
+            Peer::Musicfs | Peer::MusicfsPlain | Peer::MusicfsUring
+        )
+    }
+
     /// Whether it shows a tag-organised tree (paths need mapping).
     pub fn is_virtual(self) -> bool {
-        matches!(self, Peer::Musicfs | Peer::Musefs)
+        self.is_musicfs() || self == Peer::Musefs
     }
 
     /// What "cold" means for this peer, for the report.
     pub fn cold_meaning(self) -> &'static str {
         match self {
             Peer::Native => "dentry/inode caches dropped (drop_caches=2) before the pass; page cache too (3) before each readdir",
-            Peer::Musicfs => "--entry-timeout 0 --attr-timeout 0, plus the same cache drops",
+            Peer::Musicfs | Peer::MusicfsPlain | Peer::MusicfsUring => {
+                "--entry-timeout 0 --attr-timeout 0, plus the same cache drops"
+            }
             Peer::Bindfs => "-o entry_timeout=0,attr_timeout=0,negative_timeout=0, plus the same cache drops",
             Peer::Mergerfs => "-o cache.entry=0,cache.attr=0,cache.negative_entry=0, plus the same cache drops",
             Peer::Rclone => "--attr-timeout 0 --dir-cache-time 1ms, plus the same cache drops",
@@ -151,9 +169,32 @@ pub struct Mount {
     pub child: Option<Child>,
     /// Process start to first successful stat of the probe file.
     pub ready: Duration,
+    /// When the serving process was spawned.
+    pub started: Instant,
+    /// Its log file and the log's length before the spawn (this start's lines follow it).
+    pub log: Option<(PathBuf, u64)>,
 }
 
 impl Mount {
+    /// Waits (at most `timeout` from process start) for a line holding one of `needles` in
+    /// this start's log; returns the time from process start to when it was seen, and the
+    /// line.
+    pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> Result<(Duration, String)> {
+        let (path, offset) = self.log.as_ref().context("no log for this peer")?;
+        loop {
+            let text = std::fs::read(path).unwrap_or_default();
+            let mine = String::from_utf8_lossy(text.get(*offset as usize..).unwrap_or_default());
+            if let Some(line) = mine.lines().find(|l| needles.iter().any(|n| l.contains(n))) {
+                return Ok((self.started.elapsed(), line.to_string()));
+            }
+            if self.started.elapsed() > timeout {
+                let tail: String = mine.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+                bail!("none of {needles:?} logged within {timeout:?}; last lines: {tail}");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Pid of the serving process.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -220,9 +261,18 @@ pub fn launch(
                 root: lib.to_path_buf(),
             })
         }
-        Peer::Musicfs => {
+        Peer::Musicfs | Peer::MusicfsPlain | Peer::MusicfsUring => {
             let mut c = Command::new(&bins.musicfsd);
             c.arg("--state-dir").arg(state).arg("--origin").arg(lib);
+            match peer {
+                Peer::MusicfsPlain => {
+                    c.args(["--passthrough", "off"]);
+                }
+                Peer::MusicfsUring => {
+                    c.args(["--transport", "uring", "--enable-uring-param"]);
+                }
+                _ => {}
+            }
             if cold {
                 c.args(["--entry-timeout", "0", "--attr-timeout", "0"]);
             }
@@ -291,6 +341,8 @@ pub fn start(l: Launch, probe: &Path, timeout: Duration, log: &Path) -> Result<M
             root: l.root,
             child: None,
             ready: Duration::ZERO,
+            started: Instant::now(),
+            log: None,
         });
     };
     std::fs::create_dir_all(&l.root)?;
@@ -302,6 +354,7 @@ pub fn start(l: Launch, probe: &Path, timeout: Duration, log: &Path) -> Result<M
         .create(true)
         .append(true)
         .open(log)?;
+    let log_offset = logf.metadata()?.len();
     let target = l.root.join(probe);
     let t = Instant::now();
     let child = cmd
@@ -315,6 +368,8 @@ pub fn start(l: Launch, probe: &Path, timeout: Duration, log: &Path) -> Result<M
         root: l.root,
         child: Some(child),
         ready: Duration::ZERO,
+        started: t,
+        log: Some((log.to_path_buf(), log_offset)),
     };
     // The probe runs on its own thread: a daemon that mounts but never answers leaves a
     // stat blocked in the kernel, and only killing the daemon (which aborts the FUSE
@@ -430,4 +485,109 @@ pub fn musefs_map(entries: &[crate::gen::ManifestEntry]) -> PathMap {
         .filter(|(_, v)| count.get(v) == Some(&1))
         .collect();
     PathMap { map }
+}
+
+/// The status attributes musicfsd exposes on its root directory.
+pub const STATUS_XATTRS: [&str; 3] = [
+    "user.musicfs.transport",
+    "user.musicfs.passthrough",
+    "user.musicfs.origin_reads",
+];
+
+/// The value of extended attribute `name` of `path` (None when absent or unreadable).
+pub fn xattr(path: &Path, name: &str) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let n = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: both strings are NUL-terminated and `buf` is writable for its length.
+    let len = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast::<libc::c_void>(),
+            buf.len(),
+        )
+    };
+    let len = usize::try_from(len).ok()?;
+    buf.truncate(len);
+    Some(String::from_utf8_lossy(&buf).trim().to_string())
+}
+
+/// The status attributes of a musicfs mount root, by short name (`transport`, ...).
+pub fn musicfs_status(root: &Path) -> std::collections::BTreeMap<String, String> {
+    STATUS_XATTRS
+        .iter()
+        .map(|name| {
+            let short = name.trim_start_matches("user.musicfs.").to_string();
+            let v = xattr(root, name).unwrap_or_else(|| "(absent)".into());
+            (short, v)
+        })
+        .collect()
+}
+
+/// The fuse module parameter musicfs-uring turns on.
+pub const URING_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// The value of [`URING_PARAM`] before this run changed it, restored on drop and by the
+/// run's signal handler ([`restore_uring_param`]).
+static SAVED_URING: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Restores [`URING_PARAM`] to the value saved by [`UringParamGuard::save`], if any.
+pub fn restore_uring_param() {
+    let saved = SAVED_URING.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(v) = saved {
+        match std::fs::write(URING_PARAM, format!("{v}\n")) {
+            Ok(()) => tracing::info!(value = %v, "restored {URING_PARAM}"),
+            Err(e) => tracing::warn!("cannot restore {URING_PARAM} to {v}: {e}"),
+        }
+    }
+}
+
+/// Remembers [`URING_PARAM`] while a peer may change it; puts it back when dropped.
+pub struct UringParamGuard(());
+
+impl UringParamGuard {
+    /// Saves the current value (nothing to restore when the parameter does not exist).
+    pub fn save() -> UringParamGuard {
+        if let Ok(v) = std::fs::read_to_string(URING_PARAM) {
+            let mut saved = SAVED_URING.lock().unwrap_or_else(|p| p.into_inner());
+            if saved.is_none() {
+                *saved = Some(v.trim().to_string());
+            }
+        }
+        UringParamGuard(())
+    }
+}
+
+impl Drop for UringParamGuard {
+    fn drop(&mut self) {
+        restore_uring_param();
+    }
+}
+
+/// On SIGINT/SIGTERM: restores [`URING_PARAM`], lazily unmounts everything under
+/// `mnt_root`, and exits 130, so an interrupted run leaves the machine as it found it.
+pub fn install_interrupt_cleanup(mnt_root: PathBuf) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("cannot install signal handlers")?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::warn!(sig, "interrupted: restoring state and unmounting");
+            restore_uring_param();
+            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let prefix = mnt_root.to_string_lossy().replace(' ', "\\040");
+            for m in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+                if m.starts_with(prefix.as_str()) {
+                    let _ = Command::new("umount")
+                        .arg("-l")
+                        .arg(m.replace("\\040", " "))
+                        .status();
+                }
+            }
+            std::process::exit(130);
+        }
+    });
+    Ok(())
 }

@@ -26,7 +26,9 @@ pub struct ReadyResult {
     pub synth_seconds: f64,
     /// Snapshot size in bytes.
     pub snapshot_bytes: u64,
-    /// Process start to first stat, per start, in ms.
+    /// The untimed warm-up start (page cache, first open of the snapshot), in ms.
+    pub warmup_ms: f64,
+    /// Process start to first stat, per counted start (after the warm-up), in ms.
     pub ready_ms: Vec<f64>,
     /// Median of `ready_ms`.
     pub ready_ms_median: f64,
@@ -118,7 +120,8 @@ pub fn synthesise(state: &Path, origin: &Path, tracks: u64, seed: u64) -> Result
     probe.context("no track planned")
 }
 
-/// Mount-ready time of musicfsd at each size in `sizes`, `starts` starts each.
+/// Mount-ready time of musicfsd at each size in `sizes`: one warm-up start, then `starts`
+/// counted starts.
 pub fn measure(bins: &Bins, work: &Path, sizes: &[u64], starts: usize) -> Result<Vec<ReadyResult>> {
     let mut out = Vec::new();
     for &n in sizes {
@@ -132,8 +135,9 @@ pub fn measure(bins: &Bins, work: &Path, sizes: &[u64], starts: usize) -> Result
         let synth_seconds = t.elapsed().as_secs_f64();
         let snapshot_bytes = std::fs::metadata(state.join("tree.snap"))?.len();
         let mut ready_ms = Vec::new();
+        let mut warmup_ms = 0.0;
         let (mut rss, mut anon) = (0, 0);
-        for i in 0..starts.max(1) {
+        for i in 0..=starts.max(1) {
             let l = peers::launch(
                 Peer::Musicfs,
                 &origin,
@@ -149,8 +153,13 @@ pub fn measure(bins: &Bins, work: &Path, sizes: &[u64], starts: usize) -> Result
                 &dir.join("musicfsd.log"),
             )
             .with_context(|| format!("musicfsd at {n} tracks"))?;
-            ready_ms.push(m.ready.as_secs_f64() * 1e3);
-            if i + 1 == starts.max(1) {
+            let ms = m.ready.as_secs_f64() * 1e3;
+            if i == 0 {
+                warmup_ms = ms;
+            } else {
+                ready_ms.push(ms);
+            }
+            if i == starts.max(1) {
                 if let Some(pid) = m.pid() {
                     (rss, anon) = ops::rss(pid)?;
                 }
@@ -164,6 +173,7 @@ pub fn measure(bins: &Bins, work: &Path, sizes: &[u64], starts: usize) -> Result
             synth_seconds,
             snapshot_bytes,
             ready_ms_median: sorted[sorted.len() / 2],
+            warmup_ms,
             ready_ms,
             rss_idle_mb: rss as f64 / 1e6,
             rss_idle_anon_mb: anon as f64 / 1e6,

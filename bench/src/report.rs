@@ -26,6 +26,12 @@ pub struct PeerReport {
     pub metrics: BTreeMap<String, Metric>,
     /// Metrics this peer was expected to produce (checked by tests).
     pub expected: Vec<String>,
+    /// What the mount said it really does (musicfs root xattrs: transport, passthrough).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mode: BTreeMap<String, String>,
+    /// Facts that are not figures (e.g. whether a restart rewrote the snapshot).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notes: BTreeMap<String, String>,
 }
 
 /// The whole run.
@@ -45,6 +51,12 @@ pub struct Report {
     pub scanners: Vec<serde_json::Value>,
     /// Wall time of the run in seconds.
     pub seconds: f64,
+    /// Load average (1, 5, 15 min) when the run started.
+    #[serde(default)]
+    pub loadavg: String,
+    /// Metrics of BENCH.md that cannot be measured yet, with why.
+    #[serde(default)]
+    pub not_built: BTreeMap<String, String>,
 }
 
 impl Report {
@@ -72,6 +84,9 @@ impl Report {
         for (k, v) in &self.library {
             let _ = writeln!(s, "- library {k}: {v}");
         }
+        if !self.loadavg.is_empty() {
+            let _ = writeln!(s, "- load average at start: {}", self.loadavg);
+        }
         let _ = writeln!(s, "\nLatency cells: p50 / p99 (×ratio to native p50 / p99); throughput cells: value (×ratio).\n");
         let peers: Vec<&PeerReport> = self.peers.iter().collect();
         let _ = write!(s, "| metric |");
@@ -97,6 +112,28 @@ impl Report {
                 let _ = write!(s, " {cell} |");
             }
             s.push('\n');
+        }
+        let moded: Vec<&&PeerReport> = peers.iter().filter(|p| !p.mode.is_empty()).collect();
+        if !moded.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nMode reported by the mount (root xattrs `user.musicfs.*`):"
+            );
+            for p in moded {
+                let kv: Vec<String> = p.mode.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let _ = writeln!(s, "- {}: {}", p.name, kv.join(", "));
+            }
+        }
+        for p in &peers {
+            for (k, v) in &p.notes {
+                let _ = writeln!(s, "- {} {k}: {v}", p.name);
+            }
+        }
+        if !self.not_built.is_empty() {
+            let _ = writeln!(s, "\nNot measured (not built yet):");
+            for (k, v) in &self.not_built {
+                let _ = writeln!(s, "- {k}: {v}");
+            }
         }
         let _ = writeln!(s, "\nPeers not run:");
         for p in peers.iter().filter(|p| p.status != "ok") {

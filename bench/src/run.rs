@@ -61,7 +61,7 @@ struct Maps {
 impl Maps {
     fn path(&self, peer: Peer, src: &str) -> Option<PathBuf> {
         match peer {
-            Peer::Musicfs => self.musicfs.as_ref()?.get(src).map(PathBuf::from),
+            p if p.is_musicfs() => self.musicfs.as_ref()?.get(src).map(PathBuf::from),
             Peer::Musefs => self.musefs.as_ref()?.get(src).map(PathBuf::from),
             _ => Some(PathBuf::from(src)),
         }
@@ -212,6 +212,10 @@ pub fn run(opts: &RunOpts) -> Result<Report> {
     let start = Instant::now();
     std::fs::create_dir_all(&opts.out)?;
     let out = opts.out.canonicalize()?;
+    peers::install_interrupt_cleanup(out.join("mnt"))?;
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
     let lib = opts
         .library
         .canonicalize()
@@ -226,6 +230,8 @@ pub fn run(opts: &RunOpts) -> Result<Report> {
         command: opts.command.clone(),
         machine: machine(),
         quick: opts.quick,
+        loadavg,
+        not_built: not_built(),
         ..Report::default()
     };
     report
@@ -236,7 +242,13 @@ pub fn run(opts: &RunOpts) -> Result<Report> {
     // Scans come first: musicfs's scan is also what its mount serves.
     let mut skip: HashMap<Peer, String> = HashMap::new();
     let mut scans = Vec::new();
-    let wants = |p: Peer| opts.peers.contains(&p);
+    let wants = |p: Peer| {
+        if p == Peer::Musicfs {
+            opts.peers.iter().any(|q| q.is_musicfs())
+        } else {
+            opts.peers.contains(&p)
+        }
+    };
     let musicfs_state = state.join("musicfs");
     let musefs_state = state.join("musefs");
     match &bins {
@@ -349,9 +361,17 @@ pub fn run(opts: &RunOpts) -> Result<Report> {
             ..PeerReport::default()
         };
         pr.expected = expected(peer, opts, &work);
-        let outcome = match (&bins, skip.get(&peer)) {
+        let skipped = skip.get(&peer).or_else(|| {
+            peer.is_musicfs()
+                .then(|| skip.get(&Peer::Musicfs))
+                .flatten()
+        });
+        // Held while musicfs-uring runs: musicfsd flips the fuse module parameter, which
+        // is put back right after (and by the interrupt handler on Ctrl-C).
+        let _uring = (peer == Peer::MusicfsUring).then(peers::UringParamGuard::save);
+        let outcome = match (&bins, skipped) {
             (_, Some(reason)) => Err(anyhow::anyhow!("{reason}")),
-            (Err(e), _) if peer == Peer::Musicfs => Err(anyhow::anyhow!("{e}")),
+            (Err(e), _) if peer.is_musicfs() => Err(anyhow::anyhow!("{e}")),
             (b, None) => {
                 let dummy = Bins {
                     musicfsd: PathBuf::new(),
@@ -375,6 +395,7 @@ pub fn run(opts: &RunOpts) -> Result<Report> {
                 pr.metrics.clear();
             }
         }
+        drop(_uring);
         tracing::info!(peer = peer.name(), status = %pr.status, "peer done");
         report.peers.push(pr);
     }
@@ -420,6 +441,9 @@ fn expected(peer: Peer, opts: &RunOpts, work: &Workload) -> Vec<String> {
             v.push("mount".into());
             if peer.is_virtual() {
                 v.push("restart".into());
+            }
+            if peer.is_musicfs() {
+                v.push("restart_current".into());
             }
         }
         if has("rss") {
@@ -467,10 +491,13 @@ fn measure_peer(
         .path(peer, &work.sample[0])
         .context("sample file not shown by this peer")?;
     let timeout = Duration::from_secs(if opts.quick { 30 } else { 300 });
-    let launch = |cold: bool| -> Result<peers::Mount> {
+    let launch_env = |cold: bool, env: &[(&str, &str)]| -> Result<peers::Mount> {
         let tag = if cold { "cold" } else { "warm" };
         let mnt = mnt_root.join(format!("{}-{tag}", peer.name()));
-        let l = peers::launch(peer, lib, &mnt, cold, bins, state)?;
+        let mut l = peers::launch(peer, lib, &mnt, cold, bins, state)?;
+        if let Some(c) = l.cmd.as_mut() {
+            c.envs(env.iter().copied());
+        }
         peers::start(
             l,
             &probe,
@@ -478,6 +505,7 @@ fn measure_peer(
             &out.join(format!("{}-{tag}.log", peer.name())),
         )
     };
+    let launch = |cold: bool| launch_env(cold, &[]);
 
     let warm = launch(false)?;
     let root = warm.root.clone();
@@ -488,6 +516,9 @@ fn measure_peer(
             "mount".into(),
             Metric::value(warm.ready.as_secs_f64() * 1e3, "ms"),
         );
+    }
+    if peer.is_musicfs() {
+        pr.mode = peers::musicfs_status(&root);
     }
     let pid = warm.pid();
     if let (Some(pid), true) = (pid, has("rss")) {
@@ -559,6 +590,17 @@ fn measure_peer(
                 );
             }
         }
+        let p99 = |n: usize| {
+            pr.metrics
+                .get(&format!("concurrent_{n}"))
+                .and_then(|m| m.p99)
+        };
+        if let (Some(one), Some(many)) = (p99(READERS[0]), p99(READERS[2])) {
+            pr.metrics.insert(
+                format!("concurrent_p99_{}_over_{}", READERS[2], READERS[0]),
+                Metric::value(many as f64 / one.max(1) as f64, "×"),
+            );
+        }
     }
     if has("rss") && pid.is_some() && !pr.metrics.contains_key("rss_load_mb") {
         // Without the concurrent op, load is the warm stat pass repeated.
@@ -575,12 +617,54 @@ fn measure_peer(
     warm.stop();
 
     if peer.is_virtual() && has("mount") {
-        let again = launch(false)?;
+        let snap = state.join("tree.snap");
+        let before = file_identity(&snap);
+        // musicfs_tools logs the end of the start-up reconcile at debug level only.
+        let env: &[(&str, &str)] = if peer.is_musicfs() {
+            &[("RUST_LOG", "musicfs_tools=debug,info")]
+        } else {
+            &[]
+        };
+        let again = launch_env(false, env)?;
         pr.metrics.insert(
             "restart".into(),
             Metric::value(again.ready.as_secs_f64() * 1e3, "ms"),
         );
+        if peer.is_musicfs() {
+            let current = again
+                .wait_for_log(
+                    &[RECONCILE_NOTHING_NEW, RECONCILE_SWAPPED, RECONCILE_FAILED],
+                    Duration::from_secs(if opts.quick { 30 } else { 300 }),
+                )
+                .and_then(|(d, line)| {
+                    if line.contains(RECONCILE_NOTHING_NEW) {
+                        Ok(Metric::value(d.as_secs_f64() * 1e3, "ms"))
+                    } else {
+                        Err(anyhow::anyhow!(
+                            "start-up reconcile did not find the library unchanged: {line}"
+                        ))
+                    }
+                });
+            put(pr, "restart_current", current);
+        }
         again.stop();
+        let after = file_identity(&snap);
+        if peer.is_musicfs() {
+            let verdict = match (before, after) {
+                (Some(b), Some(a)) if a == b => {
+                    format!(
+                        "not written (tree.snap ino {} mtime_ns {} unchanged)",
+                        b.0, b.1
+                    )
+                }
+                (Some(b), Some(a)) => format!(
+                    "REWRITTEN (tree.snap ino {} mtime_ns {} -> ino {} mtime_ns {})",
+                    b.0, b.1, a.0, a.1
+                ),
+                _ => "tree.snap missing".into(),
+            };
+            pr.notes.insert("restart_snapshot".into(), verdict);
+        }
     }
 
     if ["stat", "lookup", "open", "readdir"].iter().any(|o| has(o)) {
@@ -618,6 +702,36 @@ fn measure_peer(
         cold.stop();
     }
     Ok(())
+}
+
+/// What musicfsd logs when its start-up reconcile ends (see musicfs_tools::live).
+const RECONCILE_NOTHING_NEW: &str = "refresh found nothing new";
+const RECONCILE_SWAPPED: &str = "swapped in the new tree";
+const RECONCILE_FAILED: &str = "refresh failed";
+
+/// (inode, mtime in ns) of a file, to tell whether it was rewritten.
+fn file_identity(p: &Path) -> Option<(u64, i128)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some((
+        m.ino(),
+        m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+    ))
+}
+
+/// BENCH.md metrics with nothing to measure yet.
+fn not_built() -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "search".into(),
+        "not built: the daemon has no search index yet".into(),
+    );
+    m.insert(
+        "tag_edit".into(),
+        "not built: time and bytes re-read to show one tag edit need the CAS, which has not landed"
+            .into(),
+    );
+    m
 }
 
 fn dir_of(

@@ -28,7 +28,14 @@ fn quick_run_reports_every_metric_for_every_started_peer() {
     let peers = report["peers"].as_array().expect("peers array");
     let names: Vec<&str> = peers.iter().filter_map(|p| p["name"].as_str()).collect();
     for want in [
-        "native", "musicfs", "bindfs", "mergerfs", "rclone", "musefs",
+        "native",
+        "musicfs",
+        "musicfs-plain",
+        "musicfs-uring",
+        "bindfs",
+        "mergerfs",
+        "rclone",
+        "musefs",
     ] {
         assert!(
             names.contains(&want),
@@ -78,6 +85,16 @@ fn quick_run_reports_every_metric_for_every_started_peer() {
     assert!(
         musicfs["metrics"]["stat_warm"]["ratio_p50"].is_number(),
         "ratios to native missing"
+    );
+    let transport = musicfs["mode"]["transport"].as_str().unwrap_or("");
+    assert!(
+        !transport.is_empty() && transport != "(absent)",
+        "musicfs mode (root xattr user.musicfs.transport) not recorded: {}",
+        musicfs["mode"]
+    );
+    assert!(
+        report["not_built"]["search"].is_string(),
+        "search must be listed as not built"
     );
     let scanners = report["scanners"].as_array().expect("scanners");
     assert!(scanners
