@@ -332,8 +332,16 @@ fn collect_burst(first: Trigger, rx: &Receiver<Trigger>) -> Option<Vec<usize>> {
         }
         true
     };
+    // A rescan of everything (SIGHUP, start-up) has nothing to wait for: only watch events
+    // come in bursts worth letting settle.
+    let settle = matches!(first, Trigger::Watch(Change::Origin(_)));
     if !add(first) {
         return None;
+    }
+    if !settle {
+        // `first` already asked for every origin; only a queued Stop changes the outcome.
+        let stop = rx.try_iter().any(|t| t == Trigger::Stop);
+        return if stop { None } else { Some(Vec::new()) };
     }
     loop {
         let left = MAX_DELAY.saturating_sub(start.elapsed());

@@ -66,6 +66,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    musicfs_tools::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let cfg = match load_config(&cli.common) {
         Ok(cfg) => cfg,

@@ -80,6 +80,7 @@ struct Cli {
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    musicfs_tools::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let cfg = match merge_config(&cli) {
         Ok(cfg) => cfg,
