@@ -113,22 +113,22 @@ impl Library {
             && snap.catalog_version() == self.catalog.change_counter()?)
     }
 
-    /// The snapshot to serve at start-up, and whether the origins were scanned to make it.
+    /// The snapshot to serve at start-up.
     ///
     /// The published snapshot is served as is when it matches the configuration: start-up
     /// is O(1) and the caller reconciles in the background. A snapshot that is stale but
     /// whose origins the catalog knows is rebuilt from the catalog without touching the
     /// origins; only origins the catalog has never seen are scanned first. A corrupt or
     /// incompatible snapshot is reported and rebuilt, never trusted.
-    pub fn load_or_build(&self) -> Result<(Snapshot, bool)> {
+    pub fn load_or_build(&self) -> Result<Snapshot> {
         let path = self.state.snapshot_path();
         match Snapshot::open(&path) {
-            Ok(snap) if self.is_current(&snap)? => return Ok((snap, false)),
+            Ok(snap) if self.is_current(&snap)? => return Ok(snap),
             Ok(snap) if self.serves_same_origins(&snap) => {
                 // The catalog moved on (an interrupted publish): serve the old tree now,
                 // the background reconcile publishes the new one.
                 info!("snapshot is older than the catalog: serving it while reconciling");
-                return Ok((snap, false));
+                return Ok(snap);
             }
             Ok(_) => info!("configuration changed since the last snapshot: rebuilding"),
             Err(SnapshotError::Missing(_)) => info!("no snapshot yet"),
@@ -144,8 +144,7 @@ impl Library {
             .into_iter()
             .map(|(_, p)| p)
             .collect();
-        let scanned = self.origins.iter().any(|o| !known.contains(o));
-        if scanned {
+        if self.origins.iter().any(|o| !known.contains(o)) {
             info!("scanning origins the catalog has not seen");
             let report = scan_with_progress(&self.catalog, &self.origins)?;
             info!("{}", scan_summary(&report));
@@ -157,7 +156,7 @@ impl Library {
             ms = published.elapsed.as_millis() as u64,
             "published snapshot"
         );
-        Ok((Snapshot::open(&path)?, scanned))
+        Ok(Snapshot::open(&path)?)
     }
 
     fn serves_same_origins(&self, snap: &Snapshot) -> bool {
@@ -215,6 +214,8 @@ pub enum Trigger {
     Watch(Change),
     /// Rescan every origin (SIGHUP, start-up reconcile, control command), with the reason.
     Rescan(&'static str),
+    /// Poll these origins (index, interval) from now on: inotify could not watch them.
+    Poll(Vec<(usize, Duration)>),
     /// Stop the refresher.
     Stop,
 }
@@ -244,6 +245,10 @@ impl Refresher {
         let mut timers = Timers::new(self.refresh_interval, &self.polled);
         loop {
             let first = match rx.recv_timeout(timers.until_next()) {
+                Ok(Trigger::Poll(more)) => {
+                    timers.add(&more);
+                    continue;
+                }
                 Ok(t) => t,
                 Err(RecvTimeoutError::Timeout) => {
                     let due = timers.take_due();
@@ -324,6 +329,8 @@ fn collect_burst(first: Trigger, rx: &Receiver<Trigger>) -> Option<Vec<usize>> {
         match t {
             Trigger::Stop => return false,
             Trigger::Rescan(_) | Trigger::Watch(Change::Overflow(_)) => all = true,
+            // Sent only when watching fails, before any watch event can exist.
+            Trigger::Poll(_) => {}
             Trigger::Watch(Change::Origin(i)) => {
                 if !which.contains(&i) {
                     which.push(i);
@@ -370,14 +377,23 @@ struct Timers {
 impl Timers {
     fn new(refresh: Option<Duration>, polled: &[(usize, Duration)]) -> Timers {
         let now = Instant::now();
-        let mut entries: Vec<(Vec<usize>, Duration, Instant)> = polled
-            .iter()
-            .map(|&(i, every)| (vec![i], every, now + every))
-            .collect();
-        if let Some(every) = refresh {
-            entries.push((Vec::new(), every, now + every));
-        }
-        Timers { entries }
+        let mut t = Timers {
+            entries: refresh
+                .map(|every| (Vec::new(), every, now + every))
+                .into_iter()
+                .collect(),
+        };
+        t.add(polled);
+        t
+    }
+
+    fn add(&mut self, polled: &[(usize, Duration)]) {
+        let now = Instant::now();
+        self.entries.extend(
+            polled
+                .iter()
+                .map(|&(i, every)| (vec![i], every, now + every)),
+        );
     }
 
     fn until_next(&self) -> Duration {
@@ -409,16 +425,15 @@ impl Timers {
     }
 }
 
-/// Starts inotify watches for the origins configured with `watch = "inotify"`, feeding
-/// `tx`; returns the watches (keep them alive) and the origins to poll instead.
-pub fn start_watching(
+/// A value for the origin at an index of [`Library::origins`].
+pub type Indexed<T> = (usize, T);
+
+/// Splits the origins by how their changes are noticed: `(inotify, polled)`, each with the
+/// origin's index. Cheap: nothing is watched yet.
+pub fn plan_watches(
     cfg: &Config,
     origins: &[PathBuf],
-    tx: &Sender<Trigger>,
-) -> (
-    Option<musicfs_index::watch::Watches>,
-    Vec<(usize, Duration)>,
-) {
+) -> (Vec<Indexed<PathBuf>>, Vec<Indexed<Duration>>) {
     let mut inotify = Vec::new();
     let mut polled = Vec::new();
     for (i, root) in origins.iter().enumerate() {
@@ -432,39 +447,65 @@ pub fn start_watching(
             WatchMode::None => {}
         }
     }
+    (inotify, polled)
+}
+
+/// Sets up inotify watches on `inotify` origins (O(directories): run it off the start-up
+/// path), forwarding changes to `tx`, then asks `tx` for the start-up reconcile: a stat walk
+/// that begins after the watches exist, so no change made while the daemon started is lost.
+/// Origins that cannot be watched are handed back to the refresher for polling. Keep the
+/// returned watches alive as long as the daemon runs.
+pub fn watch_then_reconcile(
+    inotify: Vec<(usize, PathBuf)>,
+    tx: &Sender<Trigger>,
+) -> Option<musicfs_index::watch::Watches> {
+    let watches = watch_inotify(&inotify, tx);
+    if watches.is_none() && !inotify.is_empty() {
+        let every = Duration::from_secs(60);
+        let _ = tx.send(Trigger::Poll(
+            inotify.iter().map(|(i, _)| (*i, every)).collect(),
+        ));
+    }
+    let _ = tx.send(Trigger::Rescan("start-up reconcile"));
+    watches
+}
+
+fn watch_inotify(
+    inotify: &[(usize, PathBuf)],
+    tx: &Sender<Trigger>,
+) -> Option<musicfs_index::watch::Watches> {
     if inotify.is_empty() {
-        return (None, polled);
+        return None;
     }
     let (wtx, wrx) = crossbeam_channel::unbounded::<Change>();
     let roots: Vec<PathBuf> = inotify.iter().map(|(_, r)| r.clone()).collect();
-    match musicfs_index::watch::watch(&roots, wtx) {
-        Ok(w) => {
-            let map: Vec<usize> = inotify.iter().map(|(i, _)| *i).collect();
-            let tx = tx.clone();
-            let forward = std::thread::Builder::new()
-                .name("watch".into())
-                .spawn(move || {
-                    for change in wrx {
-                        let change = match change {
-                            Change::Origin(k) => Change::Origin(map[k]),
-                            other => other,
-                        };
-                        if tx.send(Trigger::Watch(change)).is_err() {
-                            return;
-                        }
-                    }
-                });
-            if let Err(e) = forward {
-                warn!("cannot start the watch thread, polling instead: {e}");
-                polled.extend(inotify.iter().map(|(i, _)| (*i, Duration::from_secs(60))));
-                return (None, polled);
-            }
-            (Some(w), polled)
-        }
+    let watches = match musicfs_index::watch::watch(&roots, wtx) {
+        Ok(w) => w,
         Err(e) => {
             warn!("cannot watch origins with inotify ({e}); polling every 60 s instead");
-            polled.extend(inotify.iter().map(|(i, _)| (*i, Duration::from_secs(60))));
-            (None, polled)
+            return None;
+        }
+    };
+    let map: Vec<usize> = inotify.iter().map(|(i, _)| *i).collect();
+    let tx = tx.clone();
+    let forward = std::thread::Builder::new()
+        .name("watch".into())
+        .spawn(move || {
+            for change in wrx {
+                let change = match change {
+                    Change::Origin(k) => Change::Origin(map[k]),
+                    other => other,
+                };
+                if tx.send(Trigger::Watch(change)).is_err() {
+                    return;
+                }
+            }
+        });
+    match forward {
+        Ok(_) => Some(watches),
+        Err(e) => {
+            warn!("cannot start the watch thread, polling instead: {e}");
+            None
         }
     }
 }

@@ -16,7 +16,7 @@ use musicfs_core::config::Config;
 use musicfs_core::config::{PassthroughSetting, TransportSetting};
 use musicfs_core::template::Template;
 use musicfs_fusedev::{MountOptions, PassthroughMode, TransportMode};
-use musicfs_tools::live::{start_watching, Library, Refresher, Trigger};
+use musicfs_tools::live::{plan_watches, watch_then_reconcile, Library, Refresher, Trigger};
 use musicfs_tools::{check_origins, init_logging, origin_paths, sd_notify, StateDir};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -173,10 +173,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
         origins: origins.to_vec(),
         state,
     };
-    // Watch before loading or scanning: a change made while we start is queued, not lost.
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let (watches, polled) = start_watching(cfg, origins, &tx);
-    let (snapshot, scanned) = library.load_or_build()?;
+    let snapshot = library.load_or_build()?;
     info!(
         generation = snapshot.generation(),
         tracks = snapshot.track_count(),
@@ -223,6 +220,15 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
     info!(mountpoint = %cli.mountpoint.display(), "mounted");
     sd_notify("READY=1");
 
+    // Serve first; then watch the origins and catch up with what changed while we were down
+    // (a stat walk that starts once the watches exist), off the start-up path.
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (inotify, polled) = plan_watches(cfg, origins);
+    let watch_tx = tx.clone();
+    let watch_thread = std::thread::Builder::new()
+        .name("watch-setup".into())
+        .spawn(move || watch_then_reconcile(inotify, &watch_tx))
+        .context("cannot start the watch thread")?;
     let sink = match mounted.notifier() {
         Ok(n) => Some(Box::new(n) as Box<_>),
         Err(e) => {
@@ -238,10 +244,6 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
             .then(|| Duration::from_secs_f64(cfg.refresh_interval_secs)),
         polled,
     };
-    if !scanned {
-        // Serve first, then catch up with what changed while we were down (stat-only).
-        let _ = tx.send(Trigger::Rescan("start-up reconcile"));
-    }
     let refresh_thread = std::thread::Builder::new()
         .name("refresh".into())
         .spawn(move || refresher.run(rx))
@@ -269,7 +271,8 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
         .context("cannot start the signal thread")?;
     let result = mounted.wait();
     signal_handle.close();
-    drop(watches);
+    // The watches live until here; the setup thread has finished long before in practice.
+    drop(watch_thread.join());
     let _ = tx.send(Trigger::Stop);
     if refresh_thread.join().is_err() {
         error!("the refresh thread panicked");
