@@ -200,6 +200,11 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         .arg(to)
         .status()
         .context("cannot run cp")?;
-    anyhow::ensure!(status.success(), "cp -a {} {} failed", from.display(), to.display());
+    anyhow::ensure!(
+        status.success(),
+        "cp -a {} {} failed",
+        from.display(),
+        to.display()
+    );
     Ok(())
 }

@@ -113,6 +113,21 @@ fn put<T: Pod>(out: &mut [u8], v: &T) -> Outcome {
 
 /// The name argument: NUL-terminated, in the data part (or, from kernels that put it
 /// first, in the op part).
+/// The entry reply for `a` (lookup, readdirplus), with the configured timeouts.
+fn entry_out(cfg: &crate::fs::FsConfig, a: &crate::fs::Attr) -> abi::EntryOut {
+    let (es, ens) = split(cfg.entry_timeout);
+    let (as_, ans) = split(cfg.attr_timeout);
+    abi::EntryOut {
+        nodeid: a.ino,
+        generation: a.generation,
+        entry_valid: es,
+        attr_valid: as_,
+        entry_valid_nsec: ens,
+        attr_valid_nsec: ans,
+        attr: fuse_attr(a),
+    }
+}
+
 fn name_arg<'a>(req: &Req<'a>, skip: usize) -> Option<&'a [u8]> {
     let raw = if req.op.len() > skip {
         &req.op[skip..]
@@ -347,19 +362,7 @@ impl Native {
         };
         let cfg = self.model.config();
         let entry = match self.model.lookup(parent, name) {
-            Ok(a) => {
-                let (es, ens) = split(cfg.entry_timeout);
-                let (as_, ans) = split(cfg.attr_timeout);
-                abi::EntryOut {
-                    nodeid: a.ino,
-                    generation: a.generation,
-                    entry_valid: es,
-                    attr_valid: as_,
-                    entry_valid_nsec: ens,
-                    attr_valid_nsec: ans,
-                    attr: fuse_attr(&a),
-                }
-            }
+            Ok(a) => entry_out(cfg, &a),
             Err(FsError::NotFound { .. }) if !cfg.negative_timeout.is_zero() => {
                 // nodeid 0 with a timeout: a negative entry the kernel caches.
                 let (es, ens) = split(cfg.negative_timeout);
@@ -440,19 +443,7 @@ impl Native {
             buf.fill(0);
             if plus {
                 let entry = match &item.attr {
-                    Some(a) => {
-                        let (es, ens) = split(cfg.entry_timeout);
-                        let (as_, ans) = split(cfg.attr_timeout);
-                        abi::EntryOut {
-                            nodeid: a.ino,
-                            generation: a.generation,
-                            entry_valid: es,
-                            attr_valid: as_,
-                            entry_valid_nsec: ens,
-                            attr_valid_nsec: ans,
-                            attr: fuse_attr(a),
-                        }
-                    }
+                    Some(a) => entry_out(cfg, a),
                     // `.` and `..`: the kernel does not instantiate a zero nodeid.
                     None => abi::EntryOut::default(),
                 };
