@@ -38,3 +38,24 @@ else
   echo "not root or no /dev/fuse: end-to-end mount tests are skipped" >&2
 fi
 cargo test --workspace "${features[@]}" -- --test-threads 2
+
+# The mount suites again under each other transport and read mode this kernel allows (the
+# run above used the defaults: /dev/fuse queues, passthrough as root). FUSE-over-io_uring
+# needs /sys/module/fuse/parameters/enable_uring: the daemon sets it when asked, and it is
+# restored here afterwards.
+if [ ${#features[@]} -gt 0 ]; then
+  param=/sys/module/fuse/parameters/enable_uring
+  modes=("--passthrough off")
+  if [ -w "$param" ]; then
+    saved=$(cat "$param")
+    trap 'echo "$saved" > "$param"' EXIT
+    modes+=("--transport uring --enable-uring-param" "--transport uring --enable-uring-param --passthrough off")
+  else
+    echo "no $param: the io_uring transport is not run" >&2
+  fi
+  for mode in "${modes[@]}"; do
+    echo "== mount suites with: musicfsd $mode" >&2
+    MUSICFS_E2E_DAEMON_ARGS="$mode" cargo test -p musicfs-tests --features e2e \
+      --test mount --test mount_player --test live -- --test-threads 2
+  done
+fi

@@ -346,9 +346,21 @@ impl MountOptions {
             push("--log-level", level.into());
         }
         args.extend(self.extra_args.iter().cloned());
+        args.extend(mode_args());
         args.push(mountpoint.into());
         args
     }
+}
+
+/// Extra daemon flags from `MUSICFS_E2E_DAEMON_ARGS` (whitespace-separated), so the same
+/// suite runs under each transport and read mode (`--passthrough off`, `--transport uring
+/// --enable-uring-param`, ...): `tools/run-tests.sh` does that.
+pub fn mode_args() -> Vec<OsString> {
+    std::env::var("MUSICFS_E2E_DAEMON_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(OsString::from)
+        .collect()
 }
 
 /// A running `musicfsd` with its mount. Dropping it stops the daemon and removes the mount.

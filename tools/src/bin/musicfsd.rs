@@ -27,7 +27,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The MusicFS daemon: a read-only FUSE filesystem showing a music library by its tags.
 #[derive(Parser)]
-#[command(name = "musicfsd", version, about)]
+#[command(name = "musicfsd", version, about, args_override_self = true)]
 struct Cli {
     /// Where to mount the tree (an existing, empty directory).
     mountpoint: PathBuf,
