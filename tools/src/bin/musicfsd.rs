@@ -27,7 +27,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The MusicFS daemon: a read-only FUSE filesystem showing a music library by its tags.
 #[derive(Parser)]
-#[command(name = "musicfsd", version, about, args_override_self = true)]
+#[command(
+    name = "musicfsd",
+    version,
+    args_override_self = true,
+    after_help = "Stop with Ctrl-C, SIGTERM or `fusermount3 -u MOUNTPOINT` (exit 0); SIGHUP rescans the origins.\nExit code 2: bad usage, configuration, mountpoint or origin. Docs: docs/CONFIG.md, docs/SEMANTICS.md."
+)]
 struct Cli {
     /// Where to mount the tree (an existing, empty directory).
     mountpoint: PathBuf,
