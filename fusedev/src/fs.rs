@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -328,16 +328,7 @@ impl FsModel {
     /// end of file).
     pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
         self.with_file(fh, |file| {
-            let mut done = 0;
-            while done < buf.len() {
-                match file.read_at(&mut buf[done..], offset + done as u64) {
-                    Ok(0) => break,
-                    Ok(n) => done += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(done)
+            crate::ring::pread_full(std::os::fd::AsRawFd::as_raw_fd(file), buf, offset)
         })
     }
 
