@@ -128,7 +128,11 @@ impl Worker<'_> {
         }
     }
 
-    fn register_all(&mut self) -> io::Result<()> {
+    /// Registers every entry. Returns the completions that arrived meanwhile: once the
+    /// last queue has its entries the kernel may hand out a request at once (its task work
+    /// runs as the submitting syscall returns), so a completion seen here can already be a
+    /// request that must be answered, not dropped.
+    fn register_all(&mut self) -> io::Result<Vec<(u64, i32)>> {
         let fd = self.w.fd.as_raw_fd();
         for i in 0..self.entries.len() {
             let e = &self.entries[i];
@@ -149,10 +153,15 @@ impl Worker<'_> {
         self.ring.submit()?;
         // A refused registration completes at once with an error; accepted ones stay
         // queued until a request arrives.
-        if let Some(cqe) = self.ring.completion().find(|c| c.result() < 0) {
-            return Err(io::Error::from_raw_os_error(-cqe.result()));
+        let early: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        if let Some(&(_, res)) = early.iter().find(|(_, res)| *res < 0) {
+            return Err(io::Error::from_raw_os_error(-res));
         }
-        Ok(())
+        Ok(early)
     }
 
     /// Answers the request in entry `i` and queues its commit-and-fetch.
@@ -204,7 +213,12 @@ impl Worker<'_> {
         self.push(&sqe)
     }
 
-    fn serve(&mut self, stop: &AtomicBool) -> QueueEnd {
+    /// Answers `early` (requests that arrived during registration), then serves until
+    /// the connection closes or `stop` is raised.
+    fn serve(&mut self, stop: &AtomicBool, early: &[(u64, i32)]) -> QueueEnd {
+        if let Some(end) = self.answer_batch(early) {
+            return end;
+        }
         loop {
             if stop.load(Ordering::SeqCst) {
                 return QueueEnd::Stopped;
@@ -294,9 +308,9 @@ pub fn run(
         ready: Vec::with_capacity(64),
     };
     let end = match worker.register_all() {
-        Ok(()) => {
+        Ok(early) => {
             let _ = ready.send(Ok(()));
-            worker.serve(stop)
+            worker.serve(stop, &early)
         }
         Err(e) => {
             let _ = ready.send(Err(io::Error::new(

@@ -406,3 +406,95 @@ fn uring_required_but_refused_fails_the_mount_without_leaving_it() {
     let canon = lib.mnt.canonicalize().expect("canon");
     assert!(!is_mountpoint(&canon).expect("mountinfo"));
 }
+
+/// Requests that arrive the moment the last io_uring queue registers are answered: the
+/// kernel may hand one to a worker before it has finished checking its registrations, and
+/// an early version dropped that completion (the caller then waited forever). Clients stat
+/// in a loop on every CPU from before each mount, with no kernel caching, so some request
+/// lands in that window; each must keep being answered.
+#[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs root and /dev/fuse; enable the e2e feature"
+)]
+fn requests_racing_the_uring_registration_are_answered() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    let _s = serial();
+    let _p = UringParam::set(true);
+    let lib = library();
+    let o = MountOptions {
+        entry_timeout: Duration::ZERO,
+        attr_timeout: Duration::ZERO,
+        negative_timeout: Duration::ZERO,
+        ..opts(TransportMode::Uring, PassthroughMode::Off)
+    };
+    let clients = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    for round in 0..20 {
+        let done = Arc::new(AtomicBool::new(false));
+        let counts: Arc<Vec<AtomicU64>> = Arc::new((0..clients).map(|_| 0.into()).collect());
+        let threads: Vec<_> = (0..clients)
+            .map(|c| {
+                let (done, counts) = (done.clone(), counts.clone());
+                let target = lib.mnt.join(&lib.files[1].0);
+                std::thread::spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        let _ = std::fs::metadata(&target);
+                        counts[c].fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let mounted = mount(&lib, &o).expect("mount");
+        let mp = mounted.mountpoint().to_path_buf();
+        // Every client must get 100 answers after the mount. A hang guard, not a timing
+        // assertion: a client stuck for 30 s on one stat lost its request.
+        let start: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let mut last = start.clone();
+        let mut moved = vec![Instant::now(); clients];
+        while (0..clients).any(|c| last[c] < start[c] + 100) {
+            std::thread::sleep(Duration::from_millis(1));
+            for c in 0..clients {
+                let now = counts[c].load(Ordering::Relaxed);
+                if now != last[c] {
+                    (last[c], moved[c]) = (now, Instant::now());
+                } else if moved[c].elapsed() > Duration::from_secs(30) {
+                    // Free the stuck client (and the daemon's shutdown) before failing.
+                    abort_connection(&mp);
+                    panic!("round {round}: client {c} waits for an answer that never comes");
+                }
+            }
+        }
+        let served = std::fs::metadata(mp.join(&lib.files[1].0)).expect("stat");
+        assert_eq!(served.len(), 4096);
+        done.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join().expect("client");
+        }
+        assert!(
+            mounted.uring_requests() > 0,
+            "round {round}: served on the ring"
+        );
+        stop(mounted);
+    }
+}
+
+/// Aborts the FUSE connection mounted at `mp` through fusectl (its directory is named by
+/// the mount's device number, read from mountinfo: a stat of the mount could block).
+fn abort_connection(mp: &Path) {
+    let _ = Command::new("mount")
+        .args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"])
+        .status();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = mp.canonicalize().unwrap_or_else(|_| mp.to_path_buf());
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() > 4 && Path::new(f[4]) == want {
+            if let Some((_, minor)) = f[2].split_once(':') {
+                let abort = format!("/sys/fs/fuse/connections/{minor}/abort");
+                let _ = std::fs::write(abort, "1");
+            }
+        }
+    }
+}
