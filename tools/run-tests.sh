@@ -50,6 +50,8 @@ if [ ${#features[@]} -gt 0 ]; then
   if [ "${MUSICFS_E2E_URING:-1}" = 1 ] && [ -w "$param" ]; then
     saved=$(cat "$param")
     trap 'echo "$saved" > "$param"' EXIT
+    # Set here too: a daemon run as an unprivileged user cannot set it itself.
+    echo Y > "$param"
     modes+=("--transport uring --enable-uring-param" "--transport uring --enable-uring-param --passthrough off")
   fi
   for mode in "${modes[@]}"; do

@@ -415,7 +415,50 @@ impl MountedFs {
         };
         let ready = opts.wait_ready.then_some(&notify);
         fs.wait_mounted(opts.mount_deadline, ready)?;
+        if opts.wait_ready {
+            fs.check_mode(opts.run_as.is_none())?;
+        }
         Ok(fs)
+    }
+
+    /// Checks that the daemon serves with the transport and read mode that
+    /// `MUSICFS_E2E_DAEMON_ARGS` asks for (the root's `user.musicfs.*` xattrs), so a suite
+    /// run "under io_uring" cannot silently run on a fallback. A mount of another user's
+    /// daemon is closed to us (no allow_other): its log's `mounted` line says the same.
+    fn check_mode(&self, readable: bool) -> Result<()> {
+        let args: Vec<String> = mode_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for (flag, attr) in [("--transport", "transport"), ("--passthrough", "passthrough")] {
+            let Some(want) = args
+                .windows(2)
+                .find(|w| w[0] == flag)
+                .map(|w| w[1].as_str())
+                .filter(|v| *v != "auto")
+            else {
+                continue;
+            };
+            let got = if readable {
+                get_xattr(&self.mountpoint, &format!("user.musicfs.{attr}"))?
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+            } else {
+                let log = self.log();
+                let key = format!(" {attr}=\"");
+                log.lines()
+                    .filter(|l| l.contains("session: mounted"))
+                    .find_map(|l| l.split_once(&key))
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map(|(value, _)| value.to_string())
+            };
+            if got.as_deref() != Some(want) {
+                bail!(
+                    "asked for {flag} {want} but the mount reports {attr} {got:?}; stderr:\n{}",
+                    self.log()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Waits for the FUSE mount in the mount table and, with `notify`, for `READY=1` on it.
