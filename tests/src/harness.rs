@@ -430,7 +430,10 @@ impl MountedFs {
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        for (flag, attr) in [("--transport", "transport"), ("--passthrough", "passthrough")] {
+        for (flag, attr) in [
+            ("--transport", "transport"),
+            ("--passthrough", "passthrough"),
+        ] {
             let Some(want) = args
                 .windows(2)
                 .find(|w| w[0] == flag)
