@@ -21,7 +21,8 @@ pub mod fsio;
 mod riff;
 pub mod scan;
 pub mod tags;
+mod walk;
 pub mod watch;
 
-pub use scan::{scan, Progress, ProgressFn, ScanError, ScanOptions, ScanReport, Skipped};
+pub use scan::{scan, DirHook, Progress, ProgressFn, ScanError, ScanOptions, ScanReport, Skipped};
 pub use tags::{read_tags, read_tags_from, TagError};

@@ -13,20 +13,18 @@
 //! error are not remembered: the error may be gone by the next scan.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use musicfs_core::{Format, OriginId, ScanState, TrackId, TrackMeta};
 use musicfs_storage::{Batch, Catalog, CatalogError, SkipRecord, Upsert};
-use walkdir::WalkDir;
 
 use crate::fsio::{open_readonly, scan_state};
 use crate::tags::{read_tags_from, TagError};
+use crate::walk;
 
 /// How many changes (upserts, removals, skips) go into one catalog transaction.
 const BATCH: usize = 1000;
@@ -78,7 +76,16 @@ pub struct ScanOptions {
     /// Re-read every file's tags even when its stat is unchanged (repairs a catalog after a
     /// tag-reader fix, or after an edit that preserved size and times).
     pub verify: bool,
+    /// Threads listing directories and stat'ing files (at least 1).
+    pub walk_threads: usize,
+    /// Called with (origin as given, directory) before each directory is listed: the live
+    /// daemon adds its inotify watch there, so a change is either seen by this scan or
+    /// reported by the watch.
+    pub dir_hook: Option<DirHook>,
 }
+
+/// See [`ScanOptions::dir_hook`].
+pub type DirHook = Arc<dyn Fn(&Path, &Path) + Send + Sync>;
 
 impl Default for ScanOptions {
     fn default() -> Self {
@@ -86,6 +93,8 @@ impl Default for ScanOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             progress: None,
             verify: false,
+            walk_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            dir_hook: None,
         }
     }
 }
@@ -96,6 +105,8 @@ impl std::fmt::Debug for ScanOptions {
             .field("threads", &self.threads)
             .field("progress", &self.progress.is_some())
             .field("verify", &self.verify)
+            .field("walk_threads", &self.walk_threads)
+            .field("dir_hook", &self.dir_hook.is_some())
             .finish()
     }
 }
@@ -169,6 +180,7 @@ struct WalkOutcome {
 }
 
 /// What the catalog remembers of one origin, for the walker to compare stats against.
+#[derive(Default)]
 struct Known {
     tracks: HashMap<Vec<u8>, (TrackId, ScanState)>,
     broken: HashMap<Vec<u8>, (ScanState, String)>,
@@ -270,21 +282,31 @@ fn scan_origin(
 ) -> Result<(), ScanError> {
     let root = origin_root(origin)?;
     let origin_id = catalog.origin_id(&root)?;
-    let known = Known {
-        tracks: catalog.scan_states(origin_id)?,
-        broken: catalog.skipped_states(origin_id)?,
-    };
+    // What the catalog knows loads while the walk starts listing; the first files found
+    // wait for it. `None` when it could not be read (the walk then stops).
+    let known: OnceLock<Option<Mutex<Known>>> = OnceLock::new();
     let threads = opts.threads.max(1);
     let counters = Counters::new(report, opts.progress.clone());
     let (job_tx, job_rx) = bounded::<Job>(threads * 64);
     let (done_tx, done_rx) = bounded::<Done>(threads * 64);
 
-    let (walk, collected) = std::thread::scope(|s| {
+    let (walk, collected, loaded) = std::thread::scope(|s| {
+        let loader = s.spawn(|| {
+            // Whatever happens, the walk must not wait forever.
+            let _unblock = SetOnDrop(&known);
+            let load = || -> Result<Known, CatalogError> {
+                Ok(Known {
+                    tracks: catalog.scan_states(origin_id)?,
+                    broken: catalog.skipped_states(origin_id)?,
+                })
+            };
+            load().map(|k| {
+                let _ = known.set(Some(Mutex::new(k)));
+            })
+        });
         let walker = {
-            let root = &root;
-            let counters = &counters;
-            let verify = opts.verify;
-            s.spawn(move || walk_origin(root, known, verify, counters, job_tx))
+            let (root, counters, known) = (&root, &counters, &known);
+            s.spawn(move || walk_origin(root, origin, known, opts, counters, job_tx))
         };
         for _ in 0..threads {
             let rx = job_rx.clone();
@@ -304,8 +326,12 @@ fn scan_origin(
                 reason: "directory walk aborted".into(),
             }],
         });
-        (walk, collected)
+        let loaded = loader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (walk, collected, loaded)
     });
+    loaded?;
     collected?;
     report.removed += walk.gone.len() as u64;
     forget_gone(catalog, origin_id, walk.gone, walk.gone_broken)?;
@@ -420,18 +446,6 @@ fn batch_len(batch: &Batch) -> usize {
     batch.upserts.len() + batch.removals.len() + batch.skipped.len() + batch.unskipped.len()
 }
 
-fn rel_bytes(root: &Path, path: &Path) -> Option<Vec<u8>> {
-    path.strip_prefix(root)
-        .ok()
-        .map(|p| p.as_os_str().as_bytes().to_vec())
-}
-
-fn audio_format(path: &Path) -> Option<Format> {
-    path.extension()
-        .and_then(OsStr::to_str)
-        .and_then(Format::from_ext)
-}
-
 /// Compares a found file's stat with what the catalog remembers of its path, and forgets
 /// the path in `known` so that whatever is left at the end was not found.
 fn decide(known: &mut Known, rel: &[u8], state: ScanState, verify: bool) -> Decision {
@@ -446,114 +460,88 @@ fn decide(known: &mut Known, rel: &[u8], state: ScanState, verify: bool) -> Deci
     }
 }
 
+/// Sets an unset cell to `None` when dropped.
+struct SetOnDrop<'a>(&'a OnceLock<Option<Mutex<Known>>>);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.set(None);
+    }
+}
+
 fn walk_origin(
     root: &Path,
-    mut known: Known,
-    verify: bool,
+    origin: &Path,
+    known: &OnceLock<Option<Mutex<Known>>>,
+    opts: &ScanOptions,
     counters: &Counters,
     jobs: Sender<Job>,
 ) -> WalkOutcome {
-    let mut skipped = Vec::new();
-    // Relative directories we could not list: catalog entries under them are kept, since
-    // "unreadable right now" is not "deleted".
-    let mut unreadable: Vec<Vec<u8>> = Vec::new();
-    let mut it = WalkDir::new(root).follow_links(true).into_iter();
-    while let Some(next) = it.next() {
-        let entry = match next {
-            Ok(e) => e,
-            Err(e) => {
-                let (path, reason) = describe_walk_error(&e);
-                if let Some(rel) = rel_bytes(root, &path) {
-                    if e.loop_ancestor().is_none() && path.is_dir() {
-                        unreadable.push(rel);
+    let verify = opts.verify;
+    let still_broken = Mutex::new(Vec::new());
+    let hook = |dir: &Path| {
+        if let Some(h) = &opts.dir_hook {
+            h(origin, dir);
+        }
+    };
+    let handle = |found: Vec<walk::Found>| -> bool {
+        let mut read = Vec::new();
+        {
+            let Some(known) = known.wait() else {
+                return false;
+            };
+            let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
+            for f in found {
+                let seen = counters.seen.fetch_add(1, Ordering::Relaxed) + 1;
+                if seen.is_multiple_of(4096) {
+                    // Unchanged files never reach the collector; report progress from here.
+                    counters.emit();
+                }
+                let state = scan_state(&f.md);
+                match decide(&mut known, &f.rel, state, verify) {
+                    Decision::Unchanged => {
+                        counters.unchanged.fetch_add(1, Ordering::Relaxed);
                     }
-                }
-                skipped.push(Skipped { path, reason });
-                continue;
-            }
-        };
-        let path = entry.path();
-        if entry.path_is_symlink() {
-            match path.canonicalize() {
-                Ok(target) if target.starts_with(root) => {}
-                Ok(target) => {
-                    skipped.push(Skipped {
-                        path: path.to_path_buf(),
-                        reason: format!(
-                            "symlink points outside the origin (to {})",
-                            target.display()
-                        ),
-                    });
-                    if entry.file_type().is_dir() {
-                        it.skip_current_dir();
+                    Decision::StillBroken(reason) => {
+                        counters.unchanged.fetch_add(1, Ordering::Relaxed);
+                        let mut sb = still_broken.lock().unwrap_or_else(|p| p.into_inner());
+                        sb.push(Skipped {
+                            path: f.path,
+                            reason,
+                        });
                     }
-                    continue;
+                    Decision::Read(known_id) => read.push(Job {
+                        path: f.path,
+                        rel: f.rel,
+                        expected: f.format,
+                        state,
+                        known: known_id,
+                    }),
                 }
-                Err(e) => {
-                    skipped.push(Skipped {
-                        path: path.to_path_buf(),
-                        reason: format!("cannot resolve symlink: {e}"),
-                    });
-                    continue;
-                }
             }
         }
-        if !entry.file_type().is_file() {
-            continue;
+        // The collector stops taking jobs only when a catalog write failed; it reports it.
+        read.into_iter().all(|job| jobs.send(job).is_ok())
+    };
+    let threads = opts.walk_threads.max(1);
+    let outcome = walk::walk(root, threads, &hook, &handle);
+    let mut skipped = outcome.skipped;
+    skipped.extend(still_broken.into_inner().unwrap_or_else(|p| p.into_inner()));
+    let known = match known.wait() {
+        Some(k) if !outcome.aborted => {
+            std::mem::take(&mut *k.lock().unwrap_or_else(|p| p.into_inner()))
         }
-        let Some(expected) = audio_format(path) else {
-            continue;
-        };
-        let Some(rel) = rel_bytes(root, path) else {
-            continue;
-        };
-        let md = match entry.metadata() {
-            Ok(md) => md,
-            Err(e) => {
-                skipped.push(Skipped {
-                    path: path.to_path_buf(),
-                    reason: format!("cannot stat: {e}"),
-                });
-                continue;
-            }
-        };
-        let seen = counters.seen.fetch_add(1, Ordering::Relaxed) + 1;
-        if seen.is_multiple_of(4096) {
-            // Unchanged files never reach the collector; report walking progress from here.
-            counters.emit();
-        }
-        let state = scan_state(&md);
-        let known_id = match decide(&mut known, &rel, state, verify) {
-            Decision::Unchanged => {
-                counters.unchanged.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            Decision::StillBroken(reason) => {
-                counters.unchanged.fetch_add(1, Ordering::Relaxed);
-                skipped.push(Skipped {
-                    path: entry.into_path(),
-                    reason,
-                });
-                continue;
-            }
-            Decision::Read(known_id) => known_id,
-        };
-        let job = Job {
-            path: entry.into_path(),
-            rel,
-            expected,
-            state,
-            known: known_id,
-        };
-        if jobs.send(job).is_err() {
-            // The collector stopped (a catalog write failed); it reports the error.
+        _ => {
             return WalkOutcome {
                 gone: Vec::new(),
                 gone_broken: Vec::new(),
                 skipped,
-            };
+            }
         }
-    }
+    };
+    // Catalog entries under directories we could not list are kept: "unreadable right
+    // now" is not "deleted".
+    let unreadable = outcome.unreadable;
     let under_unreadable = |rel: &Vec<u8>| unreadable.iter().any(|dir| is_under(rel, dir));
     let gone = known
         .tracks
@@ -575,31 +563,6 @@ fn walk_origin(
 
 fn is_under(rel: &[u8], dir: &[u8]) -> bool {
     dir.is_empty() || (rel.starts_with(dir) && rel.get(dir.len()) == Some(&b'/'))
-}
-
-fn describe_walk_error(e: &walkdir::Error) -> (PathBuf, String) {
-    let path = e.path().map(Path::to_path_buf).unwrap_or_default();
-    if let Some(ancestor) = e.loop_ancestor() {
-        return (
-            path,
-            format!("symlink loop (back to {})", ancestor.display()),
-        );
-    }
-    let dangling = std::fs::symlink_metadata(&path)
-        .map(|m| m.file_type().is_symlink())
-        .unwrap_or(false)
-        && std::fs::metadata(&path).is_err();
-    if dangling {
-        let target = std::fs::read_link(&path)
-            .map(|t| t.display().to_string())
-            .unwrap_or_default();
-        return (path, format!("dangling symlink (to {target})"));
-    }
-    let reason = match e.io_error() {
-        Some(io) => format!("cannot read: {io}"),
-        None => e.to_string(),
-    };
-    (path, reason)
 }
 
 #[cfg(test)]
@@ -669,6 +632,7 @@ mod tests {
 
     #[test]
     fn audio_format_uses_the_extension_case_insensitively() {
+        use crate::walk::audio_format;
         assert_eq!(audio_format(Path::new("a/B.FLAC")), Some(Format::Flac));
         assert_eq!(audio_format(Path::new("cover.jpg")), None);
         assert_eq!(audio_format(Path::new("noext")), None);

@@ -176,7 +176,9 @@ impl Catalog {
     ) -> Result<HashMap<Vec<u8>, (TrackId, ScanState)>, CatalogError> {
         let lmdb = |e| self.store.lmdb("scan states", e);
         self.store.read("scan states", |txn| {
-            let mut out = HashMap::new();
+            // Every origin's paths: an upper bound that spares the map its regrowths.
+            let all = self.dbs.paths.len(txn).map_err(lmdb)?;
+            let mut out = HashMap::with_capacity(usize::try_from(all).unwrap_or(0));
             let prefix = schema::origin_prefix(origin);
             for item in self.dbs.paths.prefix_iter(txn, &prefix).map_err(lmdb)? {
                 let (key, entry) = item.map_err(lmdb)?;

@@ -130,12 +130,10 @@ impl Live {
 
     /// Starts the daemon and returns once its watches are in place.
     ///
-    /// `READY=1` comes before the daemon starts its inotify watches, so a change made right
-    /// after it can be missed (see
-    /// `a_change_made_as_soon_as_the_mount_appears_is_not_lost`). The refresh thread starts
-    /// after the watches, so the first refresh it finishes (the start-up reconcile, or the
-    /// SIGHUP sent here when the daemon scanned before mounting and has no reconcile to do)
-    /// proves they are there.
+    /// `READY=1` comes before the start-up reconcile, which adds the inotify watches as it
+    /// lists each directory (a change made meanwhile is seen by that listing: see
+    /// `a_change_made_as_soon_as_the_mount_appears_is_not_lost`). So the first refresh the
+    /// daemon finishes (the reconcile, or the SIGHUP sent here) proves they are there.
     fn start(&mut self) {
         let fs = MountedFs::start(self.options()).unwrap_or_else(|e| panic!("{e:#}"));
         fs.kill(libc::SIGHUP).unwrap();
@@ -247,6 +245,38 @@ fn a_new_album_shows_in_a_cached_artist_listing_with_the_source_bytes() {
             "content of {name} differs from its source"
         );
     }
+}
+
+/// A directory tree made while serving is watched by the rescan that shows it: a track
+/// added to it later shows too. (Watches are added by scans as they list directories.)
+#[test]
+fn a_directory_made_while_serving_is_watched_for_later_changes() {
+    let mut live = Live::new();
+    live.start();
+    let dir = live.src("Newcomer/Debut");
+    fs::create_dir_all(&dir).unwrap();
+    let t = templates();
+    let with_artist = |n: &str, title: &str| -> Vec<u8> {
+        let mut tg = tags("Debut", "2010", n, title);
+        tg.retain(|(k, _)| *k != "ARTIST");
+        tg.push(("ARTIST", "Newcomer"));
+        flac_with_comments(&t.small, &tg).unwrap()
+    };
+    let one = live.virt("Newcomer/Debut (2010) [FLAC]/01 - Hello.flac");
+    replace_by_rename(&dir.join("01.flac"), &with_artist("1", "Hello"));
+    live.wait_visible("a track in a new nested directory", || {
+        fs::metadata(&one).map(drop).map_err(|e| e.to_string())
+    });
+    // Only a watch on the new directory itself can report this one.
+    replace_by_rename(&dir.join("02.flac"), &with_artist("2", "Again"));
+    let two = live.virt("Newcomer/Debut (2010) [FLAC]/02 - Again.flac");
+    live.wait_visible("a second track in that directory", || {
+        fs::metadata(&two).map(drop).map_err(|e| e.to_string())
+    });
+    assert_eq!(
+        xxh3_file(&two).unwrap(),
+        xxh3_file(&dir.join("02.flac")).unwrap()
+    );
 }
 
 #[test]

@@ -67,11 +67,13 @@ pub fn disable_transparent_huge_pages() {
     }
 }
 
-/// Sets up `tracing` to stderr: `RUST_LOG` wins, else `level`.
+/// Sets up `tracing` to stderr: `RUST_LOG` wins, else `level` (symphonia only for errors:
+/// its per-file warnings about recoverable oddities would flood the log of a big scan, and
+/// files it cannot read are reported by the scan itself).
 pub fn init_logging(level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(format!("{level},symphonia=warn")))
+        .or_else(|_| EnvFilter::try_new(format!("{level},symphonia=error,symphonia_core=error")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

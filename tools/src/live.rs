@@ -21,8 +21,8 @@ use musicfs_core::snapshot::{Snapshot, SnapshotError};
 use musicfs_core::template::{AlbumFormats, Template};
 use musicfs_core::tree::TreeBuilder;
 use musicfs_fusedev::notify::{invalidate_changes, InvalidationSink};
-use musicfs_index::scan::ScanReport;
-use musicfs_index::watch::Change;
+use musicfs_index::scan::{DirHook, ScanOptions, ScanReport};
+use musicfs_index::watch::{Change, Watches};
 use musicfs_storage::Catalog;
 use tracing::{info, warn};
 
@@ -167,8 +167,14 @@ impl Library {
     }
 
     /// Scans `which` origins (indices into [`Library::origins`]; all when empty) and
-    /// publishes a new snapshot when the catalog no longer matches `current`.
-    pub fn refresh(&self, which: &[usize], current: &Snapshot) -> Result<Refreshed> {
+    /// publishes a new snapshot when the catalog no longer matches `current`. `hook` runs on
+    /// each directory before the scan lists it (see [`OriginWatches::hook`]).
+    pub fn refresh(
+        &self,
+        which: &[usize],
+        current: &Snapshot,
+        hook: Option<DirHook>,
+    ) -> Result<Refreshed> {
         let origins: Vec<PathBuf> = if which.is_empty() {
             self.origins.clone()
         } else {
@@ -177,7 +183,11 @@ impl Library {
                 .filter_map(|&i| self.origins.get(i).cloned())
                 .collect()
         };
-        let report = musicfs_index::scan::scan(&self.catalog, &origins, &Default::default())?;
+        let opts = ScanOptions {
+            dir_hook: hook,
+            ..ScanOptions::default()
+        };
+        let report = musicfs_index::scan::scan(&self.catalog, &origins, &opts)?;
         if self.is_current(current)? {
             return Ok(Refreshed {
                 report,
@@ -214,8 +224,6 @@ pub enum Trigger {
     Watch(Change),
     /// Rescan every origin (SIGHUP, start-up reconcile, control command), with the reason.
     Rescan(&'static str),
-    /// Poll these origins (index, interval) from now on: inotify could not watch them.
-    Poll(Vec<(usize, Duration)>),
     /// Stop the refresher.
     Stop,
 }
@@ -236,6 +244,8 @@ pub struct Refresher {
     pub refresh_interval: Option<Duration>,
     /// Origins polled (index, interval) because inotify cannot see their changes.
     pub polled: Vec<(usize, Duration)>,
+    /// The inotify origins' watches, which every refresh extends as it lists directories.
+    pub watches: Option<Arc<OriginWatches>>,
 }
 
 impl Refresher {
@@ -243,12 +253,10 @@ impl Refresher {
     pub fn run(self, rx: Receiver<Trigger>) {
         self.verify_served();
         let mut timers = Timers::new(self.refresh_interval, &self.polled);
+        let mut unwatched: Vec<usize> = Vec::new();
         loop {
+            self.poll_unwatched(&mut unwatched, &mut timers);
             let first = match rx.recv_timeout(timers.until_next()) {
-                Ok(Trigger::Poll(more)) => {
-                    timers.add(&more);
-                    continue;
-                }
                 Ok(t) => t,
                 Err(RecvTimeoutError::Timeout) => {
                     let due = timers.take_due();
@@ -298,9 +306,25 @@ impl Refresher {
         }
     }
 
+    /// Polls the origins whose watches could not all be added (e.g. the inotify watch
+    /// limit): `done` lists those already switched.
+    fn poll_unwatched(&self, done: &mut Vec<usize>, timers: &mut Timers) {
+        let Some(w) = &self.watches else {
+            return;
+        };
+        for (i, why) in w.failed() {
+            if !done.contains(&i) {
+                warn!("{why}; polling that origin every 60 s as well");
+                done.push(i);
+                timers.add(&[(i, Duration::from_secs(60))]);
+            }
+        }
+    }
+
     fn refresh_now(&self, which: &[usize], why: &str) {
         let current = self.shared.load_full();
-        match self.library.refresh(which, &current) {
+        let hook = self.watches.as_ref().map(OriginWatches::hook);
+        match self.library.refresh(which, &current, hook) {
             Ok(Refreshed {
                 report,
                 snapshot: Some(next),
@@ -329,8 +353,6 @@ fn collect_burst(first: Trigger, rx: &Receiver<Trigger>) -> Option<Vec<usize>> {
         match t {
             Trigger::Stop => return false,
             Trigger::Rescan(_) | Trigger::Watch(Change::Overflow(_)) => all = true,
-            // Sent only when watching fails, before any watch event can exist.
-            Trigger::Poll(_) => {}
             Trigger::Watch(Change::Origin(i)) => {
                 if !which.contains(&i) {
                     which.push(i);
@@ -450,36 +472,51 @@ pub fn plan_watches(
     (inotify, polled)
 }
 
-/// Sets up inotify watches on `inotify` origins (O(directories): run it off the start-up
-/// path), forwarding changes to `tx`, then asks `tx` for the start-up reconcile: a stat walk
-/// that begins after the watches exist, so no change made while the daemon started is lost.
-/// Origins that cannot be watched are handed back to the refresher for polling. Keep the
-/// returned watches alive as long as the daemon runs.
-pub fn watch_then_reconcile(
-    inotify: Vec<(usize, PathBuf)>,
-    tx: &Sender<Trigger>,
-) -> Option<musicfs_index::watch::Watches> {
-    let watches = watch_inotify(&inotify, tx);
-    if watches.is_none() && !inotify.is_empty() {
-        let every = Duration::from_secs(60);
-        let _ = tx.send(Trigger::Poll(
-            inotify.iter().map(|(i, _)| (*i, every)).collect(),
-        ));
-    }
-    let _ = tx.send(Trigger::Rescan("start-up reconcile"));
-    watches
+/// The inotify watches of the origins that use them. Scans add them: [`OriginWatches::hook`]
+/// watches each directory just before the scan lists it, so the start-up reconcile (and
+/// every refresh after it, which also picks up new directories) sets up the watches in
+/// the same walk that looks for changes, and nothing changed meanwhile is missed.
+pub struct OriginWatches {
+    watches: Watches,
+    /// Canonical root and index (into [`Library::origins`]) of each watched origin, in the
+    /// order of their slots in `watches`.
+    roots: Vec<(PathBuf, usize)>,
 }
 
-fn watch_inotify(
-    inotify: &[(usize, PathBuf)],
+impl OriginWatches {
+    /// A scan hook adding a watch on each directory listed in a watched origin.
+    pub fn hook(self: &Arc<Self>) -> DirHook {
+        let w = self.clone();
+        Arc::new(move |origin: &Path, dir: &Path| {
+            if let Some(slot) = w.roots.iter().position(|(r, _)| r == origin) {
+                // Failures are remembered by `Watches` and handled after the scan.
+                let _ = w.watches.add_dir(slot, dir);
+            }
+        })
+    }
+
+    /// Watched origins (index into [`Library::origins`]) missing some watches, and why.
+    pub fn failed(&self) -> Vec<(usize, String)> {
+        self.roots
+            .iter()
+            .enumerate()
+            .filter_map(|(k, (_, origin))| self.watches.failed(k).map(|why| (*origin, why)))
+            .collect()
+    }
+}
+
+/// Starts inotify for the `inotify` origins (index, canonical root), forwarding their
+/// changes to `tx` as [`Trigger::Watch`]. Cheap: no directory is watched until a scan lists
+/// it. `None` (after a warning) when inotify cannot be set up: poll those origins instead.
+pub fn watch_origins(
+    inotify: &[Indexed<PathBuf>],
     tx: &Sender<Trigger>,
-) -> Option<musicfs_index::watch::Watches> {
+) -> Option<Arc<OriginWatches>> {
     if inotify.is_empty() {
         return None;
     }
     let (wtx, wrx) = crossbeam_channel::unbounded::<Change>();
-    let roots: Vec<PathBuf> = inotify.iter().map(|(_, r)| r.clone()).collect();
-    let watches = match musicfs_index::watch::watch(&roots, wtx) {
+    let watches = match musicfs_index::watch::watch(inotify.len(), wtx) {
         Ok(w) => w,
         Err(e) => {
             warn!("cannot watch origins with inotify ({e}); polling every 60 s instead");
@@ -501,13 +538,14 @@ fn watch_inotify(
                 }
             }
         });
-    match forward {
-        Ok(_) => Some(watches),
-        Err(e) => {
-            warn!("cannot start the watch thread, polling instead: {e}");
-            None
-        }
+    if let Err(e) = forward {
+        warn!("cannot start the watch thread, polling instead: {e}");
+        return None;
     }
+    Some(Arc::new(OriginWatches {
+        watches,
+        roots: inotify.iter().map(|(i, r)| (r.clone(), *i)).collect(),
+    }))
 }
 
 #[cfg(test)]

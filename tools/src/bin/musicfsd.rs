@@ -16,7 +16,7 @@ use musicfs_core::config::Config;
 use musicfs_core::config::{PassthroughSetting, TransportSetting};
 use musicfs_core::template::Template;
 use musicfs_fusedev::{MountOptions, PassthroughMode, TransportMode};
-use musicfs_tools::live::{plan_watches, watch_then_reconcile, Library, Refresher, Trigger};
+use musicfs_tools::live::{plan_watches, watch_origins, Library, Refresher, Trigger};
 use musicfs_tools::{check_origins, init_logging, origin_paths, sd_notify, StateDir};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -225,15 +225,16 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
     info!(mountpoint = %cli.mountpoint.display(), "mounted");
     sd_notify("READY=1");
 
-    // Serve first; then watch the origins and catch up with what changed while we were down
-    // (a stat walk that starts once the watches exist), off the start-up path.
+    // Serve first; then catch up with what changed while we were down: the start-up
+    // reconcile is a stat walk that adds each directory's inotify watch just before listing
+    // it, on the refresh thread, off the start-up path.
     let (tx, rx) = crossbeam_channel::unbounded();
-    let (inotify, polled) = plan_watches(cfg, origins);
-    let watch_tx = tx.clone();
-    let watch_thread = std::thread::Builder::new()
-        .name("watch-setup".into())
-        .spawn(move || watch_then_reconcile(inotify, &watch_tx))
-        .context("cannot start the watch thread")?;
+    let (inotify, mut polled) = plan_watches(cfg, origins);
+    let watches = watch_origins(&inotify, &tx);
+    if watches.is_none() {
+        polled.extend(inotify.iter().map(|(i, _)| (*i, Duration::from_secs(60))));
+    }
+    let _ = tx.send(Trigger::Rescan("start-up reconcile"));
     let sink = match mounted.notifier() {
         Ok(n) => Some(Box::new(n) as Box<_>),
         Err(e) => {
@@ -248,6 +249,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
         refresh_interval: (cfg.refresh_interval_secs > 0.0)
             .then(|| Duration::from_secs_f64(cfg.refresh_interval_secs)),
         polled,
+        watches,
     };
     let refresh_thread = std::thread::Builder::new()
         .name("refresh".into())
@@ -276,8 +278,6 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
         .context("cannot start the signal thread")?;
     let result = mounted.wait();
     signal_handle.close();
-    // The watches live until here; the setup thread has finished long before in practice.
-    drop(watch_thread.join());
     let _ = tx.send(Trigger::Stop);
     if refresh_thread.join().is_err() {
         error!("the refresh thread panicked");

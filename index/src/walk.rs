@@ -1,0 +1,445 @@
+//! The parallel directory walk behind [`crate::scan()`].
+//!
+//! Threads take directories from a shared stack, call a hook on each directory *before*
+//! listing it (the live daemon adds its inotify watch there, so a change is either seen by
+//! this listing or reported by the watch), list it, and hand each directory's audio files to
+//! the caller in one batch. Regular files are stat'ed relative to their directory
+//! (`fstatat` on the listing's fd), so the kernel does not resolve the whole path again for
+//! every file.
+//!
+//! Symlinks are followed when they stay inside the origin; one that points outside, dangles
+//! or leads back to a directory being walked is reported as skipped. Directories that cannot
+//! be listed are reported too, so the caller can keep what it knew under them.
+
+use std::ffi::OsStr;
+use std::fs::{self, Metadata};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use musicfs_core::Format;
+
+use crate::scan::Skipped;
+
+/// An audio file (by extension) found by the walk.
+pub(crate) struct Found {
+    /// Its path under the origin root as walked.
+    pub path: PathBuf,
+    /// The same path relative to the root, as bytes.
+    pub rel: Vec<u8>,
+    /// The format its extension promises.
+    pub format: Format,
+    /// Its stat (through a symlink when the file is one).
+    pub md: Metadata,
+}
+
+/// What the walk could not look into.
+#[derive(Default)]
+pub(crate) struct Outcome {
+    /// Paths skipped, with the reason.
+    pub skipped: Vec<Skipped>,
+    /// Directories (relative to the root) that could not be listed.
+    pub unreadable: Vec<Vec<u8>>,
+    /// The caller asked to stop before the walk ended.
+    pub aborted: bool,
+}
+
+/// A directory to list: its place in the walk and its ancestors, for loop detection.
+struct Dir {
+    path: PathBuf,
+    rel: Vec<u8>,
+    /// (device, inode), from the parent's listing (or a stat for symlinked directories).
+    id: (u64, u64),
+    parent: Option<Arc<Dir>>,
+}
+
+impl Dir {
+    /// The walked directory (this one or an ancestor) that is `id`, if any.
+    fn ancestor_with(self: &Arc<Dir>, id: (u64, u64)) -> Option<&Arc<Dir>> {
+        let mut at = Some(self);
+        while let Some(d) = at {
+            if d.id == id {
+                return Some(d);
+            }
+            at = d.parent.as_ref();
+        }
+        None
+    }
+}
+
+/// The stack of directories still to list, shared by the walking threads.
+struct Queue {
+    state: Mutex<QueueState>,
+    more: Condvar,
+}
+
+struct QueueState {
+    dirs: Vec<Arc<Dir>>,
+    /// Threads listing a directory right now (they may push more).
+    busy: usize,
+}
+
+impl Queue {
+    /// The next directory, or `None` when every directory has been listed.
+    fn next(&self) -> Option<Arc<Dir>> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(d) = st.dirs.pop() {
+                st.busy += 1;
+                return Some(d);
+            }
+            if st.busy == 0 {
+                return None;
+            }
+            st = self.more.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Marks one directory done and queues its subdirectories.
+    fn done(&self, subdirs: Vec<Arc<Dir>>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.busy -= 1;
+        let woken = subdirs.len();
+        st.dirs.extend(subdirs);
+        let finished = st.busy == 0 && st.dirs.is_empty();
+        drop(st);
+        if finished || woken > 1 {
+            self.more.notify_all();
+        } else if woken == 1 {
+            self.more.notify_one();
+        }
+    }
+}
+
+/// Walks `root` (canonical) with `threads` threads. `before_list` runs on each directory
+/// before it is listed; `files` gets each directory's audio files and returns `false` to
+/// stop the walk.
+pub(crate) fn walk(
+    root: &Path,
+    threads: usize,
+    before_list: &(dyn Fn(&Path) + Sync),
+    files: &(dyn Fn(Vec<Found>) -> bool + Sync),
+) -> Outcome {
+    let id = fs::metadata(root).map_or((0, 0), |m| (m.dev(), m.ino()));
+    let queue = Queue {
+        state: Mutex::new(QueueState {
+            dirs: vec![Arc::new(Dir {
+                path: root.to_path_buf(),
+                rel: Vec::new(),
+                id,
+                parent: None,
+            })],
+            busy: 0,
+        }),
+        more: Condvar::new(),
+    };
+    let stop = AtomicBool::new(false);
+    let outcomes: Vec<Outcome> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                let (queue, stop) = (&queue, &stop);
+                s.spawn(move || {
+                    let mut out = Outcome::default();
+                    while let Some(dir) = queue.next() {
+                        let subdirs = if stop.load(Ordering::Relaxed) {
+                            Vec::new()
+                        } else {
+                            before_list(&dir.path);
+                            list(root, &dir, files, stop, &mut out)
+                        };
+                        queue.done(subdirs);
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| Outcome {
+                    skipped: vec![Skipped {
+                        path: root.to_path_buf(),
+                        reason: "directory walk aborted".into(),
+                    }],
+                    aborted: true,
+                    ..Outcome::default()
+                })
+            })
+            .collect()
+    });
+    let mut all = Outcome::default();
+    for o in outcomes {
+        all.skipped.extend(o.skipped);
+        all.unreadable.extend(o.unreadable);
+        all.aborted |= o.aborted;
+    }
+    all.aborted |= stop.load(Ordering::Relaxed);
+    all
+}
+
+/// Lists one directory: hands its audio files to `files` and returns its subdirectories.
+fn list(
+    root: &Path,
+    dir: &Arc<Dir>,
+    files: &(dyn Fn(Vec<Found>) -> bool + Sync),
+    stop: &AtomicBool,
+    out: &mut Outcome,
+) -> Vec<Arc<Dir>> {
+    let entries = match fs::read_dir(&dir.path) {
+        Ok(e) => e,
+        Err(e) => {
+            out.unreadable.push(dir.rel.clone());
+            out.skipped.push(Skipped {
+                path: dir.path.clone(),
+                reason: format!("cannot read: {e}"),
+            });
+            return Vec::new();
+        }
+    };
+    let mut subdirs = Vec::new();
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                out.skipped.push(Skipped {
+                    path: dir.path.clone(),
+                    reason: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        let name = entry.file_name();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        let path = dir.path.join(&name);
+        let rel = join_rel(&dir.rel, &name);
+        if kind.is_dir() {
+            subdirs.push(Arc::new(Dir {
+                path,
+                rel,
+                id: (dir.id.0, entry.ino()),
+                parent: Some(dir.clone()),
+            }));
+        } else if kind.is_file() {
+            let Some(format) = audio_format(&path) else {
+                continue;
+            };
+            // fstatat on the directory's fd, without following (it is not a symlink).
+            match entry.metadata() {
+                Ok(md) => found.push(Found {
+                    path,
+                    rel,
+                    format,
+                    md,
+                }),
+                Err(e) => out.skipped.push(Skipped {
+                    path,
+                    reason: format!("cannot stat: {e}"),
+                }),
+            }
+        } else if kind.is_symlink() {
+            follow(root, dir, path, rel, &mut subdirs, &mut found, out);
+        }
+    }
+    if !found.is_empty() && !files(found) {
+        stop.store(true, Ordering::Relaxed);
+    }
+    subdirs
+}
+
+/// Follows the symlink `path`: a directory inside the origin is walked (unless it leads
+/// back to one being walked), an audio file is found; anything else is skipped.
+fn follow(
+    root: &Path,
+    dir: &Arc<Dir>,
+    path: PathBuf,
+    rel: Vec<u8>,
+    subdirs: &mut Vec<Arc<Dir>>,
+    found: &mut Vec<Found>,
+    out: &mut Outcome,
+) {
+    let skip = |out: &mut Outcome, path: PathBuf, reason: String| {
+        out.skipped.push(Skipped { path, reason });
+    };
+    let md = match fs::metadata(&path) {
+        Ok(md) => md,
+        Err(_) => {
+            // Dangling, or a loop of symlinks the kernel gave up on.
+            let target = fs::read_link(&path)
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            return skip(out, path, format!("dangling symlink (to {target})"));
+        }
+    };
+    match path.canonicalize() {
+        Ok(target) if target.starts_with(root) => {}
+        Ok(target) => {
+            let reason = format!(
+                "symlink points outside the origin (to {})",
+                target.display()
+            );
+            return skip(out, path, reason);
+        }
+        Err(e) => return skip(out, path, format!("cannot resolve symlink: {e}")),
+    }
+    if md.is_dir() {
+        let id = (md.dev(), md.ino());
+        if let Some(ancestor) = dir.ancestor_with(id) {
+            let reason = format!("symlink loop (back to {})", ancestor.path.display());
+            return skip(out, path, reason);
+        }
+        subdirs.push(Arc::new(Dir {
+            path,
+            rel,
+            id,
+            parent: Some(dir.clone()),
+        }));
+    } else if md.is_file() {
+        if let Some(format) = audio_format(&path) {
+            found.push(Found {
+                path,
+                rel,
+                format,
+                md,
+            });
+        }
+    }
+}
+
+fn join_rel(dir: &[u8], name: &OsStr) -> Vec<u8> {
+    let name = name.as_bytes();
+    let mut rel = Vec::with_capacity(dir.len() + 1 + name.len());
+    if !dir.is_empty() {
+        rel.extend_from_slice(dir);
+        rel.push(b'/');
+    }
+    rel.extend_from_slice(name);
+    rel
+}
+
+/// The format an audio file's extension promises (case-insensitive), if any.
+pub(crate) fn audio_format(path: &Path) -> Option<Format> {
+    path.extension()
+        .and_then(OsStr::to_str)
+        .and_then(Format::from_ext)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    fn walk_all(root: &Path, threads: usize) -> (BTreeSet<String>, Outcome, BTreeSet<String>) {
+        let files = Mutex::new(BTreeSet::new());
+        let dirs = Mutex::new(BTreeSet::new());
+        let out = walk(
+            root,
+            threads,
+            &|d| {
+                let rel = d.strip_prefix(root).unwrap().display().to_string();
+                dirs.lock().unwrap().insert(rel);
+            },
+            &|batch| {
+                let mut f = files.lock().unwrap();
+                for x in batch {
+                    assert_eq!(x.path, root.join(OsStr::from_bytes(&x.rel)));
+                    f.insert(String::from_utf8(x.rel).unwrap());
+                }
+                true
+            },
+        );
+        (files.into_inner().unwrap(), out, dirs.into_inner().unwrap())
+    }
+
+    #[test]
+    fn every_audio_file_is_found_once_and_every_directory_hooked_before_listing() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().canonicalize().unwrap();
+        let mut want = BTreeSet::new();
+        for a in 0..5 {
+            for b in 0..4 {
+                let d = root.join(format!("a{a}/b{b}"));
+                fs::create_dir_all(&d).unwrap();
+                for f in 0..3 {
+                    fs::write(d.join(format!("{f}.flac")), b"x").unwrap();
+                    want.insert(format!("a{a}/b{b}/{f}.flac"));
+                }
+                fs::write(d.join("cover.jpg"), b"x").unwrap();
+            }
+        }
+        fs::write(root.join("top.MP3"), b"x").unwrap();
+        want.insert("top.MP3".into());
+        for threads in [1, 2, 4] {
+            let (files, out, dirs) = walk_all(&root, threads);
+            assert_eq!(files, want, "threads {threads}");
+            assert!(out.skipped.is_empty() && !out.aborted);
+            assert_eq!(dirs.len(), 1 + 5 + 20, "root, a*, a*/b*");
+        }
+    }
+
+    #[test]
+    fn symlinks_are_followed_inside_the_origin_and_skipped_with_a_reason_otherwise() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("o.flac"), b"x").unwrap();
+        let root = t.path().canonicalize().unwrap();
+        fs::create_dir_all(root.join("real/deep")).unwrap();
+        fs::write(root.join("real/deep/t.flac"), b"x").unwrap();
+        symlink(root.join("real"), root.join("alias")).unwrap();
+        symlink(&root, root.join("real/deep/up")).unwrap();
+        symlink(root.join("nowhere.flac"), root.join("dangling.flac")).unwrap();
+        symlink(outside.path().join("o.flac"), root.join("out.flac")).unwrap();
+        symlink(root.join("real/deep/t.flac"), root.join("link.flac")).unwrap();
+        let (files, out, _) = walk_all(&root, 2);
+        let want: BTreeSet<String> = ["real/deep/t.flac", "alias/deep/t.flac", "link.flac"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(files, want);
+        let reason = |p: &str| {
+            out.skipped
+                .iter()
+                .filter(|s| s.path.ends_with(p))
+                .map(|s| s.reason.clone())
+                .collect::<Vec<_>>()
+        };
+        assert!(reason("dangling.flac")[0].contains("dangling"));
+        assert!(reason("out.flac")[0].contains("outside"));
+        // Reached twice (through real/ and alias/), a loop both times.
+        let loops = reason("deep/up");
+        assert_eq!(loops.len(), 2, "{loops:?}");
+        assert!(loops.iter().all(|r| r.contains("loop")), "{loops:?}");
+    }
+
+    #[test]
+    fn an_unreadable_directory_is_reported_and_the_caller_can_stop_the_walk() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().canonicalize().unwrap();
+        for d in ["x", "y", "z"] {
+            fs::create_dir(root.join(d)).unwrap();
+            fs::write(root.join(d).join("1.flac"), b"x").unwrap();
+        }
+        // A directory that vanishes between being found and being listed.
+        let gone = root.join("y");
+        let out = walk(
+            &root,
+            1,
+            &|d| {
+                if d == gone {
+                    fs::remove_dir_all(d).unwrap();
+                }
+            },
+            &|_| true,
+        );
+        assert_eq!(out.unreadable, vec![b"y".to_vec()]);
+        assert!(out.skipped[0].reason.starts_with("cannot read"));
+        let out = walk(&root, 2, &|_| {}, &|_| false);
+        assert!(out.aborted);
+    }
+}
