@@ -18,6 +18,7 @@
 
 mod fields;
 pub mod fsio;
+mod known;
 mod riff;
 pub mod scan;
 pub mod tags;

@@ -12,7 +12,8 @@
 //! are still reported in every [`ScanReport::skipped`]. Files that failed with an I/O
 //! error are not remembered: the error may be gone by the next scan.
 
-use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -23,6 +24,7 @@ use musicfs_core::{Format, OriginId, ScanState, TrackId, TrackMeta};
 use musicfs_storage::{Batch, Catalog, CatalogError, SkipRecord, Upsert};
 
 use crate::fsio::{open_readonly, scan_state};
+use crate::known::Known;
 use crate::tags::{read_tags_from, TagError};
 use crate::walk;
 
@@ -172,18 +174,14 @@ struct Done {
 
 /// What the walker hands back once the origin is listed.
 struct WalkOutcome {
-    /// Catalog entries whose file was not found (minus those under unreadable directories).
+    /// Catalog entries whose file was not found (those under `unreadable` directories
+    /// included: the caller keeps them).
     gone: Vec<TrackId>,
     /// Remembered broken files that were not found (same exception), as rel paths.
     gone_broken: Vec<Vec<u8>>,
     skipped: Vec<Skipped>,
-}
-
-/// What the catalog remembers of one origin, for the walker to compare stats against.
-#[derive(Default)]
-struct Known {
-    tracks: HashMap<Vec<u8>, (TrackId, ScanState)>,
-    broken: HashMap<Vec<u8>, (ScanState, String)>,
+    /// Directories (relative) that could not be listed.
+    unreadable: Vec<Vec<u8>>,
 }
 
 /// What to do with one audio file the walker found.
@@ -284,7 +282,7 @@ fn scan_origin(
     let origin_id = catalog.origin_id(&root)?;
     // What the catalog knows loads while the walk starts listing; the first files found
     // wait for it. `None` when it could not be read (the walk then stops).
-    let known: OnceLock<Option<Mutex<Known>>> = OnceLock::new();
+    let known: OnceLock<Option<Known>> = OnceLock::new();
     let threads = opts.threads.max(1);
     let counters = Counters::new(report, opts.progress.clone());
     let (job_tx, job_rx) = bounded::<Job>(threads * 64);
@@ -295,13 +293,14 @@ fn scan_origin(
             // Whatever happens, the walk must not wait forever.
             let _unblock = SetOnDrop(&known);
             let load = || -> Result<Known, CatalogError> {
-                Ok(Known {
-                    tracks: catalog.scan_states(origin_id)?,
-                    broken: catalog.skipped_states(origin_id)?,
-                })
+                let mut tracks = Vec::new();
+                catalog.for_each_scan_state(origin_id, |rel, id, state| {
+                    tracks.push((Known::key(rel), id, state));
+                })?;
+                Ok(Known::new(tracks, catalog.skipped_states(origin_id)?))
             };
             load().map(|k| {
-                let _ = known.set(Some(Mutex::new(k)));
+                let _ = known.set(Some(k));
             })
         });
         let walker = {
@@ -325,6 +324,7 @@ fn scan_origin(
                 path: root.clone(),
                 reason: "directory walk aborted".into(),
             }],
+            unreadable: Vec::new(),
         });
         let loaded = loader
             .join()
@@ -333,8 +333,21 @@ fn scan_origin(
     });
     loaded?;
     collected?;
-    report.removed += walk.gone.len() as u64;
-    forget_gone(catalog, origin_id, walk.gone, walk.gone_broken)?;
+    let mut gone = walk.gone;
+    if !walk.unreadable.is_empty() {
+        // Tracks under directories we could not list are kept: "unreadable right now" is
+        // not "deleted".
+        let mut kept = Vec::with_capacity(gone.len());
+        for id in gone {
+            let rel = catalog.get(id)?.map(|t| t.rel_path).unwrap_or_default();
+            if !walk.unreadable.iter().any(|dir| is_under(&rel, dir)) {
+                kept.push(id);
+            }
+        }
+        gone = kept;
+    }
+    report.removed += gone.len() as u64;
+    forget_gone(catalog, origin_id, gone, walk.gone_broken)?;
     report.seen = counters.seen.load(Ordering::Relaxed);
     report.unchanged = counters.unchanged.load(Ordering::Relaxed);
     report.skipped.extend(walk.skipped);
@@ -446,13 +459,13 @@ fn batch_len(batch: &Batch) -> usize {
     batch.upserts.len() + batch.removals.len() + batch.skipped.len() + batch.unskipped.len()
 }
 
-/// Compares a found file's stat with what the catalog remembers of its path, and forgets
-/// the path in `known` so that whatever is left at the end was not found.
-fn decide(known: &mut Known, rel: &[u8], state: ScanState, verify: bool) -> Decision {
-    let broken = known.broken.remove(rel);
-    match known.tracks.remove(rel) {
-        Some((_, old)) if old == state && !verify => Decision::Unchanged,
-        Some((id, _)) => Decision::Read(Some(id)),
+/// Compares a found file's stat with what the catalog remembers of its path, and marks the
+/// path found in `known` so that whatever is left unmarked at the end was not found.
+fn decide(known: &Known, rel: &[u8], state: ScanState, verify: bool) -> Decision {
+    let broken = known.take_broken(rel);
+    match known.find(rel) {
+        Some(hit) if hit.state == state && !verify => Decision::Unchanged,
+        Some(hit) => Decision::Read(Some(hit.id)),
         None => match broken {
             Some((old, reason)) if old == state && !verify => Decision::StillBroken(reason),
             _ => Decision::Read(None),
@@ -461,7 +474,7 @@ fn decide(known: &mut Known, rel: &[u8], state: ScanState, verify: bool) -> Deci
 }
 
 /// Sets an unset cell to `None` when dropped.
-struct SetOnDrop<'a>(&'a OnceLock<Option<Mutex<Known>>>);
+struct SetOnDrop<'a>(&'a OnceLock<Option<Known>>);
 
 impl Drop for SetOnDrop<'_> {
     fn drop(&mut self) {
@@ -472,7 +485,7 @@ impl Drop for SetOnDrop<'_> {
 fn walk_origin(
     root: &Path,
     origin: &Path,
-    known: &OnceLock<Option<Mutex<Known>>>,
+    known: &OnceLock<Option<Known>>,
     opts: &ScanOptions,
     counters: &Counters,
     jobs: Sender<Job>,
@@ -490,34 +503,35 @@ fn walk_origin(
             let Some(known) = known.wait() else {
                 return false;
             };
-            let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
+            let (mut seen, mut unchanged) = (0, 0);
             for f in found {
-                let seen = counters.seen.fetch_add(1, Ordering::Relaxed) + 1;
-                if seen.is_multiple_of(4096) {
-                    // Unchanged files never reach the collector; report progress from here.
-                    counters.emit();
-                }
+                seen += 1;
                 let state = scan_state(&f.md);
-                match decide(&mut known, &f.rel, state, verify) {
-                    Decision::Unchanged => {
-                        counters.unchanged.fetch_add(1, Ordering::Relaxed);
-                    }
+                match decide(known, &f.rel, state, verify) {
+                    Decision::Unchanged => unchanged += 1,
                     Decision::StillBroken(reason) => {
-                        counters.unchanged.fetch_add(1, Ordering::Relaxed);
+                        unchanged += 1;
                         let mut sb = still_broken.lock().unwrap_or_else(|p| p.into_inner());
                         sb.push(Skipped {
-                            path: f.path,
+                            path: root.join(OsStr::from_bytes(&f.rel)),
                             reason,
                         });
                     }
                     Decision::Read(known_id) => read.push(Job {
-                        path: f.path,
+                        path: root.join(OsStr::from_bytes(&f.rel)),
                         rel: f.rel,
                         expected: f.format,
                         state,
                         known: known_id,
                     }),
                 }
+            }
+            // One update per directory: per-file atomics would bounce between the walkers.
+            counters.unchanged.fetch_add(unchanged, Ordering::Relaxed);
+            let before = counters.seen.fetch_add(seen, Ordering::Relaxed);
+            if before / 4096 != (before + seen) / 4096 {
+                // Unchanged files never reach the collector; report progress from here.
+                counters.emit();
             }
         }
         // The collector stops taking jobs only when a catalog write failed; it reports it.
@@ -527,37 +541,26 @@ fn walk_origin(
     let outcome = walk::walk(root, threads, &hook, &handle);
     let mut skipped = outcome.skipped;
     skipped.extend(still_broken.into_inner().unwrap_or_else(|p| p.into_inner()));
-    let known = match known.wait() {
-        Some(k) if !outcome.aborted => {
-            std::mem::take(&mut *k.lock().unwrap_or_else(|p| p.into_inner()))
-        }
-        _ => {
-            return WalkOutcome {
-                gone: Vec::new(),
-                gone_broken: Vec::new(),
-                skipped,
-            }
-        }
+    let Some(known) = known.wait().as_ref().filter(|_| !outcome.aborted) else {
+        return WalkOutcome {
+            gone: Vec::new(),
+            gone_broken: Vec::new(),
+            skipped,
+            unreadable: Vec::new(),
+        };
     };
-    // Catalog entries under directories we could not list are kept: "unreadable right
-    // now" is not "deleted".
+    // Remembered broken files under directories we could not list are kept.
     let unreadable = outcome.unreadable;
-    let under_unreadable = |rel: &Vec<u8>| unreadable.iter().any(|dir| is_under(rel, dir));
-    let gone = known
-        .tracks
-        .into_iter()
-        .filter(|(rel, _)| !under_unreadable(rel))
-        .map(|(_, (id, _))| id)
-        .collect();
     let gone_broken = known
-        .broken
-        .into_keys()
-        .filter(|rel| !under_unreadable(rel))
+        .unseen_broken()
+        .into_iter()
+        .filter(|rel| !unreadable.iter().any(|dir| is_under(rel, dir)))
         .collect();
     WalkOutcome {
-        gone,
+        gone: known.unseen(),
         gone_broken,
         skipped,
+        unreadable,
     }
 }
 
@@ -567,6 +570,8 @@ fn is_under(rel: &[u8], dir: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     #[test]
@@ -586,30 +591,45 @@ mod tests {
     }
 
     fn known() -> Known {
-        Known {
-            tracks: HashMap::from([(b"good.flac".to_vec(), (TrackId(7), state(10)))]),
-            broken: HashMap::from([(b"bad.mp3".to_vec(), (state(0), "empty".to_owned()))]),
-        }
+        Known::new(
+            vec![(Known::key(b"good.flac"), TrackId(7), state(10))],
+            HashMap::from([(b"bad.mp3".to_vec(), (state(0), "empty".to_owned()))]),
+        )
     }
 
     #[test]
     fn an_unchanged_broken_file_keeps_its_reason_and_is_not_read() {
-        let mut k = known();
+        let k = known();
         assert_eq!(
-            decide(&mut k, b"bad.mp3", state(0), false),
+            decide(&k, b"bad.mp3", state(0), false),
             Decision::StillBroken("empty".to_owned())
         );
-        assert!(k.broken.is_empty(), "found files are not forgotten as gone");
+        assert!(
+            k.unseen_broken().is_empty(),
+            "found files are not forgotten as gone"
+        );
+        assert_eq!(k.unseen(), vec![TrackId(7)], "good.flac was not found");
+    }
+
+    #[test]
+    fn found_tracks_are_not_gone() {
+        let k = known();
+        assert_eq!(
+            decide(&k, b"good.flac", state(10), false),
+            Decision::Unchanged
+        );
+        assert!(k.unseen().is_empty());
+        assert_eq!(k.unseen_broken(), vec![b"bad.mp3".to_vec()]);
     }
 
     #[test]
     fn a_changed_or_verified_broken_file_is_read_as_new() {
         assert_eq!(
-            decide(&mut known(), b"bad.mp3", state(5), false),
+            decide(&known(), b"bad.mp3", state(5), false),
             Decision::Read(None)
         );
         assert_eq!(
-            decide(&mut known(), b"bad.mp3", state(0), true),
+            decide(&known(), b"bad.mp3", state(0), true),
             Decision::Read(None)
         );
     }
@@ -617,15 +637,15 @@ mod tests {
     #[test]
     fn tracks_are_read_again_only_when_changed_or_verified() {
         assert_eq!(
-            decide(&mut known(), b"good.flac", state(10), false),
+            decide(&known(), b"good.flac", state(10), false),
             Decision::Unchanged
         );
         assert_eq!(
-            decide(&mut known(), b"good.flac", state(11), false),
+            decide(&known(), b"good.flac", state(11), false),
             Decision::Read(Some(TrackId(7)))
         );
         assert_eq!(
-            decide(&mut known(), b"new.ogg", state(1), false),
+            decide(&known(), b"new.ogg", state(1), false),
             Decision::Read(None)
         );
     }

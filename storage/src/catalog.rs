@@ -169,26 +169,40 @@ impl Catalog {
         })
     }
 
-    /// Everything an incremental scan needs for one origin: rel path -> (id, scan state).
+    /// The scan states of one origin: rel path -> (id, scan state).
     pub fn scan_states(
         &self,
         origin: OriginId,
     ) -> Result<HashMap<Vec<u8>, (TrackId, ScanState)>, CatalogError> {
+        let mut out = HashMap::new();
+        self.for_each_scan_state(origin, |rel, id, state| {
+            out.insert(rel.to_vec(), (id, state));
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f(rel path, id, scan state)` for every track of one origin, in one read
+    /// transaction, without copying the paths.
+    pub fn for_each_scan_state(
+        &self,
+        origin: OriginId,
+        mut f: impl FnMut(&[u8], TrackId, ScanState),
+    ) -> Result<(), CatalogError> {
         let lmdb = |e| self.store.lmdb("scan states", e);
         self.store.read("scan states", |txn| {
-            // Every origin's paths: an upper bound that spares the map its regrowths.
-            let all = self.dbs.paths.len(txn).map_err(lmdb)?;
-            let mut out = HashMap::with_capacity(usize::try_from(all).unwrap_or(0));
             let prefix = schema::origin_prefix(origin);
             for item in self.dbs.paths.prefix_iter(txn, &prefix).map_err(lmdb)? {
                 let (key, entry) = item.map_err(lmdb)?;
-                let rel_path = match rel_path_in_key(key) {
-                    Some(rel_path) => rel_path.to_vec(),
-                    None => self.indexed_track(txn, key, entry.id)?.rel_path,
-                };
-                out.insert(rel_path, (entry.id, entry.scan));
+                match rel_path_in_key(key) {
+                    Some(rel_path) => f(rel_path, entry.id, entry.scan),
+                    None => f(
+                        &self.indexed_track(txn, key, entry.id)?.rel_path,
+                        entry.id,
+                        entry.scan,
+                    ),
+                }
             }
-            Ok(out)
+            Ok(())
         })
     }
 
