@@ -21,6 +21,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::Mmap;
 use thiserror::Error;
@@ -105,11 +106,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
 impl Snapshot {
     /// Serialises `tree` as generation `generation` and publishes it at `path` atomically:
     /// temp file, fsync, rename, fsync of the directory. A crash leaves either the old or
-    /// the new snapshot, plus at most a temp file that [`Snapshot::open`] removes.
+    /// the new snapshot, plus at most a temp file that the next [`Snapshot::open`] or
+    /// publish removes. Temp files are named by process (and publish), so a concurrent
+    /// reader or writer of the same state dir (`musicfs tree` while the daemon republishes)
+    /// never removes or overwrites another's.
     pub fn write(path: &Path, tree: &TreeData, generation: u64) -> Result<(), SnapshotError> {
         let body = rkyv::to_bytes::<rkyv::rancor::Error>(tree)
             .map_err(|e| SnapshotError::Serialise(e.to_string()))?;
         let header = encode_header(generation, &body);
+        remove_stale_temps(path);
         let tmp = temp_path(path);
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new()
@@ -151,9 +156,10 @@ impl Snapshot {
     }
 
     /// Maps the snapshot at `path` and validates its header and structure in O(1) (see the
-    /// module docs), removing a temp file left by an interrupted publish.
+    /// module docs), removing temp files left by interrupted publishes (of processes that
+    /// are gone).
     pub fn open(path: &Path) -> Result<Snapshot, SnapshotError> {
-        let _ = fs::remove_file(temp_path(path));
+        remove_stale_temps(path);
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -429,10 +435,56 @@ impl<'a> Node<'a> {
     }
 }
 
+/// `<name>.tmp.<pid>.<n>`: unique to this process and publish.
 fn temp_path(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
+    name.push(format!(".tmp.{}.{n}", std::process::id()));
     path.with_file_name(name)
+}
+
+/// Removes the temp files of `path` whose publishing process is gone (or that carry no
+/// process id: older versions named them `<name>.tmp`). A live process's temp file is left
+/// alone: it may be renamed into place any moment.
+fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let mut prefix = name.as_bytes().to_vec();
+    prefix.extend_from_slice(b".tmp");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(rest) = file.as_bytes().strip_prefix(prefix.as_slice()) else {
+            continue;
+        };
+        let owner = rest
+            .strip_prefix(b".")
+            .and_then(|r| r.split(|b| *b == b'.').next())
+            .and_then(|pid| std::str::from_utf8(pid).ok()?.parse::<i32>().ok());
+        let stale = match owner {
+            Some(pid) if pid > 0 => !process_alive(pid),
+            Some(_) => false,
+            None => rest.is_empty(),
+        };
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists; no signal is sent.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 fn encode_header(generation: u64, body: &[u8]) -> [u8; HEADER_LEN] {

@@ -220,11 +220,20 @@ fn corrupt_snapshots_are_refused_never_trusted() {
 #[test]
 fn interrupted_publish_leaves_the_old_snapshot_and_no_temp_file() {
     let (dir, _snap) = publish(&build(&[track(1, "a", "b", "c", None)]));
-    let tmp = dir.path().join("tree.snap.tmp");
-    std::fs::write(&tmp, b"half a snapshot").unwrap();
+    // An old-style temp file, and one of a process that is gone (above any pid_max).
+    let old_style = dir.path().join("tree.snap.tmp");
+    let dead = dir.path().join("tree.snap.tmp.2147483647.0");
+    // One of a live process (ours) that may be renamed into place at any moment.
+    let live = dir
+        .path()
+        .join(format!("tree.snap.tmp.{}.99", std::process::id()));
+    for tmp in [&old_style, &dead, &live] {
+        std::fs::write(tmp, b"half a snapshot").unwrap();
+    }
     let snap = Snapshot::open(&dir.path().join("tree.snap")).unwrap();
     assert_eq!(snap.track_count(), 1);
-    assert!(!tmp.exists());
+    assert!(!old_style.exists() && !dead.exists());
+    assert!(live.exists(), "a live publisher's temp file was removed");
 }
 
 fn arb_tracks() -> impl Strategy<Value = Vec<TrackRecord>> {

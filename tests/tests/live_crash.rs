@@ -309,7 +309,7 @@ fn a_daemon_killed_twenty_times_mid_refresh_ends_with_the_clean_scan_tree() {
     let leftovers: Vec<_> = fs::read_dir(&work.state)
         .unwrap()
         .map(|e| e.unwrap().file_name())
-        .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+        .filter(|n| n.to_string_lossy().contains(".tmp"))
         .collect();
     assert!(
         leftovers.is_empty(),

@@ -231,6 +231,8 @@ pub enum Trigger {
 /// Quiet time that ends a burst of changes, and the longest a burst may delay a refresh.
 const SETTLE: Duration = Duration::from_millis(150);
 const MAX_DELAY: Duration = Duration::from_millis(1000);
+/// The longest wait before retrying a failed refresh.
+const MAX_RETRY: Duration = Duration::from_secs(60);
 
 /// The refresh loop of a running daemon.
 pub struct Refresher {
@@ -254,21 +256,26 @@ impl Refresher {
         self.verify_served();
         let mut timers = Timers::new(self.refresh_interval, &self.polled);
         let mut unwatched: Vec<usize> = Vec::new();
+        // Consecutive failed refreshes: each is retried, after 1 s, 2 s, ... at most 60 s.
+        let mut failures = 0u32;
         loop {
             self.poll_unwatched(&mut unwatched, &mut timers);
-            let first = match rx.recv_timeout(timers.until_next()) {
-                Ok(t) => t,
-                Err(RecvTimeoutError::Timeout) => {
-                    let due = timers.take_due();
-                    self.refresh_now(&due, "timer");
-                    continue;
-                }
+            let (which, why) = match rx.recv_timeout(timers.until_next()) {
+                Ok(first) => match collect_burst(first, &rx) {
+                    Some(which) => (which, "change"),
+                    None => return,
+                },
+                Err(RecvTimeoutError::Timeout) => (timers.take_due(), "timer"),
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            let Some(which) = collect_burst(first, &rx) else {
-                return;
-            };
-            self.refresh_now(&which, "change");
+            if self.refresh_now(&which, why) {
+                failures = 0;
+            } else {
+                // A change already seen by the failed scan sends no new event: retry it.
+                let wait = Duration::from_secs(1u64 << failures.min(6)).min(MAX_RETRY);
+                failures += 1;
+                timers.once(which, wait);
+            }
         }
     }
 
@@ -321,7 +328,8 @@ impl Refresher {
         }
     }
 
-    fn refresh_now(&self, which: &[usize], why: &str) {
+    /// Refreshes `which` (all when empty); false when it failed.
+    fn refresh_now(&self, which: &[usize], why: &str) -> bool {
         let current = self.shared.load_full();
         let hook = self.watches.as_ref().map(OriginWatches::hook);
         match self.library.refresh(which, &current, hook) {
@@ -331,14 +339,19 @@ impl Refresher {
             }) => {
                 info!(why, "{}", scan_summary(&report));
                 self.swap_in(&current, next);
+                true
             }
             Ok(Refreshed { report, .. }) => {
-                tracing::debug!(why, seen = report.seen, "refresh found nothing new")
+                tracing::debug!(why, seen = report.seen, "refresh found nothing new");
+                true
             }
-            Err(e) => warn!(
-                why,
-                "refresh failed, still serving the previous tree: {e:#}"
-            ),
+            Err(e) => {
+                warn!(
+                    why,
+                    "refresh failed, still serving the previous tree (will retry): {e:#}"
+                );
+                false
+            }
         }
     }
 }
@@ -390,10 +403,13 @@ fn collect_burst(first: Trigger, rx: &Receiver<Trigger>) -> Option<Vec<usize>> {
     Some(if all { Vec::new() } else { which })
 }
 
-/// Deadlines of the periodic refreshes: the full refresh interval and each polled origin.
+/// Deadlines of the periodic refreshes (the full refresh interval and each polled origin)
+/// and of one-shot retries.
 struct Timers {
     /// (origins to scan — empty for all, interval, next deadline)
     entries: Vec<(Vec<usize>, Duration, Instant)>,
+    /// (origins to scan — empty for all, deadline), dropped once due.
+    once: Vec<(Vec<usize>, Instant)>,
 }
 
 impl Timers {
@@ -404,6 +420,7 @@ impl Timers {
                 .map(|every| (Vec::new(), every, now + every))
                 .into_iter()
                 .collect(),
+            once: Vec::new(),
         };
         t.add(polled);
         t
@@ -418,11 +435,18 @@ impl Timers {
         );
     }
 
+    /// Scans `origins` (empty: all) once, `after` from now.
+    fn once(&mut self, origins: Vec<usize>, after: Duration) {
+        self.once.push((origins, Instant::now() + after));
+    }
+
     fn until_next(&self) -> Duration {
         let now = Instant::now();
         self.entries
             .iter()
-            .map(|e| e.2.saturating_duration_since(now))
+            .map(|e| e.2)
+            .chain(self.once.iter().map(|o| o.1))
+            .map(|due| due.saturating_duration_since(now))
             .min()
             .unwrap_or(Duration::from_secs(3600))
     }
@@ -439,6 +463,16 @@ impl Timers {
                 which.extend(origins.iter().copied());
             }
         }
+        self.once.retain(|(origins, due)| {
+            if *due > now {
+                return true;
+            }
+            all |= origins.is_empty();
+            which.extend(origins.iter().copied());
+            false
+        });
+        which.sort_unstable();
+        which.dedup();
         if all {
             Vec::new()
         } else {
@@ -584,5 +618,19 @@ mod tests {
         let mut t = Timers::new(None, &[(1, Duration::ZERO), (3, Duration::from_secs(999))]);
         assert_eq!(t.take_due(), vec![1]);
         assert!(t.until_next() <= Duration::from_secs(999));
+    }
+
+    #[test]
+    fn a_retry_fires_once_for_its_origins() {
+        let mut t = Timers::new(Some(Duration::from_secs(3600)), &[]);
+        t.once(vec![2, 0], Duration::ZERO);
+        assert_eq!(t.until_next(), Duration::ZERO);
+        assert_eq!(t.take_due(), vec![0, 2]);
+        assert!(
+            t.until_next() > Duration::from_secs(3000),
+            "fired once only"
+        );
+        t.once(Vec::new(), Duration::ZERO);
+        assert_eq!(t.take_due(), Vec::<usize>::new(), "empty = every origin");
     }
 }
