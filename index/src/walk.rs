@@ -112,6 +112,19 @@ impl Queue {
     }
 }
 
+/// Marks a directory done and stops the walk if dropped, i.e. if listing it panicked.
+struct Listing<'a> {
+    queue: &'a Queue,
+    stop: &'a AtomicBool,
+}
+
+impl Drop for Listing<'_> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.queue.done(Vec::new());
+    }
+}
+
 /// Walks `root` (canonical) with `threads` threads. `before_list` runs on each directory
 /// before it is listed; `files` gets each directory's audio files and returns `false` to
 /// stop the walk.
@@ -142,12 +155,16 @@ pub(crate) fn walk(
                 s.spawn(move || {
                     let mut out = Outcome::default();
                     while let Some(dir) = queue.next() {
+                        // Should listing panic (a bug), the other threads must not wait
+                        // for this directory forever: the guard stops the walk.
+                        let guard = Listing { queue, stop };
                         let subdirs = if stop.load(Ordering::Relaxed) {
                             Vec::new()
                         } else {
                             before_list(&dir.path);
                             list(root, &dir, files, stop, &mut out)
                         };
+                        std::mem::forget(guard);
                         queue.done(subdirs);
                     }
                     out
@@ -433,5 +450,18 @@ mod tests {
         assert!(out.skipped[0].reason.starts_with("cannot read"));
         let out = walk(&root, 2, &|_| {}, &|_| false);
         assert!(out.aborted);
+    }
+
+    #[test]
+    fn a_panicking_callback_ends_the_walk_instead_of_hanging_it() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().canonicalize().unwrap();
+        for d in 0..8 {
+            fs::create_dir(root.join(format!("d{d}"))).unwrap();
+            fs::write(root.join(format!("d{d}/1.flac")), b"x").unwrap();
+        }
+        let out = walk(&root, 2, &|_| {}, &|_| panic!("callback bug"));
+        assert!(out.aborted);
+        assert!(out.skipped.iter().any(|s| s.reason.contains("aborted")));
     }
 }
