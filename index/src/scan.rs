@@ -650,6 +650,69 @@ mod tests {
         );
     }
 
+    /// A valid 16-bit mono PCM WAV of `frames` silent frames.
+    fn wav(frames: u32) -> Vec<u8> {
+        let data = frames * 2;
+        let mut v = Vec::new();
+        v.extend_from_slice(b"RIFF");
+        v.extend_from_slice(&(36 + data).to_le_bytes());
+        v.extend_from_slice(b"WAVEfmt ");
+        v.extend_from_slice(&16u32.to_le_bytes());
+        v.extend_from_slice(&1u16.to_le_bytes()); // PCM
+        v.extend_from_slice(&1u16.to_le_bytes()); // mono
+        v.extend_from_slice(&8000u32.to_le_bytes());
+        v.extend_from_slice(&16000u32.to_le_bytes());
+        v.extend_from_slice(&2u16.to_le_bytes());
+        v.extend_from_slice(&16u16.to_le_bytes());
+        v.extend_from_slice(b"data");
+        v.extend_from_slice(&data.to_le_bytes());
+        v.resize(v.len() + data as usize, 0);
+        v
+    }
+
+    #[test]
+    fn tracks_under_a_directory_that_cannot_be_listed_are_kept_and_the_rest_reconciled() {
+        let origin = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let root = origin.path().canonicalize().unwrap();
+        for d in ["kept", "other"] {
+            std::fs::create_dir(root.join(d)).unwrap();
+            for n in 0..3 {
+                std::fs::write(root.join(format!("{d}/{n}.wav")), wav(800)).unwrap();
+            }
+        }
+        let catalog = Catalog::open(state.path()).unwrap();
+        let first = scan(&catalog, &[root.clone()], &ScanOptions::default()).unwrap();
+        assert_eq!((first.added, first.skipped.len()), (6, 0));
+
+        // "kept" turns into a file just before the rescan lists it; one file of "other"
+        // is deleted.
+        std::fs::remove_file(root.join("other/0.wav")).unwrap();
+        let kept = root.join("kept");
+        let hook: DirHook = Arc::new(move |_origin: &Path, dir: &Path| {
+            if dir == kept {
+                std::fs::remove_dir_all(dir).unwrap();
+                std::fs::write(dir, b"x").unwrap();
+            }
+        });
+        let opts = ScanOptions {
+            dir_hook: Some(hook),
+            ..ScanOptions::default()
+        };
+        let again = scan(&catalog, &[root.clone()], &opts).unwrap();
+        assert_eq!(again.removed, 1, "only the deleted file is gone: {again:?}");
+        assert!(again.skipped.iter().any(|s| s.path.ends_with("kept")));
+        let id = catalog.origin_id(&root).unwrap();
+        let mut left: Vec<Vec<u8>> = catalog.scan_states(id).unwrap().into_keys().collect();
+        left.sort();
+        let want: Vec<Vec<u8>> = ["kept/0.wav", "kept/1.wav", "kept/2.wav"]
+            .into_iter()
+            .chain(["other/1.wav", "other/2.wav"])
+            .map(|p| p.as_bytes().to_vec())
+            .collect();
+        assert_eq!(left, want);
+    }
+
     #[test]
     fn audio_format_uses_the_extension_case_insensitively() {
         use crate::walk::audio_format;

@@ -205,6 +205,8 @@ fn list(
 ) -> Vec<Arc<Dir>> {
     let entries = match fs::read_dir(&dir.path) {
         Ok(e) => e,
+        // Removed since its parent was listed: gone, like what it held.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
             out.unreadable.push(dir.rel.clone());
             out.skipped.push(Skipped {
@@ -434,19 +436,25 @@ mod tests {
             fs::create_dir(root.join(d)).unwrap();
             fs::write(root.join(d).join("1.flac"), b"x").unwrap();
         }
-        // A directory that vanishes between being found and being listed.
-        let gone = root.join("y");
+        // Between being found and being listed, one directory vanishes (its files are
+        // gone: not an error) and one is replaced by a file (it cannot be listed: what
+        // the catalog knew under it must be kept).
+        let (gone, replaced) = (root.join("y"), root.join("z"));
         let out = walk(
             &root,
             1,
             &|d| {
                 if d == gone {
                     fs::remove_dir_all(d).unwrap();
+                } else if d == replaced {
+                    fs::remove_dir_all(d).unwrap();
+                    fs::write(d, b"not a directory").unwrap();
                 }
             },
             &|_| true,
         );
-        assert_eq!(out.unreadable, vec![b"y".to_vec()]);
+        assert_eq!(out.unreadable, vec![b"z".to_vec()]);
+        assert_eq!(out.skipped.len(), 1, "{:?}", out.skipped);
         assert!(out.skipped[0].reason.starts_with("cannot read"));
         let out = walk(&root, 2, &|_| {}, &|_| false);
         assert!(out.aborted);
