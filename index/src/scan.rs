@@ -682,7 +682,12 @@ mod tests {
             }
         }
         let catalog = Catalog::open(state.path()).unwrap();
-        let first = scan(&catalog, &[root.clone()], &ScanOptions::default()).unwrap();
+        let first = scan(
+            &catalog,
+            std::slice::from_ref(&root),
+            &ScanOptions::default(),
+        )
+        .unwrap();
         assert_eq!((first.added, first.skipped.len()), (6, 0));
 
         // "kept" turns into a file just before the rescan lists it; one file of "other"
@@ -699,7 +704,7 @@ mod tests {
             dir_hook: Some(hook),
             ..ScanOptions::default()
         };
-        let again = scan(&catalog, &[root.clone()], &opts).unwrap();
+        let again = scan(&catalog, std::slice::from_ref(&root), &opts).unwrap();
         assert_eq!(again.removed, 1, "only the deleted file is gone: {again:?}");
         assert!(again.skipped.iter().any(|s| s.path.ends_with("kept")));
         let id = catalog.origin_id(&root).unwrap();
