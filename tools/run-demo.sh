@@ -6,14 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-missing=()
-command -v ffmpeg >/dev/null || missing+=(ffmpeg)
-command -v fusermount3 >/dev/null || missing+=(fuse3)
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo_if_needed apt-get update -qq
-  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+. tools/lib.sh
+apt_install_missing ffmpeg=ffmpeg fusermount3=fuse3
+require_cargo
 
 cargo build --release --bins
 

@@ -5,23 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-
-missing=()
-command -v ffmpeg >/dev/null || missing+=(ffmpeg)
-command -v fusermount3 >/dev/null || missing+=(fuse3)
-command -v mpd >/dev/null || missing+=(mpd)
-command -v mpc >/dev/null || missing+=(mpc)
-command -v setpriv >/dev/null || missing+=(util-linux)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing: ${missing[*]}" >&2
-  sudo_if_needed apt-get update -qq
-  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-if ! command -v cargo >/dev/null; then
-  echo "cargo is missing: install Rust with rustup (https://rustup.rs), then re-run" >&2
-  exit 1
-fi
+. tools/lib.sh
+apt_install_missing ffmpeg=ffmpeg fusermount3=fuse3 mpd=mpd mpc=mpc setpriv=util-linux
+require_cargo
 
 export CARGO_TERM_COLOR=never
 cargo fmt --all --check
