@@ -306,6 +306,19 @@ pub struct MountOptions {
 }
 
 impl MountOptions {
+    /// Options for a daemon that follows changes to `origin`: a state dir that outlives the
+    /// mount, long kernel caches (only the daemon's invalidations can make a change show)
+    /// and the refresh loop's debug lines, which tests wait for ([`REFRESH_DONE`]).
+    pub fn live(origin: &Path, state: &Path) -> Self {
+        let mut opts = MountOptions::new([origin.to_path_buf()]);
+        opts.state_dir = Some(state.to_path_buf());
+        opts.log_level = Some("info,musicfs_tools=debug".into());
+        opts.extra_args = ["--entry-timeout", "3600", "--attr-timeout", "3600"]
+            .map(Into::into)
+            .to_vec();
+        opts
+    }
+
     /// Options serving `origins` with every other setting left to the daemon.
     pub fn new<P: Into<PathBuf>>(origins: impl IntoIterator<Item = P>) -> Self {
         MountOptions {
@@ -1314,6 +1327,20 @@ pub fn wait_for_log_line(
             );
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl MountedFs {
+    /// Starts the daemon, asks it for a rescan (SIGHUP) and returns once it has finished a
+    /// refresh, with that refresh's last log line. `READY=1` comes before the start-up
+    /// reconcile, which adds the inotify watches as it lists each directory; the first
+    /// finished refresh (the reconcile, or the SIGHUP's rescan when the daemon scanned before
+    /// mounting and had nothing to reconcile) proves they are in place.
+    pub fn start_watching(opts: MountOptions, timeout: Duration) -> Result<(MountedFs, String)> {
+        let fs = MountedFs::start(opts)?;
+        fs.kill(libc::SIGHUP)?;
+        let (line, _) = wait_for_log_line(fs.log_path(), 0, REFRESH_DONE, timeout)?;
+        Ok((fs, line))
     }
 }
 

@@ -116,28 +116,17 @@ impl Live {
     }
 
     fn options(&self) -> MountOptions {
-        let mut opts = MountOptions::new([self.origin.clone()]);
-        opts.state_dir = Some(self.state.clone());
-        opts.log_level = Some("info,musicfs_tools=debug".into());
-        // Long kernel caches: only the daemon's invalidations can make a change show.
-        opts.extra_args = ["--entry-timeout", "3600", "--attr-timeout", "3600"]
-            .map(Into::into)
-            .to_vec();
+        let mut opts = MountOptions::live(&self.origin, &self.state);
         opts.extra_args
             .extend(self.extra_args.iter().map(Into::into));
         opts
     }
 
-    /// Starts the daemon and returns once its watches are in place.
-    ///
-    /// `READY=1` comes before the start-up reconcile, which adds the inotify watches as it
-    /// lists each directory (a change made meanwhile is seen by that listing: see
-    /// `a_change_made_as_soon_as_the_mount_appears_is_not_lost`). So the first refresh the
-    /// daemon finishes (the reconcile, or the SIGHUP sent here) proves they are there.
+    /// Starts the daemon and returns once its watches are in place (see
+    /// [`MountedFs::start_watching`]; a change made before that is still seen by the
+    /// start-up reconcile: `a_change_made_as_soon_as_the_mount_appears_is_not_lost`).
     fn start(&mut self) {
-        let fs = MountedFs::start(self.options()).unwrap_or_else(|e| panic!("{e:#}"));
-        fs.kill(libc::SIGHUP).unwrap();
-        wait_for_log_line(fs.log_path(), 0, REFRESH_DONE, Duration::from_secs(30))
+        let (fs, _) = MountedFs::start_watching(self.options(), Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("{e:#}"));
         self.fs = Some(fs);
     }

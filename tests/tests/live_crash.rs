@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use musicfs_tests::harness::{
     clean_scan_shape, encode_flac, first_shape_difference, flac_with_comments, spawn_musicfsd,
     tree_shape, wait_child, wait_for_log_line, wait_unmounted, walk_tree, MountOptions, MountedFs,
-    SplitMix64, EXIT_DEADLINE, REFRESH_DONE,
+    SplitMix64, EXIT_DEADLINE,
 };
 use tempfile::TempDir;
 
@@ -103,22 +103,13 @@ impl Work {
     }
 
     fn options(&self) -> MountOptions {
-        let mut opts = MountOptions::new([self.origin.clone()]);
-        opts.state_dir = Some(self.state.clone());
-        opts.log_level = Some("info,musicfs_tools=debug".into());
-        opts.extra_args = ["--entry-timeout", "3600", "--attr-timeout", "3600"]
-            .map(Into::into)
-            .to_vec();
-        opts
+        MountOptions::live(&self.origin, &self.state)
     }
 
-    /// Starts a daemon on the state dir and returns once it has finished a full refresh
-    /// (its start-up reconcile, or the SIGHUP sent here when it scanned before mounting),
-    /// which also means its watches are in place.
+    /// Starts a daemon on the state dir and returns once it has finished a full refresh,
+    /// which also means its watches are in place (see [`MountedFs::start_watching`]).
     fn start_reconciled(&self) -> MountedFs {
-        let fs = MountedFs::start(self.options()).unwrap_or_else(|e| panic!("{e:#}"));
-        fs.kill(libc::SIGHUP).unwrap();
-        let (line, _) = wait_for_log_line(fs.log_path(), 0, REFRESH_DONE, Duration::from_secs(60))
+        let (fs, line) = MountedFs::start_watching(self.options(), Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("{e:#}"));
         assert!(
             !line.contains("refresh failed"),

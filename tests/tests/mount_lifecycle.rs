@@ -18,11 +18,8 @@ fn mount_library() -> MountedFs {
     MountedFs::start(MountOptions::new([library().root.clone()])).expect("mounting the library")
 }
 
-fn stop_with(signal: libc::c_int) {
-    let mut fs = mount_library();
-    assert!(!walk_tree(fs.mountpoint()).unwrap().is_empty());
-    fs.kill(signal).unwrap();
-    let status = fs.wait_exit(EXIT_DEADLINE).unwrap();
+/// The daemon ended with status 0 (its log is shown otherwise).
+fn assert_exited_zero(status: std::process::ExitStatus, fs: &MountedFs) {
     assert_eq!(
         status.code(),
         Some(0),
@@ -30,6 +27,14 @@ fn stop_with(signal: libc::c_int) {
         describe_status(status),
         fs.log()
     );
+}
+
+fn stop_with(signal: libc::c_int) {
+    let mut fs = mount_library();
+    assert!(!walk_tree(fs.mountpoint()).unwrap().is_empty());
+    fs.kill(signal).unwrap();
+    let status = fs.wait_exit(EXIT_DEADLINE).unwrap();
+    assert_exited_zero(status, &fs);
     fs.wait_unmounted(EXIT_DEADLINE).unwrap();
 }
 
@@ -48,13 +53,7 @@ fn external_fusermount_unmount_makes_the_daemon_exit_zero() {
     let mut fs = mount_library();
     harness::run_ok(Command::new("fusermount3").arg("-u").arg(fs.mountpoint())).unwrap();
     let status = fs.wait_exit(EXIT_DEADLINE).unwrap();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{}; log:\n{}",
-        describe_status(status),
-        fs.log()
-    );
+    assert_exited_zero(status, &fs);
     assert!(fs.mount_entry().unwrap().is_none());
 }
 
@@ -162,13 +161,7 @@ fn unprivileged_user_mounts_and_reads() {
         "what the unprivileged user reads differs from the origin"
     );
     let status = fs.stop().unwrap();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{}; log:\n{}",
-        describe_status(status),
-        fs.log()
-    );
+    assert_exited_zero(status, &fs);
 }
 
 /// Regular files under `root` as `user` sees them (the mount is private to its owner).
@@ -321,7 +314,7 @@ fn survives_corrupt_snapshot(corrupt: impl Fn(&mut Vec<u8>)) {
     let mut fs1 = MountedFs::start(opts.clone()).unwrap();
     let before = walk_tree(fs1.mountpoint()).unwrap();
     let status = fs1.stop().unwrap();
-    assert_eq!(status.code(), Some(0), "log:\n{}", fs1.log());
+    assert_exited_zero(status, &fs1);
     drop(fs1);
 
     let snap = state.path().join("tree.snap");
