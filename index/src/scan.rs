@@ -1,7 +1,8 @@
 //! Incremental, parallel scan of local origins into the catalog.
 //!
-//! One walker thread lists each origin and compares every audio file's stat with what the
-//! catalog remembers; only new or changed files go to the tag-reading workers. The calling
+//! The walk (module `walk`, several threads) lists each origin and compares every audio
+//! file's stat with what the catalog remembers (module `known`); only new or changed files
+//! go to the tag-reading workers. The calling
 //! thread collects their results and writes them in batches, one catalog transaction per
 //! batch, so an interrupted scan keeps what it already wrote and the next scan resumes from
 //! there (the unchanged files are not opened again).
@@ -16,7 +17,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -280,29 +281,17 @@ fn scan_origin(
 ) -> Result<(), ScanError> {
     let root = origin_root(origin)?;
     let origin_id = catalog.origin_id(&root)?;
-    // What the catalog knows loads while the walk starts listing; the first files found
-    // wait for it. `None` when it could not be read (the walk then stops).
-    let known: OnceLock<Option<Known>> = OnceLock::new();
+    let mut tracks = Vec::new();
+    catalog.for_each_scan_state(origin_id, |rel, id, state| {
+        tracks.push((Known::key(rel), id, state));
+    })?;
+    let known = Known::new(tracks, catalog.skipped_states(origin_id)?);
     let threads = opts.threads.max(1);
     let counters = Counters::new(report, opts.progress.clone());
     let (job_tx, job_rx) = bounded::<Job>(threads * 64);
     let (done_tx, done_rx) = bounded::<Done>(threads * 64);
 
-    let (walk, collected, loaded) = std::thread::scope(|s| {
-        let loader = s.spawn(|| {
-            // Whatever happens, the walk must not wait forever.
-            let _unblock = SetOnDrop(&known);
-            let load = || -> Result<Known, CatalogError> {
-                let mut tracks = Vec::new();
-                catalog.for_each_scan_state(origin_id, |rel, id, state| {
-                    tracks.push((Known::key(rel), id, state));
-                })?;
-                Ok(Known::new(tracks, catalog.skipped_states(origin_id)?))
-            };
-            load().map(|k| {
-                let _ = known.set(Some(k));
-            })
-        });
+    let (walk, collected) = std::thread::scope(|s| {
         let walker = {
             let (root, counters, known) = (&root, &counters, &known);
             s.spawn(move || walk_origin(root, origin, known, opts, counters, job_tx))
@@ -326,12 +315,8 @@ fn scan_origin(
             }],
             unreadable: Vec::new(),
         });
-        let loaded = loader
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (walk, collected, loaded)
+        (walk, collected)
     });
-    loaded?;
     collected?;
     let mut gone = walk.gone;
     if !walk.unreadable.is_empty() {
@@ -473,19 +458,10 @@ fn decide(known: &Known, rel: &[u8], state: ScanState, verify: bool) -> Decision
     }
 }
 
-/// Sets an unset cell to `None` when dropped.
-struct SetOnDrop<'a>(&'a OnceLock<Option<Known>>);
-
-impl Drop for SetOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.set(None);
-    }
-}
-
 fn walk_origin(
     root: &Path,
     origin: &Path,
-    known: &OnceLock<Option<Known>>,
+    known: &Known,
     opts: &ScanOptions,
     counters: &Counters,
     jobs: Sender<Job>,
@@ -500,9 +476,6 @@ fn walk_origin(
     let handle = |found: Vec<walk::Found>| -> bool {
         let mut read = Vec::new();
         {
-            let Some(known) = known.wait() else {
-                return false;
-            };
             let (mut seen, mut unchanged) = (0, 0);
             for f in found {
                 seen += 1;
@@ -541,14 +514,14 @@ fn walk_origin(
     let outcome = walk::walk(root, threads, &hook, &handle);
     let mut skipped = outcome.skipped;
     skipped.extend(still_broken.into_inner().unwrap_or_else(|p| p.into_inner()));
-    let Some(known) = known.wait().as_ref().filter(|_| !outcome.aborted) else {
+    if outcome.aborted {
         return WalkOutcome {
             gone: Vec::new(),
             gone_broken: Vec::new(),
             skipped,
             unreadable: Vec::new(),
         };
-    };
+    }
     // Remembered broken files under directories we could not list are kept.
     let unreadable = outcome.unreadable;
     let gone_broken = known
