@@ -281,27 +281,24 @@ fn follow(
     let skip = |out: &mut Outcome, path: PathBuf, reason: String| {
         out.skipped.push(Skipped { path, reason });
     };
-    let md = match fs::metadata(&path) {
-        Ok(md) => md,
-        Err(_) => {
-            // Dangling, or a loop of symlinks the kernel gave up on.
-            let target = fs::read_link(&path)
-                .map(|t| t.display().to_string())
-                .unwrap_or_default();
-            return skip(out, path, format!("dangling symlink (to {target})"));
-        }
-    };
-    match path.canonicalize() {
-        Ok(target) if target.starts_with(root) => {}
-        Ok(target) => {
-            let reason = format!(
-                "symlink points outside the origin (to {})",
-                target.display()
-            );
+    let target = match path.canonicalize() {
+        Ok(t) if t.starts_with(root) => t,
+        Ok(t) => {
+            let reason = format!("symlink points outside the origin (to {})", t.display());
             return skip(out, path, reason);
         }
-        Err(e) => return skip(out, path, format!("cannot resolve symlink: {e}")),
-    }
+        Err(_) => {
+            // Dangling, or a loop of symlinks the kernel gave up on.
+            let to = fs::read_link(&path)
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            return skip(out, path, format!("dangling symlink (to {to})"));
+        }
+    };
+    let md = match fs::metadata(&target) {
+        Ok(md) => md,
+        Err(e) => return skip(out, path, format!("cannot stat: {e}")),
+    };
     if md.is_dir() {
         let id = (md.dev(), md.ino());
         if let Some(ancestor) = dir.ancestor_with(id) {
