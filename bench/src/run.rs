@@ -472,6 +472,58 @@ fn put(pr: &mut PeerReport, name: &str, r: Result<Metric>) {
     pr.metrics.insert(name.to_string(), m);
 }
 
+/// One mount of a peer and what to measure on it.
+struct Pass<'a> {
+    peer: Peer,
+    maps: &'a Maps,
+    work: &'a Workload,
+    root: &'a Path,
+    sample: &'a [PathBuf],
+}
+
+impl Pass<'_> {
+    /// stat, lookup, readdir and open + 4 KiB, named `<op>_warm` or `<op>_cold`. Cold: the
+    /// kernel's dentry and inode caches are dropped before each op (readdir drops the page
+    /// cache before each iteration itself); `readdir_iters` per readdir class.
+    fn latency_ops(
+        &self,
+        pr: &mut PeerReport,
+        has: &dyn Fn(&str) -> bool,
+        cold: bool,
+        readdir_iters: &[usize; 3],
+    ) {
+        let (tag, warm) = if cold {
+            ("cold", false)
+        } else {
+            ("warm", true)
+        };
+        let fresh = || if cold { ops::drop_caches(2) } else { Ok(()) };
+        let sample = self.sample;
+        if has("stat") {
+            put(
+                pr,
+                &format!("stat_{tag}"),
+                fresh().and_then(|_| ops::stat(sample, warm)),
+            );
+        }
+        if has("lookup") {
+            let r = fresh().and_then(|_| ops::lookup(sample, warm));
+            put(pr, &format!("lookup_{tag}"), r);
+        }
+        if has("readdir") {
+            for (i, (label, dir, files)) in self.work.dirs.iter().enumerate() {
+                let r = dir_of(self.maps, self.peer, self.root, files, dir)
+                    .and_then(|d| ops::readdir(&d, readdir_iters[i], warm));
+                put(pr, &format!("readdir_{label}_{tag}"), r);
+            }
+        }
+        if has("open") {
+            let r = fresh().and_then(|_| ops::open_first_block(sample, warm));
+            put(pr, &format!("open_{tag}"), r);
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn measure_peer(
     peer: Peer,
@@ -530,22 +582,14 @@ fn measure_peer(
             Metric::value(a as f64 / 1e6, "MB"),
         );
     }
-    if has("stat") {
-        put(pr, "stat_warm", ops::stat(&sample, true));
-    }
-    if has("lookup") {
-        put(pr, "lookup_warm", ops::lookup(&sample, true));
-    }
-    if has("readdir") {
-        for (i, (label, dir, files)) in work.dirs.iter().enumerate() {
-            let r = dir_of(maps, peer, &root, files, dir)
-                .and_then(|d| ops::readdir(&d, s.readdir_warm[i], true));
-            put(pr, &format!("readdir_{label}_warm"), r);
-        }
-    }
-    if has("open") {
-        put(pr, "open_warm", ops::open_first_block(&sample, true));
-    }
+    let pass = Pass {
+        peer,
+        maps,
+        work,
+        root: &root,
+        sample: &sample,
+    };
+    pass.latency_ops(pr, &has, false, &s.readdir_warm);
     if has("read") {
         put(pr, "read_files", ops::read_files(&sample));
     }
@@ -671,34 +715,14 @@ fn measure_peer(
         let cold = launch(true)?;
         let root = cold.root.clone();
         let sample = mapped(maps, peer, &root, &work.sample);
-        if has("stat") {
-            put(
-                pr,
-                "stat_cold",
-                ops::drop_caches(2).and_then(|_| ops::stat(&sample, false)),
-            );
-        }
-        if has("lookup") {
-            put(
-                pr,
-                "lookup_cold",
-                ops::drop_caches(2).and_then(|_| ops::lookup(&sample, false)),
-            );
-        }
-        if has("readdir") {
-            for (i, (label, dir, files)) in work.dirs.iter().enumerate() {
-                let r = dir_of(maps, peer, &root, files, dir)
-                    .and_then(|d| ops::readdir(&d, s.readdir_cold[i], false));
-                put(pr, &format!("readdir_{label}_cold"), r);
-            }
-        }
-        if has("open") {
-            put(
-                pr,
-                "open_cold",
-                ops::drop_caches(2).and_then(|_| ops::open_first_block(&sample, false)),
-            );
-        }
+        let pass = Pass {
+            peer,
+            maps,
+            work,
+            root: &root,
+            sample: &sample,
+        };
+        pass.latency_ops(pr, &has, true, &s.readdir_cold);
         cold.stop();
     }
     Ok(())
