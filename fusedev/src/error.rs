@@ -11,12 +11,11 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum FsError {
     /// The directory has no entry of that name.
-    #[error("no entry {name:?} in directory {parent}")]
+    /// Carries no name, so a negative lookup allocates nothing.
+    #[error("no such entry in directory {parent}")]
     NotFound {
         /// Directory inode.
         parent: u64,
-        /// The name asked for, lossily decoded.
-        name: String,
     },
     /// The inode is not in the current snapshot (it was in an earlier one).
     #[error("inode {0} is not in the current snapshot")]
@@ -214,10 +213,7 @@ mod tests {
     #[test]
     fn write_refusals_map_to_erofs_and_lookups_to_enoent() {
         assert_eq!(FsError::ReadOnly("mkdir").to_errno(), libc::EROFS);
-        let nf = FsError::NotFound {
-            parent: 1,
-            name: "x".into(),
-        };
+        let nf = FsError::NotFound { parent: 1 };
         assert_eq!(nf.to_errno(), libc::ENOENT);
         assert!(nf.is_expected());
     }

@@ -1,15 +1,14 @@
 //! The filesystem model: every operation as a plain function over the current snapshot,
-//! with no FUSE types, so tests drive it without a kernel. [`crate::fuse`] only decodes,
+//! with no FUSE types, so tests drive it without a kernel. [`crate::dispatch`] only decodes,
 //! calls one of these and encodes.
 //!
 //! The lookup/getattr/readdir path borrows from the mmapped snapshot and allocates nothing;
 //! the read path takes one shard lock to clone the handle's `Arc<File>` and then `pread`s.
 
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,7 +134,10 @@ pub struct FsModel {
     snapshot: Arc<ArcSwap<Snapshot>>,
     tags: Option<Arc<dyn TagSource>>,
     cfg: FsConfig,
-    files: HandleTable<Arc<File>>,
+    files: HandleTable<Arc<OpenFile>>,
+    /// Released file handles' allocations, reused by the next opens (so `open` allocates
+    /// nothing once the pool has warmed up).
+    spare: std::sync::Mutex<Vec<Arc<OpenFile>>>,
     dirs: HandleTable<Arc<Snapshot>>,
     status: ServeStatus,
 }
@@ -155,6 +157,7 @@ impl FsModel {
             tags,
             cfg,
             files: HandleTable::new(),
+            spare: std::sync::Mutex::new(Vec::new()),
             dirs: HandleTable::new(),
             status: ServeStatus::default(),
         }
@@ -192,10 +195,7 @@ impl FsModel {
         Err(match snap.node(parent) {
             None => FsError::StaleInode(parent),
             Some(dir) if !dir.is_dir() => FsError::NotADirectory(parent),
-            Some(_) => FsError::NotFound {
-                parent,
-                name: String::from_utf8_lossy(name).into_owned(),
-            },
+            Some(_) => FsError::NotFound { parent },
         })
     }
 
@@ -294,15 +294,39 @@ impl FsModel {
         {
             return Err(FsError::ReadOnly("open for writing"));
         }
-        let path = self.source_path(ino)?;
-        let file = open_source(&path).map_err(|source| {
-            if source.kind() == io::ErrorKind::NotFound {
-                FsError::SourceVanished { ino, path }
-            } else {
-                FsError::SourceIo { path, source }
-            }
-        })?;
-        Ok(self.files.insert(Arc::new(file)))
+        let file = {
+            let snap = self.snapshot.load();
+            let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
+            let f = node.file().ok_or(FsError::IsADirectory(ino))?;
+            let root = snap.origin_root(f.origin).ok_or(FsError::UnknownOrigin {
+                ino,
+                origin: f.origin,
+            })?;
+            open_source(root.as_os_str().as_bytes(), f.rel_path).map_err(|source| {
+                let path = root.join(OsStr::from_bytes(f.rel_path));
+                if source.kind() == io::ErrorKind::NotFound {
+                    FsError::SourceVanished { ino, path }
+                } else {
+                    FsError::SourceIo { path, source }
+                }
+            })?
+        };
+        let mut handle = self
+            .spare_pool()
+            .pop()
+            .unwrap_or_else(|| Arc::new(OpenFile { file: None }));
+        match Arc::get_mut(&mut handle) {
+            Some(slot) => slot.file = Some(file),
+            // Only handles nobody else holds are pooled; this cannot happen, but a fresh
+            // allocation is the safe answer if it ever did.
+            None => handle = Arc::new(OpenFile { file: Some(file) }),
+        }
+        Ok(self.files.insert(handle))
+    }
+
+    fn spare_pool(&self) -> std::sync::MutexGuard<'_, Vec<Arc<OpenFile>>> {
+        // Every update is one push or pop: a poisoned pool is still consistent.
+        self.spare.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `f` on the source file behind handle `fh` (the read path: one shard lock to
@@ -312,8 +336,9 @@ impl FsModel {
         fh: u64,
         f: impl FnOnce(&File) -> io::Result<R>,
     ) -> Result<R, FsError> {
-        let file = self.files.get(fh).ok_or(FsError::BadHandle(fh))?;
-        f(&file).map_err(|source| match source.raw_os_error() {
+        let handle = self.files.get(fh).ok_or(FsError::BadHandle(fh))?;
+        let file = handle.file.as_ref().ok_or(FsError::BadHandle(fh))?;
+        f(file).map_err(|source| match source.raw_os_error() {
             Some(libc::EFAULT) | Some(libc::ENOSPC) | Some(libc::EOVERFLOW) => {
                 FsError::Reply(source)
             }
@@ -332,12 +357,18 @@ impl FsModel {
         })
     }
 
-    /// Closes a file handle.
+    /// Closes a file handle. Its allocation goes back to the pool unless a read still
+    /// holds it (the reader's drop then closes the file).
     pub fn release(&self, fh: u64) -> Result<(), FsError> {
-        self.files
-            .remove(fh)
-            .map(drop)
-            .ok_or(FsError::BadHandle(fh))
+        let mut handle = self.files.remove(fh).ok_or(FsError::BadHandle(fh))?;
+        if let Some(slot) = Arc::get_mut(&mut handle) {
+            slot.file = None;
+            let mut pool = self.spare_pool();
+            if pool.len() < SPARE_HANDLES {
+                pool.push(handle);
+            }
+        }
+        Ok(())
     }
 
     /// Number of open file and directory handles.
@@ -443,9 +474,41 @@ impl FsModel {
     }
 }
 
-/// Opens a source read-only, without updating its atime where the kernel lets us.
-fn open_source(path: &std::path::Path) -> io::Result<File> {
-    let open = |extra: i32| OpenOptions::new().read(true).custom_flags(extra).open(path);
+/// Released handles kept for reuse at most (a burst of opens beyond it allocates).
+const SPARE_HANDLES: usize = 4096;
+
+/// One open source file. The `Option` lets a released handle's allocation be reused.
+pub struct OpenFile {
+    file: Option<File>,
+}
+
+/// Opens `root/rel` read-only, without updating its atime where the kernel lets us. The
+/// path is assembled on the stack: opening allocates nothing.
+fn open_source(root: &[u8], rel: &[u8]) -> io::Result<File> {
+    let mut buf = [0u8; libc::PATH_MAX as usize];
+    let len = root.len() + 1 + rel.len();
+    if len >= buf.len() || root.contains(&0) || rel.contains(&0) {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    buf[..root.len()].copy_from_slice(root);
+    buf[root.len()] = b'/';
+    buf[root.len() + 1..len].copy_from_slice(rel);
+    let open = |extra: i32| {
+        // SAFETY: `buf` is NUL-terminated at `len` (it was zeroed and `len < buf.len()`)
+        // and holds no other NUL; open(2) only reads it.
+        let fd = unsafe {
+            libc::open(
+                buf.as_ptr().cast(),
+                libc::O_RDONLY | libc::O_CLOEXEC | extra,
+            )
+        };
+        if fd < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            // SAFETY: `fd` was just opened and is owned by nothing else.
+            Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        }
+    };
     match open(libc::O_NOATIME) {
         // O_NOATIME needs ownership of the file or CAP_FOWNER.
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),

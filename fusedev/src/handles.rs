@@ -7,6 +7,9 @@ use std::sync::{Mutex, MutexGuard};
 
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
+/// Handles per shard with room reserved up front (1 024 per table): opening and releasing
+/// allocate nothing until more are open at once.
+const SHARD_CAPACITY: usize = 16;
 
 /// A table of open handles. Handle numbers are never 0 and are reused after release (the
 /// kernel never sends a handle after releasing it).
@@ -27,8 +30,8 @@ impl<V: Clone> HandleTable<V> {
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
-                    slots: Vec::new(),
-                    free: Vec::new(),
+                    slots: Vec::with_capacity(SHARD_CAPACITY),
+                    free: Vec::with_capacity(SHARD_CAPACITY),
                     used: 0,
                 })
             })
@@ -104,6 +107,7 @@ impl<V: Clone> HandleTable<V> {
             let mut shard = self.shard(i);
             shard.slots.clear();
             shard.free.clear();
+            // clear() keeps the reserved room: later opens still allocate nothing.
             shard.used = 0;
         }
     }

@@ -10,16 +10,16 @@
 //!   drives ([`session`]).
 //! - [`FsModel`]: every operation as a plain function over the snapshot, tested without a
 //!   kernel ([`fs`]).
-//! - [`fuse::FuseFs`]: the thin `fuse_backend_rs::FileSystem` shell around the model, where
-//!   [`FsError::to_errno`] turns errors into errnos.
+//! - [`dispatch::Dispatcher`]: the one request dispatcher both transports use: decodes a
+//!   request, calls the model, encodes the reply; [`FsError::to_errno`] turns errors into
+//!   errnos there. fuse-backend-rs only mounts and clones the session fd.
 #![deny(missing_docs)]
 
 pub mod abi;
+pub mod dispatch;
 pub mod error;
 pub mod fs;
-pub mod fuse;
 pub mod handles;
-pub mod native;
 pub mod negotiate;
 pub mod notify;
 pub mod passthrough;

@@ -21,14 +21,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::FuseSession;
 use musicfs_core::snapshot::Snapshot;
 use musicfs_storage::Catalog;
 
+use crate::dispatch::Dispatcher;
 use crate::fs::{FsConfig, FsModel};
-use crate::fuse::FuseFs;
-use crate::native::Native;
 use crate::status::{OriginReads, PassthroughMode, ServeStatus, Transport, TransportMode};
 use crate::uring;
 use crate::xattr::TagSource;
@@ -181,7 +179,7 @@ pub struct Mounted {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<WorkerEnd>>,
     model: Arc<FsModel>,
-    native: Arc<Native>,
+    dispatcher: Arc<Dispatcher>,
 }
 
 /// A handle another thread (a signal handler thread) uses to unmount.
@@ -219,9 +217,12 @@ pub fn mount_with_tags(
         gid: opts.gid.unwrap_or(defaults.gid),
     };
     let model = Arc::new(FsModel::new(snapshot, tags, cfg));
-    let server = Arc::new(Server::new(FuseFs::new(model.clone())));
     let wants = feature_wants(opts)?;
-    let native = Arc::new(Native::new(model.clone(), wants, opts.refuse_passthrough));
+    let dispatcher = Arc::new(Dispatcher::new(
+        model.clone(),
+        wants,
+        opts.refuse_passthrough,
+    ));
     let uring_reads = opts.uring_reads && probe_read_ring();
     let session_err = |e: fuse_backend_rs::transport::Error| FuseError::Session {
         path: mp.clone(),
@@ -282,7 +283,7 @@ pub fn mount_with_tags(
         shared: shared.clone(),
         workers: Vec::new(),
         model,
-        native: native.clone(),
+        dispatcher: dispatcher.clone(),
     };
     match watchdog {
         Some(Ok(w)) => *lock(&shared.watchdog) = Some(w),
@@ -294,8 +295,7 @@ pub fn mount_with_tags(
     cloned?;
     install_wake_handler();
     let serving = Serving {
-        server,
-        native: native.clone(),
+        dispatcher: dispatcher.clone(),
         bufsize,
         uring_reads,
     };
@@ -306,7 +306,7 @@ pub fn mount_with_tags(
     }
     // Once INIT grants io_uring, the kernel holds every request until all queues are
     // registered (or a registration fails): register before the first probe.
-    let negotiated = native.wait_init(INIT_WAIT).unwrap_or_default();
+    let negotiated = dispatcher.wait_init(INIT_WAIT).unwrap_or_default();
     let transport = if negotiated.uring() {
         start_uring(&mut mounted, threads, &cpus, uring_reads, opts)?
     } else {
@@ -324,7 +324,7 @@ pub fn mount_with_tags(
     } else {
         OriginReads::Pread
     });
-    let passthrough = negotiated.passthrough() && native.backing().enabled();
+    let passthrough = negotiated.passthrough() && dispatcher.backing().enabled();
     status.set_passthrough(passthrough);
     if opts.passthrough == PassthroughMode::On && !passthrough {
         return Err(FuseError::Unavailable {
@@ -451,12 +451,12 @@ impl Mounted {
     /// Number of passthrough backing ids registered now (one per inode open in
     /// passthrough mode).
     pub fn passthrough_files(&self) -> usize {
-        self.native.backing().registered()
+        self.dispatcher.backing().registered()
     }
 
     /// Requests answered through FUSE-over-io_uring queues so far.
     pub fn uring_requests(&self) -> u64 {
-        self.native.uring_requests()
+        self.dispatcher.uring_requests()
     }
 
     /// The (canonical) mountpoint.
@@ -510,7 +510,7 @@ impl Mounted {
         // socket) ends the connection; nothing is mounted any more at this point.
         drop(lock(&self.shared.session).take());
         lock(&self.shared.uring_buffers).clear();
-        self.native.backing().clear();
+        self.dispatcher.backing().clear();
         if let Some(w) = lock(&self.shared.watchdog).take() {
             w.disarm();
         }

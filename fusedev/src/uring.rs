@@ -8,7 +8,7 @@
 //! info) and a payload buffer of the connection's largest request. FORGET, INTERRUPT and
 //! notifications keep using `/dev/fuse`, whose workers stay up beside these.
 //!
-//! Requests are answered by [`Native`], which writes replies straight into the payload
+//! Requests are answered by [`Dispatcher`], which writes replies straight into the payload
 //! buffer (fuse-backend-rs's writer can only write to a file descriptor).
 
 use std::fs::File;
@@ -20,7 +20,7 @@ use std::sync::mpsc::Sender;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::abi::{self, InHeader, OutHeader, Pod, UringCmdReq, UringEntInOut};
-use crate::native::{Native, Outcome, Req, WorkerIo};
+use crate::dispatch::{Dispatcher, Outcome, Req, WorkerIo};
 use crate::negotiate::MAX_PAYLOAD;
 use crate::ring::ReadRing;
 
@@ -109,7 +109,7 @@ struct Worker<'a> {
     w: &'a QueueWorker,
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     entries: Vec<Entry>,
-    native: &'a Native,
+    dispatcher: &'a Dispatcher,
     io: WorkerIo,
     scratch: Vec<u8>,
     ready: Vec<(u64, i32)>,
@@ -183,8 +183,8 @@ impl Worker<'_> {
             op: &e.header[OP_IN_AT..OP_IN_AT + op_len],
             data: &self.scratch,
         };
-        let outcome = self.native.handle(&mut self.io, &req, &mut e.payload);
-        self.native.count_uring_request();
+        let outcome = self.dispatcher.handle(&mut self.io, &req, &mut e.payload);
+        self.dispatcher.count_uring_request();
         let (body, error) = match outcome {
             Outcome::Reply(n) => (n, 0),
             Outcome::Error(errno) => (0, -errno),
@@ -268,7 +268,7 @@ impl Worker<'_> {
 /// with them until the connection is gone.
 pub fn run(
     w: &QueueWorker,
-    native: &Native,
+    dispatcher: &Dispatcher,
     stop: &AtomicBool,
     ready: Sender<io::Result<()>>,
     keep: &dyn Fn(Vec<Box<[u8]>>),
@@ -302,7 +302,7 @@ pub fn run(
         w,
         ring,
         entries,
-        native,
+        dispatcher,
         io,
         scratch: Vec::with_capacity(4096),
         ready: Vec::with_capacity(64),

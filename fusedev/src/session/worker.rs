@@ -8,12 +8,10 @@ use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Once};
 
-use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::transport::{FuseBuf, FuseDevWriter, FuseSession, Reader};
+use fuse_backend_rs::transport::FuseSession;
 
 use crate::abi::{self, Pod};
-use crate::fuse::FuseFs;
-use crate::native::{Native, Outcome, Req, WorkerIo};
+use crate::dispatch::{Outcome, Req, WorkerIo};
 use crate::ring::ReadRing;
 use crate::uring;
 use crate::FuseError;
@@ -55,8 +53,7 @@ pub(super) enum WorkerEnd {
 
 /// What every `/dev/fuse` worker serves with.
 pub(super) struct Serving {
-    pub(super) server: Arc<Server<FuseFs>>,
-    pub(super) native: Arc<Native>,
+    pub(super) dispatcher: Arc<crate::dispatch::Dispatcher>,
     pub(super) bufsize: usize,
     pub(super) uring_reads: bool,
 }
@@ -99,7 +96,6 @@ fn serve(
         pin_to(cpu);
     }
     let raw = fd.as_raw_fd();
-    let server = &serving.server;
     let mut io = WorkerIo {
         dev_fd: raw,
         ring: serving.uring_reads.then(ReadRing::new).and_then(|r| {
@@ -131,44 +127,30 @@ fn serve(
             }
         }
         let len = n as usize;
-        if let Some(h) = abi::InHeader::read_from(&inbuf[..len]) {
-            if Native::handles_on_dev(h.opcode) {
-                let hlen = std::mem::size_of::<abi::InHeader>();
-                let req = Req {
-                    h,
-                    op: &inbuf[hlen..len],
-                    data: &[],
-                };
-                let olen = std::mem::size_of::<abi::OutHeader>();
-                let outcome = serving.native.handle(&mut io, &req, &mut outbuf[olen..]);
-                write_reply(raw, h.unique, outcome, &mut outbuf, index);
-                if h.opcode == abi::FUSE_INIT {
-                    serving.native.init_replied();
-                }
-                continue;
-            }
-        }
-        let reader = match Reader::<()>::from_fuse_buffer(FuseBuf::new(&mut inbuf[..len])) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(worker = index, error = %e, "bad FUSE request buffer");
-                continue;
-            }
+        let hlen = std::mem::size_of::<abi::InHeader>();
+        let Some(h) = abi::InHeader::read_from(&inbuf[..len]) else {
+            tracing::warn!(worker = index, len, "short FUSE request ignored");
+            continue;
         };
-        let writer = match FuseDevWriter::<()>::new(raw, &mut outbuf) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(worker = index, error = %e, "FUSE reply buffer");
-                continue;
-            }
+        // The kernel sends the whole request in one read; a header claiming more than
+        // arrived is a malformed request: decode only what arrived.
+        let req = Req {
+            h,
+            op: &inbuf[hlen.min(len)..len],
+            data: &[],
         };
-        if let Err(e) = server.handle_message(reader, writer.into(), None, None) {
-            tracing::debug!(worker = index, error = %e, "FUSE request not answered");
+        let olen = std::mem::size_of::<abi::OutHeader>();
+        let outcome = serving
+            .dispatcher
+            .handle(&mut io, &req, &mut outbuf[olen..]);
+        write_reply(raw, h.unique, outcome, &mut outbuf, index);
+        if h.opcode == abi::FUSE_INIT {
+            serving.dispatcher.init_replied();
         }
     }
 }
 
-/// Sends the reply to request `unique` whose body `native` left after the out-header room
+/// Sends the reply to request `unique` whose body the dispatcher left after the out-header room
 /// in `outbuf`, header and body in one `write(2)`.
 fn write_reply(fd: i32, unique: u64, outcome: Outcome, outbuf: &mut [u8], worker: usize) {
     let olen = std::mem::size_of::<abi::OutHeader>();
@@ -254,14 +236,14 @@ impl Mounted {
         cpu: Option<usize>,
         ready: std::sync::mpsc::Sender<io::Result<()>>,
     ) -> Result<(), FuseError> {
-        let native = self.native.clone();
+        let dispatcher = self.dispatcher.clone();
         self.spawn_thread(format!("musicfs-uring-{}", qw.index), move |_, shared| {
             unblock_wake_signal();
             if let Some(cpu) = cpu {
                 pin_to(cpu);
             }
             let keep = |bufs: Vec<Box<[u8]>>| lock(&shared.uring_buffers).extend(bufs);
-            match uring::run(&qw, &native, &shared.stop, ready, &keep) {
+            match uring::run(&qw, &dispatcher, &shared.stop, ready, &keep) {
                 uring::QueueEnd::Closed => WorkerEnd::Unmounted,
                 uring::QueueEnd::Stopped | uring::QueueEnd::Refused => WorkerEnd::Stopped,
                 uring::QueueEnd::Failed(e) => {

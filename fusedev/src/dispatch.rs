@@ -1,11 +1,17 @@
-//! Requests MusicFS decodes and answers itself, without fuse-backend-rs: INIT (to negotiate
-//! protocol 7.42 features), OPEN/RELEASE (passthrough backing ids), READ (origin reads
-//! through the worker's io_uring) on every transport, and every other operation on the
-//! io_uring transport, where requests arrive split into header, per-op struct and payload
-//! and the reply is committed from memory rather than written to a file descriptor.
+//! The one FUSE dispatcher: every request of every transport (`/dev/fuse` queues and
+//! FUSE-over-io_uring) is decoded here, answered by one call into [`FsModel`], and encoded
+//! into the reply buffer the transport hands in. Transports only move bytes: the
+//! `/dev/fuse` worker passes the request after the in-header as `op` (the per-op struct and
+//! its name or payload together); an io_uring queue passes the per-op struct and the
+//! payload apart. The reply body is written into `out`, and the transport adds the
+//! out-header.
 //!
-//! Like [`crate::fuse`], each operation is one call into [`FsModel`]; errors become an
-//! errno once, through `crate::fuse::fail`.
+//! INIT is shaped here (protocol 7.42 features: passthrough, io_uring queues), OPEN/RELEASE
+//! manage passthrough backing ids, and READ goes to the origin through the worker's
+//! io_uring or `pread`. Errors become an errno once, in [`fail`].
+//!
+//! The lookup, getattr, readdir(plus), open, read, release and forget paths allocate
+//! nothing (checked by `tests::no_alloc`).
 
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +20,6 @@ use std::time::Duration;
 
 use crate::abi::{self, Pod};
 use crate::fs::{Attr, DirItem, FsModel, Kind};
-use crate::fuse::fail;
 use crate::negotiate::{self, InitAnswer, Negotiated, Wants};
 use crate::passthrough::Backing;
 use crate::ring::{pread_full, ReadRing};
@@ -51,8 +56,8 @@ pub struct WorkerIo {
     pub ring: Option<ReadRing>,
 }
 
-/// The native request handler shared by every worker.
-pub struct Native {
+/// The request dispatcher shared by every worker of every transport.
+pub struct Dispatcher {
     model: Arc<FsModel>,
     backing: Backing,
     wants: Wants,
@@ -111,8 +116,6 @@ fn put<T: Pod>(out: &mut [u8], v: &T) -> Outcome {
     }
 }
 
-/// The name argument: NUL-terminated, in the data part (or, from kernels that put it
-/// first, in the op part).
 /// The entry reply for `a` (lookup, readdirplus), with the configured timeouts.
 fn entry_out(cfg: &crate::fs::FsConfig, a: &crate::fs::Attr) -> abi::EntryOut {
     let (es, ens) = split(cfg.entry_timeout);
@@ -128,6 +131,8 @@ fn entry_out(cfg: &crate::fs::FsConfig, a: &crate::fs::Attr) -> abi::EntryOut {
     }
 }
 
+/// The name argument, NUL-terminated: after the per-op struct (`skip` bytes) where the
+/// transport delivers both in `op` (`/dev/fuse`), else in `data` (io_uring).
 fn name_arg<'a>(req: &Req<'a>, skip: usize) -> Option<&'a [u8]> {
     let raw = if req.op.len() > skip {
         &req.op[skip..]
@@ -138,15 +143,15 @@ fn name_arg<'a>(req: &Req<'a>, skip: usize) -> Option<&'a [u8]> {
     Some(&raw[..end])
 }
 
-impl Native {
+impl Dispatcher {
     /// A handler over `model` that asks INIT for `wants`; `refuse_backing` makes every
     /// passthrough registration fail as a refusing kernel would (to test the fallback).
-    pub fn new(model: Arc<FsModel>, wants: Wants, refuse_backing: bool) -> Native {
+    pub fn new(model: Arc<FsModel>, wants: Wants, refuse_backing: bool) -> Dispatcher {
         let backing = Backing::new(refuse_backing);
         if !wants.passthrough {
             backing.disable();
         }
-        Native {
+        Dispatcher {
             model,
             backing,
             wants,
@@ -194,15 +199,6 @@ impl Native {
     /// The passthrough table.
     pub fn backing(&self) -> &Backing {
         &self.backing
-    }
-
-    /// Whether this opcode is answered natively on the `/dev/fuse` transport (the rest go
-    /// to fuse-backend-rs).
-    pub fn handles_on_dev(opcode: u32) -> bool {
-        matches!(
-            opcode,
-            abi::FUSE_INIT | abi::FUSE_OPEN | abi::FUSE_RELEASE | abi::FUSE_READ
-        )
     }
 
     /// Answers `req`, writing the reply body into `out`.
@@ -288,7 +284,10 @@ impl Native {
                     .listxattr(ino, g.size)
                     .map(|r| xattr_reply(r, out))
             }
-            abi::FUSE_FLUSH | abi::FUSE_FSYNC | abi::FUSE_FSYNCDIR => Ok(Outcome::Reply(0)),
+            // ENOSYS makes the kernel stop sending FLUSH (`fc->no_flush`), so `close(2)`
+            // no longer waits for a round trip; a read-only file has nothing to flush.
+            abi::FUSE_FLUSH => return Outcome::Error(libc::ENOSYS),
+            abi::FUSE_FSYNC | abi::FUSE_FSYNCDIR => Ok(Outcome::Reply(0)),
             abi::FUSE_READLINK => Err(FsError::NotASymlink(ino)),
             abi::FUSE_SETATTR
             | abi::FUSE_SYMLINK
@@ -310,11 +309,7 @@ impl Native {
         };
         match result {
             Ok(o) => o,
-            Err(e) => Outcome::Error(
-                fail(op_name(req.h.opcode), ino, e)
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO),
-            ),
+            Err(e) => Outcome::Error(fail(op_name(req.h.opcode), ino, e)),
         }
     }
 
@@ -372,13 +367,7 @@ impl Native {
                     ..abi::EntryOut::default()
                 }
             }
-            Err(e) => {
-                return Outcome::Error(
-                    fail("lookup", parent, e)
-                        .raw_os_error()
-                        .unwrap_or(libc::EIO),
-                )
-            }
+            Err(e) => return Outcome::Error(fail("lookup", parent, e)),
         };
         put(out, &entry)
     }
@@ -487,6 +476,18 @@ fn xattr_reply(r: XattrReply, out: &mut [u8]) -> Outcome {
     }
 }
 
+/// The errno for `e`, logged once here: expected answers (a missing name, a refused write)
+/// at debug level, faults as warnings.
+pub(crate) fn fail(op: &'static str, ino: u64, e: FsError) -> i32 {
+    let errno = e.to_errno();
+    if e.is_expected() {
+        tracing::debug!(op, ino, errno, error = %e, "fuse op refused");
+    } else {
+        tracing::warn!(op, ino, errno, error = %e, "fuse op failed");
+    }
+    errno
+}
+
 fn op_name(opcode: u32) -> &'static str {
     match opcode {
         abi::FUSE_GETATTR => "getattr",
@@ -504,3 +505,9 @@ fn op_name(opcode: u32) -> &'static str {
         _ => "write",
     }
 }
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod no_alloc;
