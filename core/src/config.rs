@@ -147,6 +147,11 @@ pub struct Config {
     pub entry_timeout_secs: f64,
     /// Kernel attribute cache timeout, seconds.
     pub attr_timeout_secs: f64,
+    /// How long the kernel may cache "no such name", seconds (0: not at all); unset
+    /// follows `entry_timeout_secs`, so `entry_timeout_secs = 0` caches nothing.
+    pub negative_timeout_secs: Option<f64>,
+    /// Kernel readahead for the mount, KiB (root only; best effort).
+    pub readahead_kb: u32,
     /// Seconds between full stat walks of every origin (0: never), on top of watching.
     pub refresh_interval_secs: f64,
     /// Let other users see the mount (needs `user_allow_other` when unprivileged).
@@ -174,6 +179,8 @@ impl Default for Config {
             threads: 0,
             entry_timeout_secs: 3600.0,
             attr_timeout_secs: 3600.0,
+            negative_timeout_secs: None,
+            readahead_kb: 1024,
             refresh_interval_secs: 3600.0,
             allow_other: false,
             uid: None,
@@ -216,6 +223,7 @@ impl Config {
         for (key, v) in [
             ("entry_timeout_secs", self.entry_timeout_secs),
             ("attr_timeout_secs", self.attr_timeout_secs),
+            ("negative_timeout_secs", self.negative_timeout_secs()),
             ("refresh_interval_secs", self.refresh_interval_secs),
         ]
         .into_iter()
@@ -227,6 +235,12 @@ impl Config {
                     message: format!("{v} is not a number of seconds between 0 and 1e9"),
                 });
             }
+        }
+        if !(4..=1 << 20).contains(&self.readahead_kb) {
+            return Err(ConfigError::Invalid {
+                key: "readahead_kb",
+                message: format!("{} is not between 4 and 1048576 KiB", self.readahead_kb),
+            });
         }
         crate::template::Template::parse(&self.template).map_err(|e| ConfigError::Invalid {
             key: "template",
@@ -247,6 +261,18 @@ impl Config {
     /// Entry timeout as a duration.
     pub fn entry_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.entry_timeout_secs)
+    }
+
+    /// Seconds the kernel may cache a missing name: the configured value, else the entry
+    /// timeout.
+    fn negative_timeout_secs(&self) -> f64 {
+        self.negative_timeout_secs
+            .unwrap_or(self.entry_timeout_secs)
+    }
+
+    /// Negative-entry timeout as a duration.
+    pub fn negative_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.negative_timeout_secs())
     }
 
     /// Attribute timeout as a duration.
@@ -314,5 +340,26 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn missing_names_are_cached_as_long_as_entries_unless_set_apart() {
+        let c = Config::parse("entry_timeout_secs = 0\n").unwrap();
+        assert_eq!(c.negative_timeout(), Duration::ZERO);
+        let c = Config::parse("negative_timeout_secs = 2.5\n").unwrap();
+        assert_eq!(c.negative_timeout(), Duration::from_millis(2500));
+        assert_eq!(c.entry_timeout(), Duration::from_secs(3600));
+        let bad = Config {
+            negative_timeout_secs: Some(f64::NAN),
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn readahead_out_of_range_is_refused() {
+        let c = Config::parse("readahead_kb = 0\n").unwrap();
+        assert!(c.validate().is_err());
+        assert_eq!(Config::default().readahead_kb, 1024);
     }
 }

@@ -511,3 +511,6 @@ mod tests;
 
 #[cfg(test)]
 mod no_alloc;
+
+#[cfg(test)]
+mod semantics;

@@ -108,7 +108,7 @@ fn lookup_getattr_readdir_open_read_release_forget_allocate_nothing() {
     let during = allocations() - before;
     assert_eq!(during, 0, "{during} allocations in 1000 rounds");
 
-    let mut cached = Rig::default();
+    let mut cached = Rig::standard();
     let root_miss = super::tests::cstr("Nobody");
     let _ = cached.call(abi::FUSE_LOOKUP, ROOT_INO, &root_miss);
     let before = allocations();

@@ -44,7 +44,7 @@ impl Rig {
         }
     }
 
-    pub fn default() -> Rig {
+    pub fn standard() -> Rig {
         Rig::new(FsConfig {
             uid: 1234,
             gid: 5678,
@@ -160,7 +160,7 @@ fn dirents(buf: &[u8], plus: bool) -> Vec<(String, u64, u64, u32, u64)> {
 
 #[test]
 fn every_write_operation_answers_erofs() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     let file = r.ino("Ann/First/01 - One.flac");
     let writes = [
         abi::FUSE_SETATTR,
@@ -207,7 +207,7 @@ fn every_write_operation_answers_erofs() {
 
 #[test]
 fn lookup_answers_with_the_entry_and_its_timeouts() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     let dir = r.ino("Ann/First");
     let o = r.lookup(dir, "02 - Two.flac");
     let e: abi::EntryOut = r.reply(&o);
@@ -246,7 +246,7 @@ fn a_missing_name_is_enoent_when_negative_caching_is_off() {
 
 #[test]
 fn lookups_in_files_stale_parents_and_unterminated_names_are_refused() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     let file = r.ino("Bob/Solo/Alone.flac");
     assert_eq!(errno(r.lookup(file, "x")), libc::ENOTDIR);
     assert_eq!(errno(r.lookup(987_654_321, "x")), libc::ESTALE);
@@ -258,7 +258,7 @@ fn lookups_in_files_stale_parents_and_unterminated_names_are_refused() {
 
 #[test]
 fn both_request_layouts_get_the_same_answer() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     let dev = r.lookup(ROOT_INO, "Ann");
     let a: abi::EntryOut = r.reply(&dev);
     let split = r.call_split(abi::FUSE_LOOKUP, ROOT_INO, &[], &cstr("Ann"));
@@ -280,7 +280,7 @@ fn both_request_layouts_get_the_same_answer() {
 
 #[test]
 fn getattr_answers_with_the_attr_timeout() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     let file = r.ino("Ann/First/01 - One.flac");
     let o = r.call(abi::FUSE_GETATTR, file, &[0u8; 16]);
     let a: abi::AttrOut = r.reply(&o);
@@ -292,7 +292,7 @@ fn getattr_answers_with_the_attr_timeout() {
 
 #[test]
 fn open_keeps_the_page_cache_and_opendir_caches_the_listing() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     let file = r.ino("Ann/First/01 - One.flac");
     let o = r.open(file, libc::O_RDONLY);
     let open: abi::OpenOut = r.reply(&o);
@@ -318,7 +318,7 @@ fn open_keeps_the_page_cache_and_opendir_caches_the_listing() {
 
 #[test]
 fn read_returns_the_source_bytes_at_any_offset_and_short_at_the_end() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     let file = r.ino("Ann/First/01 - One.flac");
     let o = r.open(file, libc::O_RDONLY);
     let fh = r.reply::<abi::OpenOut>(&o).fh;
@@ -339,7 +339,7 @@ fn read_returns_the_source_bytes_at_any_offset_and_short_at_the_end() {
 
 #[test]
 fn a_vanished_source_fails_open_without_hanging() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     let file = r.ino("Ann/First/01 - One.flac");
     std::fs::remove_file(r.lib.source(1)).expect("remove source");
     assert_eq!(errno(r.open(file, libc::O_RDONLY)), libc::ESTALE);
@@ -347,7 +347,7 @@ fn a_vanished_source_fails_open_without_hanging() {
 
 #[test]
 fn readdir_encodes_dots_then_children_and_resumes_at_any_offset() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     let dir = r.ino("Ann/First");
     let o = r.call(abi::FUSE_OPENDIR, dir, &[0u8; 8]);
     let fh = r.reply::<abi::OpenOut>(&o).fh;
@@ -379,7 +379,7 @@ fn readdir_encodes_dots_then_children_and_resumes_at_any_offset() {
 
 #[test]
 fn readdirplus_gives_every_child_its_entry_and_the_dots_none() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     let dir = r.ino("Ann/First");
     let o = r.call(abi::FUSE_OPENDIR, dir, &[0u8; 8]);
     let fh = r.reply::<abi::OpenOut>(&o).fh;
@@ -405,7 +405,7 @@ fn readdirplus_gives_every_child_its_entry_and_the_dots_none() {
 
 #[test]
 fn init_negotiates_readdirplus_parallel_dirops_and_big_reads_not_writeback() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     let offered = !(abi::FUSE_PASSTHROUGH | abi::FUSE_OVER_IO_URING);
     let init = abi::InitIn {
         major: 7,
@@ -438,7 +438,7 @@ fn init_negotiates_readdirplus_parallel_dirops_and_big_reads_not_writeback() {
 
 #[test]
 fn xattrs_probe_sizes_return_values_and_refuse_short_buffers() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     let file = r.ino("Ann/First/01 - One.flac");
     let get = |r: &mut Rig, name: &str, size: u32| {
         let mut body = abi::GetxattrIn { size, padding: 0 }.as_bytes().to_vec();
@@ -476,7 +476,7 @@ fn xattrs_probe_sizes_return_values_and_refuse_short_buffers() {
 
 #[test]
 fn flush_is_unsupported_so_close_skips_the_round_trip() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     let file = r.ino("Ann/First/01 - One.flac");
     assert_eq!(
         errno(r.call(abi::FUSE_FLUSH, file, &[0u8; 24])),
@@ -487,7 +487,7 @@ fn flush_is_unsupported_so_close_skips_the_round_trip() {
 
 #[test]
 fn forget_interrupt_get_no_reply_and_unknown_opcodes_enosys() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     for op in [
         abi::FUSE_FORGET,
         abi::FUSE_BATCH_FORGET,
@@ -504,7 +504,7 @@ fn forget_interrupt_get_no_reply_and_unknown_opcodes_enosys() {
 
 #[test]
 fn short_or_empty_request_bodies_are_answered_not_panicking() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     for op in 0..64 {
         if op == abi::FUSE_DESTROY {
             continue;
@@ -517,7 +517,7 @@ fn short_or_empty_request_bodies_are_answered_not_panicking() {
 
 #[test]
 fn statfs_counts_tracks_and_blocks() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     let o = r.call(abi::FUSE_STATFS, ROOT_INO, &[]);
     let s: abi::Kstatfs = r.reply(&o);
     assert_eq!(s.files, 3);
@@ -530,7 +530,7 @@ fn statfs_counts_tracks_and_blocks() {
 
 #[test]
 fn access_allows_reading_and_refuses_executing_files() {
-    let mut r = Rig::default();
+    let mut r = Rig::standard();
     let file = r.ino("Ann/First/01 - One.flac");
     let mask = |m: i32| abi::AccessIn {
         mask: m as u32,

@@ -50,8 +50,9 @@ struct Common {
 enum Command {
     /// Scan origins into the catalog (only new and changed files are read) and publish the tree.
     Scan {
-        /// An origin directory; repeat for several (default: the config's origins).
-        #[arg(long = "origin", env = "MUSICFS_ORIGINS", value_delimiter = ':')]
+        /// An origin directory; repeat for several (default: the config's origins). A path
+        /// may contain `:`; MUSICFS_ORIGINS takes one origin per line.
+        #[arg(long = "origin", env = "MUSICFS_ORIGINS", value_delimiter = '\n')]
         origins: Vec<PathBuf>,
         /// Path template (see docs/TEMPLATES.md).
         #[arg(long, env = "MUSICFS_TEMPLATE")]

@@ -42,8 +42,9 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "MUSICFS_CONFIG")]
     config: Option<PathBuf>,
-    /// An origin directory; repeat for several (default: the config's origins).
-    #[arg(long = "origin", env = "MUSICFS_ORIGINS", value_delimiter = ':')]
+    /// An origin directory; repeat for several (default: the config's origins). A path
+    /// may contain `:`; MUSICFS_ORIGINS takes one origin per line.
+    #[arg(long = "origin", env = "MUSICFS_ORIGINS", value_delimiter = '\n')]
     origins: Vec<PathBuf>,
     /// Path template (see docs/TEMPLATES.md).
     #[arg(long, env = "MUSICFS_TEMPLATE")]
@@ -67,6 +68,12 @@ struct Cli {
     /// Kernel attribute cache timeout in seconds [default: 3600].
     #[arg(long)]
     attr_timeout: Option<f64>,
+    /// How long the kernel caches a missing name, in seconds [default: the entry timeout].
+    #[arg(long)]
+    negative_timeout: Option<f64>,
+    /// Kernel readahead for the mount in KiB (root) [default: 1024].
+    #[arg(long)]
+    readahead_kb: Option<u32>,
     /// Log filter (error, warn, info, debug, trace); RUST_LOG wins.
     #[arg(long, env = "MUSICFS_LOG_LEVEL")]
     log_level: Option<String>,
@@ -152,6 +159,12 @@ fn merge_config(cli: &Cli) -> Result<Config> {
     if let Some(t) = cli.attr_timeout {
         cfg.attr_timeout_secs = t;
     }
+    if let Some(t) = cli.negative_timeout {
+        cfg.negative_timeout_secs = Some(t);
+    }
+    if let Some(kb) = cli.readahead_kb {
+        cfg.readahead_kb = kb;
+    }
     if let Some(l) = &cli.log_level {
         cfg.log_level = l.clone();
     }
@@ -188,6 +201,8 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
         threads: cfg.worker_threads(),
         entry_timeout: cfg.entry_timeout(),
         attr_timeout: cfg.attr_timeout(),
+        negative_timeout: cfg.negative_timeout(),
+        readahead_kb: Some(cfg.readahead_kb),
         allow_other: cfg.allow_other,
         uid: cfg.uid,
         gid: cfg.gid,
