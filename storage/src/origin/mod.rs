@@ -24,6 +24,7 @@
 //! with `..`. Nothing here ever opens a file for writing.
 
 mod error;
+mod escape;
 mod local;
 mod spec;
 
@@ -261,8 +262,10 @@ pub trait Origin: Send + Sync + fmt::Debug {
 
     /// Calls `each` for every name in directory `dir` (relative; empty for the root), in no
     /// particular order. Symlinks that resolve inside the origin are followed (`via_symlink`).
-    /// On `Err` the names already delivered are not the whole directory: the caller must
-    /// treat it as unreadable, not as shrunk.
+    /// A symlink to a directory is listed as that directory: a walker that descends into
+    /// it detects loops by the (dev, ino) in [`ChangeToken::Local`]. A name that vanishes
+    /// while being listed is left out. On `Err` the names already delivered are not the
+    /// whole directory: the caller must treat it as unreadable, not as shrunk.
     fn list(&self, dir: &Path, each: &mut dyn FnMut(Listed)) -> Result<(), OriginError>;
 
     /// The stat of `rel` (following symlinks, as [`Origin::open`] does).

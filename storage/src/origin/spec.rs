@@ -20,6 +20,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
+use super::escape::{escaped, percent_decode, Part};
 use super::OriginError;
 
 /// A credential taken from a spec. Its `Debug` shows nothing of it.
@@ -502,61 +503,6 @@ fn decode_utf8(s: &str, part: &str) -> Result<String, OriginError> {
         return Err(bad(s, "contains a NUL byte"));
     }
     Ok(text)
-}
-
-fn percent_decode(part: &str) -> Result<Vec<u8>, &'static str> {
-    let bytes = part.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .ok_or("a '%' must start a %XX escape")?;
-            let hi = hex_value(hex[0]).ok_or("a '%' must start a %XX escape")?;
-            let lo = hex_value(hex[1]).ok_or("a '%' must start a %XX escape")?;
-            out.push(hi << 4 | lo);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Ok(out)
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
-/// Which characters a component must escape so that parsing finds it again.
-#[derive(Clone, Copy)]
-enum Part {
-    /// A path: keeps `/`.
-    Path,
-    /// One path segment (an SMB share): escapes `/` too.
-    Segment,
-    /// A user name.
-    User,
-    /// A query key or value.
-    Query,
-}
-
-fn escaped(f: &mut fmt::Formatter<'_>, text: &str, part: Part) -> fmt::Result {
-    for c in text.chars() {
-        let special = match part {
-            Part::Path => matches!(c, '?' | '#'),
-            Part::Segment => matches!(c, '?' | '#' | '/'),
-            Part::User => matches!(c, '?' | '#' | '/' | ':' | '@' | '[' | ']'),
-            Part::Query => matches!(c, '#' | '&' | '='),
-        };
-        if special || c == '%' || c.is_ascii_control() || c == ' ' {
-            write!(f, "%{:02X}", c as u32)?;
-        } else {
-            write!(f, "{c}")?;
-        }
-    }
-    Ok(())
 }
 
 impl fmt::Display for Server {
