@@ -182,8 +182,10 @@ impl OriginSpec {
     /// path). For a local origin it is the canonical root, exactly what catalogs keyed by
     /// path already hold; when the root cannot be resolved now (missing, unmounted) it is
     /// the given root with `.`, empty components and trailing `/` removed. For a remote
-    /// origin it is the display form, which holds no credentials. Touches the file system
-    /// for local origins.
+    /// origin it is the display form, which holds no credentials, without the S3 settings
+    /// that do not change which objects are meant (region, path style), so adding one
+    /// later does not make the bucket a new origin. Touches the file system for local
+    /// origins.
     pub fn key(&self) -> OsString {
         match self {
             OriginSpec::Local(l) => l
@@ -191,6 +193,11 @@ impl OriginSpec {
                 .canonicalize()
                 .unwrap_or_else(|_| lexical_normal(&l.root))
                 .into_os_string(),
+            OriginSpec::S3(s3) => {
+                let mut s3 = s3.clone();
+                (s3.region, s3.path_style) = (None, false);
+                OriginSpec::S3(s3).to_string().into()
+            }
             remote => remote.to_string().into(),
         }
     }

@@ -163,7 +163,7 @@ fn display_debug_key_and_errors_never_show_credentials() {
 }
 
 #[test]
-fn the_key_of_a_local_origin_is_its_canonical_root_and_survives_a_missing_root() {
+fn the_key_is_the_canonical_local_root_or_the_remote_spec_without_credentials_or_settings() {
     let t = tempfile::tempdir().unwrap();
     let real = t.path().canonicalize().unwrap().join("real");
     std::fs::create_dir(&real).unwrap();
@@ -173,8 +173,12 @@ fn the_key_of_a_local_origin_is_its_canonical_root_and_survives_a_missing_root()
     let missing = OriginSpec::local("/no/such//dir/./here/");
     assert_eq!(missing.key(), OsStr::new("/no/such/dir/here"));
     assert_eq!(
-        parse("s3://b/p?region=x").key(),
-        OsStr::new("s3://b/p?region=x")
+        parse("s3://b/p/?region=x&path_style=true&endpoint=http://m:9000").key(),
+        OsStr::new("s3://b/p?endpoint=http://m:9000")
+    );
+    assert_eq!(
+        parse("sftp://u:pw@h:22/x").key(),
+        OsStr::new("sftp://u@h:22/x")
     );
 }
 
