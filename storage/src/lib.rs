@@ -3,9 +3,12 @@
 //! Today this crate owns the **catalog** ([`catalog`]): the LMDB environment (through heed)
 //! that remembers every track the scanner found, under a stable [`TrackId`], with its tags
 //! and the file facts ([`ScanState`]) an incremental scan compares against, and the files
-//! it could not read, so it does not open them again while they stay unchanged. Later it will
-//! also own the content-addressed chunk store (CAS: chunk index, pack files, eviction) and
-//! the origins (local, S3, SFTP, SMB) that list and read source files.
+//! it could not read, so it does not open them again while they stay unchanged. It also owns
+//! the **origin seam** ([`origin`]): how an origin is named (a URL-like [`OriginSpec`]),
+//! listed, stat'ed, read by offset ([`Source`]) and probed for health, with the local
+//! driver as its first implementation (S3, SFTP and SMB specs parse but have no driver
+//! yet). Later it will also own the content-addressed chunk store (CAS: chunk index, pack
+//! files, eviction).
 //!
 //! What it must not do: know about paths in the virtual tree, templates or FUSE (that is
 //! `musicfs-core` and `musicfs-fusedev`), read tags (`musicfs-index`), or ever write to an
@@ -18,11 +21,15 @@
 //! - [`Upsert`]: one new or changed file, as the scanner hands it over; [`Batch`] groups
 //!   upserts, removals and [`SkipRecord`]s (broken files) into one transaction.
 //! - [`CatalogError`]: every way the catalog can fail, with the catalog's path in it.
+//! - [`Origin`] and [`open_origin`]: the one interface to source files; [`OriginError`] is
+//!   every way naming, opening or reading an origin can fail.
 //!
 //! [`TrackId`]: musicfs_core::meta::TrackId
 //! [`ScanState`]: musicfs_core::meta::ScanState
 #![deny(missing_docs)]
 
 pub mod catalog;
+pub mod origin;
 
 pub use catalog::{Batch, Catalog, CatalogError, SkipRecord, Upsert, SCHEMA_VERSION};
+pub use origin::{open_origin, Origin, OriginError, OriginSpec, Source};
