@@ -225,6 +225,16 @@ impl Snapshot {
             .filter(|p| !p.as_os_str().is_empty())
     }
 
+    /// Every origin this tree names, by index, as the key it was recorded under (a local
+    /// origin's canonical root; see `musicfs_storage::origin::OriginSpec::key`).
+    pub fn origin_keys(&self) -> impl Iterator<Item = (u32, &std::ffi::OsStr)> {
+        self.origins
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.as_os_str().is_empty())
+            .map(|(i, p)| (i as u32, p.as_os_str()))
+    }
+
     /// The catalog change counter this tree was built from.
     pub fn catalog_version(&self) -> u64 {
         self.tree().catalog_version.to_native()

@@ -13,7 +13,7 @@
 //! The lookup, getattr, readdir(plus), open, read, release and forget paths allocate
 //! nothing (checked by `tests::no_alloc`).
 
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -159,6 +159,11 @@ impl Dispatcher {
             init_cv: Condvar::new(),
             uring_requests: AtomicU64::new(0),
         }
+    }
+
+    /// The filesystem model requests are answered from.
+    pub fn model(&self) -> &Arc<FsModel> {
+        &self.model
     }
 
     /// What INIT settled, once it has run.
@@ -378,8 +383,9 @@ impl Dispatcher {
         let fh = self.model.open(ino, o.flags)?;
         let backing = if self.backing.enabled() {
             self.model
-                .with_file(fh, |f| {
-                    Ok(self.backing.open(io.dev_fd, ino, fh, f.as_raw_fd()))
+                .with_source(fh, |s| {
+                    Ok(s.raw_fd()
+                        .and_then(|fd| self.backing.open(io.dev_fd, ino, fh, fd)))
                 })
                 .ok()
                 .flatten()
@@ -406,10 +412,13 @@ impl Dispatcher {
         let r = abi::ReadIn::read_prefix(req.op);
         let want = (r.size as usize).min(out.len());
         let dst = &mut out[..want];
-        let n = self.model.with_file(r.fh, |f| match io.ring.as_mut() {
-            Some(ring) => ring.read_full(f.as_raw_fd(), dst, r.offset),
-            None => pread_full(f.as_raw_fd(), dst, r.offset),
-        })?;
+        let n = self
+            .model
+            .with_source(r.fh, |s| match (s.raw_fd(), io.ring.as_mut()) {
+                (Some(fd), Some(ring)) => ring.read_full(fd, dst, r.offset),
+                (Some(fd), None) => pread_full(fd, dst, r.offset),
+                (None, _) => s.read_at(dst, r.offset),
+            })?;
         Ok(Outcome::Reply(n))
     }
 

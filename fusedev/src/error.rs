@@ -43,13 +43,21 @@ pub enum FsError {
     /// A file or directory handle the kernel sent that this server does not hold.
     #[error("unknown handle {0}")]
     BadHandle(u64),
-    /// The source file of a track is gone from its origin.
-    #[error("source {path:?} of inode {ino} has vanished")]
-    SourceVanished {
+    /// Opening the source of a track failed at its origin (gone: ESTALE; else EIO).
+    #[error("inode {ino}: {source}")]
+    Origin {
         /// Inode.
         ino: u64,
-        /// Absolute source path.
-        path: PathBuf,
+        /// What the origin said.
+        source: musicfs_storage::origin::OriginError,
+    },
+    /// The track's origin is offline (missing, emptied, unmounted): fail at once.
+    #[error("inode {ino}: origin {origin} is offline")]
+    OriginOffline {
+        /// Inode.
+        ino: u64,
+        /// Origin index.
+        origin: u32,
     },
     /// Reading or opening the source failed.
     #[error("source {path:?}: {source}")]
@@ -99,7 +107,9 @@ impl FsError {
             FsError::ReadOnly(_) => libc::EROFS,
             FsError::AccessDenied { .. } => libc::EACCES,
             FsError::BadHandle(_) => libc::EBADF,
-            FsError::SourceVanished { .. } => libc::ESTALE,
+            FsError::Origin { source, .. } if source.is_vanished() => libc::ESTALE,
+            FsError::Origin { .. } => libc::EIO,
+            FsError::OriginOffline { .. } => libc::EIO,
             FsError::SourceIo { source, .. } => match source.raw_os_error() {
                 Some(libc::ESTALE) => libc::ESTALE,
                 Some(libc::EINTR) => libc::EINTR,

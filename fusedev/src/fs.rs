@@ -6,15 +6,16 @@
 //! the read path takes one shard lock to clone the handle's `Arc<File>` and then `pread`s.
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use musicfs_core::snapshot::{Node, Snapshot, ROOT_INO};
+use musicfs_storage::origin::{LocalSource, OriginTable, Source as OriginSource};
 
 use crate::handles::HandleTable;
 use crate::status::{ServeStatus, STATUS_FIELDS};
@@ -132,6 +133,7 @@ pub struct FsStats {
 /// The filesystem over the current snapshot.
 pub struct FsModel {
     snapshot: Arc<ArcSwap<Snapshot>>,
+    origins: Arc<ArcSwap<OriginTable>>,
     tags: Option<Arc<dyn TagSource>>,
     cfg: FsConfig,
     files: HandleTable<Arc<OpenFile>>,
@@ -146,14 +148,28 @@ pub struct FsModel {
 const FIRST_CHILD_OFFSET: u64 = 2;
 
 impl FsModel {
-    /// A model serving `snapshot` (republished by swapping it), with tags from `tags`.
+    /// A model serving `snapshot` (republished by swapping it), with tags from `tags`,
+    /// reading from the origins the snapshot records (opened here, each online).
     pub fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
         tags: Option<Arc<dyn TagSource>>,
         cfg: FsConfig,
     ) -> FsModel {
+        let origins = Arc::new(ArcSwap::from_pointee(origins_of(&snapshot.load())));
+        FsModel::with_origins(snapshot, origins, tags, cfg)
+    }
+
+    /// [`FsModel::new`] reading from `origins`, a table the daemon shares with its refresh
+    /// loop (which marks origins offline and back).
+    pub fn with_origins(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        origins: Arc<ArcSwap<OriginTable>>,
+        tags: Option<Arc<dyn TagSource>>,
+        cfg: FsConfig,
+    ) -> FsModel {
         FsModel {
             snapshot,
+            origins,
             tags,
             cfg,
             files: HandleTable::new(),
@@ -166,6 +182,11 @@ impl FsModel {
     /// How the mount is being served (the root's status attributes read this).
     pub fn status(&self) -> &ServeStatus {
         &self.status
+    }
+
+    /// The origins files are read from (shared with the daemon's refresh loop).
+    pub fn origins(&self) -> &Arc<ArcSwap<OriginTable>> {
+        &self.origins
     }
 
     /// The configuration.
@@ -294,32 +315,42 @@ impl FsModel {
         {
             return Err(FsError::ReadOnly("open for writing"));
         }
-        let file = {
+        let source = {
             let snap = self.snapshot.load();
             let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
             let f = node.file().ok_or(FsError::IsADirectory(ino))?;
-            let root = snap.origin_root(f.origin).ok_or(FsError::UnknownOrigin {
+            let origins = self.origins.load();
+            let unknown = FsError::UnknownOrigin {
                 ino,
                 origin: f.origin,
-            })?;
-            open_source(root.as_os_str().as_bytes(), f.rel_path).map_err(|source| {
-                let path = root.join(OsStr::from_bytes(f.rel_path));
-                if source.kind() == io::ErrorKind::NotFound {
-                    FsError::SourceVanished { ino, path }
-                } else {
-                    FsError::SourceIo { path, source }
-                }
-            })?
+            };
+            let slot = origins.get(f.origin).ok_or(unknown)?;
+            if slot.is_offline() {
+                return Err(FsError::OriginOffline {
+                    ino,
+                    origin: f.origin,
+                });
+            }
+            let rel = Path::new(OsStr::from_bytes(f.rel_path));
+            let opened = match slot.origin.as_local() {
+                Some(local) => local.open_file(rel).map(Source::Local),
+                None => slot.origin.open(rel).map(Source::Other),
+            };
+            opened.map_err(|source| FsError::Origin { ino, source })?
         };
         let mut handle = self
             .spare_pool()
             .pop()
-            .unwrap_or_else(|| Arc::new(OpenFile { file: None }));
+            .unwrap_or_else(|| Arc::new(OpenFile { source: None }));
         match Arc::get_mut(&mut handle) {
-            Some(slot) => slot.file = Some(file),
+            Some(slot) => slot.source = Some(source),
             // Only handles nobody else holds are pooled; this cannot happen, but a fresh
             // allocation is the safe answer if it ever did.
-            None => handle = Arc::new(OpenFile { file: Some(file) }),
+            None => {
+                handle = Arc::new(OpenFile {
+                    source: Some(source),
+                })
+            }
         }
         Ok(self.files.insert(handle))
     }
@@ -329,16 +360,16 @@ impl FsModel {
         self.spare.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` on the source file behind handle `fh` (the read path: one shard lock to
-    /// clone the `Arc`, then the caller's `pread`s run unlocked).
-    pub fn with_file<R>(
+    /// Runs `f` on the source behind handle `fh` (the read path: one shard lock to clone
+    /// the `Arc`, then the caller's reads run unlocked).
+    pub fn with_source<R>(
         &self,
         fh: u64,
-        f: impl FnOnce(&File) -> io::Result<R>,
+        f: impl FnOnce(&Source) -> io::Result<R>,
     ) -> Result<R, FsError> {
         let handle = self.files.get(fh).ok_or(FsError::BadHandle(fh))?;
-        let file = handle.file.as_ref().ok_or(FsError::BadHandle(fh))?;
-        f(file).map_err(|source| match source.raw_os_error() {
+        let source = handle.source.as_ref().ok_or(FsError::BadHandle(fh))?;
+        f(source).map_err(|source| match source.raw_os_error() {
             Some(libc::EFAULT) | Some(libc::ENOSPC) | Some(libc::EOVERFLOW) => {
                 FsError::Reply(source)
             }
@@ -352,8 +383,9 @@ impl FsModel {
     /// Reads up to `buf.len()` bytes at `offset` from handle `fh` into `buf` (short only at
     /// end of file).
     pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
-        self.with_file(fh, |file| {
-            crate::ring::pread_full(std::os::fd::AsRawFd::as_raw_fd(file), buf, offset)
+        self.with_source(fh, |source| match source.raw_fd() {
+            Some(fd) => crate::ring::pread_full(fd, buf, offset),
+            None => source.read_at(buf, offset),
         })
     }
 
@@ -362,7 +394,7 @@ impl FsModel {
     pub fn release(&self, fh: u64) -> Result<(), FsError> {
         let mut handle = self.files.remove(fh).ok_or(FsError::BadHandle(fh))?;
         if let Some(slot) = Arc::get_mut(&mut handle) {
-            slot.file = None;
+            slot.source = None;
             let mut pool = self.spare_pool();
             if pool.len() < SPARE_HANDLES {
                 pool.push(handle);
@@ -477,43 +509,46 @@ impl FsModel {
 /// Released handles kept for reuse at most (a burst of opens beyond it allocates).
 const SPARE_HANDLES: usize = 4096;
 
-/// One open source file. The `Option` lets a released handle's allocation be reused.
+/// One open source. The `Option` lets a released handle's allocation be reused.
 pub struct OpenFile {
-    file: Option<File>,
+    source: Option<Source>,
 }
 
-/// Opens `root/rel` read-only, without updating its atime where the kernel lets us. The
-/// path is assembled on the stack: opening allocates nothing.
-fn open_source(root: &[u8], rel: &[u8]) -> io::Result<File> {
-    let mut buf = [0u8; libc::PATH_MAX as usize];
-    let len = root.len() + 1 + rel.len();
-    if len >= buf.len() || root.contains(&0) || rel.contains(&0) {
-        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
-    }
-    buf[..root.len()].copy_from_slice(root);
-    buf[root.len()] = b'/';
-    buf[root.len() + 1..len].copy_from_slice(rel);
-    let open = |extra: i32| {
-        // SAFETY: `buf` is NUL-terminated at `len` (it was zeroed and `len < buf.len()`)
-        // and holds no other NUL; open(2) only reads it.
-        let fd = unsafe {
-            libc::open(
-                buf.as_ptr().cast(),
-                libc::O_RDONLY | libc::O_CLOEXEC | extra,
-            )
-        };
-        if fd < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            // SAFETY: `fd` was just opened and is owned by nothing else.
-            Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+/// An open source: a local file (read by fd: passthrough, io_uring, `pread`), or any other
+/// origin's source (read through the origin seam).
+pub enum Source {
+    /// A file of a local origin.
+    Local(LocalSource),
+    /// A source of another kind of origin.
+    Other(Arc<dyn OriginSource>),
+}
+
+impl Source {
+    /// The raw fd, for passthrough and io_uring (local files only).
+    pub fn raw_fd(&self) -> Option<RawFd> {
+        match self {
+            Source::Local(l) => Some(l.file().as_raw_fd()),
+            Source::Other(o) => o.raw_fd(),
         }
-    };
-    match open(libc::O_NOATIME) {
-        // O_NOATIME needs ownership of the file or CAP_FOWNER.
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
-        other => other,
     }
+
+    /// Reads `buf.len()` bytes at `offset` (short only at end of file).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        match self {
+            Source::Local(l) => l.read_at(buf, offset),
+            Source::Other(o) => o.read_at(buf, offset),
+        }
+    }
+}
+
+/// The origins `snap` records, opened; a recorded origin that cannot be opened is left out
+/// (its files then answer EIO) and logged.
+fn origins_of(snap: &Snapshot) -> OriginTable {
+    let (table, errors) = OriginTable::from_keys(snap.origin_keys());
+    for e in errors {
+        tracing::warn!(error = %e, "origin recorded in the snapshot cannot be opened");
+    }
+    table
 }
 
 #[cfg(test)]

@@ -71,6 +71,9 @@ pub struct MountOptions {
     /// daemon dies, even by SIGKILL. Off: mount(2) directly when root (a killed daemon then
     /// leaves a dead mount until `umount`).
     pub auto_unmount: bool,
+    /// The origins files are read from, shared with the daemon's refresh loop (which marks
+    /// them offline and back); `None` opens the ones the snapshot records.
+    pub origins: Option<Arc<ArcSwap<musicfs_storage::origin::OriginTable>>>,
     /// Kernel readahead for the mount's bdi, in KiB (root only; best effort).
     pub readahead_kb: Option<u32>,
     /// FUSE passthrough for reads of local sources.
@@ -103,6 +106,7 @@ impl Default for MountOptions {
             pin_threads: true,
             fsname: "musicfs".to_string(),
             auto_unmount: true,
+            origins: None,
             readahead_kb: Some(1024),
             passthrough: PassthroughMode::Auto,
             transport: TransportMode::Auto,
@@ -216,7 +220,10 @@ pub fn mount_with_tags(
         uid: opts.uid.unwrap_or(defaults.uid),
         gid: opts.gid.unwrap_or(defaults.gid),
     };
-    let model = Arc::new(FsModel::new(snapshot, tags, cfg));
+    let model = Arc::new(match &opts.origins {
+        Some(origins) => FsModel::with_origins(snapshot, origins.clone(), tags, cfg),
+        None => FsModel::new(snapshot, tags, cfg),
+    });
     let wants = feature_wants(opts)?;
     let dispatcher = Arc::new(Dispatcher::new(
         model.clone(),

@@ -136,6 +136,11 @@ fn run_case(op: &str, case: &str) -> Option<String> {
             std::fs::remove_file(r.lib.source(1)).ok()?;
             said(r.open(file, libc::O_RDONLY), "handle")
         }
+        ("open", "origin offline") => {
+            let origins = r.d.model().origins().load_full();
+            origins.get(0)?.set_offline(true);
+            said(r.open(file, libc::O_RDONLY), "handle")
+        }
         ("read", "open handle") => {
             let o = r.open(file, libc::O_RDONLY);
             let fh = r.reply::<abi::OpenOut>(&o).fh;

@@ -346,6 +346,19 @@ fn a_vanished_source_fails_open_without_hanging() {
 }
 
 #[test]
+fn an_offline_origin_fails_opens_at_once_with_eio_and_recovers() {
+    let mut r = Rig::standard();
+    let file = r.ino("Ann/First/01 - One.flac");
+    let origins = r.d.model().origins().load_full();
+    let slot = origins.get(0).expect("origin 0");
+    slot.set_offline(true);
+    assert_eq!(errno(r.open(file, libc::O_RDONLY)), libc::EIO);
+    slot.set_offline(false);
+    let o = r.open(file, libc::O_RDONLY);
+    assert_ne!(r.reply::<abi::OpenOut>(&o).fh, 0);
+}
+
+#[test]
 fn readdir_encodes_dots_then_children_and_resumes_at_any_offset() {
     let mut r = Rig::standard();
     let dir = r.ino("Ann/First");

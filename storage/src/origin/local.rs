@@ -14,12 +14,12 @@
 //! was the root of a mount and no longer is shows the (usually empty) directory below it.
 
 use std::ffi::{CString, OsStr, OsString};
-use std::fs::{self, File, Metadata, OpenOptions};
+use std::fs::{self, File, Metadata};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -71,9 +71,17 @@ impl LocalOrigin {
     /// Opens regular file `rel` read-only (what [`Origin::open`] does, without the `Arc`
     /// and the trait object).
     pub fn open_file(&self, rel: &Path) -> Result<LocalSource, OriginError> {
-        let path = self.path_of(rel)?;
+        check_rel(self, rel)?;
+        // The path is assembled on the stack: the FUSE open path allocates nothing.
+        let mut buf = [0u8; libc::PATH_MAX as usize];
+        let path = stack_path(
+            &mut buf,
+            self.root.as_os_str().as_bytes(),
+            rel.as_os_str().as_bytes(),
+        )
+        .map_err(|e| self.fail("open", rel, e))?;
         let (file, noatime) =
-            retry_stale(|| open_nonblocking(&path)).map_err(|e| self.fail("open", rel, e))?;
+            retry_stale(|| open_nonblocking_c(path)).map_err(|e| self.fail("open", rel, e))?;
         let md = file.metadata().map_err(|e| self.fail("open", rel, e))?;
         if !md.is_file() {
             return Err(OriginError::NotAFile {
@@ -198,6 +206,10 @@ impl Origin for LocalOrigin {
         Ok(Arc::new(self.open_file(rel)?))
     }
 
+    fn as_local(&self) -> Option<&LocalOrigin> {
+        Some(self)
+    }
+
     fn change_detection(&self) -> ChangeDetection {
         match fs_type(&self.root) {
             Ok(t) if NETWORK_FS.contains(&t) => ChangeDetection::Poll,
@@ -296,12 +308,42 @@ impl Source for LocalSource {
 }
 
 /// Opens `path` read-only and non-blocking; says whether `O_NOATIME` was granted.
-fn open_nonblocking(path: &Path) -> io::Result<(File, bool)> {
+/// `root/rel` (or `root` for an empty `rel`), NUL-terminated in `buf`.
+fn stack_path<'b>(buf: &'b mut [u8], root: &[u8], rel: &[u8]) -> io::Result<&'b std::ffi::CStr> {
+    let len = if rel.is_empty() {
+        root.len()
+    } else {
+        root.len() + 1 + rel.len()
+    };
+    if len >= buf.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    buf[..root.len()].copy_from_slice(root);
+    if !rel.is_empty() {
+        buf[root.len()] = b'/';
+        buf[root.len() + 1..len].copy_from_slice(rel);
+    }
+    buf[len] = 0;
+    std::ffi::CStr::from_bytes_with_nul(&buf[..=len])
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Opens `path` read-only and non-blocking (so a FIFO cannot block), with `O_NOATIME`
+/// when the kernel allows it; says whether it did.
+fn open_nonblocking_c(path: &std::ffi::CStr) -> io::Result<(File, bool)> {
     let open = |extra: i32| {
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | extra)
-            .open(path)
+        // SAFETY: `path` is a valid NUL-terminated string; open(2) only reads it.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | extra,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
     };
     match open(libc::O_NOATIME) {
         // O_NOATIME needs ownership of the file or CAP_FOWNER.

@@ -27,6 +27,7 @@ mod error;
 mod escape;
 mod local;
 mod spec;
+mod table;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -43,6 +44,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{is_vanished_io, OriginError};
 pub use local::{LocalOrigin, LocalSource};
 pub use spec::{LocalSpec, OriginSpec, S3Spec, Secret, Server, SftpSpec, SmbSpec};
+pub use table::{OriginSlot, OriginTable};
 
 /// What kind of thing a path is (after following a symlink, for listed symlinks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +291,12 @@ pub trait Origin: Send + Sync + fmt::Debug {
     /// The root directory, for origins that are local directories (so inotify watches and
     /// a walk of their own can use it).
     fn local_root(&self) -> Option<&Path> {
+        None
+    }
+
+    /// The local driver behind this origin, if it is one: the FUSE read path opens local
+    /// files through it without the `Arc` and trait object of [`Origin::open`].
+    fn as_local(&self) -> Option<&LocalOrigin> {
         None
     }
 }
