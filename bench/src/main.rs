@@ -60,7 +60,8 @@ enum Cmd {
             default_value = "native,musicfs,musicfs-plain,musicfs-uring,bindfs,mergerfs,rclone,musefs"
         )]
         peers: Vec<String>,
-        /// Operations.
+        /// Operations (also `mpd`: a fresh mpd's full scan through each peer's mount;
+        /// not in the default set).
         #[arg(
             long,
             value_delimiter = ',',

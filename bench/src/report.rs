@@ -178,6 +178,7 @@ fn metric_order(n: &str) -> (usize, String) {
         "seqread",
         "randread",
         "concurrent",
+        "mpd",
         "mount",
         "restart",
         "rss",

@@ -436,6 +436,9 @@ fn expected(peer: Peer, opts: &RunOpts, work: &Workload) -> Vec<String> {
     if has("concurrent") {
         v.extend(READERS.iter().map(|n| format!("concurrent_{n}")));
     }
+    if has("mpd") {
+        v.push("mpd_update".into());
+    }
     if peer != Peer::Native {
         if has("mount") {
             v.push("mount".into());
@@ -645,6 +648,13 @@ fn measure_peer(
                 Metric::value(many as f64 / one.max(1) as f64, "×"),
             );
         }
+    }
+    if has("mpd") {
+        // A media server's full rescan through this peer's mount (mpd opens every file and
+        // reads its tags): what a user of Navidrome/mpd on top of the mount waits for.
+        let r = scanners::mpd(&root, &out.join(format!("{}-mpd", peer.name())), 0)
+            .map(|s| Metric::value(s.seconds * 1e3, "ms"));
+        put(pr, "mpd_update", r);
     }
     if has("rss") && pid.is_some() && !pr.metrics.contains_key("rss_load_mb") {
         // Without the concurrent op, load is the warm stat pass repeated.
