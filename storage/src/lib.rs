@@ -25,4 +25,6 @@
 
 pub mod catalog;
 
-pub use catalog::{Batch, Catalog, CatalogError, SkipRecord, Upsert, SCHEMA_VERSION};
+pub use catalog::{
+    Batch, Catalog, CatalogError, Forgotten, OriginDevice, SkipRecord, Upsert, SCHEMA_VERSION,
+};
