@@ -225,6 +225,15 @@ impl Snapshot {
             .filter(|p| !p.as_os_str().is_empty())
     }
 
+    /// Every origin of this tree with its id (what file nodes carry) and root.
+    pub fn origins(&self) -> impl Iterator<Item = (u32, &Path)> {
+        self.origins
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.as_os_str().is_empty())
+            .map(|(i, p)| (i as u32, p.as_path()))
+    }
+
     /// The catalog change counter this tree was built from.
     pub fn catalog_version(&self) -> u64 {
         self.tree().catalog_version.to_native()

@@ -60,6 +60,15 @@ pub enum FsError {
         /// The I/O error.
         source: io::Error,
     },
+    /// The track's origin is offline (missing, unmounted, emptied): answered without
+    /// touching it. The refresh loop logs the state change once; this is not logged again.
+    #[error("inode {ino}: origin {origin} is offline")]
+    OriginOffline {
+        /// Inode.
+        ino: u64,
+        /// Origin id.
+        origin: u32,
+    },
     /// A file node names an origin the snapshot does not list.
     #[error("inode {ino} names unknown origin {origin}")]
     UnknownOrigin {
@@ -100,7 +109,10 @@ impl FsError {
             FsError::ReadOnly(_) => libc::EROFS,
             FsError::AccessDenied { .. } => libc::EACCES,
             FsError::BadHandle(_) => libc::EBADF,
-            FsError::SourceVanished { .. } => libc::ESTALE,
+            // EIO, not ENOENT or ESTALE: the name is still listed, and a player should
+            // report a read error rather than a missing file or a stale handle.
+            FsError::SourceVanished { .. } => libc::EIO,
+            FsError::OriginOffline { .. } => libc::EIO,
             FsError::SourceIo { source, .. } => match source.raw_os_error() {
                 Some(libc::ESTALE) => libc::ESTALE,
                 Some(libc::EINTR) => libc::EINTR,
@@ -127,6 +139,7 @@ impl FsError {
                 | FsError::IsADirectory(_)
                 | FsError::NotASymlink(_)
                 | FsError::AccessDenied { .. }
+                | FsError::OriginOffline { .. }
         )
     }
 }
@@ -220,6 +233,18 @@ mod tests {
         };
         assert_eq!(nf.to_errno(), libc::ENOENT);
         assert!(nf.is_expected());
+    }
+
+    #[test]
+    fn a_vanished_source_or_an_offline_origin_is_eio() {
+        let gone = FsError::SourceVanished {
+            ino: 9,
+            path: PathBuf::from("/music/a.flac"),
+        };
+        assert_eq!(gone.to_errno(), libc::EIO);
+        let offline = FsError::OriginOffline { ino: 9, origin: 1 };
+        assert_eq!(offline.to_errno(), libc::EIO);
+        assert!(offline.is_expected(), "logged once by the refresh loop");
     }
 
     #[test]

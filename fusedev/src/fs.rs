@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use musicfs_core::health::OriginHealth;
 use musicfs_core::snapshot::{Node, Snapshot, ROOT_INO};
 
 use crate::handles::HandleTable;
@@ -40,6 +41,8 @@ pub struct FsConfig {
     pub uid: u32,
     /// Group of every node.
     pub gid: u32,
+    /// Which origins are offline: opens of their tracks answer EIO without touching them.
+    pub origin_health: Arc<OriginHealth>,
 }
 
 impl Default for FsConfig {
@@ -52,6 +55,7 @@ impl Default for FsConfig {
             negative_timeout: Duration::from_secs(3600),
             uid,
             gid,
+            origin_health: Arc::default(),
         }
     }
 }
@@ -274,6 +278,40 @@ impl FsModel {
         Self::source_of(&snap, &node)
     }
 
+    /// [`FsModel::source_path`], refused with [`FsError::OriginOffline`] while the file's
+    /// origin is offline.
+    pub fn online_source_path(&self, ino: u64) -> Result<PathBuf, FsError> {
+        let snap = self.snapshot.load();
+        let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
+        if let Some(file) = node.file() {
+            if self.cfg.origin_health.is_offline(file.origin) {
+                return Err(FsError::OriginOffline {
+                    ino,
+                    origin: file.origin,
+                });
+            }
+        }
+        Self::source_of(&snap, &node)
+    }
+
+    /// The root's `origins` attribute: one line per origin, `ROOT<TAB>online` or
+    /// `ROOT<TAB>offline<TAB>why`.
+    fn origins_value(&self, snap: &Snapshot) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (id, root) in snap.origins() {
+            out.extend_from_slice(root.as_os_str().as_bytes());
+            match self.cfg.origin_health.reason(id) {
+                None => out.extend_from_slice(b"\tonline\n"),
+                Some(why) => {
+                    out.extend_from_slice(b"\toffline\t");
+                    out.extend_from_slice(why.as_bytes());
+                    out.push(b'\n');
+                }
+            }
+        }
+        out
+    }
+
     fn source_of(snap: &Snapshot, node: &Node<'_>) -> Result<PathBuf, FsError> {
         let ino = node.ino();
         let file = node.file().ok_or(FsError::IsADirectory(ino))?;
@@ -294,7 +332,7 @@ impl FsModel {
         {
             return Err(FsError::ReadOnly("open for writing"));
         }
-        let path = self.source_path(ino)?;
+        let path = self.online_source_path(ino)?;
         let file = open_source(&path).map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound {
                 FsError::SourceVanished { ino, path }
@@ -383,6 +421,9 @@ impl FsModel {
         let snap = self.snapshot.load();
         let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
         if ino == ROOT_INO {
+            if field == xattr::ORIGINS_FIELD {
+                return xattr::sized_reply(self.origins_value(&snap), size);
+            }
             let value = self.status.value(field).ok_or_else(missing)?;
             return xattr::sized_reply(value.as_bytes().to_vec(), size);
         }
@@ -424,7 +465,7 @@ impl FsModel {
             }
             push(xattr::SOURCE_FIELD);
         } else if ino == ROOT_INO {
-            for field in STATUS_FIELDS {
+            for field in STATUS_FIELDS.into_iter().chain([xattr::ORIGINS_FIELD]) {
                 names.extend_from_slice(xattr::XATTR_PREFIX.as_bytes());
                 names.extend_from_slice(field.as_bytes());
                 names.push(0);

@@ -15,6 +15,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use musicfs_core::health::OriginHealth;
+use musicfs_core::OriginId;
+
+use crate::scan::OfflineOrigin;
+
 /// The share of an origin's tracks that may vanish in one scan before the scan calls the
 /// origin offline instead of removing them.
 pub const DEFAULT_MASS_REMOVAL_THRESHOLD: f64 = 0.5;
@@ -203,6 +208,45 @@ pub fn classify_walk(
     })
 }
 
+/// Records the verdicts of one scan in `health` and logs each change of state once:
+/// `scanned` are the origins the scan was given (as given, with their catalog id when the
+/// catalog knows them), `offline` what it reported. Returns the positions in `scanned` of
+/// the offline origins.
+pub fn record_verdicts(
+    health: &OriginHealth,
+    scanned: &[(&Path, Option<OriginId>)],
+    offline: &[OfflineOrigin],
+) -> Vec<usize> {
+    let mut down = Vec::new();
+    for (k, (root, id)) in scanned.iter().enumerate() {
+        let verdict = offline.iter().find(|o| o.origin == *root);
+        if verdict.is_some() {
+            down.push(k);
+        }
+        // An origin the catalog never saw has no tracks to keep or serve: the daemon warns
+        // about it at start-up, and nothing is recorded.
+        let Some(id) = id else { continue };
+        match verdict {
+            Some(o) => {
+                let why = o.reason.to_string();
+                if health.set_offline(id.0, &why) {
+                    tracing::warn!(
+                        origin = %root.display(),
+                        reason = %why,
+                        "origin offline: its tracks stay listed, reads of them fail with EIO"
+                    );
+                }
+            }
+            None => {
+                if health.set_online(id.0) {
+                    tracing::info!(origin = %root.display(), "origin online: serving it again");
+                }
+            }
+        }
+    }
+    down
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +322,26 @@ mod tests {
             classify_walk(10, 8, 0.5, Some((1, 2)), false),
             Err(OfflineReason::DeviceChanged { was: 1, now: 2 })
         );
+    }
+
+    #[test]
+    fn verdicts_flip_the_shared_state_once_per_change() {
+        let health = OriginHealth::default();
+        let (a, b, c) = (Path::new("/a"), Path::new("/b"), Path::new("/never"));
+        let scanned = [(a, Some(OriginId(0))), (b, Some(OriginId(1))), (c, None)];
+        let down = |origin: &Path| OfflineOrigin {
+            origin: origin.to_path_buf(),
+            reason: OfflineReason::NotMounted,
+        };
+        let report = [down(b), down(c)];
+        assert_eq!(record_verdicts(&health, &scanned, &report), vec![1, 2]);
+        assert!(health.is_offline(1) && !health.is_offline(0));
+        assert!(
+            !health.set_offline(1, "again"),
+            "already recorded as offline"
+        );
+        assert_eq!(record_verdicts(&health, &scanned, &[]), Vec::<usize>::new());
+        assert!(!health.is_offline(1));
     }
 
     #[test]

@@ -27,7 +27,6 @@ mod walk;
 pub mod watch;
 
 pub use scan::{
-    scan, DirHook, OfflineOrigin, Progress, ProgressFn, ScanError, ScanOptions, ScanReport,
-    Skipped,
+    scan, DirHook, OfflineOrigin, Progress, ProgressFn, ScanError, ScanOptions, ScanReport, Skipped,
 };
 pub use tags::{read_tags, read_tags_from, TagError};

@@ -28,7 +28,11 @@ fn forgetting_an_origin_removes_its_rows_only_and_bumps_the_change_counter() {
     let a = catalog.origin_id("/music/a".as_ref()).unwrap();
     let b = catalog.origin_id("/music/b".as_ref()).unwrap();
     let batch = Batch {
-        upserts: vec![upsert(a, "1.flac"), upsert(a, "2.flac"), upsert(b, "3.flac")],
+        upserts: vec![
+            upsert(a, "1.flac"),
+            upsert(a, "2.flac"),
+            upsert(b, "3.flac"),
+        ],
         skipped: vec![SkipRecord {
             origin: a,
             rel_path: b"broken.mp3".to_vec(),
@@ -62,13 +66,25 @@ fn forgetting_an_origin_removes_its_rows_only_and_bumps_the_change_counter() {
     assert!(catalog.scan_states(a).unwrap().is_empty());
     assert!(catalog.skipped_states(a).unwrap().is_empty());
     assert_eq!(catalog.origin_device(a).unwrap(), None);
-    let origins: Vec<OriginId> = catalog.origins().unwrap().into_iter().map(|o| o.0).collect();
+    let origins: Vec<OriginId> = catalog
+        .origins()
+        .unwrap()
+        .into_iter()
+        .map(|o| o.0)
+        .collect();
     assert_eq!(origins, vec![b]);
-    assert_eq!(catalog.scan_states(b).unwrap().len(), 1, "the other origin is untouched");
+    assert_eq!(
+        catalog.scan_states(b).unwrap().len(),
+        1,
+        "the other origin is untouched"
+    );
 
     let again = catalog.origin_id("/music/a".as_ref()).unwrap();
     assert_ne!(again, a, "a forgotten root comes back under a new id");
-    assert_eq!(catalog.forget_origin(OriginId(999)).unwrap(), Forgotten::default());
+    assert_eq!(
+        catalog.forget_origin(OriginId(999)).unwrap(),
+        Forgotten::default()
+    );
 }
 
 #[test]

@@ -72,7 +72,9 @@ impl Catalog {
     /// origin itself, in one transaction. The next scan of the same root registers it
     /// again under a new id. Forgetting an unknown origin removes nothing.
     pub fn forget_origin(&self, origin: OriginId) -> Result<Forgotten, CatalogError> {
-        let done = self.store.write("forget origin", |txn| self.forget_in(txn, origin))?;
+        let done = self
+            .store
+            .write("forget origin", |txn| self.forget_in(txn, origin))?;
         tracing::info!(
             catalog = %self.store.dir().display(),
             origin = origin.0,
