@@ -12,6 +12,10 @@
 //! `skipped` table with their stat, so they too are not reopened until they change; they
 //! are still reported in every [`ScanReport::skipped`]. Files that failed with an I/O
 //! error are not remembered: the error may be gone by the next scan.
+//!
+//! An origin that is not there (missing, unmounted, emptied, or losing more than a share of
+//! its tracks at once: see [`crate::health`]) removes nothing: its tracks are kept and it is
+//! listed in [`ScanReport::offline`], while the other origins are scanned as usual.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

@@ -252,7 +252,7 @@ fn an_origin_emptied_while_served_stays_listed_reads_eio_and_comes_back_without_
 }
 
 #[test]
-fn a_daemon_with_a_snapshot_serves_when_an_origin_is_missing_at_start() {
+fn a_daemon_with_a_snapshot_serves_when_an_origin_is_missing_at_start_and_when_it_returns() {
     let work = Work::new();
     let (a, b) = (work.origin("a"), work.origin("b"));
     write_album(&a, "Here", 3);
@@ -283,8 +283,19 @@ fn a_daemon_with_a_snapshot_serves_when_an_origin_is_missing_at_start() {
     let b_line = state.lines().find(|l| l.starts_with(&*b.to_string_lossy()));
     assert!(b_line.is_some_and(|l| l.contains("\toffline\t")), "{state}");
     assert_eq!(track_ids(&work.state), ids, "no track was removed");
+
+    // No watch can see a root reappear: the offline retry finds it.
+    let back = fs.log().len();
+    fs::rename(work.root.join("b.removed"), &b).unwrap();
+    wait_for_log_line(fs.log_path(), back, &[ONLINE_LINE], NOTICE).unwrap();
+    for (virt, src) in served.iter().filter(|(_, src)| src.starts_with(&b)) {
+        let (got, _) = guarded_read(virt);
+        let got = got.unwrap_or_else(|e| panic!("{}: {e}; log:\n{}", virt.display(), fs.log()));
+        assert!(got == fs::read(src).unwrap(), "{}", virt.display());
+    }
     assert_eq!(file_checksums(&a), checksums, "the origin is untouched");
     drop(fs);
+    fs::rename(&b, work.root.join("b.removed")).unwrap();
 
     // Nothing readable and nothing to serve is still a usage error.
     let fresh = work.root.join("fresh-state");
