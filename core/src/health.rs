@@ -51,6 +51,11 @@ impl OriginHealth {
         offline.len() != before
     }
 
+    /// Whether any origin is offline.
+    pub fn any_offline(&self) -> bool {
+        self.offline_count.load(Ordering::Acquire) != 0
+    }
+
     /// Why origin `id` is offline, `None` when it is online.
     pub fn reason(&self, id: u32) -> Option<String> {
         if self.offline_count.load(Ordering::Acquire) == 0 {
@@ -73,6 +78,7 @@ mod tests {
         let h = OriginHealth::default();
         assert!(!h.is_offline(3));
         assert!(h.set_offline(3, "root missing"));
+        assert!(h.any_offline());
         assert!(!h.set_offline(3, "root is empty"), "same state: no change");
         assert!(h.is_offline(3));
         assert!(!h.is_offline(4));
@@ -81,5 +87,6 @@ mod tests {
         assert!(!h.set_online(3));
         assert!(!h.is_offline(3));
         assert_eq!(h.reason(3), None);
+        assert!(!h.any_offline());
     }
 }

@@ -313,11 +313,11 @@ impl Refresher {
             match self.refresh_now(&which, why) {
                 Some(offline) => {
                     failures = 0;
-                    if offline.is_empty() {
-                        offline_rounds = 0;
-                    } else {
+                    if !offline.is_empty() {
                         timers.once(offline, backoff(offline_rounds));
                         offline_rounds += 1;
+                    } else if !self.library.health.any_offline() {
+                        offline_rounds = 0;
                     }
                 }
                 None => {
