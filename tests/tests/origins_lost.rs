@@ -251,6 +251,8 @@ fn an_origin_emptied_while_served_stays_listed_reads_eio_and_comes_back_without_
     );
 }
 
+/// Also: nothing readable and no snapshot is exit 2, and `musicfs origin forget` is what
+/// removes a missing origin's tracks.
 #[test]
 fn a_daemon_with_a_snapshot_serves_when_an_origin_is_missing_at_start_and_when_it_returns() {
     let work = Work::new();
@@ -296,6 +298,18 @@ fn a_daemon_with_a_snapshot_serves_when_an_origin_is_missing_at_start_and_when_i
     assert_eq!(file_checksums(&a), checksums, "the origin is untouched");
     drop(fs);
     fs::rename(&b, work.root.join("b.removed")).unwrap();
+
+    // Only the explicit command drops the missing origin's tracks.
+    let mut forget = Command::new(binary("musicfs").unwrap());
+    forget.args(["origin", "forget"]).arg(&b);
+    forget.arg("--state-dir").arg(&work.state);
+    run_ok(&mut forget).unwrap();
+    let counts = catalog_counts(&work.state);
+    assert_eq!(counts.keys().collect::<Vec<_>>(), vec![&a], "{counts:?}");
+    let left = musicfs_tree_long(&work.state).unwrap();
+    let sources: Vec<&PathBuf> = left.iter().filter_map(|e| e.source.as_ref()).collect();
+    assert_eq!(sources.len(), 3, "{left:?}");
+    assert!(sources.iter().all(|s| s.starts_with(&a)), "{left:?}");
 
     // Nothing readable and nothing to serve is still a usage error.
     let fresh = work.root.join("fresh-state");
