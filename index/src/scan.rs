@@ -30,7 +30,7 @@ use musicfs_storage::{Batch, Catalog, CatalogError, OriginDevice, SkipRecord, Up
 
 use crate::fsio::{open_readonly, scan_state};
 use crate::health::{
-    classify_root, classify_walk, probe_root, OfflineReason, Recorded,
+    classify_root, classify_walk, probe_root, OfflineReason, Recorded, RootFacts,
     DEFAULT_MASS_REMOVAL_THRESHOLD, PROBE_TIMEOUT,
 };
 use crate::known::Known;
@@ -371,6 +371,39 @@ fn scan_origin(
         }
         gone = kept;
     }
+    let found = Found {
+        origin: origin_id,
+        facts,
+        recorded,
+    };
+    match settle_gone(catalog, &found, gone, walk.gone_broken, opts)? {
+        Ok(removed) => report.removed += removed,
+        Err(reason) => offline(report, reason),
+    }
+    report.seen = counters.seen.load(Ordering::Relaxed);
+    report.unchanged = counters.unchanged.load(Ordering::Relaxed);
+    report.skipped.extend(walk.skipped);
+    Ok(())
+}
+
+/// A reachable origin as the walk found it, for [`settle_gone`].
+struct Found {
+    origin: OriginId,
+    facts: RootFacts,
+    recorded: Recorded,
+}
+
+/// Decides what the tracks the walk did not find mean: deletions (removed, with the
+/// broken files not found, and the root's device recorded; returns how many tracks), or
+/// an offline origin (nothing removed; returns why).
+fn settle_gone(
+    catalog: &Catalog,
+    found: &Found,
+    gone: Vec<TrackId>,
+    gone_broken: Vec<Vec<u8>>,
+    opts: &ScanOptions,
+) -> Result<Result<u64, OfflineReason>, ScanError> {
+    let (facts, recorded) = (&found.facts, &found.recorded);
     let moved = recorded
         .device
         .map(|(dev, _)| dev)
@@ -383,24 +416,19 @@ fn scan_origin(
         moved,
         opts.allow_mass_removal,
     );
-    match verdict {
-        Ok(()) => {
-            report.removed += gone.len() as u64;
-            forget_gone(catalog, origin_id, gone, walk.gone_broken)?;
-            let device = OriginDevice {
-                dev: facts.dev,
-                mount_point: facts.is_mount_point(),
-            };
-            if recorded.device != Some((device.dev, device.mount_point)) {
-                catalog.set_origin_device(origin_id, device)?;
-            }
-        }
-        Err(reason) => offline(report, reason),
+    if let Err(reason) = verdict {
+        return Ok(Err(reason));
     }
-    report.seen = counters.seen.load(Ordering::Relaxed);
-    report.unchanged = counters.unchanged.load(Ordering::Relaxed);
-    report.skipped.extend(walk.skipped);
-    Ok(())
+    let removed = gone.len() as u64;
+    forget_gone(catalog, found.origin, gone, gone_broken)?;
+    let device = OriginDevice {
+        dev: facts.dev,
+        mount_point: facts.is_mount_point(),
+    };
+    if recorded.device != Some((device.dev, device.mount_point)) {
+        catalog.set_origin_device(found.origin, device)?;
+    }
+    Ok(Ok(removed))
 }
 
 /// Removes the tracks and forgets the broken files that were not found, in batches.
