@@ -394,3 +394,23 @@ fn a_mass_deletion_keeps_the_tracks_offline_until_confirmed() {
         "the origin is untouched"
     );
 }
+
+#[test]
+fn an_origin_never_seen_and_missing_neither_stops_the_daemon_nor_republishes_the_tree() {
+    let work = Work::new();
+    let (a, never) = (work.origin("a"), work.root.join("never-there"));
+    write_album(&a, "Here", 2);
+    let opts = work.options(&[a.clone(), never.clone()]);
+    let (fs, line) = MountedFs::start_watching(opts, NOTICE).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        line.contains("refresh found nothing new"),
+        "a refresh with the missing origin republished: {line}\n{}",
+        fs.log()
+    );
+    assert_eq!(sources(&fs).len(), 2);
+    assert!(
+        fs.log().contains("origin unusable at start-up"),
+        "{}",
+        fs.log()
+    );
+}

@@ -23,7 +23,7 @@ use musicfs_core::template::{AlbumFormats, Template};
 use musicfs_core::tree::TreeBuilder;
 use musicfs_core::OriginId;
 use musicfs_fusedev::notify::{invalidate_changes, InvalidationSink};
-use musicfs_index::health::record_verdicts;
+use musicfs_index::health::{probe_root, record_verdicts, PROBE_TIMEOUT};
 use musicfs_index::scan::{DirHook, ScanOptions, ScanReport};
 use musicfs_index::watch::{Change, Watches};
 use musicfs_storage::Catalog;
@@ -113,10 +113,7 @@ impl Library {
     /// Whether `snap` shows exactly this library: same template, same origins, built from
     /// the catalog as it is now.
     pub fn is_current(&self, snap: &Snapshot) -> Result<bool> {
-        let roots: Vec<&Path> = snap.origin_roots().collect();
-        Ok(snap.template() == self.template.as_str()
-            && roots.len() == self.origins.len()
-            && self.origins.iter().all(|o| roots.contains(&o.as_path()))
+        Ok(self.serves_same_origins(snap)?
             && snap.catalog_version() == self.catalog.change_counter()?)
     }
 
@@ -131,7 +128,7 @@ impl Library {
         let path = self.state.snapshot_path();
         match Snapshot::open(&path) {
             Ok(snap) if self.is_current(&snap)? => return Ok(snap),
-            Ok(snap) if self.serves_same_origins(&snap) => {
+            Ok(snap) if self.serves_same_origins(&snap)? => {
                 // The catalog moved on (an interrupted publish): serve the old tree now,
                 // the background reconcile publishes the new one.
                 info!("snapshot is older than the catalog: serving it while reconciling");
@@ -167,11 +164,28 @@ impl Library {
         Ok(Snapshot::open(&path)?)
     }
 
-    fn serves_same_origins(&self, snap: &Snapshot) -> bool {
+    fn serves_same_origins(&self, snap: &Snapshot) -> Result<bool> {
+        if snap.template() != self.template.as_str() {
+            return Ok(false);
+        }
         let roots: Vec<&Path> = snap.origin_roots().collect();
-        snap.template() == self.template.as_str()
-            && roots.len() == self.origins.len()
-            && self.origins.iter().all(|o| roots.contains(&o.as_path()))
+        let shown = self.shown_origins()?;
+        Ok(roots.len() == shown.len() && shown.iter().all(|o| roots.contains(o)))
+    }
+
+    /// The configured origins a tree of this library lists: those the catalog knows, and
+    /// any other that is there now (to be scanned). One the catalog never saw that is
+    /// missing has nothing to show; counting it would make every tree look stale.
+    fn shown_origins(&self) -> Result<Vec<&Path>> {
+        let known = self.catalog.origins()?;
+        Ok(self
+            .origins
+            .iter()
+            .map(PathBuf::as_path)
+            .filter(|o| {
+                known.iter().any(|(_, root)| root == o) || probe_root(o, PROBE_TIMEOUT).is_ok()
+            })
+            .collect())
     }
 
     /// Scans `which` origins (indices into [`Library::origins`]; all when empty) and
