@@ -168,6 +168,9 @@ pub struct Config {
     pub transport: TransportSetting,
     /// Write Y to /sys/module/fuse/parameters/enable_uring at mount (root only).
     pub enable_uring_param: bool,
+    /// The share (0 to 1) of an origin's tracks that may vanish in one scan; more marks
+    /// the origin offline instead of removing them.
+    pub mass_removal_threshold: f64,
 }
 
 impl Default for Config {
@@ -189,6 +192,7 @@ impl Default for Config {
             passthrough: PassthroughSetting::Auto,
             transport: TransportSetting::Auto,
             enable_uring_param: false,
+            mass_removal_threshold: 0.5,
         }
     }
 }
@@ -240,6 +244,13 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "readahead_kb",
                 message: format!("{} is not between 4 and 1048576 KiB", self.readahead_kb),
+            });
+        }
+        let share = self.mass_removal_threshold;
+        if !share.is_finite() || !(0.0..=1.0).contains(&share) {
+            return Err(ConfigError::Invalid {
+                key: "mass_removal_threshold",
+                message: format!("{share} is not a share between 0 and 1"),
             });
         }
         crate::template::Template::parse(&self.template).map_err(|e| ConfigError::Invalid {
@@ -361,5 +372,18 @@ mod tests {
         let c = Config::parse("readahead_kb = 0\n").unwrap();
         assert!(c.validate().is_err());
         assert_eq!(Config::default().readahead_kb, 1024);
+    }
+
+    #[test]
+    fn mass_removal_threshold_parses_and_must_be_a_share() {
+        let c = Config::parse("mass_removal_threshold = 0.8").unwrap();
+        assert_eq!(c.mass_removal_threshold, 0.8);
+        assert!(c.validate().is_ok());
+        assert_eq!(Config::default().mass_removal_threshold, 0.5);
+        let c = Config {
+            mass_removal_threshold: 1.5,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
     }
 }

@@ -3,11 +3,12 @@
 //! It owns the track model ([`meta::TrackRecord`], [`meta::TrackMeta`]), path templates
 //! ([`template::Template`]) with name sanitising ([`sanitize`]), the virtual tree and its
 //! on-disk rkyv snapshot ([`tree::TreeBuilder`], [`snapshot::Snapshot`]) and configuration
-//! ([`config`]). It must not depend on any other MusicFS crate, and must not know how bytes
+//! ([`config`]), and which origins are offline right now ([`health::OriginHealth`]). It must not depend on any other MusicFS crate, and must not know how bytes
 //! are fetched or where the catalog lives.
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod health;
 pub mod meta;
 pub mod sanitize;
 pub mod snapshot;

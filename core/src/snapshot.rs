@@ -225,14 +225,19 @@ impl Snapshot {
             .filter(|p| !p.as_os_str().is_empty())
     }
 
-    /// Every origin this tree names, by index, as the key it was recorded under (a local
-    /// origin's canonical root; see `musicfs_storage::origin::OriginSpec::key`).
-    pub fn origin_keys(&self) -> impl Iterator<Item = (u32, &std::ffi::OsStr)> {
+    /// Every origin of this tree with its id (what file nodes carry) and root.
+    pub fn origins(&self) -> impl Iterator<Item = (u32, &Path)> {
         self.origins
             .iter()
             .enumerate()
             .filter(|(_, p)| !p.as_os_str().is_empty())
-            .map(|(i, p)| (i as u32, p.as_os_str()))
+            .map(|(i, p)| (i as u32, p.as_path()))
+    }
+
+    /// [`Snapshot::origins`] as the keys they were recorded under (a local origin's
+    /// canonical root; see `musicfs_storage::origin::OriginSpec::key`).
+    pub fn origin_keys(&self) -> impl Iterator<Item = (u32, &std::ffi::OsStr)> {
+        self.origins().map(|(i, p)| (i, p.as_os_str()))
     }
 
     /// The catalog change counter this tree was built from.

@@ -43,21 +43,14 @@ pub enum FsError {
     /// A file or directory handle the kernel sent that this server does not hold.
     #[error("unknown handle {0}")]
     BadHandle(u64),
-    /// Opening the source of a track failed at its origin (gone: ESTALE; else EIO).
+    /// Opening the source of a track failed at its origin (the file is gone, unreadable,
+    /// or no longer a regular file).
     #[error("inode {ino}: {source}")]
     Origin {
         /// Inode.
         ino: u64,
         /// What the origin said.
         source: musicfs_storage::origin::OriginError,
-    },
-    /// The track's origin is offline (missing, emptied, unmounted): fail at once.
-    #[error("inode {ino}: origin {origin} is offline")]
-    OriginOffline {
-        /// Inode.
-        ino: u64,
-        /// Origin index.
-        origin: u32,
     },
     /// Reading or opening the source failed.
     #[error("source {path:?}: {source}")]
@@ -66,6 +59,15 @@ pub enum FsError {
         path: PathBuf,
         /// The I/O error.
         source: io::Error,
+    },
+    /// The track's origin is offline (missing, unmounted, emptied): answered without
+    /// touching it. The refresh loop logs the state change once; this is not logged again.
+    #[error("inode {ino}: origin {origin} is offline")]
+    OriginOffline {
+        /// Inode.
+        ino: u64,
+        /// Origin id.
+        origin: u32,
     },
     /// A file node names an origin the snapshot does not list.
     #[error("inode {ino} names unknown origin {origin}")]
@@ -107,7 +109,8 @@ impl FsError {
             FsError::ReadOnly(_) => libc::EROFS,
             FsError::AccessDenied { .. } => libc::EACCES,
             FsError::BadHandle(_) => libc::EBADF,
-            FsError::Origin { source, .. } if source.is_vanished() => libc::ESTALE,
+            // EIO, not ENOENT or ESTALE: the name is still listed, and a player should
+            // report a read error rather than a missing file or a stale handle.
             FsError::Origin { .. } => libc::EIO,
             FsError::OriginOffline { .. } => libc::EIO,
             FsError::SourceIo { source, .. } => match source.raw_os_error() {
@@ -136,6 +139,7 @@ impl FsError {
                 | FsError::IsADirectory(_)
                 | FsError::NotASymlink(_)
                 | FsError::AccessDenied { .. }
+                | FsError::OriginOffline { .. }
         )
     }
 }
@@ -226,6 +230,22 @@ mod tests {
         let nf = FsError::NotFound { parent: 1 };
         assert_eq!(nf.to_errno(), libc::ENOENT);
         assert!(nf.is_expected());
+    }
+
+    #[test]
+    fn a_vanished_source_or_an_offline_origin_is_eio() {
+        let gone = FsError::Origin {
+            ino: 9,
+            source: musicfs_storage::origin::OriginError::Vanished {
+                origin: "/music".into(),
+                rel: PathBuf::from("a.flac"),
+                source: io::Error::from_raw_os_error(libc::ENOENT),
+            },
+        };
+        assert_eq!(gone.to_errno(), libc::EIO);
+        let offline = FsError::OriginOffline { ino: 9, origin: 1 };
+        assert_eq!(offline.to_errno(), libc::EIO);
+        assert!(offline.is_expected(), "logged once by the refresh loop");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use musicfs_core::health::OriginHealth;
 use musicfs_core::snapshot::{Node, Snapshot, ROOT_INO};
 use musicfs_storage::origin::{LocalSource, OriginTable, Source as OriginSource};
 
@@ -40,6 +41,8 @@ pub struct FsConfig {
     pub uid: u32,
     /// Group of every node.
     pub gid: u32,
+    /// Which origins are offline: opens of their tracks answer EIO without touching them.
+    pub origin_health: Arc<OriginHealth>,
 }
 
 impl Default for FsConfig {
@@ -52,6 +55,7 @@ impl Default for FsConfig {
             negative_timeout: Duration::from_secs(3600),
             uid,
             gid,
+            origin_health: Arc::default(),
         }
     }
 }
@@ -288,11 +292,22 @@ impl FsModel {
         self.dirs.remove(fh).map(drop).ok_or(FsError::BadHandle(fh))
     }
 
-    /// The absolute source path of file `ino`.
-    pub fn source_path(&self, ino: u64) -> Result<PathBuf, FsError> {
-        let snap = self.snapshot.load();
-        let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
-        Self::source_of(&snap, &node)
+    /// The root's `origins` attribute: one line per origin, `ROOT<TAB>online` or
+    /// `ROOT<TAB>offline<TAB>why`.
+    fn origins_value(&self, snap: &Snapshot) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (id, root) in snap.origins() {
+            out.extend_from_slice(root.as_os_str().as_bytes());
+            match self.cfg.origin_health.reason(id) {
+                None => out.extend_from_slice(b"\tonline\n"),
+                Some(why) => {
+                    out.extend_from_slice(b"\toffline\t");
+                    out.extend_from_slice(why.as_bytes());
+                    out.push(b'\n');
+                }
+            }
+        }
+        out
     }
 
     fn source_of(snap: &Snapshot, node: &Node<'_>) -> Result<PathBuf, FsError> {
@@ -319,22 +334,21 @@ impl FsModel {
             let snap = self.snapshot.load();
             let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
             let f = node.file().ok_or(FsError::IsADirectory(ino))?;
-            let origins = self.origins.load();
-            let unknown = FsError::UnknownOrigin {
-                ino,
-                origin: f.origin,
-            };
-            let slot = origins.get(f.origin).ok_or(unknown)?;
-            if slot.is_offline() {
+            if self.cfg.origin_health.is_offline(f.origin) {
                 return Err(FsError::OriginOffline {
                     ino,
                     origin: f.origin,
                 });
             }
+            let origins = self.origins.load();
+            let origin = origins.get(f.origin).ok_or(FsError::UnknownOrigin {
+                ino,
+                origin: f.origin,
+            })?;
             let rel = Path::new(OsStr::from_bytes(f.rel_path));
-            let opened = match slot.origin.as_local() {
+            let opened = match origin.as_local() {
                 Some(local) => local.open_file(rel).map(Source::Local),
-                None => slot.origin.open(rel).map(Source::Other),
+                None => origin.open(rel).map(Source::Other),
             };
             opened.map_err(|source| FsError::Origin { ino, source })?
         };
@@ -446,6 +460,9 @@ impl FsModel {
         let snap = self.snapshot.load();
         let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
         if ino == ROOT_INO {
+            if field == xattr::ORIGINS_FIELD {
+                return xattr::sized_reply(self.origins_value(&snap), size);
+            }
             let value = self.status.value(field).ok_or_else(missing)?;
             return xattr::sized_reply(value.as_bytes().to_vec(), size);
         }
@@ -487,7 +504,7 @@ impl FsModel {
             }
             push(xattr::SOURCE_FIELD);
         } else if ino == ROOT_INO {
-            for field in STATUS_FIELDS {
+            for field in STATUS_FIELDS.into_iter().chain([xattr::ORIGINS_FIELD]) {
                 names.extend_from_slice(xattr::XATTR_PREFIX.as_bytes());
                 names.extend_from_slice(field.as_bytes());
                 names.push(0);

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use fuse_backend_rs::transport::FuseSession;
+use musicfs_core::health::OriginHealth;
 use musicfs_core::snapshot::Snapshot;
 use musicfs_storage::Catalog;
 
@@ -91,6 +92,9 @@ pub struct MountOptions {
     /// Testing: make the kernel refuse io_uring queue registration (a malformed register
     /// command), to exercise the `/dev/fuse` fallback.
     pub refuse_uring: bool,
+    /// Which origins are offline (the daemon's refresh loop updates it): opens of their
+    /// tracks answer EIO at once.
+    pub origin_health: Arc<OriginHealth>,
 }
 
 impl Default for MountOptions {
@@ -114,6 +118,7 @@ impl Default for MountOptions {
             enable_uring_param: false,
             refuse_passthrough: false,
             refuse_uring: false,
+            origin_health: Arc::default(),
         }
     }
 }
@@ -219,6 +224,7 @@ pub fn mount_with_tags(
         negative_timeout: opts.negative_timeout,
         uid: opts.uid.unwrap_or(defaults.uid),
         gid: opts.gid.unwrap_or(defaults.gid),
+        origin_health: opts.origin_health.clone(),
     };
     let model = Arc::new(match &opts.origins {
         Some(origins) => FsModel::with_origins(snapshot, origins.clone(), tags, cfg),

@@ -32,6 +32,9 @@ pub const TAG_FIELDS: [&str; 15] = [
 /// The attribute holding the source path.
 pub const SOURCE_FIELD: &str = "source";
 
+/// The root's attribute listing every origin with its state (online, or offline and why).
+pub const ORIGINS_FIELD: &str = "origins";
+
 /// Where track records come from (the catalog in the daemon, a map in tests).
 pub trait TagSource: Send + Sync {
     /// The record of track `id`, or `None` when the catalog does not know it.

@@ -8,7 +8,7 @@
 //! read-only with `O_NOATIME`.
 //!
 //! What it must not do: render paths or build the tree (`musicfs-core`), talk to FUSE, or
-//! decode audio.
+//! decode audio, or remove the tracks of an origin that is merely not there ([`health`]).
 //!
 //! Types to read first:
 //! - [`scan()`] with [`ScanOptions`] → [`ScanReport`]: the incremental, parallel scan.
@@ -18,6 +18,7 @@
 
 mod fields;
 pub mod fsio;
+pub mod health;
 mod known;
 mod riff;
 pub mod scan;
@@ -25,5 +26,7 @@ pub mod tags;
 mod walk;
 pub mod watch;
 
-pub use scan::{scan, DirHook, Progress, ProgressFn, ScanError, ScanOptions, ScanReport, Skipped};
+pub use scan::{
+    scan, DirHook, OfflineOrigin, Progress, ProgressFn, ScanError, ScanOptions, ScanReport, Skipped,
+};
 pub use tags::{read_tags, read_tags_from, TagError};

@@ -12,6 +12,10 @@
 //! `skipped` table with their stat, so they too are not reopened until they change; they
 //! are still reported in every [`ScanReport::skipped`]. Files that failed with an I/O
 //! error are not remembered: the error may be gone by the next scan.
+//!
+//! An origin that is not there (missing, unmounted, emptied, or losing more than a share of
+//! its tracks at once: see [`crate::health`]) removes nothing: its tracks are kept and it is
+//! listed in [`ScanReport::offline`], while the other origins are scanned as usual.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -22,9 +26,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use musicfs_core::{Format, OriginId, ScanState, TrackId, TrackMeta};
-use musicfs_storage::{Batch, Catalog, CatalogError, SkipRecord, Upsert};
+use musicfs_storage::{Batch, Catalog, CatalogError, OriginDevice, SkipRecord, Upsert};
 
 use crate::fsio::{open_readonly, scan_state};
+use crate::health::{
+    classify_root, classify_walk, probe_root, OfflineReason, Recorded, RootFacts,
+    DEFAULT_MASS_REMOVAL_THRESHOLD, PROBE_TIMEOUT,
+};
 use crate::known::Known;
 use crate::tags::{read_tags_from, TagError};
 use crate::walk;
@@ -35,17 +43,10 @@ const BATCH: usize = 1000;
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// Why a scan could not run at all. Per-file problems are not errors: they end up in
-/// [`ScanReport::skipped`].
+/// [`ScanReport::skipped`]; an origin that is not there is not one either: it ends up in
+/// [`ScanReport::offline`].
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
-    /// An origin root is missing, unreadable or not a directory.
-    #[error("origin {path}: {source}")]
-    Origin {
-        /// The origin as given.
-        path: PathBuf,
-        /// What went wrong.
-        source: std::io::Error,
-    },
     /// The catalog refused a read or a write.
     #[error("catalog: {0}")]
     Catalog(#[from] CatalogError),
@@ -85,6 +86,12 @@ pub struct ScanOptions {
     /// daemon adds its inotify watch there, so a change is either seen by this scan or
     /// reported by the watch.
     pub dir_hook: Option<DirHook>,
+    /// The share of an origin's tracks (0 to 1) that may vanish in one scan; more means
+    /// the origin is offline, not that its files were deleted (see [`crate::health`]).
+    pub mass_removal_threshold: f64,
+    /// Remove the tracks of an origin that emptied or lost more than the threshold (the
+    /// user confirmed the deletion).
+    pub allow_mass_removal: bool,
 }
 
 /// See [`ScanOptions::dir_hook`].
@@ -98,6 +105,8 @@ impl Default for ScanOptions {
             verify: false,
             walk_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             dir_hook: None,
+            mass_removal_threshold: DEFAULT_MASS_REMOVAL_THRESHOLD,
+            allow_mass_removal: false,
         }
     }
 }
@@ -110,6 +119,8 @@ impl std::fmt::Debug for ScanOptions {
             .field("verify", &self.verify)
             .field("walk_threads", &self.walk_threads)
             .field("dir_hook", &self.dir_hook.is_some())
+            .field("mass_removal_threshold", &self.mass_removal_threshold)
+            .field("allow_mass_removal", &self.allow_mass_removal)
             .finish()
     }
 }
@@ -143,8 +154,19 @@ pub struct ScanReport {
     /// symlinks leaving the origin, unreadable directories). A broken file left unchanged
     /// since an earlier scan is listed with the reason recorded then, without being opened.
     pub skipped: Vec<Skipped>,
+    /// Origins found offline (see [`crate::health`]): their tracks were kept as they were.
+    pub offline: Vec<OfflineOrigin>,
     /// Wall time of the whole scan.
     pub elapsed: Duration,
+}
+
+/// An origin a scan found offline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineOrigin {
+    /// The origin as given to [`scan()`].
+    pub origin: PathBuf,
+    /// Why.
+    pub reason: OfflineReason,
 }
 
 impl ScanReport {
@@ -197,7 +219,9 @@ enum Decision {
 }
 
 /// Scans `origins` (local directories) into `catalog`: new and changed files are read and
-/// upserted, vanished ones removed, unchanged ones left alone without being opened.
+/// upserted, vanished ones removed, unchanged ones left alone without being opened. An
+/// origin that is not there ([`crate::health`]) keeps its tracks and is listed in
+/// [`ScanReport::offline`]; the other origins are scanned all the same.
 pub fn scan(
     catalog: &Catalog,
     origins: &[PathBuf],
@@ -224,22 +248,19 @@ pub fn scan(
         removed = report.removed,
         unchanged = report.unchanged,
         skipped = report.skipped.len(),
+        offline = report.offline.len(),
         elapsed_ms = report.elapsed.as_millis() as u64,
         "scan finished"
     );
     Ok(report)
 }
 
-fn origin_root(origin: &Path) -> Result<PathBuf, ScanError> {
-    let err = |source| ScanError::Origin {
-        path: origin.to_path_buf(),
-        source,
-    };
-    let root = origin.canonicalize().map_err(err)?;
-    // Listing proves the directory is readable now, rather than finding out after the
-    // walk and mistaking an unreadable origin for an empty one (which would remove it all).
-    std::fs::read_dir(&root).map_err(err)?;
-    Ok(root)
+/// What the catalog remembers of `origin` for the health checks.
+fn recorded(catalog: &Catalog, origin: OriginId, tracks: u64) -> Result<Recorded, ScanError> {
+    let device = catalog
+        .origin_device(origin)?
+        .map(|d| (d.dev, d.mount_point));
+    Ok(Recorded { tracks, device })
 }
 
 /// Running totals shared by the walker and the collecting thread; they start from the
@@ -279,12 +300,31 @@ fn scan_origin(
     opts: &ScanOptions,
     report: &mut ScanReport,
 ) -> Result<(), ScanError> {
-    let root = origin_root(origin)?;
+    let offline = |report: &mut ScanReport, reason: OfflineReason| {
+        report.offline.push(OfflineOrigin {
+            origin: origin.to_path_buf(),
+            reason,
+        });
+    };
+    // Probing first proves the root is there and readable now, rather than finding out
+    // after the walk and mistaking an unreachable origin for an empty one.
+    let (root, facts) = match probe_root(origin, PROBE_TIMEOUT) {
+        Ok(found) => found,
+        Err(reason) => {
+            offline(report, reason);
+            return Ok(());
+        }
+    };
     let origin_id = catalog.origin_id(&root)?;
     let mut tracks = Vec::new();
     catalog.for_each_scan_state(origin_id, |rel, id, state| {
         tracks.push((Known::key(rel), id, state));
     })?;
+    let recorded = recorded(catalog, origin_id, tracks.len() as u64)?;
+    if let Err(reason) = classify_root(&facts, &recorded, opts.allow_mass_removal) {
+        offline(report, reason);
+        return Ok(());
+    }
     let known = Known::new(tracks, catalog.skipped_states(origin_id)?);
     let threads = opts.threads.max(1);
     let counters = Counters::new(report, opts.progress.clone());
@@ -331,12 +371,64 @@ fn scan_origin(
         }
         gone = kept;
     }
-    report.removed += gone.len() as u64;
-    forget_gone(catalog, origin_id, gone, walk.gone_broken)?;
+    let found = Found {
+        origin: origin_id,
+        facts,
+        recorded,
+    };
+    match settle_gone(catalog, &found, gone, walk.gone_broken, opts)? {
+        Ok(removed) => report.removed += removed,
+        Err(reason) => offline(report, reason),
+    }
     report.seen = counters.seen.load(Ordering::Relaxed);
     report.unchanged = counters.unchanged.load(Ordering::Relaxed);
     report.skipped.extend(walk.skipped);
     Ok(())
+}
+
+/// A reachable origin as the walk found it, for [`settle_gone`].
+struct Found {
+    origin: OriginId,
+    facts: RootFacts,
+    recorded: Recorded,
+}
+
+/// Decides what the tracks the walk did not find mean: deletions (removed, with the
+/// broken files not found, and the root's device recorded; returns how many tracks), or
+/// an offline origin (nothing removed; returns why).
+fn settle_gone(
+    catalog: &Catalog,
+    found: &Found,
+    gone: Vec<TrackId>,
+    gone_broken: Vec<Vec<u8>>,
+    opts: &ScanOptions,
+) -> Result<Result<u64, OfflineReason>, ScanError> {
+    let (facts, recorded) = (&found.facts, &found.recorded);
+    let moved = recorded
+        .device
+        .map(|(dev, _)| dev)
+        .filter(|&dev| dev != facts.dev)
+        .map(|dev| (dev, facts.dev));
+    let verdict = classify_walk(
+        recorded.tracks,
+        gone.len() as u64,
+        opts.mass_removal_threshold,
+        moved,
+        opts.allow_mass_removal,
+    );
+    if let Err(reason) = verdict {
+        return Ok(Err(reason));
+    }
+    let removed = gone.len() as u64;
+    forget_gone(catalog, found.origin, gone, gone_broken)?;
+    let device = OriginDevice {
+        dev: facts.dev,
+        mount_point: facts.is_mount_point(),
+    };
+    if recorded.device != Some((device.dev, device.mount_point)) {
+        catalog.set_origin_device(found.origin, device)?;
+    }
+    Ok(Ok(removed))
 }
 
 /// Removes the tracks and forgets the broken files that were not found, in batches.
@@ -689,6 +781,98 @@ mod tests {
             .map(|p| p.as_bytes().to_vec())
             .collect();
         assert_eq!(left, want);
+    }
+
+    fn origin_with(n: usize) -> (tempfile::TempDir, PathBuf) {
+        let origin = tempfile::tempdir().unwrap();
+        let root = origin.path().canonicalize().unwrap();
+        for i in 0..n {
+            std::fs::write(root.join(format!("{i}.wav")), wav(800)).unwrap();
+        }
+        (origin, root)
+    }
+
+    fn tracks_of(catalog: &Catalog, root: &Path) -> usize {
+        let id = catalog.origin_id(root).unwrap();
+        catalog.scan_states(id).unwrap().len()
+    }
+
+    #[test]
+    fn scan_keeps_tracks_when_the_origin_is_emptied_or_missing_and_scans_the_others() {
+        let (_a, a) = origin_with(3);
+        let (_b, b) = origin_with(2);
+        let state = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(state.path()).unwrap();
+        let both = [a.clone(), b.clone()];
+        scan(&catalog, &both, &ScanOptions::default()).unwrap();
+
+        let away = a.with_extension("away");
+        std::fs::create_dir(&away).unwrap();
+        for i in 0..3 {
+            std::fs::rename(a.join(format!("{i}.wav")), away.join(format!("{i}.wav"))).unwrap();
+        }
+        std::fs::write(b.join("new.wav"), wav(800)).unwrap();
+        let r = scan(&catalog, &both, &ScanOptions::default()).unwrap();
+        assert_eq!(
+            r.offline,
+            vec![OfflineOrigin {
+                origin: a.clone(),
+                reason: OfflineReason::Emptied { tracks: 3 }
+            }]
+        );
+        assert_eq!((r.removed, r.added), (0, 1), "{r:?}");
+        assert_eq!(tracks_of(&catalog, &a), 3);
+
+        std::fs::remove_dir(&a).unwrap();
+        let r = scan(&catalog, &both, &ScanOptions::default()).unwrap();
+        assert!(matches!(r.offline[0].reason, OfflineReason::Missing(_)));
+        assert_eq!(tracks_of(&catalog, &a), 3);
+
+        std::fs::rename(&away, &a).unwrap();
+        let r = scan(&catalog, &both, &ScanOptions::default()).unwrap();
+        assert!(r.offline.is_empty(), "{r:?}");
+        assert_eq!((r.removed, tracks_of(&catalog, &a)), (0, 3));
+    }
+
+    #[test]
+    fn a_mass_removal_is_offline_until_allowed() {
+        let (_a, a) = origin_with(10);
+        let state = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(state.path()).unwrap();
+        let one = std::slice::from_ref(&a);
+        scan(&catalog, one, &ScanOptions::default()).unwrap();
+        for i in 0..6 {
+            std::fs::remove_file(a.join(format!("{i}.wav"))).unwrap();
+        }
+        let r = scan(&catalog, one, &ScanOptions::default()).unwrap();
+        assert_eq!(
+            r.offline[0].reason,
+            OfflineReason::MassRemoval {
+                gone: 6,
+                tracks: 10
+            }
+        );
+        assert_eq!((r.removed, tracks_of(&catalog, &a)), (0, 10));
+        let loose = ScanOptions {
+            mass_removal_threshold: 0.7,
+            ..ScanOptions::default()
+        };
+        let r = scan(&catalog, one, &loose).unwrap();
+        assert!(r.offline.is_empty(), "{r:?}");
+        assert_eq!((r.removed, tracks_of(&catalog, &a)), (6, 4));
+
+        for i in 6..9 {
+            std::fs::remove_file(a.join(format!("{i}.wav"))).unwrap();
+        }
+        let r = scan(&catalog, one, &ScanOptions::default()).unwrap();
+        assert_eq!(r.offline.len(), 1, "3 of 4 is a mass removal: {r:?}");
+        let allowed = ScanOptions {
+            allow_mass_removal: true,
+            ..ScanOptions::default()
+        };
+        let r = scan(&catalog, one, &allowed).unwrap();
+        assert!(r.offline.is_empty(), "{r:?}");
+        assert_eq!((r.removed, tracks_of(&catalog, &a)), (3, 1));
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! track's id and [`ScanState`], so an incremental scan never reads tags; `skipped` maps
 //! the same keys to the files the scanner could not catalog (broken audio), with the
 //! reason and scan state, so an unchanged broken file is not opened again; `origins` maps
-//! an [`OriginId`] to its root path; `meta` holds the schema version and the persistent
-//! counters. A path is in at most one of `paths` and `skipped`.
+//! an [`OriginId`] to its root path; `meta` holds the schema version, the persistent
+//! counters and each origin's recorded root device ([`OriginDevice`]). Only
+//! [`Catalog::forget_origin`] removes an origin with its tracks. A path is in at most one of `paths` and `skipped`.
 //!
 //! Ids are never reused: new tracks take the next value of a persistent counter, and a
 //! file that is upserted again keeps its id. Every write is one transaction; when the map
@@ -17,6 +18,7 @@
 //! live on a local filesystem.
 
 mod error;
+mod origin_facts;
 mod schema;
 mod skipped;
 mod store;
@@ -30,6 +32,7 @@ use heed::{CommitOrAbort, RoTxn, RwTxn};
 use musicfs_core::meta::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackRecord};
 
 pub use self::error::CatalogError;
+pub use self::origin_facts::{Forgotten, OriginDevice};
 pub use self::schema::SCHEMA_VERSION;
 use self::schema::{path_key, rel_path_in_key, Dbs, PathEntry, TrackValue};
 pub use self::skipped::SkipRecord;

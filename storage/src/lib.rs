@@ -31,5 +31,7 @@
 pub mod catalog;
 pub mod origin;
 
-pub use catalog::{Batch, Catalog, CatalogError, SkipRecord, Upsert, SCHEMA_VERSION};
+pub use catalog::{
+    Batch, Catalog, CatalogError, Forgotten, OriginDevice, SkipRecord, Upsert, SCHEMA_VERSION,
+};
 pub use origin::{open_origin, Origin, OriginError, OriginSpec, Source};

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use musicfs_core::TrackRecord;
-use musicfs_index::{scan, Progress, ScanError, ScanOptions, ScanReport};
+use musicfs_index::health::OfflineReason;
+use musicfs_index::{scan, Progress, ScanOptions, ScanReport};
 use musicfs_storage::Catalog;
 use musicfs_tests::fixtures::{build_fixture_library, ffmpeg_available, Fixture};
 use tempfile::TempDir;
@@ -336,20 +337,25 @@ fn verify_rereads_every_file_even_when_unchanged_and_reports_progress() {
 }
 
 #[test]
-fn missing_origin_is_an_error_naming_the_path() {
+fn a_missing_origin_is_reported_offline_naming_the_path() {
     let dir = TempDir::new().unwrap();
     let catalog = Catalog::open(&dir.path().join("catalog")).unwrap();
     let missing = dir.path().join("no-such-origin");
-    match scan(
+    let report = scan(
         &catalog,
         std::slice::from_ref(&missing),
         &ScanOptions::default(),
-    ) {
-        Err(e @ ScanError::Origin { .. }) => {
-            assert!(e.to_string().contains("no-such-origin"), "{e}")
-        }
-        other => panic!("expected an origin error, got {other:?}"),
-    }
+    )
+    .unwrap();
+    let [offline] = &report.offline[..] else {
+        panic!("expected one offline origin: {report:?}");
+    };
+    assert_eq!(offline.origin, missing);
+    assert!(
+        matches!(offline.reason, OfflineReason::Missing(_)),
+        "{offline:?}"
+    );
+    assert!(catalog.origins().unwrap().is_empty(), "nothing registered");
 }
 
 #[test]

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use musicfs_core::config::Config;
+use musicfs_index::health::{probe_root, OfflineReason, PROBE_TIMEOUT};
 use musicfs_index::scan::{ScanOptions, ScanReport};
 use musicfs_storage::Catalog;
 
@@ -82,19 +83,41 @@ pub fn init_logging(level: &str) {
         .try_init();
 }
 
-/// Canonical, checked origin roots: each must be a readable directory.
-pub fn check_origins(origins: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    origins
-        .iter()
-        .map(|o| {
-            let canon = std::fs::canonicalize(o)
-                .with_context(|| format!("origin {} is missing", o.display()))?;
-            anyhow::ensure!(canon.is_dir(), "origin {} is not a directory", o.display());
-            std::fs::read_dir(&canon)
-                .with_context(|| format!("origin {} is not readable", o.display()))?;
-            Ok(canon)
-        })
-        .collect()
+/// The origins as the scans and the catalog name them: the canonical root of each one that
+/// answers, else the path as given made absolute (so a missing origin still matches the
+/// root the catalog recorded), with why it is unusable. A missing origin is not an error
+/// here: its tracks are kept and served from the snapshot, with reads failing (see
+/// `musicfs_index::health`).
+pub fn resolve_origins(origins: &[PathBuf]) -> Result<ResolvedOrigins> {
+    let mut resolved = ResolvedOrigins::default();
+    for o in origins {
+        match probe_root(o, PROBE_TIMEOUT) {
+            Ok((root, _)) => resolved.roots.push(root),
+            Err(reason) => {
+                let abs = std::path::absolute(o)
+                    .with_context(|| format!("origin {} has no absolute path", o.display()))?;
+                resolved.roots.push(abs.clone());
+                resolved.unusable.push((abs, reason));
+            }
+        }
+    }
+    Ok(resolved)
+}
+
+/// What [`resolve_origins`] found.
+#[derive(Debug, Default)]
+pub struct ResolvedOrigins {
+    /// Every origin, in the order given.
+    pub roots: Vec<PathBuf>,
+    /// The origins that cannot be scanned now, and why.
+    pub unusable: Vec<(PathBuf, OfflineReason)>,
+}
+
+impl ResolvedOrigins {
+    /// Whether at least one origin can be scanned.
+    pub fn any_usable(&self) -> bool {
+        self.unusable.len() < self.roots.len()
+    }
 }
 
 /// The configured origins as paths.
@@ -102,9 +125,13 @@ pub fn origin_paths(cfg: &Config) -> Vec<PathBuf> {
     cfg.origins.iter().map(|o| o.path.clone()).collect()
 }
 
-/// Scans `origins` into the catalog, with a progress bar when stderr is a terminal.
-pub fn scan_with_progress(catalog: &Catalog, origins: &[PathBuf]) -> Result<ScanReport> {
-    let mut opts = ScanOptions::default();
+/// Scans `origins` into the catalog with `opts`, with a progress bar when stderr is a
+/// terminal.
+pub fn scan_with_progress(
+    catalog: &Catalog,
+    origins: &[PathBuf],
+    mut opts: ScanOptions,
+) -> Result<ScanReport> {
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
@@ -143,6 +170,13 @@ pub fn scan_summary(r: &ScanReport) -> String {
         r.opened,
         r.skipped.len()
     );
+    for o in &r.offline {
+        s.push_str(&format!(
+            "\n  origin {} offline, its tracks kept: {}",
+            o.origin.display(),
+            o.reason
+        ));
+    }
     for skip in &r.skipped {
         s.push_str(&format!(
             "\n  skipped {}: {}",

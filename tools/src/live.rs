@@ -17,10 +17,13 @@ use anyhow::Result;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use musicfs_core::config::{Config, WatchMode};
+use musicfs_core::health::OriginHealth;
 use musicfs_core::snapshot::{Snapshot, SnapshotError};
 use musicfs_core::template::{AlbumFormats, Template};
 use musicfs_core::tree::TreeBuilder;
+use musicfs_core::OriginId;
 use musicfs_fusedev::notify::{invalidate_changes, InvalidationSink};
+use musicfs_index::health::{probe_root, record_verdicts, PROBE_TIMEOUT};
 use musicfs_index::scan::{DirHook, ScanOptions, ScanReport};
 use musicfs_index::watch::{Change, Watches};
 use musicfs_storage::Catalog;
@@ -38,6 +41,10 @@ pub struct Library {
     pub origins: Vec<PathBuf>,
     /// Where the snapshot is published.
     pub state: StateDir,
+    /// Share of an origin's tracks that may vanish in one scan before it counts as offline.
+    pub mass_removal_threshold: f64,
+    /// Which origins are offline (shared with the FUSE workers).
+    pub health: Arc<OriginHealth>,
 }
 
 /// What a publish did.
@@ -106,10 +113,7 @@ impl Library {
     /// Whether `snap` shows exactly this library: same template, same origins, built from
     /// the catalog as it is now.
     pub fn is_current(&self, snap: &Snapshot) -> Result<bool> {
-        let roots: Vec<&Path> = snap.origin_roots().collect();
-        Ok(snap.template() == self.template.as_str()
-            && roots.len() == self.origins.len()
-            && self.origins.iter().all(|o| roots.contains(&o.as_path()))
+        Ok(self.serves_same_origins(snap)?
             && snap.catalog_version() == self.catalog.change_counter()?)
     }
 
@@ -124,7 +128,7 @@ impl Library {
         let path = self.state.snapshot_path();
         match Snapshot::open(&path) {
             Ok(snap) if self.is_current(&snap)? => return Ok(snap),
-            Ok(snap) if self.serves_same_origins(&snap) => {
+            Ok(snap) if self.serves_same_origins(&snap)? => {
                 // The catalog moved on (an interrupted publish): serve the old tree now,
                 // the background reconcile publishes the new one.
                 info!("snapshot is older than the catalog: serving it while reconciling");
@@ -146,8 +150,9 @@ impl Library {
             .collect();
         if self.origins.iter().any(|o| !known.contains(o)) {
             info!("scanning origins the catalog has not seen");
-            let report = scan_with_progress(&self.catalog, &self.origins)?;
+            let report = scan_with_progress(&self.catalog, &self.origins, self.scan_options())?;
             info!("{}", scan_summary(&report));
+            self.record_health(&(0..self.origins.len()).collect::<Vec<_>>(), &report)?;
         }
         let published = self.publish()?;
         info!(
@@ -159,11 +164,28 @@ impl Library {
         Ok(Snapshot::open(&path)?)
     }
 
-    fn serves_same_origins(&self, snap: &Snapshot) -> bool {
+    fn serves_same_origins(&self, snap: &Snapshot) -> Result<bool> {
+        if snap.template() != self.template.as_str() {
+            return Ok(false);
+        }
         let roots: Vec<&Path> = snap.origin_roots().collect();
-        snap.template() == self.template.as_str()
-            && roots.len() == self.origins.len()
-            && self.origins.iter().all(|o| roots.contains(&o.as_path()))
+        let shown = self.shown_origins()?;
+        Ok(roots.len() == shown.len() && shown.iter().all(|o| roots.contains(o)))
+    }
+
+    /// The configured origins a tree of this library lists: those the catalog knows, and
+    /// any other that is there now (to be scanned). One the catalog never saw that is
+    /// missing has nothing to show; counting it would make every tree look stale.
+    fn shown_origins(&self) -> Result<Vec<&Path>> {
+        let known = self.catalog.origins()?;
+        Ok(self
+            .origins
+            .iter()
+            .map(PathBuf::as_path)
+            .filter(|o| {
+                known.iter().any(|(_, root)| root == o) || probe_root(o, PROBE_TIMEOUT).is_ok()
+            })
+            .collect())
     }
 
     /// Scans `which` origins (indices into [`Library::origins`]; all when empty) and
@@ -175,23 +197,27 @@ impl Library {
         current: &Snapshot,
         hook: Option<DirHook>,
     ) -> Result<Refreshed> {
-        let origins: Vec<PathBuf> = if which.is_empty() {
-            self.origins.clone()
+        let indices: Vec<usize> = if which.is_empty() {
+            (0..self.origins.len()).collect()
         } else {
             which
                 .iter()
-                .filter_map(|&i| self.origins.get(i).cloned())
+                .copied()
+                .filter(|&i| i < self.origins.len())
                 .collect()
         };
+        let origins: Vec<PathBuf> = indices.iter().map(|&i| self.origins[i].clone()).collect();
         let opts = ScanOptions {
             dir_hook: hook,
-            ..ScanOptions::default()
+            ..self.scan_options()
         };
         let report = musicfs_index::scan::scan(&self.catalog, &origins, &opts)?;
+        let offline = self.record_health(&indices, &report)?;
         if self.is_current(current)? {
             return Ok(Refreshed {
                 report,
                 snapshot: None,
+                offline,
             });
         }
         let published = self.publish()?;
@@ -205,7 +231,32 @@ impl Library {
         Ok(Refreshed {
             report,
             snapshot: Some(snapshot),
+            offline,
         })
+    }
+
+    /// Scan options carrying this library's mass-removal threshold.
+    pub fn scan_options(&self) -> ScanOptions {
+        ScanOptions {
+            mass_removal_threshold: self.mass_removal_threshold,
+            ..ScanOptions::default()
+        }
+    }
+
+    /// Records which of the scanned origins (`indices` into [`Library::origins`]) `report`
+    /// found offline; returns those indices.
+    fn record_health(&self, indices: &[usize], report: &ScanReport) -> Result<Vec<usize>> {
+        let known = self.catalog.origins()?;
+        let scanned: Vec<(&Path, Option<OriginId>)> = indices
+            .iter()
+            .map(|&i| {
+                let root = self.origins[i].as_path();
+                let id = known.iter().find(|(_, r)| r == root).map(|(id, _)| *id);
+                (root, id)
+            })
+            .collect();
+        let down = record_verdicts(&self.health, &scanned, &report.offline);
+        Ok(down.into_iter().map(|k| indices[k]).collect())
     }
 }
 
@@ -215,6 +266,8 @@ pub struct Refreshed {
     pub report: ScanReport,
     /// The new snapshot, when anything changed.
     pub snapshot: Option<Snapshot>,
+    /// The scanned origins (indices into [`Library::origins`]) found offline.
+    pub offline: Vec<usize>,
 }
 
 /// Why the refresher should look at the origins.
@@ -258,6 +311,9 @@ impl Refresher {
         let mut unwatched: Vec<usize> = Vec::new();
         // Consecutive failed refreshes: each is retried, after 1 s, 2 s, ... at most 60 s.
         let mut failures = 0u32;
+        // Consecutive refreshes that found some origin offline: it is looked at again on
+        // the same backoff (its root may come back where no watch can see it).
+        let mut offline_rounds = 0u32;
         loop {
             self.poll_unwatched(&mut unwatched, &mut timers);
             let (which, why) = match rx.recv_timeout(timers.until_next()) {
@@ -268,13 +324,21 @@ impl Refresher {
                 Err(RecvTimeoutError::Timeout) => (timers.take_due(), "timer"),
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            if self.refresh_now(&which, why) {
-                failures = 0;
-            } else {
-                // A change already seen by the failed scan sends no new event: retry it.
-                let wait = Duration::from_secs(1u64 << failures.min(6)).min(MAX_RETRY);
-                failures += 1;
-                timers.once(which, wait);
+            match self.refresh_now(&which, why) {
+                Some(offline) => {
+                    failures = 0;
+                    if !offline.is_empty() {
+                        timers.once(offline, backoff(offline_rounds));
+                        offline_rounds += 1;
+                    } else if !self.library.health.any_offline() {
+                        offline_rounds = 0;
+                    }
+                }
+                None => {
+                    // A change already seen by the failed scan sends no new event: retry it.
+                    timers.once(which, backoff(failures));
+                    failures += 1;
+                }
             }
         }
     }
@@ -328,32 +392,41 @@ impl Refresher {
         }
     }
 
-    /// Refreshes `which` (all when empty); false when it failed.
-    fn refresh_now(&self, which: &[usize], why: &str) -> bool {
+    /// Refreshes `which` (all when empty); the origins found offline, or `None` when the
+    /// refresh failed.
+    fn refresh_now(&self, which: &[usize], why: &str) -> Option<Vec<usize>> {
         let current = self.shared.load_full();
         let hook = self.watches.as_ref().map(OriginWatches::hook);
         match self.library.refresh(which, &current, hook) {
             Ok(Refreshed {
                 report,
                 snapshot: Some(next),
+                offline,
             }) => {
                 info!(why, "{}", scan_summary(&report));
                 self.swap_in(&current, next);
-                true
+                Some(offline)
             }
-            Ok(Refreshed { report, .. }) => {
+            Ok(Refreshed {
+                report, offline, ..
+            }) => {
                 tracing::debug!(why, seen = report.seen, "refresh found nothing new");
-                true
+                Some(offline)
             }
             Err(e) => {
                 warn!(
                     why,
                     "refresh failed, still serving the previous tree (will retry): {e:#}"
                 );
-                false
+                None
             }
         }
     }
+}
+
+/// The wait before retry number `n` (from 0): 1 s, 2 s, 4 s, ... at most [`MAX_RETRY`].
+fn backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.min(6)).min(MAX_RETRY)
 }
 
 /// Drains a burst of triggers: returns the origins to rescan (empty = all), or `None` to
@@ -435,9 +508,14 @@ impl Timers {
         );
     }
 
-    /// Scans `origins` (empty: all) once, `after` from now.
+    /// Scans `origins` (empty: all) once, `after` from now; a pending retry of the same
+    /// origins keeps the earlier deadline, so repeated refreshes do not pile retries up.
     fn once(&mut self, origins: Vec<usize>, after: Duration) {
-        self.once.push((origins, Instant::now() + after));
+        let due = Instant::now() + after;
+        match self.once.iter_mut().find(|(o, _)| *o == origins) {
+            Some(pending) => pending.1 = pending.1.min(due),
+            None => self.once.push((origins, due)),
+        }
     }
 
     fn until_next(&self) -> Duration {
@@ -618,6 +696,22 @@ mod tests {
         let mut t = Timers::new(None, &[(1, Duration::ZERO), (3, Duration::from_secs(999))]);
         assert_eq!(t.take_due(), vec![1]);
         assert!(t.until_next() <= Duration::from_secs(999));
+    }
+
+    #[test]
+    fn retries_of_the_same_origins_do_not_pile_up() {
+        let mut t = Timers::new(None, &[]);
+        t.once(vec![1], Duration::from_secs(30));
+        t.once(vec![1], Duration::from_secs(60));
+        t.once(vec![1], Duration::ZERO);
+        assert_eq!(t.take_due(), vec![1]);
+        assert_eq!(
+            t.until_next(),
+            Duration::from_secs(3600),
+            "one retry was pending"
+        );
+        assert_eq!(backoff(0), Duration::from_secs(1));
+        assert_eq!(backoff(30), MAX_RETRY);
     }
 
     #[test]

@@ -137,8 +137,8 @@ fn run_case(op: &str, case: &str) -> Option<String> {
             said(r.open(file, libc::O_RDONLY), "handle")
         }
         ("open", "origin offline") => {
-            let origins = r.d.model().origins().load_full();
-            origins.get(0)?.set_offline(true);
+            let health = r.d.model().config().origin_health.clone();
+            health.set_offline(0, "emptied");
             said(r.open(file, libc::O_RDONLY), "handle")
         }
         ("read", "open handle") => {

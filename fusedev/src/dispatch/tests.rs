@@ -342,18 +342,17 @@ fn a_vanished_source_fails_open_without_hanging() {
     let mut r = Rig::standard();
     let file = r.ino("Ann/First/01 - One.flac");
     std::fs::remove_file(r.lib.source(1)).expect("remove source");
-    assert_eq!(errno(r.open(file, libc::O_RDONLY)), libc::ESTALE);
+    assert_eq!(errno(r.open(file, libc::O_RDONLY)), libc::EIO);
 }
 
 #[test]
 fn an_offline_origin_fails_opens_at_once_with_eio_and_recovers() {
     let mut r = Rig::standard();
     let file = r.ino("Ann/First/01 - One.flac");
-    let origins = r.d.model().origins().load_full();
-    let slot = origins.get(0).expect("origin 0");
-    slot.set_offline(true);
+    let health = r.d.model().config().origin_health.clone();
+    health.set_offline(0, "emptied");
     assert_eq!(errno(r.open(file, libc::O_RDONLY)), libc::EIO);
-    slot.set_offline(false);
+    health.set_online(0);
     let o = r.open(file, libc::O_RDONLY);
     assert_ne!(r.reply::<abi::OpenOut>(&o).fh, 0);
 }

@@ -231,12 +231,46 @@ fn read_returns_the_source_bytes_at_any_offset_and_short_at_eof() {
 }
 
 #[test]
-fn open_of_a_vanished_source_is_estale() {
+fn open_of_a_vanished_source_is_eio() {
     let l = lib();
     let m = model(&l);
     std::fs::remove_file(l.source(2)).expect("remove");
     let file = path_ino(&m, "Ann/First (2001)/02 - Two.flac");
-    assert_eq!(m.open(file, 0).unwrap_err().to_errno(), libc::ESTALE);
+    assert_eq!(m.open(file, 0).unwrap_err().to_errno(), libc::EIO);
+}
+
+#[test]
+fn open_of_a_track_of_an_offline_origin_is_eio_until_it_is_back() {
+    let l = lib();
+    let health = Arc::new(musicfs_core::health::OriginHealth::default());
+    let m = FsModel::new(
+        l.shared(),
+        None,
+        FsConfig {
+            origin_health: health.clone(),
+            ..FsConfig::default()
+        },
+    );
+    let file = path_ino(&m, "Ann/First (2001)/02 - Two.flac");
+    // The test library has one origin, id 0.
+    let origin = 0;
+    health.set_offline(origin, "root missing");
+    let err = m.open(file, 0).unwrap_err();
+    assert!(matches!(err, FsError::OriginOffline { .. }), "{err}");
+    assert_eq!(err.to_errno(), libc::EIO);
+    let listed = m
+        .getxattr(ROOT_INO, b"user.musicfs.origins", 4096)
+        .expect("xattr");
+    let XattrReply::Data(text) = listed else {
+        panic!("no data: {listed:?}");
+    };
+    assert!(
+        String::from_utf8_lossy(&text).contains("\toffline\troot missing"),
+        "{text:?}"
+    );
+    health.set_online(origin);
+    let fh = m.open(file, 0).expect("open once back");
+    m.release(fh).expect("release");
 }
 
 #[test]
@@ -383,7 +417,8 @@ user.musicfs.format\0user.musicfs.source\0"
 fn the_root_reports_the_serving_mode_as_status_attributes() {
     let l = lib();
     let m = model(&l);
-    let list = b"user.musicfs.transport\0user.musicfs.passthrough\0user.musicfs.origin_reads\0";
+    let list = b"user.musicfs.transport\0user.musicfs.passthrough\0user.musicfs.origin_reads\0\
+user.musicfs.origins\0";
     assert_eq!(
         m.listxattr(ROOT_INO, 200).expect("list"),
         XattrReply::Data(list.to_vec())

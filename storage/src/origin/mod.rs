@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{is_vanished_io, OriginError};
 pub use local::{LocalOrigin, LocalSource};
 pub use spec::{LocalSpec, OriginSpec, S3Spec, Secret, Server, SftpSpec, SmbSpec};
-pub use table::{OriginSlot, OriginTable};
+pub use table::OriginTable;
 
 /// What kind of thing a path is (after following a symlink, for listed symlinks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

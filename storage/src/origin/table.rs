@@ -1,49 +1,20 @@
 //! The origins a served tree reads from, by the index its snapshot gives each track's
-//! origin (the catalog's origin id), with each one's online state.
+//! origin (the catalog's origin id).
 //!
-//! The daemon builds one table from its configuration and shares it between the refresh
-//! loop (which marks origins offline and back online) and the FUSE read path (which fails
-//! reads of an offline origin at once with EIO instead of trying its files). A table can
-//! also be made from a snapshot's recorded origin keys, for a mount without a daemon.
+//! The daemon builds one table from its configuration and hands it to the FUSE read path;
+//! a table can also be made from a snapshot's recorded origin keys, for a mount without a
+//! daemon. (Whether an origin is online is `musicfs_core::health::OriginHealth`'s, shared
+//! by the refresh loop and the read path.)
 
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::{open_origin, Origin, OriginError, OriginSpec};
 
-/// One origin of the table.
-#[derive(Debug)]
-pub struct OriginSlot {
-    /// The origin.
-    pub origin: Arc<dyn Origin>,
-    offline: AtomicBool,
-}
-
-impl OriginSlot {
-    /// A slot for `origin`, online.
-    pub fn new(origin: Arc<dyn Origin>) -> OriginSlot {
-        OriginSlot {
-            origin,
-            offline: AtomicBool::new(false),
-        }
-    }
-
-    /// Whether the refresh loop has marked the origin offline.
-    pub fn is_offline(&self) -> bool {
-        self.offline.load(Ordering::Acquire)
-    }
-
-    /// Marks the origin offline or back online; returns the previous state (offline?).
-    pub fn set_offline(&self, offline: bool) -> bool {
-        self.offline.swap(offline, Ordering::AcqRel)
-    }
-}
-
 /// Origins by index. Indexes with no origin are holes.
 #[derive(Debug, Default)]
 pub struct OriginTable {
-    slots: Vec<Option<OriginSlot>>,
+    slots: Vec<Option<Arc<dyn Origin>>>,
 }
 
 impl OriginTable {
@@ -58,7 +29,7 @@ impl OriginTable {
         if self.slots.len() <= i {
             self.slots.resize_with(i + 1, || None);
         }
-        self.slots[i] = Some(OriginSlot::new(origin));
+        self.slots[i] = Some(origin);
     }
 
     /// A table from recorded origin keys (`(index, key)`, as a snapshot lists them). A key
@@ -78,12 +49,12 @@ impl OriginTable {
     }
 
     /// The origin at `index`.
-    pub fn get(&self, index: u32) -> Option<&OriginSlot> {
+    pub fn get(&self, index: u32) -> Option<&Arc<dyn Origin>> {
         self.slots.get(index as usize)?.as_ref()
     }
 
     /// Every origin with its index.
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &OriginSlot)> {
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Arc<dyn Origin>)> {
         self.slots
             .iter()
             .enumerate()
@@ -113,12 +84,9 @@ mod tests {
         assert_eq!(table.len(), 1);
         assert!(table.get(0).is_none());
         assert!(table.get(1).is_none());
-        let slot = table.get(2).expect("slot 2");
-        assert!(slot.origin.as_local().is_some());
+        let origin = table.get(2).expect("slot 2");
+        assert!(origin.as_local().is_some());
         assert_eq!(errors.len(), 1);
-        assert!(!slot.is_offline());
-        assert!(!slot.set_offline(true));
-        assert!(slot.is_offline());
         assert_eq!(table.iter().map(|(i, _)| i).collect::<Vec<_>>(), [2]);
     }
 }

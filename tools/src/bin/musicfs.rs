@@ -1,4 +1,5 @@
-//! `musicfs`: scan origins into the catalog and publish the tree; print the tree.
+//! `musicfs`: scan origins into the catalog and publish the tree; print the tree; list and
+//! forget origins.
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -10,9 +11,10 @@ use clap::{Args, Parser, Subcommand};
 use musicfs_core::config::Config;
 use musicfs_core::snapshot::Snapshot;
 use musicfs_core::template::Template;
+use musicfs_index::scan::ScanOptions;
 use musicfs_tools::live::Library;
 use musicfs_tools::{
-    check_origins, init_logging, origin_paths, scan_summary, scan_with_progress, StateDir,
+    init_logging, origin_paths, resolve_origins, scan_summary, scan_with_progress, StateDir,
 };
 
 #[global_allocator]
@@ -57,12 +59,34 @@ enum Command {
         /// Path template (see docs/TEMPLATES.md).
         #[arg(long, env = "MUSICFS_TEMPLATE")]
         template: Option<String>,
+        /// Remove the tracks of an origin that emptied, or lost more than
+        /// `mass_removal_threshold` of its tracks, in this scan (otherwise it is reported
+        /// offline and they are kept).
+        #[arg(long)]
+        allow_mass_removal: bool,
+    },
+    /// Manage the origins the catalog knows.
+    Origin {
+        #[command(subcommand)]
+        action: OriginAction,
     },
     /// Print every path of the published tree, sorted, one per line.
     Tree {
         /// Also print inode, size and source path (tab-separated: ino, size, path, source).
         #[arg(long)]
         long: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum OriginAction {
+    /// List the origins the catalog knows, with their track counts.
+    List,
+    /// Remove an origin and every track of it from the catalog, and republish the tree.
+    /// The only command that removes tracks of an origin that is not there.
+    Forget {
+        /// The origin's root, as listed by `musicfs origin list`.
+        origin: PathBuf,
     },
 }
 
@@ -78,7 +102,15 @@ fn main() -> ExitCode {
     };
     init_logging(&cfg.log_level);
     let result = match cli.command {
-        Command::Scan { origins, template } => scan(cfg, origins, template),
+        Command::Scan {
+            origins,
+            template,
+            allow_mass_removal,
+        } => scan(cfg, origins, template, allow_mass_removal),
+        Command::Origin { action } => match action {
+            OriginAction::List => origin_list(&cfg),
+            OriginAction::Forget { origin } => origin_forget(&cfg, &origin),
+        },
         Command::Tree { long } => tree(&cfg, long),
     };
     match result {
@@ -102,7 +134,12 @@ fn load_config(common: &Common) -> Result<Config> {
     Ok(cfg)
 }
 
-fn scan(mut cfg: Config, origins: Vec<PathBuf>, template: Option<String>) -> Result<()> {
+fn scan(
+    mut cfg: Config,
+    origins: Vec<PathBuf>,
+    template: Option<String>,
+    allow_mass_removal: bool,
+) -> Result<()> {
     if let Some(t) = template {
         cfg.template = t;
     }
@@ -116,16 +153,34 @@ fn scan(mut cfg: Config, origins: Vec<PathBuf>, template: Option<String>) -> Res
         !origins.is_empty(),
         "no origin: give --origin DIR or [[origin]] in the config"
     );
-    let origins = check_origins(&origins)?;
+    let origins = resolve_origins(&origins)?.roots;
     let state = StateDir::create(&cfg.state_dir())?;
     let library = Library {
         catalog: std::sync::Arc::new(state.open_catalog()?),
         template,
         origins,
         state,
+        mass_removal_threshold: cfg.mass_removal_threshold,
+        health: Default::default(),
     };
-    let report = scan_with_progress(&library.catalog, &library.origins)?;
+    let opts = ScanOptions {
+        allow_mass_removal,
+        ..library.scan_options()
+    };
+    let report = scan_with_progress(&library.catalog, &library.origins, opts)?;
     eprintln!("{}", scan_summary(&report));
+    publish_if_changed(&library)?;
+    // Everything that could be scanned was, and the tree published; a kept origin still
+    // fails the command, so a script notices.
+    anyhow::ensure!(
+        report.offline.is_empty(),
+        "{} origin(s) offline, their tracks kept (see above)",
+        report.offline.len()
+    );
+    Ok(())
+}
+
+fn publish_if_changed(library: &Library) -> Result<()> {
     if let Ok(snap) = Snapshot::open(&library.state.snapshot_path()) {
         if library.is_current(&snap)? {
             eprintln!("tree unchanged: generation {} kept", snap.generation());
@@ -140,6 +195,61 @@ fn scan(mut cfg: Config, origins: Vec<PathBuf>, template: Option<String>) -> Res
         published.elapsed.as_secs_f64()
     );
     Ok(())
+}
+
+fn origin_list(cfg: &Config) -> Result<()> {
+    let state = StateDir::create(&cfg.state_dir())?;
+    let catalog = state.open_catalog()?;
+    for (id, root) in catalog.origins()? {
+        let tracks = catalog.scan_states(id)?.len();
+        println!("{}\t{tracks}", root.display());
+    }
+    Ok(())
+}
+
+/// Forgets `origin` and republishes the tree the snapshot showed, without it.
+fn origin_forget(cfg: &Config, origin: &std::path::Path) -> Result<()> {
+    let state = StateDir::create(&cfg.state_dir())?;
+    let catalog = std::sync::Arc::new(state.open_catalog()?);
+    let known = catalog.origins()?;
+    // The catalog names origins by canonical root; one that is gone cannot be
+    // canonicalized, so the absolute path as given is tried as well.
+    let wanted = [origin.canonicalize().ok(), std::path::absolute(origin).ok()];
+    let Some((id, root)) = known
+        .iter()
+        .find(|(_, root)| wanted.iter().flatten().any(|w| w == root))
+        .cloned()
+    else {
+        let names: Vec<String> = known.iter().map(|(_, r)| r.display().to_string()).collect();
+        anyhow::bail!(
+            "the catalog has no origin {} (it has: {})",
+            origin.display(),
+            names.join(", ")
+        );
+    };
+    let done = catalog.forget_origin(id)?;
+    eprintln!(
+        "forgot origin {}: {} tracks removed",
+        root.display(),
+        done.tracks
+    );
+    let Ok(snap) = Snapshot::open(&state.snapshot_path()) else {
+        return Ok(());
+    };
+    let library = Library {
+        catalog,
+        template: Template::parse(snap.template()).context("the snapshot's template")?,
+        origins: snap
+            .origin_roots()
+            .filter(|r| *r != root)
+            .map(PathBuf::from)
+            .collect(),
+        state,
+        mass_removal_threshold: cfg.mass_removal_threshold,
+        health: Default::default(),
+    };
+    drop(snap);
+    publish_if_changed(&library)
 }
 
 fn tree(cfg: &Config, long: bool) -> Result<()> {

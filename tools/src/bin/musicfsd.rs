@@ -14,10 +14,12 @@ use arc_swap::ArcSwap;
 use clap::Parser;
 use musicfs_core::config::Config;
 use musicfs_core::config::{PassthroughSetting, TransportSetting};
+use musicfs_core::health::OriginHealth;
+use musicfs_core::snapshot::Snapshot;
 use musicfs_core::template::Template;
 use musicfs_fusedev::{MountOptions, PassthroughMode, TransportMode};
 use musicfs_tools::live::{plan_watches, watch_origins, Library, Refresher, Trigger};
-use musicfs_tools::{check_origins, init_logging, origin_paths, sd_notify, StateDir};
+use musicfs_tools::{init_logging, origin_paths, resolve_origins, sd_notify, StateDir};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
@@ -31,7 +33,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     name = "musicfsd",
     version,
     args_override_self = true,
-    after_help = "Stop with Ctrl-C, SIGTERM or `fusermount3 -u MOUNTPOINT` (exit 0); SIGHUP rescans the origins.\nExit code 2: bad usage, configuration, mountpoint or origin. Docs: docs/CONFIG.md, docs/SEMANTICS.md."
+    after_help = "Stop with Ctrl-C, SIGTERM or `fusermount3 -u MOUNTPOINT` (exit 0); SIGHUP rescans the origins.\nExit code 2: bad usage, configuration or mountpoint, or no readable origin and no snapshot. Docs: docs/CONFIG.md, docs/SEMANTICS.md."
 )]
 struct Cli {
     /// Where to mount the tree (an existing, empty directory).
@@ -102,7 +104,7 @@ fn main() -> ExitCode {
     if let Err(e) = check_mountpoint(&cli.mountpoint) {
         return usage_error(e.into());
     }
-    let origins = match check_origins(&origin_paths(&cfg)) {
+    let origins = match usable_origins(&cfg) {
         Ok(o) => o,
         Err(e) => return usage_error(e),
     };
@@ -125,6 +127,31 @@ fn check_mountpoint(mp: &std::path::Path) -> Result<(), musicfs_fusedev::FuseErr
         }
         other => other.map(drop),
     }
+}
+
+/// The origins to serve. One that cannot be read now (missing, unmounted) is served from
+/// the catalog and the snapshot, offline, until it comes back; only when no origin can be
+/// read and there is no snapshot to serve is there nothing to start with.
+fn usable_origins(cfg: &Config) -> Result<Vec<PathBuf>> {
+    let resolved = resolve_origins(&origin_paths(cfg))?;
+    for (root, reason) in &resolved.unusable {
+        warn!(origin = %root.display(), %reason, "origin unusable at start-up: serving its cataloged tracks offline until it is back");
+    }
+    if !resolved.unusable.is_empty() && !resolved.any_usable() {
+        let snapshot = StateDir::create(&cfg.state_dir())?.snapshot_path();
+        if let Err(e) = Snapshot::open(&snapshot) {
+            anyhow::bail!(
+                "no origin can be read ({}) and there is no snapshot to serve: {e}",
+                resolved
+                    .unusable
+                    .iter()
+                    .map(|(root, why)| format!("{}: {why}", root.display()))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+    }
+    Ok(resolved.roots)
 }
 
 fn usage_error(e: anyhow::Error) -> ExitCode {
@@ -190,6 +217,8 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
         template: Template::parse(&cfg.template)?,
         origins: origins.to_vec(),
         state,
+        mass_removal_threshold: cfg.mass_removal_threshold,
+        health: Arc::new(OriginHealth::default()),
     };
     let snapshot = library.load_or_build()?;
     info!(
@@ -217,6 +246,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
             TransportSetting::Dev => TransportMode::Dev,
         },
         enable_uring_param: cfg.enable_uring_param,
+        origin_health: library.health.clone(),
         ..MountOptions::default()
     };
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
