@@ -32,5 +32,5 @@ pub mod xattr;
 pub use error::{FsError, FuseError};
 pub use fs::{Attr, DirItem, FsConfig, FsModel, FsStats, Kind};
 pub use session::{mount, mount_with_tags, MountOptions, Mounted, Unmounter};
-pub use status::{PassthroughMode, ServeStatus, Transport, TransportMode};
+pub use status::{ServeStatus, Transport};
 pub use xattr::{TagSource, XattrReply};

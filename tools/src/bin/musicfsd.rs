@@ -13,9 +13,8 @@ use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use clap::Parser;
 use musicfs_core::config::Config;
-use musicfs_core::config::{PassthroughSetting, TransportSetting};
 use musicfs_core::template::Template;
-use musicfs_fusedev::{MountOptions, PassthroughMode, TransportMode};
+use musicfs_fusedev::MountOptions;
 use musicfs_tools::live::{plan_watches, watch_origins, Library, Refresher, Trigger};
 use musicfs_tools::{check_origins, init_logging, origin_paths, sd_notify, StateDir};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -191,16 +190,8 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
         allow_other: cfg.allow_other,
         uid: cfg.uid,
         gid: cfg.gid,
-        passthrough: match cfg.passthrough {
-            PassthroughSetting::Auto => PassthroughMode::Auto,
-            PassthroughSetting::On => PassthroughMode::On,
-            PassthroughSetting::Off => PassthroughMode::Off,
-        },
-        transport: match cfg.transport {
-            TransportSetting::Auto => TransportMode::Auto,
-            TransportSetting::Uring => TransportMode::Uring,
-            TransportSetting::Dev => TransportMode::Dev,
-        },
+        passthrough: cfg.passthrough,
+        transport: cfg.transport,
         enable_uring_param: cfg.enable_uring_param,
         ..MountOptions::default()
     };
