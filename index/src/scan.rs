@@ -28,6 +28,7 @@ use crate::fsio::{open_readonly, scan_state};
 use crate::known::Known;
 use crate::tags::{read_tags_from, TagError};
 use crate::walk;
+pub use crate::walk::Skipped;
 
 /// How many changes (upserts, removals, skips) go into one catalog transaction.
 const BATCH: usize = 1000;
@@ -112,15 +113,6 @@ impl std::fmt::Debug for ScanOptions {
             .field("dir_hook", &self.dir_hook.is_some())
             .finish()
     }
-}
-
-/// A path the scan did not catalog, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skipped {
-    /// The path as walked (under the origin root).
-    pub path: PathBuf,
-    /// Human-readable reason.
-    pub reason: String,
 }
 
 /// What a scan did.
