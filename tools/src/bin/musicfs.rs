@@ -10,10 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use musicfs_core::config::Config;
 use musicfs_core::snapshot::Snapshot;
 use musicfs_core::template::Template;
-use musicfs_tools::live::Library;
-use musicfs_tools::{
-    check_origins, init_logging, origin_paths, scan_summary, scan_with_progress, StateDir,
-};
+use musicfs_index::refresh::{scan_summary, Library, StateDir};
+use musicfs_tools::{check_origins, init_logging, origin_paths, progress_bar};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -122,8 +120,9 @@ fn scan(mut cfg: Config, origins: Vec<PathBuf>, template: Option<String>) -> Res
         template,
         origins,
         state,
+        progress: progress_bar(),
     };
-    let report = scan_with_progress(&library.catalog, &library.origins)?;
+    let report = library.scan()?;
     eprintln!("{}", scan_summary(&report));
     if let Ok(snap) = Snapshot::open(&library.state.snapshot_path()) {
         if library.is_current(&snap)? {

@@ -15,8 +15,8 @@ use clap::Parser;
 use musicfs_core::config::Config;
 use musicfs_core::template::Template;
 use musicfs_fusedev::MountOptions;
-use musicfs_tools::live::{plan_watches, watch_origins, Library, Refresher, Trigger};
-use musicfs_tools::{check_origins, init_logging, origin_paths, sd_notify, StateDir};
+use musicfs_index::refresh::{plan_watches, watch_origins, Library, Refresher, StateDir, Trigger};
+use musicfs_tools::{check_origins, init_logging, origin_paths, progress_bar, sd_notify};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
@@ -176,6 +176,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
         template: Template::parse(&cfg.template)?,
         origins: origins.to_vec(),
         state,
+        progress: progress_bar(),
     };
     let snapshot = library.load_or_build()?;
     info!(

@@ -7,12 +7,18 @@
 //! changes, poll and refresh intervals, SIGHUP, the start-up reconcile), coalesces bursts,
 //! refreshes, swaps the new snapshot in for the FUSE workers and invalidates exactly what
 //! changed in the kernel's caches.
+//!
+//! The daemon wires it up: it builds the [`Library`] (with a [`StateDir`]), the watches
+//! ([`plan_watches`], [`watch_origins`]) and the kernel's [`InvalidationSink`], and runs
+//! the [`Refresher`] on a thread of its own.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::scan::{DirHook, ProgressFn, ScanOptions, ScanReport};
+use crate::watch::{Change, Watches};
 use anyhow::Result;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -20,12 +26,14 @@ use musicfs_core::config::{Config, WatchMode};
 use musicfs_core::snapshot::{invalidate_changes, InvalidationSink, Snapshot, SnapshotError};
 use musicfs_core::template::{AlbumFormats, Template};
 use musicfs_core::tree::TreeBuilder;
-use musicfs_index::scan::{DirHook, ScanOptions, ScanReport};
-use musicfs_index::watch::{Change, Watches};
 use musicfs_storage::Catalog;
 use tracing::{info, warn};
 
-use crate::{scan_summary, scan_with_progress, StateDir};
+mod scanning;
+mod state;
+
+pub use scanning::scan_summary;
+pub use state::StateDir;
 
 /// The catalog, the template and the origins of one library.
 pub struct Library {
@@ -37,6 +45,8 @@ pub struct Library {
     pub origins: Vec<PathBuf>,
     /// Where the snapshot is published.
     pub state: StateDir,
+    /// Told how a full scan ([`Library::scan`]) is going, e.g. to drive a progress bar.
+    pub progress: Option<ProgressFn>,
 }
 
 /// What a publish did.
@@ -145,7 +155,7 @@ impl Library {
             .collect();
         if self.origins.iter().any(|o| !known.contains(o)) {
             info!("scanning origins the catalog has not seen");
-            let report = scan_with_progress(&self.catalog, &self.origins)?;
+            let report = self.scan()?;
             info!("{}", scan_summary(&report));
         }
         let published = self.publish()?;
@@ -186,7 +196,7 @@ impl Library {
             dir_hook: hook,
             ..ScanOptions::default()
         };
-        let report = musicfs_index::scan::scan(&self.catalog, &origins, &opts)?;
+        let report = crate::scan::scan(&self.catalog, &origins, &opts)?;
         if self.is_current(current)? {
             return Ok(Refreshed {
                 report,
@@ -549,7 +559,7 @@ pub fn watch_origins(
         return None;
     }
     let (wtx, wrx) = crossbeam_channel::unbounded::<Change>();
-    let watches = match musicfs_index::watch::watch(inotify.len(), wtx) {
+    let watches = match crate::watch::watch(inotify.len(), wtx) {
         Ok(w) => w,
         Err(e) => {
             warn!("cannot watch origins with inotify ({e}); polling every 60 s instead");

@@ -1,0 +1,38 @@
+//! The state directory: where the catalog and the published snapshot live.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use musicfs_storage::Catalog;
+
+/// Paths inside the state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// The state directory at `root`, created if missing.
+    pub fn create(root: &Path) -> Result<StateDir> {
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("cannot create state dir {}", root.display()))?;
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The LMDB catalog directory.
+    pub fn catalog_dir(&self) -> PathBuf {
+        self.root.join("catalog")
+    }
+
+    /// The published tree snapshot.
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.root.join("tree.snap")
+    }
+
+    /// Opens (or creates) the catalog.
+    pub fn open_catalog(&self) -> Result<Catalog> {
+        Catalog::open(&self.catalog_dir()).context("cannot open the catalog")
+    }
+}
