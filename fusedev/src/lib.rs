@@ -10,6 +10,8 @@
 //!   drives ([`session`]).
 //! - [`FsModel`]: every operation as a plain function over the snapshot, tested without a
 //!   kernel ([`fs`]).
+//! - [`notify::Notifier`]: core's `InvalidationSink` for a mount, which the daemon hands to
+//!   the refresh loop.
 //! - [`fuse::FuseFs`]: the thin `fuse_backend_rs::FileSystem` shell around the model, where
 //!   [`FsError::to_errno`] turns errors into errnos.
 #![deny(missing_docs)]
