@@ -17,9 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::scan::{DirHook, ProgressFn, ScanOptions, ScanReport};
-use crate::watch::{Change, Watches};
-use anyhow::Result;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use musicfs_core::config::{Config, WatchMode};
@@ -29,8 +26,14 @@ use musicfs_core::tree::TreeBuilder;
 use musicfs_storage::Catalog;
 use tracing::{info, warn};
 
+use crate::scan::{DirHook, ProgressFn, ScanOptions, ScanReport};
+use crate::watch::{Change, Watches};
+
+mod error;
 mod scanning;
 mod state;
+
+pub use error::{RefreshError, Result};
 
 pub use scanning::scan_summary;
 pub use state::StateDir;
@@ -143,10 +146,9 @@ impl Library {
             Err(SnapshotError::Missing(_)) => info!("no snapshot yet"),
             Err(e) => warn!("{e}; rebuilding it"),
         }
-        anyhow::ensure!(
-            !self.origins.is_empty(),
-            "no origin: give --origin DIR or [[origin]] in the config"
-        );
+        if self.origins.is_empty() {
+            return Err(RefreshError::NoOrigin);
+        }
         let known: Vec<PathBuf> = self
             .catalog
             .origins()?

@@ -1,8 +1,6 @@
 //! Full scans of a library's origins, with progress reports, and their one-line summary.
 
-use anyhow::Result;
-
-use super::Library;
+use super::{Library, Result};
 use crate::scan::{Progress, ScanOptions, ScanReport};
 
 impl Library {
@@ -43,4 +41,62 @@ pub fn scan_summary(r: &ScanReport) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use musicfs_core::template::{Template, DEFAULT_TEMPLATE};
+
+    use super::*;
+    use crate::refresh::StateDir;
+    use crate::scan::Skipped;
+
+    #[test]
+    fn the_summary_names_each_skipped_file_on_a_line_of_its_own() {
+        let report = ScanReport {
+            seen: 3,
+            added: 1,
+            unchanged: 1,
+            opened: 2,
+            skipped: vec![Skipped {
+                path: PathBuf::from("/music/a.flac"),
+                reason: "empty file (0 bytes)".into(),
+            }],
+            elapsed: Duration::from_secs(1),
+            ..ScanReport::default()
+        };
+        let summary = scan_summary(&report);
+        let lines: Vec<&str> = summary.lines().collect();
+        assert_eq!(lines.len(), 2, "{summary}");
+        assert!(lines[0].starts_with("scanned 3 files in 1.00s (3 files/s): 1 added"));
+        assert!(lines[0].ends_with("1 skipped"), "{summary}");
+        assert_eq!(lines[1], "  skipped /music/a.flac: empty file (0 bytes)");
+    }
+
+    #[test]
+    fn a_full_scan_reports_its_start_with_zero_totals_and_ends_with_done() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let origin = dir.path().join("origin");
+        std::fs::create_dir(&origin).expect("origin");
+        std::fs::write(origin.join("cover.jpg"), b"not audio").expect("write");
+        let state = StateDir::create(&dir.path().join("state")).expect("state dir");
+        let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
+        let record = seen.clone();
+        let library = Library {
+            catalog: Arc::new(state.open_catalog().expect("catalog")),
+            template: Template::parse(DEFAULT_TEMPLATE).expect("template"),
+            origins: vec![origin],
+            state,
+            progress: Some(Arc::new(move |p| record.lock().expect("lock").push(p))),
+        };
+        library.scan().expect("scan");
+        let seen = seen.lock().expect("lock");
+        let first = seen.first().expect("a start report");
+        assert_eq!((first.seen, first.opened, first.done), (0, 0, false));
+        assert!(seen.last().expect("an end report").done);
+    }
 }

@@ -2,8 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use musicfs_storage::Catalog;
+
+use super::{RefreshError, Result};
 
 /// Paths inside the state directory.
 #[derive(Debug, Clone)]
@@ -14,8 +15,10 @@ pub struct StateDir {
 impl StateDir {
     /// The state directory at `root`, created if missing.
     pub fn create(root: &Path) -> Result<StateDir> {
-        std::fs::create_dir_all(root)
-            .with_context(|| format!("cannot create state dir {}", root.display()))?;
+        std::fs::create_dir_all(root).map_err(|source| RefreshError::StateDir {
+            path: root.to_path_buf(),
+            source,
+        })?;
         Ok(StateDir {
             root: root.to_path_buf(),
         })
@@ -33,6 +36,6 @@ impl StateDir {
 
     /// Opens (or creates) the catalog.
     pub fn open_catalog(&self) -> Result<Catalog> {
-        Catalog::open(&self.catalog_dir()).context("cannot open the catalog")
+        Catalog::open(&self.catalog_dir()).map_err(RefreshError::OpenCatalog)
     }
 }
