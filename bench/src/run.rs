@@ -673,9 +673,9 @@ fn measure_peer(
     if peer.is_virtual() && has("mount") {
         let snap = state.join("tree.snap");
         let before = file_identity(&snap);
-        // musicfs_tools logs the end of the start-up reconcile at debug level only.
+        // musicfs_index::refresh logs the end of the start-up reconcile at debug level only.
         let env: &[(&str, &str)] = if peer.is_musicfs() {
-            &[("RUST_LOG", "musicfs_tools=debug,info")]
+            &[("RUST_LOG", "musicfs_index::refresh=debug,info")]
         } else {
             &[]
         };
@@ -738,7 +738,7 @@ fn measure_peer(
     Ok(())
 }
 
-/// What musicfsd logs when its start-up reconcile ends (see musicfs_tools::live).
+/// What musicfsd logs when its start-up reconcile ends (see musicfs_index::refresh).
 const RECONCILE_NOTHING_NEW: &str = "refresh found nothing new";
 const RECONCILE_SWAPPED: &str = "swapped in the new tree";
 const RECONCILE_FAILED: &str = "refresh failed";

@@ -345,6 +345,20 @@ mod tests {
     }
 
     #[test]
+    fn modes_parse_from_their_flag_words_only() {
+        assert_eq!(
+            "on".parse::<PassthroughSetting>().ok(),
+            Some(PassthroughSetting::On)
+        );
+        assert_eq!(
+            "dev".parse::<TransportSetting>().ok(),
+            Some(TransportSetting::Dev)
+        );
+        assert!("yes".parse::<PassthroughSetting>().is_err());
+        assert!("io_uring".parse::<TransportSetting>().is_err());
+    }
+
+    #[test]
     fn negative_timeout_is_invalid() {
         let c = Config {
             attr_timeout_secs: -1.0,

@@ -15,6 +15,9 @@
 //! background right after mounting and rebuilds the snapshot if it fails, so bit rot is
 //! caught without making start-up depend on the library size. [`Snapshot::open_verified`]
 //! does both at once for tools that are not in a hurry.
+//!
+//! [`diff`] compares two snapshots and tells an [`InvalidationSink`] what a kernel that
+//! served the old one must forget.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -26,8 +29,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use memmap2::Mmap;
 use thiserror::Error;
 
+pub mod diff;
+
 pub use crate::tree::ROOT_INO;
 use crate::tree::{ArchivedNodeData, ArchivedTreeData, TreeData, KIND_DIR, KIND_FILE};
+pub use diff::{invalidate_changes, Invalidated, InvalidationSink};
 
 const MAGIC: &[u8; 8] = b"MFSSNAP\0";
 /// Version of the snapshot layout; a snapshot of another version is refused and rebuilt.

@@ -35,11 +35,11 @@ fn main() -> anyhow::Result<()> {
             Some("--no-auto-unmount") => opts.auto_unmount = false,
             Some("--passthrough") => {
                 let v = args.next().context("--passthrough needs auto|on|off")?;
-                opts.passthrough = v.to_string_lossy().parse()?;
+                opts.passthrough = v.to_string_lossy().parse().map_err(anyhow::Error::msg)?;
             }
             Some("--transport") => {
                 let v = args.next().context("--transport needs auto|uring|dev")?;
-                opts.transport = v.to_string_lossy().parse()?;
+                opts.transport = v.to_string_lossy().parse().map_err(anyhow::Error::msg)?;
             }
             Some("--timeout") => {
                 let v = args.next().context("--timeout needs seconds")?;

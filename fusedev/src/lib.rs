@@ -13,6 +13,8 @@
 //! - [`dispatch::Dispatcher`]: the one request dispatcher both transports use: decodes a
 //!   request, calls the model, encodes the reply; [`FsError::to_errno`] turns errors into
 //!   errnos there. fuse-backend-rs only mounts and clones the session fd.
+//! - [`notify::Notifier`]: core's `InvalidationSink` for a mount, which the daemon hands to
+//!   the refresh loop.
 #![deny(missing_docs)]
 
 pub mod abi;
@@ -32,5 +34,5 @@ pub mod xattr;
 pub use error::{FsError, FuseError};
 pub use fs::{Attr, DirItem, FsConfig, FsModel, FsStats, Kind};
 pub use session::{mount, mount_with_tags, MountOptions, Mounted, Unmounter};
-pub use status::{PassthroughMode, ServeStatus, Transport, TransportMode};
+pub use status::{ServeStatus, Transport};
 pub use xattr::{TagSource, XattrReply};

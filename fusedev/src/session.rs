@@ -22,13 +22,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use fuse_backend_rs::transport::FuseSession;
+use musicfs_core::config::{PassthroughSetting, TransportSetting};
 use musicfs_core::health::OriginHealth;
 use musicfs_core::snapshot::Snapshot;
 use musicfs_storage::Catalog;
 
 use crate::dispatch::Dispatcher;
 use crate::fs::{FsConfig, FsModel};
-use crate::status::{OriginReads, PassthroughMode, ServeStatus, Transport, TransportMode};
+use crate::status::{OriginReads, ServeStatus, Transport};
 use crate::uring;
 use crate::xattr::TagSource;
 use crate::FuseError;
@@ -78,9 +79,9 @@ pub struct MountOptions {
     /// Kernel readahead for the mount's bdi, in KiB (root only; best effort).
     pub readahead_kb: Option<u32>,
     /// FUSE passthrough for reads of local sources.
-    pub passthrough: PassthroughMode,
+    pub passthrough: PassthroughSetting,
     /// Which transport carries requests.
-    pub transport: TransportMode,
+    pub transport: TransportSetting,
     /// Read sources through a per-worker io_uring (falls back to `pread` without it).
     pub uring_reads: bool,
     /// Write `Y` to `/sys/module/fuse/parameters/enable_uring` before mounting, when the
@@ -112,8 +113,8 @@ impl Default for MountOptions {
             auto_unmount: true,
             origins: None,
             readahead_kb: Some(1024),
-            passthrough: PassthroughMode::Auto,
-            transport: TransportMode::Auto,
+            passthrough: PassthroughSetting::Auto,
+            transport: TransportSetting::Auto,
             uring_reads: true,
             enable_uring_param: false,
             refuse_passthrough: false,
@@ -339,13 +340,13 @@ pub fn mount_with_tags(
     });
     let passthrough = negotiated.passthrough() && dispatcher.backing().enabled();
     status.set_passthrough(passthrough);
-    if opts.passthrough == PassthroughMode::On && !passthrough {
+    if opts.passthrough == PassthroughSetting::On && !passthrough {
         return Err(FuseError::Unavailable {
             feature: "FUSE passthrough",
             reason: "the kernel did not grant FUSE_PASSTHROUGH at INIT".into(),
         });
     }
-    if transport == Transport::Dev && opts.transport == TransportMode::Uring {
+    if transport == Transport::Dev && opts.transport == TransportSetting::Uring {
         return Err(FuseError::Unavailable {
             feature: "FUSE-over-io_uring",
             reason: "the kernel did not grant FUSE_OVER_IO_URING at INIT".into(),
@@ -419,7 +420,7 @@ fn start_uring(
     }
     match failure {
         None => Ok(Transport::Uring),
-        Some(reason) if opts.transport == TransportMode::Uring => Err(FuseError::Unavailable {
+        Some(reason) if opts.transport == TransportSetting::Uring => Err(FuseError::Unavailable {
             feature: "FUSE-over-io_uring",
             reason,
         }),

@@ -92,60 +92,6 @@ impl ServeStatus {
     }
 }
 
-/// Whether opens use FUSE passthrough (`--passthrough`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PassthroughMode {
-    /// Use it when the kernel grants it and the daemon may (CAP_SYS_ADMIN); else plain reads.
-    #[default]
-    Auto,
-    /// Require it: the mount fails when INIT does not grant passthrough or the daemon lacks
-    /// CAP_SYS_ADMIN. A file the kernel still refuses is served on the plain path.
-    On,
-    /// Never: every read goes through the daemon.
-    Off,
-}
-
-/// Which transport carries requests (`--transport`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TransportMode {
-    /// FUSE-over-io_uring when the kernel allows it, else `/dev/fuse`.
-    #[default]
-    Auto,
-    /// Require io_uring: the mount fails when it cannot be set up.
-    Uring,
-    /// Per-worker `/dev/fuse` fds only.
-    Dev,
-}
-
-/// A mode name that is not one of the accepted words.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown mode {0:?}")]
-pub struct UnknownMode(pub String);
-
-impl std::str::FromStr for PassthroughMode {
-    type Err = UnknownMode;
-    fn from_str(s: &str) -> Result<Self, UnknownMode> {
-        match s {
-            "auto" => Ok(PassthroughMode::Auto),
-            "on" => Ok(PassthroughMode::On),
-            "off" => Ok(PassthroughMode::Off),
-            other => Err(UnknownMode(other.to_string())),
-        }
-    }
-}
-
-impl std::str::FromStr for TransportMode {
-    type Err = UnknownMode;
-    fn from_str(s: &str) -> Result<Self, UnknownMode> {
-        match s {
-            "auto" => Ok(TransportMode::Auto),
-            "uring" => Ok(TransportMode::Uring),
-            "dev" => Ok(TransportMode::Dev),
-            other => Err(UnknownMode(other.to_string())),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,19 +109,5 @@ mod tests {
         assert_eq!(s.value("passthrough"), Some("on"));
         assert_eq!(s.value("origin_reads"), Some("io_uring"));
         assert_eq!(s.value("nope"), None);
-    }
-
-    #[test]
-    fn modes_parse_from_their_flag_words_only() {
-        assert_eq!(
-            "on".parse::<PassthroughMode>().ok(),
-            Some(PassthroughMode::On)
-        );
-        assert_eq!(
-            "dev".parse::<TransportMode>().ok(),
-            Some(TransportMode::Dev)
-        );
-        assert!("yes".parse::<PassthroughMode>().is_err());
-        assert!("io_uring".parse::<TransportMode>().is_err());
     }
 }

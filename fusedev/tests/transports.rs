@@ -11,13 +11,12 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
+use musicfs_core::config::{PassthroughSetting, TransportSetting};
 use musicfs_core::meta::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackRecord};
 use musicfs_core::snapshot::Snapshot;
 use musicfs_core::tree::TreeBuilder;
 use musicfs_fusedev::session::{is_mountpoint, URING_PARAM};
-use musicfs_fusedev::{
-    mount_with_tags, FuseError, MountOptions, Mounted, PassthroughMode, TagSource, TransportMode,
-};
+use musicfs_fusedev::{mount_with_tags, FuseError, MountOptions, Mounted, TagSource};
 
 /// The uring parameter is global: tests in this file run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -157,7 +156,7 @@ fn mount(lib: &Lib, opts: &MountOptions) -> Result<Mounted, FuseError> {
     mount_with_tags(&lib.mnt, snap, Some(Arc::new(NoTags)), opts)
 }
 
-fn opts(transport: TransportMode, passthrough: PassthroughMode) -> MountOptions {
+fn opts(transport: TransportSetting, passthrough: PassthroughSetting) -> MountOptions {
     MountOptions {
         threads: 2,
         transport,
@@ -278,7 +277,7 @@ fn dev_transport_with_plain_reads_is_bit_exact() {
     let lib = library();
     serve_and_check(
         &lib,
-        &opts(TransportMode::Dev, PassthroughMode::Off),
+        &opts(TransportSetting::Dev, PassthroughSetting::Off),
         "dev",
         "off",
     );
@@ -294,7 +293,7 @@ fn dev_transport_with_passthrough_is_bit_exact() {
     let lib = library();
     serve_and_check(
         &lib,
-        &opts(TransportMode::Dev, PassthroughMode::On),
+        &opts(TransportSetting::Dev, PassthroughSetting::On),
         "dev",
         "on",
     );
@@ -311,7 +310,7 @@ fn uring_transport_with_plain_reads_is_bit_exact() {
     let lib = library();
     serve_and_check(
         &lib,
-        &opts(TransportMode::Uring, PassthroughMode::Off),
+        &opts(TransportSetting::Uring, PassthroughSetting::Off),
         "uring",
         "off",
     );
@@ -328,7 +327,7 @@ fn uring_transport_with_passthrough_is_bit_exact() {
     let lib = library();
     serve_and_check(
         &lib,
-        &opts(TransportMode::Uring, PassthroughMode::On),
+        &opts(TransportSetting::Uring, PassthroughSetting::On),
         "uring",
         "on",
     );
@@ -344,7 +343,7 @@ fn a_kernel_refusing_backing_files_gets_plain_reads() {
     let lib = library();
     let o = MountOptions {
         refuse_passthrough: true,
-        ..opts(TransportMode::Dev, PassthroughMode::Auto)
+        ..opts(TransportSetting::Dev, PassthroughSetting::Auto)
     };
     serve_and_check(&lib, &o, "dev", "on");
 }
@@ -360,7 +359,7 @@ fn a_kernel_refusing_uring_queues_falls_back_to_dev() {
     let lib = library();
     let o = MountOptions {
         refuse_uring: true,
-        ..opts(TransportMode::Auto, PassthroughMode::Auto)
+        ..opts(TransportSetting::Auto, PassthroughSetting::Auto)
     };
     serve_and_check(&lib, &o, "dev", "on");
 }
@@ -376,13 +375,16 @@ fn with_the_uring_parameter_off_auto_serves_on_dev_and_uring_required_fails_clea
     let lib = library();
     serve_and_check(
         &lib,
-        &opts(TransportMode::Auto, PassthroughMode::Off),
+        &opts(TransportSetting::Auto, PassthroughSetting::Off),
         "dev",
         "off",
     );
-    let err = mount(&lib, &opts(TransportMode::Uring, PassthroughMode::Off))
-        .err()
-        .expect("uring required but off");
+    let err = mount(
+        &lib,
+        &opts(TransportSetting::Uring, PassthroughSetting::Off),
+    )
+    .err()
+    .expect("uring required but off");
     assert!(matches!(err, FuseError::Unavailable { .. }), "{err}");
     let canon = lib.mnt.canonicalize().expect("canon");
     assert!(!is_mountpoint(&canon).expect("mountinfo"));
@@ -399,7 +401,7 @@ fn uring_required_but_refused_fails_the_mount_without_leaving_it() {
     let lib = library();
     let o = MountOptions {
         refuse_uring: true,
-        ..opts(TransportMode::Uring, PassthroughMode::Off)
+        ..opts(TransportSetting::Uring, PassthroughSetting::Off)
     };
     let err = mount(&lib, &o).err().expect("refused");
     assert!(matches!(err, FuseError::Unavailable { .. }), "{err}");
@@ -428,7 +430,7 @@ fn requests_racing_the_uring_registration_are_answered() {
         entry_timeout: Duration::ZERO,
         attr_timeout: Duration::ZERO,
         negative_timeout: Duration::ZERO,
-        ..opts(TransportMode::Uring, PassthroughMode::Off)
+        ..opts(TransportSetting::Uring, PassthroughSetting::Off)
     };
     let clients = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
     for round in 0..20 {

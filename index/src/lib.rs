@@ -7,19 +7,28 @@
 //! through `musicfs-storage`'s catalog and never writes to an origin: files are opened
 //! read-only with `O_NOATIME`.
 //!
-//! What it must not do: render paths or build the tree (`musicfs-core`), talk to FUSE, or
-//! decode audio, or remove the tracks of an origin that is merely not there ([`health`]).
+//! It also keeps a served tree current ([`refresh`]): the refresh loop (scan → catalog →
+//! tree → snapshot → publish → invalidate) that the daemon wires up with its watchers,
+//! timers and signals, handing it the kernel's invalidation sink as a
+//! `musicfs_core::snapshot::InvalidationSink`.
+//!
+//! What it must not do: render paths (`musicfs-core`), talk to FUSE (it never imports
+//! `musicfs-fusedev`), decode audio, or remove the tracks of an origin that is merely not
+//! there ([`health`]).
 //!
 //! Types to read first:
 //! - [`scan()`] with [`ScanOptions`] → [`ScanReport`]: the incremental, parallel scan.
 //! - [`read_tags`] → `(Format, TrackMeta)` or [`TagError`]: one file's tags; see the
 //!   [`tags`] module for which tag block wins when a file carries several.
+//! - [`refresh::Library`] (publish, start-up load, refresh) and [`refresh::Refresher`] (the
+//!   daemon's refresh thread).
 #![deny(missing_docs)]
 
 mod fields;
 pub mod fsio;
 pub mod health;
 mod known;
+pub mod refresh;
 mod riff;
 pub mod scan;
 pub mod tags;

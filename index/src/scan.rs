@@ -36,6 +36,7 @@ use crate::health::{
 use crate::known::Known;
 use crate::tags::{read_tags_from, TagError};
 use crate::walk;
+pub use crate::walk::Skipped;
 
 /// How many changes (upserts, removals, skips) go into one catalog transaction.
 const BATCH: usize = 1000;
@@ -123,15 +124,6 @@ impl std::fmt::Debug for ScanOptions {
             .field("allow_mass_removal", &self.allow_mass_removal)
             .finish()
     }
-}
-
-/// A path the scan did not catalog, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skipped {
-    /// The path as walked (under the origin root).
-    pub path: PathBuf,
-    /// Human-readable reason.
-    pub reason: String,
 }
 
 /// What a scan did.

@@ -21,7 +21,14 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use musicfs_core::Format;
 
-use crate::scan::Skipped;
+/// A path the scan did not catalog, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The path as walked (under the origin root).
+    pub path: PathBuf,
+    /// Human-readable reason.
+    pub reason: String,
+}
 
 /// An audio file (by extension) found by the walk.
 pub(crate) struct Found {

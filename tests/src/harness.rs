@@ -312,7 +312,7 @@ impl MountOptions {
     pub fn live(origin: &Path, state: &Path) -> Self {
         let mut opts = MountOptions::new([origin.to_path_buf()]);
         opts.state_dir = Some(state.to_path_buf());
-        opts.log_level = Some("info,musicfs_tools=debug".into());
+        opts.log_level = Some("info,musicfs_index::refresh=debug".into());
         opts.extra_args = ["--entry-timeout", "3600", "--attr-timeout", "3600"]
             .map(Into::into)
             .to_vec();
@@ -1344,7 +1344,7 @@ impl MountedFs {
     }
 }
 
-/// Log lines that end one refresh of the daemon's refresh loop (`tools/src/live.rs`).
+/// Log lines that end one refresh of the daemon's refresh loop (`index/src/refresh/`).
 pub const REFRESH_DONE: &[&str] = &[
     "refresh found nothing new",
     "swapped in the new tree",

@@ -1,58 +1,22 @@
-//! Wiring shared by the `musicfsd` daemon and the `musicfs` CLI: the state directory,
-//! configuration merging, logging, and publishing a snapshot from the catalog.
+//! Wiring shared by the `musicfsd` daemon and the `musicfs` CLI: argument and
+//! configuration checks, logging, a progress bar, and telling systemd we are ready.
 //!
-//! [`live`] keeps the served tree current: publishing, reconciling after a restart,
-//! watching origins and swapping snapshots with kernel invalidation.
-//!
-//! Nothing here holds logic of its own beyond putting the crates together: scanning lives in
-//! `musicfs-index`, the catalog in `musicfs-storage`, templates and snapshots in
-//! `musicfs-core`, serving in `musicfs-fusedev`.
+//! Nothing here holds logic of its own beyond putting the crates together: scanning and the
+//! refresh loop (publishing, reconciling after a restart, watching origins, swapping
+//! snapshots) live in `musicfs-index` (`musicfs_index::refresh`), the catalog in
+//! `musicfs-storage`, templates, snapshots and the snapshot diff in `musicfs-core`, serving
+//! and the kernel's invalidation sink in `musicfs-fusedev`.
 
 use std::io::IsTerminal;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use musicfs_core::config::Config;
 use musicfs_index::health::{probe_root, OfflineReason, PROBE_TIMEOUT};
-use musicfs_index::scan::{ScanOptions, ScanReport};
-use musicfs_storage::Catalog;
-
-pub mod live;
-
-/// Paths inside the state directory.
-#[derive(Debug, Clone)]
-pub struct StateDir {
-    root: PathBuf,
-}
-
-impl StateDir {
-    /// The state directory at `root`, created if missing.
-    pub fn create(root: &Path) -> Result<StateDir> {
-        std::fs::create_dir_all(root)
-            .with_context(|| format!("cannot create state dir {}", root.display()))?;
-        Ok(StateDir {
-            root: root.to_path_buf(),
-        })
-    }
-
-    /// The LMDB catalog directory.
-    pub fn catalog_dir(&self) -> PathBuf {
-        self.root.join("catalog")
-    }
-
-    /// The published tree snapshot.
-    pub fn snapshot_path(&self) -> PathBuf {
-        self.root.join("tree.snap")
-    }
-
-    /// Opens (or creates) the catalog.
-    pub fn open_catalog(&self) -> Result<Catalog> {
-        Catalog::open(&self.catalog_dir()).context("cannot open the catalog")
-    }
-}
+use musicfs_index::scan::{Progress, ProgressFn};
 
 /// Opts this process out of transparent huge pages. Tag reading allocates and frees
 /// buffers of tens to hundreds of KiB per file; mimalloc marks its arenas for huge pages
@@ -125,66 +89,38 @@ pub fn origin_paths(cfg: &Config) -> Vec<PathBuf> {
     cfg.origins.iter().map(|o| o.path.clone()).collect()
 }
 
-/// Scans `origins` into the catalog with `opts`, with a progress bar when stderr is a
-/// terminal.
-pub fn scan_with_progress(
-    catalog: &Catalog,
-    origins: &[PathBuf],
-    mut opts: ScanOptions,
-) -> Result<ScanReport> {
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        bar.enable_steady_tick(Duration::from_millis(120));
-        bar
-    });
-    if let Some(bar) = bar.clone() {
-        opts.progress = Some(Arc::new(move |p: musicfs_index::scan::Progress| {
-            bar.set_message(format!(
-                "scanning: {} files seen, {} read, {} unchanged",
-                p.seen, p.opened, p.unchanged
-            ));
-        }));
+/// A progress callback for [`Library::progress`](musicfs_index::refresh::Library::progress)
+/// that shows a spinner with the scan's running totals on stderr when it is a terminal
+/// (`None` otherwise). The spinner appears when a scan starts and is cleared when it ends.
+pub fn progress_bar() -> Option<ProgressFn> {
+    if !std::io::stderr().is_terminal() {
+        return None;
     }
-    let report = musicfs_index::scan::scan(catalog, origins, &opts)?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    Ok(report)
-}
-
-/// One line (plus one per skipped file) describing a scan.
-pub fn scan_summary(r: &ScanReport) -> String {
-    let mut s = format!(
-        "scanned {} files in {:.2}s ({:.0} files/s): {} added, {} changed, {} removed, {} unchanged, {} opened, {} skipped",
-        r.seen,
-        r.elapsed.as_secs_f64(),
-        r.files_per_sec(),
-        r.added,
-        r.changed,
-        r.removed,
-        r.unchanged,
-        r.opened,
-        r.skipped.len()
-    );
-    for o in &r.offline {
-        s.push_str(&format!(
-            "\n  origin {} offline, its tracks kept: {}",
-            o.origin.display(),
-            o.reason
+    let bar: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
+    Some(Arc::new(move |p: Progress| {
+        let Ok(mut bar) = bar.lock() else {
+            return;
+        };
+        if p.done {
+            if let Some(bar) = bar.take() {
+                bar.finish_and_clear();
+            }
+            return;
+        }
+        let bar = bar.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        bar.set_message(format!(
+            "scanning: {} files seen, {} read, {} unchanged",
+            p.seen, p.opened, p.unchanged
         ));
-    }
-    for skip in &r.skipped {
-        s.push_str(&format!(
-            "\n  skipped {}: {}",
-            skip.path.display(),
-            skip.reason
-        ));
-    }
-    s
+    }))
 }
 
 /// Tells systemd (when `NOTIFY_SOCKET` is set) about our state, e.g. `READY=1`.

@@ -1,9 +1,10 @@
 //! Which optional kernel features (passthrough, FUSE-over-io_uring, io_uring origin reads)
 //! a mount asks for, given its options and what this process and kernel allow.
 
+use musicfs_core::config::{PassthroughSetting, TransportSetting};
+
 use crate::negotiate::Wants;
 use crate::ring::ReadRing;
-use crate::status::{PassthroughMode, TransportMode};
 use crate::FuseError;
 
 use super::MountOptions;
@@ -33,8 +34,8 @@ pub fn uring_param_enabled() -> bool {
 pub(super) fn feature_wants(opts: &MountOptions) -> Result<Wants, FuseError> {
     let cap = has_cap_sys_admin();
     let passthrough = match opts.passthrough {
-        PassthroughMode::Off => false,
-        PassthroughMode::Auto => {
+        PassthroughSetting::Off => false,
+        PassthroughSetting::Auto => {
             if !cap {
                 tracing::info!(
                     "no CAP_SYS_ADMIN: FUSE passthrough off, reads go through the daemon"
@@ -42,15 +43,16 @@ pub(super) fn feature_wants(opts: &MountOptions) -> Result<Wants, FuseError> {
             }
             cap
         }
-        PassthroughMode::On if !cap => {
+        PassthroughSetting::On if !cap => {
             return Err(FuseError::Unavailable {
                 feature: "FUSE passthrough",
                 reason: "it needs CAP_SYS_ADMIN".into(),
             })
         }
-        PassthroughMode::On => true,
+        PassthroughSetting::On => true,
     };
-    if opts.transport != TransportMode::Dev && opts.enable_uring_param && !uring_param_enabled() {
+    if opts.transport != TransportSetting::Dev && opts.enable_uring_param && !uring_param_enabled()
+    {
         match std::fs::write(URING_PARAM, "Y") {
             Ok(()) => tracing::info!(param = URING_PARAM, "enabled FUSE-over-io_uring"),
             Err(e) => {
@@ -59,8 +61,8 @@ pub(super) fn feature_wants(opts: &MountOptions) -> Result<Wants, FuseError> {
         }
     }
     let uring = match opts.transport {
-        TransportMode::Dev => false,
-        TransportMode::Auto => {
+        TransportSetting::Dev => false,
+        TransportSetting::Auto => {
             let on = uring_param_enabled();
             if !on {
                 tracing::info!(
@@ -70,13 +72,13 @@ pub(super) fn feature_wants(opts: &MountOptions) -> Result<Wants, FuseError> {
             }
             on
         }
-        TransportMode::Uring if !uring_param_enabled() => {
+        TransportSetting::Uring if !uring_param_enabled() => {
             return Err(FuseError::Unavailable {
                 feature: "FUSE-over-io_uring",
                 reason: format!("{URING_PARAM} is not Y (see --enable-uring-param)"),
             })
         }
-        TransportMode::Uring => true,
+        TransportSetting::Uring => true,
     };
     Ok(Wants { passthrough, uring })
 }

@@ -11,11 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use musicfs_core::config::Config;
 use musicfs_core::snapshot::Snapshot;
 use musicfs_core::template::Template;
+use musicfs_index::refresh::{scan_summary, Library, StateDir};
 use musicfs_index::scan::ScanOptions;
-use musicfs_tools::live::Library;
-use musicfs_tools::{
-    init_logging, origin_paths, resolve_origins, scan_summary, scan_with_progress, StateDir,
-};
+use musicfs_tools::{init_logging, origin_paths, progress_bar, resolve_origins};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -162,12 +160,13 @@ fn scan(
         state,
         mass_removal_threshold: cfg.mass_removal_threshold,
         health: Default::default(),
+        progress: progress_bar(),
     };
     let opts = ScanOptions {
         allow_mass_removal,
         ..library.scan_options()
     };
-    let report = scan_with_progress(&library.catalog, &library.origins, opts)?;
+    let report = library.scan_with(opts)?;
     eprintln!("{}", scan_summary(&report));
     publish_if_changed(&library)?;
     // Everything that could be scanned was, and the tree published; a kept origin still
@@ -247,6 +246,7 @@ fn origin_forget(cfg: &Config, origin: &std::path::Path) -> Result<()> {
         state,
         mass_removal_threshold: cfg.mass_removal_threshold,
         health: Default::default(),
+        progress: None,
     };
     drop(snap);
     publish_if_changed(&library)

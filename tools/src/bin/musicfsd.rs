@@ -13,13 +13,12 @@ use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use clap::Parser;
 use musicfs_core::config::Config;
-use musicfs_core::config::{PassthroughSetting, TransportSetting};
 use musicfs_core::health::OriginHealth;
 use musicfs_core::snapshot::Snapshot;
 use musicfs_core::template::Template;
-use musicfs_fusedev::{MountOptions, PassthroughMode, TransportMode};
-use musicfs_tools::live::{plan_watches, watch_origins, Library, Refresher, Trigger};
-use musicfs_tools::{init_logging, origin_paths, resolve_origins, sd_notify, StateDir};
+use musicfs_fusedev::MountOptions;
+use musicfs_index::refresh::{plan_watches, watch_origins, Library, Refresher, StateDir, Trigger};
+use musicfs_tools::{init_logging, origin_paths, progress_bar, resolve_origins, sd_notify};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
@@ -219,6 +218,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
         state,
         mass_removal_threshold: cfg.mass_removal_threshold,
         health: Arc::new(OriginHealth::default()),
+        progress: progress_bar(),
     };
     let snapshot = library.load_or_build()?;
     info!(
@@ -235,16 +235,8 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
         allow_other: cfg.allow_other,
         uid: cfg.uid,
         gid: cfg.gid,
-        passthrough: match cfg.passthrough {
-            PassthroughSetting::Auto => PassthroughMode::Auto,
-            PassthroughSetting::On => PassthroughMode::On,
-            PassthroughSetting::Off => PassthroughMode::Off,
-        },
-        transport: match cfg.transport {
-            TransportSetting::Auto => TransportMode::Auto,
-            TransportSetting::Uring => TransportMode::Uring,
-            TransportSetting::Dev => TransportMode::Dev,
-        },
+        passthrough: cfg.passthrough,
+        transport: cfg.transport,
         enable_uring_param: cfg.enable_uring_param,
         origin_health: library.health.clone(),
         ..MountOptions::default()

@@ -7,29 +7,43 @@
 //! changes, poll and refresh intervals, SIGHUP, the start-up reconcile), coalesces bursts,
 //! refreshes, swaps the new snapshot in for the FUSE workers and invalidates exactly what
 //! changed in the kernel's caches.
+//!
+//! The daemon wires it up: it builds the [`Library`] (with a [`StateDir`]), the watches
+//! ([`plan_watches`], [`watch_origins`]) and the kernel's [`InvalidationSink`], and runs
+//! the [`Refresher`] on a thread of its own.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
 use arc_swap::ArcSwap;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use musicfs_core::config::{Config, WatchMode};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use musicfs_core::health::OriginHealth;
-use musicfs_core::snapshot::{Snapshot, SnapshotError};
+use musicfs_core::snapshot::{invalidate_changes, InvalidationSink, Snapshot, SnapshotError};
 use musicfs_core::template::{AlbumFormats, Template};
 use musicfs_core::tree::TreeBuilder;
 use musicfs_core::OriginId;
-use musicfs_fusedev::notify::{invalidate_changes, InvalidationSink};
-use musicfs_index::health::{probe_root, record_verdicts, PROBE_TIMEOUT};
-use musicfs_index::scan::{DirHook, ScanOptions, ScanReport};
-use musicfs_index::watch::{Change, Watches};
 use musicfs_storage::Catalog;
 use tracing::{info, warn};
 
-use crate::{scan_summary, scan_with_progress, StateDir};
+use crate::health::{probe_root, record_verdicts, PROBE_TIMEOUT};
+use crate::scan::{DirHook, ProgressFn, ScanOptions, ScanReport};
+use crate::watch::Change;
+
+mod burst;
+mod error;
+mod scanning;
+mod state;
+mod watches;
+
+use burst::{backoff, collect_burst, Timers};
+
+pub use error::{RefreshError, Result};
+
+pub use scanning::scan_summary;
+pub use state::StateDir;
+pub use watches::{plan_watches, watch_origins, Indexed, OriginWatches};
 
 /// The catalog, the template and the origins of one library.
 pub struct Library {
@@ -45,6 +59,8 @@ pub struct Library {
     pub mass_removal_threshold: f64,
     /// Which origins are offline (shared with the FUSE workers).
     pub health: Arc<OriginHealth>,
+    /// Told how a full scan ([`Library::scan`]) is going, e.g. to drive a progress bar.
+    pub progress: Option<ProgressFn>,
 }
 
 /// What a publish did.
@@ -138,10 +154,9 @@ impl Library {
             Err(SnapshotError::Missing(_)) => info!("no snapshot yet"),
             Err(e) => warn!("{e}; rebuilding it"),
         }
-        anyhow::ensure!(
-            !self.origins.is_empty(),
-            "no origin: give --origin DIR or [[origin]] in the config"
-        );
+        if self.origins.is_empty() {
+            return Err(RefreshError::NoOrigin);
+        }
         let known: Vec<PathBuf> = self
             .catalog
             .origins()?
@@ -150,7 +165,7 @@ impl Library {
             .collect();
         if self.origins.iter().any(|o| !known.contains(o)) {
             info!("scanning origins the catalog has not seen");
-            let report = scan_with_progress(&self.catalog, &self.origins, self.scan_options())?;
+            let report = self.scan()?;
             info!("{}", scan_summary(&report));
             self.record_health(&(0..self.origins.len()).collect::<Vec<_>>(), &report)?;
         }
@@ -211,7 +226,7 @@ impl Library {
             dir_hook: hook,
             ..self.scan_options()
         };
-        let report = musicfs_index::scan::scan(&self.catalog, &origins, &opts)?;
+        let report = crate::scan::scan(&self.catalog, &origins, &opts)?;
         let offline = self.record_health(&indices, &report)?;
         if self.is_current(current)? {
             return Ok(Refreshed {
@@ -281,9 +296,6 @@ pub enum Trigger {
     Stop,
 }
 
-/// Quiet time that ends a burst of changes, and the longest a burst may delay a refresh.
-const SETTLE: Duration = Duration::from_millis(150);
-const MAX_DELAY: Duration = Duration::from_millis(1000);
 /// The longest wait before retrying a failed refresh.
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
@@ -421,310 +433,5 @@ impl Refresher {
                 None
             }
         }
-    }
-}
-
-/// The wait before retry number `n` (from 0): 1 s, 2 s, 4 s, ... at most [`MAX_RETRY`].
-fn backoff(n: u32) -> Duration {
-    Duration::from_secs(1u64 << n.min(6)).min(MAX_RETRY)
-}
-
-/// Drains a burst of triggers: returns the origins to rescan (empty = all), or `None` to
-/// stop. Waits until the burst has been quiet for [`SETTLE`], at most [`MAX_DELAY`].
-fn collect_burst(first: Trigger, rx: &Receiver<Trigger>) -> Option<Vec<usize>> {
-    let start = Instant::now();
-    let mut all = false;
-    let mut which = Vec::new();
-    let mut add = |t: Trigger| -> bool {
-        match t {
-            Trigger::Stop => return false,
-            Trigger::Rescan(_) | Trigger::Watch(Change::Overflow(_)) => all = true,
-            Trigger::Watch(Change::Origin(i)) => {
-                if !which.contains(&i) {
-                    which.push(i);
-                }
-            }
-        }
-        true
-    };
-    // A rescan of everything (SIGHUP, start-up) has nothing to wait for: only watch events
-    // come in bursts worth letting settle.
-    let settle = matches!(first, Trigger::Watch(Change::Origin(_)));
-    if !add(first) {
-        return None;
-    }
-    if !settle {
-        // `first` already asked for every origin; only a queued Stop changes the outcome.
-        let stop = rx.try_iter().any(|t| t == Trigger::Stop);
-        return if stop { None } else { Some(Vec::new()) };
-    }
-    loop {
-        let left = MAX_DELAY.saturating_sub(start.elapsed());
-        if left.is_zero() {
-            break;
-        }
-        match rx.recv_timeout(SETTLE.min(left)) {
-            Ok(t) => {
-                if !add(t) {
-                    return None;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => break,
-            Err(RecvTimeoutError::Disconnected) => return None,
-        }
-    }
-    Some(if all { Vec::new() } else { which })
-}
-
-/// Deadlines of the periodic refreshes (the full refresh interval and each polled origin)
-/// and of one-shot retries.
-struct Timers {
-    /// (origins to scan — empty for all, interval, next deadline)
-    entries: Vec<(Vec<usize>, Duration, Instant)>,
-    /// (origins to scan — empty for all, deadline), dropped once due.
-    once: Vec<(Vec<usize>, Instant)>,
-}
-
-impl Timers {
-    fn new(refresh: Option<Duration>, polled: &[(usize, Duration)]) -> Timers {
-        let now = Instant::now();
-        let mut t = Timers {
-            entries: refresh
-                .map(|every| (Vec::new(), every, now + every))
-                .into_iter()
-                .collect(),
-            once: Vec::new(),
-        };
-        t.add(polled);
-        t
-    }
-
-    fn add(&mut self, polled: &[(usize, Duration)]) {
-        let now = Instant::now();
-        self.entries.extend(
-            polled
-                .iter()
-                .map(|&(i, every)| (vec![i], every, now + every)),
-        );
-    }
-
-    /// Scans `origins` (empty: all) once, `after` from now; a pending retry of the same
-    /// origins keeps the earlier deadline, so repeated refreshes do not pile retries up.
-    fn once(&mut self, origins: Vec<usize>, after: Duration) {
-        let due = Instant::now() + after;
-        match self.once.iter_mut().find(|(o, _)| *o == origins) {
-            Some(pending) => pending.1 = pending.1.min(due),
-            None => self.once.push((origins, due)),
-        }
-    }
-
-    fn until_next(&self) -> Duration {
-        let now = Instant::now();
-        self.entries
-            .iter()
-            .map(|e| e.2)
-            .chain(self.once.iter().map(|o| o.1))
-            .map(|due| due.saturating_duration_since(now))
-            .min()
-            .unwrap_or(Duration::from_secs(3600))
-    }
-
-    /// The origins whose deadline passed (empty = all), re-armed.
-    fn take_due(&mut self) -> Vec<usize> {
-        let now = Instant::now();
-        let mut which = Vec::new();
-        let mut all = false;
-        for (origins, every, due) in &mut self.entries {
-            if *due <= now {
-                *due = now + *every;
-                all |= origins.is_empty();
-                which.extend(origins.iter().copied());
-            }
-        }
-        self.once.retain(|(origins, due)| {
-            if *due > now {
-                return true;
-            }
-            all |= origins.is_empty();
-            which.extend(origins.iter().copied());
-            false
-        });
-        which.sort_unstable();
-        which.dedup();
-        if all {
-            Vec::new()
-        } else {
-            which
-        }
-    }
-}
-
-/// A value for the origin at an index of [`Library::origins`].
-pub type Indexed<T> = (usize, T);
-
-/// Splits the origins by how their changes are noticed: `(inotify, polled)`, each with the
-/// origin's index. Cheap: nothing is watched yet.
-pub fn plan_watches(
-    cfg: &Config,
-    origins: &[PathBuf],
-) -> (Vec<Indexed<PathBuf>>, Vec<Indexed<Duration>>) {
-    let mut inotify = Vec::new();
-    let mut polled = Vec::new();
-    for (i, root) in origins.iter().enumerate() {
-        let oc = cfg.origins.get(i);
-        match oc.map_or(WatchMode::Inotify, |o| o.watch) {
-            WatchMode::Inotify => inotify.push((i, root.clone())),
-            WatchMode::Poll => {
-                let secs = oc.map_or(60.0, |o| o.poll_interval_secs);
-                polled.push((i, Duration::from_secs_f64(secs.max(0.1))));
-            }
-            WatchMode::None => {}
-        }
-    }
-    (inotify, polled)
-}
-
-/// The inotify watches of the origins that use them. Scans add them: [`OriginWatches::hook`]
-/// watches each directory just before the scan lists it, so the start-up reconcile (and
-/// every refresh after it, which also picks up new directories) sets up the watches in
-/// the same walk that looks for changes, and nothing changed meanwhile is missed.
-pub struct OriginWatches {
-    watches: Watches,
-    /// Canonical root and index (into [`Library::origins`]) of each watched origin, in the
-    /// order of their slots in `watches`.
-    roots: Vec<(PathBuf, usize)>,
-}
-
-impl OriginWatches {
-    /// A scan hook adding a watch on each directory listed in a watched origin.
-    pub fn hook(self: &Arc<Self>) -> DirHook {
-        let w = self.clone();
-        Arc::new(move |origin: &Path, dir: &Path| {
-            if let Some(slot) = w.roots.iter().position(|(r, _)| r == origin) {
-                // Failures are remembered by `Watches` and handled after the scan.
-                let _ = w.watches.add_dir(slot, dir);
-            }
-        })
-    }
-
-    /// Watched origins (index into [`Library::origins`]) missing some watches, and why.
-    pub fn failed(&self) -> Vec<(usize, String)> {
-        self.roots
-            .iter()
-            .enumerate()
-            .filter_map(|(k, (_, origin))| self.watches.failed(k).map(|why| (*origin, why)))
-            .collect()
-    }
-}
-
-/// Starts inotify for the `inotify` origins (index, canonical root), forwarding their
-/// changes to `tx` as [`Trigger::Watch`]. Cheap: no directory is watched until a scan lists
-/// it. `None` (after a warning) when inotify cannot be set up: poll those origins instead.
-pub fn watch_origins(
-    inotify: &[Indexed<PathBuf>],
-    tx: &Sender<Trigger>,
-) -> Option<Arc<OriginWatches>> {
-    if inotify.is_empty() {
-        return None;
-    }
-    let (wtx, wrx) = crossbeam_channel::unbounded::<Change>();
-    let watches = match musicfs_index::watch::watch(inotify.len(), wtx) {
-        Ok(w) => w,
-        Err(e) => {
-            warn!("cannot watch origins with inotify ({e}); polling every 60 s instead");
-            return None;
-        }
-    };
-    let map: Vec<usize> = inotify.iter().map(|(i, _)| *i).collect();
-    let tx = tx.clone();
-    let forward = std::thread::Builder::new()
-        .name("watch".into())
-        .spawn(move || {
-            for change in wrx {
-                let change = match change {
-                    Change::Origin(k) => Change::Origin(map[k]),
-                    other => other,
-                };
-                if tx.send(Trigger::Watch(change)).is_err() {
-                    return;
-                }
-            }
-        });
-    if let Err(e) = forward {
-        warn!("cannot start the watch thread, polling instead: {e}");
-        return None;
-    }
-    Some(Arc::new(OriginWatches {
-        watches,
-        roots: inotify.iter().map(|(i, r)| (r.clone(), *i)).collect(),
-    }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_burst_of_changes_becomes_one_refresh_of_the_changed_origins() {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        for i in [2, 0, 2, 2] {
-            tx.send(Trigger::Watch(Change::Origin(i))).unwrap();
-        }
-        let which = collect_burst(Trigger::Watch(Change::Origin(0)), &rx).unwrap();
-        assert_eq!(which, vec![0, 2]);
-    }
-
-    #[test]
-    fn overflow_or_sighup_rescans_everything() {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        tx.send(Trigger::Watch(Change::Overflow("q".into())))
-            .unwrap();
-        let which = collect_burst(Trigger::Watch(Change::Origin(1)), &rx).unwrap();
-        assert!(which.is_empty());
-        assert_eq!(collect_burst(Trigger::Rescan("SIGHUP"), &rx), Some(vec![]));
-    }
-
-    #[test]
-    fn stop_ends_the_burst() {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        tx.send(Trigger::Stop).unwrap();
-        assert_eq!(collect_burst(Trigger::Watch(Change::Origin(0)), &rx), None);
-    }
-
-    #[test]
-    fn due_timers_name_their_origins_and_rearm() {
-        let mut t = Timers::new(None, &[(1, Duration::ZERO), (3, Duration::from_secs(999))]);
-        assert_eq!(t.take_due(), vec![1]);
-        assert!(t.until_next() <= Duration::from_secs(999));
-    }
-
-    #[test]
-    fn retries_of_the_same_origins_do_not_pile_up() {
-        let mut t = Timers::new(None, &[]);
-        t.once(vec![1], Duration::from_secs(30));
-        t.once(vec![1], Duration::from_secs(60));
-        t.once(vec![1], Duration::ZERO);
-        assert_eq!(t.take_due(), vec![1]);
-        assert_eq!(
-            t.until_next(),
-            Duration::from_secs(3600),
-            "one retry was pending"
-        );
-        assert_eq!(backoff(0), Duration::from_secs(1));
-        assert_eq!(backoff(30), MAX_RETRY);
-    }
-
-    #[test]
-    fn a_retry_fires_once_for_its_origins() {
-        let mut t = Timers::new(Some(Duration::from_secs(3600)), &[]);
-        t.once(vec![2, 0], Duration::ZERO);
-        assert_eq!(t.until_next(), Duration::ZERO);
-        assert_eq!(t.take_due(), vec![0, 2]);
-        assert!(
-            t.until_next() > Duration::from_secs(3000),
-            "fired once only"
-        );
-        t.once(Vec::new(), Duration::ZERO);
-        assert_eq!(t.take_due(), Vec::<usize>::new(), "empty = every origin");
     }
 }
