@@ -15,7 +15,7 @@ use std::cmp::Ordering;
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
 
-use musicfs_core::snapshot::Snapshot;
+use musicfs_core::snapshot::{Node, Snapshot};
 
 /// `fuse_notify_code` values (include/uapi/linux/fuse.h, since 7.12).
 const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
@@ -125,19 +125,24 @@ pub fn invalidate_changes(
                     // instead of mixing old and new pages) and starts a fresh one.
                     entry(dir.parent_ino(), dir.name());
                     inodes.push(dir.ino());
-                } else if before.size() != dir.size() || before.mtime_ns() != dir.mtime_ns() {
+                } else if before.size() != dir.size()
+                    || before.mtime_ns() != dir.mtime_ns()
+                    || !same_owner_and_mode(&before, &dir)
+                {
                     inodes.push(dir.ino());
                 }
             }
             continue;
         }
-        if old.node(dir.ino()).is_none_or(|d| !d.is_dir()) {
+        let Some(before) = old.node(dir.ino()).filter(|d| d.is_dir()) else {
             // A new directory: its parent's listing covers the name; nothing cached below.
             continue;
-        }
+        };
+        // A directory's owner and mode follow the files below it (a chmod of one of them
+        // can change them) and are cached with its attributes.
+        let mut changed = !same_owner_and_mode(&before, &dir);
         let mut was = old.children(dir.ino(), 0).peekable();
         let mut now = new.children(dir.ino(), 0).peekable();
-        let mut changed = false;
         loop {
             let step = match (was.peek(), now.peek()) {
                 (None, None) => break,
@@ -177,6 +182,11 @@ pub fn invalidate_changes(
         }
     }
     done
+}
+
+/// Whether two versions of a node show the same owner, group and permission bits.
+fn same_owner_and_mode(a: &Node<'_>, b: &Node<'_>) -> bool {
+    (a.perm_bits(), a.uid(), a.gid()) == (b.perm_bits(), b.uid(), b.gid())
 }
 
 #[cfg(test)]
@@ -250,5 +260,36 @@ mod tests {
             assert!(inodes.contains(&ino), "{ino} not invalidated: {inodes:?}");
         }
         assert_eq!(inodes.len(), 4, "{inodes:?}");
+    }
+
+    #[test]
+    fn a_chmod_invalidates_the_file_and_every_directory_whose_derived_mode_changed() {
+        let perm = |mode| {
+            Some(musicfs_core::Perm {
+                mode,
+                uid: 10,
+                gid: 20,
+            })
+        };
+        let mut lib = Library::new();
+        lib.add_with_perm("A/B/one", 10, TrackMeta::default(), perm(0o644));
+        lib.add_with_perm("C/D/two", 10, TrackMeta::default(), perm(0o644));
+        let old = lib.snapshot(1);
+        lib.records[0].0.scan.perm = perm(0o600);
+        let new = lib.snapshot(2);
+        let rec = Recorder::default();
+        invalidate_changes(&old, &new, &rec);
+
+        let a = new.lookup(ROOT_INO, b"A").unwrap().ino();
+        let b = new.lookup(a, b"B").unwrap().ino();
+        let one = new.lookup(b, b"one").unwrap().ino();
+        let mut inodes = rec.inodes.borrow().clone();
+        inodes.sort_unstable();
+        let mut want = vec![a, b, one];
+        want.sort_unstable();
+        assert_eq!(
+            inodes, want,
+            "the root still holds C's 0644 file: r-x for all"
+        );
     }
 }
