@@ -8,7 +8,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use musicfs_tests::harness::{encode_flac, MountOptions, MountedFs, RunAs};
+use std::time::Duration;
+
+use musicfs_tests::harness::{encode_flac, wait_for_log_line, MountOptions, MountedFs, RunAs};
 use tempfile::TempDir;
 
 /// An origin holding `Secret.flac` (root's, 0600) and `Open.flac` (1234:4321, 0644).
@@ -153,4 +155,42 @@ fn a_umask_022_leaves_read_only_modes_as_the_origin_gives_them() {
     assert_eq!(mode_owner(&fs.path("Open.flac")).0, 0o444);
     let denied = cat_as_nobody(&fs.path("Secret.flac"));
     assert!(!denied.status.success(), "nobody read a 0600 root track");
+}
+
+#[test]
+fn a_chmod_of_a_source_shows_and_is_enforced_without_a_restart() {
+    let origin = origin();
+    let state = TempDir::new().expect("state dir");
+    let mut opts = MountOptions::live(&origin.root, state.path());
+    opts.template = Some("$title.$format".into());
+    opts.extra_args.push("--allow-other".into());
+    let timeout = Duration::from_secs(20);
+    let (fs, _) = MountedFs::start_watching(opts, timeout).expect("mount");
+    let open = fs.path("Open.flac");
+    assert_eq!(mode_owner(&open).0, 0o444);
+    assert_eq!(mode_owner(fs.mountpoint()).0, 0o555);
+    assert!(cat_as_nobody(&open).status.success());
+    let from = fs::metadata(fs.log_path()).expect("log").len() as usize;
+
+    fs::set_permissions(
+        origin.root.join("Open.flac"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod 0600");
+    wait_for_log_line(fs.log_path(), from, &["swapped in the new tree"], timeout)
+        .expect("the chmod is republished");
+
+    assert_eq!(mode_owner(&open), (0o400, 1234, 4321), "long attr timeouts");
+    assert_eq!(
+        mode_owner(fs.mountpoint()).0,
+        0o500,
+        "no file below is readable by group or others any more"
+    );
+    let denied = cat_as_nobody(&open);
+    assert!(
+        !denied.status.success(),
+        "nobody read a track chmod'ed to 0600"
+    );
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
 }
