@@ -5,7 +5,7 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use musicfs_core::ScanState;
+use musicfs_core::{Perm, ScanState};
 
 /// Opens `path` read-only with `O_NOATIME`, so scanning does not dirty inodes on the origin.
 /// The kernel refuses `O_NOATIME` (EPERM) on files the caller does not own; then the file is
@@ -24,7 +24,8 @@ pub fn open_readonly(path: &Path) -> io::Result<File> {
     }
 }
 
-/// The facts the incremental scan compares to tell whether a file changed.
+/// The facts the incremental scan compares to tell whether a file changed, and the owner
+/// and permission bits the tree shows.
 pub fn scan_state(md: &std::fs::Metadata) -> ScanState {
     ScanState {
         size: md.size(),
@@ -37,5 +38,10 @@ pub fn scan_state(md: &std::fs::Metadata) -> ScanState {
             .ctime()
             .saturating_mul(1_000_000_000)
             .saturating_add(md.ctime_nsec()),
+        perm: Some(Perm {
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+        }),
     }
 }
