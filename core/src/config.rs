@@ -152,6 +152,9 @@ pub struct Config {
     pub negative_timeout_secs: Option<f64>,
     /// Kernel readahead for the mount, KiB (root only; best effort).
     pub readahead_kb: u32,
+    /// When reads go through the daemon (no passthrough), let the kernel open files without
+    /// asking it (one round trip less per open).
+    pub skip_open: bool,
     /// Seconds between full stat walks of every origin (0: never), on top of watching.
     pub refresh_interval_secs: f64,
     /// Let other users see the mount (needs `user_allow_other` when unprivileged).
@@ -189,6 +192,7 @@ impl Default for Config {
             attr_timeout_secs: 3600.0,
             negative_timeout_secs: None,
             readahead_kb: 1024,
+            skip_open: false,
             refresh_interval_secs: 3600.0,
             allow_other: false,
             uid: None,

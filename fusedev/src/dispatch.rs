@@ -23,6 +23,7 @@ use crate::fs::{Attr, DirItem, FsModel, Kind};
 use crate::negotiate::{self, InitAnswer, Negotiated, Wants};
 use crate::passthrough::Backing;
 use crate::ring::{pread_full, ReadRing};
+use crate::sources::Source;
 use crate::xattr::XattrReply;
 use crate::FsError;
 
@@ -379,6 +380,12 @@ impl Dispatcher {
 
     fn open(&self, io: &mut WorkerIo, req: &Req<'_>, out: &mut [u8]) -> Result<Outcome, FsError> {
         let ino = req.h.nodeid;
+        if self.model.config().skip_open && !self.backing.enabled() {
+            // The kernel remembers this (`fc->no_open`): later opens cost no round trip,
+            // and READs arrive without a handle (see `FsModel::with_inode_source`). The
+            // mount is read-only and checks modes itself, so nothing is lost by not asking.
+            return Ok(Outcome::Error(libc::ENOSYS));
+        }
         let o = abi::OpenIn::read_prefix(req.op);
         let fh = self.model.open(ino, o.flags)?;
         let backing = if self.backing.enabled() {
@@ -412,13 +419,17 @@ impl Dispatcher {
         let r = abi::ReadIn::read_prefix(req.op);
         let want = (r.size as usize).min(out.len());
         let dst = &mut out[..want];
-        let n = self
-            .model
-            .with_source(r.fh, |s| match (s.raw_fd(), io.ring.as_mut()) {
-                (Some(fd), Some(ring)) => ring.read_full(fd, dst, r.offset),
-                (Some(fd), None) => pread_full(fd, dst, r.offset),
-                (None, _) => s.read_at(dst, r.offset),
-            })?;
+        let read = |s: &Source| match (s.raw_fd(), io.ring.as_mut()) {
+            (Some(fd), Some(ring)) => ring.read_full(fd, dst, r.offset),
+            (Some(fd), None) => pread_full(fd, dst, r.offset),
+            (None, _) => s.read_at(dst, r.offset),
+        };
+        // Handle 0 is never one of ours: the kernel opened the file without asking.
+        let n = if r.fh == 0 {
+            self.model.with_inode_source(req.h.nodeid, read)?
+        } else {
+            self.model.with_source(r.fh, read)?
+        };
         Ok(Outcome::Reply(n))
     }
 

@@ -7,7 +7,6 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,9 +15,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use musicfs_core::health::OriginHealth;
 use musicfs_core::snapshot::{Node, Snapshot, ROOT_INO};
-use musicfs_storage::origin::{LocalSource, OriginTable, Source as OriginSource};
+use musicfs_storage::origin::OriginTable;
 
 use crate::handles::HandleTable;
+use crate::sources::{HandlePool, InodeSources, OpenFile, Source};
 use crate::status::{ServeStatus, STATUS_FIELDS};
 use crate::xattr::{self, TagSource, XattrReply};
 use crate::FsError;
@@ -50,6 +50,9 @@ pub struct FsConfig {
     pub umask: u32,
     /// Which origins are offline: opens of their tracks answer EIO without touching them.
     pub origin_health: Arc<OriginHealth>,
+    /// When reads go through the daemon (no passthrough), answer OPEN with ENOSYS so the
+    /// kernel opens files without a round trip and sends READs without a handle.
+    pub skip_open: bool,
 }
 
 impl Default for FsConfig {
@@ -66,6 +69,7 @@ impl Default for FsConfig {
             default_gid: gid,
             umask: 0,
             origin_health: Arc::default(),
+            skip_open: false,
         }
     }
 }
@@ -163,7 +167,9 @@ pub struct FsModel {
     files: HandleTable<Arc<OpenFile>>,
     /// Released file handles' allocations, reused by the next opens (so `open` allocates
     /// nothing once the pool has warmed up).
-    spare: std::sync::Mutex<Vec<Arc<OpenFile>>>,
+    pool: HandlePool,
+    /// Sources read by inode when the kernel opens files without asking.
+    by_inode: InodeSources,
     dirs: HandleTable<Arc<Snapshot>>,
     status: ServeStatus,
 }
@@ -197,7 +203,8 @@ impl FsModel {
             tags,
             cfg,
             files: HandleTable::new(),
-            spare: std::sync::Mutex::new(Vec::new()),
+            pool: HandlePool::default(),
+            by_inode: InodeSources::default(),
             dirs: HandleTable::new(),
             status: ServeStatus::default(),
         }
@@ -360,48 +367,65 @@ impl FsModel {
         {
             return Err(FsError::ReadOnly("open for writing"));
         }
-        let source = {
-            let snap = self.snapshot.load();
-            let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
-            let f = node.file().ok_or(FsError::IsADirectory(ino))?;
-            if self.cfg.origin_health.is_offline(f.origin) {
-                return Err(FsError::OriginOffline {
-                    ino,
-                    origin: f.origin,
-                });
-            }
-            let origins = self.origins.load();
-            let origin = origins.get(f.origin).ok_or(FsError::UnknownOrigin {
-                ino,
-                origin: f.origin,
-            })?;
-            let rel = Path::new(OsStr::from_bytes(f.rel_path));
-            let opened = match origin.as_local() {
-                Some(local) => local.open_file(rel).map(Source::Local),
-                None => origin.open(rel).map(Source::Other),
-            };
-            opened.map_err(|source| FsError::Origin { ino, source })?
-        };
-        let mut handle = self
-            .spare_pool()
-            .pop()
-            .unwrap_or_else(|| Arc::new(OpenFile { source: None }));
-        match Arc::get_mut(&mut handle) {
-            Some(slot) => slot.source = Some(source),
-            // Only handles nobody else holds are pooled; this cannot happen, but a fresh
-            // allocation is the safe answer if it ever did.
-            None => {
-                handle = Arc::new(OpenFile {
-                    source: Some(source),
-                })
-            }
-        }
-        Ok(self.files.insert(handle))
+        let source = self.open_source(ino)?;
+        Ok(self.files.insert(self.pool.wrap(source)))
     }
 
-    fn spare_pool(&self) -> std::sync::MutexGuard<'_, Vec<Arc<OpenFile>>> {
-        // Every update is one push or pop: a poisoned pool is still consistent.
-        self.spare.lock().unwrap_or_else(|p| p.into_inner())
+    /// Opens the source of file `ino` through its origin (EIO at once when the origin is
+    /// offline).
+    fn open_source(&self, ino: u64) -> Result<Source, FsError> {
+        let snap = self.snapshot.load();
+        let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
+        let f = node.file().ok_or(FsError::IsADirectory(ino))?;
+        self.check_online(ino, f.origin)?;
+        let origins = self.origins.load();
+        let origin = origins.get(f.origin).ok_or(FsError::UnknownOrigin {
+            ino,
+            origin: f.origin,
+        })?;
+        let rel = Path::new(OsStr::from_bytes(f.rel_path));
+        let opened = match origin.as_local() {
+            Some(local) => local.open_file(rel).map(Source::Local),
+            None => origin.open(rel).map(Source::Other),
+        };
+        opened.map_err(|source| FsError::Origin { ino, source })
+    }
+
+    fn check_online(&self, ino: u64, origin: u32) -> Result<(), FsError> {
+        if self.cfg.origin_health.is_offline(origin) {
+            return Err(FsError::OriginOffline { ino, origin });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the source of file `ino` for a READ that carries no handle (the kernel
+    /// opens files itself once OPEN answered ENOSYS): the source kept for the inode's
+    /// current content generation, opened on first use. A republish that changes the
+    /// content (new generation) opens the new source.
+    pub fn with_inode_source<R>(
+        &self,
+        ino: u64,
+        f: impl FnOnce(&Source) -> io::Result<R>,
+    ) -> Result<R, FsError> {
+        let (generation, origin) = {
+            let snap = self.snapshot.load();
+            let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
+            let file = node.file().ok_or(FsError::IsADirectory(ino))?;
+            (node.generation(), file.origin)
+        };
+        self.check_online(ino, origin)?;
+        let handle = match self.by_inode.get(ino, generation) {
+            Some(h) => h,
+            None => {
+                let h = self.pool.wrap(self.open_source(ino)?);
+                if let Some(old) = self.by_inode.insert(ino, generation, h.clone()) {
+                    self.pool.recycle(old);
+                }
+                h
+            }
+        };
+        let source = handle.source.as_ref().ok_or(FsError::BadHandle(0))?;
+        f(source).map_err(source_io)
     }
 
     /// Runs `f` on the source behind handle `fh` (the read path: one shard lock to clone
@@ -413,15 +437,7 @@ impl FsModel {
     ) -> Result<R, FsError> {
         let handle = self.files.get(fh).ok_or(FsError::BadHandle(fh))?;
         let source = handle.source.as_ref().ok_or(FsError::BadHandle(fh))?;
-        f(source).map_err(|source| match source.raw_os_error() {
-            Some(libc::EFAULT) | Some(libc::ENOSPC) | Some(libc::EOVERFLOW) => {
-                FsError::Reply(source)
-            }
-            _ => FsError::SourceIo {
-                path: PathBuf::new(),
-                source,
-            },
-        })
+        f(source).map_err(source_io)
     }
 
     /// Reads up to `buf.len()` bytes at `offset` from handle `fh` into `buf` (short only at
@@ -436,14 +452,8 @@ impl FsModel {
     /// Closes a file handle. Its allocation goes back to the pool unless a read still
     /// holds it (the reader's drop then closes the file).
     pub fn release(&self, fh: u64) -> Result<(), FsError> {
-        let mut handle = self.files.remove(fh).ok_or(FsError::BadHandle(fh))?;
-        if let Some(slot) = Arc::get_mut(&mut handle) {
-            slot.source = None;
-            let mut pool = self.spare_pool();
-            if pool.len() < SPARE_HANDLES {
-                pool.push(handle);
-            }
-        }
+        let handle = self.files.remove(fh).ok_or(FsError::BadHandle(fh))?;
+        self.pool.recycle(handle);
         Ok(())
     }
 
@@ -455,6 +465,7 @@ impl FsModel {
     /// Drops every handle (after unmount).
     pub fn close_all(&self) {
         self.files.clear();
+        self.by_inode.clear();
         self.dirs.clear();
     }
 
@@ -557,38 +568,15 @@ impl FsModel {
     }
 }
 
-/// Released handles kept for reuse at most (a burst of opens beyond it allocates).
-const SPARE_HANDLES: usize = 4096;
-
-/// One open source. The `Option` lets a released handle's allocation be reused.
-pub struct OpenFile {
-    source: Option<Source>,
-}
-
-/// An open source: a local file (read by fd: passthrough, io_uring, `pread`), or any other
-/// origin's source (read through the origin seam).
-pub enum Source {
-    /// A file of a local origin.
-    Local(LocalSource),
-    /// A source of another kind of origin.
-    Other(Arc<dyn OriginSource>),
-}
-
-impl Source {
-    /// The raw fd, for passthrough and io_uring (local files only).
-    pub fn raw_fd(&self) -> Option<RawFd> {
-        match self {
-            Source::Local(l) => Some(l.file().as_raw_fd()),
-            Source::Other(o) => o.raw_fd(),
-        }
-    }
-
-    /// Reads `buf.len()` bytes at `offset` (short only at end of file).
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        match self {
-            Source::Local(l) => l.read_at(buf, offset),
-            Source::Other(o) => o.read_at(buf, offset),
-        }
+/// An error reading a source: one the reply buffer caused stays a reply error; the rest
+/// are the source's (EIO, ESTALE).
+fn source_io(e: io::Error) -> FsError {
+    match e.raw_os_error() {
+        Some(libc::EFAULT) | Some(libc::ENOSPC) | Some(libc::EOVERFLOW) => FsError::Reply(e),
+        _ => FsError::SourceIo {
+            path: PathBuf::new(),
+            source: e,
+        },
     }
 }
 

@@ -27,6 +27,7 @@ pub mod notify;
 pub mod passthrough;
 pub mod ring;
 pub mod session;
+pub mod sources;
 pub mod status;
 pub mod uring;
 pub mod xattr;

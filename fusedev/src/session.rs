@@ -91,6 +91,9 @@ pub struct MountOptions {
     /// Write `Y` to `/sys/module/fuse/parameters/enable_uring` before mounting, when the
     /// transport may use io_uring (root only). The daemon never touches it otherwise.
     pub enable_uring_param: bool,
+    /// When reads go through the daemon (no passthrough), let the kernel open files
+    /// without asking (OPEN answered ENOSYS once): one round trip less per open.
+    pub skip_open: bool,
     /// Testing: make the kernel refuse every passthrough registration (a malformed
     /// `fuse_backing_map`), to exercise the plain-read fallback.
     pub refuse_passthrough: bool,
@@ -122,6 +125,7 @@ impl Default for MountOptions {
             transport: TransportSetting::Auto,
             uring_reads: true,
             enable_uring_param: false,
+            skip_open: false,
             refuse_passthrough: false,
             refuse_uring: false,
             origin_health: Arc::default(),
@@ -231,6 +235,7 @@ pub fn mount_with_tags(
         uid: opts.uid,
         gid: opts.gid,
         umask: opts.umask & 0o777,
+        skip_open: opts.skip_open,
         origin_health: opts.origin_health.clone(),
         ..defaults
     };

@@ -449,3 +449,40 @@ fn ten_thousand_open_handles_all_read_and_all_released() {
     );
     assert_eq!(walk_tree(fs.mountpoint()).unwrap(), fs.tree().unwrap());
 }
+
+#[test]
+fn with_skip_open_tracks_play_bit_exact_and_write_opens_are_still_refused() {
+    let lib = library();
+    let mut opts = MountOptions::new([lib.root.clone()]);
+    opts.extra_args = ["--passthrough", "off", "--skip-open"]
+        .map(std::ffi::OsString::from)
+        .to_vec();
+    let fs = MountedFs::start(opts).expect("mounting with --skip-open");
+    let pairs = virtual_to_source(&fs);
+    assert!(!pairs.is_empty());
+    // Twice: the second pass reads the sources the daemon kept by inode.
+    for _ in 0..2 {
+        for (virt, source) in &pairs {
+            let through = std::fs::read(virt).unwrap();
+            assert!(
+                through == std::fs::read(source).unwrap(),
+                "{} differs from {}",
+                virt.display(),
+                source.display()
+            );
+        }
+    }
+    let good: BTreeSet<&PathBuf> = lib.good.iter().collect();
+    let (virt, source) = pairs
+        .iter()
+        .find(|(_, s)| good.contains(s))
+        .expect("a decodable track");
+    assert_eq!(
+        harness::audio_md5(virt).unwrap_or_else(|e| panic!("{e:#}")),
+        harness::audio_md5(source).unwrap_or_else(|e| panic!("{e:#}")),
+    );
+    let c = cstr(virt);
+    assert_eq!(open_outcome(&c, libc::O_WRONLY), Err(libc::EROFS));
+    assert_eq!(open_outcome(&c, libc::O_RDWR), Err(libc::EROFS));
+    assert_eq!(checksum_tree(&lib.root).unwrap(), lib.checksums);
+}

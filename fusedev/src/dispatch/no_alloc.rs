@@ -117,4 +117,18 @@ fn lookup_getattr_readdir_open_read_release_forget_allocate_nothing() {
         assert_eq!(cached.reply::<abi::EntryOut>(&o).nodeid, 0);
     }
     assert_eq!(allocations() - before, 0);
+
+    // With skip_open, READs carry no handle and find the source by inode.
+    let mut by_inode = Rig::new(crate::fs::FsConfig {
+        skip_open: true,
+        ..crate::fs::FsConfig::default()
+    });
+    let file = by_inode.ino("Ann/First/01 - One.flac");
+    let _ = by_inode.read(file, 0, 0, 4096, abi::FUSE_READ);
+    let before = allocations();
+    for i in 0..1000u64 {
+        let o = by_inode.read(file, 0, (i % 2) * 4096, 4096, abi::FUSE_READ);
+        assert_eq!(o, Outcome::Reply(4096));
+    }
+    assert_eq!(allocations() - before, 0);
 }

@@ -141,6 +141,17 @@ fn run_case(op: &str, case: &str) -> Option<String> {
             health.set_offline(0, "emptied");
             said(r.open(file, libc::O_RDONLY), "handle")
         }
+        ("open", "reads through the daemon, skip_open on") => {
+            let mut r = Rig::new(FsConfig {
+                skip_open: true,
+                ..FsConfig::default()
+            });
+            let file = r.ino("Ann/First/01 - One.flac");
+            said(r.open(file, libc::O_RDONLY), "handle")
+        }
+        ("read", "no handle (the kernel opened the file)") => {
+            said(r.read(file, 0, 0, 100, abi::FUSE_READ), "bytes")
+        }
         ("read", "open handle") => {
             let o = r.open(file, libc::O_RDONLY);
             let fh = r.reply::<abi::OpenOut>(&o).fh;

@@ -9,6 +9,7 @@ use musicfs_core::snapshot::ROOT_INO;
 
 pub(crate) struct Rig {
     pub lib: Library,
+    pub snap: Arc<arc_swap::ArcSwap<musicfs_core::snapshot::Snapshot>>,
     pub d: Dispatcher,
     pub io: WorkerIo,
     pub out: Vec<u8>,
@@ -30,10 +31,12 @@ impl Rig {
         lib.add("Ann/First/02 - Two.flac", 5, meta("Two"));
         lib.add("Bob/Solo/Alone.flac", 0, TrackMeta::default());
         let tags: Arc<dyn crate::xattr::TagSource> = lib.tags();
-        let model = Arc::new(FsModel::new(lib.shared(), Some(tags), cfg));
+        let snap = lib.shared();
+        let model = Arc::new(FsModel::new(snap.clone(), Some(tags), cfg));
         let d = Dispatcher::new(model, Wants::default(), false);
         Rig {
             lib,
+            snap,
             d,
             io: WorkerIo {
                 dev_fd: -1,
@@ -355,6 +358,50 @@ fn an_offline_origin_fails_opens_at_once_with_eio_and_recovers() {
     health.set_online(0);
     let o = r.open(file, libc::O_RDONLY);
     assert_ne!(r.reply::<abi::OpenOut>(&o).fh, 0);
+}
+
+#[test]
+fn with_skip_open_the_kernel_opens_files_itself_and_reads_by_inode() {
+    let mut r = Rig::new(FsConfig {
+        skip_open: true,
+        ..FsConfig::default()
+    });
+    let file = r.ino("Ann/First/01 - One.flac");
+    assert_eq!(errno(r.open(file, libc::O_RDONLY)), libc::ENOSYS);
+    let want = content(1, 10_000);
+    for _ in 0..2 {
+        let Outcome::Reply(n) = r.read(file, 0, 100, 50, abi::FUSE_READ) else {
+            panic!("read by inode")
+        };
+        assert_eq!(&r.out[..n], &want[100..150]);
+    }
+    let dir = r.ino("Ann/First");
+    assert_eq!(errno(r.read(dir, 0, 0, 10, abi::FUSE_READ)), libc::EISDIR);
+    assert_eq!(
+        errno(r.read(1 << 40, 0, 0, 10, abi::FUSE_READ)),
+        libc::ESTALE
+    );
+    let health = r.d.model().config().origin_health.clone();
+    health.set_offline(0, "emptied");
+    assert_eq!(errno(r.read(file, 0, 0, 10, abi::FUSE_READ)), libc::EIO);
+}
+
+#[test]
+fn a_read_by_inode_follows_a_republished_source() {
+    let mut r = Rig::new(FsConfig {
+        skip_open: true,
+        ..FsConfig::default()
+    });
+    let file = r.ino("Ann/First/02 - Two.flac");
+    assert_eq!(r.read(file, 0, 0, 64, abi::FUSE_READ), Outcome::Reply(5));
+    // The source is replaced (new content, new scan state): the next snapshot gives the
+    // file a new generation, and reads by inode open the new source.
+    std::fs::write(r.lib.source(2), b"replaced!").expect("rewrite");
+    r.lib.records[1].0.scan.size = 9;
+    r.lib.records[1].0.scan.mtime_ns += 1;
+    r.snap.store(Arc::new(r.lib.snapshot(2)));
+    assert_eq!(r.read(file, 0, 0, 64, abi::FUSE_READ), Outcome::Reply(9));
+    assert_eq!(&r.out[..9], b"replaced!");
 }
 
 #[test]

@@ -78,6 +78,10 @@ struct Cli {
     /// Kernel readahead for the mount in KiB (root) [default: 1024].
     #[arg(long)]
     readahead_kb: Option<u32>,
+    /// Without passthrough, let the kernel open files without asking (one round trip less
+    /// per open; write intents are then refused by the read-only mount alone).
+    #[arg(long, env = "MUSICFS_SKIP_OPEN")]
+    skip_open: bool,
     /// Log filter (error, warn, info, debug, trace); RUST_LOG wins.
     #[arg(long, env = "MUSICFS_LOG_LEVEL")]
     log_level: Option<String>,
@@ -197,6 +201,7 @@ fn merge_config(cli: &Cli) -> Result<Config> {
     if let Some(kb) = cli.readahead_kb {
         cfg.readahead_kb = kb;
     }
+    cfg.skip_open |= cli.skip_open;
     if let Some(l) = &cli.log_level {
         cfg.log_level = l.clone();
     }
@@ -238,6 +243,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
         attr_timeout: cfg.attr_timeout(),
         negative_timeout: cfg.negative_timeout(),
         readahead_kb: Some(cfg.readahead_kb),
+        skip_open: cfg.skip_open,
         allow_other: cfg.allow_other,
         uid: cfg.uid,
         gid: cfg.gid,
