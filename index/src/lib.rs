@@ -35,6 +35,9 @@ pub mod tags;
 mod walk;
 pub mod watch;
 
+#[cfg(test)]
+mod testorigin;
+
 pub use scan::{
     scan, DirHook, OfflineOrigin, Progress, ProgressFn, ScanError, ScanOptions, ScanReport, Skipped,
 };

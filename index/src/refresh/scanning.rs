@@ -102,7 +102,7 @@ mod tests {
         let library = Library {
             catalog: Arc::new(state.open_catalog().expect("catalog")),
             template: Template::parse(DEFAULT_TEMPLATE).expect("template"),
-            origins: vec![origin],
+            origins: vec![crate::testorigin::local(&origin)],
             state,
             progress: Some(Arc::new(move |p| record.lock().expect("lock").push(p))),
             mass_removal_threshold: 0.5,

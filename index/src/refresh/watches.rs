@@ -1,13 +1,20 @@
 //! Planning how each origin's changes are noticed, and the inotify watches of those that use
 //! it.
+//!
+//! An origin is watched with inotify only when the configuration does not ask for polling,
+//! it has a local root, and the origin says inotify sees its changes
+//! ([`Origin::change_detection`]: not for NFS, SMB or FUSE mounts, nor for a root that is
+//! unreachable at start-up). Otherwise it is polled, every `poll_interval_secs`.
 
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use musicfs_core::config::{Config, WatchMode};
-use tracing::warn;
+use musicfs_core::config::{Config, OriginConfig, WatchMode};
+use musicfs_storage::origin::{ChangeDetection, Origin};
+use tracing::{info, warn};
 
 use super::Trigger;
 use crate::scan::DirHook;
@@ -16,22 +23,40 @@ use crate::watch::{Change, Watches};
 /// A value for the origin at an index of [`Library::origins`](super::Library::origins).
 pub type Indexed<T> = (usize, T);
 
+/// An origin to watch with inotify, with its index.
+pub type Watched = Indexed<Arc<dyn Origin>>;
+
 /// Splits the origins by how their changes are noticed: `(inotify, polled)`, each with the
-/// origin's index. Cheap: nothing is watched yet.
+/// origin's index (`cfg.origins[i]` configures `origins[i]`). Cheap: nothing is watched yet.
 pub fn plan_watches(
     cfg: &Config,
-    origins: &[PathBuf],
-) -> (Vec<Indexed<PathBuf>>, Vec<Indexed<Duration>>) {
+    origins: &[Arc<dyn Origin>],
+) -> (Vec<Watched>, Vec<Indexed<Duration>>) {
     let mut inotify = Vec::new();
     let mut polled = Vec::new();
-    for (i, root) in origins.iter().enumerate() {
+    for (i, origin) in origins.iter().enumerate() {
         let oc = cfg.origins.get(i);
+        let every = || {
+            let secs = oc.map_or(60.0, |o: &OriginConfig| o.poll_interval_secs);
+            Duration::from_secs_f64(secs.max(0.1))
+        };
         match oc.map_or(WatchMode::Inotify, |o| o.watch) {
-            WatchMode::Inotify => inotify.push((i, root.clone())),
-            WatchMode::Poll => {
-                let secs = oc.map_or(60.0, |o| o.poll_interval_secs);
-                polled.push((i, Duration::from_secs_f64(secs.max(0.1))));
-            }
+            WatchMode::Inotify => match origin.change_detection() {
+                ChangeDetection::Inotify if origin.local_root().is_some() => {
+                    inotify.push((i, origin.clone()))
+                }
+                ChangeDetection::None => {}
+                _ => {
+                    let every = every();
+                    info!(
+                        origin = %origin.spec(),
+                        secs = every.as_secs_f64(),
+                        "inotify cannot see this origin's changes: polling it"
+                    );
+                    polled.push((i, every));
+                }
+            },
+            WatchMode::Poll => polled.push((i, every())),
             WatchMode::None => {}
         }
     }
@@ -44,26 +69,35 @@ pub fn plan_watches(
 /// the same walk that looks for changes, and nothing changed meanwhile is missed.
 pub struct OriginWatches {
     watches: Watches,
-    /// Canonical root and index (into [`Library::origins`](super::Library::origins)) of each watched origin, in the
-    /// order of their slots in `watches`.
-    roots: Vec<(PathBuf, usize)>,
+    /// Key and index (into [`Library::origins`](super::Library::origins)) of each watched
+    /// origin, in the order of their slots in `watches`.
+    keys: Vec<(OsString, usize)>,
 }
 
 impl OriginWatches {
     /// A scan hook adding a watch on each directory listed in a watched origin.
     pub fn hook(self: &Arc<Self>) -> DirHook {
         let w = self.clone();
-        Arc::new(move |origin: &Path, dir: &Path| {
-            if let Some(slot) = w.roots.iter().position(|(r, _)| r == origin) {
+        Arc::new(move |origin: &dyn Origin, dir: &Path| {
+            let Some(root) = origin.local_root() else {
+                return;
+            };
+            if let Some(slot) = w.keys.iter().position(|(k, _)| k == origin.key()) {
+                // inotify needs the local directory itself.
+                let local = if dir.as_os_str().is_empty() {
+                    root.to_path_buf()
+                } else {
+                    root.join(dir)
+                };
                 // Failures are remembered by `Watches` and handled after the scan.
-                let _ = w.watches.add_dir(slot, dir);
+                let _ = w.watches.add_dir(slot, &local);
             }
         })
     }
 
     /// Watched origins (index into [`Library::origins`](super::Library::origins)) missing some watches, and why.
     pub fn failed(&self) -> Vec<(usize, String)> {
-        self.roots
+        self.keys
             .iter()
             .enumerate()
             .filter_map(|(k, (_, origin))| self.watches.failed(k).map(|why| (*origin, why)))
@@ -71,11 +105,11 @@ impl OriginWatches {
     }
 }
 
-/// Starts inotify for the `inotify` origins (index, canonical root), forwarding their
+/// Starts inotify for the `inotify` origins (index, origin with a local root), forwarding their
 /// changes to `tx` as [`Trigger::Watch`]. Cheap: no directory is watched until a scan lists
 /// it. `None` (after a warning) when inotify cannot be set up: poll those origins instead.
 pub fn watch_origins(
-    inotify: &[Indexed<PathBuf>],
+    inotify: &[Watched],
     tx: &Sender<Trigger>,
 ) -> Option<Arc<OriginWatches>> {
     if inotify.is_empty() {
@@ -110,6 +144,9 @@ pub fn watch_origins(
     }
     Some(Arc::new(OriginWatches {
         watches,
-        roots: inotify.iter().map(|(i, r)| (r.clone(), *i)).collect(),
+        keys: inotify
+            .iter()
+            .map(|(i, o)| (o.key().to_os_string(), *i))
+            .collect(),
     }))
 }
