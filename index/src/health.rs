@@ -231,8 +231,8 @@ pub fn classify_walk(
 }
 
 /// Records the verdicts of one scan in `health` and logs each change of state once:
-/// `scanned` are the origins the scan was given (as given, with their catalog id when the
-/// catalog knows them), `offline` what it reported. Returns the positions in `scanned` of
+/// `scanned` are the origins the scan was given (by catalog key, [`Origin::key`], with
+/// their catalog id when the catalog knows them), `offline` what it reported. Returns the positions in `scanned` of
 /// the offline origins.
 pub fn record_verdicts(
     health: &OriginHealth,

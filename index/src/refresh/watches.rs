@@ -108,10 +108,7 @@ impl OriginWatches {
 /// Starts inotify for the `inotify` origins (index, origin with a local root), forwarding their
 /// changes to `tx` as [`Trigger::Watch`]. Cheap: no directory is watched until a scan lists
 /// it. `None` (after a warning) when inotify cannot be set up: poll those origins instead.
-pub fn watch_origins(
-    inotify: &[Watched],
-    tx: &Sender<Trigger>,
-) -> Option<Arc<OriginWatches>> {
+pub fn watch_origins(inotify: &[Watched], tx: &Sender<Trigger>) -> Option<Arc<OriginWatches>> {
     if inotify.is_empty() {
         return None;
     }
