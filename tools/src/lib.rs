@@ -160,3 +160,49 @@ pub fn sd_notify(state: &str) {
         tracing::warn!("sd_notify {state}: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_origin_is_taken_from_the_working_directory_and_a_url_is_not() {
+        let spec = parse_origin(OsStr::new("music/./lib")).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            spec,
+            OriginSpec::local(std::path::absolute("music/./lib").unwrap())
+        );
+        assert!(spec.to_string().starts_with(&*cwd.to_string_lossy()));
+        assert_eq!(
+            parse_origin(OsStr::new("s3://bucket/music"))
+                .unwrap()
+                .scheme(),
+            "s3"
+        );
+        assert!(parse_origin(OsStr::new("gopher://host/x")).is_err());
+    }
+
+    #[test]
+    fn an_origin_without_a_driver_is_a_bad_origin_naming_its_scheme() {
+        let given = [PathBuf::from("smb://nas/share/music")];
+        let e = resolve_origins(&given).unwrap_err();
+        assert!(
+            matches!(e.0, OriginError::UnsupportedScheme { scheme: "smb", .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("smb"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_origin_is_opened_and_listed_unusable() {
+        let dir =
+            std::env::temp_dir().join(format!("musicfs-no-such-origin-{}", std::process::id()));
+        let resolved = resolve_origins(std::slice::from_ref(&dir)).unwrap();
+        assert_eq!(resolved.origins.len(), 1);
+        assert!(!resolved.any_usable());
+        let (shown, why) = &resolved.unusable[0];
+        assert_eq!(shown, &dir.display().to_string());
+        assert!(matches!(why, OfflineReason::Missing(_)), "{why}");
+    }
+}

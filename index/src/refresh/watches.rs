@@ -147,3 +147,73 @@ pub fn watch_origins(inotify: &[Watched], tx: &Sender<Trigger>) -> Option<Arc<Or
             .collect(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use musicfs_core::config::OriginConfig;
+
+    use super::*;
+    use crate::testorigin::{listed, local};
+    use crate::watch::Change;
+
+    fn roots() -> (tempfile::TempDir, [PathBuf; 3]) {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = ["a", "b", "c"].map(|n| dir.path().join(n));
+        for r in &roots {
+            std::fs::create_dir_all(r.join("sub")).unwrap();
+        }
+        (dir, roots)
+    }
+
+    #[test]
+    fn inotify_is_planned_only_for_local_roots_it_sees_and_polling_when_configured_or_needed() {
+        let (_dir, [a, b, c]) = roots();
+        let origins = [local(&a), listed(&b), local(&c)];
+        let cfg = Config {
+            origins: vec![
+                OriginConfig::local(a),
+                OriginConfig::local(b),
+                OriginConfig {
+                    watch: WatchMode::Poll,
+                    poll_interval_secs: 5.0,
+                    ..OriginConfig::local(c)
+                },
+            ],
+            ..Config::default()
+        };
+        let (inotify, polled) = plan_watches(&cfg, &origins);
+        let watched: Vec<usize> = inotify.iter().map(|(i, _)| *i).collect();
+        assert_eq!(
+            watched,
+            [0],
+            "the temp dir's file system is one inotify sees"
+        );
+        assert_eq!(
+            polled,
+            [(1, Duration::from_secs(60)), (2, Duration::from_secs(5))],
+            "no local root: polled at its interval; watch = poll: polled"
+        );
+    }
+
+    #[test]
+    fn the_scan_hook_watches_each_listed_directory_of_a_watched_origin_only() {
+        let (_dir, [a, b, _]) = roots();
+        let (watched, other) = (local(&a), listed(&b));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let w = watch_origins(&[(3, watched.clone())], &tx).expect("inotify");
+        let hook = w.hook();
+        hook(watched.as_ref(), Path::new("sub"));
+        hook(other.as_ref(), Path::new("sub"));
+        std::fs::write(b.join("sub/new.flac"), b"x").unwrap();
+        std::fs::write(a.join("sub/new.flac"), b"x").unwrap();
+        let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            got,
+            Trigger::Watch(Change::Origin(3)),
+            "reported by its index"
+        );
+        assert!(w.failed().is_empty());
+    }
+}
