@@ -45,6 +45,7 @@ fn records() -> Vec<TrackRecord> {
                     mtime_ns: 1_700_000_000_000_000_000,
                     ino: i + 1,
                     ctime_ns: 1_700_000_000_000_000_000,
+                    perm: None,
                 },
                 meta: TrackMeta {
                     title: Some(format!("Song {r:x}")),

@@ -94,6 +94,7 @@ pub fn synthesise(state: &Path, origin: &Path, tracks: u64, seed: u64) -> Result
                     mtime_ns: 1_700_000_000_000_000_000,
                     ino: i as u64 + 1,
                     ctime_ns: 1_700_000_000_000_000_000,
+                    perm: None,
                 },
                 meta: meta(p),
             })

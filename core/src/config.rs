@@ -156,10 +156,15 @@ pub struct Config {
     pub refresh_interval_secs: f64,
     /// Let other users see the mount (needs `user_allow_other` when unprivileged).
     pub allow_other: bool,
-    /// Owner shown for every node (default: the daemon's user).
+    /// Owner shown for every node, overriding the origin's (default: each source file's
+    /// owner; the daemon's user where the origin does not say).
     pub uid: Option<u32>,
-    /// Group shown for every node (default: the daemon's group).
+    /// Group shown for every node, overriding the origin's (default: each source file's
+    /// group; the daemon's group where the origin does not say).
     pub gid: Option<u32>,
+    /// Permission bits cleared from every mode shown (`0o022`, `0o027`), on top of the
+    /// origin's modes. At most `0o777`.
+    pub umask: u32,
     /// Log filter (`info`, `debug`, `musicfs_fusedev=trace`, ...).
     pub log_level: String,
     /// FUSE passthrough for reads of local sources.
@@ -188,6 +193,7 @@ impl Default for Config {
             allow_other: false,
             uid: None,
             gid: None,
+            umask: 0,
             log_level: "info".to_string(),
             passthrough: PassthroughSetting::Auto,
             transport: TransportSetting::Auto,
@@ -253,6 +259,12 @@ impl Config {
                 message: format!("{share} is not a share between 0 and 1"),
             });
         }
+        if self.umask > 0o777 {
+            return Err(ConfigError::Invalid {
+                key: "umask",
+                message: format!("{:#o} has bits beyond 0o777", self.umask),
+            });
+        }
         crate::template::Template::parse(&self.template).map_err(|e| ConfigError::Invalid {
             key: "template",
             message: e.to_string(),
@@ -297,6 +309,16 @@ impl Config {
             return self.threads;
         }
         std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// Parses a umask as written on a command line: octal digits (`022`, `0o027`), at most
+/// `777`.
+pub fn parse_umask(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 && !digits.is_empty() => Ok(m),
+        _ => Err(format!("{s:?} is not an octal umask between 000 and 777")),
     }
 }
 
@@ -356,6 +378,26 @@ mod tests {
         );
         assert!("yes".parse::<PassthroughSetting>().is_err());
         assert!("io_uring".parse::<TransportSetting>().is_err());
+    }
+
+    #[test]
+    fn umask_parses_as_octal_from_flags_and_toml() {
+        assert_eq!(parse_umask("022"), Ok(0o022));
+        assert_eq!(parse_umask("0o027"), Ok(0o027));
+        assert_eq!(parse_umask("7"), Ok(0o007));
+        assert!(parse_umask("088").is_err());
+        assert!(parse_umask("1000").is_err());
+        assert!(parse_umask("").is_err());
+        assert_eq!(Config::parse("umask = 0o022\n").unwrap().umask, 0o022);
+    }
+
+    #[test]
+    fn a_umask_beyond_permission_bits_is_invalid() {
+        let c = Config {
+            umask: 0o1000,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
     }
 
     #[test]

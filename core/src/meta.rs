@@ -119,8 +119,25 @@ pub struct ScanState {
     pub mtime_ns: i64,
     /// Inode number on the origin's filesystem.
     pub ino: u64,
-    /// Status change time, nanoseconds since the epoch.
+    /// Status change time, nanoseconds since the epoch. A `chmod` or `chown` changes it,
+    /// so a file whose owner or mode changed is rescanned like one whose content did.
     pub ctime_ns: i64,
+    /// Owner and permission bits, where the origin reports them (local origins do);
+    /// `None` for origins that do not, and for records of a catalog written before they
+    /// were recorded (until the next scan sees the file).
+    pub perm: Option<Perm>,
+}
+
+/// A source file's owner and permission bits, as the origin reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Perm {
+    /// Permission bits (`st_mode & 0o7777`): set-id, sticky, and rwx for user, group and
+    /// others. The tree shows only the read and execute bits.
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
 }
 
 /// One track in the catalog.

@@ -32,12 +32,15 @@ use thiserror::Error;
 pub mod diff;
 
 pub use crate::tree::ROOT_INO;
-use crate::tree::{ArchivedNodeData, ArchivedTreeData, TreeData, KIND_DIR, KIND_FILE};
+use crate::tree::{
+    ArchivedNodeData, ArchivedTreeData, TreeData, ID_UNKNOWN, KIND_DIR, KIND_FILE, MODE_UNKNOWN,
+};
 pub use diff::{invalidate_changes, Invalidated, InvalidationSink};
 
 const MAGIC: &[u8; 8] = b"MFSSNAP\0";
 /// Version of the snapshot layout; a snapshot of another version is refused and rebuilt.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: nodes carry owner, group and permission bits.
+pub const FORMAT_VERSION: u32 = 3;
 const HEADER_LEN: usize = 64;
 
 /// Why a snapshot could not be written or loaded.
@@ -421,6 +424,25 @@ impl<'a> Node<'a> {
     /// Modification time in ns since the epoch.
     pub fn mtime_ns(&self) -> i64 {
         self.raw.mtime_ns.to_native()
+    }
+
+    /// Permission bits (at most `0o7777`) as the origin reported them (files) or derived
+    /// from the files below (directories, see [`crate::tree`]); `None` when unknown.
+    pub fn perm_bits(&self) -> Option<u32> {
+        match self.raw.mode.to_native() {
+            MODE_UNKNOWN => None,
+            mode => Some(mode & 0o7777),
+        }
+    }
+
+    /// Owner uid (a directory's: the one every file below shares); `None` when unknown.
+    pub fn uid(&self) -> Option<u32> {
+        Some(self.raw.uid.to_native()).filter(|&id| id != ID_UNKNOWN)
+    }
+
+    /// Owner gid (a directory's: the one every file below shares); `None` when unknown.
+    pub fn gid(&self) -> Option<u32> {
+        Some(self.raw.gid.to_native()).filter(|&id| id != ID_UNKNOWN)
     }
 
     /// Link count: 1 for files, 2 + subdirectories for directories.

@@ -9,13 +9,22 @@
 //! Inodes are stable: a file takes its catalog id plus [`FILE_INO_BASE`]; a directory takes
 //! the xxh3 of its virtual path with the top bit set, collisions resolved by probing in path
 //! order. The same catalog gives the same inodes, build after build.
+//!
+//! Owner and mode: a file carries its source's owner, group and permission bits as the
+//! scan recorded them ([`MODE_UNKNOWN`] / [`ID_UNKNOWN`] where the origin did not say).
+//! A directory is derived from the files below it (at any depth): its mode is the union of
+//! their read bits, each read bit granting read and search (`r` → `r-x`), so whoever may
+//! read one of its files may list and cross it; its owner (group) is theirs when they all
+//! share one, else unknown, which the mount shows as its default owner. A file of unknown
+//! mode counts as `r--r--r--` of unknown owner. The mount masks write bits and applies its
+//! own uid/gid/umask mapping when it shows them (docs/SEMANTICS.md, "Owners and modes").
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 use rkyv::{Archive, Serialize};
 
-use crate::meta::TrackRecord;
+use crate::meta::{Perm, TrackRecord};
 
 /// Inode of the root directory.
 pub const ROOT_INO: u64 = 1;
@@ -30,6 +39,12 @@ pub const NAME_MAX: usize = 255;
 pub const KIND_DIR: u32 = 1;
 /// Node kind flag: regular file.
 pub const KIND_FILE: u32 = 2;
+
+/// [`NodeData::mode`] of a node whose origin did not report permission bits.
+pub const MODE_UNKNOWN: u32 = u32::MAX;
+/// [`NodeData::uid`] / [`NodeData::gid`] of a node whose owner is not known, or, for a
+/// directory, not shared by every file below it. `(uid_t)-1` is never a real id.
+pub const ID_UNKNOWN: u32 = u32::MAX;
 
 /// One node of the flat tree.
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize)]
@@ -66,6 +81,13 @@ pub struct NodeData {
     pub origin: u32,
     /// [`KIND_DIR`] or [`KIND_FILE`].
     pub kind: u32,
+    /// Permission bits (`0o7777` at most) of the source (files) or derived from the files
+    /// below (directories; see the module docs), or [`MODE_UNKNOWN`].
+    pub mode: u32,
+    /// Owner uid, or [`ID_UNKNOWN`].
+    pub uid: u32,
+    /// Owner gid, or [`ID_UNKNOWN`].
+    pub gid: u32,
 }
 
 /// Inode to node index, sorted by inode.
@@ -109,6 +131,7 @@ struct PendingFile {
     rel_path: Vec<u8>,
     size: u64,
     mtime_ns: i64,
+    perm: Option<Perm>,
 }
 
 #[derive(Default)]
@@ -173,6 +196,7 @@ impl TreeBuilder {
             rel_path: track.rel_path.clone(),
             size: track.scan.size,
             mtime_ns: track.scan.mtime_ns,
+            perm: track.scan.perm,
         });
     }
 
@@ -307,7 +331,14 @@ impl Layout {
                         let (path_off, path_len) = push_blob(&mut self.data.paths, &f.rel_path);
                         self.data.track_count += 1;
                         self.data.total_size += f.size;
+                        let (mode, uid, gid) = match f.perm {
+                            Some(p) => (p.mode & 0o7777, p.uid, p.gid),
+                            None => (MODE_UNKNOWN, ID_UNKNOWN, ID_UNKNOWN),
+                        };
                         self.push_node(NodeData {
+                            mode,
+                            uid,
+                            gid,
                             ino: f.track_id + FILE_INO_BASE,
                             size: f.size,
                             mtime_ns: f.mtime_ns,
@@ -329,6 +360,7 @@ impl Layout {
             node.subdirs = subdirs;
         }
         self.propagate_dir_mtimes();
+        self.derive_dir_perms();
         self.data.by_ino.sort_unstable_by_key(|e| e.ino);
         self.data
     }
@@ -366,6 +398,101 @@ impl Layout {
     }
 }
 
+/// The owner (or group) the files below a directory share, as far as seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shared {
+    /// No file seen yet.
+    Nobody,
+    /// Every file seen has this id.
+    One(u32),
+    /// Files with different (or unknown) ids.
+    Mixed,
+}
+
+impl Shared {
+    fn of(id: u32) -> Shared {
+        if id == ID_UNKNOWN {
+            Shared::Mixed
+        } else {
+            Shared::One(id)
+        }
+    }
+
+    fn merge(self, other: Shared) -> Shared {
+        match (self, other) {
+            (Shared::Nobody, x) | (x, Shared::Nobody) => x,
+            (Shared::One(a), Shared::One(b)) if a == b => Shared::One(a),
+            _ => Shared::Mixed,
+        }
+    }
+
+    fn id(self) -> u32 {
+        match self {
+            Shared::One(id) => id,
+            Shared::Nobody | Shared::Mixed => ID_UNKNOWN,
+        }
+    }
+}
+
+/// What the files below a directory grant, gathered bottom-up.
+#[derive(Debug, Clone, Copy)]
+struct Below {
+    read_bits: u32,
+    files: bool,
+    uid: Shared,
+    gid: Shared,
+}
+
+impl Layout {
+    /// Gives every directory the mode and owner derived from the files below it (module
+    /// docs). Children come after their parent in breadth-first order: one reverse pass.
+    fn derive_dir_perms(&mut self) {
+        let nodes = &mut self.data.nodes;
+        let mut below = vec![
+            Below {
+                read_bits: 0,
+                files: false,
+                uid: Shared::Nobody,
+                gid: Shared::Nobody,
+            };
+            nodes.len()
+        ];
+        for i in (0..nodes.len()).rev() {
+            let node = &mut nodes[i];
+            let own = if node.kind == KIND_FILE {
+                let read_bits = match node.mode {
+                    MODE_UNKNOWN => 0o444,
+                    mode => mode & 0o444,
+                };
+                Below {
+                    read_bits,
+                    files: true,
+                    uid: Shared::of(node.uid),
+                    gid: Shared::of(node.gid),
+                }
+            } else {
+                let b = below[i];
+                node.mode = if b.files {
+                    b.read_bits | (b.read_bits >> 2)
+                } else {
+                    MODE_UNKNOWN
+                };
+                node.uid = b.uid.id();
+                node.gid = b.gid.id();
+                b
+            };
+            if i == 0 {
+                break;
+            }
+            let parent = &mut below[node.parent as usize];
+            parent.read_bits |= own.read_bits;
+            parent.files |= own.files;
+            parent.uid = parent.uid.merge(own.uid);
+            parent.gid = parent.gid.merge(own.gid);
+        }
+    }
+}
+
 /// A file's content version, from what the scan saw of its source (never 0).
 fn content_generation(scan: &crate::meta::ScanState) -> u64 {
     let mut bytes = [0u8; 32];
@@ -393,6 +520,9 @@ fn empty_node() -> NodeData {
         subdirs: 0,
         origin: 0,
         kind: 0,
+        mode: MODE_UNKNOWN,
+        uid: ID_UNKNOWN,
+        gid: ID_UNKNOWN,
     }
 }
 

@@ -20,6 +20,7 @@ fn track(id: u64, artist: &str, album: &str, title: &str, track: Option<&str>) -
             mtime_ns: 1_700_000_000_000_000_000 + id as i64,
             ino: id,
             ctime_ns: 0,
+            perm: None,
         },
         meta: TrackMeta {
             title: Some(title.to_string()),
@@ -339,4 +340,74 @@ proptest! {
         let b: BTreeMap<String, u64> = listing(&two).into_iter().map(|l| (l.0, l.1)).collect();
         prop_assert_eq!(a, b);
     }
+}
+
+fn owned(id: u64, artist: &str, album: &str, mode: u32, uid: u32, gid: u32) -> TrackRecord {
+    let mut t = track(id, artist, album, &format!("T{id}"), None);
+    t.scan.perm = Some(musicfs_core::Perm { mode, uid, gid });
+    t
+}
+
+#[test]
+fn files_carry_their_sources_owner_and_mode_into_the_snapshot() {
+    let tracks = vec![
+        owned(1, "Ann", "One", 0o4750, 10, 20),
+        track(2, "Bob", "Two", "T2", None),
+    ];
+    let (_dir, snap) = publish(&build(&tracks));
+
+    let ann = snap.node(FILE_INO_BASE + 1).unwrap();
+    assert_eq!(
+        (ann.perm_bits(), ann.uid(), ann.gid()),
+        (Some(0o4750), Some(10), Some(20))
+    );
+    let bob = snap.node(FILE_INO_BASE + 2).unwrap();
+    assert_eq!((bob.perm_bits(), bob.uid(), bob.gid()), (None, None, None));
+}
+
+#[test]
+fn a_directory_grants_search_with_the_read_bits_of_the_files_below_and_their_shared_owner() {
+    let tracks = vec![
+        owned(1, "Ann", "One", 0o600, 10, 20),
+        owned(2, "Ann", "Two", 0o640, 10, 21),
+        owned(3, "Cy", "Three", 0o000, 30, 30),
+    ];
+    let (_dir, snap) = publish(&build(&tracks));
+
+    let ann = snap.lookup(ROOT_INO, b"Ann").unwrap();
+    assert_eq!(
+        ann.perm_bits(),
+        Some(0o550),
+        "r from 0600 and 0640 → r-xr-x---"
+    );
+    assert_eq!(ann.uid(), Some(10), "both files are uid 10");
+    assert_eq!(ann.gid(), None, "gids 20 and 21 differ");
+    let one = snap.lookup(ann.ino(), b"One (1969) [FLAC]").unwrap();
+    assert_eq!((one.perm_bits(), one.gid()), (Some(0o500), Some(20)));
+    let cy = snap.lookup(ROOT_INO, b"Cy").unwrap();
+    assert_eq!((cy.perm_bits(), cy.uid()), (Some(0), Some(30)));
+    let root = snap.root();
+    assert_eq!((root.perm_bits(), root.uid()), (Some(0o550), None));
+}
+
+#[test]
+fn a_directory_over_a_file_of_unknown_mode_is_readable_by_all_and_of_unknown_owner() {
+    let tracks = vec![
+        owned(1, "Ann", "One", 0o600, 10, 20),
+        track(2, "Ann", "Two", "T2", None),
+    ];
+    let (_dir, snap) = publish(&build(&tracks));
+
+    let ann = snap.lookup(ROOT_INO, b"Ann").unwrap();
+    assert_eq!((ann.perm_bits(), ann.uid()), (Some(0o555), None));
+}
+
+#[test]
+fn an_empty_trees_root_has_unknown_mode_and_owner() {
+    let (_dir, snap) = publish(&build(&[]));
+    let root = snap.root();
+    assert_eq!(
+        (root.perm_bits(), root.uid(), root.gid()),
+        (None, None, None)
+    );
 }

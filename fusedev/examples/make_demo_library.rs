@@ -50,6 +50,7 @@ fn main() -> anyhow::Result<()> {
                 mtime_ns: 1_700_000_000_000_000_000 + id as i64,
                 ino: 0,
                 ctime_ns: 0,
+                perm: None,
             },
             meta: TrackMeta {
                 title: Some(title.clone()),

@@ -37,10 +37,17 @@ pub struct FsConfig {
     pub attr_timeout: Duration,
     /// How long the kernel may cache "no such name"; zero disables negative caching.
     pub negative_timeout: Duration,
-    /// Owner of every node.
-    pub uid: u32,
-    /// Group of every node.
-    pub gid: u32,
+    /// Owner shown for every node, overriding the origin's (`--uid`).
+    pub uid: Option<u32>,
+    /// Group shown for every node, overriding the origin's (`--gid`).
+    pub gid: Option<u32>,
+    /// Owner shown where the origin does not say (remote origins, directories whose files
+    /// have different owners, records from before owners were recorded).
+    pub default_uid: u32,
+    /// Group shown where the origin does not say.
+    pub default_gid: u32,
+    /// Permission bits cleared from every node's mode (`--umask`), after write bits.
+    pub umask: u32,
     /// Which origins are offline: opens of their tracks answer EIO without touching them.
     pub origin_health: Arc<OriginHealth>,
 }
@@ -53,19 +60,29 @@ impl Default for FsConfig {
             entry_timeout: Duration::from_secs(3600),
             attr_timeout: Duration::from_secs(3600),
             negative_timeout: Duration::from_secs(3600),
-            uid,
-            gid,
+            uid: None,
+            gid: None,
+            default_uid: uid,
+            default_gid: gid,
+            umask: 0,
             origin_health: Arc::default(),
         }
     }
 }
 
+/// The bits a read-only mount can show: read and execute for user, group and others.
+pub const SHOWN_BITS: u32 = 0o555;
+/// Mode of a file whose origin reports none (before the umask).
+pub const DEFAULT_FILE_PERM: u32 = 0o444;
+/// Mode of a directory whose files report none (before the umask).
+pub const DEFAULT_DIR_PERM: u32 = 0o555;
+
 /// Kind of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// A directory, mode 0555.
+    /// A directory.
     Dir,
-    /// A regular file, mode 0444.
+    /// A regular file.
     File,
 }
 
@@ -85,6 +102,8 @@ pub struct Attr {
     pub mtime_ns: i64,
     /// Link count.
     pub nlink: u32,
+    /// Permission bits shown (within [`SHOWN_BITS`]).
+    pub perm: u32,
     /// Owner.
     pub uid: u32,
     /// Group.
@@ -92,12 +111,13 @@ pub struct Attr {
 }
 
 impl Attr {
-    /// `st_mode`: type bits plus r-xr-xr-x for directories, r--r--r-- for files.
+    /// `st_mode`: type bits plus the permission bits shown.
     pub fn mode(&self) -> u32 {
-        match self.kind {
-            Kind::Dir => libc::S_IFDIR | 0o555,
-            Kind::File => libc::S_IFREG | 0o444,
-        }
+        let kind = match self.kind {
+            Kind::Dir => libc::S_IFDIR,
+            Kind::File => libc::S_IFREG,
+        };
+        kind | (self.perm & SHOWN_BITS)
     }
 
     /// `st_blocks`, in 512-byte units.
@@ -198,16 +218,26 @@ impl FsModel {
         &self.cfg
     }
 
+    /// A node's attributes: its origin's owner and read/execute bits (docs/SEMANTICS.md,
+    /// "Owners and modes"), through the configured mapping. Plain field reads, no
+    /// allocation.
     fn attr_of(&self, node: &Node<'_>) -> Attr {
+        let (kind, default_perm) = if node.is_dir() {
+            (Kind::Dir, DEFAULT_DIR_PERM)
+        } else {
+            (Kind::File, DEFAULT_FILE_PERM)
+        };
+        let perm = node.perm_bits().unwrap_or(default_perm) & SHOWN_BITS & !self.cfg.umask;
         Attr {
             ino: node.ino(),
             generation: node.generation(),
-            kind: if node.is_dir() { Kind::Dir } else { Kind::File },
+            kind,
             size: node.size(),
             mtime_ns: node.mtime_ns(),
             nlink: node.nlink(),
-            uid: self.cfg.uid,
-            gid: self.cfg.gid,
+            perm,
+            uid: self.cfg.uid.or(node.uid()).unwrap_or(self.cfg.default_uid),
+            gid: self.cfg.gid.or(node.gid()).unwrap_or(self.cfg.default_gid),
         }
     }
 
@@ -439,14 +469,18 @@ impl FsModel {
         }
     }
 
-    /// `access(2)`: write is EROFS, execute on a file EACCES, anything else allowed.
+    /// `access(2)`: write is EROFS, execute on a file that no one may execute EACCES,
+    /// anything else allowed. The mount uses `default_permissions`, so the kernel checks
+    /// the caller against owner and mode itself before any of this; the kernel does not
+    /// send ACCESS then, but a request that comes anyway gets these caller-independent
+    /// answers.
     pub fn access(&self, ino: u64, mask: u32) -> Result<(), FsError> {
         let attr = self.getattr(ino)?;
         let mask_i = mask as i32;
         if mask_i & libc::W_OK != 0 {
             return Err(FsError::ReadOnly("access for writing"));
         }
-        if mask_i & libc::X_OK != 0 && attr.kind == Kind::File {
+        if mask_i & libc::X_OK != 0 && attr.kind == Kind::File && attr.perm & 0o111 == 0 {
             return Err(FsError::AccessDenied { ino, mask });
         }
         Ok(())

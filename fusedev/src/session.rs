@@ -61,10 +61,14 @@ pub struct MountOptions {
     pub negative_timeout: Duration,
     /// Let users other than the mounting one in (needs `user_allow_other` when not root).
     pub allow_other: bool,
-    /// Owner shown on every node; `None` is the daemon's uid.
+    /// Owner shown on every node; `None`: each node's origin owner (the daemon's uid where
+    /// the origin does not say).
     pub uid: Option<u32>,
-    /// Group shown on every node; `None` is the daemon's gid.
+    /// Group shown on every node; `None`: each node's origin group (the daemon's gid where
+    /// the origin does not say).
     pub gid: Option<u32>,
+    /// Permission bits cleared from every node's mode.
+    pub umask: u32,
     /// Pin worker `i` to the `i`-th CPU of the process's affinity mask.
     pub pin_threads: bool,
     /// Source name shown by `mount` (`musicfs` by default).
@@ -108,6 +112,7 @@ impl Default for MountOptions {
             allow_other: false,
             uid: None,
             gid: None,
+            umask: 0,
             pin_threads: true,
             fsname: "musicfs".to_string(),
             auto_unmount: true,
@@ -223,9 +228,11 @@ pub fn mount_with_tags(
         entry_timeout: opts.entry_timeout,
         attr_timeout: opts.attr_timeout,
         negative_timeout: opts.negative_timeout,
-        uid: opts.uid.unwrap_or(defaults.uid),
-        gid: opts.gid.unwrap_or(defaults.gid),
+        uid: opts.uid,
+        gid: opts.gid,
+        umask: opts.umask & 0o777,
         origin_health: opts.origin_health.clone(),
+        ..defaults
     };
     let model = Arc::new(match &opts.origins {
         Some(origins) => FsModel::with_origins(snapshot, origins.clone(), tags, cfg),

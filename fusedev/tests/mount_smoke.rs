@@ -69,6 +69,7 @@ fn a_real_mount_serves_the_snapshot_read_only_and_unmounts_cleanly() {
                 mtime_ns: 1_600_000_000_000_000_000,
                 ino: 0,
                 ctime_ns: 0,
+                perm: None,
             },
             meta: TrackMeta {
                 title: Some(format!("Song {id}")),

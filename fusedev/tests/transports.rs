@@ -126,6 +126,7 @@ fn library() -> Lib {
                 mtime_ns: 1_600_000_000_000_000_000,
                 ino: 0,
                 ctime_ns: 0,
+                perm: None,
             },
             meta: TrackMeta {
                 title: Some(title.clone()),

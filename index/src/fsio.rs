@@ -3,9 +3,10 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use musicfs_core::ScanState;
+use musicfs_core::{Perm, ScanState};
 
-/// The facts the incremental scan compares to tell whether a file changed (the same values
+/// The facts the incremental scan compares to tell whether a file changed, and the owner
+/// and permission bits the tree shows (the same values
 /// `musicfs_storage::origin::Stat::scan_state` gives for a listed entry).
 pub fn scan_state(md: &std::fs::Metadata) -> ScanState {
     ScanState {
@@ -19,5 +20,10 @@ pub fn scan_state(md: &std::fs::Metadata) -> ScanState {
             .ctime()
             .saturating_mul(1_000_000_000)
             .saturating_add(md.ctime_nsec()),
+        perm: Some(Perm {
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+        }),
     }
 }

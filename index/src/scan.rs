@@ -657,6 +657,7 @@ mod tests {
             mtime_ns: 1,
             ino: 2,
             ctime_ns: 3,
+            perm: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use musicfs_core::meta::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackRecord};
+use musicfs_core::meta::{Format, OriginId, Perm, ScanState, TrackId, TrackMeta, TrackRecord};
 use musicfs_storage::{Catalog, CatalogError, Upsert, SCHEMA_VERSION};
 
 fn scan(size: u64) -> ScanState {
@@ -12,6 +12,11 @@ fn scan(size: u64) -> ScanState {
         mtime_ns: 1_700_000_000_123_456_789,
         ino: size * 7 + 1,
         ctime_ns: -5,
+        perm: Some(Perm {
+            mode: 0o640,
+            uid: 1000,
+            gid: 100,
+        }),
     }
 }
 
@@ -456,4 +461,98 @@ fn a_catalog_can_be_shared_between_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Catalog>();
     assert_send_sync::<CatalogError>();
+}
+
+/// `ScanState`, `TrackValue` and `PathEntry` as schema 1 wrote them (bincode, positional).
+#[derive(serde::Serialize)]
+struct ScanStateV1 {
+    size: u64,
+    mtime_ns: i64,
+    ino: u64,
+    ctime_ns: i64,
+}
+
+#[derive(serde::Serialize)]
+struct TrackValueV1 {
+    origin: OriginId,
+    rel_path: Vec<u8>,
+    format: Format,
+    scan: ScanStateV1,
+    meta: TrackMeta,
+}
+
+#[derive(serde::Serialize)]
+struct PathEntryV1 {
+    id: TrackId,
+    scan: ScanStateV1,
+}
+
+/// Rewrites a closed catalog holding one track (`id`, at `key` in `paths`) as schema 1
+/// stored it.
+fn rewrite_as_schema_1(dir: &Path, id: TrackId, key: &[u8], up: &Upsert) {
+    use heed::byteorder::BE;
+    use heed::types::{Bytes, SerdeBincode, Str, U64};
+    let v1 = || ScanStateV1 {
+        size: up.scan.size,
+        mtime_ns: up.scan.mtime_ns,
+        ino: up.scan.ino,
+        ctime_ns: up.scan.ctime_ns,
+    };
+    // SAFETY: the test owns this directory and no Catalog has it open.
+    let env = unsafe { heed::EnvOpenOptions::new().max_dbs(8).open(dir) }.unwrap();
+    type Tracks = heed::Database<'static, U64<BE>, SerdeBincode<TrackValueV1>>;
+    type Paths = heed::Database<'static, Bytes, SerdeBincode<PathEntryV1>>;
+    type Meta = heed::Database<'static, Str, Bytes>;
+    let (tracks, paths, meta): (Tracks, Paths, Meta) = env
+        .create_databases_and_commit(env.write_txn().unwrap(), |opener, wtxn| {
+            let tracks = opener.create_database(wtxn, Some("tracks"))?;
+            let paths = opener.create_database(wtxn, Some("paths"))?;
+            let meta = opener.create_database(wtxn, Some("meta"))?;
+            Ok::<_, heed::Error>(heed::CommitOrAbort::<_, ()>::Commit((tracks, paths, meta)))
+        })
+        .unwrap()
+        .unwrap_commit();
+    let mut wtxn = env.write_txn().unwrap();
+    let track = TrackValueV1 {
+        origin: up.origin,
+        rel_path: up.rel_path.clone(),
+        format: up.format,
+        scan: v1(),
+        meta: up.meta.clone(),
+    };
+    tracks.put(&mut wtxn, &id.0, &track).unwrap();
+    paths
+        .put(&mut wtxn, key, &PathEntryV1 { id, scan: v1() })
+        .unwrap();
+    meta.put(&mut wtxn, "schema_version", &1u32.to_be_bytes())
+        .unwrap();
+    wtxn.commit().unwrap();
+}
+
+#[test]
+fn a_schema_1_catalog_opens_with_its_tracks_and_unknown_owner_and_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = upsert(OriginId(0), b"a.flac", "A");
+    let id = {
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let origin = catalog.origin_id(Path::new("/music")).unwrap();
+        assert_eq!(origin, OriginId(0));
+        catalog.apply(std::slice::from_ref(&up), &[]).unwrap()[0]
+    };
+    let mut key = 0u32.to_be_bytes().to_vec();
+    key.extend_from_slice(&up.rel_path);
+    rewrite_as_schema_1(dir.path(), id, &key, &up);
+
+    let catalog = Catalog::open(dir.path()).unwrap();
+
+    let mut expected = record_of(id, &up);
+    expected.scan.perm = None;
+    assert_eq!(catalog.get(id).unwrap(), Some(expected.clone()));
+    assert_eq!(
+        catalog.scan_states(OriginId(0)).unwrap()[&up.rel_path],
+        (id, expected.scan)
+    );
+    drop(catalog);
+    let reopened = Catalog::open(dir.path()).unwrap();
+    assert_eq!(reopened.get(id).unwrap(), Some(expected));
 }

@@ -13,6 +13,7 @@ fn upsert(origin: OriginId, rel: &str) -> Upsert {
             mtime_ns: 1,
             ino: 2,
             ctime_ns: 3,
+            perm: None,
         },
         meta: TrackMeta {
             title: Some(rel.to_owned()),

@@ -21,6 +21,7 @@ fn track(origin: OriginId, n: u64, lyrics_len: usize) -> Upsert {
             mtime_ns: n as i64,
             ino: n,
             ctime_ns: n as i64,
+            perm: None,
         },
         meta: TrackMeta {
             title: Some(format!("Track {n}")),

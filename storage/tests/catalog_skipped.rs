@@ -13,6 +13,7 @@ fn scan(size: u64) -> ScanState {
         mtime_ns: 1_700_000_000_000_000_000 + size as i64,
         ino: size + 100,
         ctime_ns: 42,
+        perm: None,
     }
 }
 

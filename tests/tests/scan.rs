@@ -383,3 +383,34 @@ fn truncated_and_corrupted_copies_of_every_good_file_never_panic() {
         }
     }
 }
+
+#[test]
+fn a_scan_records_each_files_owner_and_mode_and_a_chmod_alone_is_rescanned() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let env = setup();
+    let fx = &env.fixture;
+    let rel = Path::new("m4a/Aac Song.m4a");
+    let src = fx.root.join(rel);
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o644)).expect("chmod 0644");
+    std::os::unix::fs::chown(&src, Some(1234), Some(4321)).expect("chown");
+    run_scan(&env);
+    let perm = records(&env.catalog)[rel].scan.perm.expect("perm recorded");
+    assert_eq!((perm.mode, perm.uid, perm.gid), (0o644, 1234, 4321));
+    let mtime = fs::metadata(&src).expect("stat").mtime();
+
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o4600)).expect("chmod 4600");
+    let after = run_scan(&env);
+
+    assert_eq!(
+        fs::metadata(&src).expect("stat").mtime(),
+        mtime,
+        "content untouched"
+    );
+    assert_eq!(
+        (after.added, after.changed, after.removed),
+        (0, 1, 0),
+        "{after:#?}"
+    );
+    let perm = records(&env.catalog)[rel].scan.perm.expect("perm recorded");
+    assert_eq!((perm.mode, perm.uid, perm.gid), (0o4600, 1234, 4321));
+}

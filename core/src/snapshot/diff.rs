@@ -13,7 +13,7 @@
 use std::cmp::Ordering;
 use std::io;
 
-use super::Snapshot;
+use super::{Node, Snapshot};
 
 /// How many notices an [`invalidate_changes`] call sent.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -57,19 +57,24 @@ pub fn invalidate_changes(
                     // instead of mixing old and new pages) and starts a fresh one.
                     entry(dir.parent_ino(), dir.name());
                     inodes.push(dir.ino());
-                } else if before.size() != dir.size() || before.mtime_ns() != dir.mtime_ns() {
+                } else if before.size() != dir.size()
+                    || before.mtime_ns() != dir.mtime_ns()
+                    || !same_owner_and_mode(&before, &dir)
+                {
                     inodes.push(dir.ino());
                 }
             }
             continue;
         }
-        if old.node(dir.ino()).is_none_or(|d| !d.is_dir()) {
+        let Some(before) = old.node(dir.ino()).filter(|d| d.is_dir()) else {
             // A new directory: its parent's listing covers the name; nothing cached below.
             continue;
-        }
+        };
+        // A directory's owner and mode follow the files below it (a chmod of one of them
+        // can change them) and are cached with its attributes.
+        let mut changed = !same_owner_and_mode(&before, &dir);
         let mut was = old.children(dir.ino(), 0).peekable();
         let mut now = new.children(dir.ino(), 0).peekable();
-        let mut changed = false;
         loop {
             let step = match (was.peek(), now.peek()) {
                 (None, None) => break,
@@ -109,6 +114,11 @@ pub fn invalidate_changes(
         }
     }
     done
+}
+
+/// Whether two versions of a node show the same owner, group and permission bits.
+fn same_owner_and_mode(a: &Node<'_>, b: &Node<'_>) -> bool {
+    (a.perm_bits(), a.uid(), a.gid()) == (b.perm_bits(), b.uid(), b.gid())
 }
 
 #[cfg(test)]
@@ -153,6 +163,10 @@ mod tests {
         }
 
         fn add(&mut self, path: &str, size: u64) {
+            self.add_with_perm(path, size, None);
+        }
+
+        fn add_with_perm(&mut self, path: &str, size: u64, perm: Option<crate::meta::Perm>) {
             let id = self.records.len() as u64 + 1;
             let rec = TrackRecord {
                 id: TrackId(id),
@@ -164,6 +178,7 @@ mod tests {
                     mtime_ns: 1_700_000_000_123_456_789 + id as i64,
                     ino: 0,
                     ctime_ns: 0,
+                    perm,
                 },
                 meta: TrackMeta::default(),
             };
@@ -234,6 +249,37 @@ mod tests {
                 entries: 4,
                 inodes: 4
             }
+        );
+    }
+
+    #[test]
+    fn a_chmod_invalidates_the_file_and_every_directory_whose_derived_mode_changed() {
+        let perm = |mode| {
+            Some(crate::meta::Perm {
+                mode,
+                uid: 10,
+                gid: 20,
+            })
+        };
+        let mut lib = Library::new();
+        lib.add_with_perm("A/B/one", 10, perm(0o644));
+        lib.add_with_perm("C/D/two", 10, perm(0o644));
+        let old = lib.snapshot(1);
+        lib.records[0].0.scan.perm = perm(0o600);
+        let new = lib.snapshot(2);
+        let rec = Recorder::default();
+        invalidate_changes(&old, &new, &rec);
+
+        let a = new.lookup(ROOT_INO, b"A").unwrap().ino();
+        let b = new.lookup(a, b"B").unwrap().ino();
+        let one = new.lookup(b, b"one").unwrap().ino();
+        let mut inodes = rec.inodes.borrow().clone();
+        inodes.sort_unstable();
+        let mut want = vec![a, b, one];
+        want.sort_unstable();
+        assert_eq!(
+            inodes, want,
+            "the root still holds C's 0644 file: r-x for all"
         );
     }
 }

@@ -269,6 +269,52 @@ fn the_erofs_row_names_every_write_opcode() {
     }
 }
 
+/// The modes a lookup shows for a file recorded 0640 (owner 7, group 8), its directory,
+/// a file whose mode was never recorded, and the same 0640 file under `--umask 077`.
+fn shown_modes() -> Vec<(&'static str, u32)> {
+    use crate::fs::testlib::Library;
+    use musicfs_core::meta::{Perm, TrackMeta};
+    let perm = Some(Perm {
+        mode: 0o640,
+        uid: 7,
+        gid: 8,
+    });
+    let mut lib = Library::new();
+    lib.add_with_perm("A/B/known", 10, TrackMeta::default(), perm);
+    lib.add("C/D/unknown", 10, TrackMeta::default());
+    let mode_of = |cfg: FsConfig, path: &str| {
+        let model = FsModel::new(lib.shared(), None, cfg);
+        let ino = path.split('/').fold(ROOT_INO, |dir, name| {
+            model.lookup(dir, name.as_bytes()).expect("lookup").ino
+        });
+        model.getattr(ino).expect("getattr").mode() & 0o7777
+    };
+    vec![
+        (
+            "file mode, origin 0640",
+            mode_of(FsConfig::default(), "A/B/known"),
+        ),
+        (
+            "directory mode, over a 0640 file",
+            mode_of(FsConfig::default(), "A/B"),
+        ),
+        (
+            "file mode, origin mode unknown",
+            mode_of(FsConfig::default(), "C/D/unknown"),
+        ),
+        (
+            "file mode, origin 0640, umask 077",
+            mode_of(
+                FsConfig {
+                    umask: 0o077,
+                    ..FsConfig::default()
+                },
+                "A/B/known",
+            ),
+        ),
+    ]
+}
+
 #[test]
 fn documented_replies_and_timeouts_are_what_the_dispatcher_sends() {
     let mut r = Rig::new(FsConfig::default());
@@ -333,6 +379,10 @@ fn documented_replies_and_timeouts_are_what_the_dispatcher_sends() {
         "readdirplus entry of `.` and `..`",
         format!("nodeid {}", dot.nodeid.max(dotdot.nodeid)),
     );
+    let modes = shown_modes();
+    for (what, mode) in &modes {
+        got.insert(what, format!("{mode:04o}"));
+    }
     let rows = table("### Replies and timeouts (*checked*)");
     let documented: BTreeMap<String, String> = rows
         .iter()

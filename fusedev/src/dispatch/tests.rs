@@ -46,8 +46,8 @@ impl Rig {
 
     pub fn standard() -> Rig {
         Rig::new(FsConfig {
-            uid: 1234,
-            gid: 5678,
+            uid: Some(1234),
+            gid: Some(5678),
             ..FsConfig::default()
         })
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use musicfs_core::meta::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackRecord};
+use musicfs_core::meta::{Format, OriginId, Perm, ScanState, TrackId, TrackMeta, TrackRecord};
 use musicfs_core::snapshot::Snapshot;
 use musicfs_core::tree::TreeBuilder;
 
@@ -50,6 +50,17 @@ impl Library {
 
     /// Adds a source file of `len` bytes shown at `path` (`/`-separated).
     pub fn add(&mut self, path: &str, len: usize, meta: TrackMeta) -> u64 {
+        self.add_with_perm(path, len, meta, None)
+    }
+
+    /// [`Library::add`] of a source whose scan recorded owner and mode `perm`.
+    pub fn add_with_perm(
+        &mut self,
+        path: &str,
+        len: usize,
+        meta: TrackMeta,
+        perm: Option<Perm>,
+    ) -> u64 {
         let id = self.records.len() as u64 + 1;
         let rel = format!("src/{id}.flac");
         let src = self.origin.join(&rel);
@@ -65,6 +76,7 @@ impl Library {
                 mtime_ns: 1_700_000_000_123_456_789 + id as i64,
                 ino: 0,
                 ctime_ns: 0,
+                perm,
             },
             meta,
         };

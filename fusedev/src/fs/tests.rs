@@ -26,8 +26,8 @@ fn model(l: &Library) -> FsModel {
         l.shared(),
         Some(tags),
         FsConfig {
-            uid: 1234,
-            gid: 5678,
+            uid: Some(1234),
+            gid: Some(5678),
             ..FsConfig::default()
         },
     )
@@ -94,6 +94,161 @@ fn getattr_shows_read_only_modes_owner_size_and_mtime() {
     assert_eq!((f.uid, f.gid, f.size, f.nlink), (1234, 5678, 5, 1));
     assert_eq!(f.mtime_ns, 1_700_000_000_123_456_789 + 2);
     assert_eq!(f.blocks(), 1);
+}
+
+fn perm(mode: u32, uid: u32, gid: u32) -> Option<musicfs_core::Perm> {
+    Some(musicfs_core::Perm { mode, uid, gid })
+}
+
+/// Ann's files are uid 10 (0640 gid 20, 0750 gid 21); Bob's is 0600 root.
+fn owned_lib() -> Library {
+    let mut l = Library::new();
+    l.add_with_perm("Ann/A/1.flac", 3, meta("1"), perm(0o640, 10, 20));
+    l.add_with_perm("Ann/A/2.flac", 3, meta("2"), perm(0o6750, 10, 21));
+    l.add_with_perm("Bob/B/3.flac", 3, meta("3"), perm(0o600, 0, 0));
+    l
+}
+
+fn mapped(l: &Library, cfg: FsConfig) -> FsModel {
+    FsModel::new(l.shared(), None, cfg)
+}
+
+fn unmapped() -> FsConfig {
+    FsConfig {
+        default_uid: 77,
+        default_gid: 88,
+        ..FsConfig::default()
+    }
+}
+
+#[test]
+fn files_show_their_sources_owner_and_read_execute_bits_never_write() {
+    let l = owned_lib();
+    let m = mapped(&l, unmapped());
+
+    let one = m.getattr(path_ino(&m, "Ann/A/1.flac")).expect("1");
+    assert_eq!(one.mode(), libc::S_IFREG | 0o440);
+    assert_eq!((one.uid, one.gid), (10, 20));
+    let two = m.getattr(path_ino(&m, "Ann/A/2.flac")).expect("2");
+    assert_eq!(
+        two.mode(),
+        libc::S_IFREG | 0o550,
+        "no setuid, setgid or write"
+    );
+    let three = m.getattr(path_ino(&m, "Bob/B/3.flac")).expect("3");
+    assert_eq!(
+        (three.mode(), three.uid, three.gid),
+        (libc::S_IFREG | 0o400, 0, 0)
+    );
+}
+
+#[test]
+fn directories_show_search_for_the_files_below_and_the_default_owner_when_mixed() {
+    let l = owned_lib();
+    let m = mapped(&l, unmapped());
+
+    let ann = m.lookup(ROOT_INO, b"Ann").expect("Ann");
+    assert_eq!(ann.mode(), libc::S_IFDIR | 0o550);
+    assert_eq!((ann.uid, ann.gid), (10, 88), "gids 20 and 21 differ");
+    let bob = m.lookup(ROOT_INO, b"Bob").expect("Bob");
+    assert_eq!(
+        (bob.mode(), bob.uid, bob.gid),
+        (libc::S_IFDIR | 0o500, 0, 0)
+    );
+    let root = m.getattr(ROOT_INO).expect("root");
+    assert_eq!(
+        (root.mode(), root.uid, root.gid),
+        (libc::S_IFDIR | 0o550, 77, 88)
+    );
+}
+
+#[test]
+fn uid_gid_override_and_umask_apply_to_every_node() {
+    let l = owned_lib();
+    let m = mapped(
+        &l,
+        FsConfig {
+            uid: Some(5),
+            gid: Some(6),
+            umask: 0o027,
+            ..unmapped()
+        },
+    );
+
+    let two = m.getattr(path_ino(&m, "Ann/A/2.flac")).expect("2");
+    assert_eq!(
+        (two.mode(), two.uid, two.gid),
+        (libc::S_IFREG | 0o550, 5, 6)
+    );
+    let one = m.getattr(path_ino(&m, "Ann/A/1.flac")).expect("1");
+    assert_eq!(one.mode(), libc::S_IFREG | 0o440);
+    let ann = m.lookup(ROOT_INO, b"Ann").expect("Ann");
+    assert_eq!(
+        (ann.mode(), ann.uid, ann.gid),
+        (libc::S_IFDIR | 0o550, 5, 6)
+    );
+
+    let strict = mapped(
+        &l,
+        FsConfig {
+            umask: 0o077,
+            ..unmapped()
+        },
+    );
+    let one = strict
+        .getattr(path_ino(&strict, "Ann/A/1.flac"))
+        .expect("1");
+    assert_eq!((one.mode(), one.uid), (libc::S_IFREG | 0o400, 10));
+}
+
+#[test]
+fn sources_of_unknown_mode_show_the_default_modes_through_the_umask() {
+    let l = lib();
+    let m = mapped(
+        &l,
+        FsConfig {
+            umask: 0o022,
+            ..unmapped()
+        },
+    );
+    let f = m
+        .getattr(path_ino(&m, "Ann/First (2001)/02 - Two.flac"))
+        .expect("file");
+    assert_eq!((f.mode(), f.uid, f.gid), (libc::S_IFREG | 0o444, 77, 88));
+    let root = m.getattr(ROOT_INO).expect("root");
+    assert_eq!(root.mode(), libc::S_IFDIR | 0o555);
+}
+
+#[test]
+fn readdir_entries_carry_the_same_owner_and_mode_as_lookup() {
+    let l = owned_lib();
+    let m = mapped(&l, unmapped());
+    let dir = path_ino(&m, "Ann/A");
+    let fh = m.opendir(dir).expect("opendir");
+    let mut seen = Vec::new();
+    m.readdir(fh, dir, 0, &mut |it| {
+        if let Some(a) = it.attr {
+            seen.push((it.name.to_vec(), a));
+        }
+        true
+    })
+    .expect("readdir");
+    m.releasedir(fh).expect("releasedir");
+    assert_eq!(seen.len(), 2);
+    for (name, attr) in seen {
+        assert_eq!(m.lookup(dir, &name).expect("lookup"), attr);
+    }
+}
+
+#[test]
+fn access_allows_execute_on_a_file_someone_may_execute() {
+    let l = owned_lib();
+    let m = mapped(&l, unmapped());
+    let two = path_ino(&m, "Ann/A/2.flac");
+    assert!(m.access(two, libc::X_OK as u32).is_ok());
+    let one = path_ino(&m, "Ann/A/1.flac");
+    let err = m.access(one, libc::X_OK as u32).unwrap_err();
+    assert_eq!(err.to_errno(), libc::EACCES);
 }
 
 #[test]

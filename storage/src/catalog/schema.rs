@@ -18,7 +18,9 @@ use xxhash_rust::xxh3::xxh3_128;
 use super::error::CatalogError;
 
 /// Version of the on-disk layout this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// 1: the first. 2: `ScanState` carries the file's owner and permission bits (`perm`).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The longest `paths` key. Fixed at LMDB's default key limit rather than taken from the
 /// environment, because it decides which keys are hashed and so is part of the format.
@@ -318,20 +320,146 @@ fn upgrade(dir: &Path, dbs: Dbs<'_>, txn: &mut RwTxn<'_>, from: u32) -> Result<(
 
 /// Migrates the data of schema `version` to the next version and returns it. Each new
 /// schema version adds the arm that migrates from its predecessor; version 1 is the first
-/// there ever was, so nothing older can be migrated yet.
+/// there ever was, so nothing older can be migrated.
 fn upgrade_step(
     dir: &Path,
-    _dbs: Dbs<'_>,
-    _txn: &mut RwTxn<'_>,
+    dbs: Dbs<'_>,
+    txn: &mut RwTxn<'_>,
     version: u32,
 ) -> Result<u32, CatalogError> {
     match version {
         current if current >= SCHEMA_VERSION => Ok(current),
+        1 => {
+            v1::migrate(dir, dbs, txn)?;
+            Ok(2)
+        }
         found => Err(CatalogError::SchemaUnsupported {
             path: dir.to_path_buf(),
             found,
             supported: SCHEMA_VERSION,
         }),
+    }
+}
+
+/// The values of schema version 1, read only to migrate them to version 2: a `ScanState`
+/// without `perm`. Migrated records get `perm: None` (unknown: the tree shows the mount's
+/// default owner and modes); the next scan sees every file's ctime-bearing state differ
+/// from the stored one and re-records it with its owner and mode.
+pub(crate) mod v1 {
+    use std::path::Path;
+
+    use heed::types::SerdeBincode;
+    use heed::RwTxn;
+    use musicfs_core::meta::{Format, OriginId, TrackId, TrackMeta};
+    use serde::{Deserialize, Serialize};
+
+    use super::{CatalogError, Dbs, PathEntry, SkipValue, TrackValue};
+
+    /// `ScanState` as schema 1 stored it.
+    #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+    pub(crate) struct ScanState {
+        pub(crate) size: u64,
+        pub(crate) mtime_ns: i64,
+        pub(crate) ino: u64,
+        pub(crate) ctime_ns: i64,
+    }
+
+    impl From<ScanState> for musicfs_core::ScanState {
+        fn from(old: ScanState) -> Self {
+            musicfs_core::ScanState {
+                size: old.size,
+                mtime_ns: old.mtime_ns,
+                ino: old.ino,
+                ctime_ns: old.ctime_ns,
+                perm: None,
+            }
+        }
+    }
+
+    /// `TrackValue` as schema 1 stored it.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub(crate) struct TrackValue1 {
+        pub(crate) origin: OriginId,
+        pub(crate) rel_path: Vec<u8>,
+        pub(crate) format: Format,
+        pub(crate) scan: ScanState,
+        pub(crate) meta: TrackMeta,
+    }
+
+    /// `PathEntry` as schema 1 stored it.
+    #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+    pub(crate) struct PathEntry1 {
+        pub(crate) id: TrackId,
+        pub(crate) scan: ScanState,
+    }
+
+    /// `SkipValue` as schema 1 stored it.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub(crate) struct SkipValue1 {
+        pub(crate) rel_path: Vec<u8>,
+        pub(crate) scan: ScanState,
+        pub(crate) reason: String,
+    }
+
+    /// Rewrites every track, path entry and skipped file in the version 2 layout. The
+    /// whole catalog is rewritten in the opening transaction, so a crash leaves it at
+    /// version 1, to be migrated again.
+    pub(crate) fn migrate(
+        dir: &Path,
+        dbs: Dbs<'_>,
+        txn: &mut RwTxn<'_>,
+    ) -> Result<(), CatalogError> {
+        let lmdb = |source| CatalogError::Lmdb {
+            path: dir.to_path_buf(),
+            op: "schema upgrade 1 to 2",
+            source,
+        };
+        let tracks = dbs.tracks.remap_data_type::<SerdeBincode<TrackValue1>>();
+        let rows = tracks
+            .iter(txn)
+            .map_err(lmdb)?
+            .collect::<heed::Result<Vec<_>>>()
+            .map_err(lmdb)?;
+        for (id, old) in rows {
+            let new = TrackValue {
+                origin: old.origin,
+                rel_path: old.rel_path,
+                format: old.format,
+                scan: old.scan.into(),
+                meta: old.meta,
+            };
+            dbs.tracks.put(txn, &id, &new).map_err(lmdb)?;
+        }
+        let paths = dbs.paths.remap_data_type::<SerdeBincode<PathEntry1>>();
+        let rows = paths
+            .iter(txn)
+            .map_err(lmdb)?
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v)))
+            .collect::<heed::Result<Vec<_>>>()
+            .map_err(lmdb)?;
+        for (key, old) in rows {
+            let new = PathEntry {
+                id: old.id,
+                scan: old.scan.into(),
+            };
+            dbs.paths.put(txn, &key, &new).map_err(lmdb)?;
+        }
+        let skipped = dbs.skipped.remap_data_type::<SerdeBincode<SkipValue1>>();
+        let rows = skipped
+            .iter(txn)
+            .map_err(lmdb)?
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v)))
+            .collect::<heed::Result<Vec<_>>>()
+            .map_err(lmdb)?;
+        for (key, old) in rows {
+            let new = SkipValue {
+                rel_path: old.rel_path,
+                scan: old.scan.into(),
+                reason: old.reason,
+            };
+            dbs.skipped.put(txn, &key, &new).map_err(lmdb)?;
+        }
+        Ok(())
     }
 }
 

@@ -107,11 +107,16 @@ impl Stat {
             ChangeToken::Local { ino, ctime_ns, .. } => (ino, ctime_ns),
             ChangeToken::ETag(_) => (0, 0),
         };
+        let perm = match (self.mode, self.uid, self.gid) {
+            (Some(mode), Some(uid), Some(gid)) => Some(musicfs_core::meta::Perm { mode, uid, gid }),
+            _ => None,
+        };
         ScanState {
             size: self.size,
             mtime_ns: self.mtime_ns,
             ino,
             ctime_ns,
+            perm,
         }
     }
 }

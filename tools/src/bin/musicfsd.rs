@@ -59,12 +59,15 @@ struct Cli {
     /// Let other users access the mount.
     #[arg(long)]
     allow_other: bool,
-    /// Owner uid shown for every file [default: the daemon's].
-    #[arg(long)]
+    /// Owner uid shown for every file and directory [default: each source's owner].
+    #[arg(long, env = "MUSICFS_UID")]
     uid: Option<u32>,
-    /// Owner gid shown for every file [default: the daemon's].
-    #[arg(long)]
+    /// Group gid shown for every file and directory [default: each source's group].
+    #[arg(long, env = "MUSICFS_GID")]
     gid: Option<u32>,
+    /// Octal permission bits cleared from every mode shown, e.g. 022 or 027 [default: 0].
+    #[arg(long, env = "MUSICFS_UMASK", value_parser = musicfs_core::config::parse_umask)]
+    umask: Option<u32>,
     /// Kernel entry cache timeout in seconds [default: 3600].
     #[arg(long)]
     entry_timeout: Option<f64>,
@@ -181,6 +184,9 @@ fn merge_config(cli: &Cli) -> Result<Config> {
     cfg.allow_other |= cli.allow_other;
     cfg.uid = cli.uid.or(cfg.uid);
     cfg.gid = cli.gid.or(cfg.gid);
+    if let Some(u) = cli.umask {
+        cfg.umask = u;
+    }
     if let Some(t) = cli.entry_timeout {
         cfg.entry_timeout_secs = t;
     }
@@ -239,6 +245,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         allow_other: cfg.allow_other,
         uid: cfg.uid,
         gid: cfg.gid,
+        umask: cfg.umask,
         passthrough: cfg.passthrough,
         transport: cfg.transport,
         enable_uring_param: cfg.enable_uring_param,
