@@ -816,7 +816,17 @@ mod tests {
                 .for_each(|t| records.push((t.rel_path, t.meta.duration_ms)))
                 .unwrap();
             records.sort();
-            seen.push((records, reasons.len()));
+            // The same stats, modes and owners included, from `fstatat` and from `list`.
+            let id = catalog.origin_id(&root).unwrap();
+            let mut states: Vec<(Vec<u8>, ScanState)> = catalog
+                .scan_states(id)
+                .unwrap()
+                .into_iter()
+                .map(|(rel, (_, state))| (rel, state))
+                .collect();
+            states.sort_by(|x, y| x.0.cmp(&y.0));
+            assert!(states.iter().all(|(_, s)| s.perm.is_some()), "{kind}");
+            seen.push((records, states, reasons.len()));
             assert!(
                 reasons.iter().any(|r| r.contains("loop")),
                 "{kind}: {reasons:?}"
