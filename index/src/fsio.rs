@@ -1,31 +1,13 @@
-//! Read-only access to origin files.
+//! The stat facts the local walk records for each file (files themselves are opened only
+//! through the origin seam, `musicfs_storage::origin`).
 
-use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
 
 use musicfs_core::{Perm, ScanState};
 
-/// Opens `path` read-only with `O_NOATIME`, so scanning does not dirty inodes on the origin.
-/// The kernel refuses `O_NOATIME` (EPERM) on files the caller does not own; then the file is
-/// opened plainly.
-pub fn open_readonly(path: &Path) -> io::Result<File> {
-    let noatime = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOATIME | libc::O_CLOEXEC)
-        .open(path);
-    match noatime {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path),
-        other => other,
-    }
-}
-
 /// The facts the incremental scan compares to tell whether a file changed, and the owner
-/// and permission bits the tree shows.
+/// and permission bits the tree shows (the same values
+/// `musicfs_storage::origin::Stat::scan_state` gives for a listed entry).
 pub fn scan_state(md: &std::fs::Metadata) -> ScanState {
     ScanState {
         size: md.size(),

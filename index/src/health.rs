@@ -9,14 +9,17 @@
 //! `musicfs origin forget` removes them.
 //!
 //! The decisions are pure functions ([`classify_root`], [`classify_walk`]) over facts
-//! gathered by [`probe_root`], so they are tested without touching a disk.
+//! gathered by [`probe_origin`], which asks the origin ([`Origin::probe`]) with the root
+//! identity the catalog recorded at the last good scan, so they are tested without touching
+//! a disk.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use musicfs_core::health::OriginHealth;
 use musicfs_core::OriginId;
+use musicfs_storage::origin::{Health, Offline, Origin, RootIdentity};
 
 use crate::scan::OfflineOrigin;
 
@@ -39,8 +42,8 @@ pub enum OfflineReason {
     Unreadable(String),
     /// The root did not answer within [`PROBE_TIMEOUT`].
     NotResponding,
-    /// The root was a mount point and now sits on its parent's device: the filesystem
-    /// that held the library is not mounted.
+    /// The root was a mount point and is not one any more: the filesystem that held the
+    /// library is not mounted.
     NotMounted,
     /// The root lists nothing, or none of the cataloged tracks, where the catalog has some.
     Emptied {
@@ -89,92 +92,111 @@ impl std::fmt::Display for OfflineReason {
     }
 }
 
-/// What [`probe_root`] found about a reachable root.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RootFacts {
-    /// `st_dev` of the root.
-    pub dev: u64,
-    /// `st_dev` of its parent (the root's own for `/`).
-    pub parent_dev: u64,
-    /// The root lists no entry at all.
-    pub empty: bool,
-}
-
-impl RootFacts {
-    /// Whether the root is a mount point (on another device than its parent).
-    pub fn is_mount_point(&self) -> bool {
-        self.dev != self.parent_dev
+impl From<Offline> for OfflineReason {
+    fn from(o: Offline) -> OfflineReason {
+        match o {
+            Offline::Missing => OfflineReason::Missing("not found".into()),
+            Offline::NotADirectory => OfflineReason::NotADirectory,
+            Offline::Unreadable { reason } => OfflineReason::Unreadable(reason),
+            Offline::NotMounted => OfflineReason::NotMounted,
+            Offline::DeviceChanged { recorded, found } => OfflineReason::DeviceChanged {
+                was: recorded,
+                now: found,
+            },
+            Offline::Unresponsive { .. } => OfflineReason::NotResponding,
+        }
     }
 }
 
-/// What the catalog remembers of an origin, for [`classify_root`].
+/// What [`probe_origin`] found about a reachable origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RootFacts {
+    /// The root's identity now ([`Origin::root_identity`]), to record after a good scan.
+    pub identity: Option<RootIdentity>,
+    /// `(recorded, current)` device when the root is on another device than recorded: a
+    /// remounted share (NFS gets a new device number on every mount) or another disk in
+    /// its place. The walk tells which, by how many of the tracks it finds.
+    pub moved: Option<(u64, u64)>,
+    /// The root lists no entry at all. Known before the walk for local roots only; for
+    /// other origins the walk finding none of the tracks says the same.
+    pub empty: bool,
+}
+
+/// What the catalog remembers of an origin, for [`classify_root`] and [`classify_walk`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Recorded {
     /// Tracks it has.
     pub tracks: u64,
-    /// The root's device at the last good scan, and whether it was a mount point.
-    pub device: Option<(u64, bool)>,
+    /// The root's identity at the last good scan.
+    pub identity: Option<RootIdentity>,
 }
 
-/// Resolves and stats `origin` and reads its first entry, giving up after `timeout` (the
-/// probing thread is left behind when a hung share never answers).
-pub fn probe_root(origin: &Path, timeout: Duration) -> Result<(PathBuf, RootFacts), OfflineReason> {
+/// Probes `origin` against the identity recorded at its last good scan, giving up after
+/// `timeout` (the probing thread is left behind when a hung share never answers). A root
+/// on another device than recorded is not offline yet: see [`RootFacts::moved`].
+pub fn probe_origin(
+    origin: &Arc<dyn Origin>,
+    recorded: Option<RootIdentity>,
+    timeout: Duration,
+) -> Result<RootFacts, OfflineReason> {
     let (tx, rx) = crossbeam_channel::bounded(1);
-    let owned = origin.to_path_buf();
+    let owned = Arc::clone(origin);
     let spawned = std::thread::Builder::new()
         .name("origin-probe".into())
         .spawn(move || {
-            let _ = tx.send(probe_now(&owned));
+            let _ = tx.send(probe_now(owned.as_ref(), recorded));
         });
     if spawned.is_err() {
         // No thread to spare: probe on this one rather than call the origin offline.
-        return probe_now(origin);
+        return probe_now(origin.as_ref(), recorded);
     }
     rx.recv_timeout(timeout)
         .unwrap_or(Err(OfflineReason::NotResponding))
 }
 
-fn probe_now(origin: &Path) -> Result<(PathBuf, RootFacts), OfflineReason> {
-    let root = origin
-        .canonicalize()
-        .map_err(|e| OfflineReason::Missing(e.to_string()))?;
-    let md = std::fs::metadata(&root).map_err(|e| OfflineReason::Missing(e.to_string()))?;
-    if !md.is_dir() {
-        return Err(OfflineReason::NotADirectory);
-    }
-    let mut entries =
-        std::fs::read_dir(&root).map_err(|e| OfflineReason::Unreadable(e.to_string()))?;
-    let empty = match entries.next() {
-        None => true,
-        Some(Ok(_)) => false,
-        Some(Err(e)) => return Err(OfflineReason::Unreadable(e.to_string())),
+fn probe_now(
+    origin: &dyn Origin,
+    recorded: Option<RootIdentity>,
+) -> Result<RootFacts, OfflineReason> {
+    let moved = match origin.probe(recorded.as_ref()) {
+        Health::Up => None,
+        Health::Offline(Offline::DeviceChanged { recorded, found }) => {
+            // Still check that the root is there and readable; the device alone is
+            // decided by the walk.
+            match origin.probe(None) {
+                Health::Up => Some((recorded, found)),
+                Health::Offline(o) => return Err(o.into()),
+            }
+        }
+        Health::Offline(o) => return Err(o.into()),
     };
-    let parent_dev = match root.parent() {
-        Some(parent) => std::fs::metadata(parent).map_or(md.dev(), |p| p.dev()),
-        None => md.dev(),
+    let empty = match origin.local_root() {
+        Some(root) => {
+            let mut entries =
+                std::fs::read_dir(root).map_err(|e| OfflineReason::Unreadable(e.to_string()))?;
+            match entries.next() {
+                None => true,
+                Some(Ok(_)) => false,
+                Some(Err(e)) => return Err(OfflineReason::Unreadable(e.to_string())),
+            }
+        }
+        None => false,
     };
-    Ok((
-        root,
-        RootFacts {
-            dev: md.dev(),
-            parent_dev,
-            empty,
-        },
-    ))
+    Ok(RootFacts {
+        identity: origin.root_identity(),
+        moved,
+        empty,
+    })
 }
 
-/// The verdict before walking a reachable root. `allow_mass_removal` lets an emptied root
-/// through (its walk then removes the tracks); an unmounted filesystem never is.
+/// The verdict before walking a reachable root (an unmounted filesystem was already
+/// reported by the probe). `allow_mass_removal` lets an emptied root through (its walk then
+/// removes the tracks).
 pub fn classify_root(
     facts: &RootFacts,
     recorded: &Recorded,
     allow_mass_removal: bool,
 ) -> Result<(), OfflineReason> {
-    if let Some((_, true)) = recorded.device {
-        if !facts.is_mount_point() {
-            return Err(OfflineReason::NotMounted);
-        }
-    }
     if facts.empty && recorded.tracks > 0 && !allow_mass_removal {
         return Err(OfflineReason::Emptied {
             tracks: recorded.tracks,
@@ -209,8 +231,8 @@ pub fn classify_walk(
 }
 
 /// Records the verdicts of one scan in `health` and logs each change of state once:
-/// `scanned` are the origins the scan was given (as given, with their catalog id when the
-/// catalog knows them), `offline` what it reported. Returns the positions in `scanned` of
+/// `scanned` are the origins the scan was given (by catalog key, [`Origin::key`], with
+/// their catalog id when the catalog knows them), `offline` what it reported. Returns the positions in `scanned` of
 /// the offline origins.
 pub fn record_verdicts(
     health: &OriginHealth,
@@ -249,23 +271,24 @@ pub fn record_verdicts(
 
 #[cfg(test)]
 mod tests {
+    use musicfs_storage::origin::{open_origin, OriginSpec};
+
     use super::*;
 
-    fn facts(dev: u64, parent_dev: u64, empty: bool) -> RootFacts {
-        RootFacts {
-            dev,
-            parent_dev,
-            empty,
-        }
+    fn local(root: &Path) -> Arc<dyn Origin> {
+        open_origin(&OriginSpec::local(root)).unwrap()
     }
 
     #[test]
     fn an_empty_root_with_cataloged_tracks_is_offline_unless_removal_is_allowed() {
         let rec = Recorded {
             tracks: 3,
-            device: Some((1, false)),
+            identity: None,
         };
-        let empty = facts(1, 1, true);
+        let empty = RootFacts {
+            empty: true,
+            ..RootFacts::default()
+        };
         assert_eq!(
             classify_root(&empty, &rec, false),
             Err(OfflineReason::Emptied { tracks: 3 })
@@ -276,16 +299,34 @@ mod tests {
     }
 
     #[test]
-    fn a_mount_point_now_on_its_parents_device_is_not_mounted_even_when_allowed() {
-        let rec = Recorded {
-            tracks: 0,
-            device: Some((7, true)),
+    fn a_root_recorded_as_a_mount_that_no_longer_is_one_is_not_mounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = local(dir.path());
+        let now = origin.root_identity().unwrap();
+        assert!(!now.mount_root, "a temp dir is no mount root");
+        let was_mounted = RootIdentity {
+            mount_root: true,
+            ..now
         };
         assert_eq!(
-            classify_root(&facts(1, 1, false), &rec, true),
+            probe_origin(&origin, Some(was_mounted), PROBE_TIMEOUT),
             Err(OfflineReason::NotMounted)
         );
-        assert_eq!(classify_root(&facts(9, 1, false), &rec, false), Ok(()));
+        let facts = probe_origin(&origin, Some(now), PROBE_TIMEOUT).unwrap();
+        assert_eq!((facts.identity, facts.moved), (Some(now), None));
+    }
+
+    #[test]
+    fn a_root_on_another_device_is_reachable_and_says_it_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = local(dir.path());
+        let now = origin.root_identity().unwrap();
+        let elsewhere = RootIdentity {
+            dev: now.dev + 1,
+            ..now
+        };
+        let facts = probe_origin(&origin, Some(elsewhere), PROBE_TIMEOUT).unwrap();
+        assert_eq!(facts.moved, Some((now.dev + 1, now.dev)));
     }
 
     #[test]
@@ -349,20 +390,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("gone");
         assert!(matches!(
-            probe_root(&missing, PROBE_TIMEOUT),
+            probe_origin(&local(&missing), None, PROBE_TIMEOUT),
             Err(OfflineReason::Missing(_))
         ));
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
         assert_eq!(
-            probe_root(&file, PROBE_TIMEOUT),
+            probe_origin(&local(&file), None, PROBE_TIMEOUT),
             Err(OfflineReason::NotADirectory)
         );
-        let (root, facts) = probe_root(dir.path(), PROBE_TIMEOUT).unwrap();
-        assert_eq!(root, dir.path().canonicalize().unwrap());
-        assert!(!facts.empty);
+        let facts = probe_origin(&local(dir.path()), None, PROBE_TIMEOUT).unwrap();
+        assert!(!facts.empty && facts.identity.is_some());
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).unwrap();
-        assert!(probe_root(&sub, PROBE_TIMEOUT).unwrap().1.empty);
+        assert!(
+            probe_origin(&local(&sub), None, PROBE_TIMEOUT)
+                .unwrap()
+                .empty
+        );
     }
 }

@@ -1,11 +1,13 @@
 //! MusicFS index: finds audio files in origins, reads their tags, and keeps the catalog in
 //! step with them.
 //!
-//! What it owns: walking local origins ([`scan()`]), reading tags and stream facts with
-//! symphonia without decoding audio ([`read_tags`]), and deciding which files changed since
-//! the last scan (stat comparison, so unchanged files are never opened). It stores results
-//! through `musicfs-storage`'s catalog and never writes to an origin: files are opened
-//! read-only with `O_NOATIME`.
+//! What it owns: walking origins ([`scan()`]), reading tags and stream facts with
+//! symphonia without decoding audio ([`read_tags_from`]), and deciding which files changed
+//! since the last scan (stat comparison, so unchanged files are never opened). Origins are
+//! `musicfs_storage::origin::Origin`s: it lists, stats, probes and opens them only through
+//! that seam (a local origin's root is used directly for its fast parallel walk and its
+//! inotify watches). It stores results through `musicfs-storage`'s catalog and never
+//! writes to an origin: local files are opened read-only with `O_NOATIME`.
 //!
 //! It also keeps a served tree current ([`refresh`]): the refresh loop (scan → catalog →
 //! tree → snapshot → publish → invalidate) that the daemon wires up with its watchers,
@@ -34,6 +36,9 @@ pub mod scan;
 pub mod tags;
 mod walk;
 pub mod watch;
+
+#[cfg(test)]
+mod testorigin;
 
 pub use scan::{
     scan, DirHook, OfflineOrigin, Progress, ProgressFn, ScanError, ScanOptions, ScanReport, Skipped,

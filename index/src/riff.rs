@@ -6,9 +6,7 @@
 //! chunk headers ourselves and hand each INFO entry to symphonia's own RIFF INFO parser, so
 //! the key mapping stays symphonia's.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-
+use musicfs_storage::origin::Source;
 use symphonia::core::meta::well_known::METADATA_ID_WAVE;
 use symphonia::core::meta::{MetadataBuilder, MetadataInfo, MetadataRevision};
 use symphonia::default::meta::embedded::riff::parse_riff_info_chunk;
@@ -24,8 +22,9 @@ const INFO: MetadataInfo = MetadataInfo {
     long_name: "RIFF INFO",
 };
 
-fn read_exact_at(file: &File, buf: &mut [u8], pos: u64) -> Option<()> {
-    file.read_exact_at(buf, pos).ok()
+fn read_exact_at(file: &dyn Source, buf: &mut [u8], pos: u64) -> Option<()> {
+    // `read_at` fills the buffer unless the file ends first.
+    (file.read_at(buf, pos).ok()? == buf.len()).then_some(())
 }
 
 fn le32(b: &[u8]) -> u32 {
@@ -35,7 +34,7 @@ fn le32(b: &[u8]) -> u32 {
 /// The first `LIST/INFO` chunk of a RIFF WAVE file as a metadata revision, or `None` when
 /// the file has none or its chunk structure is broken. Reads chunk headers only, never
 /// the audio data.
-pub(crate) fn wav_info_revision(file: &File, file_len: u64) -> Option<MetadataRevision> {
+pub(crate) fn wav_info_revision(file: &dyn Source, file_len: u64) -> Option<MetadataRevision> {
     let mut head = [0u8; 12];
     read_exact_at(file, &mut head, 0)?;
     if &head[0..4] != b"RIFF" || &head[8..12] != b"WAVE" {
@@ -86,6 +85,7 @@ fn parse_info_list(mut body: &[u8]) -> MetadataRevision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use musicfs_storage::origin::{LocalOrigin, LocalSource, OriginSpec};
     use std::io::Write;
     use symphonia::core::meta::StandardTag;
 
@@ -97,6 +97,13 @@ mod tests {
             v.push(0);
         }
         v
+    }
+
+    /// The temp file opened as the scanner opens sources: through a local origin.
+    fn source_of(f: &tempfile::NamedTempFile) -> LocalSource {
+        let (dir, name) = (f.path().parent().unwrap(), f.path().file_name().unwrap());
+        let origin = LocalOrigin::open(&OriginSpec::local(dir)).unwrap();
+        origin.open_file(std::path::Path::new(name)).unwrap()
     }
 
     fn wav(chunks: &[Vec<u8>]) -> tempfile::NamedTempFile {
@@ -120,9 +127,8 @@ mod tests {
             chunk(b"data", &[0u8; 7]),
             chunk(b"LIST", &info),
         ]);
-        let file = f.reopen().unwrap();
-        let len = file.metadata().unwrap().len();
-        let rev = wav_info_revision(&file, len).expect("INFO found");
+        let file = source_of(&f);
+        let rev = wav_info_revision(&file, file.len()).expect("INFO found");
         let stds: Vec<_> = rev
             .media
             .tags
@@ -142,16 +148,15 @@ mod tests {
         let mut bogus = b"LIST".to_vec();
         bogus.extend_from_slice(&u32::MAX.to_le_bytes());
         let f = wav(&[bogus]);
-        let file = f.reopen().unwrap();
-        let len = file.metadata().unwrap().len();
-        assert!(wav_info_revision(&file, len).is_none());
+        let file = source_of(&f);
+        assert!(wav_info_revision(&file, file.len()).is_none());
     }
 
     #[test]
     fn non_wave_files_yield_nothing() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(b"fLaC and some more bytes").unwrap();
-        let file = f.reopen().unwrap();
+        let file = source_of(&f);
         assert!(wav_info_revision(&file, 24).is_none());
     }
 }

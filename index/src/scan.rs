@@ -1,8 +1,10 @@
-//! Incremental, parallel scan of local origins into the catalog.
+//! Incremental, parallel scan of origins into the catalog.
 //!
-//! The walk (module `walk`, several threads) lists each origin and compares every audio
+//! Origins are [`Origin`]s of the storage seam, registered in the catalog under their
+//! [`Origin::key`]. The walk (module `walk`: several threads over a local root, or
+//! [`Origin::list`] for any other origin) lists each origin and compares every audio
 //! file's stat with what the catalog remembers (module `known`); only new or changed files
-//! go to the tag-reading workers. The calling
+//! go to the tag-reading workers, which open them through [`Origin::open`]. The calling
 //! thread collects their results and writes them in batches, one catalog transaction per
 //! batch, so an interrupted scan keeps what it already wrote and the next scan resumes from
 //! there (the unchanged files are not opened again).
@@ -26,17 +28,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use musicfs_core::{Format, OriginId, ScanState, TrackId, TrackMeta};
+use musicfs_storage::origin::{Origin, RootIdentity};
 use musicfs_storage::{Batch, Catalog, CatalogError, OriginDevice, SkipRecord, Upsert};
 
-use crate::fsio::{open_readonly, scan_state};
 use crate::health::{
-    classify_root, classify_walk, probe_root, OfflineReason, Recorded, RootFacts,
+    classify_root, classify_walk, probe_origin, OfflineReason, Recorded, RootFacts,
     DEFAULT_MASS_REMOVAL_THRESHOLD, PROBE_TIMEOUT,
 };
 use crate::known::Known;
 use crate::tags::{read_tags_from, TagError};
-use crate::walk;
 pub use crate::walk::Skipped;
+use crate::walk::{self, shown};
 
 /// How many changes (upserts, removals, skips) go into one catalog transaction.
 const BATCH: usize = 1000;
@@ -83,9 +85,9 @@ pub struct ScanOptions {
     pub verify: bool,
     /// Threads listing directories and stat'ing files (at least 1).
     pub walk_threads: usize,
-    /// Called with (origin as given, directory) before each directory is listed: the live
-    /// daemon adds its inotify watch there, so a change is either seen by this scan or
-    /// reported by the watch.
+    /// Called with (origin, directory relative to its root) before each directory is
+    /// listed: the live daemon adds its inotify watch there, so a change is either seen by
+    /// this scan or reported by the watch.
     pub dir_hook: Option<DirHook>,
     /// The share of an origin's tracks (0 to 1) that may vanish in one scan; more means
     /// the origin is offline, not that its files were deleted (see [`crate::health`]).
@@ -96,7 +98,7 @@ pub struct ScanOptions {
 }
 
 /// See [`ScanOptions::dir_hook`].
-pub type DirHook = Arc<dyn Fn(&Path, &Path) + Send + Sync>;
+pub type DirHook = Arc<dyn Fn(&dyn Origin, &Path) + Send + Sync>;
 
 impl Default for ScanOptions {
     fn default() -> Self {
@@ -155,7 +157,7 @@ pub struct ScanReport {
 /// An origin a scan found offline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OfflineOrigin {
-    /// The origin as given to [`scan()`].
+    /// The origin's catalog key ([`Origin::key`]; for a local origin its root).
     pub origin: PathBuf,
     /// Why.
     pub reason: OfflineReason,
@@ -210,13 +212,13 @@ enum Decision {
     Read(Option<TrackId>),
 }
 
-/// Scans `origins` (local directories) into `catalog`: new and changed files are read and
+/// Scans `origins` into `catalog`: new and changed files are read and
 /// upserted, vanished ones removed, unchanged ones left alone without being opened. An
 /// origin that is not there ([`crate::health`]) keeps its tracks and is listed in
 /// [`ScanReport::offline`]; the other origins are scanned all the same.
 pub fn scan(
     catalog: &Catalog,
-    origins: &[PathBuf],
+    origins: &[Arc<dyn Origin>],
     opts: &ScanOptions,
 ) -> Result<ScanReport, ScanError> {
     let start = Instant::now();
@@ -247,12 +249,20 @@ pub fn scan(
     Ok(report)
 }
 
-/// What the catalog remembers of `origin` for the health checks.
-fn recorded(catalog: &Catalog, origin: OriginId, tracks: u64) -> Result<Recorded, ScanError> {
-    let device = catalog
-        .origin_device(origin)?
-        .map(|d| (d.dev, d.mount_point));
-    Ok(Recorded { tracks, device })
+/// The root identity the catalog recorded for the origin keyed `key` at its last good
+/// scan (none for an origin it never saw, which is not registered by looking).
+fn recorded_identity(catalog: &Catalog, key: &OsStr) -> Result<Option<RootIdentity>, ScanError> {
+    let Some((id, _)) = catalog
+        .origins()?
+        .into_iter()
+        .find(|(_, root)| root.as_os_str() == key)
+    else {
+        return Ok(None);
+    };
+    Ok(catalog.origin_device(id)?.map(|d| RootIdentity {
+        dev: d.dev,
+        mount_root: d.mount_point,
+    }))
 }
 
 /// Running totals shared by the walker and the collecting thread; they start from the
@@ -288,31 +298,36 @@ impl Counters {
 
 fn scan_origin(
     catalog: &Catalog,
-    origin: &Path,
+    origin: &Arc<dyn Origin>,
     opts: &ScanOptions,
     report: &mut ScanReport,
 ) -> Result<(), ScanError> {
+    let key = Path::new(origin.key());
     let offline = |report: &mut ScanReport, reason: OfflineReason| {
         report.offline.push(OfflineOrigin {
-            origin: origin.to_path_buf(),
+            origin: key.to_path_buf(),
             reason,
         });
     };
     // Probing first proves the root is there and readable now, rather than finding out
     // after the walk and mistaking an unreachable origin for an empty one.
-    let (root, facts) = match probe_root(origin, PROBE_TIMEOUT) {
-        Ok(found) => found,
+    let identity = recorded_identity(catalog, origin.key())?;
+    let facts = match probe_origin(origin, identity, PROBE_TIMEOUT) {
+        Ok(facts) => facts,
         Err(reason) => {
             offline(report, reason);
             return Ok(());
         }
     };
-    let origin_id = catalog.origin_id(&root)?;
+    let origin_id = catalog.origin_id(key)?;
     let mut tracks = Vec::new();
     catalog.for_each_scan_state(origin_id, |rel, id, state| {
         tracks.push((Known::key(rel), id, state));
     })?;
-    let recorded = recorded(catalog, origin_id, tracks.len() as u64)?;
+    let recorded = Recorded {
+        tracks: tracks.len() as u64,
+        identity,
+    };
     if let Err(reason) = classify_root(&facts, &recorded, opts.allow_mass_removal) {
         offline(report, reason);
         return Ok(());
@@ -325,13 +340,13 @@ fn scan_origin(
 
     let (walk, collected) = std::thread::scope(|s| {
         let walker = {
-            let (root, counters, known) = (&root, &counters, &known);
-            s.spawn(move || walk_origin(root, origin, known, opts, counters, job_tx))
+            let (counters, known) = (&counters, &known);
+            s.spawn(move || walk_origin(origin.as_ref(), known, opts, counters, job_tx))
         };
         for _ in 0..threads {
             let rx = job_rx.clone();
             let tx = done_tx.clone();
-            s.spawn(move || read_worker(rx, tx));
+            s.spawn(move || read_worker(origin.as_ref(), rx, tx));
         }
         drop(job_rx);
         drop(done_tx);
@@ -342,7 +357,7 @@ fn scan_origin(
             gone: Vec::new(),
             gone_broken: Vec::new(),
             skipped: vec![Skipped {
-                path: root.clone(),
+                path: shown(origin.as_ref(), b""),
                 reason: "directory walk aborted".into(),
             }],
             unreadable: Vec::new(),
@@ -396,16 +411,11 @@ fn settle_gone(
     opts: &ScanOptions,
 ) -> Result<Result<u64, OfflineReason>, ScanError> {
     let (facts, recorded) = (&found.facts, &found.recorded);
-    let moved = recorded
-        .device
-        .map(|(dev, _)| dev)
-        .filter(|&dev| dev != facts.dev)
-        .map(|dev| (dev, facts.dev));
     let verdict = classify_walk(
         recorded.tracks,
         gone.len() as u64,
         opts.mass_removal_threshold,
-        moved,
+        facts.moved,
         opts.allow_mass_removal,
     );
     if let Err(reason) = verdict {
@@ -413,11 +423,11 @@ fn settle_gone(
     }
     let removed = gone.len() as u64;
     forget_gone(catalog, found.origin, gone, gone_broken)?;
-    let device = OriginDevice {
-        dev: facts.dev,
-        mount_point: facts.is_mount_point(),
-    };
-    if recorded.device != Some((device.dev, device.mount_point)) {
+    if let Some(now) = facts.identity.filter(|now| recorded.identity != Some(*now)) {
+        let device = OriginDevice {
+            dev: now.dev,
+            mount_point: now.mount_root,
+        };
         catalog.set_origin_device(found.origin, device)?;
     }
     Ok(Ok(removed))
@@ -446,11 +456,12 @@ fn forget_gone(
     }
 }
 
-fn read_worker(jobs: Receiver<Job>, done: Sender<Done>) {
+fn read_worker(origin: &dyn Origin, jobs: Receiver<Job>, done: Sender<Done>) {
     for job in jobs {
-        let result = open_readonly(&job.path)
+        let result = origin
+            .open(Path::new(OsStr::from_bytes(&job.rel)))
             .map_err(TagError::from)
-            .and_then(|f| read_tags_from(f, Some(job.expected)));
+            .and_then(|source| read_tags_from(source, Some(job.expected)));
         if done.send(Done { job, result }).is_err() {
             return;
         }
@@ -493,7 +504,7 @@ fn collect(
                     report.removed += 1;
                 }
                 let reason = e.to_string();
-                if matches!(e, TagError::Io(_)) {
+                if matches!(e, TagError::Io(_) | TagError::Open(_)) {
                     batch.unskipped.push((origin, job.rel));
                 } else {
                     batch.skipped.push(SkipRecord {
@@ -543,8 +554,7 @@ fn decide(known: &Known, rel: &[u8], state: ScanState, verify: bool) -> Decision
 }
 
 fn walk_origin(
-    root: &Path,
-    origin: &Path,
+    origin: &dyn Origin,
     known: &Known,
     opts: &ScanOptions,
     counters: &Counters,
@@ -563,19 +573,19 @@ fn walk_origin(
             let (mut seen, mut unchanged) = (0, 0);
             for f in found {
                 seen += 1;
-                let state = scan_state(&f.md);
+                let state = f.state;
                 match decide(known, &f.rel, state, verify) {
                     Decision::Unchanged => unchanged += 1,
                     Decision::StillBroken(reason) => {
                         unchanged += 1;
                         let mut sb = still_broken.lock().unwrap_or_else(|p| p.into_inner());
                         sb.push(Skipped {
-                            path: root.join(OsStr::from_bytes(&f.rel)),
+                            path: shown(origin, &f.rel),
                             reason,
                         });
                     }
                     Decision::Read(known_id) => read.push(Job {
-                        path: root.join(OsStr::from_bytes(&f.rel)),
+                        path: shown(origin, &f.rel),
                         rel: f.rel,
                         expected: f.format,
                         state,
@@ -594,8 +604,10 @@ fn walk_origin(
         // The collector stops taking jobs only when a catalog write failed; it reports it.
         read.into_iter().all(|job| jobs.send(job).is_ok())
     };
-    let threads = opts.walk_threads.max(1);
-    let outcome = walk::walk(root, threads, &hook, &handle);
+    let outcome = match origin.local_root() {
+        Some(root) => walk::walk(root, opts.walk_threads.max(1), &hook, &handle),
+        None => walk::walk_listed(origin, &hook, &handle),
+    };
     let mut skipped = outcome.skipped;
     skipped.extend(still_broken.into_inner().unwrap_or_else(|p| p.into_inner()));
     if outcome.aborted {
@@ -630,6 +642,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::testorigin::KINDS;
 
     #[test]
     fn is_under_matches_whole_path_components_only() {
@@ -730,50 +743,98 @@ mod tests {
 
     #[test]
     fn tracks_under_a_directory_that_cannot_be_listed_are_kept_and_the_rest_reconciled() {
-        let origin = tempfile::tempdir().unwrap();
-        let state = tempfile::tempdir().unwrap();
-        let root = origin.path().canonicalize().unwrap();
-        for d in ["kept", "other"] {
-            std::fs::create_dir(root.join(d)).unwrap();
-            for n in 0..3 {
-                std::fs::write(root.join(format!("{d}/{n}.wav")), wav(800)).unwrap();
+        for (kind, open) in KINDS {
+            let origin = tempfile::tempdir().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let root = origin.path().canonicalize().unwrap();
+            for d in ["kept", "other"] {
+                std::fs::create_dir(root.join(d)).unwrap();
+                for n in 0..3 {
+                    std::fs::write(root.join(format!("{d}/{n}.wav")), wav(800)).unwrap();
+                }
             }
-        }
-        let catalog = Catalog::open(state.path()).unwrap();
-        let first = scan(
-            &catalog,
-            std::slice::from_ref(&root),
-            &ScanOptions::default(),
-        )
-        .unwrap();
-        assert_eq!((first.added, first.skipped.len()), (6, 0));
+            let catalog = Catalog::open(state.path()).unwrap();
+            let origins = [open(&root)];
+            let first = scan(&catalog, &origins, &ScanOptions::default()).unwrap();
+            assert_eq!((first.added, first.skipped.len()), (6, 0), "{kind}");
 
-        // "kept" turns into a file just before the rescan lists it; one file of "other"
-        // is deleted.
-        std::fs::remove_file(root.join("other/0.wav")).unwrap();
-        let kept = root.join("kept");
-        let hook: DirHook = Arc::new(move |_origin: &Path, dir: &Path| {
-            if dir == kept {
-                std::fs::remove_dir_all(dir).unwrap();
-                std::fs::write(dir, b"x").unwrap();
-            }
-        });
-        let opts = ScanOptions {
-            dir_hook: Some(hook),
-            ..ScanOptions::default()
-        };
-        let again = scan(&catalog, std::slice::from_ref(&root), &opts).unwrap();
-        assert_eq!(again.removed, 1, "only the deleted file is gone: {again:?}");
-        assert!(again.skipped.iter().any(|s| s.path.ends_with("kept")));
-        let id = catalog.origin_id(&root).unwrap();
-        let mut left: Vec<Vec<u8>> = catalog.scan_states(id).unwrap().into_keys().collect();
-        left.sort();
-        let want: Vec<Vec<u8>> = ["kept/0.wav", "kept/1.wav", "kept/2.wav"]
-            .into_iter()
-            .chain(["other/1.wav", "other/2.wav"])
-            .map(|p| p.as_bytes().to_vec())
-            .collect();
-        assert_eq!(left, want);
+            // "kept" turns into a file just before the rescan lists it; one file of "other"
+            // is deleted.
+            std::fs::remove_file(root.join("other/0.wav")).unwrap();
+            let kept = root.join("kept");
+            let hook: DirHook = Arc::new(move |_origin: &dyn Origin, dir: &Path| {
+                if dir == Path::new("kept") {
+                    std::fs::remove_dir_all(&kept).unwrap();
+                    std::fs::write(&kept, b"x").unwrap();
+                }
+            });
+            let opts = ScanOptions {
+                dir_hook: Some(hook),
+                ..ScanOptions::default()
+            };
+            let again = scan(&catalog, &origins, &opts).unwrap();
+            assert_eq!(
+                again.removed, 1,
+                "{kind}: only the deleted file is gone: {again:?}"
+            );
+            assert!(
+                again.skipped.iter().any(|s| s.path.ends_with("kept")),
+                "{kind}"
+            );
+            let id = catalog.origin_id(&root).unwrap();
+            let mut left: Vec<Vec<u8>> = catalog.scan_states(id).unwrap().into_keys().collect();
+            left.sort();
+            let want: Vec<Vec<u8>> = ["kept/0.wav", "kept/1.wav", "kept/2.wav"]
+                .into_iter()
+                .chain(["other/1.wav", "other/2.wav"])
+                .map(|p| p.as_bytes().to_vec())
+                .collect();
+            assert_eq!(left, want, "{kind}");
+        }
+    }
+
+    #[test]
+    fn an_origin_without_a_local_root_is_walked_and_read_through_the_seam_alike() {
+        let origin = tempfile::tempdir().unwrap();
+        let root = origin.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/b/1.wav"), wav(800)).unwrap();
+        std::fs::write(root.join("a/2.wav"), wav(1600)).unwrap();
+        std::fs::write(root.join("a/cover.jpg"), b"not audio").unwrap();
+        std::fs::write(root.join("broken.wav"), b"RIFF").unwrap();
+        std::os::unix::fs::symlink(&root, root.join("a/loop")).unwrap();
+        let mut seen = Vec::new();
+        for (kind, open) in KINDS {
+            let state = tempfile::tempdir().unwrap();
+            let catalog = Catalog::open(state.path()).unwrap();
+            let r = scan(&catalog, &[open(&root)], &ScanOptions::default()).unwrap();
+            assert_eq!((r.added, r.opened), (2, 3), "{kind}: {r:?}");
+            let mut reasons: Vec<String> = r.skipped.iter().map(|s| s.reason.clone()).collect();
+            reasons.sort();
+            let mut records = Vec::new();
+            catalog
+                .for_each(|t| records.push((t.rel_path, t.meta.duration_ms)))
+                .unwrap();
+            records.sort();
+            // The same stats, modes and owners included, from `fstatat` and from `list`.
+            let id = catalog.origin_id(&root).unwrap();
+            let mut states: Vec<(Vec<u8>, ScanState)> = catalog
+                .scan_states(id)
+                .unwrap()
+                .into_iter()
+                .map(|(rel, (_, state))| (rel, state))
+                .collect();
+            states.sort_by(|x, y| x.0.cmp(&y.0));
+            assert!(states.iter().all(|(_, s)| s.perm.is_some()), "{kind}");
+            seen.push((records, states, reasons.len()));
+            assert!(
+                reasons.iter().any(|r| r.contains("loop")),
+                "{kind}: {reasons:?}"
+            );
+            let unchanged = scan(&catalog, &[open(&root)], &ScanOptions::default()).unwrap();
+            assert_eq!((unchanged.opened, unchanged.unchanged), (0, 3), "{kind}");
+        }
+        assert_eq!(seen[0], seen[1], "both walks catalog the same tracks");
     }
 
     fn origin_with(n: usize) -> (tempfile::TempDir, PathBuf) {
@@ -792,80 +853,93 @@ mod tests {
 
     #[test]
     fn scan_keeps_tracks_when_the_origin_is_emptied_or_missing_and_scans_the_others() {
-        let (_a, a) = origin_with(3);
-        let (_b, b) = origin_with(2);
-        let state = tempfile::tempdir().unwrap();
-        let catalog = Catalog::open(state.path()).unwrap();
-        let both = [a.clone(), b.clone()];
-        scan(&catalog, &both, &ScanOptions::default()).unwrap();
+        for (kind, open) in KINDS {
+            let (_a, a) = origin_with(3);
+            let (_b, b) = origin_with(2);
+            let state = tempfile::tempdir().unwrap();
+            let catalog = Catalog::open(state.path()).unwrap();
+            let both = [open(&a), open(&b)];
+            scan(&catalog, &both, &ScanOptions::default()).unwrap();
 
-        let away = a.with_extension("away");
-        std::fs::create_dir(&away).unwrap();
-        for i in 0..3 {
-            std::fs::rename(a.join(format!("{i}.wav")), away.join(format!("{i}.wav"))).unwrap();
+            let away = a.with_extension("away");
+            std::fs::create_dir(&away).unwrap();
+            for i in 0..3 {
+                std::fs::rename(a.join(format!("{i}.wav")), away.join(format!("{i}.wav"))).unwrap();
+            }
+            std::fs::write(b.join("new.wav"), wav(800)).unwrap();
+            let r = scan(&catalog, &both, &ScanOptions::default()).unwrap();
+            assert_eq!(
+                r.offline,
+                vec![OfflineOrigin {
+                    origin: a.clone(),
+                    reason: OfflineReason::Emptied { tracks: 3 }
+                }],
+                "{kind}"
+            );
+            assert_eq!((r.removed, r.added), (0, 1), "{kind}: {r:?}");
+            assert_eq!(tracks_of(&catalog, &a), 3, "{kind}");
+
+            std::fs::remove_dir(&a).unwrap();
+            let r = scan(&catalog, &both, &ScanOptions::default()).unwrap();
+            assert!(
+                matches!(r.offline[0].reason, OfflineReason::Missing(_)),
+                "{kind}"
+            );
+            assert_eq!(tracks_of(&catalog, &a), 3, "{kind}");
+
+            std::fs::rename(&away, &a).unwrap();
+            let r = scan(&catalog, &both, &ScanOptions::default()).unwrap();
+            assert!(r.offline.is_empty(), "{kind}: {r:?}");
+            assert_eq!((r.removed, tracks_of(&catalog, &a)), (0, 3), "{kind}");
         }
-        std::fs::write(b.join("new.wav"), wav(800)).unwrap();
-        let r = scan(&catalog, &both, &ScanOptions::default()).unwrap();
-        assert_eq!(
-            r.offline,
-            vec![OfflineOrigin {
-                origin: a.clone(),
-                reason: OfflineReason::Emptied { tracks: 3 }
-            }]
-        );
-        assert_eq!((r.removed, r.added), (0, 1), "{r:?}");
-        assert_eq!(tracks_of(&catalog, &a), 3);
-
-        std::fs::remove_dir(&a).unwrap();
-        let r = scan(&catalog, &both, &ScanOptions::default()).unwrap();
-        assert!(matches!(r.offline[0].reason, OfflineReason::Missing(_)));
-        assert_eq!(tracks_of(&catalog, &a), 3);
-
-        std::fs::rename(&away, &a).unwrap();
-        let r = scan(&catalog, &both, &ScanOptions::default()).unwrap();
-        assert!(r.offline.is_empty(), "{r:?}");
-        assert_eq!((r.removed, tracks_of(&catalog, &a)), (0, 3));
     }
 
     #[test]
     fn a_mass_removal_is_offline_until_allowed() {
-        let (_a, a) = origin_with(10);
-        let state = tempfile::tempdir().unwrap();
-        let catalog = Catalog::open(state.path()).unwrap();
-        let one = std::slice::from_ref(&a);
-        scan(&catalog, one, &ScanOptions::default()).unwrap();
-        for i in 0..6 {
-            std::fs::remove_file(a.join(format!("{i}.wav"))).unwrap();
-        }
-        let r = scan(&catalog, one, &ScanOptions::default()).unwrap();
-        assert_eq!(
-            r.offline[0].reason,
-            OfflineReason::MassRemoval {
-                gone: 6,
-                tracks: 10
+        for (kind, open) in KINDS {
+            let (_a, a) = origin_with(10);
+            let state = tempfile::tempdir().unwrap();
+            let catalog = Catalog::open(state.path()).unwrap();
+            let one = [open(&a)];
+            scan(&catalog, &one, &ScanOptions::default()).unwrap();
+            for i in 0..6 {
+                std::fs::remove_file(a.join(format!("{i}.wav"))).unwrap();
             }
-        );
-        assert_eq!((r.removed, tracks_of(&catalog, &a)), (0, 10));
-        let loose = ScanOptions {
-            mass_removal_threshold: 0.7,
-            ..ScanOptions::default()
-        };
-        let r = scan(&catalog, one, &loose).unwrap();
-        assert!(r.offline.is_empty(), "{r:?}");
-        assert_eq!((r.removed, tracks_of(&catalog, &a)), (6, 4));
+            let r = scan(&catalog, &one, &ScanOptions::default()).unwrap();
+            assert_eq!(
+                r.offline[0].reason,
+                OfflineReason::MassRemoval {
+                    gone: 6,
+                    tracks: 10
+                },
+                "{kind}"
+            );
+            assert_eq!((r.removed, tracks_of(&catalog, &a)), (0, 10), "{kind}");
+            let loose = ScanOptions {
+                mass_removal_threshold: 0.7,
+                ..ScanOptions::default()
+            };
+            let r = scan(&catalog, &one, &loose).unwrap();
+            assert!(r.offline.is_empty(), "{kind}: {r:?}");
+            assert_eq!((r.removed, tracks_of(&catalog, &a)), (6, 4), "{kind}");
 
-        for i in 6..9 {
-            std::fs::remove_file(a.join(format!("{i}.wav"))).unwrap();
+            for i in 6..9 {
+                std::fs::remove_file(a.join(format!("{i}.wav"))).unwrap();
+            }
+            let r = scan(&catalog, &one, &ScanOptions::default()).unwrap();
+            assert_eq!(
+                r.offline.len(),
+                1,
+                "{kind}: 3 of 4 is a mass removal: {r:?}"
+            );
+            let allowed = ScanOptions {
+                allow_mass_removal: true,
+                ..ScanOptions::default()
+            };
+            let r = scan(&catalog, &one, &allowed).unwrap();
+            assert!(r.offline.is_empty(), "{kind}: {r:?}");
+            assert_eq!((r.removed, tracks_of(&catalog, &a)), (3, 1), "{kind}");
         }
-        let r = scan(&catalog, one, &ScanOptions::default()).unwrap();
-        assert_eq!(r.offline.len(), 1, "3 of 4 is a mass removal: {r:?}");
-        let allowed = ScanOptions {
-            allow_mass_removal: true,
-            ..ScanOptions::default()
-        };
-        let r = scan(&catalog, one, &allowed).unwrap();
-        assert!(r.offline.is_empty(), "{r:?}");
-        assert_eq!((r.removed, tracks_of(&catalog, &a)), (3, 1));
     }
 
     #[test]

@@ -11,34 +11,38 @@
 //! so ID3v1 only fills fields ID3v2 lacks, and a multi-valued field is never a mix of two
 //! tag blocks.
 
-use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::Arc;
 
 use musicfs_core::{Format, TrackMeta};
+use musicfs_storage::origin::{LocalOrigin, OriginError, OriginSpec, Source};
 use symphonia::core::codecs::audio::well_known::CODEC_ID_OPUS;
 use symphonia::core::codecs::CodecParameters;
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::probe::Hint;
 use symphonia::core::formats::well_known as fmt_ids;
 use symphonia::core::formats::{FormatOptions, FormatReader, Track, TrackType};
-use symphonia::core::io::MediaSourceStream;
+use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::well_known as meta_ids;
 use symphonia::core::meta::{
     MetadataId, MetadataOptions, MetadataRevision, RawValue, StandardTag, Tag,
 };
 
 use crate::fields::{self, Field};
-use crate::fsio::open_readonly;
 use crate::riff;
 
 /// Why a file's tags could not be read. The `Display` text is the human reason the scanner
 /// reports for a skipped file.
 #[derive(Debug, thiserror::Error)]
 pub enum TagError {
-    /// The file could not be opened or read.
+    /// The file could not be read.
     #[error("cannot read file: {0}")]
     Io(#[from] std::io::Error),
+    /// The origin could not open the file (gone, unreadable, not a regular file).
+    #[error("cannot open file: {0}")]
+    Open(#[from] OriginError),
     /// The file has no bytes.
     #[error("empty file (0 bytes)")]
     Empty,
@@ -87,33 +91,42 @@ impl From<SymphoniaError> for TagError {
     }
 }
 
-/// Reads the container format, tags and stream facts of the file at `path`.
+/// Reads the container format, tags and stream facts of the file at `path` (a file outside
+/// any configured origin, e.g. for a test or a diagnostic tool).
 ///
-/// The file is opened read-only (with `O_NOATIME` where allowed). See [`read_tags_from`].
+/// The file is opened through a local origin at its directory, as the scanner opens
+/// sources: read-only, with `O_NOATIME` where allowed. See [`read_tags_from`].
 pub fn read_tags(path: &Path) -> Result<(Format, TrackMeta), TagError> {
-    let file = open_readonly(path)?;
+    let path = std::path::absolute(path)?;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(TagError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a path to a file",
+        )));
+    };
+    let source = LocalOrigin::open(&OriginSpec::local(dir))?.open_file(Path::new(name))?;
     let expected = path
         .extension()
         .and_then(|e| e.to_str())
         .and_then(Format::from_ext);
-    read_tags_from(file, expected)
+    read_tags_from(Arc::new(source), expected)
 }
 
-/// Reads the container format, tags and stream facts from an open file.
+/// Reads the container format, tags and stream facts from a source an origin opened.
 ///
 /// `expected` is the format the file's extension promises; when given, content of another
 /// format is an error (Ogg Vorbis and Ogg Opus count as one family, since `.ogg` files often
 /// hold Opus). Never panics: a panic inside symphonia is caught and returned as
 /// [`TagError::Panicked`].
 pub fn read_tags_from(
-    file: File,
+    source: Arc<dyn Source>,
     expected: Option<Format>,
 ) -> Result<(Format, TrackMeta), TagError> {
-    let len = file.metadata()?.len();
+    let len = source.len();
     if len == 0 {
         return Err(TagError::Empty);
     }
-    match catch_unwind(AssertUnwindSafe(|| read_inner(file, len, expected))) {
+    match catch_unwind(AssertUnwindSafe(|| read_inner(source, len, expected))) {
         Ok(result) => result,
         Err(payload) => {
             let msg = payload
@@ -127,15 +140,61 @@ pub fn read_tags_from(
     }
 }
 
+/// A [`Source`] as the `Read + Seek` stream symphonia probes: every read is a
+/// [`Source::read_at`] at the stream's position, so a local file and a remote object are
+/// read alike (and no `fstat` is needed to learn the length: the source knows it).
+struct SourceReader {
+    source: Arc<dyn Source>,
+    pos: u64,
+}
+
+impl Read for SourceReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.source.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for SourceReader {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let (base, delta) = match to {
+            SeekFrom::Start(at) => {
+                self.pos = at;
+                return Ok(at);
+            }
+            SeekFrom::End(delta) => (self.source.len(), delta),
+            SeekFrom::Current(delta) => (self.pos, delta),
+        };
+        self.pos = base.checked_add_signed(delta).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the file",
+            )
+        })?;
+        Ok(self.pos)
+    }
+}
+
+impl MediaSource for SourceReader {
+    fn is_seekable(&self) -> bool {
+        true
+    }
+
+    fn byte_len(&self) -> Option<u64> {
+        Some(self.source.len())
+    }
+}
+
 fn read_inner(
-    file: File,
+    source: Arc<dyn Source>,
     len: u64,
     expected: Option<Format>,
 ) -> Result<(Format, TrackMeta), TagError> {
-    // A second handle for the WAV INFO workaround (see `riff`); it reads with pread, so the
-    // shared file offset does not matter.
-    let side = file.try_clone()?;
-    let mss = MediaSourceStream::new(Box::new(file), Default::default());
+    // The WAV INFO workaround (see `riff`) reads the same source by offset.
+    let side = source.clone();
+    let reader = SourceReader { source, pos: 0 };
+    let mss = MediaSourceStream::new(Box::new(reader), Default::default());
     let mut hint = Hint::new();
     if let Some(f) = expected {
         hint.with_extension(f.ext());
@@ -161,7 +220,7 @@ fn read_inner(
     }
 
     let extra = match found {
-        Format::Wav => riff::wav_info_revision(&side, len),
+        Format::Wav => riff::wav_info_revision(side.as_ref(), len),
         _ => None,
     };
     let mut meta = merge_revisions(reader.as_mut(), track.id, extra);

@@ -1,25 +1,36 @@
-//! The parallel directory walk behind [`crate::scan()`].
+//! The directory walks behind [`crate::scan()`].
 //!
-//! Threads take directories from a shared stack, call a hook on each directory *before*
-//! listing it (the live daemon adds its inotify watch there, so a change is either seen by
-//! this listing or reported by the watch), list it, and hand each directory's audio files to
-//! the caller in one batch. Regular files are stat'ed relative to their directory
-//! (`fstatat` on the listing's fd), so the kernel does not resolve the whole path again for
-//! every file.
+//! An origin with a local root ([`Origin::local_root`]) is walked by [`walk()`], in parallel
+//! and without the origin's per-entry work: threads take directories from a shared stack,
+//! call a hook on each directory *before* listing it (the live daemon adds its inotify
+//! watch there, so a change is either seen by this listing or reported by the watch), list
+//! it, and hand each directory's audio files to the caller in one batch. Regular files are
+//! stat'ed relative to their directory (`fstatat` on the listing's fd), so the kernel does
+//! not resolve the whole path again for every file, and directories and non-audio files
+//! are not stat'ed at all. Any other origin is walked by [`walk_listed`] through
+//! [`Origin::list`], one directory at a time.
+//!
+//! [`Origin::local_root`]: musicfs_storage::origin::Origin::local_root
+//! [`Origin::list`]: musicfs_storage::origin::Origin::list
 //!
 //! Symlinks are followed when they stay inside the origin; one that points outside, dangles
 //! or leads back to a directory being walked is reported as skipped. Directories that cannot
 //! be listed are reported too, so the caller can keep what it knew under them.
 
 use std::ffi::OsStr;
-use std::fs::{self, Metadata};
+use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use musicfs_core::Format;
+use crate::fsio::scan_state;
+use musicfs_core::{Format, ScanState};
+
+mod listed;
+
+pub(crate) use listed::{shown, walk_listed};
 
 /// A path the scan did not catalog, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,13 +43,13 @@ pub struct Skipped {
 
 /// An audio file (by extension) found by the walk.
 pub(crate) struct Found {
-    /// Its path relative to the root as walked, as bytes (`root.join(rel)` reaches it;
-    /// not built here, since most files of a rescan are unchanged and need no path).
+    /// Its path relative to the origin root, as bytes (no full path is built here, since
+    /// most files of a rescan are unchanged and need none).
     pub rel: Vec<u8>,
     /// The format its extension promises.
     pub format: Format,
-    /// Its stat (through a symlink when the file is one).
-    pub md: Metadata,
+    /// What the scan compares with the catalog (through a symlink when the file is one).
+    pub state: ScanState,
 }
 
 /// What the walk could not look into.
@@ -132,9 +143,9 @@ impl Drop for Listing<'_> {
     }
 }
 
-/// Walks `root` (canonical) with `threads` threads. `before_list` runs on each directory
-/// before it is listed; `files` gets each directory's audio files and returns `false` to
-/// stop the walk.
+/// Walks `root` (an origin's canonical local root) with `threads` threads. `before_list`
+/// runs on each directory (relative to `root`) before it is listed; `files` gets each
+/// directory's audio files and returns `false` to stop the walk.
 pub(crate) fn walk(
     root: &Path,
     threads: usize,
@@ -168,7 +179,7 @@ pub(crate) fn walk(
                         let subdirs = if stop.load(Ordering::Relaxed) {
                             Vec::new()
                         } else {
-                            before_list(&dir.path);
+                            before_list(Path::new(OsStr::from_bytes(&dir.rel)));
                             list(root, &dir, files, stop, &mut out)
                         };
                         std::mem::forget(guard);
@@ -256,7 +267,7 @@ fn list(
                 Ok(md) => found.push(Found {
                     rel: join_rel(&dir.rel, &name),
                     format,
-                    md,
+                    state: scan_state(&md),
                 }),
                 Err(e) => out.skipped.push(Skipped {
                     path: dir.path.join(&name),
@@ -320,7 +331,8 @@ fn follow(
         }));
     } else if md.is_file() {
         if let Some(format) = audio_format(&path) {
-            found.push(Found { rel, format, md });
+            let state = scan_state(&md);
+            found.push(Found { rel, format, state });
         }
     }
 }
@@ -357,8 +369,7 @@ mod tests {
             root,
             threads,
             &|d| {
-                let rel = d.strip_prefix(root).unwrap().display().to_string();
-                dirs.lock().unwrap().insert(rel);
+                dirs.lock().unwrap().insert(d.display().to_string());
             },
             &|batch| {
                 let mut f = files.lock().unwrap();
@@ -448,11 +459,11 @@ mod tests {
             &root,
             1,
             &|d| {
-                if d == gone {
-                    fs::remove_dir_all(d).unwrap();
-                } else if d == replaced {
-                    fs::remove_dir_all(d).unwrap();
-                    fs::write(d, b"not a directory").unwrap();
+                if d == Path::new("y") {
+                    fs::remove_dir_all(&gone).unwrap();
+                } else if d == Path::new("z") {
+                    fs::remove_dir_all(&replaced).unwrap();
+                    fs::write(&replaced, b"not a directory").unwrap();
                 }
             },
             &|_| true,

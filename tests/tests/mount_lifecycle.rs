@@ -260,6 +260,40 @@ fn missing_origin_exits_2_naming_it() {
 }
 
 #[test]
+fn an_origin_of_a_scheme_without_a_driver_exits_2_naming_the_scheme_and_no_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let state = tmp.path().join("state");
+    let secret = "NOT-TO-BE-SHOWN";
+    let s3 = format!("s3://bucket/music?access_key_id=AKIDEXAMPLE&secret_access_key={secret}");
+    let sftp = format!("sftp://me:{secret}@nas/srv/music");
+    for (scheme, spec) in [
+        ("s3", s3.as_str()),
+        ("sftp", &sftp),
+        ("smb", "smb://nas/share"),
+    ] {
+        let args = daemon_args(Path::new(spec), &state, &[], &mnt);
+        assert_refused(args.clone(), &mnt, &[scheme, "driver"]);
+        let failed = run_daemon_expecting_exit(&args, None, &mnt, EXIT_DEADLINE).unwrap();
+        assert!(!failed.stderr.contains(secret), "{}", failed.stderr);
+
+        let mut scan = Command::new(harness::binary("musicfs").unwrap());
+        scan.arg("--state-dir")
+            .arg(&state)
+            .args(["scan", "--origin", spec]);
+        let out = scan.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "musicfs scan {spec}: {stderr}");
+        assert!(
+            stderr.contains(scheme) && stderr.contains("driver"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(secret), "{stderr}");
+    }
+}
+
+#[test]
 fn origin_unreadable_by_the_daemon_user_exits_2_naming_it() {
     let user = RunAs::nobody();
     let tmp = tempfile::tempdir().unwrap();

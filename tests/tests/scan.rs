@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use musicfs_core::TrackRecord;
 use musicfs_index::health::OfflineReason;
 use musicfs_index::{scan, Progress, ScanOptions, ScanReport};
+use musicfs_storage::origin::{open_origin, Origin, OriginSpec};
 use musicfs_storage::Catalog;
 use musicfs_tests::fixtures::{build_fixture_library, ffmpeg_available, Fixture};
 use tempfile::TempDir;
@@ -43,13 +44,13 @@ fn opts() -> ScanOptions {
     }
 }
 
+/// The local origin at `root`, as the daemon opens it.
+fn origin(root: &Path) -> Arc<dyn Origin> {
+    open_origin(&OriginSpec::local(root)).expect("open origin")
+}
+
 fn run_scan(env: &Env) -> ScanReport {
-    scan(
-        &env.catalog,
-        std::slice::from_ref(&env.fixture.root),
-        &opts(),
-    )
-    .expect("scan")
+    scan(&env.catalog, &[origin(&env.fixture.root)], &opts()).expect("scan")
 }
 
 fn records(catalog: &Catalog) -> HashMap<PathBuf, TrackRecord> {
@@ -318,7 +319,7 @@ fn verify_rereads_every_file_even_when_unchanged_and_reports_progress() {
     let sink = seen.clone();
     let report = scan(
         &env.catalog,
-        std::slice::from_ref(&env.fixture.root),
+        &[origin(&env.fixture.root)],
         &ScanOptions {
             verify: true,
             progress: Some(Arc::new(move |p| sink.lock().unwrap().push(p))),
@@ -341,12 +342,7 @@ fn a_missing_origin_is_reported_offline_naming_the_path() {
     let dir = TempDir::new().unwrap();
     let catalog = Catalog::open(&dir.path().join("catalog")).unwrap();
     let missing = dir.path().join("no-such-origin");
-    let report = scan(
-        &catalog,
-        std::slice::from_ref(&missing),
-        &ScanOptions::default(),
-    )
-    .unwrap();
+    let report = scan(&catalog, &[origin(&missing)], &ScanOptions::default()).unwrap();
     let [offline] = &report.offline[..] else {
         panic!("expected one offline origin: {report:?}");
     };

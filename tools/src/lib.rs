@@ -7,16 +7,17 @@
 //! `musicfs-storage`, templates, snapshots and the snapshot diff in `musicfs-core`, serving
 //! and the kernel's invalidation sink in `musicfs-fusedev`.
 
+use std::ffi::OsStr;
 use std::io::IsTerminal;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use musicfs_core::config::Config;
-use musicfs_index::health::{probe_root, OfflineReason, PROBE_TIMEOUT};
+use musicfs_index::health::{OfflineReason, PROBE_TIMEOUT};
 use musicfs_index::scan::{Progress, ProgressFn};
+use musicfs_storage::origin::{open_origin, probe_within, Health, Origin, OriginError, OriginSpec};
 
 /// Opts this process out of transparent huge pages. Tag reading allocates and frees
 /// buffers of tens to hundreds of KiB per file; mimalloc marks its arenas for huge pages
@@ -47,23 +48,42 @@ pub fn init_logging(level: &str) {
         .try_init();
 }
 
-/// The origins as the scans and the catalog name them: the canonical root of each one that
-/// answers, else the path as given made absolute (so a missing origin still matches the
-/// root the catalog recorded), with why it is unusable. A missing origin is not an error
-/// here: its tracks are kept and served from the snapshot, with reads failing (see
-/// `musicfs_index::health`).
-pub fn resolve_origins(origins: &[PathBuf]) -> Result<ResolvedOrigins> {
-    let mut resolved = ResolvedOrigins::default();
-    for o in origins {
-        match probe_root(o, PROBE_TIMEOUT) {
-            Ok((root, _)) => resolved.roots.push(root),
-            Err(reason) => {
-                let abs = std::path::absolute(o)
-                    .with_context(|| format!("origin {} has no absolute path", o.display()))?;
-                resolved.roots.push(abs.clone());
-                resolved.unusable.push((abs, reason));
-            }
+/// A bad origin spec on the command line, in `MUSICFS_ORIGINS` or in the configuration:
+/// a usage error (the binaries exit 2), not a failure of the library.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct BadOrigin(#[from] pub OriginError);
+
+/// Parses an origin spec as given (`/music`, `file:///music`, `s3://…`, …); a relative
+/// local path is taken relative to the working directory.
+pub fn parse_origin(given: &OsStr) -> Result<OriginSpec, BadOrigin> {
+    match OriginSpec::parse_os(given) {
+        Err(OriginError::RelativePath { path }) => {
+            let abs = std::path::absolute(given).map_err(|e| OriginError::BadSpec {
+                spec: path,
+                reason: format!("cannot make it absolute: {e}"),
+            })?;
+            Ok(OriginSpec::parse_os(abs.as_os_str())?)
         }
+        other => Ok(other?),
+    }
+}
+
+/// Parses and opens every origin (see [`parse_origin`]), then probes each one. A spec that
+/// does not parse, or names a kind of origin without a driver (`s3`, `sftp`, `smb` for now),
+/// is a [`BadOrigin`]. A missing or unreachable origin is not an error here: it is listed
+/// in [`ResolvedOrigins::unusable`], its tracks are kept and served from the snapshot, with
+/// reads failing (see `musicfs_index::health`).
+pub fn resolve_origins(given: &[PathBuf]) -> Result<ResolvedOrigins, BadOrigin> {
+    let mut resolved = ResolvedOrigins::default();
+    for g in given {
+        let origin = open_origin(&parse_origin(g.as_os_str())?)?;
+        if let Health::Offline(why) = probe_within(&origin, None, PROBE_TIMEOUT) {
+            resolved
+                .unusable
+                .push((origin.spec().to_string(), OfflineReason::from(why)));
+        }
+        resolved.origins.push(origin);
     }
     Ok(resolved)
 }
@@ -71,20 +91,20 @@ pub fn resolve_origins(origins: &[PathBuf]) -> Result<ResolvedOrigins> {
 /// What [`resolve_origins`] found.
 #[derive(Debug, Default)]
 pub struct ResolvedOrigins {
-    /// Every origin, in the order given.
-    pub roots: Vec<PathBuf>,
-    /// The origins that cannot be scanned now, and why.
-    pub unusable: Vec<(PathBuf, OfflineReason)>,
+    /// Every origin, opened, in the order given.
+    pub origins: Vec<Arc<dyn Origin>>,
+    /// The origins that cannot be scanned now (by their display form), and why.
+    pub unusable: Vec<(String, OfflineReason)>,
 }
 
 impl ResolvedOrigins {
     /// Whether at least one origin can be scanned.
     pub fn any_usable(&self) -> bool {
-        self.unusable.len() < self.roots.len()
+        self.unusable.len() < self.origins.len()
     }
 }
 
-/// The configured origins as paths.
+/// The configured origin specs, as given (see [`parse_origin`]).
 pub fn origin_paths(cfg: &Config) -> Vec<PathBuf> {
     cfg.origins.iter().map(|o| o.path.clone()).collect()
 }
@@ -138,5 +158,51 @@ pub fn sd_notify(state: &str) {
     let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr));
     if let Err(e) = sent {
         tracing::warn!("sd_notify {state}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_origin_is_taken_from_the_working_directory_and_a_url_is_not() {
+        let spec = parse_origin(OsStr::new("music/./lib")).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            spec,
+            OriginSpec::local(std::path::absolute("music/./lib").unwrap())
+        );
+        assert!(spec.to_string().starts_with(&*cwd.to_string_lossy()));
+        assert_eq!(
+            parse_origin(OsStr::new("s3://bucket/music"))
+                .unwrap()
+                .scheme(),
+            "s3"
+        );
+        assert!(parse_origin(OsStr::new("gopher://host/x")).is_err());
+    }
+
+    #[test]
+    fn an_origin_without_a_driver_is_a_bad_origin_naming_its_scheme() {
+        let given = [PathBuf::from("smb://nas/share/music")];
+        let e = resolve_origins(&given).unwrap_err();
+        assert!(
+            matches!(e.0, OriginError::UnsupportedScheme { scheme: "smb", .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("smb"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_origin_is_opened_and_listed_unusable() {
+        let dir =
+            std::env::temp_dir().join(format!("musicfs-no-such-origin-{}", std::process::id()));
+        let resolved = resolve_origins(std::slice::from_ref(&dir)).unwrap();
+        assert_eq!(resolved.origins.len(), 1);
+        assert!(!resolved.any_usable());
+        let (shown, why) = &resolved.unusable[0];
+        assert_eq!(shown, &dir.display().to_string());
+        assert!(matches!(why, OfflineReason::Missing(_)), "{why}");
     }
 }

@@ -8,11 +8,14 @@
 //! refreshes, swaps the new snapshot in for the FUSE workers and invalidates exactly what
 //! changed in the kernel's caches.
 //!
-//! The daemon wires it up: it builds the [`Library`] (with a [`StateDir`]), the watches
-//! ([`plan_watches`], [`watch_origins`]) and the kernel's [`InvalidationSink`], and runs
-//! the [`Refresher`] on a thread of its own.
+//! The daemon wires it up: it opens the origins (`musicfs_storage::origin::open_origin`),
+//! builds the [`Library`] (with a [`StateDir`]), the watches ([`plan_watches`],
+//! [`watch_origins`]), the [`OriginTable`] the FUSE read path opens files through
+//! ([`Library::origin_table`], kept current by the [`Refresher`]) and the kernel's
+//! [`InvalidationSink`], and runs the [`Refresher`] on a thread of its own. Origins are
+//! only ever used through the seam: the library knows them by their catalog key, never by
+//! a path of its own.
 
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,10 +27,11 @@ use musicfs_core::snapshot::{invalidate_changes, InvalidationSink, Snapshot, Sna
 use musicfs_core::template::{AlbumFormats, Template};
 use musicfs_core::tree::TreeBuilder;
 use musicfs_core::OriginId;
+use musicfs_storage::origin::{probe_within, Health, Origin, OriginTable};
 use musicfs_storage::Catalog;
 use tracing::{info, warn};
 
-use crate::health::{probe_root, record_verdicts, PROBE_TIMEOUT};
+use crate::health::{record_verdicts, PROBE_TIMEOUT};
 use crate::scan::{DirHook, ProgressFn, ScanOptions, ScanReport};
 use crate::watch::Change;
 
@@ -43,7 +47,7 @@ pub use error::{RefreshError, Result};
 
 pub use scanning::scan_summary;
 pub use state::StateDir;
-pub use watches::{plan_watches, watch_origins, Indexed, OriginWatches};
+pub use watches::{plan_watches, watch_origins, Indexed, OriginWatches, Watched};
 
 /// The catalog, the template and the origins of one library.
 pub struct Library {
@@ -51,8 +55,8 @@ pub struct Library {
     pub catalog: Arc<Catalog>,
     /// The path template.
     pub template: Template,
-    /// Canonical origin roots, in configuration order.
-    pub origins: Vec<PathBuf>,
+    /// The origins, opened, in configuration order (the catalog knows each by its key).
+    pub origins: Vec<Arc<dyn Origin>>,
     /// Where the snapshot is published.
     pub state: StateDir,
     /// Share of an origin's tracks that may vanish in one scan before it counts as offline.
@@ -88,12 +92,7 @@ impl Library {
             if roots.len() <= idx {
                 roots.resize(idx + 1, PathBuf::new());
             }
-            let bytes = root.as_os_str().as_bytes();
-            if self
-                .origins
-                .iter()
-                .any(|o| o.as_os_str().as_bytes() == bytes)
-            {
+            if self.origins.iter().any(|o| o.key() == root.as_os_str()) {
                 wanted.push(id.0);
                 roots[idx] = root;
             }
@@ -163,7 +162,11 @@ impl Library {
             .into_iter()
             .map(|(_, p)| p)
             .collect();
-        if self.origins.iter().any(|o| !known.contains(o)) {
+        if self
+            .origins
+            .iter()
+            .any(|o| !known.iter().any(|k| k.as_os_str() == o.key()))
+        {
             info!("scanning origins the catalog has not seen");
             let report = self.scan()?;
             info!("{}", scan_summary(&report));
@@ -196,11 +199,26 @@ impl Library {
         Ok(self
             .origins
             .iter()
-            .map(PathBuf::as_path)
             .filter(|o| {
-                known.iter().any(|(_, root)| root == o) || probe_root(o, PROBE_TIMEOUT).is_ok()
+                known.iter().any(|(_, root)| root.as_os_str() == o.key())
+                    || probe_within(o, None, PROBE_TIMEOUT) == Health::Up
             })
+            .map(|o| Path::new(o.key()))
             .collect())
+    }
+
+    /// The library's origins by catalog id, for the FUSE read path (the same origin
+    /// objects the scans use). An origin the catalog has not registered yet (never scanned:
+    /// it has no tracks to read) is left out; [`Refresher`] rebuilds the table after a
+    /// scan that registered one.
+    pub fn origin_table(&self) -> Result<OriginTable> {
+        let mut table = OriginTable::new();
+        for (id, root) in self.catalog.origins()? {
+            if let Some(o) = self.origins.iter().find(|o| o.key() == root.as_os_str()) {
+                table.insert(id.0, o.clone());
+            }
+        }
+        Ok(table)
     }
 
     /// Scans `which` origins (indices into [`Library::origins`]; all when empty) and
@@ -221,7 +239,8 @@ impl Library {
                 .filter(|&i| i < self.origins.len())
                 .collect()
         };
-        let origins: Vec<PathBuf> = indices.iter().map(|&i| self.origins[i].clone()).collect();
+        let origins: Vec<Arc<dyn Origin>> =
+            indices.iter().map(|&i| self.origins[i].clone()).collect();
         let opts = ScanOptions {
             dir_hook: hook,
             ..self.scan_options()
@@ -265,9 +284,9 @@ impl Library {
         let scanned: Vec<(&Path, Option<OriginId>)> = indices
             .iter()
             .map(|&i| {
-                let root = self.origins[i].as_path();
-                let id = known.iter().find(|(_, r)| r == root).map(|(id, _)| *id);
-                (root, id)
+                let key = Path::new(self.origins[i].key());
+                let id = known.iter().find(|(_, r)| r == key).map(|(id, _)| *id);
+                (key, id)
             })
             .collect();
         let down = record_verdicts(&self.health, &scanned, &report.offline);
@@ -313,6 +332,10 @@ pub struct Refresher {
     pub polled: Vec<(usize, Duration)>,
     /// The inotify origins' watches, which every refresh extends as it lists directories.
     pub watches: Option<Arc<OriginWatches>>,
+    /// The origins the FUSE read path opens files through (by catalog id): replaced with
+    /// [`Library::origin_table`] after each republish, so an origin registered by a scan
+    /// (first seen while serving) is read from too.
+    pub origins: Option<Arc<ArcSwap<OriginTable>>>,
 }
 
 impl Refresher {
@@ -376,6 +399,12 @@ impl Refresher {
 
     /// Serves `next` from now on and tells the kernel what changed since `current`.
     fn swap_in(&self, current: &Snapshot, next: Snapshot) {
+        if let Some(origins) = &self.origins {
+            match self.library.origin_table() {
+                Ok(table) => origins.store(Arc::new(table)),
+                Err(e) => warn!("cannot update the origin table, keeping the old one: {e:#}"),
+            }
+        }
         let next = Arc::new(next);
         self.shared.store(next.clone());
         if let Some(sink) = &self.sink {

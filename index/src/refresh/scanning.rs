@@ -102,7 +102,7 @@ mod tests {
         let library = Library {
             catalog: Arc::new(state.open_catalog().expect("catalog")),
             template: Template::parse(DEFAULT_TEMPLATE).expect("template"),
-            origins: vec![origin],
+            origins: vec![crate::testorigin::local(&origin)],
             state,
             progress: Some(Arc::new(move |p| record.lock().expect("lock").push(p))),
             mass_removal_threshold: 0.5,
@@ -113,5 +113,38 @@ mod tests {
         let first = seen.first().expect("a start report");
         assert_eq!((first.seen, first.opened, first.done), (0, 0, false));
         assert!(seen.last().expect("an end report").done);
+    }
+
+    #[test]
+    fn the_origin_table_holds_the_scanned_origins_by_catalog_id_as_the_same_objects() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (here, missing) = (dir.path().join("here"), dir.path().join("missing"));
+        std::fs::create_dir(&here).expect("origin");
+        let state = StateDir::create(&dir.path().join("state")).expect("state dir");
+        let origins = vec![
+            crate::testorigin::local(&missing),
+            crate::testorigin::local(&here),
+        ];
+        let library = Library {
+            catalog: Arc::new(state.open_catalog().expect("catalog")),
+            template: Template::parse(DEFAULT_TEMPLATE).expect("template"),
+            origins: origins.clone(),
+            state,
+            progress: None,
+            mass_removal_threshold: 0.5,
+            health: Arc::default(),
+        };
+        assert!(library.origin_table().expect("table").is_empty());
+        let report = library.scan().expect("scan");
+        assert_eq!(report.offline.len(), 1, "{report:?}");
+        let table = library.origin_table().expect("table");
+        assert_eq!(
+            table.len(),
+            1,
+            "a missing origin never seen is not registered"
+        );
+        let id = library.catalog.origin_id(&here).expect("id");
+        let served = table.get(id.0).expect("the scanned origin");
+        assert!(Arc::ptr_eq(served, &origins[1]));
     }
 }

@@ -1,13 +1,20 @@
 //! Planning how each origin's changes are noticed, and the inotify watches of those that use
 //! it.
+//!
+//! An origin is watched with inotify only when the configuration does not ask for polling,
+//! it has a local root, and the origin says inotify sees its changes
+//! ([`Origin::change_detection`]: not for NFS, SMB or FUSE mounts, nor for a root that is
+//! unreachable at start-up). Otherwise it is polled, every `poll_interval_secs`.
 
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use musicfs_core::config::{Config, WatchMode};
-use tracing::warn;
+use musicfs_core::config::{Config, OriginConfig, WatchMode};
+use musicfs_storage::origin::{ChangeDetection, Origin};
+use tracing::{info, warn};
 
 use super::Trigger;
 use crate::scan::DirHook;
@@ -16,22 +23,40 @@ use crate::watch::{Change, Watches};
 /// A value for the origin at an index of [`Library::origins`](super::Library::origins).
 pub type Indexed<T> = (usize, T);
 
+/// An origin to watch with inotify, with its index.
+pub type Watched = Indexed<Arc<dyn Origin>>;
+
 /// Splits the origins by how their changes are noticed: `(inotify, polled)`, each with the
-/// origin's index. Cheap: nothing is watched yet.
+/// origin's index (`cfg.origins[i]` configures `origins[i]`). Cheap: nothing is watched yet.
 pub fn plan_watches(
     cfg: &Config,
-    origins: &[PathBuf],
-) -> (Vec<Indexed<PathBuf>>, Vec<Indexed<Duration>>) {
+    origins: &[Arc<dyn Origin>],
+) -> (Vec<Watched>, Vec<Indexed<Duration>>) {
     let mut inotify = Vec::new();
     let mut polled = Vec::new();
-    for (i, root) in origins.iter().enumerate() {
+    for (i, origin) in origins.iter().enumerate() {
         let oc = cfg.origins.get(i);
+        let every = || {
+            let secs = oc.map_or(60.0, |o: &OriginConfig| o.poll_interval_secs);
+            Duration::from_secs_f64(secs.max(0.1))
+        };
         match oc.map_or(WatchMode::Inotify, |o| o.watch) {
-            WatchMode::Inotify => inotify.push((i, root.clone())),
-            WatchMode::Poll => {
-                let secs = oc.map_or(60.0, |o| o.poll_interval_secs);
-                polled.push((i, Duration::from_secs_f64(secs.max(0.1))));
-            }
+            WatchMode::Inotify => match origin.change_detection() {
+                ChangeDetection::Inotify if origin.local_root().is_some() => {
+                    inotify.push((i, origin.clone()))
+                }
+                ChangeDetection::None => {}
+                _ => {
+                    let every = every();
+                    info!(
+                        origin = %origin.spec(),
+                        secs = every.as_secs_f64(),
+                        "inotify cannot see this origin's changes: polling it"
+                    );
+                    polled.push((i, every));
+                }
+            },
+            WatchMode::Poll => polled.push((i, every())),
             WatchMode::None => {}
         }
     }
@@ -44,26 +69,35 @@ pub fn plan_watches(
 /// the same walk that looks for changes, and nothing changed meanwhile is missed.
 pub struct OriginWatches {
     watches: Watches,
-    /// Canonical root and index (into [`Library::origins`](super::Library::origins)) of each watched origin, in the
-    /// order of their slots in `watches`.
-    roots: Vec<(PathBuf, usize)>,
+    /// Key and index (into [`Library::origins`](super::Library::origins)) of each watched
+    /// origin, in the order of their slots in `watches`.
+    keys: Vec<(OsString, usize)>,
 }
 
 impl OriginWatches {
     /// A scan hook adding a watch on each directory listed in a watched origin.
     pub fn hook(self: &Arc<Self>) -> DirHook {
         let w = self.clone();
-        Arc::new(move |origin: &Path, dir: &Path| {
-            if let Some(slot) = w.roots.iter().position(|(r, _)| r == origin) {
+        Arc::new(move |origin: &dyn Origin, dir: &Path| {
+            let Some(root) = origin.local_root() else {
+                return;
+            };
+            if let Some(slot) = w.keys.iter().position(|(k, _)| k == origin.key()) {
+                // inotify needs the local directory itself.
+                let local = if dir.as_os_str().is_empty() {
+                    root.to_path_buf()
+                } else {
+                    root.join(dir)
+                };
                 // Failures are remembered by `Watches` and handled after the scan.
-                let _ = w.watches.add_dir(slot, dir);
+                let _ = w.watches.add_dir(slot, &local);
             }
         })
     }
 
     /// Watched origins (index into [`Library::origins`](super::Library::origins)) missing some watches, and why.
     pub fn failed(&self) -> Vec<(usize, String)> {
-        self.roots
+        self.keys
             .iter()
             .enumerate()
             .filter_map(|(k, (_, origin))| self.watches.failed(k).map(|why| (*origin, why)))
@@ -71,13 +105,10 @@ impl OriginWatches {
     }
 }
 
-/// Starts inotify for the `inotify` origins (index, canonical root), forwarding their
+/// Starts inotify for the `inotify` origins (index, origin with a local root), forwarding their
 /// changes to `tx` as [`Trigger::Watch`]. Cheap: no directory is watched until a scan lists
 /// it. `None` (after a warning) when inotify cannot be set up: poll those origins instead.
-pub fn watch_origins(
-    inotify: &[Indexed<PathBuf>],
-    tx: &Sender<Trigger>,
-) -> Option<Arc<OriginWatches>> {
+pub fn watch_origins(inotify: &[Watched], tx: &Sender<Trigger>) -> Option<Arc<OriginWatches>> {
     if inotify.is_empty() {
         return None;
     }
@@ -110,6 +141,79 @@ pub fn watch_origins(
     }
     Some(Arc::new(OriginWatches {
         watches,
-        roots: inotify.iter().map(|(i, r)| (r.clone(), *i)).collect(),
+        keys: inotify
+            .iter()
+            .map(|(i, o)| (o.key().to_os_string(), *i))
+            .collect(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use musicfs_core::config::OriginConfig;
+
+    use super::*;
+    use crate::testorigin::{listed, local};
+    use crate::watch::Change;
+
+    fn roots() -> (tempfile::TempDir, [PathBuf; 3]) {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = ["a", "b", "c"].map(|n| dir.path().join(n));
+        for r in &roots {
+            std::fs::create_dir_all(r.join("sub")).unwrap();
+        }
+        (dir, roots)
+    }
+
+    #[test]
+    fn inotify_is_planned_only_for_local_roots_it_sees_and_polling_when_configured_or_needed() {
+        let (_dir, [a, b, c]) = roots();
+        let origins = [local(&a), listed(&b), local(&c)];
+        let cfg = Config {
+            origins: vec![
+                OriginConfig::local(a),
+                OriginConfig::local(b),
+                OriginConfig {
+                    watch: WatchMode::Poll,
+                    poll_interval_secs: 5.0,
+                    ..OriginConfig::local(c)
+                },
+            ],
+            ..Config::default()
+        };
+        let (inotify, polled) = plan_watches(&cfg, &origins);
+        let watched: Vec<usize> = inotify.iter().map(|(i, _)| *i).collect();
+        assert_eq!(
+            watched,
+            [0],
+            "the temp dir's file system is one inotify sees"
+        );
+        assert_eq!(
+            polled,
+            [(1, Duration::from_secs(60)), (2, Duration::from_secs(5))],
+            "no local root: polled at its interval; watch = poll: polled"
+        );
+    }
+
+    #[test]
+    fn the_scan_hook_watches_each_listed_directory_of_a_watched_origin_only() {
+        let (_dir, [a, b, _]) = roots();
+        let (watched, other) = (local(&a), listed(&b));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let w = watch_origins(&[(3, watched.clone())], &tx).expect("inotify");
+        let hook = w.hook();
+        hook(watched.as_ref(), Path::new("sub"));
+        hook(other.as_ref(), Path::new("sub"));
+        std::fs::write(b.join("sub/new.flac"), b"x").unwrap();
+        std::fs::write(a.join("sub/new.flac"), b"x").unwrap();
+        let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            got,
+            Trigger::Watch(Change::Origin(3)),
+            "reported by its index"
+        );
+        assert!(w.failed().is_empty());
+    }
 }

@@ -13,7 +13,10 @@ use musicfs_core::snapshot::Snapshot;
 use musicfs_core::template::Template;
 use musicfs_index::refresh::{scan_summary, Library, StateDir};
 use musicfs_index::scan::ScanOptions;
-use musicfs_tools::{init_logging, origin_paths, progress_bar, resolve_origins};
+use musicfs_storage::origin::OriginTable;
+use musicfs_tools::{
+    init_logging, origin_paths, parse_origin, progress_bar, resolve_origins, BadOrigin,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -50,8 +53,9 @@ struct Common {
 enum Command {
     /// Scan origins into the catalog (only new and changed files are read) and publish the tree.
     Scan {
-        /// An origin directory; repeat for several (default: the config's origins). A path
-        /// may contain `:`; MUSICFS_ORIGINS takes one origin per line.
+        /// An origin: a directory or `file:///DIR` (s3://, sftp:// and smb:// specs parse
+        /// but have no driver yet); repeat for several (default: the config's origins). A
+        /// path may contain `:`; MUSICFS_ORIGINS takes one origin per line.
         #[arg(long = "origin", env = "MUSICFS_ORIGINS", value_delimiter = '\n')]
         origins: Vec<PathBuf>,
         /// Path template (see docs/TEMPLATES.md).
@@ -115,7 +119,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("musicfs: {e:#}");
-            ExitCode::FAILURE
+            // A bad origin spec is bad usage, like a bad configuration.
+            if e.downcast_ref::<BadOrigin>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -151,7 +160,7 @@ fn scan(
         !origins.is_empty(),
         "no origin: give --origin DIR or [[origin]] in the config"
     );
-    let origins = resolve_origins(&origins)?.roots;
+    let origins = resolve_origins(&origins)?.origins;
     let state = StateDir::create(&cfg.state_dir())?;
     let library = Library {
         catalog: std::sync::Arc::new(state.open_catalog()?),
@@ -211,9 +220,10 @@ fn origin_forget(cfg: &Config, origin: &std::path::Path) -> Result<()> {
     let state = StateDir::create(&cfg.state_dir())?;
     let catalog = std::sync::Arc::new(state.open_catalog()?);
     let known = catalog.origins()?;
-    // The catalog names origins by canonical root; one that is gone cannot be
-    // canonicalized, so the absolute path as given is tried as well.
-    let wanted = [origin.canonicalize().ok(), std::path::absolute(origin).ok()];
+    // The catalog names origins by key (a local origin's canonical root); one that is gone
+    // cannot be canonicalized, so the absolute path as given is tried as well.
+    let key = PathBuf::from(parse_origin(origin.as_os_str())?.key());
+    let wanted = [Some(key), std::path::absolute(origin).ok()];
     let Some((id, root)) = known
         .iter()
         .find(|(_, root)| wanted.iter().flatten().any(|w| w == root))
@@ -235,14 +245,17 @@ fn origin_forget(cfg: &Config, origin: &std::path::Path) -> Result<()> {
     let Ok(snap) = Snapshot::open(&state.snapshot_path()) else {
         return Ok(());
     };
+    let (others, errors) = OriginTable::from_keys(
+        snap.origin_keys()
+            .filter(|(_, key)| *key != root.as_os_str()),
+    );
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e).context("an origin the snapshot shows cannot be opened");
+    }
     let library = Library {
         catalog,
         template: Template::parse(snap.template()).context("the snapshot's template")?,
-        origins: snap
-            .origin_roots()
-            .filter(|r| *r != root)
-            .map(PathBuf::from)
-            .collect(),
+        origins: others.iter().map(|(_, o)| o.clone()).collect(),
         state,
         mass_removal_threshold: cfg.mass_removal_threshold,
         health: Default::default(),

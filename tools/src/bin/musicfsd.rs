@@ -18,6 +18,7 @@ use musicfs_core::snapshot::Snapshot;
 use musicfs_core::template::Template;
 use musicfs_fusedev::MountOptions;
 use musicfs_index::refresh::{plan_watches, watch_origins, Library, Refresher, StateDir, Trigger};
+use musicfs_storage::origin::Origin;
 use musicfs_tools::{init_logging, origin_paths, progress_bar, resolve_origins, sd_notify};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -43,7 +44,8 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "MUSICFS_CONFIG")]
     config: Option<PathBuf>,
-    /// An origin directory; repeat for several (default: the config's origins). A path
+    /// An origin: a directory or `file:///DIR` (s3://, sftp:// and smb:// specs parse but
+    /// have no driver yet); repeat for several (default: the config's origins). A path
     /// may contain `:`; MUSICFS_ORIGINS takes one origin per line.
     #[arg(long = "origin", env = "MUSICFS_ORIGINS", value_delimiter = '\n')]
     origins: Vec<PathBuf>,
@@ -135,13 +137,13 @@ fn check_mountpoint(mp: &std::path::Path) -> Result<(), musicfs_fusedev::FuseErr
     }
 }
 
-/// The origins to serve. One that cannot be read now (missing, unmounted) is served from
-/// the catalog and the snapshot, offline, until it comes back; only when no origin can be
-/// read and there is no snapshot to serve is there nothing to start with.
-fn usable_origins(cfg: &Config) -> Result<Vec<PathBuf>> {
+/// The origins to serve, opened. One that cannot be read now (missing, unmounted) is
+/// served from the catalog and the snapshot, offline, until it comes back; only when no
+/// origin can be read and there is no snapshot to serve is there nothing to start with.
+fn usable_origins(cfg: &Config) -> Result<Vec<Arc<dyn Origin>>> {
     let resolved = resolve_origins(&origin_paths(cfg))?;
-    for (root, reason) in &resolved.unusable {
-        warn!(origin = %root.display(), %reason, "origin unusable at start-up: serving its cataloged tracks offline until it is back");
+    for (origin, reason) in &resolved.unusable {
+        warn!(%origin, %reason, "origin unusable at start-up: serving its cataloged tracks offline until it is back");
     }
     if !resolved.unusable.is_empty() && !resolved.any_usable() {
         let snapshot = StateDir::create(&cfg.state_dir())?.snapshot_path();
@@ -151,13 +153,13 @@ fn usable_origins(cfg: &Config) -> Result<Vec<PathBuf>> {
                 resolved
                     .unusable
                     .iter()
-                    .map(|(root, why)| format!("{}: {why}", root.display()))
+                    .map(|(origin, why)| format!("{origin}: {why}"))
                     .collect::<Vec<_>>()
                     .join("; ")
             );
         }
     }
-    Ok(resolved.roots)
+    Ok(resolved.origins)
 }
 
 fn usage_error(e: anyhow::Error) -> ExitCode {
@@ -216,7 +218,7 @@ fn merge_config(cli: &Cli) -> Result<Config> {
     Ok(cfg)
 }
 
-fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
+fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
     // Registered before anything slow so an early SIGTERM is queued, not fatal: it unmounts
     // as soon as the mount is up.
     let mut signals =
@@ -232,6 +234,8 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
         progress: progress_bar(),
     };
     let snapshot = library.load_or_build()?;
+    // The read path opens files through the same origin objects the scans use.
+    let origin_table = Arc::new(ArcSwap::from_pointee(library.origin_table()?));
     info!(
         generation = snapshot.generation(),
         tracks = snapshot.track_count(),
@@ -252,6 +256,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
         transport: cfg.transport,
         enable_uring_param: cfg.enable_uring_param,
         origin_health: library.health.clone(),
+        origins: Some(origin_table.clone()),
         ..MountOptions::default()
     };
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -300,6 +305,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[PathBuf]) -> Result<()> {
             .then(|| Duration::from_secs_f64(cfg.refresh_interval_secs)),
         polled,
         watches,
+        origins: Some(origin_table),
     };
     let refresh_thread = std::thread::Builder::new()
         .name("refresh".into())

@@ -1,0 +1,277 @@
+//! The generic walk: any origin, through [`Origin::list`], one directory at a time.
+//!
+//! Used for origins without a local root, where the local walk's `fstatat` tricks do not
+//! apply. It reports what the local walk reports: audio files by extension in one batch
+//! per directory, skipped names with the origin's reason, directories that could not be
+//! listed (so the caller keeps what it knew under them), and symlink loops, found by the
+//! (device, inode) a local origin's change token carries (remote origins have no links).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use musicfs_storage::origin::{ChangeToken, Entry, EntryKind, Listed, Origin, OriginError};
+
+use super::{audio_format, join_rel, Found, Outcome, Skipped};
+
+/// A directory still to list, with its ancestors for loop detection.
+struct Pending {
+    rel: Vec<u8>,
+    /// (device, inode) when the origin has them.
+    id: Option<(u64, u64)>,
+    parent: Option<Arc<Pending>>,
+}
+
+impl Pending {
+    /// The directory (this one or an ancestor) that is `id`, if any.
+    fn ancestor_with(self: &Arc<Pending>, id: (u64, u64)) -> Option<&Arc<Pending>> {
+        let mut at = Some(self);
+        while let Some(d) = at {
+            if d.id == Some(id) {
+                return Some(d);
+            }
+            at = d.parent.as_ref();
+        }
+        None
+    }
+}
+
+/// Walks `origin` from its root. `before_list` runs on each directory (relative to the
+/// root) before it is listed; `files` gets each directory's audio files and returns
+/// `false` to stop the walk.
+pub(crate) fn walk_listed(
+    origin: &dyn Origin,
+    before_list: &(dyn Fn(&Path) + Sync),
+    files: &(dyn Fn(Vec<Found>) -> bool + Sync),
+) -> Outcome {
+    let root_id = origin
+        .stat(Path::new(""))
+        .ok()
+        .and_then(|s| id_of(&s.token));
+    let mut stack = vec![Arc::new(Pending {
+        rel: Vec::new(),
+        id: root_id,
+        parent: None,
+    })];
+    let mut out = Outcome::default();
+    while let Some(dir) = stack.pop() {
+        let rel = Path::new(OsStr::from_bytes(&dir.rel));
+        before_list(rel);
+        let mut found = Vec::new();
+        let mut subdirs = Vec::new();
+        let mut skipped = Vec::new();
+        let listed = origin.list(rel, &mut |listed| match listed {
+            Listed::Entry(entry) => {
+                sort_entry(origin, &dir, entry, &mut found, &mut subdirs, &mut skipped)
+            }
+            Listed::Skipped { name, reason } => skipped.push(Skipped {
+                path: shown(origin, &join_rel(&dir.rel, &name)),
+                reason: reason.to_string(),
+            }),
+        });
+        match listed {
+            Ok(()) => {}
+            // Removed since its parent was listed: gone, like what it held.
+            Err(e) if removed(&e) => continue,
+            // What was delivered is not the whole directory: keep what the catalog knew.
+            Err(e) => {
+                out.skipped.push(Skipped {
+                    path: shown(origin, &dir.rel),
+                    reason: format!("cannot read: {e}"),
+                });
+                out.unreadable.push(dir.rel.clone());
+                continue;
+            }
+        }
+        out.skipped.extend(skipped);
+        stack.extend(subdirs);
+        if !found.is_empty() && !files(found) {
+            out.aborted = true;
+            break;
+        }
+    }
+    out
+}
+
+/// Files `entry` of `dir` as an audio file, a directory to walk, or a loop to skip.
+fn sort_entry(
+    origin: &dyn Origin,
+    dir: &Arc<Pending>,
+    entry: Entry,
+    found: &mut Vec<Found>,
+    subdirs: &mut Vec<Arc<Pending>>,
+    skipped: &mut Vec<Skipped>,
+) {
+    let rel = join_rel(&dir.rel, &entry.name);
+    match entry.stat.kind {
+        EntryKind::Dir => {
+            let id = id_of(&entry.stat.token);
+            if let Some(ancestor) = id.and_then(|id| dir.ancestor_with(id)) {
+                let back = shown(origin, &ancestor.rel);
+                skipped.push(Skipped {
+                    path: shown(origin, &rel),
+                    reason: format!("symlink loop (back to {})", back.display()),
+                });
+                return;
+            }
+            subdirs.push(Arc::new(Pending {
+                rel,
+                id,
+                parent: Some(dir.clone()),
+            }));
+        }
+        EntryKind::File => {
+            if let Some(format) = audio_format(Path::new(&entry.name)) {
+                let state = entry.stat.scan_state();
+                found.push(Found { rel, format, state });
+            }
+        }
+        EntryKind::Other => {}
+    }
+}
+
+/// Whether a listing failed because the directory was removed (ENOENT). A directory
+/// replaced by a file (ENOTDIR) counts as unreadable, as in the local walk: its tracks are
+/// kept rather than guessed gone.
+fn removed(e: &OriginError) -> bool {
+    matches!(e, OriginError::Vanished { source, .. } if source.raw_os_error() == Some(libc::ENOENT))
+}
+
+fn id_of(token: &ChangeToken) -> Option<(u64, u64)> {
+    match token {
+        ChangeToken::Local { dev, ino, .. } => Some((*dev, *ino)),
+        ChangeToken::ETag(_) => None,
+    }
+}
+
+/// How a path inside `origin` is shown in reports: under its local root when it has one,
+/// else under its key (which holds no credentials).
+pub(crate) fn shown(origin: &dyn Origin, rel: &[u8]) -> PathBuf {
+    let base = origin
+        .local_root()
+        .unwrap_or_else(|| Path::new(origin.key()));
+    if rel.is_empty() {
+        base.to_path_buf()
+    } else {
+        base.join(OsStr::from_bytes(rel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::testorigin::listed;
+
+    fn walk_all(root: &Path) -> (BTreeSet<String>, Outcome, BTreeSet<String>) {
+        let origin = listed(root);
+        let files = Mutex::new(BTreeSet::new());
+        let dirs = Mutex::new(BTreeSet::new());
+        let out = walk_listed(
+            origin.as_ref(),
+            &|d| {
+                dirs.lock().unwrap().insert(d.display().to_string());
+            },
+            &|batch| {
+                let mut f = files.lock().unwrap();
+                for x in batch {
+                    assert!(root.join(OsStr::from_bytes(&x.rel)).is_file());
+                    f.insert(String::from_utf8(x.rel).unwrap());
+                }
+                true
+            },
+        );
+        (files.into_inner().unwrap(), out, dirs.into_inner().unwrap())
+    }
+
+    #[test]
+    fn every_audio_file_is_found_once_and_every_directory_hooked_before_listing() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().canonicalize().unwrap();
+        let mut want = BTreeSet::new();
+        for a in 0..3 {
+            for b in 0..2 {
+                let d = root.join(format!("a{a}/b{b}"));
+                fs::create_dir_all(&d).unwrap();
+                fs::write(d.join("1.flac"), b"x").unwrap();
+                fs::write(d.join("cover.jpg"), b"x").unwrap();
+                want.insert(format!("a{a}/b{b}/1.flac"));
+            }
+        }
+        fs::write(root.join("top.MP3"), b"x").unwrap();
+        want.insert("top.MP3".into());
+        let (files, out, dirs) = walk_all(&root);
+        assert_eq!(files, want);
+        assert!(out.skipped.is_empty() && !out.aborted && out.unreadable.is_empty());
+        assert_eq!(dirs.len(), 1 + 3 + 6, "root, a*, a*/b*");
+        assert!(dirs.contains(""), "the root is hooked as the empty path");
+    }
+
+    #[test]
+    fn symlinks_are_followed_inside_the_origin_and_loops_and_strays_skipped() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("o.flac"), b"x").unwrap();
+        let root = t.path().canonicalize().unwrap();
+        fs::create_dir_all(root.join("real/deep")).unwrap();
+        fs::write(root.join("real/deep/t.flac"), b"x").unwrap();
+        symlink(root.join("real"), root.join("alias")).unwrap();
+        symlink(&root, root.join("real/deep/up")).unwrap();
+        symlink(root.join("nowhere.flac"), root.join("dangling.flac")).unwrap();
+        symlink(outside.path().join("o.flac"), root.join("out.flac")).unwrap();
+        symlink(root.join("real/deep/t.flac"), root.join("link.flac")).unwrap();
+        let (files, out, _) = walk_all(&root);
+        let want: BTreeSet<String> = ["real/deep/t.flac", "alias/deep/t.flac", "link.flac"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(files, want);
+        let reason = |p: &str| {
+            out.skipped
+                .iter()
+                .filter(|s| s.path.ends_with(p))
+                .map(|s| s.reason.clone())
+                .collect::<Vec<_>>()
+        };
+        assert!(reason("dangling.flac")[0].contains("dangling"));
+        assert!(reason("out.flac")[0].contains("outside"));
+        let loops = reason("deep/up");
+        assert_eq!(loops.len(), 2, "{loops:?}");
+        assert!(loops.iter().all(|r| r.contains("loop")), "{loops:?}");
+    }
+
+    #[test]
+    fn a_directory_replaced_by_a_file_is_unreadable_a_removed_one_is_gone_and_the_caller_can_stop()
+    {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().canonicalize().unwrap();
+        for d in ["x", "y", "z"] {
+            fs::create_dir(root.join(d)).unwrap();
+            fs::write(root.join(d).join("1.flac"), b"x").unwrap();
+        }
+        let origin = listed(&root);
+        let out = walk_listed(
+            origin.as_ref(),
+            &|d| {
+                if d == Path::new("y") {
+                    fs::remove_dir_all(root.join("y")).unwrap();
+                } else if d == Path::new("z") {
+                    fs::remove_dir_all(root.join("z")).unwrap();
+                    fs::write(root.join("z"), b"not a directory").unwrap();
+                }
+            },
+            &|_| true,
+        );
+        assert_eq!(out.unreadable, vec![b"z".to_vec()]);
+        assert_eq!(out.skipped.len(), 1, "{:?}", out.skipped);
+        assert!(out.skipped[0].reason.starts_with("cannot read"));
+        assert!(out.skipped[0].path.ends_with("z"));
+        let out = walk_listed(origin.as_ref(), &|_| {}, &|_| false);
+        assert!(out.aborted);
+    }
+}
