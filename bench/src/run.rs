@@ -675,7 +675,12 @@ fn measure_peer(
         let before = file_identity(&snap);
         // musicfs_index::refresh logs the end of the start-up reconcile at debug level only.
         let env: &[(&str, &str)] = if peer.is_musicfs() {
-            &[("RUST_LOG", "musicfs_index::refresh=debug,info")]
+            // (musicfs_tools: where builds before the refresh library moved logged it, so
+            // an older --bin-dir can be measured beside this one.)
+            &[(
+                "RUST_LOG",
+                "musicfs_index::refresh=debug,musicfs_tools::live=debug,info",
+            )]
         } else {
             &[]
         };

@@ -82,7 +82,12 @@ struct Cli {
     readahead_kb: Option<u32>,
     /// Without passthrough, let the kernel open files without asking (one round trip less
     /// per open; write intents are then refused by the read-only mount alone).
-    #[arg(long, env = "MUSICFS_SKIP_OPEN")]
+    #[arg(
+        long,
+        env = "MUSICFS_SKIP_OPEN",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     skip_open: bool,
     /// Log filter (error, warn, info, debug, trace); RUST_LOG wins.
     #[arg(long, env = "MUSICFS_LOG_LEVEL")]
