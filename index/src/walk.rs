@@ -356,18 +356,21 @@ pub(crate) fn audio_format(path: &Path) -> Option<Format> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeSet;
     use std::os::unix::fs::symlink;
 
     use super::*;
 
-    fn walk_all(root: &Path, threads: usize) -> (BTreeSet<String>, Outcome, BTreeSet<String>) {
+    /// What a walk of `root` found: the audio files (checked to be files under `root`),
+    /// its outcome, and the directories hooked. `run` is the walk, given the two callbacks.
+    pub(crate) fn collect(
+        root: &Path,
+        run: impl FnOnce(&(dyn Fn(&Path) + Sync), &(dyn Fn(Vec<Found>) -> bool + Sync)) -> Outcome,
+    ) -> (BTreeSet<String>, Outcome, BTreeSet<String>) {
         let files = Mutex::new(BTreeSet::new());
         let dirs = Mutex::new(BTreeSet::new());
-        let out = walk(
-            root,
-            threads,
+        let out = run(
             &|d| {
                 dirs.lock().unwrap().insert(d.display().to_string());
             },
@@ -381,6 +384,10 @@ mod tests {
             },
         );
         (files.into_inner().unwrap(), out, dirs.into_inner().unwrap())
+    }
+
+    fn walk_all(root: &Path, threads: usize) -> (BTreeSet<String>, Outcome, BTreeSet<String>) {
+        collect(root, |hook, files| walk(root, threads, hook, files))
     }
 
     #[test]
@@ -409,8 +416,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn symlinks_are_followed_inside_the_origin_and_skipped_with_a_reason_otherwise() {
+    /// Symlinks inside the origin are followed, loops, dangling links and links out of the
+    /// origin skipped with a reason: what every walk of an origin must do.
+    pub(crate) fn check_symlinks(
+        walk_all: impl Fn(&Path) -> (BTreeSet<String>, Outcome, BTreeSet<String>),
+    ) {
         let t = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         fs::write(outside.path().join("o.flac"), b"x").unwrap();
@@ -422,7 +432,7 @@ mod tests {
         symlink(root.join("nowhere.flac"), root.join("dangling.flac")).unwrap();
         symlink(outside.path().join("o.flac"), root.join("out.flac")).unwrap();
         symlink(root.join("real/deep/t.flac"), root.join("link.flac")).unwrap();
-        let (files, out, _) = walk_all(&root, 2);
+        let (files, out, _) = walk_all(&root);
         let want: BTreeSet<String> = ["real/deep/t.flac", "alias/deep/t.flac", "link.flac"]
             .into_iter()
             .map(String::from)
@@ -441,6 +451,11 @@ mod tests {
         let loops = reason("deep/up");
         assert_eq!(loops.len(), 2, "{loops:?}");
         assert!(loops.iter().all(|r| r.contains("loop")), "{loops:?}");
+    }
+
+    #[test]
+    fn symlinks_are_followed_inside_the_origin_and_skipped_with_a_reason_otherwise() {
+        check_symlinks(|root| walk_all(root, 2));
     }
 
     #[test]

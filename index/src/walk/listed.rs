@@ -162,31 +162,15 @@ pub(crate) fn shown(origin: &dyn Origin, rel: &[u8]) -> PathBuf {
 mod tests {
     use std::collections::BTreeSet;
     use std::fs;
-    use std::os::unix::fs::symlink;
-    use std::sync::Mutex;
 
     use super::*;
     use crate::testorigin::listed;
 
     fn walk_all(root: &Path) -> (BTreeSet<String>, Outcome, BTreeSet<String>) {
         let origin = listed(root);
-        let files = Mutex::new(BTreeSet::new());
-        let dirs = Mutex::new(BTreeSet::new());
-        let out = walk_listed(
-            origin.as_ref(),
-            &|d| {
-                dirs.lock().unwrap().insert(d.display().to_string());
-            },
-            &|batch| {
-                let mut f = files.lock().unwrap();
-                for x in batch {
-                    assert!(root.join(OsStr::from_bytes(&x.rel)).is_file());
-                    f.insert(String::from_utf8(x.rel).unwrap());
-                }
-                true
-            },
-        );
-        (files.into_inner().unwrap(), out, dirs.into_inner().unwrap())
+        crate::walk::tests::collect(root, |hook, files| {
+            walk_listed(origin.as_ref(), hook, files)
+        })
     }
 
     #[test]
@@ -214,35 +198,7 @@ mod tests {
 
     #[test]
     fn symlinks_are_followed_inside_the_origin_and_loops_and_strays_skipped() {
-        let t = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        fs::write(outside.path().join("o.flac"), b"x").unwrap();
-        let root = t.path().canonicalize().unwrap();
-        fs::create_dir_all(root.join("real/deep")).unwrap();
-        fs::write(root.join("real/deep/t.flac"), b"x").unwrap();
-        symlink(root.join("real"), root.join("alias")).unwrap();
-        symlink(&root, root.join("real/deep/up")).unwrap();
-        symlink(root.join("nowhere.flac"), root.join("dangling.flac")).unwrap();
-        symlink(outside.path().join("o.flac"), root.join("out.flac")).unwrap();
-        symlink(root.join("real/deep/t.flac"), root.join("link.flac")).unwrap();
-        let (files, out, _) = walk_all(&root);
-        let want: BTreeSet<String> = ["real/deep/t.flac", "alias/deep/t.flac", "link.flac"]
-            .into_iter()
-            .map(String::from)
-            .collect();
-        assert_eq!(files, want);
-        let reason = |p: &str| {
-            out.skipped
-                .iter()
-                .filter(|s| s.path.ends_with(p))
-                .map(|s| s.reason.clone())
-                .collect::<Vec<_>>()
-        };
-        assert!(reason("dangling.flac")[0].contains("dangling"));
-        assert!(reason("out.flac")[0].contains("outside"));
-        let loops = reason("deep/up");
-        assert_eq!(loops.len(), 2, "{loops:?}");
-        assert!(loops.iter().all(|r| r.contains("loop")), "{loops:?}");
+        crate::walk::tests::check_symlinks(walk_all);
     }
 
     #[test]

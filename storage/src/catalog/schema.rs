@@ -348,8 +348,8 @@ fn upgrade_step(
 pub(crate) mod v1 {
     use std::path::Path;
 
-    use heed::types::SerdeBincode;
-    use heed::RwTxn;
+    use heed::types::{Bytes, SerdeBincode};
+    use heed::{Database, RwTxn};
     use musicfs_core::meta::{Format, OriginId, TrackId, TrackMeta};
     use serde::{Deserialize, Serialize};
 
@@ -430,34 +430,38 @@ pub(crate) mod v1 {
             };
             dbs.tracks.put(txn, &id, &new).map_err(lmdb)?;
         }
-        let paths = dbs.paths.remap_data_type::<SerdeBincode<PathEntry1>>();
-        let rows = paths
+        rewrite_bytes_keyed(dbs.paths, txn, &lmdb, |old: PathEntry1| PathEntry {
+            id: old.id,
+            scan: old.scan.into(),
+        })?;
+        rewrite_bytes_keyed(dbs.skipped, txn, &lmdb, |old: SkipValue1| SkipValue {
+            rel_path: old.rel_path,
+            scan: old.scan.into(),
+            reason: old.reason,
+        })?;
+        Ok(())
+    }
+
+    /// Rewrites every value of a byte-keyed table from its schema 1 form `Old` with `to`.
+    fn rewrite_bytes_keyed<Old, New>(
+        db: Database<'_, Bytes, SerdeBincode<New>>,
+        txn: &mut RwTxn<'_>,
+        lmdb: &dyn Fn(heed::Error) -> CatalogError,
+        to: impl Fn(Old) -> New,
+    ) -> Result<(), CatalogError>
+    where
+        Old: serde::de::DeserializeOwned + 'static,
+        New: Serialize + 'static,
+    {
+        let old = db.remap_data_type::<SerdeBincode<Old>>();
+        let rows = old
             .iter(txn)
             .map_err(lmdb)?
             .map(|r| r.map(|(k, v)| (k.to_vec(), v)))
             .collect::<heed::Result<Vec<_>>>()
             .map_err(lmdb)?;
-        for (key, old) in rows {
-            let new = PathEntry {
-                id: old.id,
-                scan: old.scan.into(),
-            };
-            dbs.paths.put(txn, &key, &new).map_err(lmdb)?;
-        }
-        let skipped = dbs.skipped.remap_data_type::<SerdeBincode<SkipValue1>>();
-        let rows = skipped
-            .iter(txn)
-            .map_err(lmdb)?
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v)))
-            .collect::<heed::Result<Vec<_>>>()
-            .map_err(lmdb)?;
-        for (key, old) in rows {
-            let new = SkipValue {
-                rel_path: old.rel_path,
-                scan: old.scan.into(),
-                reason: old.reason,
-            };
-            dbs.skipped.put(txn, &key, &new).map_err(lmdb)?;
+        for (key, value) in rows {
+            db.put(txn, &key, &to(value)).map_err(lmdb)?;
         }
         Ok(())
     }
