@@ -2,8 +2,10 @@
 //! with no FUSE types, so tests drive it without a kernel. [`crate::dispatch`] only decodes,
 //! calls one of these and encodes.
 //!
-//! The lookup/getattr/readdir path borrows from the mmapped snapshot and allocates nothing;
-//! the read path takes one shard lock to clone the handle's `Arc<File>` and then `pread`s.
+//! The lookup/getattr/readdir path borrows from the mmapped snapshot and allocates nothing.
+//! Files are opened through the origin seam (`musicfs_storage::origin`), never by path
+//! here; the read path takes one shard lock to clone the handle's `Arc` (see
+//! [`crate::sources`]) and then reads unlocked.
 
 use std::ffi::OsStr;
 use std::io;

@@ -2,8 +2,9 @@
 //!
 //! It owns the session (mount, unmount, auto-unmount), the worker threads (one cloned
 //! `/dev/fuse` fd each, pinned, with their own buffers) and the filesystem operations. It
-//! must not know how bytes are fetched beyond opening the source path a snapshot names, and
-//! it never writes anywhere: every write operation answers EROFS.
+//! does not know how bytes are fetched: it asks the origin a track names
+//! (`musicfs_storage::origin`) for a source and reads that; it never opens a path itself and
+//! never writes anywhere: every write operation answers EROFS.
 //!
 //! Types to read first:
 //! - [`mount`] / [`MountOptions`] / [`Mounted`] / [`Unmounter`]: the lifecycle the daemon
