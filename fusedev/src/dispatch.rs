@@ -8,7 +8,7 @@
 //!
 //! INIT is shaped here (protocol 7.42 features: passthrough, io_uring queues), OPEN/RELEASE
 //! manage passthrough backing ids, and READ goes to the origin through the worker's
-//! io_uring or `pread`. Errors become an errno once, in [`fail`].
+//! io_uring or `pread`. Errors become an errno once, in `fail`, where they are logged.
 //!
 //! The lookup, getattr, readdir(plus), open, read, release and forget paths allocate
 //! nothing (checked by `tests::no_alloc`).
