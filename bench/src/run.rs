@@ -560,7 +560,20 @@ fn measure_peer(
             &out.join(format!("{}-{tag}.log", peer.name())),
         )
     };
-    let launch = |cold: bool| launch_env(cold, &[]);
+    // A musicfs daemon reconciles with its origins right after mounting (a stat walk of the
+    // whole library on every core, ~200 ms at 100k tracks): measuring during it measures
+    // the walk. Wait for its end, as a user whose daemon has been up a while would see it.
+    let launch = |cold: bool| -> Result<peers::Mount> {
+        if !peer.is_musicfs() {
+            return launch_env(cold, &[]);
+        }
+        let m = launch_env(cold, RECONCILE_LOG)?;
+        m.wait_for_log(
+            &[RECONCILE_NOTHING_NEW, RECONCILE_SWAPPED, RECONCILE_FAILED],
+            timeout,
+        )?;
+        Ok(m)
+    };
 
     let warm = launch(false)?;
     let root = warm.root.clone();
@@ -673,14 +686,8 @@ fn measure_peer(
     if peer.is_virtual() && has("mount") {
         let snap = state.join("tree.snap");
         let before = file_identity(&snap);
-        // musicfs_index::refresh logs the end of the start-up reconcile at debug level only.
         let env: &[(&str, &str)] = if peer.is_musicfs() {
-            // (musicfs_tools: where builds before the refresh library moved logged it, so
-            // an older --bin-dir can be measured beside this one.)
-            &[(
-                "RUST_LOG",
-                "musicfs_index::refresh=debug,musicfs_tools::live=debug,info",
-            )]
+            RECONCILE_LOG
         } else {
             &[]
         };
@@ -742,6 +749,14 @@ fn measure_peer(
     }
     Ok(())
 }
+
+/// The log filter that shows the end of musicfsd's start-up reconcile, which
+/// musicfs_index::refresh logs at debug level only (musicfs_tools::live: where builds before
+/// the refresh library moved logged it, so an older --bin-dir can be measured beside this).
+const RECONCILE_LOG: &[(&str, &str)] = &[(
+    "RUST_LOG",
+    "musicfs_index::refresh=debug,musicfs_tools::live=debug,info",
+)];
 
 /// What musicfsd logs when its start-up reconcile ends (see musicfs_index::refresh).
 const RECONCILE_NOTHING_NEW: &str = "refresh found nothing new";
