@@ -61,8 +61,7 @@ fn round(r: &mut Rig, dir: u64, file: u64, names: &[Vec<u8>]) {
         r.call(abi::FUSE_GETATTR, file, &[0u8; 16]),
         Outcome::Reply(_)
     ));
-    let o = r.call(abi::FUSE_OPENDIR, dir, &[0u8; 8]);
-    let dh = r.reply::<abi::OpenOut>(&o).fh;
+    let dh = r.opendir(dir);
     for op in [abi::FUSE_READDIR, abi::FUSE_READDIRPLUS] {
         assert!(matches!(r.read(dir, dh, 0, 4096, op), Outcome::Reply(_)));
     }

@@ -95,6 +95,12 @@ impl Rig {
         })
     }
 
+    /// Opens directory `ino` and returns its handle.
+    pub fn opendir(&mut self, ino: u64) -> u64 {
+        let o = self.call(abi::FUSE_OPENDIR, ino, &[0u8; 8]);
+        self.reply::<abi::OpenOut>(&o).fh
+    }
+
     pub fn open(&mut self, ino: u64, flags: i32) -> Outcome {
         let o = abi::OpenIn {
             flags: flags as u32,
@@ -408,8 +414,7 @@ fn a_read_by_inode_follows_a_republished_source() {
 fn readdir_encodes_dots_then_children_and_resumes_at_any_offset() {
     let mut r = Rig::standard();
     let dir = r.ino("Ann/First");
-    let o = r.call(abi::FUSE_OPENDIR, dir, &[0u8; 8]);
-    let fh = r.reply::<abi::OpenOut>(&o).fh;
+    let fh = r.opendir(dir);
     let Outcome::Reply(n) = r.read(dir, fh, 0, 4096, abi::FUSE_READDIR) else {
         panic!("readdir")
     };
@@ -440,8 +445,7 @@ fn readdir_encodes_dots_then_children_and_resumes_at_any_offset() {
 fn readdirplus_gives_every_child_its_entry_and_the_dots_none() {
     let mut r = Rig::standard();
     let dir = r.ino("Ann/First");
-    let o = r.call(abi::FUSE_OPENDIR, dir, &[0u8; 8]);
-    let fh = r.reply::<abi::OpenOut>(&o).fh;
+    let fh = r.opendir(dir);
     let Outcome::Reply(n) = r.read(dir, fh, 0, 8192, abi::FUSE_READDIRPLUS) else {
         panic!("readdirplus")
     };
