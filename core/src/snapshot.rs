@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use memmap2::Mmap;
 use thiserror::Error;
 
+pub mod delta;
 pub mod diff;
 
 pub use crate::tree::ROOT_INO;
@@ -39,8 +40,8 @@ pub use diff::{invalidate_changes, Invalidated, InvalidationSink};
 
 const MAGIC: &[u8; 8] = b"MFSSNAP\0";
 /// Version of the snapshot layout; a snapshot of another version is refused and rebuilt.
-/// 3: nodes carry owner, group and permission bits.
-pub const FORMAT_VERSION: u32 = 3;
+/// 3: nodes carry owner, group and permission bits. 4: album format counts; delta segments.
+pub const FORMAT_VERSION: u32 = 4;
 const HEADER_LEN: usize = 64;
 
 /// Why a snapshot could not be written or loaded.
@@ -80,17 +81,28 @@ pub enum SnapshotError {
     Serialise(String),
 }
 
-/// A published, validated tree, mapped read-only.
+/// A published, validated tree, mapped read-only: the base, and the delta segment on top
+/// of it when there is one (see [`delta`]).
 pub struct Snapshot {
     map: Mmap,
     generation: u64,
     origins: Vec<PathBuf>,
+    delta: Option<Mmap>,
+}
+
+/// The two layers a lookup goes through: the delta's records win over the base's.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    base: &'a ArchivedTreeData,
+    delta: Option<&'a ArchivedTreeData>,
 }
 
 /// A node of the snapshot, borrowed from the map.
 #[derive(Clone, Copy)]
 pub struct Node<'a> {
-    snap: &'a ArchivedTreeData,
+    view: View<'a>,
+    /// The layer `raw` lives in (its names, paths and node array).
+    layer: &'a ArchivedTreeData,
     raw: &'a ArchivedNodeData,
 }
 
@@ -122,7 +134,7 @@ impl Snapshot {
     pub fn write(path: &Path, tree: &TreeData, generation: u64) -> Result<(), SnapshotError> {
         let body = rkyv::to_bytes::<rkyv::rancor::Error>(tree)
             .map_err(|e| SnapshotError::Serialise(e.to_string()))?;
-        let header = encode_header(generation, &body);
+        let header = encode_header(MAGIC, generation, &body);
         remove_stale_temps(path);
         let tmp = temp_path(path);
         let write = || -> std::io::Result<()> {
@@ -135,10 +147,13 @@ impl Snapshot {
             f.write_all(&body)?;
             f.sync_all()?;
             fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                File::open(dir)?.sync_all()?;
+            // The delta described the old base; a crash before this removal leaves one
+            // that no longer matches the base, which `open` ignores.
+            match fs::remove_file(delta_path(path)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
             }
-            Ok(())
+            sync_dir(path)
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
@@ -183,7 +198,7 @@ impl Snapshot {
             path: path.to_path_buf(),
             reason: reason.to_string(),
         };
-        let generation = check_header(&map, path).map_err(|r| match r {
+        let generation = check_header(&map, MAGIC).map_err(|r| match r {
             HeaderFault::Version(found) => SnapshotError::Incompatible {
                 path: path.to_path_buf(),
                 found,
@@ -200,22 +215,78 @@ impl Snapshot {
             .iter()
             .map(|o| PathBuf::from(OsStr::from_bytes(o.as_slice())))
             .collect();
-        Ok(Snapshot {
+        let mut snap = Snapshot {
             map,
             generation,
             origins,
-        })
+            delta: None,
+        };
+        let base_sum = le_u64(&snap.map, 32);
+        if let Some((delta, generation)) = delta::open(path, generation, base_sum) {
+            snap.delta = Some(delta);
+            snap.generation = generation;
+        }
+        Ok(snap)
     }
 
+    /// The base layer.
     fn tree(&self) -> &ArchivedTreeData {
         // SAFETY: `open` validated these exact bytes with `rkyv::access`, and the map is
         // immutable for the snapshot's lifetime.
         unsafe { rkyv::access_unchecked::<ArchivedTreeData>(&self.map[HEADER_LEN..]) }
     }
 
-    /// The generation this snapshot was published as.
+    /// The delta layer, if any.
+    fn delta(&self) -> Option<&ArchivedTreeData> {
+        self.delta.as_ref().map(delta::tree_of)
+    }
+
+    fn view(&self) -> View<'_> {
+        View {
+            base: self.tree(),
+            delta: self.delta(),
+        }
+    }
+
+    /// The layer holding the current totals and catalog version.
+    fn top(&self) -> &ArchivedTreeData {
+        self.delta().unwrap_or(self.tree())
+    }
+
+    /// The generation this snapshot was published as (its delta's, when it has one).
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Records in the delta segment (0 without one): how far this snapshot has moved from
+    /// its base since the last full publish.
+    pub fn delta_len(&self) -> usize {
+        self.delta().map_or(0, |d| d.nodes.len() + d.by_ino.len())
+    }
+
+    /// Identifies the base layer: (its generation, its body checksum). Two snapshots with
+    /// the same base differ only by their deltas.
+    pub fn base_id(&self) -> (u64, u64) {
+        (
+            check_header(&self.map, MAGIC).unwrap_or(0),
+            le_u64(&self.map, 32),
+        )
+    }
+
+    /// The track counts per format of album `key` ([`crate::template::album_key`]), as
+    /// the tree was rendered with; `None` for an album with no track.
+    pub fn album_counts(&self, key: u128) -> Option<crate::template::FormatCounts> {
+        let find = |t: &ArchivedTreeData| {
+            let pos = t
+                .albums
+                .binary_search_by(|a| a.key.to_native().cmp(&key))
+                .ok()?;
+            Some(t.albums[pos].counts.map(|n| n.to_native()))
+        };
+        match self.delta().and_then(find) {
+            Some(counts) => Some(counts).filter(|c| c.iter().any(|&n| n > 0)),
+            None => find(self.tree()),
+        }
     }
 
     /// Root directory of origin `origin`.
@@ -251,7 +322,7 @@ impl Snapshot {
 
     /// The catalog change counter this tree was built from.
     pub fn catalog_version(&self) -> u64 {
-        self.tree().catalog_version.to_native()
+        self.top().catalog_version.to_native()
     }
 
     /// The path template the tree was rendered with.
@@ -261,72 +332,56 @@ impl Snapshot {
 
     /// Number of files in the tree.
     pub fn track_count(&self) -> u64 {
-        self.tree().track_count.to_native()
+        self.top().track_count.to_native()
     }
 
     /// Sum of the sizes of all files.
     pub fn total_size(&self) -> u64 {
-        self.tree().total_size.to_native()
+        self.top().total_size.to_native()
     }
 
-    /// Number of nodes, directories included.
+    /// Number of node records, directories included (those of the delta too).
     pub fn node_count(&self) -> usize {
-        self.tree().nodes.len()
+        self.tree().nodes.len() + self.delta().map_or(0, |d| d.nodes.len())
     }
 
     /// The root directory.
     pub fn root(&self) -> Node<'_> {
-        Node {
-            snap: self.tree(),
-            raw: &self.tree().nodes[0],
-        }
-    }
-
-    fn at(&self, idx: u32) -> Option<Node<'_>> {
-        let snap = self.tree();
-        snap.nodes.get(idx as usize).map(|raw| Node { snap, raw })
+        let view = self.view();
+        view.node(ROOT_INO).unwrap_or(Node {
+            view,
+            layer: view.base,
+            raw: &view.base.nodes[0],
+        })
     }
 
     /// The node with inode `ino` (binary search).
     pub fn node(&self, ino: u64) -> Option<Node<'_>> {
-        let index = &self.tree().by_ino;
-        let pos = index
-            .binary_search_by(|e| e.ino.to_native().cmp(&ino))
-            .ok()?;
-        self.at(index[pos].node.to_native())
+        self.view().node(ino)
     }
 
     /// The child of directory `parent_ino` named `name` (binary search).
     pub fn lookup(&self, parent_ino: u64, name: &[u8]) -> Option<Node<'_>> {
         let dir = self.node(parent_ino)?;
-        let kids = dir.child_slice();
+        let (layer, kids) = dir.kids();
         let pos = kids
-            .binary_search_by(|raw| {
-                Node {
-                    snap: dir.snap,
-                    raw,
-                }
-                .name()
-                .cmp(name)
-            })
+            .binary_search_by(|raw| name_in(layer, raw).cmp(name))
             .ok()?;
-        Some(Node {
-            snap: dir.snap,
-            raw: &kids[pos],
-        })
+        dir.view.current(layer, &kids[pos])
     }
 
     /// The children of directory `dir_ino` in name order, starting at child number `offset`;
     /// empty for a file or an unknown inode.
     pub fn children(&self, dir_ino: u64, offset: usize) -> impl Iterator<Item = Node<'_>> {
-        let (snap, kids) = match self.node(dir_ino) {
-            Some(dir) => (Some(dir.snap), dir.child_slice()),
-            None => (None, &[][..]),
+        let view = self.view();
+        let (layer, kids) = match self.node(dir_ino) {
+            Some(dir) => dir.kids(),
+            None => (view.base, &[][..]),
         };
         kids.get(offset..)
             .unwrap_or(&[])
             .iter()
-            .filter_map(move |raw| snap.map(|snap| Node { snap, raw }))
+            .filter_map(move |raw| view.current(layer, raw))
     }
 
     /// Every node below the root with its path (components joined by `/`, no leading
@@ -334,15 +389,13 @@ impl Snapshot {
     pub fn walk(&self) -> Vec<(Vec<u8>, Node<'_>)> {
         let mut out = Vec::with_capacity(self.node_count());
         // A damaged snapshot could share children between directories: visit each once.
-        let mut seen = vec![false; self.node_count()];
+        let mut seen = std::collections::HashSet::new();
         let mut stack: Vec<(Vec<u8>, Node<'_>)> = vec![(Vec::new(), self.root())];
         while let Some((prefix, dir)) = stack.pop() {
             let mut subdirs = Vec::new();
-            for child in dir.child_slice().iter().map(|raw| Node {
-                snap: dir.snap,
-                raw,
-            }) {
-                if std::mem::replace(&mut seen[child.index()], true) {
+            let (layer, kids) = dir.kids();
+            for child in kids.iter().filter_map(|raw| dir.view.current(layer, raw)) {
+                if !seen.insert(child.ino()) {
                     continue;
                 }
                 let mut path = prefix.clone();
@@ -360,28 +413,118 @@ impl Snapshot {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
+
+    /// The inodes the delta segment records (changed, added or removed since the base),
+    /// in inode order; empty without a delta.
+    pub fn delta_inos(&self) -> impl Iterator<Item = u64> + '_ {
+        self.delta()
+            .into_iter()
+            .flat_map(|d| d.by_ino.iter().map(|e| e.ino.to_native()))
+    }
+}
+
+/// The name of `raw`, a node of `layer`.
+fn name_in<'a>(layer: &'a ArchivedTreeData, raw: &'a ArchivedNodeData) -> &'a [u8] {
+    let off = raw.name_off.to_native() as usize;
+    let len = raw.name_len.to_native() as usize;
+    layer.names.get(off..off + len).unwrap_or(&[])
+}
+
+impl<'a> View<'a> {
+    /// The current record of inode `ino`: the delta's when it has one (none when the delta
+    /// removed it), else the base's.
+    fn node(self, ino: u64) -> Option<Node<'a>> {
+        if let Some(delta) = self.delta {
+            if let Some(idx) = find_ino(delta, ino) {
+                let raw = delta.nodes.get(idx? as usize)?;
+                return Some(Node {
+                    view: self,
+                    layer: delta,
+                    raw,
+                });
+            }
+        }
+        let idx = find_ino(self.base, ino)??;
+        Some(Node {
+            view: self,
+            layer: self.base,
+            raw: self.base.nodes.get(idx as usize)?,
+        })
+    }
+
+    /// `raw` (a record of `layer`) as currently shown: a base record the delta replaced
+    /// gives way to the delta's (directories whose listing changed list their children in
+    /// the delta itself, so a removed child is never met here).
+    fn current(self, layer: &'a ArchivedTreeData, raw: &'a ArchivedNodeData) -> Option<Node<'a>> {
+        match self.delta {
+            Some(delta) if std::ptr::eq(layer, self.base) => {
+                match find_ino(delta, raw.ino.to_native()) {
+                    Some(Some(idx)) => delta.nodes.get(idx as usize).map(|raw| Node {
+                        view: self,
+                        layer: delta,
+                        raw,
+                    }),
+                    Some(None) => None,
+                    None => Some(Node {
+                        view: self,
+                        layer,
+                        raw,
+                    }),
+                }
+            }
+            _ => Some(Node {
+                view: self,
+                layer,
+                raw,
+            }),
+        }
+    }
+}
+
+/// Looks `ino` up in `layer`'s inode index: `None` when absent, `Some(None)` when the
+/// layer (a delta) records it as removed, else its node index.
+fn find_ino(layer: &ArchivedTreeData, ino: u64) -> Option<Option<u32>> {
+    let index = &layer.by_ino;
+    let pos = index
+        .binary_search_by(|e| e.ino.to_native().cmp(&ino))
+        .ok()?;
+    let node = index[pos].node.to_native();
+    Some((node != delta::REMOVED).then_some(node))
 }
 
 impl<'a> Node<'a> {
-    /// This node's index in the node array.
+    /// This node's index in its layer's node array.
     fn index(&self) -> usize {
-        let base = self.snap.nodes.as_ptr() as usize;
+        let base = self.layer.nodes.as_ptr() as usize;
         (self.raw as *const ArchivedNodeData as usize - base)
             / std::mem::size_of::<ArchivedNodeData>()
     }
 
-    fn child_slice(&self) -> &'a [ArchivedNodeData] {
+    fn in_delta(&self) -> bool {
+        !std::ptr::eq(self.layer, self.view.base)
+    }
+
+    /// The layer holding this directory's children, and their records there (before the
+    /// delta's replacements: see [`View::current`]).
+    fn kids(&self) -> (&'a ArchivedTreeData, &'a [ArchivedNodeData]) {
+        let base = self.view.base;
         if self.raw.kind.to_native() != KIND_DIR {
-            return &[];
+            return (base, &[]);
         }
-        let first = self.raw.first_child.to_native() as usize;
-        // Breadth-first layout puts children after their parent; a damaged snapshot that
-        // points backwards could make a walk loop forever, so it gets no children.
-        if first <= self.index() {
-            return &[];
+        let first = self.raw.first_child.to_native();
+        let count = self.raw.child_count.to_native() as usize;
+        let (layer, first) = if self.in_delta() && first & delta::IN_DELTA != 0 {
+            (self.layer, (first & !delta::IN_DELTA) as usize)
+        } else {
+            (base, first as usize)
+        };
+        // Both layouts put children after their parent; a damaged snapshot that points
+        // backwards could make a walk loop forever, so it gets no children. (A delta
+        // directory listed in the base is checked by the base record it copies.)
+        if std::ptr::eq(layer, self.layer) && first <= self.index() {
+            return (base, &[]);
         }
-        let end = first + self.raw.child_count.to_native() as usize;
-        self.snap.nodes.get(first..end).unwrap_or(&[])
+        (layer, layer.nodes.get(first..first + count).unwrap_or(&[]))
     }
 
     /// Inode number.
@@ -391,18 +534,21 @@ impl<'a> Node<'a> {
 
     /// Inode of the parent directory (the root's is its own).
     pub fn parent_ino(&self) -> u64 {
-        let parent = self.raw.parent.to_native() as usize;
-        self.snap
+        let parent = self.raw.parent.to_native();
+        let (layer, idx) = if self.in_delta() && parent & delta::IN_DELTA != 0 {
+            (self.layer, parent & !delta::IN_DELTA)
+        } else {
+            (self.view.base, parent)
+        };
+        layer
             .nodes
-            .get(parent)
+            .get(idx as usize)
             .map_or(ROOT_INO, |p| p.ino.to_native())
     }
 
     /// The name within its directory (empty for the root).
     pub fn name(&self) -> &'a [u8] {
-        let off = self.raw.name_off.to_native() as usize;
-        let len = self.raw.name_len.to_native() as usize;
-        self.snap.names.get(off..off + len).unwrap_or(&[])
+        name_in(self.layer, self.raw)
     }
 
     /// Whether this is a directory.
@@ -473,8 +619,23 @@ impl<'a> Node<'a> {
         Some(FileRef {
             track_id: self.raw.track_id.to_native(),
             origin: self.raw.origin.to_native(),
-            rel_path: self.snap.paths.get(off..off + len)?,
+            rel_path: self.layer.paths.get(off..off + len)?,
         })
+    }
+}
+
+/// Where the delta segment of the snapshot at `path` lives: beside it, `<name>.delta`.
+pub fn delta_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".delta");
+    path.with_file_name(name)
+}
+
+/// Makes a rename in `path`'s directory durable.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
     }
 }
 
@@ -530,9 +691,9 @@ fn process_alive(pid: i32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
-fn encode_header(generation: u64, body: &[u8]) -> [u8; HEADER_LEN] {
+fn encode_header(magic: &[u8; 8], generation: u64, body: &[u8]) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
-    h[0..8].copy_from_slice(MAGIC);
+    h[0..8].copy_from_slice(magic);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     h[16..24].copy_from_slice(&generation.to_le_bytes());
     h[24..32].copy_from_slice(&(body.len() as u64).to_le_bytes());
@@ -554,8 +715,8 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 }
 
 /// Checks magic, header checksum, version and length; returns the generation.
-fn check_header(map: &[u8], _path: &Path) -> Result<u64, HeaderFault> {
-    if map.len() < HEADER_LEN || &map[0..8] != MAGIC {
+fn check_header(map: &[u8], magic: &[u8; 8]) -> Result<u64, HeaderFault> {
+    if map.len() < HEADER_LEN || &map[0..8] != magic {
         return Err(HeaderFault::Bad("not a MusicFS snapshot (bad magic)"));
     }
     if xxhash_rust::xxh3::xxh3_64(&map[..40]) != le_u64(map, 40) {

@@ -421,27 +421,53 @@ impl Template {
 
 /// The formats each album's tracks come in, collected over the whole library before
 /// rendering (see [`Template::render_in`]). An album is its album artist and title as
-/// rendered (NFC), so it matches the folder the template makes.
+/// rendered (NFC), so it matches the folder the template makes; it is known by the 128-bit
+/// hash of those two ([`album_key`]), and counts its tracks per format, so a snapshot can
+/// keep the counts and a small change can update them without looking at the rest of the
+/// library.
 #[derive(Debug, Default, Clone)]
 pub struct AlbumFormats {
-    formats: std::collections::HashMap<(String, String), u8>,
+    counts: std::collections::HashMap<u128, FormatCounts>,
 }
+
+/// Tracks of one album per [`Format`], indexed by `Format as usize`.
+pub type FormatCounts = [u32; Format::ALL.len()];
 
 impl AlbumFormats {
     /// Counts `rec`'s format towards its album.
     pub fn add(&mut self, rec: &TrackRecord) {
-        *self.formats.entry(album_key(rec)).or_default() |= format_bit(rec.format);
+        self.counts.entry(album_key(rec)).or_default()[rec.format as usize] += 1;
+    }
+
+    /// Sets the counts of album `key` (as a snapshot recorded them).
+    pub fn insert(&mut self, key: u128, counts: FormatCounts) {
+        self.counts.insert(key, counts);
+    }
+
+    /// The counts of album `key`, if it has any track.
+    pub fn get(&self, key: u128) -> Option<&FormatCounts> {
+        self.counts.get(&key)
+    }
+
+    /// The counts of album `key`, created empty when missing.
+    pub fn get_mut(&mut self, key: u128) -> &mut FormatCounts {
+        self.counts.entry(key).or_default()
+    }
+
+    /// Every album with its counts, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u128, &FormatCounts)> {
+        self.counts.iter().map(|(k, c)| (*k, c))
     }
 
     /// `("flac+mp3", "FLAC+MP3")` when `rec`'s album has tracks in several formats.
     fn mixed_label(&self, rec: &TrackRecord) -> Option<(String, String)> {
-        let mask = *self.formats.get(&album_key(rec))?;
-        if mask.count_ones() < 2 {
+        let counts = self.counts.get(&album_key(rec))?;
+        if !is_mixed(counts) {
             return None;
         }
         let present: Vec<Format> = Format::ALL
             .into_iter()
-            .filter(|f| mask & format_bit(*f) != 0)
+            .filter(|f| counts[*f as usize] > 0)
             .collect();
         let join = |name: fn(Format) -> &'static str| {
             present
@@ -454,17 +480,35 @@ impl AlbumFormats {
     }
 }
 
-fn format_bit(f: Format) -> u8 {
-    1 << (f as u8)
+/// Whether an album with these counts comes in several formats (and so renders its
+/// folders with all of them).
+pub fn is_mixed(counts: &FormatCounts) -> bool {
+    counts.iter().filter(|&&n| n > 0).count() > 1
 }
 
-fn album_key(rec: &TrackRecord) -> (String, String) {
+/// The album `rec` belongs to for [`AlbumFormats`]: the xxh3-128 of its album artist and
+/// album as rendered (NFC).
+pub fn album_key(rec: &TrackRecord) -> u128 {
     use unicode_normalization::UnicodeNormalization;
-    let nfc = |v: Cow<'_, str>| v.nfc().collect::<String>();
-    (
-        nfc(Variable::AlbumArtist.value(rec)),
-        nfc(Variable::Album.value(rec)),
-    )
+    let mut bytes: Vec<u8> = Variable::AlbumArtist
+        .value(rec)
+        .nfc()
+        .collect::<String>()
+        .into();
+    bytes.push(0);
+    bytes.extend(Variable::Album.value(rec).nfc().collect::<String>().bytes());
+    xxhash_rust::xxh3::xxh3_128(&bytes)
+}
+
+impl Template {
+    /// Whether a directory component uses `$format`/`$format_upper`, i.e. whether a
+    /// track's folder depends on the formats of its whole album ([`Template::render_in`]).
+    pub fn folders_show_album_formats(&self) -> bool {
+        let last = self.components.len().saturating_sub(1);
+        self.components[..last]
+            .iter()
+            .any(|c| c.uses(Variable::Format) || c.uses(Variable::FormatUpper))
+    }
 }
 
 impl Default for Template {

@@ -25,13 +25,14 @@ use std::path::PathBuf;
 use rkyv::{Archive, Serialize};
 
 use crate::meta::{Perm, TrackRecord};
+use crate::template::{AlbumFormats, FormatCounts};
 
 /// Inode of the root directory.
 pub const ROOT_INO: u64 = 1;
 /// Offset added to a track id to make its inode; inodes below it are reserved for the root
 /// and virtual directories.
 pub const FILE_INO_BASE: u64 = 16;
-const DIR_INO_BIT: u64 = 1 << 63;
+pub(crate) const DIR_INO_BIT: u64 = 1 << 63;
 /// Longest file name the tree produces, in bytes (Linux NAME_MAX).
 pub const NAME_MAX: usize = 255;
 
@@ -121,6 +122,32 @@ pub struct TreeData {
     pub names: Vec<u8>,
     /// Concatenated source paths.
     pub paths: Vec<u8>,
+    /// Track counts per format of every album, sorted by key: what a small republish
+    /// needs to render a changed track's folder without reading the whole library
+    /// ([`crate::template::AlbumFormats`]).
+    pub albums: Vec<AlbumCount>,
+}
+
+/// One album's track counts per format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize)]
+pub struct AlbumCount {
+    /// The album's key ([`crate::template::album_key`]).
+    pub key: u128,
+    /// Its tracks per format ([`crate::template::FormatCounts`]).
+    pub counts: FormatCounts,
+}
+
+/// The albums of `formats` as a sorted table, for [`TreeData::albums`].
+pub fn album_table(formats: &AlbumFormats) -> Vec<AlbumCount> {
+    let mut albums: Vec<AlbumCount> = formats
+        .iter()
+        .map(|(key, counts)| AlbumCount {
+            key,
+            counts: *counts,
+        })
+        .collect();
+    albums.sort_unstable_by_key(|a| a.key);
+    albums
 }
 
 struct PendingFile {
@@ -146,6 +173,7 @@ pub struct TreeBuilder {
     catalog_version: u64,
     origins: Vec<Vec<u8>>,
     dirs: Vec<PendingDir>,
+    albums: Vec<AlbumCount>,
 }
 
 impl TreeBuilder {
@@ -161,12 +189,18 @@ impl TreeBuilder {
                 .map(|p| p.into_os_string().into_vec())
                 .collect(),
             dirs: vec![PendingDir::default()],
+            albums: Vec::new(),
         }
     }
 
     /// Records the catalog change counter the tree is built from.
     pub fn set_catalog_version(&mut self, version: u64) {
         self.catalog_version = version;
+    }
+
+    /// Records the album counts the tracks were rendered with.
+    pub fn set_albums(&mut self, albums: &AlbumFormats) {
+        self.albums = album_table(albums);
     }
 
     /// Adds a track under its rendered path (`components`: sanitised, the last one the file
@@ -207,6 +241,7 @@ impl TreeBuilder {
         }
         let mut data = Layout::new(self.template, self.origins).run(self.dirs);
         data.catalog_version = self.catalog_version;
+        data.albums = self.albums;
         data
     }
 }
@@ -277,6 +312,7 @@ impl Layout {
                 by_ino: Vec::new(),
                 names: Vec::new(),
                 paths: Vec::new(),
+                albums: Vec::new(),
             },
             dir_inos: HashSet::new(),
         }
@@ -494,7 +530,7 @@ impl Layout {
 }
 
 /// A file's content version, from what the scan saw of its source (never 0).
-fn content_generation(scan: &crate::meta::ScanState) -> u64 {
+pub(crate) fn content_generation(scan: &crate::meta::ScanState) -> u64 {
     let mut bytes = [0u8; 32];
     bytes[0..8].copy_from_slice(&scan.size.to_le_bytes());
     bytes[8..16].copy_from_slice(&scan.mtime_ns.to_le_bytes());

@@ -9,6 +9,10 @@
 //! ([`InvalidationSink::inval_inode`], which also drops its pages, as `FOPEN_KEEP_CACHE`
 //! would otherwise keep them). It is a pure function of the two snapshots: the sink is the
 //! kernel in the daemon (`musicfs_fusedev::notify::Notifier`) and a recorder in tests.
+//!
+//! Two snapshots on the same base differ only in the nodes their deltas record
+//! ([`super::delta`]), so then only those are compared: O(change), not O(library). Across
+//! bases (a full publish) the whole new tree is walked.
 
 use std::cmp::Ordering;
 use std::io;
@@ -48,63 +52,17 @@ pub fn invalidate_changes(
         }
     };
     let mut inodes = Vec::new();
-    for (_, dir) in std::iter::once((Vec::new(), new.root())).chain(new.walk()) {
-        if !dir.is_dir() {
-            if let Some(before) = old.node(dir.ino()) {
-                if before.generation() != dir.generation() {
-                    // Replaced content: make the kernel look the name up again, so it sees
-                    // the new generation, retires the old inode (I/O on it fails with EIO
-                    // instead of mixing old and new pages) and starts a fresh one.
-                    entry(dir.parent_ino(), dir.name());
-                    inodes.push(dir.ino());
-                } else if before.size() != dir.size()
-                    || before.mtime_ns() != dir.mtime_ns()
-                    || !same_owner_and_mode(&before, &dir)
-                {
-                    inodes.push(dir.ino());
-                }
-            }
-            continue;
+    if old.base_id() == new.base_id() {
+        // Same base: only the nodes either delta records can differ (module docs).
+        let mut changed: Vec<u64> = old.delta_inos().chain(new.delta_inos()).collect();
+        changed.sort_unstable();
+        changed.dedup();
+        for node in changed.into_iter().filter_map(|ino| new.node(ino)) {
+            compare(old, new, node, &mut entry, &mut inodes);
         }
-        let Some(before) = old.node(dir.ino()).filter(|d| d.is_dir()) else {
-            // A new directory: its parent's listing covers the name; nothing cached below.
-            continue;
-        };
-        // A directory's owner and mode follow the files below it (a chmod of one of them
-        // can change them) and are cached with its attributes.
-        let mut changed = !same_owner_and_mode(&before, &dir);
-        let mut was = old.children(dir.ino(), 0).peekable();
-        let mut now = new.children(dir.ino(), 0).peekable();
-        loop {
-            let step = match (was.peek(), now.peek()) {
-                (None, None) => break,
-                (Some(_), None) => Ordering::Less,
-                (None, Some(_)) => Ordering::Greater,
-                (Some(a), Some(b)) => a.name().cmp(b.name()),
-            };
-            match step {
-                Ordering::Less => {
-                    let gone = was.next().map(|n| n.name());
-                    entry(dir.ino(), gone.unwrap_or_default());
-                    changed = true;
-                }
-                Ordering::Greater => {
-                    let added = now.next().map(|n| n.name());
-                    entry(dir.ino(), added.unwrap_or_default());
-                    changed = true;
-                }
-                Ordering::Equal => {
-                    if let (Some(a), Some(b)) = (was.next(), now.next()) {
-                        if a.ino() != b.ino() || a.is_dir() != b.is_dir() {
-                            entry(dir.ino(), b.name());
-                            changed = true;
-                        }
-                    }
-                }
-            }
-        }
-        if changed {
-            inodes.push(dir.ino());
+    } else {
+        for (_, node) in std::iter::once((Vec::new(), new.root())).chain(new.walk()) {
+            compare(old, new, node, &mut entry, &mut inodes);
         }
     }
     for ino in inodes {
@@ -114,6 +72,74 @@ pub fn invalidate_changes(
         }
     }
     done
+}
+
+/// Records what the kernel must forget about `dir` (any node of `new`): a file's new
+/// content or attributes, a directory's changed names and attributes.
+fn compare(
+    old: &Snapshot,
+    new: &Snapshot,
+    dir: Node<'_>,
+    entry: &mut impl FnMut(u64, &[u8]),
+    inodes: &mut Vec<u64>,
+) {
+    if !dir.is_dir() {
+        if let Some(before) = old.node(dir.ino()) {
+            if before.generation() != dir.generation() {
+                // Replaced content: make the kernel look the name up again, so it sees
+                // the new generation, retires the old inode (I/O on it fails with EIO
+                // instead of mixing old and new pages) and starts a fresh one.
+                entry(dir.parent_ino(), dir.name());
+                inodes.push(dir.ino());
+            } else if before.size() != dir.size()
+                || before.mtime_ns() != dir.mtime_ns()
+                || !same_owner_and_mode(&before, &dir)
+            {
+                inodes.push(dir.ino());
+            }
+        }
+        return;
+    }
+    let Some(before) = old.node(dir.ino()).filter(|d| d.is_dir()) else {
+        // A new directory: its parent's listing covers the name; nothing cached below.
+        return;
+    };
+    // A directory's owner and mode follow the files below it (a chmod of one of them
+    // can change them) and are cached with its attributes.
+    let mut changed = !same_owner_and_mode(&before, &dir);
+    let mut was = old.children(dir.ino(), 0).peekable();
+    let mut now = new.children(dir.ino(), 0).peekable();
+    loop {
+        let step = match (was.peek(), now.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(a), Some(b)) => a.name().cmp(b.name()),
+        };
+        match step {
+            Ordering::Less => {
+                let gone = was.next().map(|n| n.name());
+                entry(dir.ino(), gone.unwrap_or_default());
+                changed = true;
+            }
+            Ordering::Greater => {
+                let added = now.next().map(|n| n.name());
+                entry(dir.ino(), added.unwrap_or_default());
+                changed = true;
+            }
+            Ordering::Equal => {
+                if let (Some(a), Some(b)) = (was.next(), now.next()) {
+                    if a.ino() != b.ino() || a.is_dir() != b.is_dir() {
+                        entry(dir.ino(), b.name());
+                        changed = true;
+                    }
+                }
+            }
+        }
+    }
+    if changed {
+        inodes.push(dir.ino());
+    }
 }
 
 /// Whether two versions of a node show the same owner, group and permission bits.

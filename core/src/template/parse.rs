@@ -182,3 +182,20 @@ impl<'s> Parser<'s> {
         Ok(())
     }
 }
+
+impl Component {
+    /// Whether `var` appears anywhere in this component (its extension included).
+    pub(super) fn uses(&self, var: Variable) -> bool {
+        self.ext == Some(var)
+            || self.pieces.iter().any(|p| match p {
+                Piece::Atom(a) => a.is_var(var),
+                Piece::Group(atoms) => atoms.iter().any(|a| a.is_var(var)),
+            })
+    }
+}
+
+impl Atom {
+    fn is_var(&self, var: Variable) -> bool {
+        matches!(self, Atom::Var(v) if *v == var)
+    }
+}
