@@ -452,7 +452,14 @@ impl Dispatcher {
             buf.fill(0);
             if plus {
                 let entry = match &item.attr {
-                    Some(a) => entry_out(cfg, a),
+                    Some(a) if item.current => entry_out(cfg, a),
+                    Some(a) => abi::EntryOut {
+                        entry_valid: 0,
+                        entry_valid_nsec: 0,
+                        attr_valid: 0,
+                        attr_valid_nsec: 0,
+                        ..entry_out(cfg, a)
+                    },
                     // `.` and `..`: the kernel does not instantiate a zero nodeid.
                     None => abi::EntryOut::default(),
                 };

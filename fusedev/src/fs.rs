@@ -145,6 +145,10 @@ pub struct DirItem<'a> {
     pub name: &'a [u8],
     /// Attributes; `None` for `.` and `..`, which the kernel resolves itself.
     pub attr: Option<Attr>,
+    /// Listed from the snapshot being served; `false` when a listing that began before a
+    /// republish is being continued from the tree it began in: the kernel must not cache
+    /// such an entry (it may be gone or changed already).
+    pub current: bool,
 }
 
 /// `statfs` answer.
@@ -290,7 +294,17 @@ impl FsModel {
         offset: u64,
         emit: &mut dyn FnMut(DirItem<'_>) -> bool,
     ) -> Result<(), FsError> {
-        let snap = self.dirs.get(fh).ok_or(FsError::BadHandle(fh))?;
+        let mut snap = self.dirs.get(fh).ok_or(FsError::BadHandle(fh))?;
+        let served = self.snapshot.load();
+        if offset == 0 && !Arc::ptr_eq(&snap, &served) {
+            // A listing (re)starts: from the tree served now. A handle opened before a
+            // republish would otherwise list, and the kernel cache, what the
+            // invalidation that followed the republish just dropped.
+            snap = Arc::clone(&served);
+            drop(self.dirs.replace(fh, Arc::clone(&served)));
+        }
+        let current = Arc::ptr_eq(&snap, &served);
+        drop(served);
         let dir = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
         if !dir.is_dir() {
             return Err(FsError::NotADirectory(ino));
@@ -303,6 +317,7 @@ impl FsModel {
                 kind: Kind::Dir,
                 name,
                 attr: None,
+                current,
             };
             if !emit(item) {
                 return Ok(());
@@ -318,6 +333,7 @@ impl FsModel {
                 kind: attr.kind,
                 name: child.name(),
                 attr: Some(attr),
+                current,
             };
             if !emit(item) {
                 break;

@@ -81,6 +81,15 @@ impl<V: Clone> HandleTable<V> {
         self.shard(shard).slots.get(slot)?.clone()
     }
 
+    /// Puts `value` under the open handle `fh`, returning the value it held (`None`, and
+    /// `value` dropped, when `fh` is not open).
+    pub fn replace(&self, fh: u64, value: V) -> Option<V> {
+        let (shard_index, slot) = Self::split(fh)?;
+        let mut shard = self.shard(shard_index);
+        let held = shard.slots.get_mut(slot)?.as_mut()?;
+        Some(std::mem::replace(held, value))
+    }
+
     /// Removes and returns the value under `fh`.
     pub fn remove(&self, fh: u64) -> Option<V> {
         let (shard_index, slot) = Self::split(fh)?;

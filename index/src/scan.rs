@@ -150,8 +150,65 @@ pub struct ScanReport {
     pub skipped: Vec<Skipped>,
     /// Origins found offline (see [`crate::health`]): their tracks were kept as they were.
     pub offline: Vec<OfflineOrigin>,
+    /// The tracks this scan added, changed or removed, with what the catalog held of each
+    /// before (what a small republish needs: see `musicfs_core::snapshot::delta`).
+    pub touched: Touched,
     /// Wall time of the whole scan.
     pub elapsed: Duration,
+}
+
+/// The tracks a scan touched ([`ScanReport::touched`]), up to [`TOUCHED_MAX`].
+#[derive(Debug, Clone, Default)]
+pub struct Touched {
+    /// Each touched track with its album key (`musicfs_core::template::album_key`) and
+    /// format before the scan (`None` for a new track), in the order they were written.
+    pub tracks: Vec<(TrackId, Option<(u128, Format)>)>,
+    /// More than [`TOUCHED_MAX`] tracks changed: `tracks` is incomplete (a full
+    /// republish is due anyway).
+    pub overflow: bool,
+}
+
+/// Touched tracks recorded one by one before a scan just says "many".
+pub const TOUCHED_MAX: usize = 20_000;
+
+impl Touched {
+    /// Records a touched track `id`, looking up what the catalog holds of it now (call
+    /// before the change is written).
+    fn before_change(&mut self, catalog: &Catalog, id: TrackId) -> Result<(), CatalogError> {
+        if self.full() {
+            return Ok(());
+        }
+        let before = catalog
+            .get(id)?
+            .map(|t| (musicfs_core::template::album_key(&t), t.format));
+        self.tracks.push((id, before));
+        Ok(())
+    }
+
+    /// Records new tracks (ids the catalog just handed out).
+    fn added(&mut self, ids: impl IntoIterator<Item = TrackId>) {
+        for id in ids {
+            if self.full() {
+                return;
+            }
+            self.tracks.push((id, None));
+        }
+    }
+
+    fn full(&mut self) -> bool {
+        if self.tracks.len() >= TOUCHED_MAX {
+            self.overflow = true;
+            self.tracks = Vec::new();
+        }
+        self.overflow
+    }
+
+    /// Everything `other` touched, too.
+    pub fn extend(&mut self, other: Touched) {
+        self.overflow |= other.overflow;
+        self.tracks.extend(other.tracks);
+        self.full();
+    }
 }
 
 /// An origin a scan found offline.
@@ -383,7 +440,14 @@ fn scan_origin(
         facts,
         recorded,
     };
-    match settle_gone(catalog, &found, gone, walk.gone_broken, opts)? {
+    match settle_gone(
+        catalog,
+        &found,
+        gone,
+        walk.gone_broken,
+        opts,
+        &mut report.touched,
+    )? {
         Ok(removed) => report.removed += removed,
         Err(reason) => offline(report, reason),
     }
@@ -409,6 +473,7 @@ fn settle_gone(
     gone: Vec<TrackId>,
     gone_broken: Vec<Vec<u8>>,
     opts: &ScanOptions,
+    touched: &mut Touched,
 ) -> Result<Result<u64, OfflineReason>, ScanError> {
     let (facts, recorded) = (&found.facts, &found.recorded);
     let verdict = classify_walk(
@@ -422,6 +487,9 @@ fn settle_gone(
         return Ok(Err(reason));
     }
     let removed = gone.len() as u64;
+    for &id in &gone {
+        touched.before_change(catalog, id)?;
+    }
     forget_gone(catalog, found.origin, gone, gone_broken)?;
     if let Some(now) = facts.identity.filter(|now| recorded.identity != Some(*now)) {
         let device = OriginDevice {
@@ -478,17 +546,21 @@ fn collect(
     report: &mut ScanReport,
 ) -> Result<(), ScanError> {
     let mut batch = Batch::default();
+    // Which upserts are new tracks (their ids come back from the write).
+    let mut fresh: Vec<bool> = Vec::new();
     let mut last_progress = Instant::now();
     for Done { job, result } in done {
         report.opened += 1;
         counters.opened.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok((format, meta)) => {
-                if job.known.is_some() {
+                if let Some(id) = job.known {
                     report.changed += 1;
+                    report.touched.before_change(catalog, id)?;
                 } else {
                     report.added += 1;
                 }
+                fresh.push(job.known.is_none());
                 batch.upserts.push(Upsert {
                     origin,
                     rel_path: job.rel,
@@ -500,6 +572,7 @@ fn collect(
             Err(e) => {
                 tracing::debug!(path = %job.path.display(), error = %e, "skipping file");
                 if let Some(id) = job.known {
+                    report.touched.before_change(catalog, id)?;
                     batch.removals.push(id);
                     report.removed += 1;
                 }
@@ -521,8 +594,7 @@ fn collect(
             }
         }
         if batch_len(&batch) >= BATCH {
-            catalog.apply_batch(&batch)?;
-            batch = Batch::default();
+            write_batch(catalog, &mut batch, &mut fresh, &mut report.touched)?;
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
@@ -530,8 +602,28 @@ fn collect(
         }
     }
     if batch_len(&batch) > 0 {
-        catalog.apply_batch(&batch)?;
+        write_batch(catalog, &mut batch, &mut fresh, &mut report.touched)?;
     }
+    Ok(())
+}
+
+/// Writes `batch` (emptying it); the ids of its new tracks (`fresh`, per upsert) go to
+/// `touched`.
+fn write_batch(
+    catalog: &Catalog,
+    batch: &mut Batch,
+    fresh: &mut Vec<bool>,
+    touched: &mut Touched,
+) -> Result<(), CatalogError> {
+    let ids = catalog.apply_batch(batch)?;
+    touched.added(
+        ids.into_iter()
+            .zip(fresh.iter())
+            .filter(|(_, &new)| new)
+            .map(|(id, _)| id),
+    );
+    *batch = Batch::default();
+    fresh.clear();
     Ok(())
 }
 

@@ -799,3 +799,92 @@ fn change_to_visible_latency_report() {
         samples[samples.len() - 1].as_secs_f64() * 1e3,
     );
 }
+
+/// Every `republished` line of the daemon's log, in order.
+fn republish_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("republished"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// An add, a re-tag and a delete while serving are each published as a delta on the served
+/// snapshot (no new base), show through the mount, and a restart serves the same tree
+/// from base + delta without republishing.
+#[test]
+fn small_changes_are_published_as_deltas_and_a_restart_serves_them() {
+    let mut live = Live::new();
+    let album = live.virt(FIRST);
+    let dir = live.src(&format!("{ARTIST}/First"));
+    let t = templates();
+
+    fs::write(
+        dir.join("05.flac"),
+        flac_with_comments(&t.small, &tags("First", "2001", "5", "Five")).unwrap(),
+    )
+    .unwrap();
+    live.wait_visible("an added track", || {
+        match names(&album).contains("05 - Five.flac") {
+            true => Ok(()),
+            false => Err(format!("album lists {:?}", names(&album))),
+        }
+    });
+    replace_by_rename(
+        &dir.join("01.flac"),
+        &flac_with_comments(&t.small, &tags("First", "2001", "1", "Uno")).unwrap(),
+    );
+    live.wait_visible("a re-tagged track", || {
+        let listed = names(&album);
+        match listed.contains("01 - Uno.flac") && !listed.contains("01 - One.flac") {
+            true => Ok(()),
+            false => Err(format!("album lists {listed:?}")),
+        }
+    });
+    fs::remove_file(dir.join("02.flac")).unwrap();
+    live.wait_visible("a deleted track", || {
+        match is_enoent(&album.join("02 - Two.flac")) {
+            true => Ok(()),
+            false => Err(format!("album lists {:?}", names(&album))),
+        }
+    });
+
+    let log = live.fs().log();
+    let republished = republish_lines(&log);
+    assert!(
+        !republished.is_empty() && republished.iter().all(|l| l.contains("delta=true")),
+        "each change should be a delta on the served snapshot: {republished:#?}\nlog:\n{log}"
+    );
+    let shown = names(&album);
+    assert_eq!(
+        shown,
+        BTreeSet::from([
+            "01 - Uno.flac".to_string(),
+            "03 - Three.flac".to_string(),
+            "04 - Four.flac".to_string(),
+            "05 - Five.flac".to_string(),
+        ])
+    );
+    assert!(live.state.join("tree.snap.delta").exists());
+
+    live.stop();
+    let fs = MountedFs::start(live.options()).unwrap_or_else(|e| panic!("{e:#}"));
+    live.fs = Some(fs);
+    let (line, _) = wait_for_log_line(
+        live.fs().log_path(),
+        0,
+        REFRESH_DONE,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(
+        line.contains("refresh found nothing new"),
+        "base + delta were not served as current: {line}\nlog:\n{}",
+        live.fs().log()
+    );
+    assert_eq!(names(&live.virt(FIRST)), shown);
+    let five = live.virt(&format!("{FIRST}/05 - Five.flac"));
+    assert_eq!(
+        xxh3_file(&five).unwrap(),
+        xxh3_file(&dir.join("05.flac")).unwrap()
+    );
+}

@@ -612,3 +612,35 @@ fn access_allows_reading_and_refuses_executing_files() {
         Outcome::Reply(0)
     );
 }
+
+#[test]
+fn a_listing_restarted_after_a_republish_shows_the_new_tree_and_a_continued_one_is_not_cached() {
+    let mut r = Rig::standard();
+    let dir = r.ino("Ann/First");
+    let fh = r.opendir(dir);
+    // "02 - Two.flac" is deleted and the tree republished while the handle is open.
+    r.lib.records.remove(1);
+    r.snap.store(Arc::new(r.lib.snapshot(2)));
+
+    // Continuing after `.`, `..` and the first child: the listing's own tree, uncached.
+    let Outcome::Reply(n) = r.read(dir, fh, 3, 8192, abi::FUSE_READDIRPLUS) else {
+        panic!("readdirplus")
+    };
+    let rest = dirents(&r.out[..n], true);
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].0, "02 - Two.flac");
+    let entry = abi::EntryOut::read_from(&r.out[..n]).expect("entry");
+    assert_eq!((entry.entry_valid, entry.attr_valid), (0, 0));
+
+    // Restarting: the tree served now, cached as usual.
+    let Outcome::Reply(n) = r.read(dir, fh, 0, 8192, abi::FUSE_READDIRPLUS) else {
+        panic!("readdirplus")
+    };
+    let all = dirents(&r.out[..n], true);
+    let names: Vec<&str> = all.iter().map(|d| d.0.as_str()).collect();
+    assert_eq!(names, [".", "..", "01 - One.flac"]);
+    let third_at =
+        2 * std::mem::size_of::<abi::EntryOut>() + abi::dirent_size(1) + abi::dirent_size(2);
+    let third = abi::EntryOut::read_from(&r.out[third_at..n]).expect("entry");
+    assert_eq!(third.entry_valid, 3600);
+}

@@ -36,6 +36,7 @@ use crate::scan::{DirHook, ProgressFn, ScanOptions, ScanReport};
 use crate::watch::Change;
 
 mod burst;
+mod delta;
 mod error;
 mod scanning;
 mod state;
@@ -76,6 +77,8 @@ pub struct Published {
     pub tracks: u64,
     /// Time to build and write.
     pub elapsed: Duration,
+    /// Published as a delta on the served snapshot (else as a new base).
+    pub delta: bool,
 }
 
 impl Library {
@@ -112,6 +115,7 @@ impl Library {
                 builder.add(&track, &self.template.render_in(&track, &albums));
             }
         })?;
+        builder.set_albums(&albums);
         let tree = builder.build();
         let generation = match Snapshot::open(&path) {
             Ok(old) => old.generation() + 1,
@@ -122,6 +126,7 @@ impl Library {
             generation,
             tracks: tree.track_count,
             elapsed: start.elapsed(),
+            delta: false,
         })
     }
 
@@ -207,6 +212,17 @@ impl Library {
             .collect())
     }
 
+    /// Catalog ids of the origins this library shows.
+    fn shown_origin_ids(&self) -> Result<Vec<u32>> {
+        Ok(self
+            .catalog
+            .origins()?
+            .into_iter()
+            .filter(|(_, root)| self.origins.iter().any(|o| o.key() == root.as_os_str()))
+            .map(|(id, _)| id.0)
+            .collect())
+    }
+
     /// The library's origins by catalog id, for the FUSE read path (the same origin
     /// objects the scans use). An origin the catalog has not registered yet (never scanned:
     /// it has no tracks to read) is left out; [`Refresher`] rebuilds the table after a
@@ -245,6 +261,7 @@ impl Library {
             dir_hook: hook,
             ..self.scan_options()
         };
+        let was_current = self.is_current(current)?;
         let report = crate::scan::scan(&self.catalog, &origins, &opts)?;
         let offline = self.record_health(&indices, &report)?;
         if self.is_current(current)? {
@@ -254,12 +271,13 @@ impl Library {
                 offline,
             });
         }
-        let published = self.publish()?;
+        let published = self.publish_change(current, &report.touched, was_current)?;
         let snapshot = Snapshot::open(&self.state.snapshot_path())?;
         info!(
             generation = published.generation,
             tracks = published.tracks,
             ms = published.elapsed.as_millis() as u64,
+            delta = published.delta,
             "republished"
         );
         Ok(Refreshed {

@@ -1,0 +1,98 @@
+//! Publishing a small change as a delta on the served snapshot (see
+//! `musicfs_core::snapshot::delta`), so a one-file change costs O(change), not a render
+//! and rewrite of the whole library.
+
+use std::time::Instant;
+
+use musicfs_core::snapshot::delta::{self, delta_for, TrackChange};
+use musicfs_core::snapshot::Snapshot;
+use tracing::{debug, info};
+
+use super::{Library, Published, Result};
+use crate::scan::Touched;
+
+/// A delta holding more records than this (plus a share of the base) is merged into a new
+/// base instead: lookups stay two binary searches either way, but each publish rewrites
+/// the whole delta, and a full render resets that cost.
+const DELTA_MAX_RECORDS: usize = 65_536;
+/// ... plus one record per this many base nodes.
+const DELTA_BASE_SHARE: usize = 8;
+
+impl Library {
+    /// Publishes what a scan changed (`touched`) on top of `current`, the snapshot being
+    /// served: as a delta when `current` showed the catalog as it was before the scan
+    /// (`was_current`) and the change can be expressed exactly, else as a full publish.
+    pub fn publish_change(
+        &self,
+        current: &Snapshot,
+        touched: &Touched,
+        was_current: bool,
+    ) -> Result<Published> {
+        match self.try_delta(current, touched, was_current)? {
+            Some(published) => Ok(published),
+            None => self.publish(),
+        }
+    }
+
+    fn try_delta(
+        &self,
+        current: &Snapshot,
+        touched: &Touched,
+        was_current: bool,
+    ) -> Result<Option<Published>> {
+        let start = Instant::now();
+        let path = self.state.snapshot_path();
+        let why_not = if touched.overflow {
+            Some("many tracks changed")
+        } else if !was_current {
+            Some("the served tree was behind the catalog")
+        } else if !self.serves_same_origins(current)? {
+            Some("the template or the origins changed")
+        } else if Snapshot::open(&path).map(|s| s.generation()).ok() != Some(current.generation()) {
+            Some("the published snapshot is not the one served")
+        } else {
+            None
+        };
+        if let Some(why) = why_not {
+            debug!("full publish: {why}");
+            return Ok(None);
+        }
+        let wanted = self.shown_origin_ids()?;
+        let mut changes: Vec<TrackChange> = Vec::with_capacity(touched.tracks.len());
+        for &(id, before) in &touched.tracks {
+            if changes.iter().any(|c| c.id == id.0) {
+                continue;
+            }
+            let after = self
+                .catalog
+                .get(id)?
+                .filter(|t| wanted.contains(&t.origin.0));
+            changes.push(TrackChange {
+                id: id.0,
+                before,
+                after,
+            });
+        }
+        let version = self.catalog.change_counter()?;
+        let delta = match delta_for(current, &self.template, &changes, version) {
+            Ok(delta) => delta,
+            Err(why) => {
+                info!("publishing a new base: {why}");
+                return Ok(None);
+            }
+        };
+        let records = delta.tree.nodes.len() + delta.tree.by_ino.len();
+        if records > DELTA_MAX_RECORDS + current.node_count() / DELTA_BASE_SHARE {
+            info!(records, "the delta has grown: merging it into a new base");
+            return Ok(None);
+        }
+        let generation = current.generation() + 1;
+        delta::write(&path, &delta, generation)?;
+        Ok(Some(Published {
+            generation,
+            tracks: delta.tree.track_count,
+            elapsed: start.elapsed(),
+            delta: true,
+        }))
+    }
+}
