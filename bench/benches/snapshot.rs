@@ -1,18 +1,36 @@
-//! Snapshot costs at 100k tracks: building the tree and writing the snapshot (what every
-//! publish pays), and a lookup by (parent, name) in the mmapped snapshot (what every
-//! uncached FUSE LOOKUP pays).
+//! Snapshot costs at 100k tracks (`MUSICFS_BENCH_TRACKS=N` for another size): building
+//! the tree and writing the snapshot (what a full publish pays), a lookup by (parent, name)
+//! in the mmapped snapshot (what every uncached FUSE LOOKUP pays), and publishing one
+//! change as a delta on it (what a refresh after a one-file change pays: delta, write,
+//! reopen, invalidation diff), plus a lookup through base + delta.
 
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use musicfs_core::snapshot::{Snapshot, ROOT_INO};
-use musicfs_core::template::{Template, DEFAULT_TEMPLATE};
+use musicfs_core::snapshot::delta::{self, delta_for, TrackChange};
+use musicfs_core::snapshot::{invalidate_changes, InvalidationSink, Snapshot, ROOT_INO};
+use musicfs_core::template::{album_key, AlbumFormats, Template, DEFAULT_TEMPLATE};
 use musicfs_core::tree::TreeBuilder;
 use musicfs_core::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackRecord};
 
-const TRACKS: u64 = 100_000;
+/// Tracks in the synthetic library: `MUSICFS_BENCH_TRACKS`, default 100k.
+fn tracks() -> u64 {
+    std::env::var("MUSICFS_BENCH_TRACKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
+}
+
+/// `100k`, `1m`, `10m`, or the count: the size in a benchmark group's name.
+fn label(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}m", n / 1_000_000),
+        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
 
 fn records() -> Vec<TrackRecord> {
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -29,7 +47,7 @@ fn records() -> Vec<TrackRecord> {
         Format::Ogg,
         Format::Opus,
     ];
-    (0..TRACKS)
+    (0..tracks())
         .map(|i| {
             let artist = format!("Artist {}", i / 60);
             let album = format!("Album {}", i / 12);
@@ -62,11 +80,116 @@ fn records() -> Vec<TrackRecord> {
 }
 
 fn build(recs: &[TrackRecord], template: &Template) -> musicfs_core::tree::TreeData {
-    let mut b = TreeBuilder::new(template.as_str(), vec![PathBuf::from("/music")]);
+    let mut albums = AlbumFormats::default();
     for r in recs {
-        b.add(r, &template.render(r));
+        albums.add(r);
+    }
+    let mut b = TreeBuilder::new(template.as_str(), vec![PathBuf::from("/music")]);
+    b.set_albums(&albums);
+    for r in recs {
+        b.add(r, &template.render_in(r, &albums));
     }
     b.build()
+}
+
+/// A kernel that is told nothing: the diff's cost without the syscalls.
+struct NoKernel;
+
+impl InvalidationSink for NoKernel {
+    fn inval_entry(&self, _: u64, _: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn inval_inode(&self, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One change published the way the refresher does it: the delta on the served snapshot,
+/// written, reopened, and the invalidation diff against the served one.
+fn publish_delta(
+    path: &std::path::Path,
+    served: &Snapshot,
+    template: &Template,
+    change: &TrackChange,
+) {
+    let d = delta_for(served, template, std::slice::from_ref(change), 2)
+        .unwrap_or_else(|e| panic!("delta: {e}"));
+    delta::write(path, &d, served.generation() + 1).unwrap_or_else(|e| panic!("write: {e}"));
+    let next = Snapshot::open(path).unwrap_or_else(|e| panic!("open: {e}"));
+    black_box(invalidate_changes(served, &next, &NoKernel));
+}
+
+fn bench_delta(
+    c: &mut Criterion,
+    recs: &[TrackRecord],
+    template: &Template,
+    path: &std::path::Path,
+) {
+    let served = Snapshot::open(path).unwrap_or_else(|e| panic!("open: {e}"));
+    let n = recs.len() as u64;
+    let mut added = recs[4].clone();
+    added.id = TrackId(n + 1);
+    added.rel_path.extend_from_slice(b".new");
+    added.meta.title = Some("A new song".into());
+    let mut retagged = recs[5].clone();
+    retagged.meta.title = Some("A retitled song".into());
+    retagged.scan.mtime_ns += 1;
+    let before = |r: &TrackRecord| Some((album_key(r), r.format));
+    let changes = [
+        (
+            "one_add",
+            TrackChange {
+                id: n + 1,
+                before: None,
+                after: Some(added),
+            },
+        ),
+        (
+            "one_retag",
+            TrackChange {
+                id: 6,
+                before: before(&recs[5]),
+                after: Some(retagged),
+            },
+        ),
+        (
+            "one_delete",
+            TrackChange {
+                id: 7,
+                before: before(&recs[6]),
+                after: None,
+            },
+        ),
+    ];
+    let mut g = c.benchmark_group(format!("delta_publish_{}", label(n)));
+    g.sample_size(20).measurement_time(Duration::from_secs(10));
+    for (name, change) in &changes {
+        g.bench_function(*name, |b| {
+            b.iter(|| publish_delta(path, &served, template, change))
+        });
+    }
+    g.finish();
+
+    // Lookups through base + delta: a name in the delta's block, and one only in the base.
+    publish_delta(path, &served, template, &changes[0].1);
+    let snap = Snapshot::open(path).unwrap_or_else(|e| panic!("open: {e}"));
+    let new = snap
+        .node(n + 1 + 16)
+        .unwrap_or_else(|| panic!("the added track"));
+    let in_delta = (new.parent_ino(), new.name().to_vec());
+    let far = snap
+        .node(recs[recs.len() / 2].id.0 + 16)
+        .unwrap_or_else(|| panic!("a track"));
+    let in_base = (far.parent_ino(), far.name().to_vec());
+    let mut g = c.benchmark_group(format!("delta_lookup_{}", label(n)));
+    g.throughput(Throughput::Elements(1));
+    for (name, (parent, child)) in [("in_delta", &in_delta), ("in_base", &in_base)] {
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(snap.lookup(*parent, child).map(|n| n.ino())))
+        });
+    }
+    g.finish();
+    let _ = std::fs::remove_file(musicfs_core::snapshot::delta_path(path));
 }
 
 fn bench(c: &mut Criterion) {
@@ -75,9 +198,10 @@ fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let path = dir.path().join("tree.snap");
 
-    let mut g = c.benchmark_group("snapshot_100k");
+    let n = recs.len();
+    let mut g = c.benchmark_group(format!("snapshot_{}", label(n as u64)));
     g.sample_size(10).measurement_time(Duration::from_secs(20));
-    g.throughput(Throughput::Elements(TRACKS));
+    g.throughput(Throughput::Elements(n as u64));
     g.bench_function("build_and_write", |b| {
         b.iter(|| {
             let tree = build(&recs, &template);
@@ -100,7 +224,7 @@ fn bench(c: &mut Criterion) {
     for i in 0..len {
         pairs.swap(i, (i * 7919) % len);
     }
-    let mut g = c.benchmark_group("snapshot_100k_lookup");
+    let mut g = c.benchmark_group(format!("snapshot_{}_lookup", label(n as u64)));
     g.throughput(Throughput::Elements(1));
     let mut i = 0usize;
     g.bench_function("lookup", |b| {
@@ -114,6 +238,8 @@ fn bench(c: &mut Criterion) {
         )
     });
     g.finish();
+    drop(snap);
+    bench_delta(c, &recs, &template, &path);
 }
 
 criterion_group!(benches, bench);
