@@ -43,6 +43,9 @@ const MAGIC: &[u8; 8] = b"MFSSNAP\0";
 /// 3: nodes carry owner, group and permission bits. 4: album format counts; delta segments.
 pub const FORMAT_VERSION: u32 = 4;
 const HEADER_LEN: usize = 64;
+/// Deepest level [`Snapshot::for_each_node`] visits: a path of single-byte names this deep
+/// would already exceed PATH_MAX.
+pub const MAX_DEPTH: usize = 2048;
 
 /// Why a snapshot could not be written or loaded.
 #[derive(Debug, Error)]
@@ -412,6 +415,24 @@ impl Snapshot {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Calls `f` on every node, the root first, then depth first: a walk that builds no
+    /// paths (the full invalidation diff of a 1M-node tree). Descends at most
+    /// [`MAX_DEPTH`] levels, so a damaged snapshot cannot make it loop.
+    pub fn for_each_node(&self, mut f: impl FnMut(Node<'_>)) {
+        let mut stack: Vec<(Node<'_>, usize)> = vec![(self.root(), 0)];
+        while let Some((node, depth)) = stack.pop() {
+            if depth < MAX_DEPTH && node.is_dir() {
+                let (layer, kids) = node.kids();
+                stack.extend(
+                    kids.iter()
+                        .filter_map(|raw| node.view.current(layer, raw))
+                        .map(|kid| (kid, depth + 1)),
+                );
+            }
+            f(node);
+        }
     }
 
     /// The inodes the delta segment records (changed, added or removed since the base),

@@ -61,9 +61,7 @@ pub fn invalidate_changes(
             compare(old, new, node, &mut entry, &mut inodes);
         }
     } else {
-        for (_, node) in std::iter::once((Vec::new(), new.root())).chain(new.walk()) {
-            compare(old, new, node, &mut entry, &mut inodes);
-        }
+        new.for_each_node(|node| compare(old, new, node, &mut entry, &mut inodes));
     }
     for ino in inodes {
         match sink.inval_inode(ino) {
