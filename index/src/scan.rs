@@ -368,6 +368,7 @@ fn scan_origin(
             return Ok(());
         }
     };
+    let probed = Instant::now();
     let origin_id = catalog.origin_id(key)?;
     let mut scope = match extent {
         // A moved or empty root is judged by how many of all its tracks a walk finds.
@@ -388,7 +389,10 @@ fn scan_origin(
             },
         ),
         None => {
-            let mut tracks = Vec::new();
+            // All origins' tracks (one O(1) read) is an upper bound that spares the growing
+            // vector its copies (a few % of a restart's reconcile).
+            let all = usize::try_from(catalog.len()?).unwrap_or(0);
+            let mut tracks = Vec::with_capacity(all);
             catalog.for_each_scan_state(origin_id, |rel, id, state| {
                 tracks.push((Known::key(rel), id, state));
             })?;
@@ -403,7 +407,14 @@ fn scan_origin(
             (tracks, recorded)
         }
     };
+    let loaded = tracks.len();
     let known = Known::new(tracks, catalog.skipped_states(origin_id)?);
+    tracing::debug!(
+        origin = %key.display(),
+        tracks = loaded,
+        ms = probed.elapsed().as_millis() as u64,
+        "catalog states loaded"
+    );
     let threads = opts.threads.max(1);
     let counters = Counters::new(report, opts.progress.clone());
     let (job_tx, job_rx) = bounded::<Job>(threads * 64);
