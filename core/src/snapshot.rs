@@ -187,6 +187,7 @@ impl Snapshot {
     /// are gone).
     pub fn open(path: &Path) -> Result<Snapshot, SnapshotError> {
         remove_stale_temps(path);
+        remove_stale_temps(&delta_path(path));
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -18,6 +18,10 @@
 //! An origin that is not there (missing, unmounted, emptied, or losing more than a share of
 //! its tracks at once: see [`crate::health`]) removes nothing: its tracks are kept and it is
 //! listed in [`ScanReport::offline`], while the other origins are scanned as usual.
+//!
+//! [`scan_extents`] scans only some directories of an origin ([`Extent`], module `scoped`):
+//! what the live daemon does for an inotify event. Its root is probed first as for a whole
+//! scan, and its removals obey the same mass-removal rule, against the origin's tracks.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -39,6 +43,11 @@ use crate::known::Known;
 use crate::tags::{read_tags_from, TagError};
 pub use crate::walk::Skipped;
 use crate::walk::{self, shown};
+
+mod scoped;
+
+pub use scoped::Extent;
+use scoped::Scope;
 
 /// How many changes (upserts, removals, skips) go into one catalog transaction.
 const BATCH: usize = 1000;
@@ -144,6 +153,11 @@ pub struct ScanReport {
     pub unchanged: u64,
     /// Files actually opened to read tags.
     pub opened: u64,
+    /// Audio files whose stat the walk took (found, or failing to stat): what a rescan
+    /// costs; a scan of one directory stats that directory's files only.
+    pub statted: u64,
+    /// Directories listed.
+    pub listed: u64,
     /// Paths not cataloged, with the reason (broken files, dangling or looping symlinks,
     /// symlinks leaving the origin, unreadable directories). A broken file left unchanged
     /// since an earlier scan is listed with the reason recorded then, without being opened.
@@ -256,6 +270,25 @@ struct WalkOutcome {
     skipped: Vec<Skipped>,
     /// Directories (relative) that could not be listed.
     unreadable: Vec<Vec<u8>>,
+    /// Subdirectories holding tracks that a scoped scan found gone.
+    vanished: Vec<Vec<u8>>,
+    statted: u64,
+    listed: u64,
+}
+
+impl WalkOutcome {
+    /// The outcome of a walk that did not finish: nothing is gone.
+    fn aborted(skipped: Vec<Skipped>) -> WalkOutcome {
+        WalkOutcome {
+            gone: Vec::new(),
+            gone_broken: Vec::new(),
+            skipped,
+            unreadable: Vec::new(),
+            vanished: Vec::new(),
+            statted: 0,
+            listed: 0,
+        }
+    }
 }
 
 /// What to do with one audio file the walker found.
@@ -278,10 +311,23 @@ pub fn scan(
     origins: &[Arc<dyn Origin>],
     opts: &ScanOptions,
 ) -> Result<ScanReport, ScanError> {
+    let whole: Vec<(Arc<dyn Origin>, Extent)> =
+        origins.iter().map(|o| (o.clone(), Extent::Whole)).collect();
+    scan_extents(catalog, &whole, opts)
+}
+
+/// [`scan`] of part of each origin: the directories of an [`Extent::Dirs`] (an origin
+/// without a local root, whose root moved to another device or lists nothing is scanned
+/// whole instead). Tracks outside the extent are neither looked at nor removed.
+pub fn scan_extents(
+    catalog: &Catalog,
+    origins: &[(Arc<dyn Origin>, Extent)],
+    opts: &ScanOptions,
+) -> Result<ScanReport, ScanError> {
     let start = Instant::now();
     let mut report = ScanReport::default();
-    for origin in origins {
-        scan_origin(catalog, origin, opts, &mut report)?;
+    for (origin, extent) in origins {
+        scan_origin(catalog, origin, extent, opts, &mut report)?;
     }
     report.elapsed = start.elapsed();
     if let Some(cb) = &opts.progress {
@@ -298,6 +344,8 @@ pub fn scan(
         changed = report.changed,
         removed = report.removed,
         unchanged = report.unchanged,
+        statted = report.statted,
+        listed = report.listed,
         skipped = report.skipped.len(),
         offline = report.offline.len(),
         elapsed_ms = report.elapsed.as_millis() as u64,
@@ -356,6 +404,7 @@ impl Counters {
 fn scan_origin(
     catalog: &Catalog,
     origin: &Arc<dyn Origin>,
+    extent: &Extent,
     opts: &ScanOptions,
     report: &mut ScanReport,
 ) -> Result<(), ScanError> {
@@ -376,20 +425,53 @@ fn scan_origin(
             return Ok(());
         }
     };
+    let probed = Instant::now();
     let origin_id = catalog.origin_id(key)?;
-    let mut tracks = Vec::new();
-    catalog.for_each_scan_state(origin_id, |rel, id, state| {
-        tracks.push((Known::key(rel), id, state));
-    })?;
-    let recorded = Recorded {
-        tracks: tracks.len() as u64,
-        identity,
+    let mut scope = match extent {
+        // A moved or empty root is judged by how many of all its tracks a walk finds.
+        Extent::Dirs(dirs)
+            if origin.local_root().is_some() && facts.moved.is_none() && !facts.empty =>
+        {
+            Some(Scope::new(dirs))
+        }
+        _ => None,
     };
-    if let Err(reason) = classify_root(&facts, &recorded, opts.allow_mass_removal) {
-        offline(report, reason);
-        return Ok(());
-    }
+    let (tracks, mut recorded) = match &mut scope {
+        // The origin's track count is only needed, and counted, if tracks vanished.
+        Some(scope) => (
+            scope.load(catalog, origin_id)?,
+            Recorded {
+                tracks: 0,
+                identity,
+            },
+        ),
+        None => {
+            // All origins' tracks (one O(1) read) is an upper bound that spares the growing
+            // vector its copies (a few % of a restart's reconcile).
+            let all = usize::try_from(catalog.len()?).unwrap_or(0);
+            let mut tracks = Vec::with_capacity(all);
+            catalog.for_each_scan_state(origin_id, |rel, id, state| {
+                tracks.push((Known::key(rel), id, state));
+            })?;
+            let recorded = Recorded {
+                tracks: tracks.len() as u64,
+                identity,
+            };
+            if let Err(reason) = classify_root(&facts, &recorded, opts.allow_mass_removal) {
+                offline(report, reason);
+                return Ok(());
+            }
+            (tracks, recorded)
+        }
+    };
+    let loaded = tracks.len();
     let known = Known::new(tracks, catalog.skipped_states(origin_id)?);
+    tracing::debug!(
+        origin = %key.display(),
+        tracks = loaded,
+        ms = probed.elapsed().as_millis() as u64,
+        "catalog states loaded"
+    );
     let threads = opts.threads.max(1);
     let counters = Counters::new(report, opts.progress.clone());
     let (job_tx, job_rx) = bounded::<Job>(threads * 64);
@@ -397,8 +479,8 @@ fn scan_origin(
 
     let (walk, collected) = std::thread::scope(|s| {
         let walker = {
-            let (counters, known) = (&counters, &known);
-            s.spawn(move || walk_origin(origin.as_ref(), known, opts, counters, job_tx))
+            let (counters, known, scope) = (&counters, &known, scope.as_ref());
+            s.spawn(move || walk_origin(origin.as_ref(), known, scope, opts, counters, job_tx))
         };
         for _ in 0..threads {
             let rx = job_rx.clone();
@@ -410,19 +492,25 @@ fn scan_origin(
         let collected = collect(catalog, origin_id, done_rx, &counters, report);
         // The walker only fails by panicking, which would be a bug; report it as an empty
         // outcome rather than removing the origin's tracks.
-        let walk = walker.join().unwrap_or_else(|_| WalkOutcome {
-            gone: Vec::new(),
-            gone_broken: Vec::new(),
-            skipped: vec![Skipped {
+        let walk = walker.join().unwrap_or_else(|_| {
+            WalkOutcome::aborted(vec![Skipped {
                 path: shown(origin.as_ref(), b""),
                 reason: "directory walk aborted".into(),
-            }],
-            unreadable: Vec::new(),
+            }])
         });
         (walk, collected)
     });
     collected?;
+    report.statted += walk.statted;
+    report.listed += walk.listed;
     let mut gone = walk.gone;
+    if let Some(scope) = &scope {
+        gone.extend(Scope::tracks_under(catalog, origin_id, &walk.vanished)?);
+        // A track can be both in a start and under a vanished subdirectory of another.
+        gone.sort_unstable();
+        gone.dedup();
+        recorded.tracks = tracks_for_removal(catalog, origin_id, scope, gone.len(), opts)?;
+    }
     if !walk.unreadable.is_empty() {
         // Tracks under directories we could not list are kept: "unreadable right now" is
         // not "deleted".
@@ -455,6 +543,25 @@ fn scan_origin(
     report.unchanged = counters.unchanged.load(Ordering::Relaxed);
     report.skipped.extend(walk.skipped);
     Ok(())
+}
+
+/// The track count a scoped scan judges its removals against (see [`settle_gone`]): the
+/// tracks it loaded when that already allows removing `gone` of them (the origin has at
+/// least as many), else the origin's, counted.
+fn tracks_for_removal(
+    catalog: &Catalog,
+    origin: OriginId,
+    scope: &Scope,
+    gone: usize,
+    opts: &ScanOptions,
+) -> Result<u64, ScanError> {
+    let (gone, loaded) = (gone as u64, scope.loaded());
+    if gone == 0 || (gone < loaded && gone as f64 <= opts.mass_removal_threshold * loaded as f64) {
+        return Ok(loaded);
+    }
+    let mut tracks = 0;
+    catalog.for_each_scan_state(origin, |_, _, _| tracks += 1)?;
+    Ok(tracks)
 }
 
 /// A reachable origin as the walk found it, for [`settle_gone`].
@@ -648,6 +755,7 @@ fn decide(known: &Known, rel: &[u8], state: ScanState, verify: bool) -> Decision
 fn walk_origin(
     origin: &dyn Origin,
     known: &Known,
+    scope: Option<&Scope>,
     opts: &ScanOptions,
     counters: &Counters,
     jobs: Sender<Job>,
@@ -664,6 +772,9 @@ fn walk_origin(
         {
             let (mut seen, mut unchanged) = (0, 0);
             for f in found {
+                if scope.is_some_and(|s| !s.first_find(&f.rel)) {
+                    continue;
+                }
                 seen += 1;
                 let state = f.state;
                 match decide(known, &f.rel, state, verify) {
@@ -696,32 +807,38 @@ fn walk_origin(
         // The collector stops taking jobs only when a catalog write failed; it reports it.
         read.into_iter().all(|job| jobs.send(job).is_ok())
     };
-    let outcome = match origin.local_root() {
-        Some(root) => walk::walk(root, opts.walk_threads.max(1), &hook, &handle),
-        None => walk::walk_listed(origin, &hook, &handle),
+    let threads = opts.walk_threads.max(1);
+    let outcome = match (origin.local_root(), scope) {
+        (Some(root), Some(scope)) => {
+            let descend = |sub: &[u8]| scope.descend(sub);
+            walk::walk_from(root, scope.starts(), threads, &hook, &descend, &handle)
+        }
+        (Some(root), None) => walk::walk(root, threads, &hook, &handle),
+        (None, _) => walk::walk_listed(origin, &hook, &handle),
     };
     let mut skipped = outcome.skipped;
     skipped.extend(still_broken.into_inner().unwrap_or_else(|p| p.into_inner()));
     if outcome.aborted {
-        return WalkOutcome {
-            gone: Vec::new(),
-            gone_broken: Vec::new(),
-            skipped,
-            unreadable: Vec::new(),
-        };
+        return WalkOutcome::aborted(skipped);
     }
-    // Remembered broken files under directories we could not list are kept.
+    // Remembered broken files under directories we could not list are kept; a scoped scan
+    // forgets only those it looked for.
     let unreadable = outcome.unreadable;
+    let vanished = scope.map_or_else(Vec::new, |s| s.vanished(&unreadable));
     let gone_broken = known
         .unseen_broken()
         .into_iter()
         .filter(|rel| !unreadable.iter().any(|dir| is_under(rel, dir)))
+        .filter(|rel| scope.is_none_or(|s| s.covers(rel, &vanished)))
         .collect();
     WalkOutcome {
         gone: known.unseen(),
         gone_broken,
         skipped,
         unreadable,
+        vanished,
+        statted: outcome.statted,
+        listed: outcome.listed,
     }
 }
 
@@ -1032,6 +1149,191 @@ mod tests {
             assert!(r.offline.is_empty(), "{kind}: {r:?}");
             assert_eq!((r.removed, tracks_of(&catalog, &a)), (3, 1), "{kind}");
         }
+    }
+
+    /// An origin of `albums` directories `artist/albumN` of three tracks each, scanned
+    /// into a fresh catalog.
+    struct Tree {
+        _dirs: (tempfile::TempDir, tempfile::TempDir),
+        root: PathBuf,
+        catalog: Catalog,
+        origin: Arc<dyn Origin>,
+    }
+
+    impl Tree {
+        fn new(albums: usize) -> Tree {
+            let (o, st) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let root = o.path().canonicalize().unwrap();
+            for a in 0..albums {
+                let dir = root.join(format!("artist/album{a}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                for n in 0..3 {
+                    std::fs::write(dir.join(format!("{n}.wav")), wav(800)).unwrap();
+                }
+            }
+            let catalog = Catalog::open(st.path()).unwrap();
+            let origin = crate::testorigin::local(&root);
+            let first = scan(
+                &catalog,
+                std::slice::from_ref(&origin),
+                &ScanOptions::default(),
+            )
+            .unwrap();
+            assert_eq!(first.added, 3 * albums as u64);
+            Tree {
+                _dirs: (o, st),
+                root,
+                catalog,
+                origin,
+            }
+        }
+
+        fn scan(&self, dirs: &[(&str, bool)]) -> ScanReport {
+            let mut extent = Extent::Dirs(Default::default());
+            for (d, deep) in dirs {
+                extent.add_dir(d.as_bytes().to_vec(), *deep);
+            }
+            let which = [(self.origin.clone(), extent)];
+            scan_extents(&self.catalog, &which, &ScanOptions::default()).unwrap()
+        }
+
+        fn paths(&self) -> Vec<String> {
+            let id = self.catalog.origin_id(&self.root).unwrap();
+            let mut p: Vec<String> = self
+                .catalog
+                .scan_states(id)
+                .unwrap()
+                .into_keys()
+                .map(|k| String::from_utf8(k).unwrap())
+                .collect();
+            p.sort();
+            p
+        }
+    }
+
+    #[test]
+    fn a_scan_of_one_directory_stats_its_files_only_and_sees_an_add_a_change_and_a_removal() {
+        let t = Tree::new(20);
+        let dir = t.root.join("artist/album7");
+        std::fs::write(dir.join("new.wav"), wav(400)).unwrap();
+        std::fs::write(dir.join("0.wav"), wav(1600)).unwrap();
+        std::fs::remove_file(dir.join("1.wav")).unwrap();
+        // Changes elsewhere are not looked at by this scan.
+        std::fs::remove_file(t.root.join("artist/album3/0.wav")).unwrap();
+        let r = t.scan(&[("artist/album7", false)]);
+        assert_eq!(
+            (r.added, r.changed, r.removed, r.unchanged),
+            (1, 1, 1, 1),
+            "{r:?}"
+        );
+        assert_eq!((r.statted, r.listed), (3, 1), "only album7's files: {r:?}");
+        let paths = t.paths();
+        assert!(paths.contains(&"artist/album7/new.wav".to_string()));
+        assert!(!paths.contains(&"artist/album7/1.wav".to_string()));
+        assert!(paths.contains(&"artist/album3/0.wav".to_string()));
+        assert_eq!(paths.len(), 60);
+    }
+
+    #[test]
+    fn a_new_subdirectory_is_walked_whole_and_a_vanished_one_loses_its_tracks() {
+        let t = Tree::new(5);
+        let new = t.root.join("artist/moved in/CD1");
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(new.join("a.wav"), wav(400)).unwrap();
+        std::fs::remove_dir_all(t.root.join("artist/album2")).unwrap();
+        let r = t.scan(&[("artist", false)]);
+        assert_eq!((r.added, r.removed), (1, 3), "{r:?}");
+        assert_eq!(
+            (r.statted, r.listed),
+            (1, 3),
+            "artist, moved in, CD1 listed; the known albums not: {r:?}"
+        );
+        let paths = t.paths();
+        assert!(paths.contains(&"artist/moved in/CD1/a.wav".to_string()));
+        assert!(!paths.iter().any(|p| p.starts_with("artist/album2/")));
+        assert_eq!(paths.len(), 13);
+
+        // A directory named as created is walked whole even when its parent is not listed.
+        let deep = t.root.join("artist/album0/bonus");
+        std::fs::create_dir(&deep).unwrap();
+        std::fs::write(deep.join("b.wav"), wav(400)).unwrap();
+        let r = t.scan(&[("artist/album0/bonus", true)]);
+        assert_eq!((r.added, r.statted, r.listed), (1, 1, 1), "{r:?}");
+        // Then removed: the listing of its parent no longer shows it.
+        std::fs::remove_dir_all(&deep).unwrap();
+        let r = t.scan(&[("artist/album0", false)]);
+        assert_eq!((r.removed, r.unchanged), (1, 3), "{r:?}");
+    }
+
+    #[test]
+    fn a_scoped_scan_of_an_offline_origin_removes_nothing() {
+        let t = Tree::new(3);
+        let away = t.root.with_extension("away");
+        std::fs::rename(&t.root, &away).unwrap();
+        let r = t.scan(&[("artist/album1", false), ("artist", false)]);
+        assert!(
+            matches!(
+                r.offline[..],
+                [OfflineOrigin {
+                    reason: OfflineReason::Missing(_),
+                    ..
+                }]
+            ),
+            "{r:?}"
+        );
+        assert_eq!((r.removed, r.statted), (0, 0), "{r:?}");
+        std::fs::rename(&away, &t.root).unwrap();
+        assert_eq!(t.paths().len(), 9);
+    }
+
+    #[test]
+    fn a_scoped_scan_keeps_the_mass_removal_rule_of_the_whole_origin() {
+        let t = Tree::new(3);
+        // Two of three albums vanish: most of the origin, judged against all its tracks.
+        for a in [0, 1] {
+            std::fs::remove_dir_all(t.root.join(format!("artist/album{a}"))).unwrap();
+        }
+        let r = t.scan(&[("artist", false)]);
+        assert_eq!(
+            r.offline[0].reason,
+            OfflineReason::MassRemoval { gone: 6, tracks: 9 },
+            "{r:?}"
+        );
+        assert_eq!(t.paths().len(), 9);
+        // One album of many is a deletion, decided without walking the rest.
+        let t = Tree::new(4);
+        std::fs::remove_dir_all(t.root.join("artist/album1")).unwrap();
+        let r = t.scan(&[("artist", false)]);
+        assert!(r.offline.is_empty(), "{r:?}");
+        assert_eq!((r.removed, t.paths().len()), (3, 9));
+    }
+
+    #[test]
+    fn a_remembered_broken_file_elsewhere_is_not_forgotten_by_a_scoped_scan() {
+        let t = Tree::new(2);
+        std::fs::write(t.root.join("artist/album0/bad.wav"), b"RIFF").unwrap();
+        let r = scan(
+            &t.catalog,
+            std::slice::from_ref(&t.origin),
+            &ScanOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(r.skipped.len(), 1);
+        let r = t.scan(&[("artist/album1", false)]);
+        assert!(r.skipped.is_empty(), "{r:?}");
+        let r = scan(
+            &t.catalog,
+            std::slice::from_ref(&t.origin),
+            &ScanOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.opened, r.skipped.len()),
+            (0, 1),
+            "still remembered: {r:?}"
+        );
+        let r = t.scan(&[("artist/album0", false)]);
+        assert_eq!((r.opened, r.skipped.len()), (0, 1), "{r:?}");
     }
 
     #[test]

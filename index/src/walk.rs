@@ -61,6 +61,19 @@ pub(crate) struct Outcome {
     pub unreadable: Vec<Vec<u8>>,
     /// The caller asked to stop before the walk ended.
     pub aborted: bool,
+    /// Audio files stat'ed (directories and other files are not).
+    pub statted: u64,
+    /// Directories listed.
+    pub listed: u64,
+}
+
+/// Where a walk starts: a directory relative to the root, listed with its audio files,
+/// and whether every directory below it is walked too (`deep`) or only the subdirectories
+/// the walk's `descend` callback picks (which are then walked deep).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Start {
+    pub rel: Vec<u8>,
+    pub deep: bool,
 }
 
 /// A directory to list: its place in the walk and its ancestors, for loop detection.
@@ -70,6 +83,8 @@ struct Dir {
     /// (device, inode), from the parent's listing (or a stat for symlinked directories).
     id: (u64, u64),
     parent: Option<Arc<Dir>>,
+    /// Walk every subdirectory (else only those `descend` picks).
+    deep: bool,
 }
 
 impl Dir {
@@ -152,15 +167,27 @@ pub(crate) fn walk(
     before_list: &(dyn Fn(&Path) + Sync),
     files: &(dyn Fn(Vec<Found>) -> bool + Sync),
 ) -> Outcome {
-    let id = fs::metadata(root).map_or((0, 0), |m| (m.dev(), m.ino()));
+    let whole = [Start {
+        rel: Vec::new(),
+        deep: true,
+    }];
+    walk_from(root, &whole, threads, before_list, &|_| true, files)
+}
+
+/// [`walk`] from `starts` instead of the whole root: each start directory is listed, and
+/// below a shallow one only the subdirectories (relative paths) for which `descend`
+/// returns true, deep. `descend` sees every subdirectory a shallow start lists.
+pub(crate) fn walk_from(
+    root: &Path,
+    starts: &[Start],
+    threads: usize,
+    before_list: &(dyn Fn(&Path) + Sync),
+    descend: &(dyn Fn(&[u8]) -> bool + Sync),
+    files: &(dyn Fn(Vec<Found>) -> bool + Sync),
+) -> Outcome {
     let queue = Queue {
         state: Mutex::new(QueueState {
-            dirs: vec![Arc::new(Dir {
-                path: root.to_path_buf(),
-                rel: Vec::new(),
-                id,
-                parent: None,
-            })],
+            dirs: starts.iter().map(|s| start_dir(root, s)).collect(),
             busy: 0,
         }),
         more: Condvar::new(),
@@ -180,7 +207,11 @@ pub(crate) fn walk(
                             Vec::new()
                         } else {
                             before_list(Path::new(OsStr::from_bytes(&dir.rel)));
-                            list(root, &dir, files, stop, &mut out)
+                            let mut subdirs = list(root, &dir, files, stop, &mut out);
+                            if !dir.deep {
+                                subdirs.retain(|d| descend(&d.rel));
+                            }
+                            subdirs
                         };
                         std::mem::forget(guard);
                         queue.done(subdirs);
@@ -208,9 +239,38 @@ pub(crate) fn walk(
         all.skipped.extend(o.skipped);
         all.unreadable.extend(o.unreadable);
         all.aborted |= o.aborted;
+        all.statted += o.statted;
+        all.listed += o.listed;
     }
     all.aborted |= stop.load(Ordering::Relaxed);
     all
+}
+
+/// The queue entry of a start directory, with its ancestors up to the root (stat'ed once
+/// each) so that a symlink leading back to one of them is a loop, as in a whole walk.
+fn start_dir(root: &Path, start: &Start) -> Arc<Dir> {
+    let id_of = |path: &Path| fs::metadata(path).map_or((0, 0), |m| (m.dev(), m.ino()));
+    let (mut path, mut rel, mut parent) = (root.to_path_buf(), Vec::new(), None);
+    let names = start.rel.split(|&b| b == b'/').filter(|n| !n.is_empty());
+    for name in names.map(OsStr::from_bytes) {
+        let above = Arc::new(Dir {
+            id: id_of(&path),
+            path: path.clone(),
+            rel: rel.clone(),
+            parent: parent.take(),
+            deep: true,
+        });
+        path.push(name);
+        rel = join_rel(&rel, name);
+        parent = Some(above);
+    }
+    Arc::new(Dir {
+        id: id_of(&path),
+        path,
+        rel,
+        parent,
+        deep: start.deep,
+    })
 }
 
 /// Lists one directory: hands its audio files to `files` and returns its subdirectories.
@@ -234,6 +294,7 @@ fn list(
             return Vec::new();
         }
     };
+    out.listed += 1;
     let mut subdirs = Vec::new();
     let mut found = Vec::new();
     for entry in entries {
@@ -257,12 +318,14 @@ fn list(
                 rel: join_rel(&dir.rel, &name),
                 id: (dir.id.0, entry.ino()),
                 parent: Some(dir.clone()),
+                deep: true,
             }));
         } else if kind.is_file() {
             let Some(format) = audio_format(Path::new(&name)) else {
                 continue;
             };
             // fstatat on the directory's fd, without following (it is not a symlink).
+            out.statted += 1;
             match entry.metadata() {
                 Ok(md) => found.push(Found {
                     rel: join_rel(&dir.rel, &name),
@@ -313,6 +376,7 @@ fn follow(
             return skip(out, path, format!("dangling symlink (to {to})"));
         }
     };
+    out.statted += 1;
     let md = match fs::metadata(&target) {
         Ok(md) => md,
         Err(e) => return skip(out, path, format!("cannot stat: {e}")),
@@ -328,6 +392,7 @@ fn follow(
             rel,
             id,
             parent: Some(dir.clone()),
+            deep: true,
         }));
     } else if md.is_file() {
         if let Some(format) = audio_format(&path) {

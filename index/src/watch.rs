@@ -1,6 +1,14 @@
-//! Change detection on local origins with inotify, reduced to "origin N changed" signals
-//! for the refresh loop, which rescans (stat-only for files that did not change) and
-//! republishes.
+//! Change detection on local origins with inotify, reduced to "directory D of origin N
+//! changed" signals for the refresh loop, which rescans that directory (stat-only for files
+//! that did not change) and republishes.
+//!
+//! Each watch is remembered with the directory it was added for (relative to the origin
+//! root), so an event names its directory: a file event in `D` asks for `D` to be listed
+//! again, a directory created or moved into `D` as `N` asks for `D/N` to be walked whole
+//! (it may hold a whole album), and a directory removed from `D` is found missing by the
+//! listing of `D`. A directory reached through two paths (a symlink inside the origin) has
+//! one watch, which names both. An event on a watch not (yet) remembered asks for the whole
+//! origin, as do events naming more than [`MAX_DIRS`] directories at once.
 //!
 //! Watches are added by the scans themselves: the daemon passes [`Watches::add_dir`] as the
 //! scan's [`crate::ScanOptions::dir_hook`], which runs on each directory just before it is
@@ -15,19 +23,38 @@
 //! overflow simply asks for the same full stat walk. Access events (our own reads open
 //! files) are not asked for, so serving never triggers a rescan.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 use inotify::{EventMask, Inotify, WatchMask};
 
+/// More directories than this changed in one batch of events (or one burst of them):
+/// rescan the whole origin instead, whose walk is then cheaper than one per directory.
+pub const MAX_DIRS: usize = 1000;
+
 /// What a watcher reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// Something under origin `origin` (its index in the list given to [`watch`]) changed.
+    /// Directory `dir` (relative to the root of origin `origin`, its index in the list
+    /// given to [`watch`]; empty for the root) changed: its files, or the set of its
+    /// subdirectories. With `deep`, `dir` itself appeared (created or moved in) and
+    /// everything below it is new.
+    Dir {
+        /// The origin's index.
+        origin: usize,
+        /// The directory, relative to the origin root, as bytes.
+        dir: Vec<u8>,
+        /// Walk everything below `dir`, not just its own files.
+        deep: bool,
+    },
+    /// Something under origin `origin` (its index in the list given to [`watch`]) changed,
+    /// somewhere not known: rescan all of it.
     Origin(usize),
     /// Events were lost (queue overflow) or the watcher failed: rescan everything.
     Overflow(String),
@@ -46,10 +73,15 @@ fn mask() -> WatchMask {
         | WatchMask::MOVE_SELF
 }
 
+/// Per origin: the directories (relative, joined by NUL bytes, which no path holds) each
+/// watch descriptor was added for.
+type DirsByWatch = Arc<Vec<Mutex<HashMap<i32, Box<[u8]>>>>>;
+
 /// One inotify instance per origin, and the thread reading them; dropping it stops the
 /// thread and closes the instances (which removes every watch).
 pub struct Watches {
     origins: Vec<inotify::Watches>,
+    dirs: DirsByWatch,
     /// The first watch that could not be added, per origin (e.g. the watch limit).
     failed: Vec<Mutex<Option<String>>>,
     stop: OwnedFd,
@@ -72,11 +104,14 @@ pub fn watch(origins: usize, tx: Sender<Change>) -> io::Result<Watches> {
     let stop = unsafe { OwnedFd::from_raw_fd(efd) };
     let origins_w = instances.iter().map(Inotify::watches).collect();
     let stop_fd = stop.as_raw_fd();
+    let dirs: DirsByWatch = Arc::new((0..origins).map(|_| Mutex::default()).collect());
+    let reader_dirs = dirs.clone();
     let reader = std::thread::Builder::new()
         .name("inotify".into())
-        .spawn(move || read_events(instances, stop_fd, tx))?;
+        .spawn(move || read_events(instances, &reader_dirs, stop_fd, tx))?;
     Ok(Watches {
         origins: origins_w,
+        dirs,
         failed: (0..origins).map(|_| Mutex::new(None)).collect(),
         stop,
         reader: Some(reader),
@@ -84,15 +119,22 @@ pub fn watch(origins: usize, tx: Sender<Change>) -> io::Result<Watches> {
 }
 
 impl Watches {
-    /// Watches directory `dir` of origin `origin` (again is harmless). A failure is
-    /// remembered (see [`Watches::failed`]) and returned.
-    pub fn add_dir(&self, origin: usize, dir: &Path) -> io::Result<()> {
-        let Some(w) = self.origins.get(origin) else {
+    /// Watches directory `dir` of origin `origin`, which is `rel` relative to the origin's
+    /// root (again is harmless). A failure is remembered (see [`Watches::failed`]) and
+    /// returned.
+    pub fn add_dir(&self, origin: usize, dir: &Path, rel: &Path) -> io::Result<()> {
+        let (Some(w), Some(dirs)) = (self.origins.get(origin), self.dirs.get(origin)) else {
             return Err(io::Error::other(format!("no origin {origin} is watched")));
         };
+        // Held across the add, so the reader never sees an event of this watch before it
+        // knows the watch's directory.
+        let mut dirs = dirs.lock().unwrap_or_else(|p| p.into_inner());
         // `inotify::Watches` is a shared handle on the instance: cloning it is cheap.
         match w.clone().add(dir, mask()) {
-            Ok(_) => Ok(()),
+            Ok(wd) => {
+                remember(&mut dirs, wd.get_watch_descriptor_id(), rel);
+                Ok(())
+            }
             // Vanished between being found and being listed: the listing will say so.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             Err(e) => {
@@ -129,9 +171,26 @@ impl Drop for Watches {
     }
 }
 
-/// The reader thread: waits on every instance and the stop eventfd; sends one change per
-/// origin per batch of events read.
-fn read_events(mut instances: Vec<Inotify>, stop: i32, tx: Sender<Change>) {
+/// Records that watch `wd` is (also) directory `rel`.
+fn remember(dirs: &mut HashMap<i32, Box<[u8]>>, wd: i32, rel: &Path) {
+    let rel = rel.as_os_str().as_bytes();
+    match dirs.get_mut(&wd) {
+        None => {
+            dirs.insert(wd, rel.into());
+        }
+        Some(known) if known.split(|&b| b == 0).any(|k| k == rel) => {}
+        Some(known) => {
+            let mut both = known.to_vec();
+            both.push(0);
+            both.extend_from_slice(rel);
+            *known = both.into_boxed_slice();
+        }
+    }
+}
+
+/// The reader thread: waits on every instance and the stop eventfd; sends the changes of
+/// each batch of events read, one per directory.
+fn read_events(mut instances: Vec<Inotify>, dirs: &DirsByWatch, stop: i32, tx: Sender<Change>) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut fds: Vec<libc::pollfd> = instances
         .iter()
@@ -161,27 +220,47 @@ fn read_events(mut instances: Vec<Inotify>, stop: i32, tx: Sender<Change>) {
             if fds[origin].revents == 0 {
                 continue;
             }
-            let change = match drain(inotify, &mut buf) {
-                Ok(None) => continue,
-                Ok(Some(overflow)) if overflow => Change::Overflow("inotify queue overflow".into()),
-                Ok(Some(_)) => Change::Origin(origin),
+            let changes = match drain(inotify, &dirs[origin], &mut buf) {
+                Ok(Seen::Dirs(d)) if d.is_empty() => continue,
+                Ok(Seen::Dirs(d)) => d
+                    .into_iter()
+                    .map(|(dir, deep)| Change::Dir { origin, dir, deep })
+                    .collect(),
+                Ok(Seen::Whole) => vec![Change::Origin(origin)],
+                Ok(Seen::Overflow) => vec![Change::Overflow("inotify queue overflow".into())],
                 Err(e) => {
                     let _ = tx.send(Change::Overflow(format!("reading inotify: {e}")));
                     return;
                 }
             };
-            // The receiver is gone only when the daemon is stopping.
-            if tx.send(change).is_err() {
-                return;
+            for change in changes {
+                // The receiver is gone only when the daemon is stopping.
+                if tx.send(change).is_err() {
+                    return;
+                }
             }
         }
     }
 }
 
-/// Reads every pending event of `inotify`: `None` when none mattered, `Some(true)` when
-/// the queue overflowed, `Some(false)` for a relevant change.
-fn drain(inotify: &mut Inotify, buf: &mut [u8]) -> io::Result<Option<bool>> {
-    let mut seen = None;
+/// What one drain of an instance saw.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    /// These directories changed (deep: appeared); none when no event mattered.
+    Dirs(BTreeMap<Vec<u8>, bool>),
+    /// Somewhere not known, or too many directories: all of the origin.
+    Whole,
+    /// Events were lost.
+    Overflow,
+}
+
+/// Reads every pending event of `inotify`, naming their directories through `dirs`.
+fn drain(
+    inotify: &mut Inotify,
+    dirs: &Mutex<HashMap<i32, Box<[u8]>>>,
+    buf: &mut [u8],
+) -> io::Result<Seen> {
+    let mut seen = Seen::Dirs(BTreeMap::new());
     loop {
         let events = match inotify.read_events(buf) {
             Ok(events) => events,
@@ -189,14 +268,54 @@ fn drain(inotify: &mut Inotify, buf: &mut [u8]) -> io::Result<Option<bool>> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
+        let mut dirs = dirs.lock().unwrap_or_else(|p| p.into_inner());
         for ev in events {
+            let wd = ev.wd.get_watch_descriptor_id();
             if ev.mask.contains(EventMask::Q_OVERFLOW) {
-                seen = Some(true);
-            } else if !ev.mask.contains(EventMask::IGNORED) && seen.is_none() {
-                seen = Some(false);
+                seen = Seen::Overflow;
+            } else if ev.mask.contains(EventMask::IGNORED) {
+                // The directory is gone (or unmounted): its watch with it.
+                dirs.remove(&wd);
+            } else if let Seen::Dirs(changed) = &mut seen {
+                let name = ev.name.map(|n| n.as_bytes());
+                if !note(changed, dirs.get(&wd).map(|d| &d[..]), ev.mask, name) {
+                    seen = Seen::Whole;
+                }
             }
         }
     }
+}
+
+/// Adds what one event says changed to `changed`: the directories (NUL-joined) of its
+/// watch, or the one it names when a directory appeared. False when the watch is not
+/// known or too many directories changed: the whole origin must be rescanned.
+fn note(
+    changed: &mut BTreeMap<Vec<u8>, bool>,
+    watched: Option<&[u8]>,
+    mask: EventMask,
+    name: Option<&[u8]>,
+) -> bool {
+    let Some(watched) = watched else {
+        return false;
+    };
+    let appeared =
+        mask.contains(EventMask::ISDIR) && mask.intersects(EventMask::CREATE | EventMask::MOVED_TO);
+    for dir in watched.split(|&b| b == 0) {
+        match name.filter(|_| appeared) {
+            Some(name) => {
+                let mut sub = dir.to_vec();
+                if !sub.is_empty() {
+                    sub.push(b'/');
+                }
+                sub.extend_from_slice(name);
+                changed.insert(sub, true);
+            }
+            None => {
+                changed.entry(dir.to_vec()).or_insert(false);
+            }
+        }
+    }
+    changed.len() <= MAX_DIRS
 }
 
 #[cfg(test)]
@@ -205,31 +324,91 @@ mod tests {
 
     use super::*;
 
+    fn dir(origin: usize, dir: &str, deep: bool) -> Change {
+        Change::Dir {
+            origin,
+            dir: dir.as_bytes().to_vec(),
+            deep,
+        }
+    }
+
+    /// The changes received until none came for 200 ms (at least one: waits up to 10 s).
+    fn changes(rx: &crossbeam_channel::Receiver<Change>) -> Vec<Change> {
+        let mut got = vec![rx.recv_timeout(Duration::from_secs(10)).unwrap()];
+        while let Ok(c) = rx.recv_timeout(Duration::from_millis(200)) {
+            got.push(c);
+        }
+        got.dedup();
+        got
+    }
+
     #[test]
-    fn a_new_file_is_reported_for_its_origin_and_reads_are_not() {
+    fn an_event_names_its_directory_and_a_new_directory_is_walked_deep() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
         std::fs::write(b.path().join("x.flac"), b"x").unwrap();
         let (tx, rx) = crossbeam_channel::unbounded();
         let w = watch(2, tx).unwrap();
-        w.add_dir(0, a.path()).unwrap();
-        w.add_dir(1, b.path()).unwrap();
+        w.add_dir(0, a.path(), Path::new("")).unwrap();
+        w.add_dir(1, b.path(), Path::new("")).unwrap();
         let _ = std::fs::read(b.path().join("x.flac")).unwrap();
         std::fs::create_dir(a.path().join("sub")).unwrap();
-        let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(first, Change::Origin(0));
+        assert_eq!(changes(&rx), vec![dir(0, "sub", true)]);
         // The new directory is watched once a scan lists it (here: by hand).
-        w.add_dir(0, &a.path().join("sub")).unwrap();
+        w.add_dir(0, &a.path().join("sub"), Path::new("sub"))
+            .unwrap();
         std::fs::write(a.path().join("sub/new.flac"), b"y").unwrap();
         assert_eq!(
-            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
-            Change::Origin(0)
+            changes(&rx),
+            vec![dir(0, "sub", false)],
+            "a read in origin 1 does not count"
         );
-        while let Ok(c) = rx.recv_timeout(Duration::from_millis(200)) {
-            assert_eq!(c, Change::Origin(0), "a read in origin 1 must not count");
-        }
+        std::fs::remove_dir_all(a.path().join("sub")).unwrap();
+        let gone = changes(&rx);
+        assert!(gone.contains(&dir(0, "", false)), "{gone:?}");
         assert_eq!(w.failed(0), None);
         drop(w);
+    }
+
+    #[test]
+    fn a_directory_reached_by_two_paths_names_both() {
+        let a = tempfile::tempdir().unwrap();
+        std::fs::create_dir(a.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(a.path().join("real"), a.path().join("alias")).unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let w = watch(1, tx).unwrap();
+        w.add_dir(0, &a.path().join("real"), Path::new("real"))
+            .unwrap();
+        w.add_dir(0, &a.path().join("alias"), Path::new("alias"))
+            .unwrap();
+        std::fs::write(a.path().join("real/new.flac"), b"y").unwrap();
+        let mut got = changes(&rx);
+        got.sort_by_key(|c| match c {
+            Change::Dir { dir, .. } => dir.clone(),
+            _ => Vec::new(),
+        });
+        assert_eq!(got, vec![dir(0, "alias", false), dir(0, "real", false)]);
+    }
+
+    #[test]
+    fn an_unknown_watch_or_too_many_directories_mean_the_whole_origin() {
+        let mut changed = BTreeMap::new();
+        assert!(!note(&mut changed, None, EventMask::MODIFY, None));
+        for n in 0..MAX_DIRS {
+            let d = format!("d{n}");
+            assert!(note(
+                &mut changed,
+                Some(d.as_bytes()),
+                EventMask::MODIFY,
+                None
+            ));
+        }
+        assert!(!note(
+            &mut changed,
+            Some(b"one more"),
+            EventMask::MODIFY,
+            None
+        ));
     }
 
     #[test]
@@ -237,10 +416,13 @@ mod tests {
         let (tx, _rx) = crossbeam_channel::unbounded();
         let w = watch(1, tx).unwrap();
         let file = tempfile::NamedTempFile::new().unwrap();
+        let rel = Path::new("x");
         // Watching a vanished directory is not a failure: the listing reports it.
-        assert!(w.add_dir(0, Path::new("/nonexistent/musicfs")).is_ok());
-        assert!(w.add_dir(0, &file.path().join("below-a-file")).is_err());
+        assert!(w.add_dir(0, Path::new("/nonexistent/musicfs"), rel).is_ok());
+        assert!(w
+            .add_dir(0, &file.path().join("below-a-file"), rel)
+            .is_err());
         assert!(w.failed(0).is_some_and(|r| r.contains("below-a-file")));
-        assert!(w.add_dir(3, Path::new("/")).is_err());
+        assert!(w.add_dir(3, Path::new("/"), rel).is_err());
     }
 }

@@ -189,20 +189,38 @@ impl Catalog {
     pub fn for_each_scan_state(
         &self,
         origin: OriginId,
+        f: impl FnMut(&[u8], TrackId, ScanState),
+    ) -> Result<(), CatalogError> {
+        self.for_each_scan_state_under(origin, b"", f)
+    }
+
+    /// Calls `f(rel path, id, scan state)` for every track of `origin` whose relative path
+    /// starts with `prefix` (bytes, e.g. `b"Artist/Album/"`; empty for the whole origin), in
+    /// path order, in one read transaction. Hashed keys keep the leading bytes of their
+    /// path, so a prefix longer than the part they keep is checked against the full path.
+    pub fn for_each_scan_state_under(
+        &self,
+        origin: OriginId,
+        prefix: &[u8],
         mut f: impl FnMut(&[u8], TrackId, ScanState),
     ) -> Result<(), CatalogError> {
         let lmdb = |e| self.store.lmdb("scan states", e);
         self.store.read("scan states", |txn| {
-            let prefix = schema::origin_prefix(origin);
-            for item in self.dbs.paths.prefix_iter(txn, &prefix).map_err(lmdb)? {
+            let key_prefix = schema::path_key_prefix(origin, prefix);
+            for item in self.dbs.paths.prefix_iter(txn, &key_prefix).map_err(lmdb)? {
                 let (key, entry) = item.map_err(lmdb)?;
                 match rel_path_in_key(key) {
-                    Some(rel_path) => f(rel_path, entry.id, entry.scan),
-                    None => f(
-                        &self.indexed_track(txn, key, entry.id)?.rel_path,
-                        entry.id,
-                        entry.scan,
-                    ),
+                    Some(rel_path) => {
+                        if rel_path.starts_with(prefix) {
+                            f(rel_path, entry.id, entry.scan);
+                        }
+                    }
+                    None => {
+                        let track = self.indexed_track(txn, key, entry.id)?;
+                        if track.rel_path.starts_with(prefix) {
+                            f(&track.rel_path, entry.id, entry.scan);
+                        }
+                    }
                 }
             }
             Ok(())

@@ -556,3 +556,43 @@ fn a_schema_1_catalog_opens_with_its_tracks_and_unknown_owner_and_mode() {
     let reopened = Catalog::open(dir.path()).unwrap();
     assert_eq!(reopened.get(id).unwrap(), Some(expected));
 }
+
+#[test]
+fn scan_states_under_a_prefix_list_that_directory_only_long_paths_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let origin = catalog.origin_id(Path::new("/music")).unwrap();
+    let other = catalog.origin_id(Path::new("/other")).unwrap();
+    let mut long_dir = b"deep/".repeat(120);
+    long_dir.extend_from_slice(b"end/");
+    let mut long_a = long_dir.clone();
+    long_a.extend_from_slice(b"a.flac");
+    let mut long_b = b"deep/".repeat(120);
+    long_b.extend_from_slice(b"elsewhere/b.flac");
+    catalog
+        .apply(
+            &[
+                upsert(origin, b"A/x/1.flac", "1"),
+                upsert(origin, b"A/x/sub/2.flac", "2"),
+                upsert(origin, b"A/xy/3.flac", "3"),
+                upsert(origin, &long_a, "long a"),
+                upsert(origin, &long_b, "long b"),
+                upsert(other, b"A/x/4.flac", "4"),
+            ],
+            &[],
+        )
+        .unwrap();
+    let under = |prefix: &[u8]| {
+        let mut got = Vec::new();
+        catalog
+            .for_each_scan_state_under(origin, prefix, |rel, _, _| got.push(rel.to_vec()))
+            .unwrap();
+        got
+    };
+    assert_eq!(
+        under(b"A/x/"),
+        vec![b"A/x/1.flac".to_vec(), b"A/x/sub/2.flac".to_vec()]
+    );
+    assert_eq!(under(&long_dir), vec![long_a.clone()], "hashed keys too");
+    assert_eq!(under(b"").len(), 5, "the empty prefix is the whole origin");
+}

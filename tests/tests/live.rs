@@ -888,3 +888,117 @@ fn small_changes_are_published_as_deltas_and_a_restart_serves_them() {
         xxh3_file(&dir.join("05.flac")).unwrap()
     );
 }
+
+/// The `statted=` and `listed=` counts of every scan the daemon logged from byte `from`
+/// of its log on (the `scan finished` lines of `musicfs_index::scan`).
+fn scans_since(fs: &MountedFs, from: usize) -> Vec<(u64, u64)> {
+    let log = fs.log();
+    let field = |line: &str, key: &str| -> u64 {
+        let (_, rest) = line
+            .split_once(&format!(" {key}="))
+            .unwrap_or_else(|| panic!("no {key} in {line}"));
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits
+            .parse()
+            .unwrap_or_else(|e| panic!("{key} in {line}: {e}"))
+    };
+    log.get(from..)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("scan finished"))
+        .map(|l| (field(l, "statted"), field(l, "listed")))
+        .collect()
+}
+
+/// 200 album directories, then one file added, re-tagged in place and deleted deep in the
+/// tree: each change shows through the mount, and the rescans it causes stat only the files
+/// of its directory and list only that directory (the scans' log lines count both).
+#[test]
+fn a_change_deep_in_a_large_tree_rescans_only_its_directory() {
+    let mut live = Live::unmounted();
+    let t = templates();
+    let track = |album: usize, n: usize, title: &str| -> Vec<u8> {
+        let (artist, album, n) = (
+            format!("Crowd {}", album % 20),
+            format!("Album {album}"),
+            n.to_string(),
+        );
+        let tags = [
+            ("TITLE", title),
+            ("ARTIST", artist.as_str()),
+            ("ALBUM", album.as_str()),
+            ("DATE", "2003"),
+            ("TRACKNUMBER", n.as_str()),
+        ];
+        flac_with_comments(&t.small, &tags).unwrap()
+    };
+    let origin = live.origin.clone();
+    let src_dir = |album: usize| origin.join(format!("Crowd {}/Album {album}/Disc 1", album % 20));
+    for album in 0..200 {
+        let dir = src_dir(album);
+        fs::create_dir_all(&dir).unwrap();
+        for n in 1..=2 {
+            fs::write(
+                dir.join(format!("0{n}.flac")),
+                track(album, n, "Crowd song"),
+            )
+            .unwrap();
+        }
+    }
+    // Not start_watching: no SIGHUP rescan that could still run when the changes are made;
+    // the start-up reconcile is the only refresh before them.
+    let fs = MountedFs::start(live.options()).unwrap_or_else(|e| panic!("{e:#}"));
+    let (_, mut from) = wait_for_log_line(fs.log_path(), 0, REFRESH_DONE, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    live.fs = Some(fs);
+    let whole = scans_since(live.fs(), 0);
+    assert!(
+        whole.iter().any(|&(statted, _)| statted > 400),
+        "the start-up scans walk everything: {whole:?}"
+    );
+
+    let deep = 137;
+    let dir = src_dir(deep);
+    let album = live.virt("Crowd 17/Album 137 (2003) [FLAC]");
+    let mut check = |what: &str, files: u64, visible: &dyn Fn() -> Result<(), String>| {
+        live.wait_visible(what, visible);
+        let scans = scans_since(live.fs(), from);
+        assert!(!scans.is_empty(), "{what}: no rescan logged");
+        for (statted, listed) in &scans {
+            assert!(
+                *statted <= files && *listed == 1,
+                "{what}: a rescan stat'ed {statted} files in {listed} directories, want at most {files} in 1: {scans:?}"
+            );
+        }
+        from = live.fs().log().len();
+    };
+
+    replace_by_rename(&dir.join("03.flac"), &track(deep, 3, "Added"));
+    let added = album.join("03 - Added.flac");
+    check("an added file", 3, &|| {
+        fs::metadata(&added).map(drop).map_err(|e| e.to_string())
+    });
+
+    // A tag edit in place changes the file, not its directory's mtime.
+    fs::write(dir.join("01.flac"), track(deep, 1, "Retagged")).unwrap();
+    let retagged = album.join("01 - Retagged.flac");
+    check("a re-tag in place", 3, &|| {
+        fs::metadata(&retagged).map(drop).map_err(|e| e.to_string())
+    });
+
+    fs::remove_file(dir.join("02.flac")).unwrap();
+    let deleted = album.join("02 - Crowd song.flac");
+    check("a deletion", 2, &|| {
+        if is_enoent(&deleted) {
+            Ok(())
+        } else {
+            Err(format!("{} still there", deleted.display()))
+        }
+    });
+    assert_eq!(
+        names(&album),
+        BTreeSet::from(["01 - Retagged.flac".into(), "03 - Added.flac".into()])
+    );
+    let other = live.virt("Crowd 3/Album 23 (2003) [FLAC]");
+    assert_eq!(names(&other).len(), 2, "the other albums are as they were");
+}

@@ -44,8 +44,8 @@ use memmap2::Mmap;
 use rkyv::{Archive, Serialize};
 
 use super::{
-    check_header, delta_path, encode_header, find_ino, le_u64, sync_dir, temp_path, Node, Snapshot,
-    SnapshotError, HEADER_LEN,
+    check_header, delta_path, encode_header, find_ino, le_u64, remove_stale_temps, sync_dir,
+    temp_path, Node, Snapshot, SnapshotError, HEADER_LEN,
 };
 use crate::meta::{Format, TrackRecord};
 use crate::template::{album_key, is_mixed, AlbumFormats, FormatCounts, Template};
@@ -144,6 +144,7 @@ pub fn write(path: &Path, delta: &DeltaData, generation: u64) -> Result<(), Snap
     let body = rkyv::to_bytes::<rkyv::rancor::Error>(delta)
         .map_err(|e| SnapshotError::Serialise(e.to_string()))?;
     let header = encode_header(DELTA_MAGIC, generation, &body);
+    remove_stale_temps(&dpath);
     let tmp = temp_path(&dpath);
     let write = || -> std::io::Result<()> {
         let mut f = OpenOptions::new()

@@ -1,38 +1,49 @@
 //! Turning triggers into refreshes: coalescing a burst of watch events into one refresh,
 //! and the deadlines of periodic refreshes and of retries.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::Trigger;
+use crate::scan::Extent;
 use crate::watch::Change;
 
 /// Quiet time that ends a burst of changes, and the longest a burst may delay a refresh.
 const SETTLE: Duration = Duration::from_millis(150);
 const MAX_DELAY: Duration = Duration::from_millis(1000);
 
-/// Drains a burst of triggers: returns the origins to rescan (empty = all), or `None` to
-/// stop. Waits until the burst has been quiet for [`SETTLE`], at most [`MAX_DELAY`].
-pub(super) fn collect_burst(first: Trigger, rx: &Receiver<Trigger>) -> Option<Vec<usize>> {
+/// Drains a burst of triggers: returns the origins to rescan, each with the directories
+/// the events named (empty = every origin, whole), or `None` to stop. Waits until the burst
+/// has been quiet for [`SETTLE`], at most [`MAX_DELAY`].
+pub(super) fn collect_burst(
+    first: Trigger,
+    rx: &Receiver<Trigger>,
+) -> Option<Vec<(usize, Extent)>> {
     let start = Instant::now();
     let mut all = false;
-    let mut which = Vec::new();
+    let mut which: BTreeMap<usize, Extent> = BTreeMap::new();
     let mut add = |t: Trigger| -> bool {
         match t {
             Trigger::Stop => return false,
             Trigger::Rescan(_) | Trigger::Watch(Change::Overflow(_)) => all = true,
             Trigger::Watch(Change::Origin(i)) => {
-                if !which.contains(&i) {
-                    which.push(i);
-                }
+                which.insert(i, Extent::Whole);
             }
+            Trigger::Watch(Change::Dir { origin, dir, deep }) => which
+                .entry(origin)
+                .or_insert_with(|| Extent::Dirs(BTreeMap::new()))
+                .add_dir(dir, deep),
         }
         true
     };
     // A rescan of everything (SIGHUP, start-up) has nothing to wait for: only watch events
     // come in bursts worth letting settle.
-    let settle = matches!(first, Trigger::Watch(Change::Origin(_)));
+    let settle = matches!(
+        first,
+        Trigger::Watch(Change::Origin(_) | Change::Dir { .. })
+    );
     if !add(first) {
         return None;
     }
@@ -56,7 +67,11 @@ pub(super) fn collect_burst(first: Trigger, rx: &Receiver<Trigger>) -> Option<Ve
             Err(RecvTimeoutError::Disconnected) => return None,
         }
     }
-    Some(if all { Vec::new() } else { which })
+    Some(if all {
+        Vec::new()
+    } else {
+        which.into_iter().collect()
+    })
 }
 
 /// Deadlines of the periodic refreshes (the full refresh interval and each polled origin)
@@ -152,6 +167,14 @@ pub(super) fn backoff(n: u32) -> Duration {
 mod tests {
     use super::*;
 
+    fn dir(origin: usize, dir: &str, deep: bool) -> Trigger {
+        Trigger::Watch(Change::Dir {
+            origin,
+            dir: dir.as_bytes().to_vec(),
+            deep,
+        })
+    }
+
     #[test]
     fn a_burst_of_changes_becomes_one_refresh_of_the_changed_origins() {
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -159,7 +182,35 @@ mod tests {
             tx.send(Trigger::Watch(Change::Origin(i))).unwrap();
         }
         let which = collect_burst(Trigger::Watch(Change::Origin(0)), &rx).unwrap();
-        assert_eq!(which, vec![0, 2]);
+        assert_eq!(which, vec![(0, Extent::Whole), (2, Extent::Whole)]);
+    }
+
+    #[test]
+    fn a_burst_of_directory_changes_becomes_one_refresh_of_those_directories() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for t in [
+            dir(1, "a/b", false),
+            dir(0, "x", false),
+            dir(1, "a/b", true),
+        ] {
+            tx.send(t).unwrap();
+        }
+        tx.send(dir(1, "c", false)).unwrap();
+        let which = collect_burst(dir(0, "x", false), &rx).unwrap();
+        let mut one = Extent::dir(b"a/b".to_vec(), true);
+        one.add_dir(b"c".to_vec(), false);
+        assert_eq!(
+            which,
+            vec![(0, Extent::dir(b"x".to_vec(), false)), (1, one)],
+            "deep wins over shallow for the same directory"
+        );
+        tx.send(Trigger::Watch(Change::Origin(0))).unwrap();
+        let which = collect_burst(dir(0, "x", false), &rx).unwrap();
+        assert_eq!(
+            which,
+            vec![(0, Extent::Whole)],
+            "an unknown place: whole origin"
+        );
     }
 
     #[test]
@@ -167,7 +218,7 @@ mod tests {
         let (tx, rx) = crossbeam_channel::unbounded();
         tx.send(Trigger::Watch(Change::Overflow("q".into())))
             .unwrap();
-        let which = collect_burst(Trigger::Watch(Change::Origin(1)), &rx).unwrap();
+        let which = collect_burst(dir(1, "d", false), &rx).unwrap();
         assert!(which.is_empty());
         assert_eq!(collect_burst(Trigger::Rescan("SIGHUP"), &rx), Some(vec![]));
     }

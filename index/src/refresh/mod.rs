@@ -32,7 +32,7 @@ use musicfs_storage::Catalog;
 use tracing::{info, warn};
 
 use crate::health::{record_verdicts, PROBE_TIMEOUT};
-use crate::scan::{DirHook, ProgressFn, ScanOptions, ScanReport};
+use crate::scan::{DirHook, Extent, ProgressFn, ScanOptions, ScanReport};
 use crate::watch::Change;
 
 mod burst;
@@ -237,32 +237,39 @@ impl Library {
         Ok(table)
     }
 
-    /// Scans `which` origins (indices into [`Library::origins`]; all when empty) and
-    /// publishes a new snapshot when the catalog no longer matches `current`. `hook` runs on
-    /// each directory before the scan lists it (see [`OriginWatches::hook`]).
+    /// Scans `which` origins (indices into [`Library::origins`], each with the part of it
+    /// to scan: [`Extent::Dirs`] for the directories inotify events named; every origin,
+    /// whole, when `which` is empty) and publishes a new snapshot when the catalog no longer
+    /// matches `current`. `hook` runs on each directory before the scan lists it (see
+    /// [`OriginWatches::hook`]).
     pub fn refresh(
         &self,
-        which: &[usize],
+        which: &[(usize, Extent)],
         current: &Snapshot,
         hook: Option<DirHook>,
     ) -> Result<Refreshed> {
-        let indices: Vec<usize> = if which.is_empty() {
-            (0..self.origins.len()).collect()
+        let scanned: Vec<(usize, Extent)> = if which.is_empty() {
+            (0..self.origins.len())
+                .map(|i| (i, Extent::Whole))
+                .collect()
         } else {
             which
                 .iter()
-                .copied()
-                .filter(|&i| i < self.origins.len())
+                .filter(|(i, _)| *i < self.origins.len())
+                .cloned()
                 .collect()
         };
-        let origins: Vec<Arc<dyn Origin>> =
-            indices.iter().map(|&i| self.origins[i].clone()).collect();
+        let indices: Vec<usize> = scanned.iter().map(|(i, _)| *i).collect();
+        let origins: Vec<(Arc<dyn Origin>, Extent)> = scanned
+            .into_iter()
+            .map(|(i, extent)| (self.origins[i].clone(), extent))
+            .collect();
         let opts = ScanOptions {
             dir_hook: hook,
             ..self.scan_options()
         };
         let was_current = self.is_current(current)?;
-        let report = crate::scan::scan(&self.catalog, &origins, &opts)?;
+        let report = crate::scan::scan_extents(&self.catalog, &origins, &opts)?;
         let offline = self.record_health(&indices, &report)?;
         if self.is_current(current)? {
             return Ok(Refreshed {
@@ -374,7 +381,10 @@ impl Refresher {
                     Some(which) => (which, "change"),
                     None => return,
                 },
-                Err(RecvTimeoutError::Timeout) => (timers.take_due(), "timer"),
+                Err(RecvTimeoutError::Timeout) => {
+                    let due = timers.take_due().into_iter();
+                    (due.map(|i| (i, Extent::Whole)).collect(), "timer")
+                }
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             match self.refresh_now(&which, why) {
@@ -388,8 +398,10 @@ impl Refresher {
                     }
                 }
                 None => {
-                    // A change already seen by the failed scan sends no new event: retry it.
-                    timers.once(which, backoff(failures));
+                    // A change already seen by the failed scan sends no new event: retry it
+                    // (its origins whole, empty still meaning all).
+                    let origins = which.iter().map(|(i, _)| *i).collect();
+                    timers.once(origins, backoff(failures));
                     failures += 1;
                 }
             }
@@ -453,7 +465,7 @@ impl Refresher {
 
     /// Refreshes `which` (all when empty); the origins found offline, or `None` when the
     /// refresh failed.
-    fn refresh_now(&self, which: &[usize], why: &str) -> Option<Vec<usize>> {
+    fn refresh_now(&self, which: &[(usize, Extent)], why: &str) -> Option<Vec<usize>> {
         let current = self.shared.load_full();
         let hook = self.watches.as_ref().map(OriginWatches::hook);
         match self.library.refresh(which, &current, hook) {

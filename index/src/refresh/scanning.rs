@@ -28,7 +28,7 @@ impl Library {
 /// One line (plus one per skipped file) describing a scan.
 pub fn scan_summary(r: &ScanReport) -> String {
     let mut s = format!(
-        "scanned {} files in {:.2}s ({:.0} files/s): {} added, {} changed, {} removed, {} unchanged, {} opened, {} skipped",
+        "scanned {} files in {:.2}s ({:.0} files/s): {} added, {} changed, {} removed, {} unchanged, {} opened, {} skipped; {} stat'ed in {} directories listed",
         r.seen,
         r.elapsed.as_secs_f64(),
         r.files_per_sec(),
@@ -37,7 +37,9 @@ pub fn scan_summary(r: &ScanReport) -> String {
         r.removed,
         r.unchanged,
         r.opened,
-        r.skipped.len()
+        r.skipped.len(),
+        r.statted,
+        r.listed
     );
     for o in &r.offline {
         s.push_str(&format!(
@@ -75,6 +77,8 @@ mod tests {
             added: 1,
             unchanged: 1,
             opened: 2,
+            statted: 3,
+            listed: 1,
             skipped: vec![Skipped {
                 path: PathBuf::from("/music/a.flac"),
                 reason: "empty file (0 bytes)".into(),
@@ -86,7 +90,10 @@ mod tests {
         let lines: Vec<&str> = summary.lines().collect();
         assert_eq!(lines.len(), 2, "{summary}");
         assert!(lines[0].starts_with("scanned 3 files in 1.00s (3 files/s): 1 added"));
-        assert!(lines[0].ends_with("1 skipped"), "{summary}");
+        assert!(
+            lines[0].ends_with("1 skipped; 3 stat'ed in 1 directories listed"),
+            "{summary}"
+        );
         assert_eq!(lines[1], "  skipped /music/a.flac: empty file (0 bytes)");
     }
 

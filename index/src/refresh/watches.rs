@@ -90,7 +90,7 @@ impl OriginWatches {
                     root.join(dir)
                 };
                 // Failures are remembered by `Watches` and handled after the scan.
-                let _ = w.watches.add_dir(slot, &local);
+                let _ = w.watches.add_dir(slot, &local, dir);
             }
         })
     }
@@ -128,6 +128,11 @@ pub fn watch_origins(inotify: &[Watched], tx: &Sender<Trigger>) -> Option<Arc<Or
             for change in wrx {
                 let change = match change {
                     Change::Origin(k) => Change::Origin(map[k]),
+                    Change::Dir { origin, dir, deep } => Change::Dir {
+                        origin: map[origin],
+                        dir,
+                        deep,
+                    },
                     other => other,
                 };
                 if tx.send(Trigger::Watch(change)).is_err() {
@@ -211,8 +216,12 @@ mod tests {
         let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(
             got,
-            Trigger::Watch(Change::Origin(3)),
-            "reported by its index"
+            Trigger::Watch(Change::Dir {
+                origin: 3,
+                dir: b"sub".to_vec(),
+                deep: false
+            }),
+            "reported by its index and directory"
         );
         assert!(w.failed().is_empty());
     }

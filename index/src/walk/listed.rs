@@ -84,6 +84,9 @@ pub(crate) fn walk_listed(
                 continue;
             }
         }
+        out.listed += 1;
+        // `list` hands over each entry's stat with it.
+        out.statted += found.len() as u64;
         out.skipped.extend(skipped);
         stack.extend(subdirs);
         if !found.is_empty() && !files(found) {

@@ -165,6 +165,15 @@ pub(crate) fn path_key(origin: OriginId, rel_path: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The leading bytes every `paths` key of a path of `origin` starting with `prefix` shares:
+/// the whole prefix, or as much of it as a hashed key keeps.
+pub(crate) fn path_key_prefix(origin: OriginId, prefix: &[u8]) -> Vec<u8> {
+    let keep = MAX_PATH_KEY - 4 - PATH_HASH_LEN;
+    let mut key = origin_prefix(origin).to_vec();
+    key.extend_from_slice(&prefix[..prefix.len().min(keep)]);
+    key
+}
+
 /// The relative path spelled out in a `paths` key, or `None` when the key is hashed and
 /// the path must be read from the track.
 pub(crate) fn rel_path_in_key(key: &[u8]) -> Option<&[u8]> {
