@@ -118,9 +118,12 @@ impl Library {
             Err(_) => 1,
         };
         Snapshot::write(&path, &tree, generation)?;
+        let tracks = tree.track_count;
+        drop(tree);
+        crate::memory::release_free_memory();
         Ok(Published {
             generation,
-            tracks: tree.track_count,
+            tracks,
             elapsed: start.elapsed(),
         })
     }
@@ -438,7 +441,11 @@ impl Refresher {
     fn refresh_now(&self, which: &[usize], why: &str) -> Option<Vec<usize>> {
         let current = self.shared.load_full();
         let hook = self.watches.as_ref().map(OriginWatches::hook);
-        match self.library.refresh(which, &current, hook) {
+        let refreshed = self.library.refresh(which, &current, hook);
+        // The scan's tables are freed by now (a republish already gave its memory back):
+        // an idle daemon must not sit on them.
+        crate::memory::release_free_memory();
+        match refreshed {
             Ok(Refreshed {
                 report,
                 snapshot: Some(next),
