@@ -35,7 +35,7 @@ use crate::health::{
     classify_root, classify_walk, probe_origin, OfflineReason, Recorded, RootFacts,
     DEFAULT_MASS_REMOVAL_THRESHOLD, PROBE_TIMEOUT,
 };
-use crate::known::Known;
+use crate::known::{state_hash, Known, KnownBuilder};
 use crate::tags::{read_tags_from, TagError};
 pub use crate::walk::Skipped;
 use crate::walk::{self, shown};
@@ -320,9 +320,9 @@ fn scan_origin(
         }
     };
     let origin_id = catalog.origin_id(key)?;
-    let mut tracks = Vec::new();
+    let mut tracks = KnownBuilder::default();
     catalog.for_each_scan_state(origin_id, |rel, id, state| {
-        tracks.push((Known::key(rel), id, state));
+        tracks.push(rel, id, &state);
     })?;
     let recorded = Recorded {
         tracks: tracks.len() as u64,
@@ -332,7 +332,7 @@ fn scan_origin(
         offline(report, reason);
         return Ok(());
     }
-    let known = Known::new(tracks, catalog.skipped_states(origin_id)?);
+    let known = tracks.finish(catalog.skipped_states(origin_id)?);
     let threads = opts.threads.max(1);
     let counters = Counters::new(report, opts.progress.clone());
     let (job_tx, job_rx) = bounded::<Job>(threads * 64);
@@ -544,7 +544,7 @@ fn batch_len(batch: &Batch) -> usize {
 fn decide(known: &Known, rel: &[u8], state: ScanState, verify: bool) -> Decision {
     let broken = known.take_broken(rel);
     match known.find(rel) {
-        Some(hit) if hit.state == state && !verify => Decision::Unchanged,
+        Some(hit) if hit.state == state_hash(&state) && !verify => Decision::Unchanged,
         Some(hit) => Decision::Read(Some(hit.id)),
         None => match broken {
             Some((old, reason)) if old == state && !verify => Decision::StillBroken(reason),
@@ -662,10 +662,12 @@ mod tests {
     }
 
     fn known() -> Known {
-        Known::new(
-            vec![(Known::key(b"good.flac"), TrackId(7), state(10))],
-            HashMap::from([(b"bad.mp3".to_vec(), (state(0), "empty".to_owned()))]),
-        )
+        let mut tracks = KnownBuilder::default();
+        tracks.push(b"good.flac", TrackId(7), &state(10));
+        tracks.finish(HashMap::from([(
+            b"bad.mp3".to_vec(),
+            (state(0), "empty".to_owned()),
+        )]))
     }
 
     #[test]
