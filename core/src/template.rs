@@ -421,10 +421,12 @@ impl Template {
 
 /// The formats each album's tracks come in, collected over the whole library before
 /// rendering (see [`Template::render_in`]). An album is its album artist and title as
-/// rendered (NFC), so it matches the folder the template makes.
+/// rendered (NFC), so it matches the folder the template makes; it is kept as a 128-bit
+/// hash of the two (16 bytes per album whatever the names' length: two albums sharing one
+/// is as unlikely as two files of a content-addressed store sharing a digest).
 #[derive(Debug, Default, Clone)]
 pub struct AlbumFormats {
-    formats: std::collections::HashMap<(String, String), u8>,
+    formats: std::collections::HashMap<u128, u8>,
 }
 
 impl AlbumFormats {
@@ -458,13 +460,16 @@ fn format_bit(f: Format) -> u8 {
     1 << (f as u8)
 }
 
-fn album_key(rec: &TrackRecord) -> (String, String) {
+fn album_key(rec: &TrackRecord) -> u128 {
     use unicode_normalization::UnicodeNormalization;
-    let nfc = |v: Cow<'_, str>| v.nfc().collect::<String>();
-    (
-        nfc(Variable::AlbumArtist.value(rec)),
-        nfc(Variable::Album.value(rec)),
-    )
+    let artist: String = Variable::AlbumArtist.value(rec).nfc().collect();
+    let album: String = Variable::Album.value(rec).nfc().collect();
+    // Length-prefixed, so ("a", "bc") and ("ab", "c") differ.
+    let mut key = Vec::with_capacity(8 + artist.len() + album.len());
+    key.extend_from_slice(&(artist.len() as u64).to_le_bytes());
+    key.extend_from_slice(artist.as_bytes());
+    key.extend_from_slice(album.as_bytes());
+    xxhash_rust::xxh3::xxh3_128(&key)
 }
 
 impl Default for Template {

@@ -98,15 +98,20 @@ impl Library {
             }
         }
         // Two passes: album-level facts ($format of a mixed-format album) first, so every
-        // track of an album renders into the same folder.
+        // track of an album renders into the same folder; the first also sizes the tree,
+        // so the builder allocates it once.
         let mut albums = AlbumFormats::default();
+        let (mut tracks, mut path_bytes) = (0usize, 0usize);
         self.catalog.for_each(|track| {
             if wanted.contains(&track.origin.0) {
                 albums.add(&track);
+                tracks += 1;
+                path_bytes += track.rel_path.len();
             }
         })?;
         let mut builder = TreeBuilder::new(self.template.as_str(), roots);
         builder.set_catalog_version(version);
+        builder.reserve(tracks, path_bytes);
         self.catalog.for_each(|track| {
             if wanted.contains(&track.origin.0) {
                 builder.add(&track, &self.template.render_in(&track, &albums));
