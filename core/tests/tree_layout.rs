@@ -192,3 +192,17 @@ fn the_builder_lays_out_the_fixture_library_exactly_as_before() {
 fn the_layout_is_the_same_build_after_build() {
     assert_eq!(digest(&fixture_tree()), digest(&fixture_tree()));
 }
+
+#[test]
+fn a_streamed_snapshot_holds_exactly_the_archive_of_the_tree() {
+    let tree = fixture_tree();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tree.snap");
+    musicfs_core::snapshot::Snapshot::write(&path, &tree, 3).unwrap();
+    let snap = musicfs_core::snapshot::Snapshot::open_verified(&path).unwrap();
+    assert_eq!(snap.generation(), 3);
+    assert_eq!(snap.track_count(), tree.track_count);
+    let file = std::fs::read(&path).unwrap();
+    let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&tree).unwrap();
+    assert_eq!(&file[64..], &archive[..]);
+}
