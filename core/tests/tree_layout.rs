@@ -65,7 +65,7 @@ fn record(id: u64, rng: &mut Lcg) -> TrackRecord {
 /// Rendered paths with every kind of clash: equal file names in one directory, a file
 /// named like a sibling directory, a file already named like a clash's first suffix,
 /// non-ASCII names sorting by bytes, names at NAME_MAX, tracks with no components.
-fn components(id: u64, rng: &mut Lcg) -> Vec<String> {
+fn components(rng: &mut Lcg) -> Vec<String> {
     let artists = [
         "Abba",
         "abba",
@@ -118,7 +118,7 @@ fn fixture_tree() -> TreeData {
     // Catalog order is by id, but ids need not be dense.
     for id in (1..4000u64).map(|i| i * 3 + i % 7) {
         let track = record(id, &mut rng);
-        let parts = components(id, &mut rng);
+        let parts = components(&mut rng);
         b.add(&track, &parts);
     }
     b.build()
