@@ -42,6 +42,8 @@ use crate::walk::{self, shown};
 
 /// How many changes (upserts, removals, skips) go into one catalog transaction.
 const BATCH: usize = 1000;
+/// The collector lets go of the catalog pages it mapped in after this many batches.
+const RELEASE_EVERY_BATCHES: u64 = 16;
 /// The collector reports progress at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
@@ -478,6 +480,7 @@ fn collect(
     report: &mut ScanReport,
 ) -> Result<(), ScanError> {
     let mut batch = Batch::default();
+    let mut written = 0u64;
     let mut last_progress = Instant::now();
     for Done { job, result } in done {
         report.opened += 1;
@@ -523,6 +526,11 @@ fn collect(
         if batch_len(&batch) >= BATCH {
             catalog.apply_batch(&batch)?;
             batch = Batch::default();
+            written += 1;
+            if written % RELEASE_EVERY_BATCHES == 0 {
+                // A first scan writes the whole catalog: its pages must not pile up in RSS.
+                catalog.release_mapped_pages();
+            }
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
