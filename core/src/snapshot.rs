@@ -135,32 +135,25 @@ impl Snapshot {
     /// reader or writer of the same state dir (`musicfs tree` while the daemon republishes)
     /// never removes or overwrites another's.
     pub fn write(path: &Path, tree: &TreeData, generation: u64) -> Result<(), SnapshotError> {
-        let body = rkyv::to_bytes::<rkyv::rancor::Error>(tree)
-            .map_err(|e| SnapshotError::Serialise(e.to_string()))?;
-        let header = encode_header(MAGIC, generation, &body);
         remove_stale_temps(path);
         let tmp = temp_path(path);
-        let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
-            f.write_all(&header)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
+        let written = write_streaming(&tmp, tree, generation).and_then(|()| {
             fs::rename(&tmp, path)?;
             // The delta described the old base; a crash before this removal leaves one
             // that no longer matches the base, which `open` ignores.
             match fs::remove_file(delta_path(path)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
                 _ => {}
             }
-            sync_dir(path)
-        };
-        write().map_err(|e| {
+            sync_dir(path)?;
+            Ok(())
+        });
+        written.map_err(|e| {
             let _ = fs::remove_file(&tmp);
-            io_err(path)(e)
+            match e {
+                WriteFault::Io(e) => io_err(path)(e),
+                WriteFault::Serialise(e) => SnapshotError::Serialise(e),
+            }
         })
     }
 
@@ -713,13 +706,100 @@ fn process_alive(pid: i32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
-fn encode_header(magic: &[u8; 8], generation: u64, body: &[u8]) -> [u8; HEADER_LEN] {
+/// Why [`write_streaming`] failed.
+enum WriteFault {
+    Io(std::io::Error),
+    Serialise(String),
+}
+
+impl From<std::io::Error> for WriteFault {
+    fn from(e: std::io::Error) -> Self {
+        WriteFault::Io(e)
+    }
+}
+
+/// Passes bytes through to `inner`, hashing and counting them; keeps the first write
+/// error, which the serialiser only reports as text.
+struct HashingWriter<W> {
+    inner: W,
+    hash: xxhash_rust::xxh3::Xxh3,
+    len: u64,
+    failed: Option<std::io::Error>,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.inner.write(buf) {
+            Ok(n) => {
+                self.hash.update(&buf[..n]);
+                self.len += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                let told = std::io::Error::new(e.kind(), e.to_string());
+                self.failed.get_or_insert(e);
+                Err(told)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the snapshot file `tmp` and syncs it: the header's place first, then the body
+/// serialised straight into the file through a 1 MiB buffer (hashed on the way, so the
+/// tree is never held twice in memory), then the header.
+fn write_streaming(tmp: &Path, tree: &TreeData, generation: u64) -> Result<(), WriteFault> {
+    use std::os::unix::fs::FileExt;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(tmp)?;
+    f.write_all(&[0u8; HEADER_LEN])?;
+    let mut body = HashingWriter {
+        inner: &f,
+        hash: xxhash_rust::xxh3::Xxh3::new(),
+        len: 0,
+        failed: None,
+    };
+    let serialised = {
+        let buffered = std::io::BufWriter::with_capacity(1 << 20, &mut body);
+        match rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(
+            tree,
+            rkyv::ser::writer::IoWriter::new(buffered),
+        ) {
+            Ok(w) => w
+                .into_inner()
+                .into_inner()
+                .map(|_| ())
+                .map_err(|e| WriteFault::Io(e.into_error())),
+            Err(e) => Err(WriteFault::Serialise(e.to_string())),
+        }
+    };
+    if let Err(e) = serialised {
+        return Err(body.failed.take().map_or(e, WriteFault::Io));
+    }
+    let header = encode_header(MAGIC, generation, body.len, body.hash.digest());
+    f.write_all_at(&header, 0)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn encode_header(
+    magic: &[u8; 8],
+    generation: u64,
+    body_len: u64,
+    body_hash: u64,
+) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..8].copy_from_slice(magic);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     h[16..24].copy_from_slice(&generation.to_le_bytes());
-    h[24..32].copy_from_slice(&(body.len() as u64).to_le_bytes());
-    h[32..40].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(body).to_le_bytes());
+    h[24..32].copy_from_slice(&body_len.to_le_bytes());
+    h[32..40].copy_from_slice(&body_hash.to_le_bytes());
     let own = xxhash_rust::xxh3::xxh3_64(&h[..40]);
     h[40..48].copy_from_slice(&own.to_le_bytes());
     h

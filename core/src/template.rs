@@ -490,14 +490,14 @@ pub fn is_mixed(counts: &FormatCounts) -> bool {
 /// album as rendered (NFC).
 pub fn album_key(rec: &TrackRecord) -> u128 {
     use unicode_normalization::UnicodeNormalization;
-    let mut bytes: Vec<u8> = Variable::AlbumArtist
-        .value(rec)
-        .nfc()
-        .collect::<String>()
-        .into();
-    bytes.push(0);
-    bytes.extend(Variable::Album.value(rec).nfc().collect::<String>().bytes());
-    xxhash_rust::xxh3::xxh3_128(&bytes)
+    let artist: String = Variable::AlbumArtist.value(rec).nfc().collect();
+    let album: String = Variable::Album.value(rec).nfc().collect();
+    // Length-prefixed, so ("a", "bc") and ("ab", "c") differ.
+    let mut key = Vec::with_capacity(8 + artist.len() + album.len());
+    key.extend_from_slice(&(artist.len() as u64).to_le_bytes());
+    key.extend_from_slice(artist.as_bytes());
+    key.extend_from_slice(album.as_bytes());
+    xxhash_rust::xxh3::xxh3_128(&key)
 }
 
 impl Template {

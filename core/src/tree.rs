@@ -19,12 +19,12 @@
 //! mode counts as `r--r--r--` of unknown owner. The mount masks write bits and applies its
 //! own uid/gid/umask mapping when it shows them (docs/SEMANTICS.md, "Owners and modes").
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use rkyv::{Archive, Serialize};
 
-use crate::meta::{Perm, TrackRecord};
+use crate::meta::TrackRecord;
 use crate::template::{AlbumFormats, FormatCounts};
 
 /// Inode of the root directory.
@@ -150,29 +150,32 @@ pub fn album_table(formats: &AlbumFormats) -> Vec<AlbumCount> {
     albums
 }
 
-struct PendingFile {
-    name: String,
-    track_id: u64,
-    generation: u64,
-    origin: u32,
-    rel_path: Vec<u8>,
-    size: u64,
-    mtime_ns: i64,
-    perm: Option<Perm>,
-}
-
-#[derive(Default)]
+/// A directory the builder has seen (index 0: the root, nameless).
 struct PendingDir {
-    subdirs: BTreeMap<String, usize>,
-    files: Vec<PendingFile>,
+    /// Index of the parent pending directory (the root is its own parent).
+    parent: u32,
+    name_off: u64,
+    name_len: u32,
 }
 
 /// Collects rendered tracks and lays them out as a [`TreeData`].
+///
+/// Memory: a file is held as the [`NodeData`] it becomes (its `parent` the pending
+/// directory's index until the layout), its name and source path appended to two byte
+/// blobs that the tree keeps; a directory is its parent and name, found by a hash of
+/// (parent, name). The layout sorts indices, moves the nodes into breadth-first order in
+/// place and appends no copy of them, so building a tree of N tracks peaks at about the
+/// size of the tree itself plus 8 bytes per node.
 pub struct TreeBuilder {
     template: String,
     catalog_version: u64,
     origins: Vec<Vec<u8>>,
     dirs: Vec<PendingDir>,
+    /// (parent pending directory, xxh3-128 of the name) -> pending directory.
+    dir_index: HashMap<(u32, u128), u32>,
+    files: Vec<NodeData>,
+    names: Vec<u8>,
+    paths: Vec<u8>,
     albums: Vec<AlbumCount>,
 }
 
@@ -188,14 +191,17 @@ impl TreeBuilder {
                 .into_iter()
                 .map(|p| p.into_os_string().into_vec())
                 .collect(),
-            dirs: vec![PendingDir::default()],
+            dirs: vec![PendingDir {
+                parent: 0,
+                name_off: 0,
+                name_len: 0,
+            }],
+            dir_index: HashMap::new(),
+            files: Vec::new(),
+            names: Vec::new(),
+            paths: Vec::new(),
             albums: Vec::new(),
         }
-    }
-
-    /// Records the catalog change counter the tree is built from.
-    pub fn set_catalog_version(&mut self, version: u64) {
-        self.catalog_version = version;
     }
 
     /// Records the album counts the tracks were rendered with.
@@ -203,76 +209,388 @@ impl TreeBuilder {
         self.albums = album_table(albums);
     }
 
+    /// Records the catalog change counter the tree is built from.
+    pub fn set_catalog_version(&mut self, version: u64) {
+        self.catalog_version = version;
+    }
+
+    /// Makes room for `tracks` more tracks whose source paths total `path_bytes`, so that
+    /// the node array and the path blob are allocated once instead of regrown (a regrowth
+    /// holds the old and the new copy at once). Room for directory nodes (half as many
+    /// again) is reserved too; memory reserved and never written is not resident.
+    pub fn reserve(&mut self, tracks: usize, path_bytes: usize) {
+        self.files.reserve_exact(tracks.saturating_add(tracks / 2));
+        self.paths.reserve_exact(path_bytes);
+    }
+
     /// Adds a track under its rendered path (`components`: sanitised, the last one the file
     /// name). A track with no components is placed at the root under its file stem.
     pub fn add(&mut self, track: &TrackRecord, components: &[String]) {
+        let stem;
         let (file_name, dir_parts) = match components.split_last() {
-            Some((last, rest)) => (last.clone(), rest),
-            None => (track.file_stem(), &[][..]),
+            Some((last, rest)) => (last.as_str(), rest),
+            None => {
+                stem = track.file_stem();
+                (stem.as_str(), &[][..])
+            }
         };
-        let mut dir = 0usize;
+        let mut dir = 0u32;
         for part in dir_parts {
-            dir = match self.dirs[dir].subdirs.get(part) {
-                Some(&d) => d,
-                None => {
-                    let d = self.dirs.len();
-                    self.dirs.push(PendingDir::default());
-                    self.dirs[dir].subdirs.insert(part.clone(), d);
-                    d
-                }
-            };
+            dir = self.subdir(dir, part);
         }
-        self.dirs[dir].files.push(PendingFile {
-            name: file_name,
-            track_id: track.id.0,
-            generation: content_generation(&track.scan),
-            origin: track.origin.0,
-            rel_path: track.rel_path.clone(),
+        let (name_off, name_len) = push_blob(&mut self.names, file_name.as_bytes());
+        let (path_off, path_len) = push_blob(&mut self.paths, &track.rel_path);
+        let (mode, uid, gid) = match track.scan.perm {
+            Some(p) => (p.mode & 0o7777, p.uid, p.gid),
+            None => (MODE_UNKNOWN, ID_UNKNOWN, ID_UNKNOWN),
+        };
+        self.files.push(NodeData {
+            ino: track.id.0 + FILE_INO_BASE,
             size: track.scan.size,
             mtime_ns: track.scan.mtime_ns,
-            perm: track.scan.perm,
+            track_id: track.id.0,
+            generation: content_generation(&track.scan),
+            name_off,
+            name_len,
+            path_off,
+            path_len,
+            parent: dir,
+            origin: track.origin.0,
+            kind: KIND_FILE,
+            mode,
+            uid,
+            gid,
+            ..empty_node()
         });
+    }
+
+    /// The pending directory `name` under `parent`, created when new.
+    fn subdir(&mut self, parent: u32, name: &str) -> u32 {
+        let key = (parent, xxhash_rust::xxh3::xxh3_128(name.as_bytes()));
+        if let Some(&d) = self.dir_index.get(&key) {
+            return d;
+        }
+        let d = self.dirs.len() as u32;
+        let (name_off, name_len) = push_blob(&mut self.names, name.as_bytes());
+        self.dirs.push(PendingDir {
+            parent,
+            name_off,
+            name_len,
+        });
+        self.dir_index.insert(key, d);
+        d
     }
 
     /// Resolves name clashes and lays the tree out breadth-first.
     pub fn build(mut self) -> TreeData {
-        for dir in &mut self.dirs {
-            resolve_clashes(dir);
+        self.dir_index = HashMap::new();
+        let subdirs = self.children_dirs();
+        let mut files = self.files_by_dir();
+        for d in 0..self.dirs.len() {
+            let (lo, hi) = (files.start[d] as usize, files.start[d + 1] as usize);
+            let (slo, shi) = (subdirs.start[d] as usize, subdirs.start[d + 1] as usize);
+            self.resolve_clashes(&mut files.order[lo..hi], &subdirs.order[slo..shi]);
         }
-        let mut data = Layout::new(self.template, self.origins).run(self.dirs);
-        data.catalog_version = self.catalog_version;
-        data.albums = self.albums;
+        let layout = self.breadth_first(&subdirs, &files);
+        drop((subdirs, files));
+        self.assemble(layout)
+    }
+
+    fn file_name(&self, f: u32) -> &[u8] {
+        let n = &self.files[f as usize];
+        &self.names[n.name_off as usize..][..n.name_len as usize]
+    }
+
+    fn dir_name(&self, d: u32) -> &[u8] {
+        let n = &self.dirs[d as usize];
+        &self.names[n.name_off as usize..][..n.name_len as usize]
+    }
+
+    /// Subdirectories grouped by parent, each group sorted by name.
+    fn children_dirs(&self) -> Groups {
+        let mut order: Vec<u32> = (1..self.dirs.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| {
+            let (pa, pb) = (self.dirs[a as usize].parent, self.dirs[b as usize].parent);
+            pa.cmp(&pb)
+                .then_with(|| self.dir_name(a).cmp(self.dir_name(b)))
+        });
+        Groups::new(order, self.dirs.len(), |d| self.dirs[d as usize].parent)
+    }
+
+    /// Files grouped by directory, each group sorted by name, then by track id.
+    fn files_by_dir(&self) -> Groups {
+        let mut order: Vec<u32> = (0..self.files.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| {
+            let (fa, fb) = (&self.files[a as usize], &self.files[b as usize]);
+            fa.parent
+                .cmp(&fb.parent)
+                .then_with(|| self.file_name(a).cmp(self.file_name(b)))
+                .then(fa.track_id.cmp(&fb.track_id))
+        });
+        Groups::new(order, self.dirs.len(), |f| self.files[f as usize].parent)
+    }
+
+    /// Makes every name in a directory unique: `files` (sorted by name, then track id) and
+    /// `subdirs` (sorted by name) of one directory. Files whose names collide with each
+    /// other or with a subdirectory get ` (2)`, ` (3)`, ... before the extension, in
+    /// track-id order, so the oldest track keeps the plain name and a rebuild gives the same
+    /// names. Leaves `files` sorted by (the new) name.
+    fn resolve_clashes(&mut self, files: &mut [u32], subdirs: &[u32]) {
+        if !self.has_clash(files, subdirs) {
+            return;
+        }
+        let mut taken: HashSet<Vec<u8>> =
+            subdirs.iter().map(|&d| self.dir_name(d).to_vec()).collect();
+        let mut clashing = Vec::new();
+        for &f in files.iter() {
+            if !taken.insert(self.file_name(f).to_vec()) {
+                clashing.push(f);
+            }
+        }
+        for f in clashing {
+            let base = String::from_utf8_lossy(self.file_name(f)).into_owned();
+            let mut n = 2u64;
+            loop {
+                let candidate = with_suffix(&base, n);
+                if taken.insert(candidate.clone().into_bytes()) {
+                    let (off, len) = push_blob(&mut self.names, candidate.as_bytes());
+                    let node = &mut self.files[f as usize];
+                    (node.name_off, node.name_len) = (off, len);
+                    break;
+                }
+                n += 1;
+            }
+        }
+        files.sort_unstable_by(|&a, &b| self.file_name(a).cmp(self.file_name(b)));
+    }
+
+    /// Whether two files of a directory share a name, or a file is named like a
+    /// subdirectory (both lists sorted by name).
+    fn has_clash(&self, files: &[u32], subdirs: &[u32]) -> bool {
+        if files
+            .windows(2)
+            .any(|w| self.file_name(w[0]) == self.file_name(w[1]))
+        {
+            return true;
+        }
+        let (mut i, mut j) = (0, 0);
+        while i < files.len() && j < subdirs.len() {
+            match self.file_name(files[i]).cmp(self.dir_name(subdirs[j])) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => return true,
+            }
+        }
+        false
+    }
+
+    /// The final node order: each directory's children contiguous and sorted by name,
+    /// directories expanded in the order they are placed (breadth-first).
+    fn breadth_first(&self, subdirs: &Groups, files: &Groups) -> Layout {
+        let n_files = self.files.len() as u32;
+        let total = self.files.len() + self.dirs.len();
+        let mut source: Vec<u32> = Vec::with_capacity(total);
+        let mut dir_node = vec![0u32; self.dirs.len()];
+        let mut spans = vec![(0u32, 0u32, 0u32); self.dirs.len()];
+        source.push(n_files);
+        let mut head = 0;
+        while head < source.len() {
+            let Some(d) = source[head].checked_sub(n_files) else {
+                head += 1;
+                continue;
+            };
+            let d = d as usize;
+            let first = source.len() as u32;
+            let ds = &subdirs.order[subdirs.start[d] as usize..subdirs.start[d + 1] as usize];
+            let fs = &files.order[files.start[d] as usize..files.start[d + 1] as usize];
+            let (mut i, mut j) = (0, 0);
+            while i < ds.len() || j < fs.len() {
+                let dir_first =
+                    j == fs.len() || (i < ds.len() && self.dir_name(ds[i]) < self.file_name(fs[j]));
+                if dir_first {
+                    dir_node[ds[i] as usize] = source.len() as u32;
+                    source.push(n_files + ds[i]);
+                    i += 1;
+                } else {
+                    source.push(fs[j]);
+                    j += 1;
+                }
+            }
+            spans[d] = (first, source.len() as u32 - first, ds.len() as u32);
+            head += 1;
+        }
+        Layout {
+            source,
+            dir_node,
+            spans,
+        }
+    }
+
+    /// Moves the nodes into their final order and fills in what the layout decides.
+    fn assemble(self, layout: Layout) -> TreeData {
+        let TreeBuilder {
+            template,
+            catalog_version,
+            origins,
+            dirs,
+            mut files,
+            names,
+            paths,
+            albums,
+            ..
+        } = self;
+        let mut nodes = std::mem::take(&mut files);
+        nodes.reserve_exact(dirs.len());
+        for (d, dir) in dirs.iter().enumerate() {
+            let (first_child, child_count, subdirs) = layout.spans[d];
+            nodes.push(NodeData {
+                ino: if d == 0 { ROOT_INO } else { 0 },
+                name_off: dir.name_off,
+                name_len: dir.name_len,
+                parent: dir.parent,
+                first_child,
+                child_count,
+                subdirs,
+                kind: KIND_DIR,
+                ..empty_node()
+            });
+        }
+        drop(dirs);
+        permute(&mut nodes, &layout.source);
+        drop(layout.source);
+        for node in &mut nodes {
+            node.parent = layout.dir_node[node.parent as usize];
+        }
+        let mut data = TreeData {
+            template,
+            catalog_version,
+            origins,
+            track_count: 0,
+            total_size: 0,
+            nodes,
+            by_ino: Vec::new(),
+            names,
+            paths,
+            albums,
+        };
+        assign_dir_inos(&mut data);
+        for n in data.nodes.iter().filter(|n| n.kind == KIND_FILE) {
+            data.track_count += 1;
+            data.total_size += n.size;
+        }
+        data.by_ino = data
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| InoEntry {
+                ino: n.ino,
+                node: i as u32,
+            })
+            .collect();
+        propagate_dir_mtimes(&mut data.nodes);
+        derive_dir_perms(&mut data.nodes);
+        data.by_ino.sort_unstable_by_key(|e| e.ino);
         data
     }
 }
 
-/// Makes every name in a directory unique. Files whose names collide with each other or with
-/// a subdirectory get ` (2)`, ` (3)`, ... before the extension, in track-id order, so the
-/// oldest track keeps the plain name and a rebuild gives the same names.
-fn resolve_clashes(dir: &mut PendingDir) {
-    dir.files
-        .sort_by(|a, b| a.name.cmp(&b.name).then(a.track_id.cmp(&b.track_id)));
-    let mut taken: HashSet<String> = dir.subdirs.keys().cloned().collect();
-    let mut clashing = Vec::new();
-    for (i, f) in dir.files.iter().enumerate() {
-        if !taken.insert(f.name.clone()) {
-            clashing.push(i);
+/// Items (directories or files) grouped by their pending directory: the items of directory
+/// `d` are `order[start[d]..start[d + 1]]`.
+struct Groups {
+    order: Vec<u32>,
+    start: Vec<u32>,
+}
+
+impl Groups {
+    /// `order` sorted by parent (`parent_of` an item) among `dirs` directories.
+    fn new(order: Vec<u32>, dirs: usize, parent_of: impl Fn(u32) -> u32) -> Groups {
+        let mut start = vec![0u32; dirs + 1];
+        for &item in &order {
+            start[parent_of(item) as usize + 1] += 1;
         }
+        for i in 1..start.len() {
+            start[i] += start[i - 1];
+        }
+        Groups { order, start }
     }
-    for i in clashing {
-        let base = dir.files[i].name.clone();
-        let mut n = 2u64;
+}
+
+/// The result of [`TreeBuilder::breadth_first`].
+struct Layout {
+    /// Final node index -> what goes there: a file index, or the number of files plus a
+    /// pending directory index.
+    source: Vec<u32>,
+    /// Pending directory -> its final node index.
+    dir_node: Vec<u32>,
+    /// Pending directory -> (first child, child count, subdirectory count).
+    spans: Vec<(u32, u32, u32)>,
+}
+
+/// Reorders `nodes` in place so that the node at `i` is the one that was at `source[i]`
+/// (`source` a permutation), following each cycle once.
+fn permute(nodes: &mut [NodeData], source: &[u32]) {
+    let mut done = vec![0u64; source.len().div_ceil(64)];
+    for start in 0..source.len() {
+        if done[start / 64] & (1 << (start % 64)) != 0 {
+            continue;
+        }
+        let held = nodes[start].clone();
+        let mut i = start;
         loop {
-            let candidate = with_suffix(&base, n);
-            if taken.insert(candidate.clone()) {
-                dir.files[i].name = candidate;
+            done[i / 64] |= 1 << (i % 64);
+            let from = source[i] as usize;
+            if from == start {
+                nodes[i] = held;
                 break;
             }
-            n += 1;
+            nodes[i] = nodes[from].clone();
+            i = from;
         }
     }
 }
 
+/// Gives every directory but the root its inode: the hash of its virtual path, probed past
+/// collisions. Directories are visited in breadth-first, name-sorted order, so probing is
+/// deterministic.
+fn assign_dir_inos(data: &mut TreeData) {
+    let mut taken: HashSet<u64> = HashSet::from([ROOT_INO]);
+    let mut vpath: Vec<u8> = Vec::new();
+    let mut chain: Vec<u32> = Vec::new();
+    for i in 1..data.nodes.len() {
+        if data.nodes[i].kind != KIND_DIR {
+            continue;
+        }
+        chain.clear();
+        let mut at = i as u32;
+        while at != 0 {
+            chain.push(at);
+            at = data.nodes[at as usize].parent;
+        }
+        vpath.clear();
+        for &n in chain.iter().rev() {
+            let node = &data.nodes[n as usize];
+            vpath.push(b'/');
+            vpath
+                .extend_from_slice(&data.names[node.name_off as usize..][..node.name_len as usize]);
+        }
+        let mut ino = xxhash_rust::xxh3::xxh3_64(&vpath) | DIR_INO_BIT;
+        while !taken.insert(ino) {
+            ino = (ino.wrapping_add(1)) | DIR_INO_BIT;
+        }
+        data.nodes[i].ino = ino;
+    }
+}
+
+/// A directory's mtime is its newest descendant's, so `ls -lt` of artists is useful.
+/// Children always come after their parent in breadth-first order: one reverse pass.
+fn propagate_dir_mtimes(nodes: &mut [NodeData]) {
+    for i in (1..nodes.len()).rev() {
+        let (m, p) = (nodes[i].mtime_ns, nodes[i].parent as usize);
+        if nodes[p].mtime_ns < m {
+            nodes[p].mtime_ns = m;
+        }
+    }
+}
 /// `name` with ` (n)` inserted before its extension, cut to [`NAME_MAX`] bytes on a char
 /// boundary of the stem.
 pub fn with_suffix(name: &str, n: u64) -> String {
@@ -287,151 +605,6 @@ pub fn with_suffix(name: &str, n: u64) -> String {
         cut -= 1;
     }
     format!("{}{suffix}{ext}", &stem[..cut])
-}
-
-enum Child {
-    Dir(usize),
-    File(PendingFile),
-}
-
-struct Layout {
-    data: TreeData,
-    dir_inos: HashSet<u64>,
-}
-
-impl Layout {
-    fn new(template: String, origins: Vec<Vec<u8>>) -> Layout {
-        Layout {
-            data: TreeData {
-                template,
-                catalog_version: 0,
-                origins,
-                track_count: 0,
-                total_size: 0,
-                nodes: Vec::new(),
-                by_ino: Vec::new(),
-                names: Vec::new(),
-                paths: Vec::new(),
-                albums: Vec::new(),
-            },
-            dir_inos: HashSet::new(),
-        }
-    }
-
-    fn run(mut self, mut dirs: Vec<PendingDir>) -> TreeData {
-        self.push_node(NodeData {
-            ino: ROOT_INO,
-            kind: KIND_DIR,
-            ..empty_node()
-        });
-        self.dir_inos.insert(ROOT_INO);
-        // Virtual path of each directory node, for its inode hash.
-        let mut vpaths: HashMap<u32, String> = HashMap::from([(0, String::new())]);
-        let mut queue = std::collections::VecDeque::from([(0usize, 0u32)]);
-        while let Some((pending, node_idx)) = queue.pop_front() {
-            let dir = std::mem::take(&mut dirs[pending]);
-            let mut children: Vec<(String, Child)> = Vec::new();
-            for (name, d) in dir.subdirs {
-                children.push((name, Child::Dir(d)));
-            }
-            for f in dir.files {
-                children.push((f.name.clone(), Child::File(f)));
-            }
-            children.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            let first = self.data.nodes.len() as u32;
-            let parent_path = vpaths.get(&node_idx).cloned().unwrap_or_default();
-            let mut subdirs = 0u32;
-            for (name, child) in children {
-                let idx = self.data.nodes.len() as u32;
-                let (name_off, name_len) = push_blob(&mut self.data.names, name.as_bytes());
-                let base = NodeData {
-                    name_off,
-                    name_len,
-                    parent: node_idx,
-                    ..empty_node()
-                };
-                match child {
-                    Child::Dir(d) => {
-                        subdirs += 1;
-                        let vpath = format!("{parent_path}/{name}");
-                        let ino = self.dir_ino(&vpath);
-                        vpaths.insert(idx, vpath);
-                        self.push_node(NodeData {
-                            ino,
-                            kind: KIND_DIR,
-                            ..base
-                        });
-                        queue.push_back((d, idx));
-                    }
-                    Child::File(f) => {
-                        let (path_off, path_len) = push_blob(&mut self.data.paths, &f.rel_path);
-                        self.data.track_count += 1;
-                        self.data.total_size += f.size;
-                        let (mode, uid, gid) = match f.perm {
-                            Some(p) => (p.mode & 0o7777, p.uid, p.gid),
-                            None => (MODE_UNKNOWN, ID_UNKNOWN, ID_UNKNOWN),
-                        };
-                        self.push_node(NodeData {
-                            mode,
-                            uid,
-                            gid,
-                            ino: f.track_id + FILE_INO_BASE,
-                            size: f.size,
-                            mtime_ns: f.mtime_ns,
-                            track_id: f.track_id,
-                            generation: f.generation,
-                            path_off,
-                            path_len,
-                            origin: f.origin,
-                            kind: KIND_FILE,
-                            ..base
-                        });
-                    }
-                }
-            }
-            let count = self.data.nodes.len() as u32 - first;
-            let node = &mut self.data.nodes[node_idx as usize];
-            node.first_child = first;
-            node.child_count = count;
-            node.subdirs = subdirs;
-        }
-        self.propagate_dir_mtimes();
-        self.derive_dir_perms();
-        self.data.by_ino.sort_unstable_by_key(|e| e.ino);
-        self.data
-    }
-
-    /// A directory's inode: the hash of its virtual path, probed past collisions. Directories
-    /// are visited in breadth-first, name-sorted order, so probing is deterministic.
-    fn dir_ino(&mut self, vpath: &str) -> u64 {
-        let mut ino = xxhash_rust::xxh3::xxh3_64(vpath.as_bytes()) | DIR_INO_BIT;
-        while !self.dir_inos.insert(ino) {
-            ino = (ino.wrapping_add(1)) | DIR_INO_BIT;
-        }
-        ino
-    }
-
-    fn push_node(&mut self, node: NodeData) {
-        self.data.by_ino.push(InoEntry {
-            ino: node.ino,
-            node: self.data.nodes.len() as u32,
-        });
-        self.data.nodes.push(node);
-    }
-
-    /// A directory's mtime is its newest descendant's, so `ls -lt` of artists is useful.
-    /// Children always come after their parent in breadth-first order: one reverse pass.
-    fn propagate_dir_mtimes(&mut self) {
-        for i in (1..self.data.nodes.len()).rev() {
-            let (m, p) = (
-                self.data.nodes[i].mtime_ns,
-                self.data.nodes[i].parent as usize,
-            );
-            if self.data.nodes[p].mtime_ns < m {
-                self.data.nodes[p].mtime_ns = m;
-            }
-        }
-    }
 }
 
 /// The owner (or group) the files below a directory share, as far as seen.
@@ -479,53 +652,50 @@ struct Below {
     gid: Shared,
 }
 
-impl Layout {
-    /// Gives every directory the mode and owner derived from the files below it (module
-    /// docs). Children come after their parent in breadth-first order: one reverse pass.
-    fn derive_dir_perms(&mut self) {
-        let nodes = &mut self.data.nodes;
-        let mut below = vec![
+/// Gives every directory the mode and owner derived from the files below it (module
+/// docs). Children come after their parent in breadth-first order: one reverse pass.
+fn derive_dir_perms(nodes: &mut [NodeData]) {
+    let mut below = vec![
+        Below {
+            read_bits: 0,
+            files: false,
+            uid: Shared::Nobody,
+            gid: Shared::Nobody,
+        };
+        nodes.len()
+    ];
+    for i in (0..nodes.len()).rev() {
+        let node = &mut nodes[i];
+        let own = if node.kind == KIND_FILE {
+            let read_bits = match node.mode {
+                MODE_UNKNOWN => 0o444,
+                mode => mode & 0o444,
+            };
             Below {
-                read_bits: 0,
-                files: false,
-                uid: Shared::Nobody,
-                gid: Shared::Nobody,
-            };
-            nodes.len()
-        ];
-        for i in (0..nodes.len()).rev() {
-            let node = &mut nodes[i];
-            let own = if node.kind == KIND_FILE {
-                let read_bits = match node.mode {
-                    MODE_UNKNOWN => 0o444,
-                    mode => mode & 0o444,
-                };
-                Below {
-                    read_bits,
-                    files: true,
-                    uid: Shared::of(node.uid),
-                    gid: Shared::of(node.gid),
-                }
-            } else {
-                let b = below[i];
-                node.mode = if b.files {
-                    b.read_bits | (b.read_bits >> 2)
-                } else {
-                    MODE_UNKNOWN
-                };
-                node.uid = b.uid.id();
-                node.gid = b.gid.id();
-                b
-            };
-            if i == 0 {
-                break;
+                read_bits,
+                files: true,
+                uid: Shared::of(node.uid),
+                gid: Shared::of(node.gid),
             }
-            let parent = &mut below[node.parent as usize];
-            parent.read_bits |= own.read_bits;
-            parent.files |= own.files;
-            parent.uid = parent.uid.merge(own.uid);
-            parent.gid = parent.gid.merge(own.gid);
+        } else {
+            let b = below[i];
+            node.mode = if b.files {
+                b.read_bits | (b.read_bits >> 2)
+            } else {
+                MODE_UNKNOWN
+            };
+            node.uid = b.uid.id();
+            node.gid = b.gid.id();
+            b
+        };
+        if i == 0 {
+            break;
         }
+        let parent = &mut below[node.parent as usize];
+        parent.read_bits |= own.read_bits;
+        parent.files |= own.files;
+        parent.uid = parent.uid.merge(own.uid);
+        parent.gid = parent.gid.merge(own.gid);
     }
 }
 

@@ -30,6 +30,7 @@ mod fields;
 pub mod fsio;
 pub mod health;
 mod known;
+pub mod memory;
 pub mod refresh;
 mod riff;
 pub mod scan;

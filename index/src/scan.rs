@@ -39,7 +39,7 @@ use crate::health::{
     classify_root, classify_walk, probe_origin, OfflineReason, Recorded, RootFacts,
     DEFAULT_MASS_REMOVAL_THRESHOLD, PROBE_TIMEOUT,
 };
-use crate::known::Known;
+use crate::known::{state_hash, Known, KnownBuilder};
 use crate::tags::{read_tags_from, TagError};
 pub use crate::walk::Skipped;
 use crate::walk::{self, shown};
@@ -51,6 +51,8 @@ use scoped::Scope;
 
 /// How many changes (upserts, removals, skips) go into one catalog transaction.
 const BATCH: usize = 1000;
+/// The collector lets go of the catalog pages it mapped in after this many batches.
+const RELEASE_EVERY_BATCHES: u64 = 16;
 /// The collector reports progress at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
@@ -436,22 +438,19 @@ fn scan_origin(
         }
         _ => None,
     };
-    let (tracks, mut recorded) = match &mut scope {
+    let mut tracks = KnownBuilder::default();
+    let mut recorded = match &mut scope {
         // The origin's track count is only needed, and counted, if tracks vanished.
-        Some(scope) => (
-            scope.load(catalog, origin_id)?,
+        Some(scope) => {
+            scope.load(catalog, origin_id, &mut tracks)?;
             Recorded {
                 tracks: 0,
                 identity,
-            },
-        ),
+            }
+        }
         None => {
-            // All origins' tracks (one O(1) read) is an upper bound that spares the growing
-            // vector its copies (a few % of a restart's reconcile).
-            let all = usize::try_from(catalog.len()?).unwrap_or(0);
-            let mut tracks = Vec::with_capacity(all);
             catalog.for_each_scan_state(origin_id, |rel, id, state| {
-                tracks.push((Known::key(rel), id, state));
+                tracks.push(rel, id, &state);
             })?;
             let recorded = Recorded {
                 tracks: tracks.len() as u64,
@@ -461,11 +460,11 @@ fn scan_origin(
                 offline(report, reason);
                 return Ok(());
             }
-            (tracks, recorded)
+            recorded
         }
     };
     let loaded = tracks.len();
-    let known = Known::new(tracks, catalog.skipped_states(origin_id)?);
+    let known = tracks.finish(catalog.skipped_states(origin_id)?);
     tracing::debug!(
         origin = %key.display(),
         tracks = loaded,
@@ -655,6 +654,7 @@ fn collect(
     let mut batch = Batch::default();
     // Which upserts are new tracks (their ids come back from the write).
     let mut fresh: Vec<bool> = Vec::new();
+    let mut written = 0u64;
     let mut last_progress = Instant::now();
     for Done { job, result } in done {
         report.opened += 1;
@@ -702,6 +702,11 @@ fn collect(
         }
         if batch_len(&batch) >= BATCH {
             write_batch(catalog, &mut batch, &mut fresh, &mut report.touched)?;
+            written += 1;
+            if written % RELEASE_EVERY_BATCHES == 0 {
+                // A first scan writes the whole catalog: its pages must not pile up in RSS.
+                catalog.release_mapped_pages();
+            }
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
@@ -743,7 +748,7 @@ fn batch_len(batch: &Batch) -> usize {
 fn decide(known: &Known, rel: &[u8], state: ScanState, verify: bool) -> Decision {
     let broken = known.take_broken(rel);
     match known.find(rel) {
-        Some(hit) if hit.state == state && !verify => Decision::Unchanged,
+        Some(hit) if hit.state == state_hash(&state) && !verify => Decision::Unchanged,
         Some(hit) => Decision::Read(Some(hit.id)),
         None => match broken {
             Some((old, reason)) if old == state && !verify => Decision::StillBroken(reason),
@@ -871,10 +876,12 @@ mod tests {
     }
 
     fn known() -> Known {
-        Known::new(
-            vec![(Known::key(b"good.flac"), TrackId(7), state(10))],
-            HashMap::from([(b"bad.mp3".to_vec(), (state(0), "empty".to_owned()))]),
-        )
+        let mut tracks = KnownBuilder::default();
+        tracks.push(b"good.flac", TrackId(7), &state(10));
+        tracks.finish(HashMap::from([(
+            b"bad.mp3".to_vec(),
+            (state(0), "empty".to_owned()),
+        )]))
     }
 
     #[test]

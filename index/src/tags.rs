@@ -143,17 +143,62 @@ pub fn read_tags_from(
 /// A [`Source`] as the `Read + Seek` stream symphonia probes: every read is a
 /// [`Source::read_at`] at the stream's position, so a local file and a remote object are
 /// read alike (and no `fstat` is needed to learn the length: the source knows it).
+///
+/// The FLAC metadata block headers at the offsets in `hidden` read as padding: symphonia
+/// 0.6 loads every APPLICATION block whole into memory (up to 16 MiB each, any number of
+/// them, whatever `MetadataOptions` says), which we never use, while it skips padding by
+/// seeking. A file carrying hundreds of MiB of them would otherwise cost that much memory
+/// per tag-reading thread.
 struct SourceReader {
     source: Arc<dyn Source>,
     pos: u64,
+    hidden: Vec<u64>,
 }
 
 impl Read for SourceReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.source.read_at(buf, self.pos)?;
-        self.pos += n as u64;
+        let end = self.pos + n as u64;
+        for &at in self.hidden.iter().filter(|&&at| at >= self.pos && at < end) {
+            let b = &mut buf[(at - self.pos) as usize];
+            *b = (*b & FLAC_LAST_BLOCK) | FLAC_PADDING;
+        }
+        self.pos = end;
         Ok(n)
     }
+}
+
+/// FLAC metadata block header: the last-block flag, and the types we look at.
+const FLAC_LAST_BLOCK: u8 = 0x80;
+const FLAC_PADDING: u8 = 1;
+const FLAC_APPLICATION: u8 = 2;
+/// More metadata blocks than any real file has: a damaged chain stops here.
+const FLAC_MAX_BLOCKS: usize = 4096;
+
+/// Offsets of the headers of the APPLICATION blocks of a FLAC stream starting at offset 0
+/// (see [`SourceReader`]); empty when the source is not one or its metadata is damaged
+/// (symphonia then reports the damage as usual).
+fn flac_application_headers(source: &dyn Source, len: u64) -> Vec<u64> {
+    let mut found = Vec::new();
+    let mut header = [0u8; 4];
+    if !matches!(source.read_at(&mut header, 0), Ok(4)) || &header != b"fLaC" {
+        return found;
+    }
+    let mut at = 4u64;
+    for _ in 0..FLAC_MAX_BLOCKS {
+        if !matches!(source.read_at(&mut header, at), Ok(4)) {
+            break;
+        }
+        if header[0] & !FLAC_LAST_BLOCK == FLAC_APPLICATION {
+            found.push(at);
+        }
+        let block_len = u64::from(u32::from_be_bytes([0, header[1], header[2], header[3]]));
+        at += 4 + block_len;
+        if header[0] & FLAC_LAST_BLOCK != 0 || at >= len {
+            break;
+        }
+    }
+    found
 }
 
 impl Seek for SourceReader {
@@ -193,7 +238,15 @@ fn read_inner(
 ) -> Result<(Format, TrackMeta), TagError> {
     // The WAV INFO workaround (see `riff`) reads the same source by offset.
     let side = source.clone();
-    let reader = SourceReader { source, pos: 0 };
+    let hidden = match expected {
+        Some(Format::Flac) => flac_application_headers(source.as_ref(), len),
+        _ => Vec::new(),
+    };
+    let reader = SourceReader {
+        source,
+        pos: 0,
+        hidden,
+    };
     let mss = MediaSourceStream::new(Box::new(reader), Default::default());
     let mut hint = Hint::new();
     if let Some(f) = expected {
@@ -526,4 +579,149 @@ fn duration_ms(track: &Track, sample_rate: Option<u32>) -> Option<u64> {
     let frames = track.num_frames?;
     let rate = u64::from(sample_rate?);
     Some(frames.saturating_mul(1000) / rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    /// A file in memory that counts the bytes read from it.
+    #[derive(Debug)]
+    struct Counted {
+        bytes: Vec<u8>,
+        read: AtomicU64,
+    }
+
+    impl Source for Counted {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            let from = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(self.bytes.len());
+            let n = buf.len().min(self.bytes.len() - from);
+            buf[..n].copy_from_slice(&self.bytes[from..from + n]);
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
+            Ok(n)
+        }
+
+        fn len(&self) -> u64 {
+            self.bytes.len() as u64
+        }
+    }
+
+    fn block(out: &mut Vec<u8>, kind: u8, last: bool, body: &[u8]) {
+        let len = body.len() as u32;
+        let flag = if last { FLAC_LAST_BLOCK } else { 0 };
+        out.push(flag | kind);
+        out.extend_from_slice(&len.to_be_bytes()[1..]);
+        out.extend_from_slice(body);
+    }
+
+    fn crc(bytes: &[u8], poly: u16, width: u32) -> u16 {
+        let top = 1u16 << (width - 1);
+        let mask = if width == 16 {
+            u16::MAX
+        } else {
+            (1 << width) - 1
+        };
+        let mut c = 0u16;
+        for &b in bytes {
+            c ^= u16::from(b) << (width - 8);
+            for _ in 0..8 {
+                c = if c & top != 0 {
+                    (c << 1) ^ poly
+                } else {
+                    c << 1
+                } & mask;
+            }
+        }
+        c
+    }
+
+    /// One FLAC frame of 192 silent mono 16-bit samples at 44.1 kHz (a constant subframe).
+    fn silent_frame() -> Vec<u8> {
+        let mut f = vec![0xFF, 0xF8, 0x19, 0x08, 0x00];
+        f.push(crc(&f, 0x07, 8) as u8);
+        f.extend_from_slice(&[0x00, 0x00, 0x00]);
+        let c = crc(&f, 0x8005, 16);
+        f.extend_from_slice(&c.to_be_bytes());
+        f
+    }
+
+    /// A FLAC stream of one silent frame with `apps` APPLICATION blocks of `app_len` bytes
+    /// each between its stream info and its Vorbis comment (title "Held").
+    fn flac_with_application_blocks(apps: usize, app_len: usize) -> Vec<u8> {
+        let mut info = Vec::new();
+        info.extend_from_slice(&192u16.to_be_bytes());
+        info.extend_from_slice(&192u16.to_be_bytes());
+        info.extend_from_slice(&[0; 6]);
+        // 44100 Hz (20 bits), 1 channel (3 bits: 0), 16 bits (5 bits: 15), 192 samples.
+        let packed: u64 = (44100 << 44) | (15 << 36) | 192;
+        info.extend_from_slice(&packed.to_be_bytes());
+        info.extend_from_slice(&[0; 16]);
+        let mut out = b"fLaC".to_vec();
+        block(&mut out, 0, false, &info);
+        let mut app = b"TEST".to_vec();
+        app.resize(app_len, 0xAB);
+        for _ in 0..apps {
+            block(&mut out, FLAC_APPLICATION, false, &app);
+        }
+        let mut vc = Vec::new();
+        for part in [&b"vendor"[..], b"TITLE=Held"] {
+            if part == b"TITLE=Held" {
+                vc.extend_from_slice(&1u32.to_le_bytes());
+            }
+            vc.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            vc.extend_from_slice(part);
+        }
+        block(&mut out, 4, true, &vc);
+        out.extend_from_slice(&silent_frame());
+        out
+    }
+
+    #[test]
+    fn flac_application_blocks_are_skipped_not_loaded() {
+        let app_len = 1 << 20;
+        let source = Arc::new(Counted {
+            bytes: flac_with_application_blocks(8, app_len),
+            read: AtomicU64::new(0),
+        });
+        let (format, meta) = read_tags_from(source.clone(), Some(Format::Flac)).unwrap();
+        assert_eq!(format, Format::Flac);
+        assert_eq!(meta.title.as_deref(), Some("Held"));
+        let read = source.read.load(Ordering::Relaxed);
+        assert!(
+            read < app_len as u64,
+            "read {read} bytes of a file holding 8 MiB of application data"
+        );
+    }
+
+    #[test]
+    fn the_application_block_walk_stops_at_the_last_block_and_at_damage() {
+        let bytes = flac_with_application_blocks(3, 100);
+        let source = Counted {
+            bytes: bytes.clone(),
+            read: AtomicU64::new(0),
+        };
+        let first = 4 + 4 + 34;
+        let expected: Vec<u64> = (0..3).map(|i| (first + i * 104) as u64).collect();
+        assert_eq!(
+            flac_application_headers(&source, bytes.len() as u64),
+            expected
+        );
+        let truncated = Counted {
+            bytes: bytes[..first + 50].to_vec(),
+            read: AtomicU64::new(0),
+        };
+        assert_eq!(
+            flac_application_headers(&truncated, (first + 50) as u64).len(),
+            1
+        );
+        let not_flac = Counted {
+            bytes: b"ID3\x04rest".to_vec(),
+            read: AtomicU64::new(0),
+        };
+        assert!(flac_application_headers(&not_flac, 8).is_empty());
+    }
 }

@@ -71,6 +71,9 @@ pub struct Batch {
     pub unskipped: Vec<(OriginId, Vec<u8>)>,
 }
 
+/// [`Catalog::for_each`] lets go of the pages it read after this many tracks.
+const RELEASE_EVERY: usize = 16384;
+
 /// The track catalog of one MusicFS instance. See the [module docs](self).
 pub struct Catalog {
     store: Store,
@@ -258,7 +261,17 @@ impl Catalog {
         )
     }
 
-    /// Calls `f` for every track in id order (one read transaction).
+    /// Lets go of the catalog pages this process has mapped in (they stay in the page
+    /// cache): call it now and then during a long run of writes, such as a first scan, so
+    /// the catalog's size does not add up in the resident set. [`Catalog::for_each`] does
+    /// it by itself.
+    pub fn release_mapped_pages(&self) {
+        self.store.drop_mapped_pages();
+    }
+
+    /// Calls `f` for every track in id order (one read transaction), letting go of the
+    /// catalog pages it read every few thousand tracks (see
+    /// [`Catalog::release_mapped_pages`]).
     ///
     /// `f` must not call back into this catalog: a write that has to grow the map waits
     /// for this read to end, and blocks new reads meanwhile, so a nested call could wait
@@ -266,10 +279,14 @@ impl Catalog {
     pub fn for_each(&self, mut f: impl FnMut(TrackRecord)) -> Result<(), CatalogError> {
         let lmdb = |e| self.store.lmdb("for each", e);
         self.store.read("for each", |txn| {
-            for item in self.dbs.tracks.iter(txn).map_err(lmdb)? {
+            for (n, item) in self.dbs.tracks.iter(txn).map_err(lmdb)?.enumerate() {
                 let (id, value) = item.map_err(lmdb)?;
                 f(value.into_record(TrackId(id)));
+                if n % RELEASE_EVERY == RELEASE_EVERY - 1 {
+                    self.store.drop_mapped_pages();
+                }
             }
+            self.store.drop_mapped_pages();
             Ok(())
         })
     }

@@ -596,3 +596,32 @@ fn scan_states_under_a_prefix_list_that_directory_only_long_paths_included() {
     assert_eq!(under(&long_dir), vec![long_a.clone()], "hashed keys too");
     assert_eq!(under(b"").len(), 5, "the empty prefix is the whole origin");
 }
+
+#[test]
+fn a_catalog_reads_the_same_after_letting_go_of_its_mapped_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let origin = catalog.origin_id(Path::new("/music")).unwrap();
+    // More tracks than `for_each` reads between two releases of its pages.
+    let ups: Vec<Upsert> = (0..20_000)
+        .map(|i| {
+            upsert(
+                origin,
+                format!("a/{i:05}.flac").as_bytes(),
+                &format!("t{i}"),
+            )
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for chunk in ups.chunks(5_000) {
+        let ids = catalog.apply(chunk, &[]).unwrap();
+        catalog.release_mapped_pages();
+        expected.extend(ids.iter().zip(chunk).map(|(id, up)| record_of(*id, up)));
+    }
+    assert_eq!(all_tracks(&catalog), expected);
+    catalog.release_mapped_pages();
+    assert_eq!(
+        catalog.get(expected[123].id).unwrap(),
+        Some(expected[123].clone())
+    );
+}

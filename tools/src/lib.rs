@@ -33,6 +33,26 @@ pub fn disable_transparent_huge_pages() {
     }
 }
 
+// mimalloc's `void mi_collect(bool force)`, from the C library `libmimalloc-sys` links
+// into every binary of this crate (its `extended` feature declares the same function).
+extern "C" {
+    fn mi_collect(force: bool);
+}
+
+/// Tells `musicfs-index` how to return freed memory to the operating system after a scan,
+/// a publish or a reconcile (see `musicfs_index::memory`): a forced `mi_collect`, which
+/// purges the pages mimalloc keeps for reuse. Call it from a binary whose global allocator
+/// is mimalloc.
+pub fn release_memory_after_big_jobs() {
+    fn purge() {
+        // SAFETY: mi_collect takes a plain bool, may be called from any thread at any time,
+        // and only returns free pages; the global allocator is mimalloc, whose library
+        // defines the symbol.
+        unsafe { mi_collect(true) }
+    }
+    musicfs_index::memory::set_release_hook(purge);
+}
+
 /// Sets up `tracing` to stderr: `RUST_LOG` wins, else `level` (symphonia only for errors:
 /// its per-file warnings about recoverable oddities would flood the log of a big scan, and
 /// files it cannot read are reported by the scan itself).

@@ -143,7 +143,12 @@ pub fn write(path: &Path, delta: &DeltaData, generation: u64) -> Result<(), Snap
     let dpath = delta_path(path);
     let body = rkyv::to_bytes::<rkyv::rancor::Error>(delta)
         .map_err(|e| SnapshotError::Serialise(e.to_string()))?;
-    let header = encode_header(DELTA_MAGIC, generation, &body);
+    let header = encode_header(
+        DELTA_MAGIC,
+        generation,
+        body.len() as u64,
+        xxhash_rust::xxh3::xxh3_64(&body),
+    );
     remove_stale_temps(&dpath);
     let tmp = temp_path(&dpath);
     let write = || -> std::io::Result<()> {

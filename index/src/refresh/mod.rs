@@ -101,15 +101,20 @@ impl Library {
             }
         }
         // Two passes: album-level facts ($format of a mixed-format album) first, so every
-        // track of an album renders into the same folder.
+        // track of an album renders into the same folder; the first also sizes the tree,
+        // so the builder allocates it once.
         let mut albums = AlbumFormats::default();
+        let (mut tracks, mut path_bytes) = (0usize, 0usize);
         self.catalog.for_each(|track| {
             if wanted.contains(&track.origin.0) {
                 albums.add(&track);
+                tracks += 1;
+                path_bytes += track.rel_path.len();
             }
         })?;
         let mut builder = TreeBuilder::new(self.template.as_str(), roots);
         builder.set_catalog_version(version);
+        builder.reserve(tracks, path_bytes);
         self.catalog.for_each(|track| {
             if wanted.contains(&track.origin.0) {
                 builder.add(&track, &self.template.render_in(&track, &albums));
@@ -122,9 +127,12 @@ impl Library {
             Err(_) => 1,
         };
         Snapshot::write(&path, &tree, generation)?;
+        let tracks = tree.track_count;
+        drop(tree);
+        crate::memory::release_free_memory();
         Ok(Published {
             generation,
-            tracks: tree.track_count,
+            tracks,
             elapsed: start.elapsed(),
             delta: false,
         })
@@ -468,7 +476,11 @@ impl Refresher {
     fn refresh_now(&self, which: &[(usize, Extent)], why: &str) -> Option<Vec<usize>> {
         let current = self.shared.load_full();
         let hook = self.watches.as_ref().map(OriginWatches::hook);
-        match self.library.refresh(which, &current, hook) {
+        let refreshed = self.library.refresh(which, &current, hook);
+        // The scan's tables are freed by now (a republish already gave its memory back):
+        // an idle daemon must not sit on them.
+        crate::memory::release_free_memory();
+        match refreshed {
             Ok(Refreshed {
                 report,
                 snapshot: Some(next),

@@ -12,11 +12,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Mutex;
 
-use musicfs_core::{OriginId, ScanState, TrackId};
+use musicfs_core::{OriginId, TrackId};
 use musicfs_storage::{Catalog, CatalogError};
 
 use super::is_under;
-use crate::known::Known;
+use crate::known::KnownBuilder;
 use crate::walk::Start;
 
 /// More directories than this: scan the whole origin (see [`crate::watch::MAX_DIRS`]).
@@ -119,15 +119,15 @@ impl Scope {
         &self.starts
     }
 
-    /// Loads the catalog's tracks under the starts, for [`Known::new`]: everything under
+    /// Loads the catalog's tracks under the starts into `tracks`: everything under
     /// a deep start, the files directly in a shallow one (and the names of its
     /// subdirectories holding tracks).
     pub(super) fn load(
         &mut self,
         catalog: &Catalog,
         origin: OriginId,
-    ) -> Result<Vec<(u128, TrackId, ScanState)>, CatalogError> {
-        let mut tracks = Vec::new();
+        tracks: &mut KnownBuilder,
+    ) -> Result<(), CatalogError> {
         for start in &self.starts {
             let prefix = prefix_of(&start.rel);
             let mut last: Option<Vec<u8>> = None;
@@ -144,12 +144,12 @@ impl Scope {
                             last = Some(sub.to_vec());
                         }
                     }
-                    _ => tracks.push((Known::key(rel), id, state)),
+                    _ => tracks.push(rel, id, &state),
                 }
             })?;
             self.loaded = self.loaded.max(under);
         }
-        Ok(tracks)
+        Ok(())
     }
 
     /// Whether file `rel` is found for the first time in this scan.

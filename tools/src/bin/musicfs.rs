@@ -94,6 +94,7 @@ enum OriginAction {
 
 fn main() -> ExitCode {
     musicfs_tools::disable_transparent_huge_pages();
+    musicfs_tools::release_memory_after_big_jobs();
     let cli = Cli::parse();
     let cfg = match load_config(&cli.common) {
         Ok(cfg) => cfg,

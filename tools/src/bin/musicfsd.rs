@@ -108,6 +108,7 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     musicfs_tools::disable_transparent_huge_pages();
+    musicfs_tools::release_memory_after_big_jobs();
     let cli = Cli::parse();
     let cfg = match merge_config(&cli) {
         Ok(cfg) => cfg,
