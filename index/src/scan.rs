@@ -703,7 +703,7 @@ fn collect(
         if batch_len(&batch) >= BATCH {
             write_batch(catalog, &mut batch, &mut fresh, &mut report.touched)?;
             written += 1;
-            if written % RELEASE_EVERY_BATCHES == 0 {
+            if written.is_multiple_of(RELEASE_EVERY_BATCHES) {
                 // A first scan writes the whole catalog: its pages must not pile up in RSS.
                 catalog.release_mapped_pages();
             }
