@@ -81,3 +81,66 @@ fn musicfs_tree_shows_exactly_the_expected_paths() {
     ];
     assert_eq!(got, want);
 }
+
+/// `musicfs --state-dir STATE ARGS...`: its stderr; fails unless it succeeds.
+fn musicfs(state: &std::path::Path, args: &[&std::ffi::OsStr]) -> (String, String) {
+    let out = Command::new(binary("musicfs").unwrap())
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "musicfs {args:?}: {stderr}");
+    (String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
+/// A rescan that finds a new artist publishes a delta on the previous
+/// tree, and `musicfs tree` then shows exactly what a fresh scan of the changed library
+/// shows.
+#[test]
+fn a_small_change_is_published_as_a_delta_that_shows_what_a_fresh_scan_shows() {
+    let lib = library();
+    let work = tempfile::tempdir().unwrap();
+    let origin = work.path().join("origin");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&lib.root)
+        .arg(&origin)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let (state, fresh) = (work.path().join("state"), work.path().join("fresh"));
+    let scan = |state: &std::path::Path| {
+        musicfs(
+            state,
+            &["scan".as_ref(), "--origin".as_ref(), origin.as_os_str()],
+        )
+        .1
+    };
+    scan(&state);
+
+    std::fs::create_dir_all(origin.join("Newcomer")).unwrap();
+    let tags = [
+        ("ARTIST", "Newcomer"),
+        ("ALBUM", "Debut"),
+        ("TITLE", "Hello"),
+        ("DATE", "2024"),
+        ("TRACKNUMBER", "1"),
+    ];
+    musicfs_tests::harness::encode_flac(&origin.join("Newcomer/01.flac"), 0.5, 440, false, &tags)
+        .unwrap();
+    let again = scan(&state);
+    assert!(
+        again.contains("as a delta on the previous tree"),
+        "the rescan published a new base: {again}"
+    );
+    scan(&fresh);
+    let tree = |state: &std::path::Path| musicfs(state, &["tree".as_ref()]).0;
+    let (got, want) = (tree(&state), tree(&fresh));
+    assert!(
+        got.contains("Newcomer/Debut (2024) [FLAC]/01 - Hello.flac"),
+        "{got}"
+    );
+    assert_eq!(got, want);
+}

@@ -176,9 +176,22 @@ fn scan(
         allow_mass_removal,
         ..library.scan_options()
     };
+    // The published tree as it was before the scan: a small change publishes as a delta
+    // on it (see `Library::publish_change`).
+    let before = Snapshot::open(&library.state.snapshot_path()).ok();
+    let was_current = match &before {
+        Some(snap) => library.is_current(snap)?,
+        None => false,
+    };
     let report = library.scan_with(opts)?;
     eprintln!("{}", scan_summary(&report));
-    publish_if_changed(&library)?;
+    match before {
+        Some(snap) if !library.is_current(&snap)? => {
+            let published = library.publish_change(&snap, &report.touched, was_current)?;
+            report_published(&published);
+        }
+        _ => publish_if_changed(&library)?,
+    }
     // Everything that could be scanned was, and the tree published; a kept origin still
     // fails the command, so a script notices.
     anyhow::ensure!(
@@ -196,14 +209,22 @@ fn publish_if_changed(library: &Library) -> Result<()> {
             return Ok(());
         }
     }
-    let published = library.publish()?;
+    report_published(&library.publish()?);
+    Ok(())
+}
+
+fn report_published(published: &musicfs_index::refresh::Published) {
     eprintln!(
-        "published generation {} with {} tracks in {:.3}s",
+        "published generation {} with {} tracks in {:.3}s{}",
         published.generation,
         published.tracks,
-        published.elapsed.as_secs_f64()
+        published.elapsed.as_secs_f64(),
+        if published.delta {
+            " (as a delta on the previous tree)"
+        } else {
+            ""
+        }
     );
-    Ok(())
 }
 
 fn origin_list(cfg: &Config) -> Result<()> {
