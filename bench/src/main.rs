@@ -45,6 +45,10 @@ enum Cmd {
         /// Size of the big file for sequential/random reads, in MiB.
         #[arg(long, default_value_t = 200)]
         big_mib: u64,
+        /// Tiny tracks: 10 ms of audio and no tag padding, under one 4 KiB block each
+        /// (1M tracks in about 4 GB), still valid audio with real tags.
+        #[arg(long)]
+        tiny: bool,
         /// Library directory.
         dir: PathBuf,
     },
@@ -120,6 +124,7 @@ fn real_main(cli: Cli) -> Result<()> {
             seed,
             formats,
             big_mib,
+            tiny,
             dir,
         } => {
             let key = gen::LibraryKey {
@@ -128,6 +133,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 formats,
                 big_file_bytes: big_mib << 20,
                 version: gen::GEN_VERSION,
+                tiny,
             };
             let r = gen::ensure(&dir, &key)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
@@ -156,6 +162,7 @@ fn real_main(cli: Cli) -> Result<()> {
                         .to_vec(),
                     big_file_bytes: 16 << 20,
                     version: gen::GEN_VERSION,
+                    tiny: false,
                 };
                 let r = gen::ensure(&library, &key)?;
                 tracing::info!(
