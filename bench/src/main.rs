@@ -12,6 +12,7 @@ mod peers;
 mod ready;
 mod report;
 mod run;
+mod scale;
 mod scanners;
 
 use std::path::PathBuf;
@@ -78,6 +79,29 @@ enum Cmd {
         /// Small library, few iterations, skip peers not installed.
         #[arg(long)]
         quick: bool,
+        /// Directory holding musicfsd and musicfs.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// What the user of a large library waits for, on a real generated library: first scan
+    /// (time, peak RSS), mount-ready, restart-to-current, idle RSS after the reconcile, a
+    /// track added while down, and add / re-tag / delete → visible while serving.
+    Scale {
+        /// A library made by `gen` (a scratch track is added to one album and removed).
+        #[arg(long)]
+        library: PathBuf,
+        /// Output directory (scale.json, scale.md, state, logs, mount).
+        #[arg(long)]
+        out: PathBuf,
+        /// Counted restarts with nothing changed (after one untimed start).
+        #[arg(long, default_value_t = 3)]
+        restarts: usize,
+        /// Add / re-tag / delete cycles while serving.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Longest wait, in seconds, for a mount, a reconcile or a change to show.
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
         /// Directory holding musicfsd and musicfs.
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -183,6 +207,27 @@ fn real_main(cli: Cli) -> Result<()> {
             let report = run::run(&opts)?;
             println!("{}", report.markdown());
             println!("report: {}", out.join("report.json").display());
+        }
+        Cmd::Scale {
+            library,
+            out,
+            restarts,
+            repeats,
+            timeout_s,
+            bin_dir,
+        } => {
+            let opts = scale::ScaleOpts {
+                library,
+                out: out.clone(),
+                restarts,
+                repeats,
+                timeout: std::time::Duration::from_secs(timeout_s),
+                bin_dir,
+                command,
+            };
+            let report = scale::run(&opts)?;
+            println!("{}", report.markdown());
+            println!("report: {}", out.join("scale.json").display());
         }
         Cmd::MountReady {
             tracks,
