@@ -721,3 +721,99 @@ pub fn retitled(bytes: &[u8], title: &str) -> Result<Vec<u8>> {
         .context("cannot write the new title")?;
     Ok(cur.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gen::{TrackPlan, TrackSize};
+    use musicfs_core::Format;
+
+    fn entry(rel_path: &str, title: &str) -> ManifestEntry {
+        ManifestEntry {
+            rel_path: rel_path.into(),
+            ext: "flac".into(),
+            album_artist: "AA".into(),
+            album: "Al".into(),
+            title: title.into(),
+        }
+    }
+
+    #[test]
+    fn the_album_picked_is_a_fully_tagged_directory_of_8_to_16_tracks() {
+        let mut entries = Vec::new();
+        for i in 0..20 {
+            entries.push(entry(&format!("Big/{i:02}.flac"), "t"));
+        }
+        for i in 0..10 {
+            let title = if i == 3 { "" } else { "t" };
+            entries.push(entry(&format!("Untitled/{i:02}.flac"), title));
+        }
+        for i in (0..9).rev() {
+            entries.push(entry(&format!("Good/{i:02}.flac"), "t"));
+        }
+        let a = pick_album(&entries).unwrap();
+        assert_eq!(a.dir, "Good");
+        assert_eq!(a.sibling, "Good/00.flac");
+        assert_eq!(a.ext, "flac");
+    }
+
+    #[test]
+    fn a_library_without_a_typical_album_is_refused() {
+        let entries: Vec<ManifestEntry> =
+            (0..3).map(|i| entry(&format!("S/{i}.flac"), "t")).collect();
+        assert!(pick_album(&entries).is_err());
+    }
+
+    #[test]
+    fn retitling_a_track_changes_its_title_and_keeps_its_other_tags() {
+        let plan = TrackPlan {
+            rel_path: "A/01.mp3".into(),
+            format: Format::Mp3,
+            title: Some("Old".into()),
+            artists: vec!["Ar".into()],
+            album_artist: Some("AA".into()),
+            album: Some("Al".into()),
+            date: Some("1999".into()),
+            track: Some(4),
+            track_total: Some(10),
+            disc: None,
+            genre: Some("Rock".into()),
+        };
+        let template = gen::template(Format::Mp3, TrackSize::Tiny).unwrap();
+        let bytes = gen::tagged_bytes(&template, &plan, TrackSize::Tiny).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.mp3");
+        std::fs::write(&path, retitled(&bytes, "mfsbench-add-007").unwrap()).unwrap();
+        let (format, meta) = musicfs_index::tags::read_tags(&path).unwrap();
+        assert_eq!(format, Format::Mp3);
+        assert_eq!(meta.title.as_deref(), Some("mfsbench-add-007"));
+        assert_eq!(meta.album.as_deref(), Some("Al"));
+        assert_eq!(meta.album_artist, vec!["AA".to_string()]);
+        assert_eq!(meta.track.as_deref(), Some("4"));
+    }
+
+    #[test]
+    fn a_figure_reports_the_median_of_its_samples_and_keeps_them_in_order() {
+        let mut f = Figure::new("ms");
+        for v in [30.0, 10.0, 20.0] {
+            f.push(v);
+        }
+        assert_eq!(f.value, Some(20.0));
+        assert_eq!(f.samples, vec![30.0, 10.0, 20.0]);
+    }
+
+    #[test]
+    fn the_markdown_lists_each_figure_with_its_samples_and_errors() {
+        let mut r = ScaleReport::default();
+        r.figure("add_visible").push(12.5);
+        r.figure("delete_visible")
+            .fail(&anyhow::anyhow!("timed out"));
+        let md = r.markdown();
+        assert!(md.contains(
+            "| add_visible | new track written → listed in its album | 12.5 ms | 12.5 |"
+        ));
+        assert!(md.contains("| delete_visible |"));
+        assert!(md.contains("error: timed out"));
+        assert!(!md.contains("| mount_ready |"));
+    }
+}
