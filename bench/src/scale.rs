@@ -565,9 +565,7 @@ fn serve_changes(
     // Writing 5 to clear_refs resets VmHWM to the current RSS (proc(5)).
     let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
     for i in 0..repeats {
-        if let Err(e) = one_cycle(ctx, changes, i, report) {
-            report.figure("add_visible").fail(&e);
-        }
+        one_cycle(ctx, changes, i, report);
     }
     match (reset, hwm(pid)) {
         (Ok(()), Ok(kb)) => report
@@ -588,25 +586,48 @@ fn hwm(pid: u32) -> Result<u64> {
         .context("no VmHWM in /proc/PID/status")
 }
 
-fn one_cycle(ctx: &Ctx, changes: &Changes, i: usize, report: &mut ScaleReport) -> Result<()> {
-    std::thread::sleep(BETWEEN_CHANGES);
-    let t = Instant::now();
-    let added = changes.write("add", i)?;
-    let d = changes.wait(&[&added.marker], &[], t, ctx.timeout)?;
-    report.figure("add_visible").push(d.as_secs_f64() * 1e3);
+/// One add → re-tag → delete cycle; a step that fails is reported under its own figure
+/// and ends the cycle (its scratch file is removed at the end of the run).
+fn one_cycle(ctx: &Ctx, changes: &Changes, i: usize, report: &mut ScaleReport) {
+    let timeout = ctx.timeout;
+    let add = timed(report, "add_visible", || {
+        let t = Instant::now();
+        let added = changes.write("add", i)?;
+        Ok((changes.wait(&[&added.marker], &[], t, timeout)?, added))
+    });
+    let Some(added) = add else { return };
+    let retag = timed(report, "retag_visible", || {
+        let t = Instant::now();
+        let retagged = changes.write("retag", i)?;
+        let d = changes.wait(&[&retagged.marker], &[&added.marker], t, timeout)?;
+        Ok((d, retagged))
+    });
+    let Some(retagged) = retag else { return };
+    timed(report, "delete_visible", || {
+        let t = Instant::now();
+        changes.remove(&retagged)?;
+        Ok((changes.wait(&[], &[&retagged.marker], t, timeout)?, ()))
+    });
+}
 
+/// After a pause (so the change meets an idle daemon), runs `step` and records the time it
+/// returns under `name`, or its error; gives back what the step made.
+fn timed<T>(
+    report: &mut ScaleReport,
+    name: &str,
+    step: impl FnOnce() -> Result<(Duration, T)>,
+) -> Option<T> {
     std::thread::sleep(BETWEEN_CHANGES);
-    let t = Instant::now();
-    let retagged = changes.write("retag", i)?;
-    let d = changes.wait(&[&retagged.marker], &[&added.marker], t, ctx.timeout)?;
-    report.figure("retag_visible").push(d.as_secs_f64() * 1e3);
-
-    std::thread::sleep(BETWEEN_CHANGES);
-    let t = Instant::now();
-    changes.remove(&retagged)?;
-    let d = changes.wait(&[], &[&retagged.marker], t, ctx.timeout)?;
-    report.figure("delete_visible").push(d.as_secs_f64() * 1e3);
-    Ok(())
+    match step() {
+        Ok((d, made)) => {
+            report.figure(name).push(d.as_secs_f64() * 1e3);
+            Some(made)
+        }
+        Err(e) => {
+            report.figure(name).fail(&e);
+            None
+        }
+    }
 }
 
 /// Writes, re-tags and removes scratch tracks in one album, and watches its virtual
