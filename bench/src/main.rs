@@ -106,6 +106,13 @@ enum Cmd {
         #[arg(long)]
         bin_dir: Option<PathBuf>,
     },
+    /// Prints the `scale.json` of several `scale --out` directories side by side (one
+    /// column each, e.g. before/after at 100k and 1M) as a markdown table.
+    ScaleTable {
+        /// `scale --out` directories, in column order.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
     /// Mount-ready time of musicfsd on synthesised catalogs of the given sizes.
     MountReady {
         /// Library sizes.
@@ -228,6 +235,9 @@ fn real_main(cli: Cli) -> Result<()> {
             let report = scale::run(&opts)?;
             println!("{}", report.markdown());
             println!("report: {}", out.join("scale.json").display());
+        }
+        Cmd::ScaleTable { dirs } => {
+            print!("{}", scale::side_by_side(&scale::load_reports(&dirs)?));
         }
         Cmd::MountReady {
             tracks,

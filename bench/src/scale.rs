@@ -28,7 +28,7 @@ use anyhow::{bail, Context, Result};
 use lofty::config::WriteOptions;
 use lofty::file::TaggedFileExt;
 use lofty::tag::{Accessor, TagExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::gen::{self, ManifestEntry};
 use crate::ops;
@@ -55,7 +55,7 @@ pub struct ScaleOpts {
 }
 
 /// One figure: the median of its samples, or why it is missing.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Figure {
     /// Unit of `value` and `samples`.
     pub unit: String,
@@ -95,7 +95,7 @@ impl Figure {
 }
 
 /// The whole scale run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ScaleReport {
     /// The command line.
     pub command: String,
@@ -211,6 +211,80 @@ impl ScaleReport {
         }
         s
     }
+}
+
+/// Several scale reports side by side (e.g. before and after, 100k and 1M): one row per
+/// figure, one column per report (headed by its directory's name and file count), medians
+/// with the samples' range, and each report's load average.
+pub fn side_by_side(reports: &[(String, ScaleReport)]) -> String {
+    let mut s = String::new();
+    let _ = write!(s, "| metric | what |");
+    for (label, r) in reports {
+        let _ = write!(s, " {label} ({} files) |", r.files);
+    }
+    let _ = write!(s, "\n|---|---|");
+    for _ in reports {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for (name, _, what) in FIGURES {
+        if reports.iter().all(|(_, r)| !r.figures.contains_key(*name)) {
+            continue;
+        }
+        let _ = write!(s, "| {name} | {what} |");
+        for (_, r) in reports {
+            let _ = write!(
+                s,
+                " {} |",
+                r.figures.get(*name).map_or("—".into(), range_cell)
+            );
+        }
+        s.push('\n');
+    }
+    let _ = write!(s, "| load average | start; end |");
+    for (_, r) in reports {
+        let _ = write!(s, " {}; {} |", r.loadavg[0], r.loadavg[1]);
+    }
+    s.push('\n');
+    s
+}
+
+/// "median unit (min–max)", or the error.
+fn range_cell(f: &Figure) -> String {
+    let Some(v) = f.value else {
+        return format!("error: {}", f.error.as_deref().unwrap_or("no sample"));
+    };
+    let min = f.samples.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = f.samples.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let spread = if f.samples.len() > 1 {
+        format!(" ({}–{})", short(min), short(max))
+    } else {
+        String::new()
+    };
+    let failed = if f.error.is_some() {
+        " (some failed)"
+    } else {
+        ""
+    };
+    format!("{} {}{spread}{failed}", short(v), f.unit)
+}
+
+/// Reads the `scale.json` of each directory in `dirs`, labelled by the directory's name.
+pub fn load_reports(dirs: &[PathBuf]) -> Result<Vec<(String, ScaleReport)>> {
+    dirs.iter()
+        .map(|d| {
+            let path = d.join("scale.json");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let r: ScaleReport = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a scale report", path.display()))?;
+            let label = d.file_name().map_or_else(
+                || d.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            Ok((label, r))
+        })
+        .collect()
 }
 
 /// A value with about three significant digits.
@@ -835,6 +909,35 @@ mod tests {
         ));
         assert!(md.contains("| delete_visible |"));
         assert!(md.contains("error: timed out"));
+        assert!(!md.contains("| mount_ready |"));
+    }
+
+    #[test]
+    fn reports_side_by_side_show_medians_ranges_and_errors_per_column() {
+        let mut before = ScaleReport {
+            files: 1001,
+            loadavg: ["1.0 1.0 1.0".into(), "2.0 2.0 2.0".into()],
+            ..ScaleReport::default()
+        };
+        for v in [900.0, 1000.0, 950.0] {
+            before.figure("add_visible").push(v);
+        }
+        let mut after = ScaleReport {
+            files: 1001,
+            ..ScaleReport::default()
+        };
+        after
+            .figure("add_visible")
+            .fail(&anyhow::anyhow!("timed out"));
+        let json = serde_json::to_string(&before).unwrap();
+        let before: ScaleReport = serde_json::from_str(&json).unwrap();
+        let md = side_by_side(&[("b".into(), before), ("a".into(), after)]);
+        assert!(md.contains("| metric | what | b (1001 files) | a (1001 files) |"));
+        assert!(
+            md.contains("| 950 ms (900–1000) | error: timed out |"),
+            "{md}"
+        );
+        assert!(md.contains("| load average | start; end | 1.0 1.0 1.0; 2.0 2.0 2.0 |"));
         assert!(!md.contains("| mount_ready |"));
     }
 }
