@@ -37,6 +37,55 @@ pub struct LibraryKey {
     pub big_file_bytes: u64,
     /// Bumped when the generator's output changes.
     pub version: u32,
+    /// Tiny tracks ([`TrackSize::Tiny`]); absent from older markers, which were normal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tiny: bool,
+}
+
+/// How much audio each generated track holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackSize {
+    /// Half a second of audio plus the encoder's padding (about 13 KB a track on average).
+    Normal,
+    /// A hundredth of a second and no padding: under one 4 KiB block a track (Vorbis, the
+    /// largest, is about 4 KB of codebooks), so 1M tracks take about 4 GB on disk. Headers,
+    /// stream facts and tags stay valid, so the scanner reads real tags.
+    Tiny,
+}
+
+impl TrackSize {
+    /// The size a library key asks for.
+    pub fn of(key: &LibraryKey) -> TrackSize {
+        if key.tiny {
+            TrackSize::Tiny
+        } else {
+            TrackSize::Normal
+        }
+    }
+
+    /// Seconds of audio in the template.
+    fn seconds(self) -> &'static str {
+        match self {
+            TrackSize::Normal => "0.5",
+            TrackSize::Tiny => "0.01",
+        }
+    }
+
+    /// Template cache file name stem.
+    fn stem(self) -> &'static str {
+        match self {
+            TrackSize::Normal => "template",
+            TrackSize::Tiny => "template-tiny",
+        }
+    }
+
+    /// How tags are written: tiny files get no padding after them.
+    fn write_options(self) -> WriteOptions {
+        match self {
+            TrackSize::Normal => WriteOptions::default(),
+            TrackSize::Tiny => WriteOptions::default().preferred_padding(0),
+        }
+    }
 }
 
 /// Bumped when the generator output changes, so old libraries are regenerated.
@@ -356,11 +405,11 @@ fn template_cache_dir() -> PathBuf {
     base.join("musicfs-bench").join("templates")
 }
 
-/// The tiny template file for `format`, made once with ffmpeg and cached.
-pub fn template(format: Format) -> Result<Vec<u8>> {
+/// The small template file for `format` at `size`, made once with ffmpeg and cached.
+pub fn template(format: Format, size: TrackSize) -> Result<Vec<u8>> {
     let dir = template_cache_dir();
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join(format!("template.{}", format.ext()));
+    let path = dir.join(format!("{}.{}", size.stem(), format.ext()));
     if let Ok(bytes) = fs::read(&path) {
         if !bytes.is_empty() {
             return Ok(bytes);
@@ -374,10 +423,15 @@ pub fn template(format: Format) -> Result<Vec<u8>> {
         Format::Opus => &["-c:a", "libopus", "-b:a", "32k"],
         Format::Wav => &["-c:a", "pcm_s16le"],
     };
-    let tmp = dir.join(format!("template.tmp.{}", format.ext()));
+    let tmp = dir.join(format!("{}.tmp.{}", size.stem(), format.ext()));
+    let source = format!(
+        "sine=frequency=440:duration={}:sample_rate=44100",
+        size.seconds()
+    );
     let out = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
-        .args(["-i", "sine=frequency=440:duration=0.5:sample_rate=44100"])
+        .arg("-i")
+        .arg(&source)
         .args(["-ac", "2", "-map_metadata", "-1", "-fflags", "+bitexact"])
         .args(codec)
         .arg(&tmp)
@@ -390,8 +444,59 @@ pub fn template(format: Format) -> Result<Vec<u8>> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    if format == Format::Flac && size == TrackSize::Tiny {
+        // ffmpeg always reserves 8 KiB of PADDING; a tiny file has no room for it.
+        let bytes = strip_flac_padding(&fs::read(&tmp)?)?;
+        fs::write(&tmp, bytes)?;
+    }
     fs::rename(&tmp, &path)?;
     Ok(fs::read(&path)?)
+}
+
+/// The FLAC metadata blocks of `flac` as (start, end) byte ranges, the last one last, and
+/// where the audio frames start.
+fn flac_blocks(flac: &[u8]) -> Result<(Vec<(usize, usize)>, usize)> {
+    if flac.len() < 42 || &flac[..4] != b"fLaC" {
+        bail!("not a FLAC stream");
+    }
+    let mut blocks = Vec::new();
+    let mut pos = 4usize;
+    loop {
+        let Some(hdr) = flac.get(pos..pos + 4) else {
+            bail!("FLAC metadata is truncated");
+        };
+        let end = pos + 4 + u32::from_be_bytes([0, hdr[1], hdr[2], hdr[3]]) as usize;
+        if end > flac.len() {
+            bail!("FLAC metadata block runs past the end");
+        }
+        blocks.push((pos, end));
+        pos = end;
+        if hdr[0] & 0x80 != 0 {
+            return Ok((blocks, pos));
+        }
+    }
+}
+
+/// `flac` without its PADDING metadata blocks (type 1), the last-block flag moved to the
+/// last block kept.
+fn strip_flac_padding(flac: &[u8]) -> Result<Vec<u8>> {
+    let (blocks, audio) = flac_blocks(flac)?;
+    let kept: Vec<(usize, usize)> = blocks
+        .into_iter()
+        .filter(|&(start, _)| flac[start] & 0x7f != 1)
+        .collect();
+    let mut out = b"fLaC".to_vec();
+    for (i, &(start, end)) in kept.iter().enumerate() {
+        let at = out.len();
+        out.extend_from_slice(&flac[start..end]);
+        out[at] = if i + 1 == kept.len() {
+            out[at] | 0x80
+        } else {
+            out[at] & 0x7f
+        };
+    }
+    out.extend_from_slice(&flac[audio..]);
+    Ok(out)
 }
 
 fn tag_type(format: Format) -> TagType {
@@ -403,8 +508,8 @@ fn tag_type(format: Format) -> TagType {
     }
 }
 
-/// The template bytes with `plan`'s tags written in.
-fn tagged_bytes(template: &[u8], plan: &TrackPlan) -> Result<Vec<u8>> {
+/// The template bytes with `plan`'s tags written in (without padding for tiny tracks).
+pub fn tagged_bytes(template: &[u8], plan: &TrackPlan, size: TrackSize) -> Result<Vec<u8>> {
     let mut tag = Tag::new(tag_type(plan.format));
     if let Some(t) = &plan.title {
         tag.set_title(t.clone());
@@ -437,7 +542,7 @@ fn tagged_bytes(template: &[u8], plan: &TrackPlan) -> Result<Vec<u8>> {
         tag.set_genre(g.clone());
     }
     let mut cur = Cursor::new(template.to_vec());
-    tag.save_to(&mut cur, WriteOptions::default())
+    tag.save_to(&mut cur, size.write_options())
         .with_context(|| format!("cannot tag {}", plan.rel_path))?;
     Ok(cur.into_inner())
 }
@@ -446,7 +551,7 @@ fn tagged_bytes(template: &[u8], plan: &TrackPlan) -> Result<Vec<u8>> {
 /// incompressible filler inserted after its last metadata block (so tag readers that only
 /// look at a file's head still find the tags), before the audio frames.
 fn big_flac(template: &[u8], bytes: u64, plan: &TrackPlan) -> Result<Vec<u8>> {
-    let tagged = tagged_bytes(template, plan)?;
+    let tagged = tagged_bytes(template, plan, TrackSize::Normal)?;
     if tagged.len() < 42 || &tagged[..4] != b"fLaC" {
         bail!("FLAC template has no STREAMINFO");
     }
@@ -528,11 +633,12 @@ pub fn ensure(dir: &Path, key: &LibraryKey) -> Result<GenReport> {
     }
     fs::create_dir_all(dir)?;
     let formats = parse_formats(&key.formats)?;
+    let size = TrackSize::of(key);
     let plans = plan(key.tracks, key.seed, &formats);
     let mut templates = Vec::new();
     for f in Format::ALL {
         templates.push(if formats.contains(&f) || f == Format::Flac {
-            template(f)?
+            template(f, size)?
         } else {
             Vec::new()
         });
@@ -544,7 +650,7 @@ pub fn ensure(dir: &Path, key: &LibraryKey) -> Result<GenReport> {
     for d in &dirs {
         fs::create_dir_all(dir.join(d))?;
     }
-    write_parallel(dir, &plans, &templates)?;
+    write_parallel(dir, &plans, &templates, size)?;
     let big = TrackPlan {
         rel_path: BIG_FILE.to_string(),
         format: Format::Flac,
@@ -579,7 +685,12 @@ pub fn ensure(dir: &Path, key: &LibraryKey) -> Result<GenReport> {
     })
 }
 
-fn write_parallel(dir: &Path, plans: &[TrackPlan], templates: &[Vec<u8>]) -> Result<()> {
+fn write_parallel(
+    dir: &Path,
+    plans: &[TrackPlan],
+    templates: &[Vec<u8>],
+    size: TrackSize,
+) -> Result<()> {
     let next = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::scope(|s| {
@@ -593,7 +704,7 @@ fn write_parallel(dir: &Path, plans: &[TrackPlan], templates: &[Vec<u8>]) -> Res
                         }
                         for p in &plans[start..(start + 256).min(plans.len())] {
                             let idx = Format::ALL.iter().position(|f| *f == p.format).unwrap_or(0);
-                            let bytes = tagged_bytes(&templates[idx], p)?;
+                            let bytes = tagged_bytes(&templates[idx], p, size)?;
                             fs::write(dir.join(&p.rel_path), bytes)
                                 .with_context(|| format!("cannot write {}", p.rel_path))?;
                         }
@@ -716,5 +827,97 @@ mod tests {
         );
         assert!(p.iter().any(|t| t.title.is_none()));
         assert!(p.iter().any(|t| t.date.is_none()));
+    }
+
+    fn sample_plan(format: Format) -> TrackPlan {
+        TrackPlan {
+            rel_path: format!("A/B/01 - Tiny.{}", format.ext()),
+            format,
+            title: Some("Tiny Title".into()),
+            artists: vec!["Tiny Artist".into()],
+            album_artist: Some("Tiny Album Artist".into()),
+            album: Some("Tiny Album".into()),
+            date: Some("2001".into()),
+            track: Some(3),
+            track_total: Some(9),
+            disc: None,
+            genre: Some("Jazz".into()),
+        }
+    }
+
+    #[test]
+    fn tiny_tracks_are_valid_audio_with_the_requested_tags_in_under_two_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        for format in [
+            Format::Flac,
+            Format::Mp3,
+            Format::M4a,
+            Format::Ogg,
+            Format::Opus,
+        ] {
+            let plan = sample_plan(format);
+            let tiny = tagged_bytes(
+                &template(format, TrackSize::Tiny).unwrap(),
+                &plan,
+                TrackSize::Tiny,
+            )
+            .unwrap();
+            let normal = tagged_bytes(
+                &template(format, TrackSize::Normal).unwrap(),
+                &plan,
+                TrackSize::Normal,
+            )
+            .unwrap();
+            assert!(
+                tiny.len() < normal.len(),
+                "{format:?}: {} bytes",
+                tiny.len()
+            );
+            assert!(tiny.len() <= 8192, "{format:?}: {} bytes", tiny.len());
+            let path = dir.path().join(format!("t.{}", format.ext()));
+            fs::write(&path, &tiny).unwrap();
+            let (read_format, meta) =
+                musicfs_index::tags::read_tags(&path).unwrap_or_else(|e| panic!("{format:?}: {e}"));
+            assert_eq!(read_format, format);
+            assert_eq!(meta.title.as_deref(), Some("Tiny Title"), "{format:?}");
+            assert_eq!(meta.artist, vec!["Tiny Artist".to_string()], "{format:?}");
+            assert_eq!(meta.album.as_deref(), Some("Tiny Album"), "{format:?}");
+            assert_eq!(meta.album_artist, vec!["Tiny Album Artist".to_string()]);
+            assert_eq!(meta.track.as_deref(), Some("3"), "{format:?}");
+            assert!(meta.duration_ms.is_some(), "{format:?}: no stream facts");
+        }
+    }
+
+    #[test]
+    fn stripping_flac_padding_keeps_a_valid_stream_without_padding_blocks() {
+        let normal = template(Format::Flac, TrackSize::Normal).unwrap();
+        let (blocks, _) = flac_blocks(&normal).unwrap();
+        assert!(blocks.iter().any(|&(s, _)| normal[s] & 0x7f == 1));
+        let stripped = strip_flac_padding(&normal).unwrap();
+        let (kept, audio) = flac_blocks(&stripped).unwrap();
+        assert!(kept.iter().all(|&(s, _)| stripped[s] & 0x7f != 1));
+        assert_eq!(
+            stripped.len() - audio,
+            normal.len() - flac_blocks(&normal).unwrap().1
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.flac");
+        fs::write(&path, &stripped).unwrap();
+        let (format, meta) = musicfs_index::tags::read_tags(&path).unwrap();
+        assert_eq!(format, Format::Flac);
+        assert!(meta.duration_ms.is_some());
+    }
+
+    #[test]
+    fn a_library_key_without_tiny_reads_as_normal_and_a_normal_key_writes_no_tiny_field() {
+        let old = r#"{"tracks":100000,"seed":1,"formats":["flac"],"big_file_bytes":1,"version":2}"#;
+        let key: LibraryKey = serde_json::from_str(old).unwrap();
+        assert!(!key.tiny);
+        assert_eq!(TrackSize::of(&key), TrackSize::Normal);
+        assert!(!serde_json::to_string(&key).unwrap().contains("tiny"));
+        let tiny = LibraryKey { tiny: true, ..key };
+        assert!(serde_json::to_string(&tiny)
+            .unwrap()
+            .contains("\"tiny\":true"));
     }
 }

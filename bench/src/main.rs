@@ -12,6 +12,7 @@ mod peers;
 mod ready;
 mod report;
 mod run;
+mod scale;
 mod scanners;
 
 use std::path::PathBuf;
@@ -45,6 +46,10 @@ enum Cmd {
         /// Size of the big file for sequential/random reads, in MiB.
         #[arg(long, default_value_t = 200)]
         big_mib: u64,
+        /// Tiny tracks: 10 ms of audio and no tag padding, under one 4 KiB block each
+        /// (1M tracks in about 4 GB), still valid audio with real tags.
+        #[arg(long)]
+        tiny: bool,
         /// Library directory.
         dir: PathBuf,
     },
@@ -77,6 +82,36 @@ enum Cmd {
         /// Directory holding musicfsd and musicfs.
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+    },
+    /// What the user of a large library waits for, on a real generated library: first scan
+    /// (time, peak RSS), mount-ready, restart-to-current, idle RSS after the reconcile, a
+    /// track added while down, and add / re-tag / delete → visible while serving.
+    Scale {
+        /// A library made by `gen` (a scratch track is added to one album and removed).
+        #[arg(long)]
+        library: PathBuf,
+        /// Output directory (scale.json, scale.md, state, logs, mount).
+        #[arg(long)]
+        out: PathBuf,
+        /// Counted restarts with nothing changed (after one untimed start).
+        #[arg(long, default_value_t = 3)]
+        restarts: usize,
+        /// Add / re-tag / delete cycles while serving.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Longest wait, in seconds, for a mount, a reconcile or a change to show.
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+        /// Directory holding musicfsd and musicfs.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Prints the `scale.json` of several `scale --out` directories side by side (one
+    /// column each, e.g. before/after at 100k and 1M) as a markdown table.
+    ScaleTable {
+        /// `scale --out` directories, in column order.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
     },
     /// Mount-ready time of musicfsd on synthesised catalogs of the given sizes.
     MountReady {
@@ -120,6 +155,7 @@ fn real_main(cli: Cli) -> Result<()> {
             seed,
             formats,
             big_mib,
+            tiny,
             dir,
         } => {
             let key = gen::LibraryKey {
@@ -128,6 +164,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 formats,
                 big_file_bytes: big_mib << 20,
                 version: gen::GEN_VERSION,
+                tiny,
             };
             let r = gen::ensure(&dir, &key)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
@@ -156,6 +193,7 @@ fn real_main(cli: Cli) -> Result<()> {
                         .to_vec(),
                     big_file_bytes: 16 << 20,
                     version: gen::GEN_VERSION,
+                    tiny: false,
                 };
                 let r = gen::ensure(&library, &key)?;
                 tracing::info!(
@@ -176,6 +214,30 @@ fn real_main(cli: Cli) -> Result<()> {
             let report = run::run(&opts)?;
             println!("{}", report.markdown());
             println!("report: {}", out.join("report.json").display());
+        }
+        Cmd::Scale {
+            library,
+            out,
+            restarts,
+            repeats,
+            timeout_s,
+            bin_dir,
+        } => {
+            let opts = scale::ScaleOpts {
+                library,
+                out: out.clone(),
+                restarts,
+                repeats,
+                timeout: std::time::Duration::from_secs(timeout_s),
+                bin_dir,
+                command,
+            };
+            let report = scale::run(&opts)?;
+            println!("{}", report.markdown());
+            println!("report: {}", out.join("scale.json").display());
+        }
+        Cmd::ScaleTable { dirs } => {
+            print!("{}", scale::side_by_side(&scale::load_reports(&dirs)?));
         }
         Cmd::MountReady {
             tracks,

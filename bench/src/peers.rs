@@ -335,6 +335,34 @@ pub const MUSEFS_TEMPLATE: &str = "$albumartist/$album/$title";
 /// Starts a launch and waits (at most `timeout`) until `probe` (relative to the root)
 /// can be stat'ed through it.
 pub fn start(l: Launch, probe: &Path, timeout: Duration, log: &Path) -> Result<Mount> {
+    let target = l.root.join(probe);
+    start_when(
+        l,
+        move || std::fs::symlink_metadata(&target).is_ok(),
+        timeout,
+        log,
+    )
+}
+
+/// Whether `root` is the root of a mount that answers: `stat(2)` of it succeeds and shows
+/// another device than its parent's (before the mount, it shows the parent's).
+pub fn root_answers(root: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = root.parent().unwrap_or(Path::new("/"));
+    match (std::fs::metadata(root), std::fs::metadata(parent)) {
+        (Ok(r), Ok(p)) => r.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+/// Starts a launch and waits (at most `timeout`) until `ready` (polled every 200 µs on a
+/// thread of its own) returns true.
+pub fn start_when(
+    l: Launch,
+    ready: impl Fn() -> bool + Send + 'static,
+    timeout: Duration,
+    log: &Path,
+) -> Result<Mount> {
     let Some(mut cmd) = l.cmd else {
         return Ok(Mount {
             peer: l.peer,
@@ -355,7 +383,6 @@ pub fn start(l: Launch, probe: &Path, timeout: Duration, log: &Path) -> Result<M
         .append(true)
         .open(log)?;
     let log_offset = logf.metadata()?.len();
-    let target = l.root.join(probe);
     let t = Instant::now();
     let child = cmd
         .stdin(Stdio::null())
@@ -377,7 +404,7 @@ pub fn start(l: Launch, probe: &Path, timeout: Duration, log: &Path) -> Result<M
     let (tx, rx) = std::sync::mpsc::channel();
     let mut child = m.child.take();
     std::thread::spawn(move || loop {
-        if std::fs::symlink_metadata(&target).is_ok() {
+        if ready() {
             let _ = tx.send(t.elapsed());
             return;
         }
@@ -566,8 +593,41 @@ impl Drop for UringParamGuard {
     }
 }
 
-/// On SIGINT/SIGTERM: restores [`URING_PARAM`], lazily unmounts everything under
-/// `mnt_root`, and exits 130, so an interrupted run leaves the machine as it found it.
+/// Files a run put into a library for a while (`scale`'s change tests), removed by the
+/// interrupt handler when the run is cut short.
+static SCRATCH_FILES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Remembers `path` as a file this run added to a library (see [`forget_scratch_file`]).
+pub fn register_scratch_file(path: &Path) {
+    let mut v = SCRATCH_FILES.lock().unwrap_or_else(|p| p.into_inner());
+    if !v.iter().any(|p| p == path) {
+        v.push(path.to_path_buf());
+    }
+}
+
+/// Forgets `path` (the run removed it itself).
+pub fn forget_scratch_file(path: &Path) {
+    SCRATCH_FILES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|p| p != path);
+}
+
+/// Removes every registered scratch file.
+pub fn remove_scratch_files() {
+    let files = std::mem::take(&mut *SCRATCH_FILES.lock().unwrap_or_else(|p| p.into_inner()));
+    for f in files {
+        match std::fs::remove_file(&f) {
+            Ok(()) => tracing::info!(file = %f.display(), "removed a scratch file"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(file = %f.display(), "cannot remove a scratch file: {e}"),
+        }
+    }
+}
+
+/// On SIGINT/SIGTERM: restores [`URING_PARAM`], removes the scratch files, lazily unmounts
+/// everything under `mnt_root`, and exits 130, so an interrupted run leaves the machine as
+/// it found it.
 pub fn install_interrupt_cleanup(mnt_root: PathBuf) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
@@ -576,6 +636,7 @@ pub fn install_interrupt_cleanup(mnt_root: PathBuf) -> Result<()> {
         if let Some(sig) = signals.forever().next() {
             tracing::warn!(sig, "interrupted: restoring state and unmounting");
             restore_uring_param();
+            remove_scratch_files();
             let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
             let prefix = mnt_root.to_string_lossy().replace(' ', "\\040");
             for m in info.lines().filter_map(|l| l.split(' ').nth(4)) {

@@ -160,7 +160,7 @@ fn workload(entries: &[ManifestEntry], maps: &Maps, quick: bool) -> Workload {
     }
 }
 
-fn machine() -> BTreeMap<String, String> {
+pub(crate) fn machine() -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -753,15 +753,15 @@ fn measure_peer(
 /// The log filter that shows the end of musicfsd's start-up reconcile, which
 /// musicfs_index::refresh logs at debug level only (musicfs_tools::live: where builds before
 /// the refresh library moved logged it, so an older --bin-dir can be measured beside this).
-const RECONCILE_LOG: &[(&str, &str)] = &[(
+pub(crate) const RECONCILE_LOG: &[(&str, &str)] = &[(
     "RUST_LOG",
     "musicfs_index::refresh=debug,musicfs_tools::live=debug,info",
 )];
 
 /// What musicfsd logs when its start-up reconcile ends (see musicfs_index::refresh).
-const RECONCILE_NOTHING_NEW: &str = "refresh found nothing new";
-const RECONCILE_SWAPPED: &str = "swapped in the new tree";
-const RECONCILE_FAILED: &str = "refresh failed";
+pub(crate) const RECONCILE_NOTHING_NEW: &str = "refresh found nothing new";
+pub(crate) const RECONCILE_SWAPPED: &str = "swapped in the new tree";
+pub(crate) const RECONCILE_FAILED: &str = "refresh failed";
 
 /// (inode, mtime in ns) of a file, to tell whether it was rewritten.
 fn file_identity(p: &Path) -> Option<(u64, i128)> {
