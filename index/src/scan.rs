@@ -527,7 +527,7 @@ fn collect(
             catalog.apply_batch(&batch)?;
             batch = Batch::default();
             written += 1;
-            if written % RELEASE_EVERY_BATCHES == 0 {
+            if written.is_multiple_of(RELEASE_EVERY_BATCHES) {
                 // A first scan writes the whole catalog: its pages must not pile up in RSS.
                 catalog.release_mapped_pages();
             }
