@@ -40,8 +40,10 @@ mod tests {
     fn the_registered_hook_runs_on_each_release_and_cannot_be_replaced() {
         assert!(set_release_hook(count));
         assert!(!set_release_hook(|| {}), "the first registration wins");
+        // Other tests of this crate may publish (and so release) meanwhile: count at least.
+        let before = CALLS.load(Ordering::Relaxed);
         release_free_memory();
         release_free_memory();
-        assert_eq!(CALLS.load(Ordering::Relaxed), 2);
+        assert!(CALLS.load(Ordering::Relaxed) >= before + 2);
     }
 }
