@@ -23,3 +23,27 @@ pub fn release_free_memory() {
         purge();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+
+    fn count() {
+        CALLS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn the_registered_hook_runs_on_each_release_and_cannot_be_replaced() {
+        assert!(set_release_hook(count));
+        assert!(!set_release_hook(|| {}), "the first registration wins");
+        // Other tests of this crate may publish (and so release) meanwhile: count at least.
+        let before = CALLS.load(Ordering::Relaxed);
+        release_free_memory();
+        release_free_memory();
+        assert!(CALLS.load(Ordering::Relaxed) >= before + 2);
+    }
+}

@@ -188,7 +188,8 @@ impl Catalog {
     }
 
     /// Calls `f(rel path, id, scan state)` for every track of one origin, in one read
-    /// transaction, without copying the paths.
+    /// transaction, without copying the paths, letting go of the pages it read every few
+    /// thousand tracks and at the end (see [`Catalog::release_mapped_pages`]).
     pub fn for_each_scan_state(
         &self,
         origin: OriginId,
@@ -210,7 +211,11 @@ impl Catalog {
         let lmdb = |e| self.store.lmdb("scan states", e);
         self.store.read("scan states", |txn| {
             let key_prefix = schema::path_key_prefix(origin, prefix);
-            for item in self.dbs.paths.prefix_iter(txn, &key_prefix).map_err(lmdb)? {
+            let items = self.dbs.paths.prefix_iter(txn, &key_prefix).map_err(lmdb)?;
+            for (n, item) in items.enumerate() {
+                if n % RELEASE_EVERY == RELEASE_EVERY - 1 {
+                    self.store.drop_mapped_pages();
+                }
                 let (key, entry) = item.map_err(lmdb)?;
                 match rel_path_in_key(key) {
                     Some(rel_path) => {
@@ -226,6 +231,7 @@ impl Catalog {
                     }
                 }
             }
+            self.store.drop_mapped_pages();
             Ok(())
         })
     }

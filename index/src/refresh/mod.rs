@@ -477,9 +477,11 @@ impl Refresher {
         let current = self.shared.load_full();
         let hook = self.watches.as_ref().map(OriginWatches::hook);
         let refreshed = self.library.refresh(which, &current, hook);
-        // The scan's tables are freed by now (a republish already gave its memory back):
-        // an idle daemon must not sit on them.
+        // The scan's tables are freed by now (a republish already gave its memory back),
+        // and the catalog pages it read are not needed until the next refresh: an idle
+        // daemon must not sit on either.
         crate::memory::release_free_memory();
+        self.library.catalog.release_mapped_pages();
         match refreshed {
             Ok(Refreshed {
                 report,
