@@ -171,7 +171,10 @@ impl Snapshot {
         let sum = xxhash_rust::xxh3::xxh3_64(&self.map[HEADER_LEN..]);
         // SAFETY: a read-only mapping of a file that is only ever replaced by rename, never
         // written in place: a dropped page is faulted back in from the file unchanged.
-        let _ = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        let _ = unsafe {
+            self.map
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
         if sum != le_u64(&self.map, 32) {
             return Err(SnapshotError::Corrupt {
                 path: path.to_path_buf(),

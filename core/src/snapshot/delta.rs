@@ -186,6 +186,17 @@ pub enum NeedsFull {
     AlbumFormats,
 }
 
+/// Why a directory's attributes must be derived again.
+#[derive(Debug, Clone)]
+enum Dirt {
+    /// From all its children (one went away, or changed in a way a join cannot express).
+    Full,
+    /// By joining these children (inode, newly linked) into what it shows now: each only
+    /// gained (a newer mtime, more read bits, an owner no longer shared), so a newer file
+    /// deep in the tree costs O(depth), not O(width) at every level up to the root.
+    Join(Vec<(u64, bool)>),
+}
+
 /// How a directory's children are held while building.
 #[derive(Debug, Clone)]
 enum Kids {
@@ -211,7 +222,7 @@ pub struct DeltaBuilder<'s> {
     nodes: HashMap<u64, MNode>,
     removed: HashSet<u64>,
     albums: HashMap<u128, FormatCounts>,
-    dirty: HashSet<u64>,
+    dirty: HashMap<u64, Dirt>,
     track_count: u64,
     total_size: u64,
 }
@@ -224,7 +235,7 @@ impl<'s> DeltaBuilder<'s> {
             nodes: HashMap::new(),
             removed: HashSet::new(),
             albums: HashMap::new(),
-            dirty: HashSet::new(),
+            dirty: HashMap::new(),
             track_count: snap.track_count(),
             total_size: snap.total_size(),
         };
@@ -322,6 +333,8 @@ impl<'s> DeltaBuilder<'s> {
                 mode: raw.mode.to_native(),
                 uid: raw.uid.to_native(),
                 gid: raw.gid.to_native(),
+                child_count: raw.child_count.to_native(),
+                subdirs: raw.subdirs.to_native(),
                 ..blank(ino)
             },
             n.parent_ino(),
@@ -422,7 +435,7 @@ impl<'s> DeltaBuilder<'s> {
         self.nodes.remove(&ino);
         self.removed.insert(ino);
         self.dirty.remove(&ino);
-        self.dirty.insert(dir);
+        self.dirty.insert(dir, Dirt::Full);
         if emptied && dir != ROOT_INO {
             let d = self.get(dir).ok_or(NeedsFull::Mismatch("parent".into()))?;
             self.unlink(d.parent, &d.name, dir)?;
@@ -518,11 +531,23 @@ impl<'s> DeltaBuilder<'s> {
         kids.insert(node.name.clone(), ino);
         self.removed.remove(&ino);
         if node.data.kind == KIND_DIR {
-            self.dirty.insert(ino);
+            self.dirty.insert(ino, Dirt::Full);
         }
         self.nodes.insert(ino, node);
-        self.dirty.insert(dir);
+        self.dirty_join(dir, ino, true);
         Ok(())
+    }
+
+    /// Marks `dir` to join its child `kid` (`new`: just linked) when settling.
+    fn dirty_join(&mut self, dir: u64, kid: u64, new: bool) {
+        match self
+            .dirty
+            .entry(dir)
+            .or_insert_with(|| Dirt::Join(Vec::new()))
+        {
+            Dirt::Full => {}
+            Dirt::Join(kids) => kids.push((kid, new)),
+        }
     }
 
     /// Moves album `key`'s counts by `delta` tracks of format index `format`, starting from
@@ -588,35 +613,80 @@ impl<'s> DeltaBuilder<'s> {
         })
     }
 
-    /// Recomputes each dirty directory from its children, deepest first; one whose
-    /// attributes changed dirties its parent.
+    /// Derives each dirty directory again, deepest first; one whose attributes changed
+    /// dirties its parent (to join it when it only gained, else in full).
     fn settle_dirs(&mut self) -> Result<(), NeedsFull> {
         let mut queue: Vec<(usize, u64)> = Vec::new();
-        let mut queued: HashSet<u64> = HashSet::new();
-        for ino in std::mem::take(&mut self.dirty) {
-            if self.exists(ino) && queued.insert(ino) {
+        let dirty: Vec<u64> = self.dirty.keys().copied().collect();
+        for ino in dirty {
+            if self.exists(ino) {
                 queue.push((self.depth(ino), ino));
+            } else {
+                self.dirty.remove(&ino);
             }
         }
         while let Some(pos) = (0..queue.len()).max_by_key(|&i| queue[i].0) {
             let (_, ino) = queue.swap_remove(pos);
-            queued.remove(&ino);
-            let derived = self.derive(ino)?;
+            let Some(dirt) = self.dirty.remove(&ino) else {
+                continue;
+            };
+            let (old, parent) = self.data(ino).ok_or(NeedsFull::Mismatch("folder".into()))?;
+            let derived = match dirt {
+                Dirt::Join(kids) if old.mode != MODE_UNKNOWN && self.snap.node(ino).is_some() => {
+                    self.join(&old, &kids)?
+                }
+                _ => self.derive(ino)?,
+            };
             let m = self.take(ino, false)?;
-            let before = (m.data.mtime_ns, m.data.mode, m.data.uid, m.data.gid);
             m.data.mtime_ns = derived.mtime_ns;
             m.data.mode = derived.mode;
             m.data.uid = derived.uid;
             m.data.gid = derived.gid;
             m.data.subdirs = derived.subdirs;
             m.data.child_count = derived.child_count;
-            let parent = m.parent;
-            let after = (m.data.mtime_ns, m.data.mode, m.data.uid, m.data.gid);
-            if before != after && ino != ROOT_INO && queued.insert(parent) {
+            let before = (old.mtime_ns, old.mode, old.uid, old.gid);
+            let after = (derived.mtime_ns, derived.mode, derived.uid, derived.gid);
+            if before == after || ino == ROOT_INO {
+                continue;
+            }
+            if !self.dirty.contains_key(&parent) {
                 queue.push((self.depth(parent), parent));
+            }
+            if only_gained(&old, &derived) {
+                self.dirty_join(parent, ino, false);
+            } else {
+                self.dirty.insert(parent, Dirt::Full);
             }
         }
         Ok(())
+    }
+
+    /// `dir`'s attributes (now `cur`) with `kids` joined in (see [`Dirt::Join`]).
+    fn join(&self, cur: &NodeData, kids: &[(u64, bool)]) -> Result<NodeData, NeedsFull> {
+        let mut out = cur.clone();
+        let mut bits = cur.mode & 0o444;
+        let (mut uid, mut gid) = (Shared::of(cur.uid), Shared::of(cur.gid));
+        for &(ino, new) in kids {
+            let (k, _) = self.data(ino).ok_or(NeedsFull::Mismatch("child".into()))?;
+            out.mtime_ns = out.mtime_ns.max(k.mtime_ns);
+            if new {
+                out.child_count += 1;
+                if k.kind == KIND_DIR {
+                    out.subdirs += 1;
+                }
+            }
+            bits |= match (k.kind, k.mode) {
+                (KIND_DIR, MODE_UNKNOWN) => continue,
+                (KIND_FILE, MODE_UNKNOWN) => 0o444,
+                (_, mode) => mode & 0o444,
+            };
+            uid = uid.merge(Shared::of(k.uid));
+            gid = gid.merge(Shared::of(k.gid));
+        }
+        out.mode = bits | (bits >> 2);
+        out.uid = uid.id();
+        out.gid = gid.id();
+        Ok(out)
     }
 
     fn depth(&self, mut ino: u64) -> usize {
@@ -794,6 +864,19 @@ pub fn delta_for(
         }
     }
     b.finish(catalog_version)
+}
+
+/// Whether a directory's attributes went from `old` to `new` only by gaining: a newer
+/// mtime, more read bits, an owner or group no longer shared. Joining `new` into its
+/// parent then gives what deriving the parent in full would.
+fn only_gained(old: &NodeData, new: &NodeData) -> bool {
+    let kept = |was: u32, now: u32| was == now || now == ID_UNKNOWN;
+    new.mtime_ns >= old.mtime_ns
+        && old.mode != MODE_UNKNOWN
+        && new.mode != MODE_UNKNOWN
+        && new.mode & old.mode == old.mode
+        && kept(old.uid, new.uid)
+        && kept(old.gid, new.gid)
 }
 
 /// Appends `m` to `tree` with parent index `parent`; returns its index.
