@@ -26,6 +26,7 @@
 mod error;
 mod escape;
 mod local;
+pub mod remote;
 mod spec;
 mod table;
 

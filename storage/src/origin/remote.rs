@@ -1,0 +1,277 @@
+//! What the network origin drivers (S3, SFTP, SMB) share: the origin runtime, calls with a
+//! deadline, retries with exponential backoff and full jitter, a per-origin concurrency
+//! limit, and counters of what crossed the wire.
+//!
+//! The FUSE workers and the scanner are plain threads: they never run an async runtime.
+//! A driver's blocking method ([`crate::origin::Origin::list`], [`crate::origin::Source::read_at`])
+//! hands its request to [`Remote::call`], which runs it on the origin runtime (threads of
+//! its own, named `origin-rt`) and waits for the answer, for at most
+//! [`RemoteOptions::timeout`] in all (every attempt and every backoff included): an
+//! origin that went away makes a read fail with `ETIMEDOUT` in bounded time, never hang.
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How a network origin is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteOptions {
+    /// The most one call may take, retries included (default 5 s).
+    pub timeout: Duration,
+    /// Attempts per call, the first included (default 4).
+    pub attempts: u32,
+    /// The first backoff's upper bound; each retry doubles it (default 100 ms).
+    pub backoff: Duration,
+    /// The largest backoff (default 2 s).
+    pub max_backoff: Duration,
+    /// Requests in flight to this origin at most (default 8).
+    pub concurrency: usize,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            timeout: Duration::from_secs(5),
+            attempts: 4,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            concurrency: 8,
+        }
+    }
+}
+
+/// How one attempt failed, as the driver judges it.
+#[derive(Debug)]
+pub enum Attempt {
+    /// Worth trying again (a refused or dropped connection, a timeout, a 5xx, a throttle).
+    Retry(io::Error),
+    /// Trying again cannot help (not found, access denied, a malformed answer).
+    Fatal(io::Error),
+}
+
+/// The runtime every network origin's requests run on: two worker threads of its own,
+/// started at first use.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("origin-rt")
+            .enable_all()
+            .build()
+            // Without it no network origin can work at all; it fails only when the system
+            // cannot start threads.
+            .expect("start the origin runtime")
+    })
+}
+
+/// Counters of one origin's traffic.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Requests sent (each attempt counts).
+    pub requests: AtomicU64,
+    /// Payload bytes received (object or file bytes, not protocol overhead).
+    pub bytes_in: AtomicU64,
+    /// Attempts that failed and were retried.
+    pub retries: AtomicU64,
+}
+
+impl Traffic {
+    /// Adds `n` received payload bytes.
+    pub fn received(&self, n: u64) {
+        self.bytes_in.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// One network origin's calling discipline: options, concurrency limit, counters.
+#[derive(Debug)]
+pub struct Remote {
+    opts: RemoteOptions,
+    limit: tokio::sync::Semaphore,
+    traffic: Traffic,
+}
+
+impl Remote {
+    /// A caller with `opts`.
+    pub fn new(opts: RemoteOptions) -> Remote {
+        Remote {
+            limit: tokio::sync::Semaphore::new(opts.concurrency.max(1)),
+            opts,
+            traffic: Traffic::default(),
+        }
+    }
+
+    /// Its options.
+    pub fn options(&self) -> &RemoteOptions {
+        &self.opts
+    }
+
+    /// Its counters.
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
+    }
+
+    /// Runs `attempt` on the origin runtime until it succeeds, fails with
+    /// [`Attempt::Fatal`], runs out of attempts, or the call's deadline passes
+    /// (`ErrorKind::TimedOut`). `what` names the request in the error ("GET a/b.flac").
+    /// Must not be called from the origin runtime's own threads.
+    pub fn call<T, F, Fut>(&self, what: &str, mut attempt: F) -> io::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Attempt>>,
+    {
+        let deadline = Instant::now() + self.opts.timeout;
+        let work = async {
+            let mut tries = 0u32;
+            loop {
+                let outcome = {
+                    let _permit = self
+                        .limit
+                        .acquire()
+                        .await
+                        .map_err(|_| io::Error::other("origin closed"))?;
+                    self.traffic.requests.fetch_add(1, Ordering::Relaxed);
+                    attempt().await
+                };
+                tries += 1;
+                match outcome {
+                    Ok(v) => return Ok(v),
+                    Err(Attempt::Fatal(e)) => return Err(e),
+                    Err(Attempt::Retry(e)) if tries >= self.opts.attempts => return Err(e),
+                    Err(Attempt::Retry(e)) => {
+                        let pause = self.backoff(tries);
+                        if Instant::now() + pause >= deadline {
+                            return Err(e);
+                        }
+                        tracing::debug!(%what, error = %e, ?pause, "retrying");
+                        self.traffic.retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }
+        };
+        let limit = self.opts.timeout;
+        runtime().block_on(async move {
+            match tokio::time::timeout(limit, work).await {
+                Ok(result) => result,
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{what}: no answer within {} ms", limit.as_millis()),
+                )),
+            }
+        })
+    }
+
+    /// The pause before retry `n` (1-based): uniform in [0, min(max, base·2ⁿ⁻¹)] ("full
+    /// jitter", so many readers that failed together do not retry together).
+    fn backoff(&self, n: u32) -> Duration {
+        let cap = self
+            .opts
+            .backoff
+            .saturating_mul(1u32 << (n - 1).min(16))
+            .min(self.opts.max_backoff);
+        let nanos = cap.as_nanos() as u64;
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(jitter() % (nanos + 1))
+    }
+}
+
+/// A cheap random number (xorshift on a per-thread state seeded from the clock and the
+/// thread): spreading retries needs no cryptographic quality.
+fn jitter() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
+            let here = &t as *const u64 as u64;
+            (t ^ here.rotate_left(32)) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    fn quick() -> RemoteOptions {
+        RemoteOptions {
+            timeout: Duration::from_millis(500),
+            attempts: 3,
+            backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+            concurrency: 2,
+        }
+    }
+
+    #[test]
+    fn a_failing_attempt_is_retried_until_it_succeeds() {
+        let remote = Remote::new(quick());
+        let n = AtomicU32::new(0);
+        let got = remote.call("GET x", || {
+            let k = n.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if k < 2 {
+                    Err(Attempt::Retry(io::Error::other("flaky")))
+                } else {
+                    Ok(k)
+                }
+            }
+        });
+        assert_eq!(got.unwrap(), 2);
+        assert_eq!(remote.traffic().retries.load(Ordering::Relaxed), 2);
+        assert_eq!(remote.traffic().requests.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_fatal_error_is_not_retried_and_attempts_are_bounded() {
+        let remote = Remote::new(quick());
+        let n = AtomicU32::new(0);
+        let fatal: io::Result<()> = remote.call("GET x", || {
+            n.fetch_add(1, Ordering::SeqCst);
+            async { Err(Attempt::Fatal(io::Error::from(io::ErrorKind::NotFound))) }
+        });
+        assert_eq!(fatal.unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        let n = AtomicU32::new(0);
+        let flaky: io::Result<()> = remote.call("GET x", || {
+            n.fetch_add(1, Ordering::SeqCst);
+            async { Err(Attempt::Retry(io::Error::other("down"))) }
+        });
+        assert_eq!(flaky.unwrap_err().to_string(), "down");
+        assert_eq!(n.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_call_that_hangs_fails_at_its_deadline() {
+        let remote = Remote::new(quick());
+        let started = Instant::now();
+        let hung: io::Result<()> = remote.call("GET x", || async { std::future::pending().await });
+        let e = hung.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("GET x"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let remote = Remote::new(quick());
+        for n in 1..40 {
+            assert!(remote.backoff(n) <= Duration::from_millis(5));
+        }
+    }
+}
