@@ -110,9 +110,35 @@ pub struct OriginConfig {
     /// How changes are noticed.
     #[serde(default)]
     pub watch: WatchMode,
-    /// Seconds between stat walks with `watch = "poll"`.
+    /// Seconds between stat walks with `watch = "poll"` (remote origins are always polled).
     #[serde(default = "default_poll_secs")]
     pub poll_interval_secs: f64,
+    /// S3: a credentials file in the AWS format (`[profile]` sections with
+    /// `aws_access_key_id` / `aws_secret_access_key`), instead of the environment.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// S3: the profile to take from the credentials file (default: `default`, or
+    /// `AWS_PROFILE`).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// SFTP: the private key to log in with (default: the ssh agent).
+    #[serde(default)]
+    pub identity_file: Option<PathBuf>,
+    /// SFTP: the known_hosts file the server's host key must be in (default:
+    /// `~/.ssh/known_hosts`).
+    #[serde(default)]
+    pub known_hosts: Option<PathBuf>,
+    /// SMB (or SFTP with a password): a file whose first line is the password (default:
+    /// `MUSICFS_SMB_PASSWORD`).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Remote origins: the most one request may take, retries included, in seconds
+    /// (default 5). An uncached read of an unreachable origin fails (EIO) after it.
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
+    /// Remote origins: requests in flight at most (default 8).
+    #[serde(default)]
+    pub concurrency: Option<usize>,
 }
 
 fn default_poll_secs() -> f64 {
@@ -126,6 +152,13 @@ impl OriginConfig {
             path,
             watch: WatchMode::Inotify,
             poll_interval_secs: default_poll_secs(),
+            credentials_file: None,
+            profile: None,
+            identity_file: None,
+            known_hosts: None,
+            password_file: None,
+            timeout_secs: None,
+            concurrency: None,
         }
     }
 }
@@ -230,10 +263,20 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let polls = self
-            .origins
-            .iter()
-            .map(|o| ("poll_interval_secs", o.poll_interval_secs));
+        let polls = self.origins.iter().flat_map(|o| {
+            [("poll_interval_secs", o.poll_interval_secs)]
+                .into_iter()
+                .chain(o.timeout_secs.map(|t| ("timeout_secs", t)))
+        });
+        if let Some(o) = self.origins.iter().find(|o| o.concurrency == Some(0)) {
+            return Err(ConfigError::Invalid {
+                key: "concurrency",
+                message: format!(
+                    "origin {}: 0 requests in flight can read nothing",
+                    o.path.display()
+                ),
+            });
+        }
         for (key, v) in [
             ("entry_timeout_secs", self.entry_timeout_secs),
             ("attr_timeout_secs", self.attr_timeout_secs),

