@@ -23,6 +23,7 @@
 //! relative to its root (raw bytes, as the catalog stores them), never absolute and never
 //! with `..`. Nothing here ever opens a file for writing.
 
+pub mod cached;
 mod error;
 mod escape;
 mod local;
@@ -42,6 +43,7 @@ use std::time::Duration;
 use musicfs_core::ScanState;
 use serde::{Deserialize, Serialize};
 
+pub use cached::{CachedOrigin, CachedSource, ChunkCache, ChunkRef, Chunking};
 pub use error::{is_vanished_io, OriginError};
 pub use local::{LocalOrigin, LocalSource};
 pub use spec::{LocalSpec, OriginSpec, S3Spec, Secret, Server, SftpSpec, SmbSpec};
@@ -305,6 +307,13 @@ pub trait Origin: Send + Sync + fmt::Debug {
     fn as_local(&self) -> Option<&LocalOrigin> {
         None
     }
+
+    /// Whether `rel` can be opened and read whole while the origin is offline (a remote
+    /// file its cache holds whole: see [`CachedOrigin`]).
+    fn readable_offline(&self, rel: &Path) -> bool {
+        let _ = rel;
+        false
+    }
 }
 
 /// An open file of an origin, read by offset.
@@ -324,6 +333,18 @@ pub trait Source: Send + Sync + fmt::Debug {
     /// The open file descriptor, for sources backed by one (FUSE passthrough, io_uring). It
     /// stays valid as long as the source lives and is opened read-only.
     fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// What identifies the version of the file this source reads (an object's ETag), when
+    /// the origin says: a cache keys what it keeps by it.
+    fn token(&self) -> Option<ChangeToken> {
+        None
+    }
+
+    /// The file's modification time when it was opened (nanoseconds since the epoch), when
+    /// the origin says.
+    fn mtime_ns(&self) -> Option<i64> {
         None
     }
 }
@@ -422,5 +443,7 @@ fn check_rel(origin: &dyn Origin, rel: &Path) -> Result<(), OriginError> {
     }
 }
 
+#[cfg(test)]
+mod cached_tests;
 #[cfg(test)]
 mod local_tests;

@@ -1,0 +1,911 @@
+//! The read path of remote origins: bytes come from the chunk cache, and only what it lacks
+//! from the origin.
+//!
+//! [`CachedOrigin`] wraps a network origin (S3, SFTP, SMB). Listing, stat and probe go to
+//! the origin unchanged (the scanner uses the origin itself, not this wrapper); `open`
+//! returns a [`CachedSource`] whose `read_at` works in **windows** of the file:
+//!
+//! - window 0 is the tag region (everything before the audio: FLAC metadata blocks, an
+//!   ID3v2 tag, an MP4 `moov` before `mdat`, Ogg header pages), found from the file's head;
+//! - the audio is cut into windows of [`Chunking::window`] bytes counted from the tag
+//!   region's end, so a tag edit that changes the tag region's size shifts no audio window.
+//!
+//! A window is fetched whole with one ranged read, cut into content-defined chunks inside
+//! it, and stored in the cache under the file version's manifest. Because the cuts depend
+//! only on the window's bytes, a window fetched by any reader, in any order, yields the same
+//! chunks, and the same audio under a new tag yields the same chunks as before.
+//!
+//! **Edited files** (a new version: another ETag or size or mtime): the first open fetches
+//! the new tag region, then looks for an earlier version of the same path in the cache. If
+//! its audio is as long as the new file's, the last [`SAMPLE`] bytes of the new file are
+//! fetched and compared with the old version's (from the cache); when they match (and, for
+//! FLAC, the STREAMINFO's audio MD5 is the same in both tag regions), the old audio chunks
+//! are adopted, shifted, without fetching them. An edit of the tags then costs the tag
+//! region plus 4 KiB on the wire.
+//!
+//! **Concurrency**: concurrent misses of one window are fetched once (the others wait for
+//! it); a reader that reads sequentially has the next windows fetched ahead by the
+//! prefetch threads. **Offline**: a version whose manifest covers the whole file is served
+//! from the cache without the origin (open falls back to it when the origin cannot be
+//! reached); any other read fails within the origin's deadline, never hangs.
+//!
+//! The cache itself is behind [`ChunkCache`] and the cutting behind [`Chunking`], so this
+//! module knows neither LMDB nor FastCDC.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+
+use super::{
+    ChangeDetection, ChangeToken, Health, Listed, LocalOrigin, Origin, OriginError, OriginSpec,
+    RootIdentity, Source, Stat,
+};
+
+/// Bytes at the end of an edited file compared with the earlier version's before its audio
+/// chunks are reused.
+pub const SAMPLE: u64 = 4096;
+
+/// The most a tag region may span (a larger one is cached as ordinary windows).
+const MAX_TAG_REGION: u64 = 64 << 20;
+
+/// The first bytes fetched to find the tag region (more follow only as the format's
+/// headers ask: a tag edit must cost little more than the tag region on the wire).
+const HEAD: u64 = 4 << 10;
+
+/// One chunk of a file version: where it is in the file, how long, and its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRef {
+    /// Offset in the file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// Its content hash (xxh3-128).
+    pub hash: u128,
+}
+
+/// What the read path needs of the chunk store. Versions are opaque byte keys; the chunks
+/// of a version's manifest are kept sorted by offset and may cover only parts of the file.
+pub trait ChunkCache: Send + Sync + fmt::Debug {
+    /// The chunks recorded for `version` (empty when none).
+    fn manifest(&self, version: &[u8]) -> io::Result<Vec<ChunkRef>>;
+
+    /// The versions recorded whose key starts with `prefix`, most recently used first.
+    fn versions(&self, prefix: &[u8]) -> io::Result<Vec<Vec<u8>>>;
+
+    /// Reads chunk `c` whole into `buf` (`c.len` bytes), verified against its hash.
+    /// `Ok(false)`: not in the cache, or it was damaged (and is now dropped).
+    fn read(&self, c: &ChunkRef, buf: &mut [u8]) -> io::Result<bool>;
+
+    /// Stores `chunks` of `version`, whose bytes are `data` (the chunks in order, back to
+    /// back), and records them in its manifest.
+    fn put(&self, version: &[u8], chunks: &[ChunkRef], data: &[u8]) -> io::Result<()>;
+
+    /// Records `chunks`, which the cache already holds, in `version`'s manifest.
+    /// `Ok(false)` when one of them is no longer there (nothing recorded then).
+    fn adopt(&self, version: &[u8], chunks: &[ChunkRef]) -> io::Result<bool>;
+
+    /// Keeps `version`'s chunks from eviction while the returned guard lives.
+    fn pin(&self, version: &[u8]) -> Box<dyn Send + Sync>;
+}
+
+/// Where a file's regions and chunks are cut.
+pub trait Chunking: Send + Sync + fmt::Debug {
+    /// Where the tag region of a file of `len` bytes ends, judged from its first bytes
+    /// `head`: `Ok(0)` when the format has none or is not known, `Err(n)` when at least
+    /// `n` bytes of head are needed to tell.
+    fn tag_end(&self, head: &[u8], len: u64) -> Result<u64, u64>;
+
+    /// The lengths of the chunks `window` (one whole window's bytes) is cut into.
+    fn cut(&self, window: &[u8]) -> Vec<usize>;
+
+    /// The hash chunks are stored under.
+    fn hash(&self, bytes: &[u8]) -> u128;
+
+    /// The size of an audio window.
+    fn window(&self) -> u64;
+
+    /// Whether two tag regions say the audio after them is the same (e.g. FLAC's
+    /// STREAMINFO MD5); `true` when the format does not say.
+    fn same_audio(&self, old_head: &[u8], new_head: &[u8]) -> bool;
+}
+
+/// How a [`CachedOrigin`] reads ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheOptions {
+    /// Windows fetched ahead of a sequential reader.
+    pub readahead: u32,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions { readahead: 2 }
+    }
+}
+
+/// A network origin read through the chunk cache. See the module documentation.
+pub struct CachedOrigin {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    inner: Arc<dyn Origin>,
+    cache: Arc<dyn ChunkCache>,
+    chunking: Arc<dyn Chunking>,
+    opts: CacheOptions,
+    /// Windows being fetched: (version, window start) → the flight the others wait on.
+    flights: Mutex<HashMap<FlightKey, Arc<Flight>>>,
+    /// Prefetch requests for the prefetch threads.
+    ahead: crossbeam_channel::Sender<Prefetch>,
+    /// Warned once that an offline version was served.
+    warned_offline: AtomicBool,
+}
+
+impl fmt::Debug for CachedOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedOrigin")
+            .field("inner", &self.shared.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Prefetch {
+    source: Weak<Inner>,
+    window: Range<u64>,
+}
+
+/// A window of a version: (version key, window start).
+type FlightKey = (Arc<[u8]>, u64);
+
+#[derive(Default)]
+struct Flight {
+    done: Mutex<Option<Result<(), String>>>,
+    cv: Condvar,
+}
+
+/// Prefetch threads per cached origin.
+const PREFETCHERS: usize = 2;
+
+impl CachedOrigin {
+    /// `inner` read through `cache`, cut by `chunking`.
+    pub fn new(
+        inner: Arc<dyn Origin>,
+        cache: Arc<dyn ChunkCache>,
+        chunking: Arc<dyn Chunking>,
+        opts: CacheOptions,
+    ) -> CachedOrigin {
+        let (tx, rx) = crossbeam_channel::bounded::<Prefetch>(64);
+        let shared = Arc::new(Shared {
+            inner,
+            cache,
+            chunking,
+            opts,
+            flights: Mutex::new(HashMap::new()),
+            ahead: tx,
+            warned_offline: AtomicBool::new(false),
+        });
+        for i in 0..PREFETCHERS {
+            let rx = rx.clone();
+            let weak = Arc::downgrade(&shared);
+            // A prefetcher that cannot start only costs read-ahead.
+            let _ = std::thread::Builder::new()
+                .name(format!("prefetch-{i}"))
+                .spawn(move || {
+                    for job in rx {
+                        let (Some(shared), Some(src)) = (weak.upgrade(), job.source.upgrade())
+                        else {
+                            continue;
+                        };
+                        if let Err(e) = shared.ensure(&src, job.window.clone()) {
+                            tracing::debug!(error = %e, "read-ahead failed");
+                        }
+                    }
+                });
+        }
+        CachedOrigin { shared }
+    }
+
+    /// The origin behind the cache.
+    pub fn inner(&self) -> &Arc<dyn Origin> {
+        &self.shared.inner
+    }
+
+    /// The manifest key prefix of every version of `rel`.
+    fn path_key(&self, rel: &Path) -> Vec<u8> {
+        let mut key = self.shared.inner.key().as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(rel.as_os_str().as_bytes());
+        key.push(0);
+        key
+    }
+
+    fn open_cached(&self, rel: &Path) -> Result<Arc<dyn Source>, OriginError> {
+        let prefix = self.path_key(rel);
+        let source = match self.shared.inner.open(rel) {
+            Ok(source) => source,
+            Err(e @ (OriginError::Vanished { .. } | OriginError::NotAFile { .. })) => {
+                return Err(e)
+            }
+            Err(e) => return self.open_offline(rel, &prefix, e),
+        };
+        let len = source.len();
+        let mut version = prefix.clone();
+        version.extend_from_slice(&len.to_be_bytes());
+        match source.token() {
+            Some(ChangeToken::ETag(tag)) => version.extend_from_slice(tag.as_bytes()),
+            Some(ChangeToken::Local { ino, ctime_ns, .. }) => {
+                version.extend_from_slice(&ino.to_be_bytes());
+                version.extend_from_slice(&ctime_ns.to_be_bytes());
+            }
+            None => version.extend_from_slice(&source.mtime_ns().unwrap_or(0).to_be_bytes()),
+        }
+        let inner = Inner::new(&self.shared, rel, version, prefix, len, Some(source))
+            .map_err(|e| self.io_error(rel, e))?;
+        Ok(Arc::new(CachedSource(inner)))
+    }
+
+    /// The origin could not be reached: serve the newest version the cache holds whole.
+    fn open_offline(
+        &self,
+        rel: &Path,
+        prefix: &[u8],
+        why: OriginError,
+    ) -> Result<Arc<dyn Source>, OriginError> {
+        let versions = self.shared.cache.versions(prefix).unwrap_or_default();
+        for version in versions {
+            let Some(len) = version
+                .get(prefix.len()..prefix.len() + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            let Ok(inner) = Inner::new(&self.shared, rel, version, prefix.to_vec(), len, None)
+            else {
+                continue;
+            };
+            if inner.complete() {
+                if !self.shared.warned_offline.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(origin = %self.shared.inner.spec(), error = %why,
+                        "origin unreachable: serving the versions its cache holds whole");
+                }
+                return Ok(Arc::new(CachedSource(inner)));
+            }
+        }
+        Err(why)
+    }
+
+    /// Whether `rel` can be read with the origin unreachable (a version is cached whole).
+    pub fn cached_whole(&self, rel: &Path) -> bool {
+        let prefix = self.path_key(rel);
+        let versions = self.shared.cache.versions(&prefix).unwrap_or_default();
+        versions.into_iter().any(|version| {
+            let len = version
+                .get(prefix.len()..prefix.len() + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            len.is_some_and(|len| {
+                Inner::new(&self.shared, rel, version, prefix.clone(), len, None)
+                    .is_ok_and(|i| i.complete())
+            })
+        })
+    }
+
+    fn io_error(&self, rel: &Path, source: io::Error) -> OriginError {
+        OriginError::Io {
+            origin: self.shared.inner.spec().to_string(),
+            op: "read",
+            rel: rel.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl Origin for CachedOrigin {
+    fn spec(&self) -> &OriginSpec {
+        self.shared.inner.spec()
+    }
+
+    fn key(&self) -> &OsStr {
+        self.shared.inner.key()
+    }
+
+    fn list(&self, dir: &Path, each: &mut dyn FnMut(Listed)) -> Result<(), OriginError> {
+        self.shared.inner.list(dir, each)
+    }
+
+    fn stat(&self, rel: &Path) -> Result<Stat, OriginError> {
+        self.shared.inner.stat(rel)
+    }
+
+    fn open(&self, rel: &Path) -> Result<Arc<dyn Source>, OriginError> {
+        self.open_cached(rel)
+    }
+
+    fn change_detection(&self) -> ChangeDetection {
+        self.shared.inner.change_detection()
+    }
+
+    fn probe(&self, recorded: Option<&RootIdentity>) -> Health {
+        self.shared.inner.probe(recorded)
+    }
+
+    fn root_identity(&self) -> Option<RootIdentity> {
+        self.shared.inner.root_identity()
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        None
+    }
+
+    fn as_local(&self) -> Option<&LocalOrigin> {
+        None
+    }
+
+    fn readable_offline(&self, rel: &Path) -> bool {
+        self.cached_whole(rel)
+    }
+}
+
+/// An open file of a [`CachedOrigin`].
+#[derive(Debug)]
+pub struct CachedSource(Arc<Inner>);
+
+struct Inner {
+    shared: Arc<Shared>,
+    rel: PathBuf,
+    version: Arc<[u8]>,
+    /// Every version of this path starts with it.
+    prefix: Vec<u8>,
+    len: u64,
+    /// The origin's source (none when opened offline).
+    origin: Option<Arc<dyn Source>>,
+    /// Where the tag region ends (`u64::MAX` until known).
+    tag_end: AtomicU64,
+    /// The manifest as far as known, by offset.
+    chunks: RwLock<BTreeMap<u64, ChunkRef>>,
+    /// The last chunk read (hash, bytes), kept for the next read of a sequential reader.
+    last: Mutex<Option<(u128, Vec<u8>)>>,
+    /// The file's first bytes as fetched to find the tag region, until window 0 is
+    /// stored (so they cross the wire once).
+    head: Mutex<Vec<u8>>,
+    /// Where the previous read ended (to tell a sequential reader).
+    next: AtomicU64,
+    _pin: Box<dyn Send + Sync>,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedSource")
+            .field("rel", &self.rel)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+const UNKNOWN: u64 = u64::MAX;
+
+impl Inner {
+    fn new(
+        shared: &Arc<Shared>,
+        rel: &Path,
+        version: Vec<u8>,
+        prefix: Vec<u8>,
+        len: u64,
+        origin: Option<Arc<dyn Source>>,
+    ) -> io::Result<Arc<Inner>> {
+        let pin = shared.cache.pin(&version);
+        let chunks: BTreeMap<u64, ChunkRef> = shared
+            .cache
+            .manifest(&version)?
+            .into_iter()
+            .filter(|c| c.offset.saturating_add(u64::from(c.len)) <= len)
+            .map(|c| (c.offset, c))
+            .collect();
+        Ok(Arc::new(Inner {
+            shared: Arc::clone(shared),
+            rel: rel.to_path_buf(),
+            version: version.into(),
+            prefix,
+            len,
+            origin,
+            tag_end: AtomicU64::new(UNKNOWN),
+            chunks: RwLock::new(chunks),
+            last: Mutex::new(None),
+            head: Mutex::new(Vec::new()),
+            next: AtomicU64::new(0),
+            _pin: pin,
+        }))
+    }
+
+    /// Whether the known chunks cover the whole file.
+    fn complete(&self) -> bool {
+        self.covered(0..self.len)
+    }
+
+    /// Whether the known chunks cover `range` without a gap.
+    fn covered(&self, range: Range<u64>) -> bool {
+        let chunks = self.chunks.read().unwrap_or_else(|p| p.into_inner());
+        let mut at = range.start;
+        if let Some((_, c)) = chunks.range(..=at).next_back() {
+            at = at.max(c.offset + u64::from(c.len));
+        }
+        for (_, c) in chunks.range(range.start.saturating_add(1)..range.end) {
+            if c.offset > at {
+                return false;
+            }
+            at = at.max(c.offset + u64::from(c.len));
+        }
+        at >= range.end
+    }
+
+    fn origin(&self) -> io::Result<&Arc<dyn Source>> {
+        self.origin.as_ref().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the origin is unreachable and this part of the file is not cached",
+            )
+        })
+    }
+
+    /// Reads `range` from the origin, exactly.
+    fn fetch(&self, range: Range<u64>) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        let n = self.origin()?.read_at(&mut buf, range.start)?;
+        if n != buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the origin's file is shorter than recorded ({} bytes at {})",
+                    n, range.start
+                ),
+            ));
+        }
+        Ok(buf)
+    }
+
+    /// Where the tag region ends, fetching (and caching) the head if needed.
+    fn tag_end(&self) -> io::Result<u64> {
+        let known = self.tag_end.load(Ordering::Acquire);
+        if known != UNKNOWN {
+            return Ok(known);
+        }
+        let mut want = HEAD.min(self.len);
+        let cached = self.cached_prefix().min(MAX_TAG_REGION);
+        if cached > 0 {
+            let head = self.read_plain(0..cached)?;
+            match self.shared.chunking.tag_end(&head, self.len) {
+                Ok(end) if end <= cached => {
+                    self.tag_end.store(end, Ordering::Release);
+                    return Ok(end);
+                }
+                Err(need) => want = want.max(need.min(self.len)),
+                Ok(_) => {}
+            }
+        }
+        let end = loop {
+            let head = self.head_bytes(want)?;
+            match self.shared.chunking.tag_end(&head, self.len) {
+                Ok(end) if end <= self.len && end <= MAX_TAG_REGION => break end,
+                Ok(_) => break 0,
+                Err(need) if need > want && need <= self.len && need <= MAX_TAG_REGION => {
+                    want = need
+                }
+                Err(_) => break 0,
+            }
+        };
+        self.tag_end.store(end, Ordering::Release);
+        Ok(end)
+    }
+
+    /// How many bytes from the start of the file the cache holds without a gap.
+    fn cached_prefix(&self) -> u64 {
+        let chunks = self.chunks.read().unwrap_or_else(|p| p.into_inner());
+        let mut at = 0u64;
+        for c in chunks.values() {
+            if c.offset > at {
+                break;
+            }
+            at = at.max(c.offset + u64::from(c.len));
+        }
+        at.min(self.len)
+    }
+
+    /// Learns the chunks other readers stored for this version since it was opened.
+    fn reload(&self) -> io::Result<()> {
+        let fresh = self.shared.cache.manifest(&self.version)?;
+        let mut chunks = self.chunks.write().unwrap_or_else(|p| p.into_inner());
+        for c in fresh {
+            if c.offset.saturating_add(u64::from(c.len)) <= self.len {
+                chunks.entry(c.offset).or_insert(c);
+            }
+        }
+        Ok(())
+    }
+
+    /// The file's first `want` bytes: from the cache when it holds them, else fetched
+    /// (only what was not fetched before) and kept for window 0.
+    fn head_bytes(&self, want: u64) -> io::Result<Vec<u8>> {
+        if self.covered(0..want) {
+            return self.read_plain(0..want);
+        }
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let have = head.len() as u64;
+        if have < want {
+            let more = self.fetch(have..want)?;
+            head.extend_from_slice(&more);
+        }
+        Ok(head[..want as usize].to_vec())
+    }
+
+    /// Bytes of `range` from the cache when it holds them all, else from the origin
+    /// (not stored: used to find the layout before any window can be cut).
+    fn read_plain(&self, range: Range<u64>) -> io::Result<Vec<u8>> {
+        if self.covered(range.clone()) {
+            let mut buf = vec![0u8; (range.end - range.start) as usize];
+            if self.copy_cached(&mut buf, range.start)? == buf.len() {
+                return Ok(buf);
+            }
+        }
+        self.fetch(range)
+    }
+
+    /// The window holding `offset`.
+    fn window_at(&self, offset: u64) -> io::Result<Range<u64>> {
+        let tag_end = self.tag_end()?;
+        if offset < tag_end {
+            return Ok(0..tag_end);
+        }
+        let w = self.shared.chunking.window().max(4096);
+        let k = (offset - tag_end) / w;
+        let start = tag_end + k * w;
+        Ok(start..(start + w).min(self.len))
+    }
+
+    /// Copies what the cache holds from `offset` into `buf`; returns how much (stops at
+    /// the first byte it lacks).
+    fn copy_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let c = {
+                let chunks = self.chunks.read().unwrap_or_else(|p| p.into_inner());
+                match chunks.range(..=at).next_back() {
+                    Some((_, c)) if at < c.offset + u64::from(c.len) => *c,
+                    _ => break,
+                }
+            };
+            let n = self.with_chunk(&c, |bytes| {
+                let from = (at - c.offset) as usize;
+                let n = (bytes.len() - from).min(buf.len() - done);
+                buf[done..done + n].copy_from_slice(&bytes[from..from + n]);
+                n
+            })?;
+            match n {
+                Some(n) => done += n,
+                None => {
+                    // Gone or damaged in the cache: forget it here, fetch it again.
+                    self.chunks
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&c.offset);
+                    break;
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Runs `f` on chunk `c`'s bytes (from the last chunk read, or the cache); `None` when
+    /// the cache no longer has it.
+    fn with_chunk<R>(&self, c: &ChunkRef, f: impl FnOnce(&[u8]) -> R) -> io::Result<Option<R>> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((hash, bytes)) = last.as_ref() {
+            if *hash == c.hash && bytes.len() == c.len as usize {
+                return Ok(Some(f(bytes)));
+            }
+        }
+        let mut bytes = match last.take() {
+            Some((_, mut v)) => {
+                v.resize(c.len as usize, 0);
+                v
+            }
+            None => vec![0u8; c.len as usize],
+        };
+        if !self.shared.cache.read(c, &mut bytes)? {
+            return Ok(None);
+        }
+        let out = f(&bytes);
+        *last = Some((c.hash, bytes));
+        Ok(Some(out))
+    }
+
+    /// Makes sure window `w` is in the cache: fetched once however many readers ask.
+    fn ensure(self: &Arc<Self>, w: Range<u64>) -> io::Result<()> {
+        self.shared.ensure(self, w)
+    }
+
+    /// Fetches window `w`, cuts it and stores its chunks.
+    fn fill(&self, w: Range<u64>) -> io::Result<()> {
+        let tag_end = self.tag_end()?;
+        if tag_end > 0 && w == (0..tag_end) {
+            let head = self.head_window(tag_end)?;
+            let fresh = self
+                .chunks
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty();
+            self.store(0, &head)?;
+            if fresh {
+                self.try_adopt(tag_end, &head)?;
+            }
+            return Ok(());
+        }
+        let bytes = self.fetch_window(w.clone())?;
+        self.store(w.start, &bytes)
+    }
+
+    /// Fetches window `w`, using what finding the tag region fetched beyond it.
+    fn fetch_window(&self, w: Range<u64>) -> io::Result<Vec<u8>> {
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let have = head.len() as u64;
+        if w.start >= have {
+            drop(head);
+            return self.fetch(w);
+        }
+        let mut bytes = head[w.start as usize..have.min(w.end) as usize].to_vec();
+        if w.end >= have {
+            *head = Vec::new();
+        }
+        drop(head);
+        let got = w.start + bytes.len() as u64;
+        if got < w.end {
+            bytes.extend_from_slice(&self.fetch(got..w.end)?);
+        }
+        Ok(bytes)
+    }
+
+    /// The tag region's bytes, `0..tag_end`: what finding it fetched, plus the rest.
+    fn head_window(&self, tag_end: u64) -> io::Result<Vec<u8>> {
+        self.fetch_window(0..tag_end)
+    }
+
+    /// Cuts `bytes` (a window starting at `start`) and stores its chunks.
+    fn store(&self, start: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut refs = Vec::new();
+        let mut at = 0usize;
+        for len in self.shared.chunking.cut(bytes) {
+            let end = (at + len).min(bytes.len());
+            if end == at {
+                continue;
+            }
+            refs.push(ChunkRef {
+                offset: start + at as u64,
+                len: (end - at) as u32,
+                hash: self.shared.chunking.hash(&bytes[at..end]),
+            });
+            at = end;
+        }
+        if at < bytes.len() {
+            refs.push(ChunkRef {
+                offset: start + at as u64,
+                len: (bytes.len() - at) as u32,
+                hash: self.shared.chunking.hash(&bytes[at..]),
+            });
+        }
+        self.shared.cache.put(&self.version, &refs, bytes)?;
+        let mut chunks = self.chunks.write().unwrap_or_else(|p| p.into_inner());
+        for c in refs {
+            chunks.insert(c.offset, c);
+        }
+        Ok(())
+    }
+
+    /// For a version seen for the first time, once its tag region (`new_head`, ending at
+    /// `tag_end`) is stored: reuses an earlier version's audio chunks when that version's
+    /// audio is the same (see the module documentation). Returns whether it did.
+    fn try_adopt(&self, tag_end: u64, new_head: &[u8]) -> io::Result<bool> {
+        let audio = self.len - tag_end;
+        let versions = self.shared.cache.versions(&self.prefix).unwrap_or_default();
+        for old in versions.iter().filter(|v| **v != *self.version) {
+            let Some(old_len) = old
+                .get(self.prefix.len()..self.prefix.len() + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            if old_len < audio {
+                continue;
+            }
+            let Ok(then) = Inner::new(
+                &self.shared,
+                &self.rel,
+                old.clone(),
+                self.prefix.clone(),
+                old_len,
+                None,
+            ) else {
+                continue;
+            };
+            let Ok(old_tag_end) = then.tag_end() else {
+                continue;
+            };
+            if old_len - old_tag_end != audio || !then.covered(old_tag_end..old_len) {
+                continue;
+            }
+            let Ok(old_head) = then.read_plain(0..old_tag_end) else {
+                continue;
+            };
+            if !self.shared.chunking.same_audio(&old_head, new_head) {
+                continue;
+            }
+            let sample = SAMPLE.min(audio);
+            if sample > 0 {
+                let mine = self.fetch(self.len - sample..self.len)?;
+                let Ok(theirs) = then.read_plain(old_len - sample..old_len) else {
+                    continue;
+                };
+                if mine != theirs {
+                    continue;
+                }
+            }
+            let shift = |c: &ChunkRef| ChunkRef {
+                offset: c.offset - old_tag_end + tag_end,
+                ..*c
+            };
+            let moved: Vec<ChunkRef> = then
+                .chunks
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .range(old_tag_end..)
+                .map(|(_, c)| shift(c))
+                .collect();
+            if self.shared.cache.adopt(&self.version, &moved)? {
+                tracing::debug!(rel = %self.rel.display(), chunks = moved.len(),
+                    "an edited file's audio was found in the cache under its earlier version");
+                let mut chunks = self.chunks.write().unwrap_or_else(|p| p.into_inner());
+                for c in moved {
+                    chunks.insert(c.offset, c);
+                }
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn read(self: &Arc<Self>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if offset >= self.len {
+            return Ok(0);
+        }
+        let want = buf.len().min((self.len - offset) as usize);
+        let mut done = 0usize;
+        while done < want {
+            let at = offset + done as u64;
+            let n = self.copy_cached(&mut buf[done..want], at)?;
+            if n > 0 {
+                done += n;
+                continue;
+            }
+            // Another reader of this version may have stored it since.
+            self.reload()?;
+            let n = self.copy_cached(&mut buf[done..want], at)?;
+            if n > 0 {
+                done += n;
+                continue;
+            }
+            let w = self.window_at(at)?;
+            self.ensure(w.clone())?;
+            let n = self.copy_cached(&mut buf[done..want], at)?;
+            if n == 0 {
+                // Stored but not readable back (evicted at once, or a damaged disk):
+                // serve from the origin rather than loop.
+                let end = (at + (want - done) as u64).min(w.end.max(at + 1));
+                let bytes = self.fetch(at..end)?;
+                buf[done..done + bytes.len()].copy_from_slice(&bytes);
+                done += bytes.len();
+            } else {
+                done += n;
+            }
+        }
+        self.read_ahead(offset, offset + done as u64);
+        Ok(done)
+    }
+
+    /// After a read of `range`: when it continued the previous one, queues the next
+    /// windows the cache lacks.
+    fn read_ahead(self: &Arc<Self>, start: u64, end: u64) {
+        let sequential = self.next.swap(end, Ordering::Relaxed) == start;
+        if !sequential || self.origin.is_none() || self.shared.opts.readahead == 0 {
+            return;
+        }
+        let mut at = end;
+        for _ in 0..self.shared.opts.readahead {
+            if at >= self.len {
+                break;
+            }
+            let Ok(w) = self.window_at(at) else {
+                return;
+            };
+            if !self.covered(w.clone()) && !self.shared.in_flight(&self.version, w.start) {
+                let job = Prefetch {
+                    source: Arc::downgrade(self),
+                    window: w.clone(),
+                };
+                if self.shared.ahead.try_send(job).is_err() {
+                    return;
+                }
+            }
+            at = w.end;
+        }
+    }
+}
+
+impl Shared {
+    fn in_flight(&self, version: &Arc<[u8]>, start: u64) -> bool {
+        self.flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&(Arc::clone(version), start))
+    }
+
+    fn ensure(&self, src: &Arc<Inner>, w: Range<u64>) -> io::Result<()> {
+        if src.covered(w.clone()) {
+            return Ok(());
+        }
+        let key = (Arc::clone(&src.version), w.start);
+        let (flight, leader) = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            match flights.get(&key) {
+                Some(f) => (Arc::clone(f), false),
+                None => {
+                    let f = Arc::new(Flight::default());
+                    flights.insert(key.clone(), Arc::clone(&f));
+                    (f, true)
+                }
+            }
+        };
+        if leader {
+            let outcome = src.fill(w.clone()).map_err(|e| e.to_string());
+            self.flights
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            let failed = outcome.as_ref().err().cloned();
+            *flight.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+            flight.cv.notify_all();
+            return match failed {
+                None => Ok(()),
+                Some(e) => Err(io::Error::other(e)),
+            };
+        }
+        let mut done = flight.done.lock().unwrap_or_else(|p| p.into_inner());
+        while done.is_none() {
+            done = flight.cv.wait(done).unwrap_or_else(|p| p.into_inner());
+        }
+        // The leader stored the window in the cache; this reader's own view of the
+        // manifest learns the chunks from there.
+        match done.as_ref() {
+            Some(Err(e)) => Err(io::Error::other(e.clone())),
+            _ => {
+                drop(done);
+                src.reload()
+            }
+        }
+    }
+}
+
+impl Source for CachedSource {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.0.read(buf, offset)
+    }
+
+    fn len(&self) -> u64 {
+        self.0.len
+    }
+}

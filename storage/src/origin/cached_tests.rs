@@ -1,0 +1,431 @@
+//! The cached read path against an in-memory origin that counts what it serves, an
+//! in-memory chunk cache and a toy format (`TAGS` + u32 length + tag bytes, then audio).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::cached::*;
+use super::*;
+
+/// A file's bytes and ETag.
+type Stored = (Arc<Vec<u8>>, String);
+
+#[derive(Debug, Default)]
+struct Files {
+    files: Mutex<HashMap<String, Stored>>,
+    served: AtomicU64,
+    down: AtomicBool,
+}
+
+#[derive(Debug)]
+struct MemOrigin {
+    spec: OriginSpec,
+    files: Arc<Files>,
+}
+
+#[derive(Debug)]
+struct MemSource {
+    bytes: Arc<Vec<u8>>,
+    etag: String,
+    files: Arc<Files>,
+}
+
+fn offline() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "server down")
+}
+
+impl Source for MemSource {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if self.files.down.load(Ordering::SeqCst) {
+            return Err(offline());
+        }
+        let start = (offset as usize).min(self.bytes.len());
+        let n = buf.len().min(self.bytes.len() - start);
+        buf[..n].copy_from_slice(&self.bytes[start..start + n]);
+        self.files.served.fetch_add(n as u64, Ordering::SeqCst);
+        Ok(n)
+    }
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn token(&self) -> Option<ChangeToken> {
+        Some(ChangeToken::ETag(self.etag.clone()))
+    }
+}
+
+impl Origin for MemOrigin {
+    fn spec(&self) -> &OriginSpec {
+        &self.spec
+    }
+    fn key(&self) -> &OsStr {
+        OsStr::new("mem://test")
+    }
+    fn list(&self, _: &Path, _: &mut dyn FnMut(Listed)) -> Result<(), OriginError> {
+        Ok(())
+    }
+    fn stat(&self, rel: &Path) -> Result<Stat, OriginError> {
+        Err(OriginError::Vanished {
+            origin: "mem".into(),
+            rel: rel.into(),
+            source: io::ErrorKind::NotFound.into(),
+        })
+    }
+    fn open(&self, rel: &Path) -> Result<Arc<dyn Source>, OriginError> {
+        if self.files.down.load(Ordering::SeqCst) {
+            return Err(OriginError::Io {
+                origin: "mem".into(),
+                op: "open",
+                rel: rel.into(),
+                source: offline(),
+            });
+        }
+        let files = self.files.files.lock().unwrap();
+        let (bytes, etag) =
+            files
+                .get(rel.to_str().unwrap())
+                .cloned()
+                .ok_or_else(|| OriginError::Vanished {
+                    origin: "mem".into(),
+                    rel: rel.into(),
+                    source: io::ErrorKind::NotFound.into(),
+                })?;
+        Ok(Arc::new(MemSource {
+            bytes,
+            etag,
+            files: Arc::clone(&self.files),
+        }))
+    }
+    fn change_detection(&self) -> ChangeDetection {
+        ChangeDetection::Poll
+    }
+    fn probe(&self, _: Option<&RootIdentity>) -> Health {
+        Health::Up
+    }
+    fn root_identity(&self) -> Option<RootIdentity> {
+        None
+    }
+}
+
+#[derive(Debug, Default)]
+struct MemCache {
+    chunks: Mutex<HashMap<u128, Vec<u8>>>,
+    manifests: Mutex<BTreeMap<Vec<u8>, BTreeMap<u64, ChunkRef>>>,
+    used: Mutex<HashMap<Vec<u8>, u64>>,
+    clock: AtomicU64,
+    puts: AtomicU64,
+}
+
+impl MemCache {
+    fn touch(&self, version: &[u8]) {
+        let t = self.clock.fetch_add(1, Ordering::SeqCst);
+        self.used.lock().unwrap().insert(version.to_vec(), t);
+    }
+}
+
+impl ChunkCache for MemCache {
+    fn manifest(&self, version: &[u8]) -> io::Result<Vec<ChunkRef>> {
+        self.touch(version);
+        Ok(self
+            .manifests
+            .lock()
+            .unwrap()
+            .get(version)
+            .map(|m| m.values().copied().collect())
+            .unwrap_or_default())
+    }
+    fn versions(&self, prefix: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        let used = self.used.lock().unwrap();
+        let mut v: Vec<Vec<u8>> = self
+            .manifests
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        v.sort_by_key(|k| std::cmp::Reverse(used.get(k).copied().unwrap_or(0)));
+        Ok(v)
+    }
+    fn read(&self, c: &ChunkRef, buf: &mut [u8]) -> io::Result<bool> {
+        let mut chunks = self.chunks.lock().unwrap();
+        match chunks.get(&c.hash) {
+            Some(b) if xxhash_rust::xxh3::xxh3_128(b) == c.hash => {
+                buf.copy_from_slice(b);
+                Ok(true)
+            }
+            Some(_) => {
+                chunks.remove(&c.hash);
+                Ok(false)
+            }
+            None => Ok(false),
+        }
+    }
+    fn put(&self, version: &[u8], refs: &[ChunkRef], data: &[u8]) -> io::Result<()> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        let mut at = 0;
+        let mut chunks = self.chunks.lock().unwrap();
+        let mut manifests = self.manifests.lock().unwrap();
+        let m = manifests.entry(version.to_vec()).or_default();
+        for c in refs {
+            chunks.insert(c.hash, data[at..at + c.len as usize].to_vec());
+            at += c.len as usize;
+            m.insert(c.offset, *c);
+        }
+        Ok(())
+    }
+    fn adopt(&self, version: &[u8], refs: &[ChunkRef]) -> io::Result<bool> {
+        let chunks = self.chunks.lock().unwrap();
+        if refs.iter().any(|c| !chunks.contains_key(&c.hash)) {
+            return Ok(false);
+        }
+        let mut manifests = self.manifests.lock().unwrap();
+        let m = manifests.entry(version.to_vec()).or_default();
+        for c in refs {
+            m.insert(c.offset, *c);
+        }
+        Ok(true)
+    }
+    fn pin(&self, _: &[u8]) -> Box<dyn Send + Sync> {
+        Box::new(())
+    }
+}
+
+#[derive(Debug)]
+struct Toy;
+
+impl Chunking for Toy {
+    fn tag_end(&self, head: &[u8], len: u64) -> Result<u64, u64> {
+        if head.len() < 8 {
+            return if len < 8 { Ok(0) } else { Err(8) };
+        }
+        if &head[..4] != b"TAGS" {
+            return Ok(0);
+        }
+        Ok(8 + u64::from(u32::from_le_bytes(head[4..8].try_into().unwrap())))
+    }
+    fn cut(&self, window: &[u8]) -> Vec<usize> {
+        window.chunks(1000).map(|c| c.len()).collect()
+    }
+    fn hash(&self, bytes: &[u8]) -> u128 {
+        xxhash_rust::xxh3::xxh3_128(bytes)
+    }
+    fn window(&self) -> u64 {
+        16 << 10
+    }
+    fn same_audio(&self, _: &[u8], _: &[u8]) -> bool {
+        true
+    }
+}
+
+fn toy_file(tag: &[u8], audio_seed: u64, audio_len: usize) -> Vec<u8> {
+    let mut f = b"TAGS".to_vec();
+    f.extend_from_slice(&(tag.len() as u32).to_le_bytes());
+    f.extend_from_slice(tag);
+    let mut x = audio_seed | 1;
+    for _ in 0..audio_len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        f.push(x as u8);
+    }
+    f
+}
+
+struct Rig {
+    files: Arc<Files>,
+    cache: Arc<MemCache>,
+    origin: CachedOrigin,
+}
+
+fn rig(readahead: u32) -> Rig {
+    let files = Arc::new(Files::default());
+    let cache = Arc::new(MemCache::default());
+    let inner = Arc::new(MemOrigin {
+        spec: OriginSpec::parse("s3://bucket/music").unwrap(),
+        files: Arc::clone(&files),
+    });
+    let origin = CachedOrigin::new(
+        inner,
+        cache.clone(),
+        Arc::new(Toy),
+        CacheOptions { readahead },
+    );
+    Rig {
+        files,
+        cache,
+        origin,
+    }
+}
+
+impl Rig {
+    fn put(&self, name: &str, bytes: Vec<u8>, etag: &str) {
+        self.files
+            .files
+            .lock()
+            .unwrap()
+            .insert(name.into(), (Arc::new(bytes), etag.into()));
+    }
+    fn served(&self) -> u64 {
+        self.files.served.load(Ordering::SeqCst)
+    }
+    fn read_all(&self, name: &str, piece: usize) -> io::Result<Vec<u8>> {
+        let src = self
+            .origin
+            .open(Path::new(name))
+            .map_err(io::Error::other)?;
+        let mut out = vec![0u8; src.len() as usize];
+        let mut at = 0;
+        while at < out.len() {
+            let end = (at + piece).min(out.len());
+            let n = src.read_at(&mut out[at..end], at as u64)?;
+            assert!(n > 0, "short read at {at}");
+            at += n;
+        }
+        Ok(out)
+    }
+}
+
+#[test]
+fn reads_are_exact_and_a_second_read_costs_nothing() {
+    let r = rig(0);
+    let f = toy_file(&[7u8; 3000], 1, 100_000);
+    r.put("a.toy", f.clone(), "e1");
+    assert_eq!(r.read_all("a.toy", 4096).unwrap(), f);
+    let first = r.served();
+    assert_eq!(first, f.len() as u64, "each byte fetched once");
+    // Odd offsets and lengths, across windows and chunks.
+    let src = r.origin.open(Path::new("a.toy")).unwrap();
+    for (off, len) in [
+        (0usize, 1usize),
+        (3007, 20_000),
+        (99_000, 9_008),
+        (50_001, 1),
+    ] {
+        let mut buf = vec![0u8; len];
+        let n = src.read_at(&mut buf, off as u64).unwrap();
+        let end = (off + len).min(f.len());
+        assert_eq!(&buf[..n], &f[off..end]);
+    }
+    assert_eq!(r.served(), first, "served from the cache");
+}
+
+#[test]
+fn a_tag_edit_costs_the_tag_region_and_a_sample() {
+    let r = rig(0);
+    let old = toy_file(&[1u8; 6000], 9, 200_000);
+    r.put("t.toy", old.clone(), "v1");
+    assert_eq!(r.read_all("t.toy", 65536).unwrap(), old);
+    for (tag, etag) in [(vec![2u8; 6000], "v2"), (vec![3u8; 7321], "v3")] {
+        let new = toy_file(&tag, 9, 200_000);
+        r.put("t.toy", new.clone(), etag);
+        let before = r.served();
+        assert_eq!(r.read_all("t.toy", 65536).unwrap(), new);
+        let cost = r.served() - before;
+        let tag_region = 8 + tag.len() as u64;
+        assert!(
+            cost <= tag_region + SAMPLE,
+            "{cost} bytes for a tag region of {tag_region}"
+        );
+    }
+}
+
+#[test]
+fn changed_audio_of_the_same_length_is_fetched_again() {
+    let r = rig(0);
+    let old = toy_file(&[1u8; 6000], 9, 50_000);
+    r.put("c.toy", old.clone(), "v1");
+    r.read_all("c.toy", 65536).unwrap();
+    let new = toy_file(&[2u8; 6000], 10, 50_000);
+    r.put("c.toy", new.clone(), "v2");
+    let before = r.served();
+    assert_eq!(r.read_all("c.toy", 65536).unwrap(), new);
+    assert!(r.served() - before >= 50_000);
+}
+
+#[test]
+fn a_cached_file_plays_offline_and_an_uncached_one_fails_fast() {
+    let r = rig(0);
+    let f = toy_file(b"x", 3, 40_000);
+    r.put("here.toy", f.clone(), "1");
+    r.put("never.toy", toy_file(b"y", 4, 40_000), "1");
+    let open_before = r.origin.open(Path::new("here.toy")).unwrap();
+    r.read_all("here.toy", 10_000).unwrap();
+    assert!(r.origin.readable_offline(Path::new("here.toy")));
+    assert!(!r.origin.readable_offline(Path::new("never.toy")));
+    r.files.down.store(true, Ordering::SeqCst);
+    assert_eq!(r.read_all("here.toy", 10_000).unwrap(), f);
+    let mut buf = vec![0u8; 5000];
+    assert_eq!(open_before.read_at(&mut buf, 30_000).unwrap(), 5000);
+    assert_eq!(&buf[..], &f[30_000..35_000]);
+    assert!(r.origin.open(Path::new("never.toy")).is_err());
+    r.files.down.store(false, Ordering::SeqCst);
+    assert!(r.read_all("never.toy", 10_000).is_ok(), "back online");
+}
+
+#[test]
+fn an_open_file_whose_origin_went_away_fails_its_uncached_reads() {
+    let r = rig(0);
+    r.put("p.toy", toy_file(b"tag", 5, 80_000), "1");
+    let src = r.origin.open(Path::new("p.toy")).unwrap();
+    let mut buf = vec![0u8; 1000];
+    src.read_at(&mut buf, 0).unwrap();
+    r.files.down.store(true, Ordering::SeqCst);
+    assert!(src.read_at(&mut buf, 70_000).is_err());
+}
+
+#[test]
+fn concurrent_misses_of_one_window_are_fetched_once() {
+    let r = Arc::new(rig(0));
+    let f = toy_file(&[0u8; 100], 11, 16_000);
+    r.put("m.toy", f.clone(), "1");
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let r = Arc::clone(&r);
+            std::thread::spawn(move || r.read_all("m.toy", 777).unwrap())
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), f);
+    }
+    assert_eq!(r.served(), f.len() as u64);
+}
+
+#[test]
+fn a_damaged_chunk_is_fetched_again_not_served() {
+    let r = rig(0);
+    let f = toy_file(b"t", 12, 30_000);
+    r.put("d.toy", f.clone(), "1");
+    r.read_all("d.toy", 30_000).unwrap();
+    for bytes in r.cache.chunks.lock().unwrap().values_mut() {
+        bytes[0] ^= 0xff;
+    }
+    assert_eq!(r.read_all("d.toy", 30_000).unwrap(), f);
+}
+
+#[test]
+fn a_sequential_reader_has_the_next_windows_fetched_ahead() {
+    let r = rig(2);
+    let f = toy_file(b"t", 13, 200_000);
+    r.put("s.toy", f.clone(), "1");
+    let src = r.origin.open(Path::new("s.toy")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    src.read_at(&mut buf, 0).unwrap();
+    src.read_at(&mut buf, 4096).unwrap();
+    // The prefetchers fill the next windows; wait until the cache has them (bounded).
+    let want: HashSet<u64> = [9u64, 9 + 16384].into_iter().collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let m = r.cache.manifests.lock().unwrap();
+        let offsets: HashSet<u64> = m.values().flat_map(|m| m.keys().copied()).collect();
+        if want.is_subset(&offsets) {
+            break;
+        }
+        drop(m);
+        assert!(std::time::Instant::now() < deadline, "no read-ahead");
+        std::thread::yield_now();
+    }
+}
