@@ -390,30 +390,29 @@ impl FsModel {
     }
 
     /// Opens the source of file `ino` through its origin (EIO at once when the origin is
-    /// offline).
+    /// offline, unless the origin can serve the file without it: a remote file cached
+    /// whole).
     fn open_source(&self, ino: u64) -> Result<Source, FsError> {
         let snap = self.snapshot.load();
         let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
         let f = node.file().ok_or(FsError::IsADirectory(ino))?;
-        self.check_online(ino, f.origin)?;
         let origins = self.origins.load();
         let origin = origins.get(f.origin).ok_or(FsError::UnknownOrigin {
             ino,
             origin: f.origin,
         })?;
         let rel = Path::new(OsStr::from_bytes(f.rel_path));
+        if self.cfg.origin_health.is_offline(f.origin) && !origin.readable_offline(rel) {
+            return Err(FsError::OriginOffline {
+                ino,
+                origin: f.origin,
+            });
+        }
         let opened = match origin.as_local() {
             Some(local) => local.open_file(rel).map(Source::Local),
             None => origin.open(rel).map(Source::Other),
         };
         opened.map_err(|source| FsError::Origin { ino, source })
-    }
-
-    fn check_online(&self, ino: u64, origin: u32) -> Result<(), FsError> {
-        if self.cfg.origin_health.is_offline(origin) {
-            return Err(FsError::OriginOffline { ino, origin });
-        }
-        Ok(())
     }
 
     /// Runs `f` on the source of file `ino` for a READ that carries no handle (the kernel
@@ -425,13 +424,25 @@ impl FsModel {
         ino: u64,
         f: impl FnOnce(&Source) -> io::Result<R>,
     ) -> Result<R, FsError> {
-        let (generation, origin) = {
+        let generation = {
             let snap = self.snapshot.load();
             let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
             let file = node.file().ok_or(FsError::IsADirectory(ino))?;
-            (node.generation(), file.origin)
+            if self.cfg.origin_health.is_offline(file.origin) {
+                let rel = Path::new(OsStr::from_bytes(file.rel_path));
+                let origins = self.origins.load();
+                if !origins
+                    .get(file.origin)
+                    .is_some_and(|o| o.readable_offline(rel))
+                {
+                    return Err(FsError::OriginOffline {
+                        ino,
+                        origin: file.origin,
+                    });
+                }
+            }
+            node.generation()
         };
-        self.check_online(ino, origin)?;
         let handle = match self.by_inode.get(ino, generation) {
             Some(h) => h,
             None => {

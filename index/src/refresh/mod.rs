@@ -58,6 +58,10 @@ pub struct Library {
     pub template: Template,
     /// The origins, opened, in configuration order (the catalog knows each by its key).
     pub origins: Vec<Arc<dyn Origin>>,
+    /// The same origins as the FUSE read path opens them, when that differs (a remote
+    /// origin read through the chunk cache, `musicfs_storage::origin::CachedOrigin`): by
+    /// key; an origin not here is read as scanned.
+    pub readers: Vec<Arc<dyn Origin>>,
     /// Where the snapshot is published.
     pub state: StateDir,
     /// Share of an origin's tracks that may vanish in one scan before it counts as offline.
@@ -238,7 +242,9 @@ impl Library {
     pub fn origin_table(&self) -> Result<OriginTable> {
         let mut table = OriginTable::new();
         for (id, root) in self.catalog.origins()? {
-            if let Some(o) = self.origins.iter().find(|o| o.key() == root.as_os_str()) {
+            let reader = self.readers.iter().find(|o| o.key() == root.as_os_str());
+            let scanned = || self.origins.iter().find(|o| o.key() == root.as_os_str());
+            if let Some(o) = reader.or_else(scanned) {
                 table.insert(id.0, o.clone());
             }
         }

@@ -234,6 +234,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         catalog: Arc::new(state.open_catalog()?),
         template: Template::parse(&cfg.template)?,
         origins: origins.to_vec(),
+        readers: Vec::new(),
         state,
         mass_removal_threshold: cfg.mass_removal_threshold,
         health: Arc::new(OriginHealth::default()),
