@@ -101,14 +101,14 @@ pub trait Chunking: Send + Sync + fmt::Debug {
     /// `n` bytes of head are needed to tell.
     fn tag_end(&self, head: &[u8], len: u64) -> Result<u64, u64>;
 
-    /// The lengths of the chunks `window` (one whole window's bytes) is cut into.
-    fn cut(&self, window: &[u8]) -> Vec<usize>;
+    /// The audio window holding `offset` (at or past `tag_end`) of a file of `len` bytes
+    /// whose tag region ends at `tag_end`.
+    fn window_at(&self, len: u64, tag_end: u64, offset: u64) -> Range<u64>;
 
-    /// The hash chunks are stored under.
-    fn hash(&self, bytes: &[u8]) -> u128;
-
-    /// The size of an audio window.
-    fn window(&self) -> u64;
+    /// The chunks of `bytes`, which hold the file from `start` on: the whole tag region
+    /// (`start` 0, `tag_end` bytes) or one whole audio window. Offsets are file offsets;
+    /// the chunks cover `bytes` exactly, in order.
+    fn cut(&self, len: u64, tag_end: u64, start: u64, bytes: &[u8]) -> Vec<ChunkRef>;
 
     /// Whether two tag regions say the audio after them is the same (e.g. FLAC's
     /// STREAMINFO MD5); `true` when the format does not say.
@@ -561,10 +561,14 @@ impl Inner {
         if offset < tag_end {
             return Ok(0..tag_end);
         }
-        let w = self.shared.chunking.window().max(4096);
-        let k = (offset - tag_end) / w;
-        let start = tag_end + k * w;
-        Ok(start..(start + w).min(self.len))
+        let w = self.shared.chunking.window_at(self.len, tag_end, offset);
+        if w.start > offset || w.end <= offset || w.end > self.len {
+            return Err(io::Error::other(format!(
+                "the chunker placed offset {offset} in window {w:?} of a {}-byte file",
+                self.len
+            )));
+        }
+        Ok(w)
     }
 
     /// Copies what the cache holds from `offset` into `buf`; returns how much (stops at
@@ -677,26 +681,23 @@ impl Inner {
 
     /// Cuts `bytes` (a window starting at `start`) and stores its chunks.
     fn store(&self, start: u64, bytes: &[u8]) -> io::Result<()> {
-        let mut refs = Vec::new();
-        let mut at = 0usize;
-        for len in self.shared.chunking.cut(bytes) {
-            let end = (at + len).min(bytes.len());
-            if end == at {
-                continue;
+        let tag_end = self.tag_end()?;
+        let refs = self.shared.chunking.cut(self.len, tag_end, start, bytes);
+        let mut at = start;
+        for c in &refs {
+            if c.offset != at || c.len == 0 {
+                return Err(io::Error::other(format!(
+                    "the chunker's cuts of {start}+{} do not tile it",
+                    bytes.len()
+                )));
             }
-            refs.push(ChunkRef {
-                offset: start + at as u64,
-                len: (end - at) as u32,
-                hash: self.shared.chunking.hash(&bytes[at..end]),
-            });
-            at = end;
+            at += u64::from(c.len);
         }
-        if at < bytes.len() {
-            refs.push(ChunkRef {
-                offset: start + at as u64,
-                len: (bytes.len() - at) as u32,
-                hash: self.shared.chunking.hash(&bytes[at..]),
-            });
+        if at != start + bytes.len() as u64 {
+            return Err(io::Error::other(format!(
+                "the chunker's cuts of {start}+{} do not cover it",
+                bytes.len()
+            )));
         }
         self.shared.cache.put(&self.version, &refs, bytes)?;
         let mut chunks = self.chunks.write().unwrap_or_else(|p| p.into_inner());

@@ -207,14 +207,25 @@ impl Chunking for Toy {
         }
         Ok(8 + u64::from(u32::from_le_bytes(head[4..8].try_into().unwrap())))
     }
-    fn cut(&self, window: &[u8]) -> Vec<usize> {
-        window.chunks(1000).map(|c| c.len()).collect()
+    fn window_at(&self, len: u64, tag_end: u64, offset: u64) -> std::ops::Range<u64> {
+        let w = 16 << 10;
+        let start = tag_end + (offset - tag_end) / w * w;
+        start..(start + w).min(len)
     }
-    fn hash(&self, bytes: &[u8]) -> u128 {
-        xxhash_rust::xxh3::xxh3_128(bytes)
-    }
-    fn window(&self) -> u64 {
-        16 << 10
+    fn cut(&self, _: u64, _: u64, start: u64, bytes: &[u8]) -> Vec<ChunkRef> {
+        let mut at = start;
+        bytes
+            .chunks(1000)
+            .map(|c| {
+                let r = ChunkRef {
+                    offset: at,
+                    len: c.len() as u32,
+                    hash: xxhash_rust::xxh3::xxh3_128(c),
+                };
+                at += c.len() as u64;
+                r
+            })
+            .collect()
     }
     fn same_audio(&self, _: &[u8], _: &[u8]) -> bool {
         true
