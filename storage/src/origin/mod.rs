@@ -24,6 +24,7 @@
 //! with `..`. Nothing here ever opens a file for writing.
 
 pub mod cached;
+mod chunking;
 mod error;
 mod escape;
 mod local;
@@ -44,6 +45,7 @@ use musicfs_core::ScanState;
 use serde::{Deserialize, Serialize};
 
 pub use cached::{CachedOrigin, CachedSource, ChunkCache, ChunkRef, Chunking};
+pub use chunking::AudioChunking;
 pub use error::{is_vanished_io, OriginError};
 pub use local::{LocalOrigin, LocalSource};
 pub use spec::{LocalSpec, OriginSpec, S3Spec, Secret, Server, SftpSpec, SmbSpec};
