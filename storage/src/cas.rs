@@ -276,6 +276,10 @@ impl Cas {
                 });
             }
         }
+        let evicted = self.evict_locked(&w)?;
+        if evicted > 0 {
+            tracing::info!(chunks = evicted, budget = self.opts.budget, "evicted down to the cache budget");
+        }
         Ok(())
     }
 
@@ -457,6 +461,7 @@ impl Cas {
                 hash: c.hash,
             })
             .collect();
+        let pins = self.pins.lock().unwrap_or_else(PoisonError::into_inner);
         let committed = self.write(current, |edit| {
             for (hash, pack, at, len) in &placed {
                 edit.add_chunk(
@@ -473,12 +478,18 @@ impl Cas {
             for c in chunks.iter().filter(|c| known.contains(&c.hash)) {
                 edit.touch(c.hash, tick)?;
             }
-            edit.merge_manifest(version_key, &entries)
+            edit.merge_manifest(version_key, &entries)?;
+            // In the same transaction, so the budget holds at every commit.
+            evict_in(edit, &pins, self.opts.budget)
         });
-        if let Err(e) = committed {
-            self.rewind(&mut w);
-            return Err(e);
-        }
+        drop(pins);
+        let evicted = match committed {
+            Ok(n) => n,
+            Err(e) => {
+                self.rewind(&mut w);
+                return Err(e);
+            }
+        };
         if let Some(c) = w.current.as_mut() {
             c.committed = placed
                 .iter()
@@ -489,7 +500,7 @@ impl Cas {
                 .max(c.committed);
         }
         report.known_chunks = known.len() as u64;
-        report.evicted_chunks = self.evict_locked(&w)?;
+        report.evicted_chunks = evicted;
         Ok(report)
     }
 
@@ -594,35 +605,12 @@ impl Cas {
         Ok(out)
     }
 
-    /// Evicts least recently used, unpinned chunks until the stored bytes fit the budget.
-    /// Returns how many went.
+    /// Evicts least recently used, unpinned chunks until the stored bytes fit the budget
+    /// (a lowered budget takes effect at open). Returns how many went.
     fn evict_locked(&self, w: &Writer) -> Result<u64, CasError> {
         let pins = self.pins.lock().unwrap_or_else(PoisonError::into_inner);
         let current = w.current.as_ref().map(|c| c.id);
-        let budget = self.opts.budget;
-        self.write(current, |edit| {
-            let mut evicted = 0;
-            let mut skipped = 0usize;
-            while edit.stored()? > budget {
-                let batch = edit.oldest(skipped + 64)?;
-                let candidates = &batch[skipped.min(batch.len())..];
-                if candidates.is_empty() {
-                    break;
-                }
-                for &h in candidates {
-                    if edit.stored()? <= budget {
-                        break;
-                    }
-                    let pinned = edit.users(h)?.iter().any(|k| pins.contains_key(k));
-                    if pinned {
-                        skipped += 1;
-                    } else if edit.evict(h)?.is_some() {
-                        evicted += 1;
-                    }
-                }
-            }
-            Ok(evicted)
-        })
+        self.write(current, |edit| evict_in(edit, &pins, self.opts.budget))
     }
 
     /// Removes the manifest of `version_key` (the file changed or went away); chunks no
@@ -670,6 +658,35 @@ impl Cas {
     pub fn verify(&self) -> Result<VerifyReport, CasError> {
         verify::run(self)
     }
+}
+
+/// Evicts inside `edit` until the stored bytes fit `budget`, skipping chunks of pinned
+/// versions. Returns how many chunks went.
+fn evict_in(
+    edit: &mut Edit<'_, '_>,
+    pins: &HashMap<Vec<u8>, usize>,
+    budget: u64,
+) -> Result<u64, CasError> {
+    let mut evicted = 0;
+    let mut skipped = 0usize;
+    while edit.stored()? > budget {
+        let batch = edit.oldest(skipped + 64)?;
+        let candidates = &batch[skipped.min(batch.len())..];
+        if candidates.is_empty() {
+            break;
+        }
+        for &h in candidates {
+            if edit.stored()? <= budget {
+                break;
+            }
+            if edit.users(h)?.iter().any(|k| pins.contains_key(k)) {
+                skipped += 1;
+            } else if edit.evict(h)?.is_some() {
+                evicted += 1;
+            }
+        }
+    }
+    Ok(evicted)
 }
 
 /// The bytes of each chunk, checked to lie within `bytes` and to match its hash.
