@@ -23,7 +23,11 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(10);
     g.bench_function("file_32MiB", |b| {
-        b.iter(|| chunk_file(std::hint::black_box(&data), Params::AUDIO).1.len())
+        b.iter(|| {
+            chunk_file(std::hint::black_box(&data), Params::AUDIO)
+                .1
+                .len()
+        })
     });
     let (layout, _) = chunk_file(&data, Params::AUDIO);
     g.bench_function("window_by_window_32MiB", |b| {

@@ -16,11 +16,31 @@ fn sizes(min: u32, avg: u32, max: u32) -> Sizes {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let sets = [
-        ("tag 1/4/16K, audio 16/64/256K", sizes(1, 4, 16), sizes(16, 64, 256)),
-        ("tag 1/4/16K, audio 64/256/1024K", sizes(1, 4, 16), sizes(64, 256, 1024)),
-        ("tag 1/4/16K, audio 256/1024/4096K", sizes(1, 4, 16), sizes(256, 1024, 4096)),
-        ("tag 4/16/64K, audio 64/256/1024K", sizes(4, 16, 64), sizes(64, 256, 1024)),
-        ("tag 16/64/256K, audio 64/256/1024K", sizes(16, 64, 256), sizes(64, 256, 1024)),
+        (
+            "tag 1/4/16K, audio 16/64/256K",
+            sizes(1, 4, 16),
+            sizes(16, 64, 256),
+        ),
+        (
+            "tag 1/4/16K, audio 64/256/1024K",
+            sizes(1, 4, 16),
+            sizes(64, 256, 1024),
+        ),
+        (
+            "tag 1/4/16K, audio 256/1024/4096K",
+            sizes(1, 4, 16),
+            sizes(256, 1024, 4096),
+        ),
+        (
+            "tag 4/16/64K, audio 64/256/1024K",
+            sizes(4, 16, 64),
+            sizes(64, 256, 1024),
+        ),
+        (
+            "tag 16/64/256K, audio 64/256/1024K",
+            sizes(16, 64, 256),
+            sizes(64, 256, 1024),
+        ),
     ];
     for pair in args.chunks(2) {
         let [before, after] = pair else {

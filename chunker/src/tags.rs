@@ -61,7 +61,9 @@ pub fn locate_tag_region<E>(
 
 /// Where the tag region ends, or what more is needed to tell. See [`TagScan`].
 pub fn scan_tag_region(head: &[u8], file_len: u64) -> TagScan {
-    let head = &head[..head.len().min(usize::try_from(file_len).unwrap_or(usize::MAX))];
+    let head = &head[..head
+        .len()
+        .min(usize::try_from(file_len).unwrap_or(usize::MAX))];
     if head.len() < 4 {
         return need(4, file_len);
     }

@@ -92,7 +92,10 @@ fn flac_tag_region_ends_after_the_last_metadata_block() {
 #[test]
 fn flac_with_a_short_head_asks_for_the_next_block_header() {
     let f = flac(b"TITLE=a", &[1; 300], &noise(1000, 1));
-    assert_eq!(scan_tag_region(&f[..50], f.len() as u64), TagScan::NeedMore(57));
+    assert_eq!(
+        scan_tag_region(&f[..50], f.len() as u64),
+        TagScan::NeedMore(57)
+    );
     let got = locate_tag_region(f.len() as u64, |n| {
         Ok::<_, ()>(f[..n.min(f.len())].to_vec())
     });
@@ -198,7 +201,10 @@ fn windows_count_from_the_tag_region_end() {
     };
     let l = Layout::new(3500, Some(1200), p);
     let w: Vec<_> = l.windows().collect();
-    assert_eq!(w, vec![0..1000, 1000..1200, 1200..2200, 2200..3200, 3200..3500]);
+    assert_eq!(
+        w,
+        vec![0..1000, 1000..1200, 1200..2200, 2200..3200, 3200..3500]
+    );
     assert_eq!(l.align(1100..2300), 1000..3200);
     assert_eq!(l.align(3400..9999), 3200..3500);
     assert!(l.chunk_range(1100, &[0; 100]).is_err());

@@ -239,7 +239,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Text(t) => parse_byte_size(&t).map(ByteSize).map_err(serde::de::Error::custom),
+            Raw::Text(t) => parse_byte_size(&t)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -465,7 +467,10 @@ mod tests {
         assert!(budget("cache_budget = -1").is_err());
         let small = Config::parse("cache_budget = \"1M\"").unwrap();
         assert!(small.validate().is_err());
-        assert!(Config::parse("cache_budget = \"64M\"").unwrap().validate().is_ok());
+        assert!(Config::parse("cache_budget = \"64M\"")
+            .unwrap()
+            .validate()
+            .is_ok());
     }
 
     #[test]

@@ -60,8 +60,8 @@ use heed::{CommitOrAbort, Env, EnvOpenOptions, WithoutTls};
 use musicfs_chunker::Chunk;
 
 use self::edit::{lmdb, Edit, Freed};
-use self::pack::Packs;
 pub use self::error::CasError;
+use self::pack::Packs;
 pub use self::schema::ManifestEntry;
 use self::schema::{hash_key, ChunkEntry, Dbs, PackEntry, KEY_CLOCK, KEY_SCHEMA, SCHEMA_VERSION};
 pub use self::verify::{Problem, VerifyReport};
@@ -255,14 +255,24 @@ impl Cas {
                     self.packs.delete(id)?;
                 }
                 Some((_, e)) if len > e.len => {
-                    tracing::info!(pack = id, committed = e.len, found = len, "cutting a torn pack tail");
+                    tracing::info!(
+                        pack = id,
+                        committed = e.len,
+                        found = len,
+                        "cutting a torn pack tail"
+                    );
                     self.packs.trim(id, e.len)?;
                 }
                 Some(_) => {}
             }
         }
         let rtxn = self.env.read_txn().map_err(self.lmdb("open"))?;
-        let clock = schema::u64_value(self.dbs.meta.get(&rtxn, KEY_CLOCK).map_err(self.lmdb("open"))?);
+        let clock = schema::u64_value(
+            self.dbs
+                .meta
+                .get(&rtxn, KEY_CLOCK)
+                .map_err(self.lmdb("open"))?,
+        );
         drop(rtxn);
         self.clock.store(clock.unwrap_or(0) + 1, Ordering::Relaxed);
         let mut w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
@@ -278,7 +288,11 @@ impl Cas {
         }
         let evicted = self.evict_locked(&w)?;
         if evicted > 0 {
-            tracing::info!(chunks = evicted, budget = self.opts.budget, "evicted down to the cache budget");
+            tracing::info!(
+                chunks = evicted,
+                budget = self.opts.budget,
+                "evicted down to the cache budget"
+            );
         }
         Ok(())
     }
@@ -391,7 +405,12 @@ impl Cas {
 
     /// Copies into `out` the cached bytes of `version_key` from `offset` on, as far as
     /// they are cached contiguously; returns how many (0: a miss at `offset`).
-    pub fn read_at(&self, version_key: &[u8], offset: u64, out: &mut [u8]) -> Result<usize, CasError> {
+    pub fn read_at(
+        &self,
+        version_key: &[u8],
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<usize, CasError> {
         let manifest = self.manifest(version_key)?;
         let mut i = manifest.partition_point(|e| e.end() <= offset);
         let mut filled = 0usize;
@@ -577,7 +596,8 @@ impl Cas {
         current: Option<u32>,
         f: impl FnOnce(&mut Edit<'_, '_>) -> Result<R, CasError>,
     ) -> Result<R, CasError> {
-        let touches = std::mem::take(&mut *self.touches.lock().unwrap_or_else(PoisonError::into_inner));
+        let touches =
+            std::mem::take(&mut *self.touches.lock().unwrap_or_else(PoisonError::into_inner));
         let mut wtxn = self.env.write_txn().map_err(self.lmdb("write"))?;
         let mut edit = Edit {
             txn: &mut wtxn,
@@ -592,7 +612,10 @@ impl Cas {
         }
         let out = f(&mut edit)?;
         edit.set_clock(self.clock.load(Ordering::Relaxed))?;
-        let (freed, dead) = (std::mem::take(&mut edit.freed), std::mem::take(&mut edit.dead_packs));
+        let (freed, dead) = (
+            std::mem::take(&mut edit.freed),
+            std::mem::take(&mut edit.dead_packs),
+        );
         wtxn.commit().map_err(self.lmdb("commit"))?;
         for Freed { pack, offset, len } in freed {
             if !dead.contains(&pack) {
@@ -690,11 +713,18 @@ fn evict_in(
 }
 
 /// The bytes of each chunk, checked to lie within `bytes` and to match its hash.
-fn chunk_slices<'b>(offset: u64, bytes: &'b [u8], chunks: &[Chunk]) -> Result<Vec<&'b [u8]>, CasError> {
+fn chunk_slices<'b>(
+    offset: u64,
+    bytes: &'b [u8],
+    chunks: &[Chunk],
+) -> Result<Vec<&'b [u8]>, CasError> {
     chunks
         .iter()
         .map(|c| {
-            let from = c.offset.checked_sub(offset).and_then(|f| usize::try_from(f).ok());
+            let from = c
+                .offset
+                .checked_sub(offset)
+                .and_then(|f| usize::try_from(f).ok());
             let slice = from.and_then(|f| bytes.get(f..f.checked_add(c.len as usize)?));
             match slice {
                 Some(s) if c.len > 0 && musicfs_chunker::hash(s) == c.hash => Ok(s),
@@ -745,7 +775,8 @@ fn open_dbs(env: &Env<WithoutTls>, index_dir: &Path) -> Result<Dbs<'static>, Cas
             let found = dbs.meta.get(wtxn, KEY_SCHEMA)?.map(|b| b.to_vec());
             match found {
                 None => {
-                    dbs.meta.put(wtxn, KEY_SCHEMA, &SCHEMA_VERSION.to_le_bytes())?;
+                    dbs.meta
+                        .put(wtxn, KEY_SCHEMA, &SCHEMA_VERSION.to_le_bytes())?;
                     Ok::<_, heed::Error>(CommitOrAbort::Commit(dbs))
                 }
                 Some(b) if b == SCHEMA_VERSION.to_le_bytes() => Ok(CommitOrAbort::Commit(dbs)),

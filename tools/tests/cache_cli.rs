@@ -43,14 +43,24 @@ fn cache_verify_passes_on_a_good_cache_and_reports_a_damaged_chunk() {
 
     let ok = musicfs(state.path(), &["cache", "verify"]);
     let out = String::from_utf8_lossy(&ok.stdout);
-    assert!(ok.status.success(), "{out}{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(out.contains(&format!("({len} bytes)")) && out.ends_with("ok\n"), "{out}");
+    assert!(
+        ok.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        out.contains(&format!("({len} bytes)")) && out.ends_with("ok\n"),
+        "{out}"
+    );
 
     let stats = musicfs(state.path(), &["cache", "stats"]);
     let out = String::from_utf8_lossy(&stats.stdout);
     assert!(stats.status.success());
     assert!(out.contains(&format!("stored_bytes\t{len}\n")), "{out}");
-    assert!(out.contains(&format!("logical_bytes\t{}\n", 2 * len)), "{out}");
+    assert!(
+        out.contains(&format!("logical_bytes\t{}\n", 2 * len)),
+        "{out}"
+    );
     assert!(out.contains("dedup_ratio\t2.000\n"), "{out}");
 
     let pack = state.path().join("cas/packs/00000001.pack");
@@ -62,6 +72,9 @@ fn cache_verify_passes_on_a_good_cache_and_reports_a_damaged_chunk() {
     let out = String::from_utf8_lossy(&bad.stdout);
     let err = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(bad.status.code(), Some(1), "{out}{err}");
-    assert!(out.contains("problem: chunk ") && out.contains("do not match"), "{out}");
+    assert!(
+        out.contains("problem: chunk ") && out.contains("do not match"),
+        "{out}"
+    );
     assert!(err.contains("1 problem(s)"), "{err}");
 }

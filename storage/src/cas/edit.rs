@@ -9,8 +9,8 @@ use std::path::Path;
 use heed::RwTxn;
 
 use super::schema::{
-    self, decode_manifest, encode_manifest, hash_key, lru_key, pack_key, user_key, ChunkEntry,
-    Dbs, ManifestEntry, PackEntry, KEY_CLOCK, KEY_STORED,
+    self, decode_manifest, encode_manifest, hash_key, lru_key, pack_key, user_key, ChunkEntry, Dbs,
+    ManifestEntry, PackEntry, KEY_CLOCK, KEY_STORED,
 };
 use super::CasError;
 
@@ -219,9 +219,9 @@ impl<'a> Edit<'a, '_> {
                 .map_err(|source| lmdb(dir, "manifest update", source))?;
         }
         for &h in after.difference(&before) {
-            let mut e = self
-                .chunk(h)?
-                .ok_or_else(|| self.format(format!("manifest lists a chunk not stored: {h:032x}")))?;
+            let mut e = self.chunk(h)?.ok_or_else(|| {
+                self.format(format!("manifest lists a chunk not stored: {h:032x}"))
+            })?;
             e.refs = e.refs.saturating_add(1);
             self.put_chunk(h, &e)?;
             self.dbs

@@ -90,7 +90,13 @@ impl Packs {
         Ok(file)
     }
 
-    pub(crate) fn write_at(&self, id: u32, file: &File, bytes: &[u8], at: u64) -> Result<(), CasError> {
+    pub(crate) fn write_at(
+        &self,
+        id: u32,
+        file: &File,
+        bytes: &[u8],
+        at: u64,
+    ) -> Result<(), CasError> {
         file.write_all_at(bytes, at)
             .map_err(|e| self.io(&self.path(id), "append to a pack", e))
     }
@@ -149,8 +155,7 @@ impl Packs {
         let Ok(file) = OpenOptions::new().write(true).open(&path) else {
             return;
         };
-        let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
-        else {
+        let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
             return;
         };
         // SAFETY: fallocate on an fd we own, with plain integer arguments; no memory is
@@ -192,7 +197,13 @@ impl Packs {
     }
 
     /// Reads exactly `len` bytes at `offset` of pack `id` into `buf` (resized to `len`).
-    pub(crate) fn read(&self, id: u32, offset: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+    pub(crate) fn read(
+        &self,
+        id: u32,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
         let file = self.reader(id)?;
         buf.resize(len, 0);
         if self.uring {

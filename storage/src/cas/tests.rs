@@ -51,7 +51,14 @@ fn read_all(cas: &Cas, key: &[u8], len: usize) -> Vec<u8> {
 fn put_then_read_back_every_byte_and_verify() {
     for uring in [true, false] {
         let dir = tempfile::tempdir().unwrap();
-        let cas = Cas::open(dir.path(), CasOptions { io_uring: uring, ..opts() }).unwrap();
+        let cas = Cas::open(
+            dir.path(),
+            CasOptions {
+                io_uring: uring,
+                ..opts()
+            },
+        )
+        .unwrap();
         let data = noise(300_000, 1);
         let r = put_file(&cas, b"v1", &data);
         assert_eq!(r.new_bytes, data.len() as u64);
@@ -80,7 +87,8 @@ fn a_partly_cached_file_reads_up_to_its_first_gap() {
     let first = layout
         .chunk_range(w.start, &data[w.start as usize..w.end as usize])
         .unwrap();
-    cas.put_chunks(b"v", 0, &data[..w.end as usize], &first).unwrap();
+    cas.put_chunks(b"v", 0, &data[..w.end as usize], &first)
+        .unwrap();
     assert_eq!(read_all(&cas, b"v", data.len()).len() as u64, w.end);
     let mut tail = vec![0; 10];
     assert_eq!(cas.read_at(b"v", w.end + 5, &mut tail).unwrap(), 0);
@@ -130,7 +138,11 @@ fn a_corrupt_chunk_is_a_miss_and_leaves_the_index() {
     let mut buf = Vec::new();
     assert!(!cas.get(victim.hash, &mut buf).unwrap());
     assert!(buf.is_empty());
-    assert!(cas.manifest(b"v").unwrap().iter().all(|e| e.hash != victim.hash));
+    assert!(cas
+        .manifest(b"v")
+        .unwrap()
+        .iter()
+        .all(|e| e.hash != victim.hash));
     assert_eq!(read_all(&cas, b"v", data.len()).len() as u64, victim.offset);
     let report = cas.verify().unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
@@ -149,7 +161,10 @@ fn eviction_keeps_the_budget_and_pinned_chunks() {
         let s = cas.stats().unwrap();
         assert!(s.stored_bytes <= budget, "{} > {budget}", s.stored_bytes);
         // Disk use: the budget plus at most one pack.
-        assert!(s.disk_bytes <= budget + opts().pack_size + (64 << 10), "{s:?}");
+        assert!(
+            s.disk_bytes <= budget + opts().pack_size + (64 << 10),
+            "{s:?}"
+        );
     }
     assert_eq!(read_all(&cas, b"pinned", pinned_data.len()), pinned_data);
     assert!(cas.manifest(b"f0").unwrap().is_empty());
@@ -165,7 +180,14 @@ fn eviction_keeps_the_budget_and_pinned_chunks() {
 #[test]
 fn reads_refresh_the_lru_order() {
     let dir = tempfile::tempdir().unwrap();
-    let cas = Cas::open(dir.path(), CasOptions { budget: 320_000, ..opts() }).unwrap();
+    let cas = Cas::open(
+        dir.path(),
+        CasOptions {
+            budget: 320_000,
+            ..opts()
+        },
+    )
+    .unwrap();
     let a = noise(150_000, 1);
     put_file(&cas, b"a", &a);
     put_file(&cas, b"b", &noise(150_000, 2));

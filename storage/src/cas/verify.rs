@@ -78,25 +78,45 @@ pub enum Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Problem::BadChunk { hash, pack, offset, why } => {
+            Problem::BadChunk {
+                hash,
+                pack,
+                offset,
+                why,
+            } => {
                 write!(f, "chunk {hash:032x} (pack {pack}, offset {offset}): {why}")
             }
-            Problem::PackTooShort { pack, committed, found } => write!(
+            Problem::PackTooShort {
+                pack,
+                committed,
+                found,
+            } => write!(
                 f,
                 "pack {pack}: {found} bytes on disk, the index committed {committed}"
             ),
-            Problem::PackTooLong { pack, committed, found } => write!(
+            Problem::PackTooLong {
+                pack,
+                committed,
+                found,
+            } => write!(
                 f,
                 "pack {pack}: {found} bytes on disk, more than the {committed} committed"
             ),
             Problem::UnknownPack { pack } => write!(f, "pack {pack}: not in the index"),
             Problem::ChunkOutsidePack { hash, pack } => {
-                write!(f, "chunk {hash:032x}: outside pack {pack}'s committed bytes")
+                write!(
+                    f,
+                    "chunk {hash:032x}: outside pack {pack}'s committed bytes"
+                )
             }
             Problem::BadManifest { key, why } => {
                 write!(f, "manifest {}: {why}", String::from_utf8_lossy(key))
             }
-            Problem::Accounting { what, recorded, counted } => {
+            Problem::Accounting {
+                what,
+                recorded,
+                counted,
+            } => {
                 write!(f, "{what}: recorded {recorded}, counted {counted}")
             }
             Problem::Undecodable { what } => write!(f, "an undecodable record in {what}"),
@@ -147,9 +167,17 @@ pub(super) fn run(cas: &Cas) -> Result<VerifyReport, CasError> {
         r.packs += 1;
         let found = files.get(&id).copied().unwrap_or(0);
         if found < e.len || !files.contains_key(&id) {
-            r.problems.push(Problem::PackTooShort { pack: id, committed: e.len, found });
+            r.problems.push(Problem::PackTooShort {
+                pack: id,
+                committed: e.len,
+                found,
+            });
         } else if found > e.len {
-            r.problems.push(Problem::PackTooLong { pack: id, committed: e.len, found });
+            r.problems.push(Problem::PackTooLong {
+                pack: id,
+                committed: e.len,
+                found,
+            });
         }
     }
     for &id in files.keys() {
@@ -191,7 +219,12 @@ pub(super) fn run(cas: &Cas) -> Result<VerifyReport, CasError> {
                 counted,
             });
         }
-        if dbs.lru.get(&rtxn, &lru_key(e.last_use, hash)).map_err(lm())?.is_none() {
+        if dbs
+            .lru
+            .get(&rtxn, &lru_key(e.last_use, hash))
+            .map_err(lm())?
+            .is_none()
+        {
             r.problems.push(Problem::Accounting {
                 what: format!("LRU entry of chunk {hash:032x}"),
                 recorded: 0,
@@ -202,7 +235,8 @@ pub(super) fn run(cas: &Cas) -> Result<VerifyReport, CasError> {
             .get(&e.pack)
             .is_some_and(|p| e.offset + u64::from(e.len) <= p.len);
         if !inside {
-            r.problems.push(Problem::ChunkOutsidePack { hash, pack: e.pack });
+            r.problems
+                .push(Problem::ChunkOutsidePack { hash, pack: e.pack });
             continue;
         }
         r.chunks += 1;
@@ -258,12 +292,16 @@ pub(super) fn run(cas: &Cas) -> Result<VerifyReport, CasError> {
             r.problems.push(Problem::Undecodable { what: "manifests" });
             continue;
         };
-        let bad = |why: String| Problem::BadManifest { key: k.to_vec(), why };
+        let bad = |why: String| Problem::BadManifest {
+            key: k.to_vec(),
+            why,
+        };
         if m.is_empty() {
             r.problems.push(bad("empty".into()));
         }
         if m.windows(2).any(|w| w[1].offset < w[0].end()) {
-            r.problems.push(bad("entries unsorted or overlapping".into()));
+            r.problems
+                .push(bad("entries unsorted or overlapping".into()));
         }
         let mut hashes: Vec<u128> = m.iter().map(|e| e.hash).collect();
         hashes.sort_unstable();
@@ -271,18 +309,22 @@ pub(super) fn run(cas: &Cas) -> Result<VerifyReport, CasError> {
         for h in hashes {
             *listed.entry(h).or_default() += 1;
             match chunks.get(&h) {
-                None => r.problems.push(bad(format!("lists chunk {h:032x}, which is not stored"))),
+                None => r
+                    .problems
+                    .push(bad(format!("lists chunk {h:032x}, which is not stored"))),
                 Some(_) => {
                     let user = schema::user_key(h, k);
                     if dbs.users.get(&rtxn, &user).map_err(lm())?.is_none() {
-                        r.problems.push(bad(format!("no users entry for chunk {h:032x}")));
+                        r.problems
+                            .push(bad(format!("no users entry for chunk {h:032x}")));
                     }
                 }
             }
         }
         for e in &m {
             if chunks.get(&e.hash).is_some_and(|c| c.len != e.len) {
-                r.problems.push(bad(format!("length of chunk {:032x} differs", e.hash)));
+                r.problems
+                    .push(bad(format!("length of chunk {:032x} differs", e.hash)));
             }
         }
     }
