@@ -162,7 +162,7 @@ pub(crate) fn encode_manifest(entries: &[ManifestEntry]) -> Vec<u8> {
 }
 
 pub(crate) fn decode_manifest(b: &[u8]) -> Option<Vec<ManifestEntry>> {
-    if b.len() % MANIFEST_ENTRY_LEN != 0 {
+    if !b.len().is_multiple_of(MANIFEST_ENTRY_LEN) {
         return None;
     }
     b.chunks_exact(MANIFEST_ENTRY_LEN)
