@@ -212,6 +212,63 @@ pub struct Config {
     /// The share (0 to 1) of an origin's tracks that may vanish in one scan; more marks
     /// the origin offline instead of removing them.
     pub mass_removal_threshold: f64,
+    /// Bytes of remote file content the chunk cache keeps (least recently used chunks go
+    /// first): a number of bytes or a string with a binary unit (`"10G"`, `"512MiB"`).
+    pub cache_budget: ByteSize,
+}
+
+/// A byte count read from the config: an integer (bytes) or a string with an optional
+/// binary unit: `K`, `M`, `G`, `T` (each 1024 times the one before; `KB`/`KiB` and the
+/// like mean the same), decimals allowed (`"1.5G"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+/// The default `cache_budget`: 10 GiB.
+pub const DEFAULT_CACHE_BUDGET: u64 = 10 << 30;
+
+/// The smallest `cache_budget`: a few chunking windows.
+pub const MIN_CACHE_BUDGET: u64 = 64 << 20;
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => parse_byte_size(&t)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `10G`, `512 MiB`, `1.5T`, `4096` (see [`ByteSize`]).
+pub fn parse_byte_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M, G or T)")),
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 10G or 512M"))?;
+    let bytes = value * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes >= u64::MAX as f64 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(bytes as u64)
 }
 
 impl Default for Config {
@@ -236,6 +293,7 @@ impl Default for Config {
             transport: TransportSetting::Auto,
             enable_uring_param: false,
             mass_removal_threshold: 0.5,
+            cache_budget: ByteSize(DEFAULT_CACHE_BUDGET),
         }
     }
 }
@@ -304,6 +362,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "mass_removal_threshold",
                 message: format!("{share} is not a share between 0 and 1"),
+            });
+        }
+        if self.cache_budget.0 < MIN_CACHE_BUDGET {
+            return Err(ConfigError::Invalid {
+                key: "cache_budget",
+                message: format!(
+                    "{} bytes is less than the smallest budget, {} (64M)",
+                    self.cache_budget.0, MIN_CACHE_BUDGET
+                ),
             });
         }
         if self.umask > 0o777 {
@@ -386,6 +453,25 @@ fn default_state_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_budget_takes_bytes_or_a_binary_unit() {
+        let budget = |t: &str| Config::parse(t).map(|c| c.cache_budget.0);
+        assert_eq!(budget(""), Ok(10 << 30));
+        assert_eq!(budget("cache_budget = 1073741824"), Ok(1 << 30));
+        assert_eq!(budget("cache_budget = \"10G\""), Ok(10 << 30));
+        assert_eq!(budget("cache_budget = \"512 MiB\""), Ok(512 << 20));
+        assert_eq!(budget("cache_budget = \"1.5g\""), Ok(3 << 29));
+        assert!(budget("cache_budget = \"10X\"").is_err());
+        assert!(budget("cache_budget = \"lots\"").is_err());
+        assert!(budget("cache_budget = -1").is_err());
+        let small = Config::parse("cache_budget = \"1M\"").unwrap();
+        assert!(small.validate().is_err());
+        assert!(Config::parse("cache_budget = \"64M\"")
+            .unwrap()
+            .validate()
+            .is_ok());
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

@@ -7,8 +7,9 @@
 //! the **origin seam** ([`origin`]): how an origin is named (a URL-like [`OriginSpec`]),
 //! listed, stat'ed, read by offset ([`Source`]) and probed for health, with the local
 //! driver as its first implementation (S3, SFTP and SMB specs parse but have no driver
-//! yet). Later it will also own the content-addressed chunk store (CAS: chunk index, pack
-//! files, eviction).
+//! yet). It also owns the **content-addressed chunk store** ([`cas`]): the local cache remote
+//! files are read through (chunk index in its own LMDB environment, pack files, LRU
+//! eviction under a byte budget, verification).
 //!
 //! What it must not do: know about paths in the virtual tree, templates or FUSE (that is
 //! `musicfs-core` and `musicfs-fusedev`), read tags (`musicfs-index`), or ever write to an
@@ -21,6 +22,8 @@
 //! - [`Upsert`]: one new or changed file, as the scanner hands it over; [`Batch`] groups
 //!   upserts, removals and [`SkipRecord`]s (broken files) into one transaction.
 //! - [`CatalogError`]: every way the catalog can fail, with the catalog's path in it.
+//! - [`Cas`]: put the chunks of a fetched range, read cached bytes back (verified), pin
+//!   open files, verify the store; [`CasError`] is every way it can fail.
 //! - [`Origin`] and [`open_origin`]: the one interface to source files; [`OriginError`] is
 //!   every way naming, opening or reading an origin can fail.
 //!
@@ -28,9 +31,11 @@
 //! [`ScanState`]: musicfs_core::meta::ScanState
 #![deny(missing_docs)]
 
+pub mod cas;
 pub mod catalog;
 pub mod origin;
 
+pub use cas::{Cas, CasError, CasOptions, CasStats, PinGuard, VerifyReport};
 pub use catalog::{
     Batch, Catalog, CatalogError, Forgotten, OriginDevice, SkipRecord, Upsert, SCHEMA_VERSION,
 };

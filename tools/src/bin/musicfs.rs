@@ -1,5 +1,5 @@
 //! `musicfs`: scan origins into the catalog and publish the tree; print the tree; list and
-//! forget origins.
+//! forget origins; verify the chunk cache and show its statistics.
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -13,6 +13,7 @@ use musicfs_core::snapshot::Snapshot;
 use musicfs_core::template::Template;
 use musicfs_index::refresh::{scan_summary, Library, StateDir};
 use musicfs_index::scan::ScanOptions;
+use musicfs_storage::cas::{Cas, CasOptions};
 use musicfs_storage::origin::OriginTable;
 use musicfs_tools::{init_logging, parse_origin, progress_bar, resolve_origins, BadOrigin};
 
@@ -70,12 +71,26 @@ enum Command {
         #[command(subcommand)]
         action: OriginAction,
     },
+    /// Inspect the chunk cache (`<state>/cas`) remote files are read through.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Print every path of the published tree, sorted, one per line.
     Tree {
         /// Also print inode, size and source path (tab-separated: ino, size, path, source).
         #[arg(long)]
         long: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Read every cached chunk and check it against its hash, and the index against the
+    /// pack files. Exit status 0 when all is well, 1 with a report of every problem.
+    Verify,
+    /// Print how much is cached, the budget, and what deduplication saves.
+    Stats,
 }
 
 #[derive(Subcommand)]
@@ -111,6 +126,10 @@ fn main() -> ExitCode {
         Command::Origin { action } => match action {
             OriginAction::List => origin_list(&cfg),
             OriginAction::Forget { origin } => origin_forget(&cfg, &origin),
+        },
+        Command::Cache { action } => match action {
+            CacheAction::Verify => cache_verify(&cfg),
+            CacheAction::Stats => cache_stats(&cfg),
         },
         Command::Tree { long } => tree(&cfg, long),
     };
@@ -285,6 +304,53 @@ fn origin_forget(cfg: &Config, origin: &std::path::Path) -> Result<()> {
     };
     drop(snap);
     publish_if_changed(&library)
+}
+
+/// Opens the state directory's chunk cache with the configured budget (a smaller budget
+/// than before evicts down to it).
+fn open_cache(cfg: &Config) -> Result<Cas> {
+    let dir = cfg.state_dir().join("cas");
+    let opts = CasOptions {
+        budget: cfg.cache_budget.0,
+        ..CasOptions::default()
+    };
+    Cas::open(&dir, opts).with_context(|| format!("cannot open the chunk cache {}", dir.display()))
+}
+
+fn cache_verify(cfg: &Config) -> Result<()> {
+    let cas = open_cache(cfg)?;
+    let report = cas.verify()?;
+    println!(
+        "checked {} chunks ({} bytes) in {} packs, {} manifests",
+        report.chunks, report.bytes, report.packs, report.manifests
+    );
+    for p in &report.problems {
+        println!("problem: {p}");
+    }
+    anyhow::ensure!(
+        report.is_ok(),
+        "the chunk cache {} has {} problem(s); damaged chunks are dropped when read",
+        cas.dir().display(),
+        report.problems.len()
+    );
+    println!("ok");
+    Ok(())
+}
+
+fn cache_stats(cfg: &Config) -> Result<()> {
+    let cas = open_cache(cfg)?;
+    let s = cas.stats()?;
+    println!("directory\t{}", cas.dir().display());
+    println!("chunks\t{}", s.chunks);
+    println!("stored_bytes\t{}", s.stored_bytes);
+    println!("budget_bytes\t{}", s.budget);
+    println!("disk_bytes\t{}", s.disk_bytes);
+    println!("packs\t{}", s.packs);
+    println!("file_versions\t{}", s.manifests);
+    println!("logical_bytes\t{}", s.logical_bytes);
+    println!("shared_chunks\t{}", s.shared_chunks);
+    println!("dedup_ratio\t{:.3}", s.dedup_ratio());
+    Ok(())
 }
 
 fn tree(cfg: &Config, long: bool) -> Result<()> {
