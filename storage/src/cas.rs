@@ -46,6 +46,7 @@ mod edit;
 mod error;
 mod pack;
 mod reader;
+mod readpath;
 mod schema;
 mod verify;
 
@@ -348,6 +349,47 @@ impl Cas {
             None => Ok(Vec::new()),
             Some(b) => schema::decode_manifest(b).ok_or_else(|| self.format("a manifest")),
         }
+    }
+
+    /// The version keys with a manifest that start with `prefix` (every cached version of
+    /// one file, when the caller's keys start with the file's name).
+    pub fn versions(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, CasError> {
+        let rtxn = self.env.read_txn().map_err(self.lmdb("manifest listing"))?;
+        let iter = self
+            .dbs
+            .manifests
+            .prefix_iter(&rtxn, prefix)
+            .map_err(self.lmdb("manifest listing"))?;
+        let mut out = Vec::new();
+        for item in iter {
+            let (key, _) = item.map_err(self.lmdb("manifest listing"))?;
+            out.push(key.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Adds `entries`, chunks the store already holds (another version's), to the
+    /// manifest of `version_key` without writing any bytes. `Ok(false)`, and nothing
+    /// recorded, when one of them is no longer stored.
+    pub fn adopt(&self, version_key: &[u8], entries: &[ManifestEntry]) -> Result<bool, CasError> {
+        let w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = w.current.as_ref().map(|c| c.id);
+        let tick = self.tick();
+        let adopted = self.write(current, |edit| {
+            for e in entries {
+                match edit.chunk(e.hash)? {
+                    Some(c) if c.len == e.len => {}
+                    _ => return Ok(false),
+                }
+            }
+            for e in entries {
+                edit.touch(e.hash, tick)?;
+            }
+            edit.merge_manifest(version_key, entries)?;
+            Ok(true)
+        });
+        drop(w);
+        adopted
     }
 
     /// Reads chunk `hash` into `buf` (resized to the chunk). `Ok(false)` is a miss: not

@@ -78,9 +78,9 @@ pub trait ChunkCache: Send + Sync + fmt::Debug {
     /// The versions recorded whose key starts with `prefix`, most recently used first.
     fn versions(&self, prefix: &[u8]) -> io::Result<Vec<Vec<u8>>>;
 
-    /// Reads chunk `c` whole into `buf` (`c.len` bytes), verified against its hash.
-    /// `Ok(false)`: not in the cache, or it was damaged (and is now dropped).
-    fn read(&self, c: &ChunkRef, buf: &mut [u8]) -> io::Result<bool>;
+    /// Reads chunk `c` whole into `buf` (resized to `c.len` bytes), verified against its
+    /// hash. `Ok(false)`: not in the cache, or it was damaged (and is now dropped).
+    fn read(&self, c: &ChunkRef, buf: &mut Vec<u8>) -> io::Result<bool>;
 
     /// Stores `chunks` of `version`, whose bytes are `data` (the chunks in order, back to
     /// back), and records them in its manifest.
@@ -615,13 +615,10 @@ impl Inner {
             }
         }
         let mut bytes = match last.take() {
-            Some((_, mut v)) => {
-                v.resize(c.len as usize, 0);
-                v
-            }
-            None => vec![0u8; c.len as usize],
+            Some((_, v)) => v,
+            None => Vec::with_capacity(c.len as usize),
         };
-        if !self.shared.cache.read(c, &mut bytes)? {
+        if !self.shared.cache.read(c, &mut bytes)? || bytes.len() != c.len as usize {
             return Ok(None);
         }
         let out = f(&bytes);

@@ -150,11 +150,12 @@ impl ChunkCache for MemCache {
         v.sort_by_key(|k| std::cmp::Reverse(used.get(k).copied().unwrap_or(0)));
         Ok(v)
     }
-    fn read(&self, c: &ChunkRef, buf: &mut [u8]) -> io::Result<bool> {
+    fn read(&self, c: &ChunkRef, buf: &mut Vec<u8>) -> io::Result<bool> {
         let mut chunks = self.chunks.lock().unwrap();
         match chunks.get(&c.hash) {
             Some(b) if xxhash_rust::xxh3::xxh3_128(b) == c.hash => {
-                buf.copy_from_slice(b);
+                buf.clear();
+                buf.extend_from_slice(b);
                 Ok(true)
             }
             Some(_) => {
@@ -439,4 +440,60 @@ fn a_sequential_reader_has_the_next_windows_fetched_ahead() {
         assert!(std::time::Instant::now() < deadline, "no read-ahead");
         std::thread::yield_now();
     }
+}
+
+/// A FLAC-shaped file: marker, STREAMINFO, a Vorbis comment of `comment`, padding, then
+/// `audio` pseudo-random bytes.
+fn flac_like(comment: &[u8], padding: usize, seed: u64, audio: usize) -> Vec<u8> {
+    let mut f = b"fLaC".to_vec();
+    let block = |f: &mut Vec<u8>, kind: u8, body: &[u8]| {
+        let n = body.len() as u32;
+        f.extend_from_slice(&[kind, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
+        f.extend_from_slice(body);
+    };
+    block(&mut f, 0, &[9u8; 34]);
+    block(&mut f, 4, comment);
+    block(&mut f, 0x80 | 1, &vec![0u8; padding]);
+    let tail = toy_file(b"", seed, audio);
+    f.extend_from_slice(&tail[8..]);
+    f
+}
+
+#[test]
+fn through_the_real_cas_and_chunker_a_tag_edit_costs_the_tag_region_and_a_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas =
+        Arc::new(crate::cas::Cas::open(dir.path(), crate::cas::CasOptions::default()).unwrap());
+    let files = Arc::new(Files::default());
+    let inner = Arc::new(MemOrigin {
+        spec: OriginSpec::parse("s3://bucket/music").unwrap(),
+        files: Arc::clone(&files),
+    });
+    let origin = CachedOrigin::new(
+        inner,
+        cas.clone(),
+        Arc::new(AudioChunking::default()),
+        CacheOptions { readahead: 0 },
+    );
+    let r = Rig {
+        files,
+        cache: Arc::new(MemCache::default()),
+        origin,
+    };
+    let old = flac_like(&[b'a'; 700], 8192, 21, 9 << 20);
+    r.put("big.flac", old.clone(), "v1");
+    assert_eq!(r.read_all("big.flac", 128 << 10).unwrap(), old);
+    assert_eq!(r.served(), old.len() as u64);
+    let new = flac_like(&[b'b'; 700], 8192, 21, 9 << 20);
+    r.put("big.flac", new.clone(), "v2");
+    let before = r.served();
+    assert_eq!(r.read_all("big.flac", 128 << 10).unwrap(), new);
+    let tag_region = 4 + 38 + 704 + 8196;
+    let cost = r.served() - before;
+    assert!(
+        cost <= tag_region + SAMPLE,
+        "{cost} bytes for a {tag_region}-byte tag region"
+    );
+    let report = cas.verify().unwrap();
+    assert!(report.is_ok(), "{report:?}");
 }
