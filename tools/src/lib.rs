@@ -14,9 +14,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use musicfs_core::config::OriginConfig;
+use musicfs_core::config::{Config, OriginConfig};
 use musicfs_index::health::{OfflineReason, PROBE_TIMEOUT};
 use musicfs_index::scan::{Progress, ProgressFn};
+use musicfs_storage::cas::{Cas, CasOptions};
 use musicfs_storage::origin::remote::RemoteOptions;
 use musicfs_storage::origin::{
     open_origin_with, probe_within, Health, Origin, OriginError, OriginSettings, OriginSpec,
@@ -125,6 +126,48 @@ impl ResolvedOrigins {
     pub fn any_usable(&self) -> bool {
         self.unusable.len() < self.origins.len()
     }
+}
+
+/// Opens the state directory's chunk cache (`<state>/cas`) with the configured budget (a
+/// smaller budget than before evicts down to it). One process holds it at a time.
+pub fn open_cache(cfg: &Config) -> anyhow::Result<Cas> {
+    use anyhow::Context;
+    let dir = cfg.state_dir().join("cas");
+    let opts = CasOptions {
+        budget: cfg.cache_budget.0,
+        ..CasOptions::default()
+    };
+    Cas::open(&dir, opts).with_context(|| format!("cannot open the chunk cache {}", dir.display()))
+}
+
+/// The origins as the FUSE read path opens them: each remote one (no local root) through
+/// the chunk cache, which is opened only when there is one. Local origins are read as
+/// scanned (passthrough, io_uring), so they are not listed.
+pub fn read_path(
+    cfg: &Config,
+    origins: &[Arc<dyn Origin>],
+) -> anyhow::Result<Vec<Arc<dyn Origin>>> {
+    use musicfs_storage::origin::{AudioChunking, CacheOptions, CachedOrigin};
+    let remote: Vec<&Arc<dyn Origin>> = origins
+        .iter()
+        .filter(|o| o.local_root().is_none())
+        .collect();
+    if remote.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cas = Arc::new(open_cache(cfg)?);
+    let chunking = Arc::new(AudioChunking::default());
+    Ok(remote
+        .into_iter()
+        .map(|o| {
+            Arc::new(CachedOrigin::new(
+                Arc::clone(o),
+                cas.clone(),
+                chunking.clone(),
+                CacheOptions::default(),
+            )) as Arc<dyn Origin>
+        })
+        .collect())
 }
 
 /// What the origin's table in the configuration says about opening and calling it.

@@ -44,7 +44,7 @@ use std::time::Duration;
 use musicfs_core::ScanState;
 use serde::{Deserialize, Serialize};
 
-pub use cached::{CachedOrigin, CachedSource, ChunkCache, ChunkRef, Chunking};
+pub use cached::{CacheOptions, CachedOrigin, CachedSource, ChunkCache, ChunkRef, Chunking};
 pub use chunking::AudioChunking;
 pub use error::{is_vanished_io, OriginError};
 pub use local::{LocalOrigin, LocalSource};

@@ -13,9 +13,10 @@ use musicfs_core::snapshot::Snapshot;
 use musicfs_core::template::Template;
 use musicfs_index::refresh::{scan_summary, Library, StateDir};
 use musicfs_index::scan::ScanOptions;
-use musicfs_storage::cas::{Cas, CasOptions};
 use musicfs_storage::origin::OriginTable;
-use musicfs_tools::{init_logging, parse_origin, progress_bar, resolve_origins, BadOrigin};
+use musicfs_tools::{
+    init_logging, open_cache, parse_origin, progress_bar, resolve_origins, BadOrigin,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -304,17 +305,6 @@ fn origin_forget(cfg: &Config, origin: &std::path::Path) -> Result<()> {
     };
     drop(snap);
     publish_if_changed(&library)
-}
-
-/// Opens the state directory's chunk cache with the configured budget (a smaller budget
-/// than before evicts down to it).
-fn open_cache(cfg: &Config) -> Result<Cas> {
-    let dir = cfg.state_dir().join("cas");
-    let opts = CasOptions {
-        budget: cfg.cache_budget.0,
-        ..CasOptions::default()
-    };
-    Cas::open(&dir, opts).with_context(|| format!("cannot open the chunk cache {}", dir.display()))
 }
 
 fn cache_verify(cfg: &Config) -> Result<()> {

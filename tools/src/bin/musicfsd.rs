@@ -19,7 +19,7 @@ use musicfs_core::template::Template;
 use musicfs_fusedev::MountOptions;
 use musicfs_index::refresh::{plan_watches, watch_origins, Library, Refresher, StateDir, Trigger};
 use musicfs_storage::origin::Origin;
-use musicfs_tools::{init_logging, progress_bar, resolve_origins, sd_notify};
+use musicfs_tools::{init_logging, progress_bar, read_path, resolve_origins, sd_notify};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
@@ -234,14 +234,15 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         catalog: Arc::new(state.open_catalog()?),
         template: Template::parse(&cfg.template)?,
         origins: origins.to_vec(),
-        readers: Vec::new(),
+        readers: read_path(cfg, origins)?,
         state,
         mass_removal_threshold: cfg.mass_removal_threshold,
         health: Arc::new(OriginHealth::default()),
         progress: progress_bar(),
     };
     let snapshot = library.load_or_build()?;
-    // The read path opens files through the same origin objects the scans use.
+    // The read path opens local files through the same origin objects the scans use, and
+    // remote ones through the chunk cache.
     let origin_table = Arc::new(ArcSwap::from_pointee(library.origin_table()?));
     info!(
         generation = snapshot.generation(),
