@@ -153,7 +153,10 @@ fn served_tracks(state: &Path, spec: &str) -> BTreeMap<PathBuf, PathBuf> {
         .into_iter()
         .filter_map(|e| {
             let source = e.source?;
-            let rel = source.as_os_str().as_bytes().strip_prefix(prefix.as_bytes())?;
+            let rel = source
+                .as_os_str()
+                .as_bytes()
+                .strip_prefix(prefix.as_bytes())?;
             Some((e.path, PathBuf::from(std::ffi::OsStr::from_bytes(rel))))
         })
         .collect()
@@ -168,17 +171,35 @@ fn sftp_origin_scans_mounts_and_serves_every_byte_unchanged() {
     let big = root.join(BIG);
     fs::create_dir_all(big.parent().unwrap()).unwrap();
     // White noise does not compress: ~88 KB per second of mono FLAC.
-    encode_flac(&big, 350.0, 7, true, &[("ARTIST", "Big Artist"), ("ALBUM", "Big Album"), ("TITLE", "Big Noise"), ("TRACKNUMBER", "1")])
-        .expect("encoding the big FLAC");
+    encode_flac(
+        &big,
+        350.0,
+        7,
+        true,
+        &[
+            ("ARTIST", "Big Artist"),
+            ("ALBUM", "Big Album"),
+            ("TITLE", "Big Noise"),
+            ("TRACKNUMBER", "1"),
+        ],
+    )
+    .expect("encoding the big FLAC");
     let mut tracks: Vec<PathBuf> = fixture.tracks.iter().map(|t| t.rel_path.clone()).collect();
     tracks.push(PathBuf::from(BIG));
     let before = checksum_tree(&root).unwrap();
     let weight = library_bytes(&root, &tracks);
-    assert!(fs::metadata(&big).unwrap().len() > 25_000_000, "the big FLAC is too small");
+    assert!(
+        fs::metadata(&big).unwrap().len() > 25_000_000,
+        "the big FLAC is too small"
+    );
 
     let proxy = CountingProxy::start(server.port()).unwrap();
     let known_hosts = server.dir().join("known_hosts_proxy");
-    fs::write(&known_hosts, server.known_hosts_line(proxy.port, "host_key.pub").unwrap()).unwrap();
+    fs::write(
+        &known_hosts,
+        server.known_hosts_line(proxy.port, "host_key.pub").unwrap(),
+    )
+    .unwrap();
     let spec = server.spec(proxy.port, &root);
     let config = work.path().join("musicfs.toml");
     write_config(&config, &spec, &server.identity_file(), &known_hosts);
@@ -189,7 +210,11 @@ fn sftp_origin_scans_mounts_and_serves_every_byte_unchanged() {
     let scan = musicfs_scan_config(&config, &state);
     let took = started.elapsed();
     let stderr = String::from_utf8_lossy(&scan.stderr);
-    assert!(scan.status.success(), "scan failed:\n{stderr}\nsshd log:\n{}", server.log());
+    assert!(
+        scan.status.success(),
+        "scan failed:\n{stderr}\nsshd log:\n{}",
+        server.log()
+    );
     let (down, up) = (proxy.down(), proxy.up());
     let payload = stderr
         .lines()
@@ -224,9 +249,16 @@ fn sftp_origin_scans_mounts_and_serves_every_byte_unchanged() {
     let fs_ = MountedFs::start(opts).unwrap_or_else(|e| panic!("mounting: {e:#}"));
     for (virt, rel) in &served {
         let through = fs_.path(virt);
-        let got = xxh3_file(&through).unwrap_or_else(|e| panic!("{e:#}\ndaemon log:\n{}", fs_.log()));
+        let got =
+            xxh3_file(&through).unwrap_or_else(|e| panic!("{e:#}\ndaemon log:\n{}", fs_.log()));
         let want = xxh3_file(&root.join(rel)).unwrap();
-        assert_eq!(got, want, "{} differs from {}", through.display(), rel.display());
+        assert_eq!(
+            got,
+            want,
+            "{} differs from {}",
+            through.display(),
+            rel.display()
+        );
     }
     for rel in [BIG, "mp3/id3v23.mp3", "m4a/itunes.m4a", "ogg/vorbis.ogg"] {
         let Some((virt, _)) = served.iter().find(|(_, r)| r.as_path() == Path::new(rel)) else {
@@ -258,7 +290,11 @@ fn sftp_origin_scans_mounts_and_serves_every_byte_unchanged() {
     assert_eq!(create.unwrap_err().raw_os_error(), Some(libc::EROFS));
     drop(fs_);
 
-    assert_eq!(checksum_tree(&root).unwrap(), before, "the served directory changed");
+    assert_eq!(
+        checksum_tree(&root).unwrap(),
+        before,
+        "the served directory changed"
+    );
 }
 
 #[test]
@@ -274,7 +310,13 @@ fn sftp_origin_whose_host_key_is_not_known_is_refused() {
 
     // known_hosts has another key for the host: changed. An empty one: unknown.
     let changed = work.path().join("known_hosts_changed");
-    fs::write(&changed, server.known_hosts_line(server.port(), "other_host_key.pub").unwrap()).unwrap();
+    fs::write(
+        &changed,
+        server
+            .known_hosts_line(server.port(), "other_host_key.pub")
+            .unwrap(),
+    )
+    .unwrap();
     let empty = work.path().join("known_hosts_empty");
     fs::write(&empty, "").unwrap();
     for (known_hosts, says) in [(&changed, "CHANGED"), (&empty, "is not in")] {
@@ -283,9 +325,15 @@ fn sftp_origin_whose_host_key_is_not_known_is_refused() {
         let state = tempfile::tempdir().unwrap();
         let scan = musicfs_scan_config(&config, state.path());
         let stderr = String::from_utf8_lossy(&scan.stderr);
-        assert!(!scan.status.success(), "a scan with an unknown host key succeeded:\n{stderr}");
+        assert!(
+            !scan.status.success(),
+            "a scan with an unknown host key succeeded:\n{stderr}"
+        );
         for needle in [host.as_str(), fingerprint.as_str(), says] {
-            assert!(stderr.contains(needle), "the refusal does not say {needle:?}:\n{stderr}");
+            assert!(
+                stderr.contains(needle),
+                "the refusal does not say {needle:?}:\n{stderr}"
+            );
         }
         let tree = musicfs_tree_long(state.path()).unwrap_or_default();
         assert!(

@@ -196,7 +196,13 @@ impl SftpOrigin {
     }
 
     /// The entry for `name` in `dir` (server path `dir_path`) from its listed attributes.
-    fn listed(&self, dir_path: &str, real_dir: &mut Option<String>, name: String, attrs: &FileAttributes) -> Option<Listed> {
+    fn listed(
+        &self,
+        dir_path: &str,
+        real_dir: &mut Option<String>,
+        name: String,
+        attrs: &FileAttributes,
+    ) -> Option<Listed> {
         let name_os = OsString::from(name.clone());
         if file_type(attrs) != FileKind::Symlink {
             return Some(Listed::Entry(Entry {
@@ -256,7 +262,10 @@ impl SftpOrigin {
             let real_dir = match real_dir {
                 Some(d) => d.clone(),
                 None => {
-                    let d = self.inner.realpath(dir_path).map_err(SkipReason::Unreadable)?;
+                    let d = self
+                        .inner
+                        .realpath(dir_path)
+                        .map_err(SkipReason::Unreadable)?;
                     real_dir.insert(d).clone()
                 }
             };
@@ -447,7 +456,9 @@ impl Origin for SftpOrigin {
         };
         source
             .inner
-            .call(&format!("OPEN {}", source.path), |conn| source.handle_on(conn))
+            .call(&format!("OPEN {}", source.path), |conn| {
+                source.handle_on(conn)
+            })
             .map_err(|e| self.fail("open", rel, e))?;
         Ok(Arc::new(source))
     }
@@ -458,32 +469,36 @@ impl Origin for SftpOrigin {
 
     fn probe(&self, _recorded: Option<&RootIdentity>) -> Health {
         let root = self.inner.root.as_str();
-        let probed = self.inner.call(&format!("PROBE {root}"), |conn| async move {
-            let attrs = conn
-                .sftp
-                .stat(root)
-                .await
-                .map_err(|e| classify(e, "stat"))?
-                .attrs;
-            if file_type(&attrs) != FileKind::Dir {
-                return Ok(false);
-            }
-            // Opening the directory proves it can be listed (a stat needs no permission).
-            let handle = conn
-                .sftp
-                .opendir(root)
-                .await
-                .map_err(|e| classify(e, "opendir"))?;
-            let _ = conn.sftp.close(handle.handle).await;
-            Ok(true)
-        });
+        let probed = self
+            .inner
+            .call(&format!("PROBE {root}"), |conn| async move {
+                let attrs = conn
+                    .sftp
+                    .stat(root)
+                    .await
+                    .map_err(|e| classify(e, "stat"))?
+                    .attrs;
+                if file_type(&attrs) != FileKind::Dir {
+                    return Ok(false);
+                }
+                // Opening the directory proves it can be listed (a stat needs no permission).
+                let handle = conn
+                    .sftp
+                    .opendir(root)
+                    .await
+                    .map_err(|e| classify(e, "opendir"))?;
+                let _ = conn.sftp.close(handle.handle).await;
+                Ok(true)
+            });
         match probed {
             Ok(true) => Health::Up,
             Ok(false) => Health::Offline(Offline::NotADirectory),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Health::Offline(Offline::Missing),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => Health::Offline(Offline::Unresponsive {
-                waited: self.inner.remote.options().timeout,
-            }),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                Health::Offline(Offline::Unresponsive {
+                    waited: self.inner.remote.options().timeout,
+                })
+            }
             Err(e) => Health::Offline(Offline::Unreadable {
                 reason: e.to_string(),
             }),
@@ -550,10 +565,12 @@ impl Source for SftpSource {
             return Ok(0);
         }
         let want = buf.len();
-        let data = self.inner.call(&format!("READ {}", self.path), |conn| async move {
-            let handle = self.handle_on(conn.clone()).await?;
-            read_range(&conn.sftp, &handle, offset, want).await
-        })?;
+        let data = self
+            .inner
+            .call(&format!("READ {}", self.path), |conn| async move {
+                let handle = self.handle_on(conn.clone()).await?;
+                read_range(&conn.sftp, &handle, offset, want).await
+            })?;
         let n = data.len().min(want);
         buf[..n].copy_from_slice(&data[..n]);
         self.inner.remote.traffic().received(n as u64);
@@ -628,7 +645,10 @@ async fn read_chunk(
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
         let ask = u32::try_from(len - out.len()).unwrap_or(u32::MAX);
-        match sftp.read(handle.as_str(), offset + out.len() as u64, ask).await {
+        match sftp
+            .read(handle.as_str(), offset + out.len() as u64, ask)
+            .await
+        {
             Ok(data) if data.data.is_empty() => break,
             Ok(data) => {
                 let room = len - out.len();
@@ -663,7 +683,11 @@ fn join(dir: &str, name: &str) -> String {
 /// Whether server path `path` is `dir` or below it.
 fn inside(dir: &str, path: &str) -> bool {
     let dir = dir.trim_end_matches('/');
-    path == dir || dir.is_empty() || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
+    path == dir
+        || dir.is_empty()
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

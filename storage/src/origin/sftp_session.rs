@@ -175,10 +175,7 @@ pub(super) async fn connect(
                 Some(why) => Attempt::Fatal(io::Error::new(io::ErrorKind::PermissionDenied, why)),
                 None => Attempt::Retry(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
-                    format!(
-                        "cannot connect to {}: {e}",
-                        target.known_hosts_name()
-                    ),
+                    format!("cannot connect to {}: {e}", target.known_hosts_name()),
                 )),
             });
         }
