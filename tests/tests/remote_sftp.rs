@@ -173,7 +173,7 @@ fn sftp_origin_scans_mounts_and_serves_every_byte_unchanged() {
     // White noise does not compress: ~88 KB per second of mono FLAC.
     encode_flac(
         &big,
-        350.0,
+        240.0,
         7,
         true,
         &[
