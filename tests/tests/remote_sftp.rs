@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -36,6 +36,7 @@ struct CountingProxy {
     up: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl CountingProxy {
@@ -44,8 +45,9 @@ impl CountingProxy {
         let port = listener.local_addr()?.port();
         let (down, up) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let stop = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(Mutex::new(Vec::new()));
         let accept = {
-            let (down, up, stop) = (down.clone(), up.clone(), stop.clone());
+            let (down, up, stop, live) = (down.clone(), up.clone(), stop.clone(), live.clone());
             std::thread::spawn(move || {
                 for client in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
@@ -57,6 +59,9 @@ impl CountingProxy {
                     };
                     pipe(&server, &client, down.clone());
                     pipe(&client, &server, up.clone());
+                    if let (Ok(mut live), Ok(c)) = (live.lock(), client.try_clone()) {
+                        live.push(c);
+                    }
                 }
             })
         };
@@ -66,7 +71,17 @@ impl CountingProxy {
             up,
             stop,
             accept: Some(accept),
+            live,
         })
+    }
+
+    /// Resets every connection made so far (a network failure, as the client sees it).
+    fn cut(&self) {
+        if let Ok(mut live) = self.live.lock() {
+            for s in live.drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
     }
 
     /// Bytes from the server to the client so far.
@@ -335,10 +350,63 @@ fn sftp_origin_whose_host_key_is_not_known_is_refused() {
                 "the refusal does not say {needle:?}:\n{stderr}"
             );
         }
+        if let Some(line) = stderr.lines().find(|l| l.contains(&fingerprint)) {
+            println!("refused: {line}");
+        }
         let tree = musicfs_tree_long(state.path()).unwrap_or_default();
         assert!(
             tree.iter().all(|e| e.source.is_none()),
             "tracks of a refused origin are in the tree: {tree:?}"
         );
     }
+}
+
+#[test]
+fn sftp_origin_reconnects_after_the_connection_is_cut() {
+    use musicfs_storage::origin::{open_origin_with, OriginSettings, OriginSpec};
+    let server = start_server();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("music");
+    fs::create_dir(&root).unwrap();
+    let file = root.join("noise.flac");
+    encode_flac(&file, 5.0, 3, true, &[("TITLE", "Noise")]).unwrap();
+    let want = fs::read(&file).unwrap();
+    let proxy = CountingProxy::start(server.port()).unwrap();
+    let known_hosts = work.path().join("known_hosts");
+    fs::write(
+        &known_hosts,
+        server.known_hosts_line(proxy.port, "host_key.pub").unwrap(),
+    )
+    .unwrap();
+    let spec = OriginSpec::parse(&server.spec(proxy.port, &root)).unwrap();
+    let settings = OriginSettings {
+        identity_file: Some(server.identity_file()),
+        known_hosts: Some(known_hosts),
+        ..OriginSettings::default()
+    };
+    let origin = open_origin_with(&spec, &settings).unwrap();
+    let source = origin.open(Path::new("noise.flac")).unwrap();
+    assert_eq!(source.len(), want.len() as u64);
+    let mut buf = vec![0u8; 300_000];
+    let n = source.read_at(&mut buf, 1000).unwrap();
+    assert_eq!(&buf[..n], &want[1000..1000 + n]);
+
+    proxy.cut();
+    // The same source reads on: a new connection, the file opened again on it.
+    let n = source.read_at(&mut buf, 5000).unwrap();
+    assert_eq!(n, buf.len().min(want.len() - 5000));
+    assert_eq!(&buf[..n], &want[5000..5000 + n]);
+    let tail = source.read_at(&mut buf, want.len() as u64 - 10).unwrap();
+    assert_eq!(
+        &buf[..tail],
+        &want[want.len() - 10..],
+        "a read across the end is short"
+    );
+    let shown = format!("{origin:?}");
+    assert!(shown.contains("connections: 2"), "{shown}");
+    let listed = std::cell::Cell::new(0);
+    origin
+        .list(Path::new(""), &mut |_| listed.set(listed.get() + 1))
+        .unwrap();
+    assert_eq!(listed.get(), 1);
 }
