@@ -774,6 +774,34 @@ mod tests {
     }
 
     #[test]
+    fn opens_without_the_server_and_probes_an_unreachable_one_offline() {
+        let spec = OriginSpec::parse("sftp://u@127.0.0.1:1/music").unwrap();
+        let settings = OriginSettings {
+            remote: remote::RemoteOptions {
+                timeout: std::time::Duration::from_millis(500),
+                ..remote::RemoteOptions::default()
+            },
+            ..OriginSettings::default()
+        };
+        let origin = SftpOrigin::open(&spec, &settings).unwrap();
+        assert_eq!(origin.change_detection(), ChangeDetection::Poll);
+        assert!(origin.root_identity().is_none());
+        match origin.probe(None) {
+            Health::Offline(Offline::Unreadable { reason }) => {
+                assert!(reason.contains("127.0.0.1"), "{reason}")
+            }
+            Health::Offline(Offline::Unresponsive { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        let missing = OriginSettings {
+            identity_file: Some("/nonexistent/key".into()),
+            ..OriginSettings::default()
+        };
+        let e = SftpOrigin::open(&spec, &missing).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/key"), "{e}");
+    }
+
+    #[test]
     fn debug_shows_no_secret() {
         let login = Login {
             user: "u".into(),
