@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . tools/lib.sh
-apt_install_missing ffmpeg=ffmpeg fusermount3=fuse3 mpd=mpd mpc=mpc setpriv=util-linux
+apt_install_missing ffmpeg=ffmpeg fusermount3=fuse3 mpd=mpd mpc=mpc setpriv=util-linux sshd=openssh-server
 require_cargo
 
 export CARGO_TERM_COLOR=never

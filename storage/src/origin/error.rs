@@ -42,6 +42,15 @@ pub enum OriginError {
         /// `s3`, `sftp` or `smb`.
         scheme: &'static str,
     },
+    /// The origin's settings cannot be used: a key or password file that cannot be read,
+    /// no user name to log in as.
+    #[error("origin {origin}: {reason}")]
+    Settings {
+        /// The origin's display form.
+        origin: String,
+        /// What is wrong (names files, never their content).
+        reason: String,
+    },
     /// A path handed to an origin is not a plain relative path inside it.
     #[error("origin {origin}: {rel:?} is not a path inside the origin: {reason}")]
     BadRelPath {

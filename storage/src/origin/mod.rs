@@ -18,8 +18,8 @@
 //!   point whose file system is no longer mounted). An offline origin's tracks are kept;
 //!   deciding that is the caller's job, the probe only reports.
 //!
-//! Only the local driver ([`LocalOrigin`]) exists; remote specs parse, and opening one
-//! fails with [`OriginError::UnsupportedScheme`]. Every path handed to an origin is
+//! Drivers: local ([`LocalOrigin`]) and SFTP ([`SftpOrigin`]); other remote specs parse,
+//! and opening one fails with [`OriginError::UnsupportedScheme`]. Every path handed to an origin is
 //! relative to its root (raw bytes, as the catalog stores them), never absolute and never
 //! with `..`. Nothing here ever opens a file for writing.
 
@@ -29,6 +29,7 @@ mod error;
 mod escape;
 mod local;
 pub mod remote;
+mod sftp;
 mod spec;
 mod table;
 
@@ -48,6 +49,7 @@ pub use cached::{CacheOptions, CachedOrigin, CachedSource, ChunkCache, ChunkRef,
 pub use chunking::AudioChunking;
 pub use error::{is_vanished_io, OriginError};
 pub use local::{LocalOrigin, LocalSource};
+pub use sftp::{SftpOrigin, SftpSource};
 pub use spec::{LocalSpec, OriginSpec, S3Spec, Secret, Server, SftpSpec, SmbSpec};
 pub use table::OriginTable;
 
@@ -385,9 +387,9 @@ pub fn open_origin_with(
     spec: &OriginSpec,
     settings: &OriginSettings,
 ) -> Result<Arc<dyn Origin>, OriginError> {
-    let _ = settings; // Used by the network drivers.
     match spec {
         OriginSpec::Local(_) => Ok(Arc::new(LocalOrigin::open(spec)?)),
+        OriginSpec::Sftp(_) => Ok(Arc::new(SftpOrigin::open(spec, settings)?)),
         remote => Err(OriginError::UnsupportedScheme {
             spec: remote.to_string(),
             scheme: remote.scheme(),

@@ -28,6 +28,11 @@ use super::OriginError;
 pub struct Secret(String);
 
 impl Secret {
+    /// A credential read from elsewhere (a password file).
+    pub fn new(secret: impl Into<String>) -> Secret {
+        Secret(secret.into())
+    }
+
     /// The credential itself, for a driver to authenticate with (never to log).
     pub fn expose(&self) -> &str {
         &self.0

@@ -1,0 +1,2 @@
+//! Servers the end-to-end tests start and stop themselves.
+pub mod sftp;
