@@ -167,6 +167,9 @@ struct Current {
 struct Writer {
     current: Option<Current>,
     next_id: u32,
+    /// Packs the write in progress rolled away from, with their committed lengths: cut
+    /// back to those if the write fails.
+    retired: Vec<(u32, u64)>,
 }
 
 /// The chunk store. See the [module docs](self).
@@ -221,6 +224,7 @@ impl Cas {
             writer: Mutex::new(Writer {
                 current: None,
                 next_id: 1,
+                retired: Vec::new(),
             }),
             pins: Arc::default(),
             touches: Mutex::default(),
@@ -560,6 +564,7 @@ impl Cas {
                 .unwrap_or(c.committed)
                 .max(c.committed);
         }
+        w.retired.clear();
         report.known_chunks = known.len() as u64;
         report.evicted_chunks = evicted;
         Ok(report)
@@ -588,6 +593,7 @@ impl Cas {
             };
             if roll {
                 if let Some(cur) = &w.current {
+                    w.retired.push((cur.id, cur.committed));
                     if written.contains(&cur.id) {
                         self.packs.sync(cur.id, &cur.file)?;
                     }
@@ -624,8 +630,9 @@ impl Cas {
 
     /// After a failed write: cut the current pack back to what the index committed.
     fn rewind(&self, w: &mut Writer) {
-        if let Some(c) = &w.current {
-            if let Err(e) = self.packs.trim(c.id, c.committed) {
+        let current = w.current.as_ref().map(|c| (c.id, c.committed));
+        for (id, committed) in w.retired.drain(..).chain(current) {
+            if let Err(e) = self.packs.trim(id, committed) {
                 tracing::warn!(error = %e, "cannot cut an uncommitted pack tail; the next open will");
             }
         }
