@@ -1,3 +1,4 @@
 //! placeholder
 pub mod fixtures;
 pub mod harness;
+pub mod servers;

@@ -18,8 +18,8 @@
 //!   point whose file system is no longer mounted). An offline origin's tracks are kept;
 //!   deciding that is the caller's job, the probe only reports.
 //!
-//! Only the local driver ([`LocalOrigin`]) exists; remote specs parse, and opening one
-//! fails with [`OriginError::UnsupportedScheme`]. Every path handed to an origin is
+//! Drivers: local directories ([`LocalOrigin`]) and S3 buckets ([`S3Origin`]); the other
+//! remote specs parse, and opening one fails with [`OriginError::UnsupportedScheme`]. Every path handed to an origin is
 //! relative to its root (raw bytes, as the catalog stores them), never absolute and never
 //! with `..`. Nothing here ever opens a file for writing.
 
@@ -27,6 +27,7 @@ mod error;
 mod escape;
 mod local;
 pub mod remote;
+mod s3;
 mod spec;
 mod table;
 
@@ -44,6 +45,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{is_vanished_io, OriginError};
 pub use local::{LocalOrigin, LocalSource};
+pub use s3::{S3Origin, S3Source};
 pub use spec::{LocalSpec, OriginSpec, S3Spec, Secret, Server, SftpSpec, SmbSpec};
 pub use table::OriginTable;
 
@@ -101,12 +103,13 @@ impl Stat {
         local::stat_of(md)
     }
 
-    /// What the catalog stores to compare with the next scan (an ETag origin has no inode
-    /// or ctime: those are 0, and the caller compares the token itself).
+    /// What the catalog stores to compare with the next scan. An ETag origin has no inode
+    /// or ctime: the ETag's 64-bit xxh3 stands in the inode's place (ctime is 0), so an
+    /// object rewritten with the same size within the same second still reads as changed.
     pub fn scan_state(&self) -> ScanState {
-        let (ino, ctime_ns) = match self.token {
-            ChangeToken::Local { ino, ctime_ns, .. } => (ino, ctime_ns),
-            ChangeToken::ETag(_) => (0, 0),
+        let (ino, ctime_ns) = match &self.token {
+            ChangeToken::Local { ino, ctime_ns, .. } => (*ino, *ctime_ns),
+            ChangeToken::ETag(etag) => (xxhash_rust::xxh3::xxh3_64(etag.as_bytes()), 0),
         };
         let perm = match (self.mode, self.uid, self.gid) {
             (Some(mode), Some(uid), Some(gid)) => Some(musicfs_core::meta::Perm { mode, uid, gid }),
@@ -362,9 +365,9 @@ pub fn open_origin_with(
     spec: &OriginSpec,
     settings: &OriginSettings,
 ) -> Result<Arc<dyn Origin>, OriginError> {
-    let _ = settings; // Used by the network drivers.
     match spec {
         OriginSpec::Local(_) => Ok(Arc::new(LocalOrigin::open(spec)?)),
+        OriginSpec::S3(_) => Ok(Arc::new(S3Origin::open(spec, settings)?)),
         remote => Err(OriginError::UnsupportedScheme {
             spec: remote.to_string(),
             scheme: remote.scheme(),
