@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use musicfs_storage::origin::Source;
 
 /// The smallest fetch, and the alignment of every fetch.
-pub(crate) const BLOCK: u64 = 32 * 1024;
+pub(crate) const BLOCK: u64 = 16 * 1024;
 /// The largest fetch of a sequential run.
 pub(crate) const MAX_RUN: u64 = 512 * 1024;
 /// Fetched runs kept.
@@ -188,9 +188,9 @@ mod tests {
             assert_eq!(&buf[..], &inner.bytes[off as usize..off as usize + 4096]);
             off += 4096;
         }
-        // 32K, 64K, ..., 512K, then 512K runs: far fewer than one call per 4 KiB read.
+        // 16K, 32K, ..., 512K, then 512K runs: far fewer than one call per 4 KiB read.
         let calls = inner.calls.load(Ordering::Relaxed);
-        assert!(calls <= 12, "{calls} fetches");
+        assert!(calls <= 14, "{calls} fetches");
         assert!(inner.read.load(Ordering::Relaxed) < (4 << 20) + MAX_RUN);
     }
 }

@@ -207,7 +207,9 @@ impl S3Origin {
         let meta = self
             .remote
             .call(&format!("HEAD {}/{key}", self.bucket()), || async {
-                self.store.head(&path).await.map_err(classify)
+                let head = GetOptions::new().with_head(true);
+                let got = self.store.get_opts(&path, head).await.map_err(classify)?;
+                Ok(got.meta)
             })?;
         Ok(file_stat(&meta))
     }
@@ -496,10 +498,7 @@ impl Source for S3Source {
         while offset + (filled as u64) < end {
             let from = offset + filled as u64;
             let bytes = self.remote.call(&self.what, || async move {
-                let opts = GetOptions {
-                    range: Some(GetRange::Bounded(from..end)),
-                    ..Default::default()
-                };
+                let opts = GetOptions::new().with_range(Some(GetRange::Bounded(from..end)));
                 let got = self
                     .store
                     .get_opts(&self.path, opts)

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::creds::{from_ini, resolve, Env};
 use super::*;
+use crate::origin::open_origin_with;
 use crate::origin::remote::RemoteOptions;
 
 const KEYS: &str = "access_key_id=AKIDTEST&secret_access_key=s3cr3t-value";
@@ -337,7 +338,7 @@ fn credentials_come_from_the_spec_then_the_environment_then_the_files() {
 
 #[test]
 fn range_headers_parse_only_in_the_form_the_driver_sends() {
-    let p = |s: &str| http::parse_range_header(&::http::HeaderValue::from_str(s).unwrap());
+    let p = |s: &str| super::http::parse_range_header(&::http::HeaderValue::from_str(s).unwrap());
     assert_eq!(p("bytes=0-99"), Some((0, 99)));
     assert_eq!(p("bytes=5-5"), Some((5, 5)));
     assert_eq!(p("bytes=9-5"), None);
