@@ -77,18 +77,7 @@ impl Cache {
             BLOCK
         };
         let covering = end.div_ceil(BLOCK) * BLOCK - start;
-        let mut size = run.max(covering).min(len - start);
-        // A run grown past a block that is already here (often the tail, read first)
-        // stops where that block starts.
-        if let Some(next) = self
-            .runs
-            .iter()
-            .map(|(s, _)| *s)
-            .filter(|&s| s > offset && s < start + size)
-            .min()
-        {
-            size = (next - start).max(covering.min(len - start));
-        }
+        let size = run.max(covering).min(len - start);
         (self.last_end, self.last_len) = (start + size, size);
         (start, size)
     }
