@@ -21,3 +21,15 @@ require_cargo() {
     exit 1
   fi
 }
+
+# cargo_install_missing COMMAND CRATE [CARGO-INSTALL-ARGS...]: installs CRATE with
+# `cargo install --locked` when COMMAND is on neither PATH nor ~/.cargo/bin.
+cargo_install_missing() {
+  local cmd=$1 crate=$2
+  shift 2
+  if command -v "$cmd" >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/$cmd" ]; then
+    return
+  fi
+  echo "installing: $crate (cargo install)" >&2
+  cargo install --locked "$crate" "$@"
+}

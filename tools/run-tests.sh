@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 . tools/lib.sh
 apt_install_missing ffmpeg=ffmpeg fusermount3=fuse3 mpd=mpd mpc=mpc setpriv=util-linux sshd=openssh-server
 require_cargo
+# The S3 server the remote-origin tests run (tests/src/servers/s3.rs).
+cargo_install_missing s3s-fs s3s-fs --version 0.14.1 --features binary
 
 export CARGO_TERM_COLOR=never
 cargo fmt --all --check

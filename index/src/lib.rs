@@ -26,6 +26,7 @@
 //!   daemon's refresh thread).
 #![deny(missing_docs)]
 
+mod blocks;
 mod fields;
 pub mod fsio;
 pub mod health;

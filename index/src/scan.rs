@@ -1053,6 +1053,48 @@ mod tests {
         assert_eq!(seen[0], seen[1], "both walks catalog the same tracks");
     }
 
+    #[test]
+    fn an_etag_origin_reads_nothing_unchanged_and_sees_a_rewrite_that_kept_size_and_mtime() {
+        let origin = tempfile::tempdir().unwrap();
+        let root = origin.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("a")).unwrap();
+        for n in 0..3 {
+            std::fs::write(root.join(format!("a/{n}.wav")), wav(800)).unwrap();
+        }
+        let state = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(state.path()).unwrap();
+        let read = Arc::new(AtomicU64::new(0));
+        let origins = [crate::testorigin::etagged(&root, read.clone())];
+        let first = scan(&catalog, &origins, &ScanOptions::default()).unwrap();
+        assert_eq!((first.added, first.opened), (3, 3), "{first:?}");
+        assert!(read.load(Ordering::Relaxed) > 0);
+
+        read.store(0, Ordering::Relaxed);
+        let again = scan(&catalog, &origins, &ScanOptions::default()).unwrap();
+        assert_eq!((again.opened, again.unchanged), (0, 3), "{again:?}");
+        assert_eq!(read.load(Ordering::Relaxed), 0, "nothing read");
+
+        // Same size and mtime, other content: only the ETag tells.
+        let path = root.join("a/1.wav");
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let mut other = wav(800);
+        let last = other.len() - 1;
+        other[last] = 1;
+        std::fs::write(&path, other).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let changed = scan(&catalog, &origins, &ScanOptions::default()).unwrap();
+        assert_eq!(
+            (changed.opened, changed.changed, changed.unchanged),
+            (1, 1, 2),
+            "{changed:?}"
+        );
+    }
+
     fn origin_with(n: usize) -> (tempfile::TempDir, PathBuf) {
         let origin = tempfile::tempdir().unwrap();
         let root = origin.path().canonicalize().unwrap();

@@ -30,6 +30,7 @@ use symphonia::core::meta::{
     MetadataId, MetadataOptions, MetadataRevision, RawValue, StandardTag, Tag,
 };
 
+use crate::blocks::Blocked;
 use crate::fields::{self, Field};
 use crate::riff;
 
@@ -126,6 +127,11 @@ pub fn read_tags_from(
     if len == 0 {
         return Err(TagError::Empty);
     }
+    // A source without a file descriptor is remote: each read is a request.
+    let source: Arc<dyn Source> = match source.raw_fd() {
+        Some(_) => source,
+        None => Arc::new(Blocked::new(source)),
+    };
     match catch_unwind(AssertUnwindSafe(|| read_inner(source, len, expected))) {
         Ok(result) => result,
         Err(payload) => {

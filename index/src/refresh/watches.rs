@@ -4,7 +4,9 @@
 //! An origin is watched with inotify only when the configuration does not ask for polling,
 //! it has a local root, and the origin says inotify sees its changes
 //! ([`Origin::change_detection`]: not for NFS, SMB or FUSE mounts, nor for a root that is
-//! unreachable at start-up). Otherwise it is polled, every `poll_interval_secs`.
+//! unreachable at start-up). Otherwise it is polled, every `poll_interval_secs`. A remote
+//! origin (no local root, changes seen only by polling: S3, SFTP, SMB) is always polled,
+//! whatever `watch` says: nothing else would ever notice its changes.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -40,6 +42,12 @@ pub fn plan_watches(
             let secs = oc.map_or(60.0, |o: &OriginConfig| o.poll_interval_secs);
             Duration::from_secs_f64(secs.max(0.1))
         };
+        let remote =
+            origin.local_root().is_none() && origin.change_detection() == ChangeDetection::Poll;
+        if remote {
+            polled.push((i, every()));
+            continue;
+        }
         match oc.map_or(WatchMode::Inotify, |o| o.watch) {
             WatchMode::Inotify => match origin.change_detection() {
                 ChangeDetection::Inotify if origin.local_root().is_some() => {
@@ -199,6 +207,33 @@ mod tests {
             polled,
             [(1, Duration::from_secs(60)), (2, Duration::from_secs(5))],
             "no local root: polled at its interval; watch = poll: polled"
+        );
+    }
+
+    #[test]
+    fn a_remote_origin_is_polled_at_its_interval_whatever_watch_says() {
+        let (_dir, [a, b, _]) = roots();
+        let origins = [listed(&a), listed(&b)];
+        let cfg = Config {
+            origins: vec![
+                OriginConfig {
+                    watch: WatchMode::None,
+                    poll_interval_secs: 7.0,
+                    ..OriginConfig::local(a)
+                },
+                OriginConfig {
+                    watch: WatchMode::Inotify,
+                    poll_interval_secs: 9.0,
+                    ..OriginConfig::local(b)
+                },
+            ],
+            ..Config::default()
+        };
+        let (inotify, polled) = plan_watches(&cfg, &origins);
+        assert!(inotify.is_empty());
+        assert_eq!(
+            polled,
+            [(0, Duration::from_secs(7)), (1, Duration::from_secs(9))]
         );
     }
 

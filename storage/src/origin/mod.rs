@@ -18,8 +18,9 @@
 //!   point whose file system is no longer mounted). An offline origin's tracks are kept;
 //!   deciding that is the caller's job, the probe only reports.
 //!
-//! Drivers: local ([`LocalOrigin`]) and SFTP ([`SftpOrigin`]); other remote specs parse,
-//! and opening one fails with [`OriginError::UnsupportedScheme`]. Every path handed to an origin is
+//! Drivers: local directories ([`LocalOrigin`]), S3 buckets ([`S3Origin`]) and SFTP
+//! servers ([`SftpOrigin`]); an `smb://` spec parses, and opening it fails with
+//! [`OriginError::UnsupportedScheme`]. Every path handed to an origin is
 //! relative to its root (raw bytes, as the catalog stores them), never absolute and never
 //! with `..`. Nothing here ever opens a file for writing.
 
@@ -30,6 +31,7 @@ mod escape;
 mod local;
 pub mod remote;
 mod sftp;
+mod s3;
 mod spec;
 mod table;
 
@@ -50,6 +52,7 @@ pub use chunking::AudioChunking;
 pub use error::{is_vanished_io, OriginError};
 pub use local::{LocalOrigin, LocalSource};
 pub use sftp::{SftpOrigin, SftpSource};
+pub use s3::{S3Origin, S3Source};
 pub use spec::{LocalSpec, OriginSpec, S3Spec, Secret, Server, SftpSpec, SmbSpec};
 pub use table::OriginTable;
 
@@ -107,12 +110,13 @@ impl Stat {
         local::stat_of(md)
     }
 
-    /// What the catalog stores to compare with the next scan (an ETag origin has no inode
-    /// or ctime: those are 0, and the caller compares the token itself).
+    /// What the catalog stores to compare with the next scan. An ETag origin has no inode
+    /// or ctime: the ETag's 64-bit xxh3 stands in the inode's place (ctime is 0), so an
+    /// object rewritten with the same size within the same second still reads as changed.
     pub fn scan_state(&self) -> ScanState {
-        let (ino, ctime_ns) = match self.token {
-            ChangeToken::Local { ino, ctime_ns, .. } => (ino, ctime_ns),
-            ChangeToken::ETag(_) => (0, 0),
+        let (ino, ctime_ns) = match &self.token {
+            ChangeToken::Local { ino, ctime_ns, .. } => (*ino, *ctime_ns),
+            ChangeToken::ETag(etag) => (xxhash_rust::xxh3::xxh3_64(etag.as_bytes()), 0),
         };
         let perm = match (self.mode, self.uid, self.gid) {
             (Some(mode), Some(uid), Some(gid)) => Some(musicfs_core::meta::Perm { mode, uid, gid }),
@@ -390,6 +394,7 @@ pub fn open_origin_with(
     match spec {
         OriginSpec::Local(_) => Ok(Arc::new(LocalOrigin::open(spec)?)),
         OriginSpec::Sftp(_) => Ok(Arc::new(SftpOrigin::open(spec, settings)?)),
+        OriginSpec::S3(_) => Ok(Arc::new(S3Origin::open(spec, settings)?)),
         remote => Err(OriginError::UnsupportedScheme {
             spec: remote.to_string(),
             scheme: remote.scheme(),
