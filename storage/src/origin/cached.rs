@@ -144,6 +144,20 @@ struct Shared {
     ahead: crossbeam_channel::Sender<Prefetch>,
     /// Warned once that an offline version was served.
     warned_offline: AtomicBool,
+    /// Until when (ms on [`Shared::clock`]) the origin is taken as unreachable after a
+    /// failed open: opens of files cached whole go straight to the cache meanwhile,
+    /// instead of each waiting out the origin's deadline.
+    unreachable_until: AtomicU64,
+    clock: std::time::Instant,
+}
+
+/// How long an origin that failed an open is taken as unreachable.
+const UNREACHABLE_MS: u64 = 5_000;
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
 }
 
 impl fmt::Debug for CachedOrigin {
@@ -188,6 +202,8 @@ impl CachedOrigin {
             flights: Mutex::new(HashMap::new()),
             ahead: tx,
             warned_offline: AtomicBool::new(false),
+            unreachable_until: AtomicU64::new(0),
+            clock: std::time::Instant::now(),
         });
         for i in 0..PREFETCHERS {
             let rx = rx.clone();
@@ -226,12 +242,23 @@ impl CachedOrigin {
 
     fn open_cached(&self, rel: &Path) -> Result<Arc<dyn Source>, OriginError> {
         let prefix = self.path_key(rel);
-        let source = match self.shared.inner.open(rel) {
+        let shared = &self.shared;
+        if shared.now_ms() < shared.unreachable_until.load(Ordering::Relaxed) {
+            if let Some(cached) = self.whole(rel, &prefix) {
+                return Ok(cached);
+            }
+        }
+        let source = match shared.inner.open(rel) {
             Ok(source) => source,
             Err(e @ (OriginError::Vanished { .. } | OriginError::NotAFile { .. })) => {
                 return Err(e)
             }
-            Err(e) => return self.open_offline(rel, &prefix, e),
+            Err(e) => {
+                shared
+                    .unreachable_until
+                    .store(shared.now_ms() + UNREACHABLE_MS, Ordering::Relaxed);
+                return self.open_offline(rel, &prefix, e);
+            }
         };
         let len = source.len();
         let mut version = prefix.clone();
@@ -256,6 +283,20 @@ impl CachedOrigin {
         prefix: &[u8],
         why: OriginError,
     ) -> Result<Arc<dyn Source>, OriginError> {
+        match self.whole(rel, prefix) {
+            Some(cached) => {
+                if !self.shared.warned_offline.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(origin = %self.shared.inner.spec(), error = %why,
+                        "origin unreachable: serving the versions its cache holds whole");
+                }
+                Ok(cached)
+            }
+            None => Err(why),
+        }
+    }
+
+    /// The newest version of `rel` the cache holds whole, opened without the origin.
+    fn whole(&self, rel: &Path, prefix: &[u8]) -> Option<Arc<dyn Source>> {
         let versions = self.shared.cache.versions(prefix).unwrap_or_default();
         for version in versions {
             let Some(len) = version
@@ -270,14 +311,10 @@ impl CachedOrigin {
                 continue;
             };
             if inner.complete() {
-                if !self.shared.warned_offline.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(origin = %self.shared.inner.spec(), error = %why,
-                        "origin unreachable: serving the versions its cache holds whole");
-                }
-                return Ok(Arc::new(CachedSource(inner)));
+                return Some(Arc::new(CachedSource(inner)));
             }
         }
-        Err(why)
+        None
     }
 
     /// Whether `rel` can be read with the origin unreachable (a version is cached whole).

@@ -30,8 +30,8 @@ mod error;
 mod escape;
 mod local;
 pub mod remote;
-mod sftp;
 mod s3;
+mod sftp;
 mod spec;
 mod table;
 
@@ -51,8 +51,8 @@ pub use cached::{CacheOptions, CachedOrigin, CachedSource, ChunkCache, ChunkRef,
 pub use chunking::AudioChunking;
 pub use error::{is_vanished_io, OriginError};
 pub use local::{LocalOrigin, LocalSource};
-pub use sftp::{SftpOrigin, SftpSource};
 pub use s3::{S3Origin, S3Source};
+pub use sftp::{SftpOrigin, SftpSource};
 pub use spec::{LocalSpec, OriginSpec, S3Spec, Secret, Server, SftpSpec, SmbSpec};
 pub use table::OriginTable;
 

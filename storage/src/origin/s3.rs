@@ -445,6 +445,11 @@ impl Origin for S3Origin {
             what: format!("GET {}/{key}", self.bucket()),
             path,
             len: stat.size,
+            mtime_ns: stat.mtime_ns,
+            etag: match stat.token {
+                ChangeToken::ETag(tag) if !tag.is_empty() => Some(tag),
+                _ => None,
+            },
         }))
     }
 
@@ -480,6 +485,10 @@ pub struct S3Source {
     what: String,
     path: Key,
     len: u64,
+    mtime_ns: i64,
+    /// The object's ETag when opened: every read asks for that version (`If-Match`), so a
+    /// source never mixes the bytes of two versions of an object replaced meanwhile.
+    etag: Option<String>,
 }
 
 impl std::fmt::Debug for S3Source {
@@ -498,7 +507,8 @@ impl Source for S3Source {
         while offset + (filled as u64) < end {
             let from = offset + filled as u64;
             let bytes = self.remote.call(&self.what, || async move {
-                let opts = GetOptions::new().with_range(Some(GetRange::Bounded(from..end)));
+                let mut opts = GetOptions::new().with_range(Some(GetRange::Bounded(from..end)));
+                opts.if_match = self.etag.clone();
                 let got = self
                     .store
                     .get_opts(&self.path, opts)
@@ -519,6 +529,14 @@ impl Source for S3Source {
 
     fn len(&self) -> u64 {
         self.len
+    }
+
+    fn token(&self) -> Option<ChangeToken> {
+        self.etag.clone().map(ChangeToken::ETag)
+    }
+
+    fn mtime_ns(&self) -> Option<i64> {
+        Some(self.mtime_ns)
     }
 }
 

@@ -27,6 +27,8 @@ struct Counters {
     up: AtomicU64,
     connections: AtomicU64,
     stop: AtomicBool,
+    /// Cut off: new connections are closed at once (as if the server were gone).
+    cut: AtomicBool,
     /// Both ends of every forwarded connection, to close them on drop.
     open: Mutex<Vec<TcpStream>>,
 }
@@ -61,6 +63,18 @@ impl CountingProxy {
         self.port
     }
 
+    /// Cuts the server off (`true`: every open connection is closed and new ones are
+    /// closed at once, as when a server goes away) or brings it back (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.counters.cut.store(down, Ordering::SeqCst);
+        if down {
+            let mut open = self.counters.open.lock().unwrap_or_else(|p| p.into_inner());
+            for s in open.drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
     /// What moved so far.
     pub fn moved(&self) -> Moved {
         Moved {
@@ -77,6 +91,10 @@ fn accept_loop(listener: TcpListener, target: u16, c: Arc<Counters>) {
             return;
         }
         let Ok(client) = client else { continue };
+        if c.cut.load(Ordering::SeqCst) {
+            let _ = client.shutdown(Shutdown::Both);
+            continue;
+        }
         let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
             let _ = client.shutdown(Shutdown::Both);
             continue;
