@@ -131,6 +131,22 @@ fn served(mount: &MountedFs, title: &str) -> Result<PathBuf> {
         .with_context(|| format!("no {title} in the mount"))
 }
 
+/// Waits until nothing crossed `proxy` for 1.5 s (at most a minute).
+fn quiet(proxy: &CountingProxy) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = (proxy.moved(), Instant::now());
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = proxy.moved();
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() >= Duration::from_millis(1500) {
+            return Ok(());
+        }
+    }
+    bail!("the daemon kept talking to the server for a minute")
+}
+
 fn read_all(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     fs::File::open(path)?.read_to_end(&mut out)?;
@@ -186,8 +202,12 @@ fn remote_files_play_from_the_cache_a_tag_edit_costs_its_tag_region_and_offline_
     let edited = fs::read(&big)?;
     scan(&spec, &state)?;
     let (mount, _) = MountedFs::start_watching(opts.clone(), Duration::from_secs(120))?;
+    // The start-up reconcile and the refresh asked for may overlap the measurement
+    // (listings): wait until nothing has moved for a while.
+    let path = served(&mount, "Nuise")?;
+    quiet(&proxy)?;
     let before = proxy.moved().down;
-    let got = read_all(&served(&mount, "Nuise")?)?;
+    let got = read_all(&path)?;
     let cost = proxy.moved().down - before;
     ensure!(got == edited, "the edited file read back wrong");
     // The payload allowed, plus HTTP headers of the few requests it takes (HEAD, the
