@@ -53,9 +53,10 @@ struct Common {
 enum Command {
     /// Scan origins into the catalog (only new and changed files are read) and publish the tree.
     Scan {
-        /// An origin: a directory or `file:///DIR` (s3://, sftp:// and smb:// specs parse
-        /// but have no driver yet); repeat for several (default: the config's origins). A
-        /// path may contain `:`; MUSICFS_ORIGINS takes one origin per line.
+        /// An origin: a directory, `file:///DIR`, `s3://BUCKET[/PREFIX]?endpoint=…` or
+        /// `sftp://USER@HOST[:PORT]/PATH` (smb:// parses but has no driver yet); repeat for
+        /// several (default: the config's origins). A path may contain `:`;
+        /// MUSICFS_ORIGINS takes one origin per line.
         #[arg(long = "origin", env = "MUSICFS_ORIGINS", value_delimiter = '\n')]
         origins: Vec<PathBuf>,
         /// Path template (see docs/TEMPLATES.md).
@@ -173,7 +174,17 @@ fn scan(
     let origins: Vec<OriginConfig> = if origins.is_empty() {
         cfg.origins.clone()
     } else {
-        origins.into_iter().map(OriginConfig::local).collect()
+        // Each keeps its table's settings when the configuration has the same spec.
+        origins
+            .into_iter()
+            .map(|p| {
+                cfg.origins
+                    .iter()
+                    .find(|o| o.path == p)
+                    .cloned()
+                    .unwrap_or_else(|| OriginConfig::local(p))
+            })
+            .collect()
     };
     anyhow::ensure!(
         !origins.is_empty(),

@@ -44,9 +44,10 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "MUSICFS_CONFIG")]
     config: Option<PathBuf>,
-    /// An origin: a directory or `file:///DIR` (s3://, sftp:// and smb:// specs parse but
-    /// have no driver yet); repeat for several (default: the config's origins). A path
-    /// may contain `:`; MUSICFS_ORIGINS takes one origin per line.
+    /// An origin: a directory, `file:///DIR`, `s3://BUCKET[/PREFIX]?endpoint=…` or
+    /// `sftp://USER@HOST[:PORT]/PATH` (smb:// parses but has no driver yet); repeat for
+    /// several (default: the config's origins). A path may contain `:`; MUSICFS_ORIGINS
+    /// takes one origin per line.
     #[arg(long = "origin", env = "MUSICFS_ORIGINS", value_delimiter = '\n')]
     origins: Vec<PathBuf>,
     /// Path template (see docs/TEMPLATES.md).
@@ -179,10 +180,18 @@ fn merge_config(cli: &Cli) -> Result<Config> {
         cfg.threads = t;
     }
     if !cli.origins.is_empty() {
+        // An origin named on the command line keeps its table's settings (credentials,
+        // identity, polling) when the configuration has one for the same spec.
         cfg.origins = cli
             .origins
             .iter()
-            .map(|p| musicfs_core::config::OriginConfig::local(p.clone()))
+            .map(|p| {
+                cfg.origins
+                    .iter()
+                    .find(|o| o.path == *p)
+                    .cloned()
+                    .unwrap_or_else(|| musicfs_core::config::OriginConfig::local(p.clone()))
+            })
             .collect();
     }
     if let Some(t) = &cli.template {
