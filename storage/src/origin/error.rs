@@ -110,3 +110,31 @@ pub fn is_vanished_io(e: &io::Error) -> bool {
         Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ESTALE)
     )
 }
+
+impl OriginError {
+    /// The error for `source`, met doing `op` on `rel` of `origin` (its display form): a
+    /// file that is gone ([`is_vanished_io`]) is [`OriginError::Vanished`], anything else
+    /// [`OriginError::Io`].
+    pub fn from_io(
+        origin: &str,
+        op: &'static str,
+        rel: &std::path::Path,
+        source: io::Error,
+    ) -> OriginError {
+        let (origin, rel) = (origin.to_owned(), rel.to_path_buf());
+        if is_vanished_io(&source) {
+            OriginError::Vanished {
+                origin,
+                rel,
+                source,
+            }
+        } else {
+            OriginError::Io {
+                origin,
+                op,
+                rel,
+                source,
+            }
+        }
+    }
+}

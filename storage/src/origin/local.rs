@@ -111,21 +111,7 @@ impl LocalOrigin {
     }
 
     fn fail(&self, op: &'static str, rel: &Path, source: io::Error) -> OriginError {
-        let (origin, rel) = (self.name.clone(), rel.to_path_buf());
-        if is_vanished_io(&source) {
-            OriginError::Vanished {
-                origin,
-                rel,
-                source,
-            }
-        } else {
-            OriginError::Io {
-                origin,
-                op,
-                rel,
-                source,
-            }
-        }
+        OriginError::from_io(&self.name, op, rel, source)
     }
 
     /// The stat of a symlink's target, if it stays inside the origin.

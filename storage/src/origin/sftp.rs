@@ -167,21 +167,7 @@ impl SftpOrigin {
     }
 
     fn fail(&self, op: &'static str, rel: &Path, source: io::Error) -> OriginError {
-        let (origin, rel) = (self.inner.name.clone(), rel.to_path_buf());
-        if is_vanished_io(&source) {
-            OriginError::Vanished {
-                origin,
-                rel,
-                source,
-            }
-        } else {
-            OriginError::Io {
-                origin,
-                op,
-                rel,
-                source,
-            }
-        }
+        OriginError::from_io(&self.inner.name, op, rel, source)
     }
 
     /// The server path of `rel`.
