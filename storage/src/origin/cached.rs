@@ -269,7 +269,18 @@ impl CachedOrigin {
                 version.extend_from_slice(&ino.to_be_bytes());
                 version.extend_from_slice(&ctime_ns.to_be_bytes());
             }
-            None => version.extend_from_slice(&source.mtime_ns().unwrap_or(0).to_be_bytes()),
+            // A source that names no version: the origin's stat must (else an edit of the
+            // same size would be served from the old version's chunks).
+            None => match source.mtime_ns() {
+                Some(mtime) => version.extend_from_slice(&mtime.to_be_bytes()),
+                None => {
+                    let stat = self.shared.inner.stat(rel)?;
+                    version.extend_from_slice(&stat.mtime_ns.to_be_bytes());
+                    if let ChangeToken::ETag(tag) = stat.token {
+                        version.extend_from_slice(tag.as_bytes());
+                    }
+                }
+            },
         }
         let inner = Inner::new(&self.shared, rel, version, prefix, len, Some(source))
             .map_err(|e| self.io_error(rel, e))?;

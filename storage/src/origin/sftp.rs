@@ -438,6 +438,7 @@ impl Origin for SftpOrigin {
             inner: self.inner.clone(),
             path,
             len: attrs.size.unwrap_or(0),
+            stat: stat_of(&attrs),
             handle: tokio::sync::Mutex::new(None),
         };
         source
@@ -503,6 +504,8 @@ pub struct SftpSource {
     inner: Arc<Inner>,
     path: String,
     len: u64,
+    /// The file's stat when opened (its change token names the version for the cache).
+    stat: Stat,
     /// The handle with the connection it was opened on.
     handle: tokio::sync::Mutex<Option<OpenHandle>>,
 }
@@ -565,6 +568,14 @@ impl Source for SftpSource {
 
     fn len(&self) -> u64 {
         self.len
+    }
+
+    fn token(&self) -> Option<ChangeToken> {
+        Some(self.stat.token.clone())
+    }
+
+    fn mtime_ns(&self) -> Option<i64> {
+        Some(self.stat.mtime_ns)
     }
 }
 
