@@ -33,12 +33,14 @@
 //! the budget plus the pack being written. Reads record their use in memory; the next
 //! write transaction folds them into the LRU order (reads never take the write lock).
 //!
-//! **How the read path uses it** (remote origins): on open, build the version key and
-//! [`Cas::pin`] it for the life of the handle. On read, [`Cas::read_at`] serves what is
-//! cached from the offset; on a miss, widen the wanted range to whole chunking windows
-//! (`Layout::align`), fetch those bytes from the origin, cut them (`Layout::chunk_range`),
-//! [`Cas::put_chunks`] them and answer from the fetched bytes. When a file's ETag or
-//! mtime changes, [`Cas::forget`] the old version key (chunks the new version shares stay).
+//! **How the read path uses it** (remote origins): through
+//! `crate::origin::CachedOrigin`, for which `Cas` is the `ChunkCache` (`cas/readpath.rs`).
+//! On open it builds the version key (origin key, path, size, ETag) and pins it for the
+//! life of the handle; a miss fetches one chunking window from the origin, cuts it with
+//! the chunker's layout and [`Cas::put_chunks`] it. An edited file's new version adopts
+//! the old version's audio chunks ([`Cas::adopt`]) when they are the same bytes; old
+//! versions are left to eviction rather than forgotten, so a file served offline can be
+//! its last cached version ([`Cas::versions`] lists them).
 //!
 //! Thread safety: `Cas` is `Send + Sync`; reads run concurrently, writes one at a time.
 
