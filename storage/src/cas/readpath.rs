@@ -63,6 +63,10 @@ impl ChunkCache for Cas {
         Cas::adopt(self, version, &entries).map_err(io_err)
     }
 
+    fn forget(&self, version: &[u8]) -> io::Result<()> {
+        Cas::forget(self, version).map_err(io_err)
+    }
+
     fn pin(&self, version: &[u8]) -> Box<dyn Send + Sync> {
         Box::new(Cas::pin(self, version))
     }

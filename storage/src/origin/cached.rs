@@ -90,6 +90,9 @@ pub trait ChunkCache: Send + Sync + fmt::Debug {
     /// `Ok(false)` when one of them is no longer there (nothing recorded then).
     fn adopt(&self, version: &[u8], chunks: &[ChunkRef]) -> io::Result<bool>;
 
+    /// Drops `version`'s manifest (chunks other versions list stay).
+    fn forget(&self, version: &[u8]) -> io::Result<()>;
+
     /// Keeps `version`'s chunks from eviction while the returned guard lives.
     fn pin(&self, version: &[u8]) -> Box<dyn Send + Sync>;
 }
@@ -692,6 +695,7 @@ impl Inner {
             self.store(0, &head)?;
             if fresh {
                 self.try_adopt(tag_end, &head)?;
+                self.forget_others();
             }
             return Ok(());
         }
@@ -750,6 +754,18 @@ impl Inner {
             chunks.insert(c.offset, c);
         }
         Ok(())
+    }
+
+    /// Once a new version of the file is being cached, its earlier versions are dropped
+    /// (what they share with it stays): one version per path, so a file served offline is
+    /// always the newest one read.
+    fn forget_others(&self) {
+        let versions = self.shared.cache.versions(&self.prefix).unwrap_or_default();
+        for old in versions.iter().filter(|v| **v != *self.version) {
+            if let Err(e) = self.shared.cache.forget(old) {
+                tracing::debug!(rel = %self.rel.display(), error = %e, "an earlier version stays cached");
+            }
+        }
     }
 
     /// For a version seen for the first time, once its tag region (`new_head`, ending at

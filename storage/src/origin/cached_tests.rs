@@ -190,6 +190,10 @@ impl ChunkCache for MemCache {
         }
         Ok(true)
     }
+    fn forget(&self, version: &[u8]) -> io::Result<()> {
+        self.manifests.lock().unwrap().remove(version);
+        Ok(())
+    }
     fn pin(&self, _: &[u8]) -> Box<dyn Send + Sync> {
         Box::new(())
     }
@@ -343,6 +347,11 @@ fn a_tag_edit_costs_the_tag_region_and_a_sample() {
             "{cost} bytes for a tag region of {tag_region}"
         );
     }
+    assert_eq!(
+        r.cache.manifests.lock().unwrap().len(),
+        1,
+        "earlier versions are dropped once a new one is cached"
+    );
 }
 
 #[test]
