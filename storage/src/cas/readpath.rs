@@ -2,8 +2,6 @@
 
 use std::io;
 
-use musicfs_chunker::Chunk;
-
 use super::{Cas, CasError, ManifestEntry};
 use crate::origin::{ChunkCache, ChunkRef};
 
@@ -45,15 +43,7 @@ impl ChunkCache for Cas {
         let Some(first) = chunks.first() else {
             return Ok(());
         };
-        let chunks: Vec<Chunk> = chunks
-            .iter()
-            .map(|c| Chunk {
-                offset: c.offset,
-                len: c.len,
-                hash: c.hash,
-            })
-            .collect();
-        self.put_chunks(version, first.offset, data, &chunks)
+        self.put_chunks(version, first.offset, data, chunks)
             .map(|_| ())
             .map_err(io_err)
     }

@@ -58,16 +58,9 @@ const MAX_TAG_REGION: u64 = 64 << 20;
 /// headers ask: a tag edit must cost little more than the tag region on the wire).
 const HEAD: u64 = 4 << 10;
 
-/// One chunk of a file version: where it is in the file, how long, and its hash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkRef {
-    /// Offset in the file.
-    pub offset: u64,
-    /// Length in bytes.
-    pub len: u32,
-    /// Its content hash (xxh3-128).
-    pub hash: u128,
-}
+/// One chunk of a file version: where it is in the file, how long, and its hash
+/// (the chunker's own chunk).
+pub type ChunkRef = musicfs_chunker::Chunk;
 
 /// What the read path needs of the chunk store. Versions are opaque byte keys; the chunks
 /// of a version's manifest are kept sorted by offset and may cover only parts of the file.

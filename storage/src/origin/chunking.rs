@@ -45,20 +45,11 @@ impl Chunking for AudioChunking {
     }
 
     fn cut(&self, len: u64, tag_end: u64, start: u64, bytes: &[u8]) -> Vec<ChunkRef> {
-        let layout = self.layout(len, tag_end);
         // The tag region is one window for the read path (it may span several of the
-        // chunker's): cut each of them.
-        let chunks = layout
+        // chunker's): `chunk_range` cuts each of them.
+        self.layout(len, tag_end)
             .chunk_range(start, bytes)
-            .unwrap_or_else(|_| Vec::new());
-        chunks
-            .into_iter()
-            .map(|c| ChunkRef {
-                offset: c.offset,
-                len: c.len,
-                hash: c.hash,
-            })
-            .collect()
+            .unwrap_or_default()
     }
 
     fn same_audio(&self, old_head: &[u8], new_head: &[u8]) -> bool {
