@@ -423,7 +423,15 @@ pub fn template(format: Format, size: TrackSize) -> Result<Vec<u8>> {
         Format::Opus => &["-c:a", "libopus", "-b:a", "32k"],
         Format::Wav => &["-c:a", "pcm_s16le"],
     };
-    let tmp = dir.join(format!("{}.tmp.{}", size.stem(), format.ext()));
+    // Named by process and thread: two tests (or two runs) making the same template at
+    // once each write their own file and rename it into place, never one another's.
+    let tmp = dir.join(format!(
+        "{}.tmp-{}-{:?}.{}",
+        size.stem(),
+        std::process::id(),
+        std::thread::current().id(),
+        format.ext()
+    ));
     let source = format!(
         "sine=frequency=440:duration={}:sample_rate=44100",
         size.seconds()

@@ -10,15 +10,17 @@ mod metric;
 mod ops;
 mod peers;
 mod ready;
+mod remote;
 mod report;
 mod run;
 mod scale;
 mod scanners;
+mod search;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::peers::Peer;
@@ -106,12 +108,54 @@ enum Cmd {
         #[arg(long)]
         bin_dir: Option<PathBuf>,
     },
+    /// Remote origins (issue 13): MusicFS and `rclone mount --vfs-cache-mode full` over one
+    /// S3 bucket (s3s-fs on 127.0.0.1 behind a counting proxy) in one run: cached
+    /// sequential reads, cache-miss first byte, scan and listing bytes, a tag edit's bytes,
+    /// and the cache's dedup ratio.
+    Remote {
+        /// Where the ffmpeg-generated library is kept (made when missing, else reused); a
+        /// copy of it is the bucket.
+        #[arg(long)]
+        library: PathBuf,
+        /// Output directory (remote.json, remote.md, bucket, state, caches, logs, mounts).
+        #[arg(long)]
+        out: PathBuf,
+        /// Systems to measure.
+        #[arg(long, value_delimiter = ',', default_value = "musicfs,rclone")]
+        systems: Vec<String>,
+        /// Timed sequential-read passes per variant.
+        #[arg(long, default_value_t = 5)]
+        passes: usize,
+        /// Directory holding musicfsd and musicfs.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
     /// Prints the `scale.json` of several `scale --out` directories side by side (one
     /// column each, e.g. before/after at 100k and 1M) as a markdown table.
     ScaleTable {
         /// `scale --out` directories, in column order.
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
+    },
+    /// Search (issue 15): index build time and size, query p50/p99 by kind, and the cost
+    /// of one change, on generated catalogs of the given sizes.
+    Search {
+        /// Catalog sizes.
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        tracks: Vec<u64>,
+        /// Timed runs of each query.
+        #[arg(long, default_value_t = 200)]
+        rounds: usize,
+        /// Work and output directory (search.json, search.md).
+        #[arg(long)]
+        out: PathBuf,
+        /// A generated library (`gen`) to scan and mount instead: `/.search/<query>/`
+        /// listed through the mount (search-mount.json, search-mount.md).
+        #[arg(long)]
+        library: Option<PathBuf>,
+        /// Directory holding musicfsd and musicfs (with --library).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
     },
     /// Mount-ready time of musicfsd on synthesised catalogs of the given sizes.
     MountReady {
@@ -133,8 +177,9 @@ enum Cmd {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lofty=error")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,lofty=error,tantivy=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -235,6 +280,72 @@ fn real_main(cli: Cli) -> Result<()> {
             let report = scale::run(&opts)?;
             println!("{}", report.markdown());
             println!("report: {}", out.join("scale.json").display());
+        }
+        Cmd::Remote {
+            library,
+            out,
+            systems,
+            passes,
+            bin_dir,
+        } => {
+            let systems = systems
+                .iter()
+                .map(|s| {
+                    remote::System::from_name(s).with_context(|| format!("unknown system {s:?}"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let opts = remote::RemoteOpts {
+                library,
+                out: out.clone(),
+                systems,
+                passes,
+                bin_dir,
+                command,
+            };
+            let report = remote::run(&opts)?;
+            println!("{}", report.markdown());
+            println!("report: {}", out.join("remote.json").display());
+        }
+        Cmd::Search {
+            tracks: _,
+            rounds,
+            out,
+            library: Some(library),
+            bin_dir,
+        } => {
+            let bins = peers::find_bins(bin_dir.as_deref())?;
+            std::fs::create_dir_all(&out)?;
+            let out = out.canonicalize()?;
+            let r = search::measure_mount(&library.canonicalize()?, &out, &bins, rounds)?;
+            std::fs::write(
+                out.join("search-mount.json"),
+                serde_json::to_string_pretty(&r)?,
+            )?;
+            let md = search::mount_markdown(&r);
+            std::fs::write(out.join("search-mount.md"), &md)?;
+            print!("{md}");
+        }
+        Cmd::Search {
+            tracks,
+            rounds,
+            out,
+            library: None,
+            ..
+        } => {
+            std::fs::create_dir_all(&out)?;
+            let mut reports = Vec::new();
+            for n in tracks {
+                let r = search::measure(&out.join(format!("work-{n}")), n, rounds)?;
+                let _ = std::fs::remove_dir_all(out.join(format!("work-{n}")));
+                reports.push(r);
+            }
+            std::fs::write(
+                out.join("search.json"),
+                serde_json::to_string_pretty(&reports)?,
+            )?;
+            let md = search::markdown(&reports);
+            std::fs::write(out.join("search.md"), &md)?;
+            print!("{md}");
         }
         Cmd::ScaleTable { dirs } => {
             print!("{}", scale::side_by_side(&scale::load_reports(&dirs)?));

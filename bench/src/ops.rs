@@ -166,7 +166,8 @@ pub fn open_first_block(paths: &[PathBuf], warm: bool) -> Result<Metric> {
     Ok(Metric::latency(&h))
 }
 
-fn read_whole(p: &Path, buf: &mut [u8]) -> Result<u64> {
+/// open + read to the end with `buf`-sized reads + close; the bytes read.
+pub fn read_whole(p: &Path, buf: &mut [u8]) -> Result<u64> {
     let mut f = File::open(p).with_context(|| format!("open {}", p.display()))?;
     let mut total = 0u64;
     loop {

@@ -76,14 +76,7 @@ impl Report {
 
     /// The markdown rendering.
     pub fn markdown(&self) -> String {
-        let mut s = String::new();
-        let _ = writeln!(s, "Command: `{}`\n", self.command);
-        for (k, v) in &self.machine {
-            let _ = writeln!(s, "- {k}: {v}");
-        }
-        for (k, v) in &self.library {
-            let _ = writeln!(s, "- library {k}: {v}");
-        }
+        let mut s = preamble(&self.command, &self.machine, &self.library);
         if !self.loadavg.is_empty() {
             let _ = writeln!(s, "- load average at start: {}", self.loadavg);
         }
@@ -166,6 +159,23 @@ impl Report {
         }
         s
     }
+}
+
+/// A report's opening lines: the command, the machine, the library.
+pub fn preamble(
+    command: &str,
+    machine: &BTreeMap<String, String>,
+    library: &BTreeMap<String, String>,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "Command: `{command}`\n");
+    for (k, v) in machine {
+        let _ = writeln!(s, "- {k}: {v}");
+    }
+    for (k, v) in library {
+        let _ = writeln!(s, "- library {k}: {v}");
+    }
+    s
 }
 
 fn metric_order(n: &str) -> (usize, String) {

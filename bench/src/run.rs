@@ -782,7 +782,7 @@ fn not_built() -> BTreeMap<String, String> {
     );
     m.insert(
         "tag_edit".into(),
-        "not built: time and bytes re-read to show one tag edit need the CAS, which has not landed"
+        "not in `run` (local origins re-read nothing): the bytes a tag edit costs a remote origin are measured by `musicfs-bench remote`"
             .into(),
     );
     m

@@ -70,23 +70,39 @@ pub struct Figure {
 }
 
 impl Figure {
-    fn new(unit: &str) -> Figure {
+    pub(crate) fn new(unit: &str) -> Figure {
         Figure {
             unit: unit.into(),
             ..Figure::default()
         }
     }
 
-    fn push(&mut self, v: f64) {
+    /// The figure `name` in `figures`, added with its unit from `table` (a `FIGURES`
+    /// list: name, unit, what) when it is not there yet.
+    pub(crate) fn entry<'a>(
+        figures: &'a mut BTreeMap<String, Figure>,
+        table: &[(&str, &str, &str)],
+        name: &str,
+    ) -> &'a mut Figure {
+        let unit = table
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map_or("", |(_, u, _)| *u);
+        figures
+            .entry(name.to_string())
+            .or_insert_with(|| Figure::new(unit))
+    }
+
+    pub(crate) fn push(&mut self, v: f64) {
         self.samples.push(v);
         let mut s = self.samples.clone();
         s.sort_by(|a, b| a.total_cmp(b));
         self.value = s.get(s.len() / 2).copied();
     }
 
-    fn fail(&mut self, e: &anyhow::Error) {
+    pub(crate) fn fail(&mut self, e: &anyhow::Error) {
         let msg = format!("{e:#}");
-        tracing::warn!(error = %msg, "a scale measurement failed");
+        tracing::warn!(error = %msg, "a measurement failed");
         self.error = Some(match self.error.take() {
             Some(prev) => format!("{prev}; {msg}"),
             None => msg,
@@ -165,13 +181,7 @@ pub const FIGURES: &[(&str, &str, &str)] = &[
 
 impl ScaleReport {
     fn figure(&mut self, name: &str) -> &mut Figure {
-        let unit = FIGURES
-            .iter()
-            .find(|(n, _, _)| *n == name)
-            .map_or("", |(_, u, _)| *u);
-        self.figures
-            .entry(name.to_string())
-            .or_insert_with(|| Figure::new(unit))
+        Figure::entry(&mut self.figures, FIGURES, name)
     }
 
     /// The markdown rendering: one row per figure, median and samples.
@@ -288,7 +298,7 @@ pub fn load_reports(dirs: &[PathBuf]) -> Result<Vec<(String, ScaleReport)>> {
 }
 
 /// A value with about three significant digits.
-fn short(v: f64) -> String {
+pub(crate) fn short(v: f64) -> String {
     if v.abs() >= 100.0 {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {
@@ -298,7 +308,7 @@ fn short(v: f64) -> String {
     }
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()

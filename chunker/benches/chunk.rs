@@ -7,13 +7,7 @@ use musicfs_chunker::{chunk_file, Params};
 fn file(len: usize) -> Vec<u8> {
     let mut f = b"fLaC\x80\x00\x10\x00".to_vec();
     f.extend(std::iter::repeat_n(b'm', 0x1000));
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    f.extend((0..len).map(|_| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 24) as u8
-    }));
+    f.extend(musicfs_chunker::noise(len, 0x9E37_79B9_7F4A_7C15));
     f
 }
 

@@ -9,39 +9,24 @@ use std::time::Instant;
 
 use musicfs_chunker::{chunk_file, Params, Sizes};
 
-fn sizes(min: u32, avg: u32, max: u32) -> Sizes {
+/// Minimum, average and maximum chunk size, KiB.
+type KiB3 = (u32, u32, u32);
+
+fn sizes((min, avg, max): KiB3) -> Sizes {
     Sizes::new(min << 10, avg << 10, max << 10).expect("valid sizes")
 }
 
+/// The parameter sets compared: tag region and audio (min, average, max) in KiB.
+const SETS: [(KiB3, KiB3); 5] = [
+    ((1, 4, 16), (16, 64, 256)),
+    ((1, 4, 16), (64, 256, 1024)),
+    ((1, 4, 16), (256, 1024, 4096)),
+    ((4, 16, 64), (64, 256, 1024)),
+    ((16, 64, 256), (64, 256, 1024)),
+];
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let sets = [
-        (
-            "tag 1/4/16K, audio 16/64/256K",
-            sizes(1, 4, 16),
-            sizes(16, 64, 256),
-        ),
-        (
-            "tag 1/4/16K, audio 64/256/1024K",
-            sizes(1, 4, 16),
-            sizes(64, 256, 1024),
-        ),
-        (
-            "tag 1/4/16K, audio 256/1024/4096K",
-            sizes(1, 4, 16),
-            sizes(256, 1024, 4096),
-        ),
-        (
-            "tag 4/16/64K, audio 64/256/1024K",
-            sizes(4, 16, 64),
-            sizes(64, 256, 1024),
-        ),
-        (
-            "tag 16/64/256K, audio 64/256/1024K",
-            sizes(16, 64, 256),
-            sizes(64, 256, 1024),
-        ),
-    ];
     for pair in args.chunks(2) {
         let [before, after] = pair else {
             eprintln!("give files in pairs: BEFORE AFTER");
@@ -50,10 +35,14 @@ fn main() {
         let a = std::fs::read(before).expect("read BEFORE");
         let b = std::fs::read(after).expect("read AFTER");
         println!("{before} ({} B) -> {after} ({} B)", a.len(), b.len());
-        for (name, tag, audio) in sets {
+        for (tag, audio) in SETS {
+            let name = format!(
+                "tag {}/{}/{}K, audio {}/{}/{}K",
+                tag.0, tag.1, tag.2, audio.0, audio.1, audio.2
+            );
             let p = Params {
-                tag,
-                audio,
+                tag: sizes(tag),
+                audio: sizes(audio),
                 window: 4 << 20,
             };
             let start = Instant::now();

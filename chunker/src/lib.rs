@@ -50,6 +50,21 @@ pub fn hash(bytes: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(bytes)
 }
 
+/// `len` deterministic bytes that do not compress, standing in for compressed audio in
+/// tests, examples and benchmarks of chunking: an xorshift64 stream started from `seed`
+/// (made odd), one byte from each step. The same seed gives the same bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// FastCDC sizes for one region: minimum, average (target) and maximum chunk size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sizes {

@@ -2,19 +2,6 @@ use proptest::prelude::*;
 
 use super::*;
 
-/// Deterministic noise standing in for compressed audio.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// A FLAC file: STREAMINFO, a VORBIS_COMMENT holding `comment`, a PICTURE, then audio.
 fn flac(comment: &[u8], picture: &[u8], audio: &[u8]) -> Vec<u8> {
     let mut f = b"fLaC".to_vec();

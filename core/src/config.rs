@@ -2,6 +2,7 @@
 //! line flags (the binaries apply those on top of [`Config::load`]). Every field has a
 //! default, so an empty file is a valid configuration.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -215,6 +216,23 @@ pub struct Config {
     /// Bytes of remote file content the chunk cache keeps (least recently used chunks go
     /// first): a number of bytes or a string with a binary unit (`"10G"`, `"512MiB"`).
     pub cache_budget: ByteSize,
+    /// Saved searches shown as `/.collections/NAME/` (docs/CONFIG.md, "Collections").
+    pub collections: BTreeMap<String, CollectionConfig>,
+    /// Most results a `/.search/QUERY/` directory (and `musicfs search`) shows.
+    pub search_limit: usize,
+}
+
+/// One `[collections.NAME]` table: a saved search.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionConfig {
+    /// The query (docs/SEARCH.md).
+    pub query: String,
+    /// The order: `relevance` (default), `added`, `year`, `artist`, `album` or `title`,
+    /// each reversed by a leading `-`.
+    pub sort: Option<String>,
+    /// Most tracks shown (default 10000).
+    pub limit: Option<usize>,
 }
 
 /// A byte count read from the config: an integer (bytes) or a string with an optional
@@ -271,6 +289,9 @@ pub fn parse_byte_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// Default of [`Config::search_limit`].
+pub const DEFAULT_SEARCH_LIMIT: usize = 200;
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -294,6 +315,8 @@ impl Default for Config {
             enable_uring_param: false,
             mass_removal_threshold: 0.5,
             cache_budget: ByteSize(DEFAULT_CACHE_BUDGET),
+            collections: BTreeMap::new(),
+            search_limit: DEFAULT_SEARCH_LIMIT,
         }
     }
 }

@@ -106,6 +106,7 @@ fn dirent_type(kind: Kind) -> u32 {
     match kind {
         Kind::Dir => u32::from(libc::DT_DIR),
         Kind::File => u32::from(libc::DT_REG),
+        Kind::Symlink => u32::from(libc::DT_LNK),
     }
 }
 
@@ -118,9 +119,11 @@ fn put<T: Pod>(out: &mut [u8], v: &T) -> Outcome {
 }
 
 /// The entry reply for `a` (lookup, readdirplus), with the configured timeouts.
+/// A virtual node (search and collection results, [`crate::virt`]) is cached for no time:
+/// it follows the library without invalidations.
 fn entry_out(cfg: &crate::fs::FsConfig, a: &crate::fs::Attr) -> abi::EntryOut {
-    let (es, ens) = split(cfg.entry_timeout);
-    let (as_, ans) = split(cfg.attr_timeout);
+    let (es, ens) = split(timeout(cfg.entry_timeout, a.ino));
+    let (as_, ans) = split(timeout(cfg.attr_timeout, a.ino));
     abi::EntryOut {
         nodeid: a.ino,
         generation: a.generation,
@@ -129,6 +132,15 @@ fn entry_out(cfg: &crate::fs::FsConfig, a: &crate::fs::Attr) -> abi::EntryOut {
         entry_valid_nsec: ens,
         attr_valid_nsec: ans,
         attr: fuse_attr(a),
+    }
+}
+
+/// `configured`, or zero for a virtual node.
+fn timeout(configured: Duration, ino: u64) -> Duration {
+    if crate::virt::is_virtual(ino) {
+        Duration::ZERO
+    } else {
+        configured
     }
 }
 
@@ -222,7 +234,7 @@ impl Dispatcher {
             }
             abi::FUSE_LOOKUP => return self.lookup(req, out),
             abi::FUSE_GETATTR => self.model.getattr(ino).map(|a| {
-                let (s, ns) = split(self.model.config().attr_timeout);
+                let (s, ns) = split(timeout(self.model.config().attr_timeout, ino));
                 put(
                     out,
                     &abi::AttrOut {
@@ -241,11 +253,17 @@ impl Dispatcher {
                 self.model.release(r.fh).map(|()| Outcome::Reply(0))
             }
             abi::FUSE_OPENDIR => self.model.opendir(ino).map(|fh| {
+                // A virtual directory's listing changes with the library: not cached.
+                let open_flags = if crate::virt::is_virtual(ino) {
+                    0
+                } else {
+                    abi::FOPEN_CACHE_DIR | abi::FOPEN_KEEP_CACHE
+                };
                 put(
                     out,
                     &abi::OpenOut {
                         fh,
-                        open_flags: abi::FOPEN_CACHE_DIR | abi::FOPEN_KEEP_CACHE,
+                        open_flags,
                         backing_id: 0,
                     },
                 )
@@ -294,7 +312,17 @@ impl Dispatcher {
             // no longer waits for a round trip; a read-only file has nothing to flush.
             abi::FUSE_FLUSH => return Outcome::Error(libc::ENOSYS),
             abi::FUSE_FSYNC | abi::FUSE_FSYNCDIR => Ok(Outcome::Reply(0)),
-            abi::FUSE_READLINK => Err(FsError::NotASymlink(ino)),
+            abi::FUSE_READLINK => {
+                self.model
+                    .readlink(ino)
+                    .map(|target| match out.get_mut(..target.len()) {
+                        Some(dst) => {
+                            dst.copy_from_slice(&target);
+                            Outcome::Reply(target.len())
+                        }
+                        None => Outcome::Error(libc::ENAMETOOLONG),
+                    })
+            }
             abi::FUSE_SETATTR
             | abi::FUSE_SYMLINK
             | abi::FUSE_MKNOD
@@ -364,7 +392,10 @@ impl Dispatcher {
         let cfg = self.model.config();
         let entry = match self.model.lookup(parent, name) {
             Ok(a) => entry_out(cfg, &a),
-            Err(FsError::NotFound { .. }) if !cfg.negative_timeout.is_zero() => {
+            // Not under a virtual directory: its names come and go with the library.
+            Err(FsError::NotFound { .. })
+                if !cfg.negative_timeout.is_zero() && !crate::virt::is_virtual(parent) =>
+            {
                 // nodeid 0 with a timeout: a negative entry the kernel caches.
                 let (es, ens) = split(cfg.negative_timeout);
                 abi::EntryOut {

@@ -17,11 +17,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use musicfs_core::health::OriginHealth;
 use musicfs_core::snapshot::{Node, Snapshot, ROOT_INO};
-use musicfs_storage::origin::OriginTable;
+use musicfs_storage::origin::{OriginTable, Seen};
 
 use crate::handles::HandleTable;
 use crate::sources::{HandlePool, InodeSources, OpenFile, Source};
 use crate::status::{ServeStatus, STATUS_FIELDS};
+use crate::virt::{self, Finder, Found, Missing, Virtual};
 use crate::xattr::{self, TagSource, XattrReply};
 use crate::FsError;
 
@@ -90,6 +91,8 @@ pub enum Kind {
     Dir,
     /// A regular file.
     File,
+    /// A symbolic link (a search or collection result).
+    Symlink,
 }
 
 /// Attributes of a node, as `stat` shows them.
@@ -122,6 +125,7 @@ impl Attr {
         let kind = match self.kind {
             Kind::Dir => libc::S_IFDIR,
             Kind::File => libc::S_IFREG,
+            Kind::Symlink => libc::S_IFLNK,
         };
         kind | (self.perm & SHOWN_BITS)
     }
@@ -178,6 +182,8 @@ pub struct FsModel {
     by_inode: InodeSources,
     dirs: HandleTable<Arc<Snapshot>>,
     status: ServeStatus,
+    /// `/.search` and `/.collections`, when a finder is configured.
+    virt: Option<Virtual>,
 }
 
 /// Directory offsets: 1 and 2 follow `.` and `..`; child `i` is followed by `i + 3`.
@@ -213,6 +219,59 @@ impl FsModel {
             by_inode: InodeSources::default(),
             dirs: HandleTable::new(),
             status: ServeStatus::default(),
+            virt: None,
+        }
+    }
+
+    /// Serves `/.search` and `/.collections` from `finder` (see [`crate::virt`]).
+    pub fn with_finder(mut self, finder: Arc<dyn Finder>) -> FsModel {
+        self.virt = Some(Virtual::new(finder, self.tags.clone()));
+        self
+    }
+
+    /// The virtual directories' part of an operation on `ino`: `None` when `ino` is the
+    /// tree's.
+    fn virtual_node(&self, snap: &Snapshot, ino: u64) -> Option<Result<Found, FsError>> {
+        let v = self.virt.as_ref()?;
+        if !virt::is_virtual(ino) {
+            return None;
+        }
+        Some(v.find(snap, ino).ok_or(FsError::StaleInode(ino)))
+    }
+
+    /// Attributes of a virtual node: directories `r-x`, results symlinks.
+    fn virtual_attr(&self, snap: &Snapshot, found: &Found) -> Attr {
+        let (ino, kind, size, mtime_ns) = match found {
+            Found::Top(ino) => (*ino, Kind::Dir, 0, root_mtime(snap)),
+            Found::Listing(l) => (l.ino, Kind::Dir, 0, root_mtime(snap)),
+            Found::Result(l, i) => {
+                let e = &l.entries[*i];
+                (l.result_ino(*i), Kind::Symlink, e.target_len(), e.mtime_ns)
+            }
+        };
+        Attr {
+            ino,
+            generation: 0,
+            kind,
+            size,
+            mtime_ns,
+            nlink: if kind == Kind::Dir { 2 } else { 1 },
+            perm: DEFAULT_DIR_PERM & !self.cfg.umask,
+            uid: self.cfg.uid.unwrap_or(self.cfg.default_uid),
+            gid: self.cfg.gid.unwrap_or(self.cfg.default_gid),
+        }
+    }
+
+    /// The target of symlink `ino`.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let snap = self.snapshot.load();
+        match self.virtual_node(&snap, ino) {
+            Some(Ok(Found::Result(l, i))) => Ok(l.entries[i].target()),
+            Some(Err(e)) => Err(e),
+            _ if snap.node(ino).is_none() && !virt::is_virtual(ino) => {
+                Err(FsError::StaleInode(ino))
+            }
+            _ => Err(FsError::NotASymlink(ino)),
         }
     }
 
@@ -257,6 +316,21 @@ impl FsModel {
     /// The attributes of `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         let snap = self.snapshot.load();
+        if let Some(v) = &self.virt {
+            if parent == ROOT_INO && name == virt::SEARCH_NAME {
+                return Ok(self.virtual_attr(&snap, &Found::Top(virt::SEARCH_INO)));
+            }
+            if parent == ROOT_INO && name == virt::COLLECTIONS_NAME {
+                return Ok(self.virtual_attr(&snap, &Found::Top(virt::COLLECTIONS_INO)));
+            }
+            if virt::is_virtual(parent) {
+                return match v.lookup(&snap, parent, name) {
+                    Ok(found) => Ok(self.virtual_attr(&snap, &found)),
+                    Err(Missing::NotFound) => Err(FsError::NotFound { parent }),
+                    Err(Missing::Stale) => Err(FsError::StaleInode(parent)),
+                };
+            }
+        }
         if let Some(node) = snap.lookup(parent, name) {
             return Ok(self.attr_of(&node));
         }
@@ -270,6 +344,9 @@ impl FsModel {
     /// The attributes of inode `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         let snap = self.snapshot.load();
+        if let Some(found) = self.virtual_node(&snap, ino) {
+            return Ok(self.virtual_attr(&snap, &found?));
+        }
         let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
         Ok(self.attr_of(&node))
     }
@@ -278,6 +355,12 @@ impl FsModel {
     /// across a republish.
     pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         let snap = self.snapshot.load_full();
+        match self.virtual_node(&snap, ino) {
+            Some(Ok(Found::Result(..))) => return Err(FsError::NotADirectory(ino)),
+            Some(Ok(_)) => return Ok(self.dirs.insert(snap)),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
         match snap.node(ino) {
             None => Err(FsError::StaleInode(ino)),
             Some(node) if !node.is_dir() => Err(FsError::NotADirectory(ino)),
@@ -295,6 +378,9 @@ impl FsModel {
         emit: &mut dyn FnMut(DirItem<'_>) -> bool,
     ) -> Result<(), FsError> {
         let mut snap = self.dirs.get(fh).ok_or(FsError::BadHandle(fh))?;
+        if self.virt.is_some() && virt::is_virtual(ino) {
+            return self.readdir_virtual(ino, offset, emit);
+        }
         let served = self.snapshot.load();
         if offset == 0 && !Arc::ptr_eq(&snap, &served) {
             // A listing (re)starts: from the tree served now. A handle opened before a
@@ -309,19 +395,8 @@ impl FsModel {
         if !dir.is_dir() {
             return Err(FsError::NotADirectory(ino));
         }
-        let dots = [(b".".as_slice(), ino), (b"..".as_slice(), dir.parent_ino())];
-        for (i, (name, dot_ino)) in dots.iter().enumerate().skip(offset as usize) {
-            let item = DirItem {
-                ino: *dot_ino,
-                next_offset: i as u64 + 1,
-                kind: Kind::Dir,
-                name,
-                attr: None,
-                current,
-            };
-            if !emit(item) {
-                return Ok(());
-            }
+        if !emit_dots(ino, dir.parent_ino(), offset, current, emit) {
+            return Ok(());
         }
         let first = offset.saturating_sub(FIRST_CHILD_OFFSET);
         let first = usize::try_from(first).unwrap_or(usize::MAX);
@@ -337,6 +412,71 @@ impl FsModel {
             };
             if !emit(item) {
                 break;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`FsModel::readdir`] of a virtual directory, from the tree served now; entries are
+    /// marked not current so the kernel caches none of them.
+    fn readdir_virtual(
+        &self,
+        ino: u64,
+        offset: u64,
+        emit: &mut dyn FnMut(DirItem<'_>) -> bool,
+    ) -> Result<(), FsError> {
+        let snap = self.snapshot.load_full();
+        let found = self
+            .virtual_node(&snap, ino)
+            .unwrap_or(Err(FsError::StaleInode(ino)))?;
+        let v = self
+            .virt
+            .as_ref()
+            .expect("virtual inodes only with a finder");
+        let (parent, names, listing) = match found {
+            Found::Top(top) => (ROOT_INO, v.names(top), None),
+            Found::Listing(l) => (l.parent, Vec::new(), Some(l)),
+            Found::Result(..) => return Err(FsError::NotADirectory(ino)),
+        };
+        if !emit_dots(ino, parent, offset, false, emit) {
+            return Ok(());
+        }
+        let first =
+            usize::try_from(offset.saturating_sub(FIRST_CHILD_OFFSET)).unwrap_or(usize::MAX);
+        let next = |i: usize| FIRST_CHILD_OFFSET + i as u64 + 1;
+        match listing {
+            Some(l) => {
+                for (i, e) in l.entries.iter().enumerate().skip(first) {
+                    let attr = self.virtual_attr(&snap, &Found::Result(l.clone(), i));
+                    let item = DirItem {
+                        ino: attr.ino,
+                        next_offset: next(i),
+                        kind: Kind::Symlink,
+                        name: &e.name,
+                        attr: Some(attr),
+                        current: false,
+                    };
+                    if !emit(item) {
+                        break;
+                    }
+                }
+            }
+            None => {
+                // A name listed here is made on lookup; readdir gives no attributes for it
+                // (so listing `/.collections` does not run every collection).
+                for (i, name) in names.iter().enumerate().skip(first) {
+                    let item = DirItem {
+                        ino: u64::MAX,
+                        next_offset: next(i),
+                        kind: Kind::Dir,
+                        name,
+                        attr: None,
+                        current: false,
+                    };
+                    if !emit(item) {
+                        break;
+                    }
+                }
             }
         }
         Ok(())
@@ -410,7 +550,13 @@ impl FsModel {
         }
         let opened = match origin.as_local() {
             Some(local) => local.open_file(rel).map(Source::Local),
-            None => origin.open(rel).map(Source::Other),
+            None => {
+                let seen = Seen {
+                    size: node.size(),
+                    mtime_ns: node.mtime_ns(),
+                };
+                origin.open_seen(rel, seen).map(Source::Other)
+            }
         };
         opened.map_err(|source| FsError::Origin { ino, source })
     }
@@ -532,6 +678,10 @@ impl FsModel {
         let missing = || FsError::NoAttribute(String::from_utf8_lossy(name).into_owned());
         let field = xattr::field_of(name).ok_or_else(missing)?;
         let snap = self.snapshot.load();
+        if let Some(found) = self.virtual_node(&snap, ino) {
+            found?;
+            return Err(missing());
+        }
         let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
         if ino == ROOT_INO {
             if field == xattr::ORIGINS_FIELD {
@@ -561,6 +711,10 @@ impl FsModel {
     /// `listxattr(2)` on `ino`: the attributes this file has, NUL-separated.
     pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrReply, FsError> {
         let snap = self.snapshot.load();
+        if let Some(found) = self.virtual_node(&snap, ino) {
+            found?;
+            return xattr::sized_reply(Vec::new(), size);
+        }
         let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
         let mut names = Vec::new();
         if let Some(file) = node.file() {
@@ -595,6 +749,37 @@ impl FsModel {
                 .map_err(|e| FsError::Catalog(e.to_string())),
         }
     }
+}
+
+/// Emits `.` and `..` of directory `ino` (whose parent is `parent`) from `offset`; `false`
+/// when the reply filled up.
+fn emit_dots(
+    ino: u64,
+    parent: u64,
+    offset: u64,
+    current: bool,
+    emit: &mut dyn FnMut(DirItem<'_>) -> bool,
+) -> bool {
+    let dots = [(b".".as_slice(), ino), (b"..".as_slice(), parent)];
+    for (i, (name, dot_ino)) in dots.iter().enumerate().skip(offset as usize) {
+        let item = DirItem {
+            ino: *dot_ino,
+            next_offset: i as u64 + 1,
+            kind: Kind::Dir,
+            name,
+            attr: None,
+            current,
+        };
+        if !emit(item) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The root's modification time, shown for the virtual directories.
+fn root_mtime(snap: &Snapshot) -> i64 {
+    snap.node(ROOT_INO).map_or(0, |n| n.mtime_ns())
 }
 
 /// An error reading a source: one the reply buffer caused stays a reply error; the rest

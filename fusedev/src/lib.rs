@@ -31,6 +31,7 @@ pub mod session;
 pub mod sources;
 pub mod status;
 pub mod uring;
+pub mod virt;
 pub mod xattr;
 
 pub use error::{FsError, FuseError};

@@ -80,6 +80,8 @@ pub struct MountOptions {
     /// The origins files are read from, shared with the daemon's refresh loop (which marks
     /// them offline and back); `None` opens the ones the snapshot records.
     pub origins: Option<Arc<ArcSwap<musicfs_storage::origin::OriginTable>>>,
+    /// What answers `/.search` and `/.collections` (none: they do not exist).
+    pub finder: Option<Arc<dyn crate::virt::Finder>>,
     /// Kernel readahead for the mount's bdi, in KiB (root only; best effort).
     pub readahead_kb: Option<u32>,
     /// FUSE passthrough for reads of local sources.
@@ -120,6 +122,7 @@ impl Default for MountOptions {
             fsname: "musicfs".to_string(),
             auto_unmount: true,
             origins: None,
+            finder: None,
             readahead_kb: Some(1024),
             passthrough: PassthroughSetting::Auto,
             transport: TransportSetting::Auto,
@@ -239,9 +242,13 @@ pub fn mount_with_tags(
         origin_health: opts.origin_health.clone(),
         ..defaults
     };
-    let model = Arc::new(match &opts.origins {
+    let model = match &opts.origins {
         Some(origins) => FsModel::with_origins(snapshot, origins.clone(), tags, cfg),
         None => FsModel::new(snapshot, tags, cfg),
+    };
+    let model = Arc::new(match &opts.finder {
+        Some(finder) => model.with_finder(finder.clone()),
+        None => model,
     });
     let wants = feature_wants(opts)?;
     let dispatcher = Arc::new(Dispatcher::new(

@@ -35,6 +35,7 @@ pub mod memory;
 pub mod refresh;
 mod riff;
 pub mod scan;
+pub mod search;
 pub mod tags;
 mod walk;
 pub mod watch;

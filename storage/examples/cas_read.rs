@@ -8,15 +8,7 @@ use musicfs_chunker::{chunk_file, Params};
 use musicfs_storage::cas::{Cas, CasOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let data: Vec<u8> = (0..256usize << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let data = musicfs_chunker::noise(256 << 20, 0x9E37_79B9_7F4A_7C15);
     let dir = tempfile::tempdir()?;
     let start = Instant::now();
     let chunks = chunk_file(&data, Params::AUDIO).1;

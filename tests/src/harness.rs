@@ -1208,6 +1208,18 @@ pub fn encode_flac(
     Ok(())
 }
 
+/// A one-second 440 Hz FLAC made once per test process with ffmpeg: tests write retagged
+/// copies of it ([`flac_with_comments`]) instead of running ffmpeg per track.
+pub fn one_second_flac() -> &'static [u8] {
+    static T: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("t.flac");
+        encode_flac(&path, 1.0, 440, false, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+        fs::read(&path).expect("reading the template")
+    })
+}
+
 /// `flac` (a whole FLAC file) with its Vorbis comment block replaced by `comments`; every
 /// other block and the audio frames are kept byte for byte. Lets a test make thousands of
 /// differently tagged files without running ffmpeg for each.

@@ -1,4 +1,6 @@
 //! placeholder
+pub mod edit;
 pub mod fixtures;
 pub mod harness;
+pub mod remote;
 pub mod servers;

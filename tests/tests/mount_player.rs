@@ -171,6 +171,18 @@ fn mpd_indexes_every_good_track_and_plays_one() {
     );
 
     let track = good_virtual.iter().next().unwrap();
+    plays(&mpd, track);
+    mpd.mpc(&["stop"]);
+    drop(mpd);
+    assert!(
+        fs.mount_entry().unwrap().is_some(),
+        "daemon log:\n{}",
+        fs.log()
+    );
+}
+
+/// Has mpd play `track` (a path it indexed) and waits until its elapsed time advances.
+fn plays(mpd: &Mpd, track: &str) {
     mpd.mpc(&["clear"]);
     mpd.mpc(&["add", track]);
     // Repeat the one track so a short fixture cannot end before we look.
@@ -201,11 +213,40 @@ fn mpd_indexes_every_good_track_and_plays_one() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    mpd.mpc(&["stop"]);
-    drop(mpd);
+}
+
+#[test]
+fn mpd_lists_a_collection_through_its_symlinks_and_plays_one() {
+    let fs = MountedFs::start(MountOptions::new([library().root.clone()])).unwrap();
+    // The search index fills in the background once the mount is up.
+    harness::wait_for_log_line(
+        fs.log_path(),
+        0,
+        &["search index updated", "cannot update the search index"],
+        MPD_DEADLINE,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", fs.log()));
+    let collection = fs.mountpoint().join(".collections/Recently Added");
+    let links: BTreeSet<String> = fs::read_dir(&collection)
+        .unwrap_or_else(|e| panic!("{e}\n{}", fs.log()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(links.len(), library().good.len(), "{links:?}");
+
+    // mpd skips dot-names inside its music directory, not the directory itself.
+    let mpd = Mpd::start(&fs.mountpoint().join(".collections"));
+    mpd.mpc(&["update", "--wait"]);
+    let listed: BTreeSet<String> = mpd.mpc(&["listall"]).lines().map(str::to_string).collect();
+    let expected: BTreeSet<String> = links
+        .iter()
+        .map(|l| format!("Recently Added/{l}"))
+        .collect();
+    let missing: Vec<&String> = expected.difference(&listed).collect();
     assert!(
-        fs.mount_entry().unwrap().is_some(),
-        "daemon log:\n{}",
-        fs.log()
+        missing.is_empty(),
+        "mpd did not index {missing:?}; it lists {listed:?}\n{}",
+        mpd.log()
     );
+    plays(&mpd, expected.iter().next().unwrap());
+    mpd.mpc(&["stop"]);
 }

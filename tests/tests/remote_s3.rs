@@ -18,21 +18,14 @@ use musicfs_tests::fixtures::{audio_md5, ffmpeg_available};
 use musicfs_tests::harness::{
     binary, checksum_tree, musicfs_tree, run_ok, walk_files, xxh3_file, MountOptions, MountedFs,
 };
+use musicfs_tests::remote::{generate, Track};
 use musicfs_tests::servers::proxy::CountingProxy;
 use musicfs_tests::servers::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
 
 const BUCKET: &str = "music";
 const PREFIX: &str = "library";
 
-/// One generated track: where it goes under the prefix, and the ffmpeg input and codec.
-struct Track {
-    rel: &'static str,
-    input: &'static str,
-    codec: &'static [&'static str],
-    title: &'static str,
-}
-
-const TRACKS: &[Track] = &[
+const TRACKS: &[Track<'static>] = &[
     Track {
         // About 30 MB: noise barely compresses.
         rel: "Noise Artist/Big Album/01 - Noise.flac",
@@ -77,26 +70,6 @@ const TRACKS: &[Track] = &[
     },
 ];
 
-fn generate(dir: &Path) -> Result<()> {
-    for t in TRACKS {
-        let out = dir.join(t.rel);
-        fs::create_dir_all(out.parent().context("no parent")?)?;
-        let artist = t.rel.split('/').next().unwrap_or("Artist");
-        let mut cmd = Command::new("ffmpeg");
-        cmd.args([
-            "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", t.input,
-        ])
-        .args(["-ac", "2"])
-        .args(t.codec)
-        .args(["-metadata", &format!("title={}", t.title)])
-        .args(["-metadata", &format!("artist={artist}")])
-        .args(["-metadata", "album=Remote Album", "-metadata", "track=1"])
-        .arg(&out);
-        run_ok(&mut cmd).with_context(|| format!("generating {}", t.rel))?;
-    }
-    Ok(())
-}
-
 /// `musicfs scan` of `spec` into `state` (credentials in the environment).
 fn scan(spec: &str, state: &Path) -> Result<String> {
     let mut cmd = Command::new(binary("musicfs")?);
@@ -131,7 +104,7 @@ fn an_s3_origin_is_scanned_cheaply_and_served_byte_for_byte_read_only() -> Resul
     let root = tmp.path().join("s3root");
     let library = root.join(BUCKET).join(PREFIX);
     fs::create_dir_all(&library)?;
-    generate(&library)?;
+    generate(&library, TRACKS)?;
     let total: u64 = walk_files(&library)?
         .iter()
         .map(|f| fs::metadata(f).map(|m| m.len()))

@@ -7,6 +7,8 @@
 //! `musicfs-storage`, templates, snapshots and the snapshot diff in `musicfs-core`, serving
 //! and the kernel's invalidation sink in `musicfs-fusedev`.
 
+pub mod finder;
+
 use std::ffi::OsStr;
 use std::io::IsTerminal;
 use std::os::unix::ffi::OsStrExt;
@@ -59,11 +61,16 @@ pub fn release_memory_after_big_jobs() {
 
 /// Sets up `tracing` to stderr: `RUST_LOG` wins, else `level` (symphonia only for errors:
 /// its per-file warnings about recoverable oddities would flood the log of a big scan, and
-/// files it cannot read are reported by the scan itself).
+/// files it cannot read are reported by the scan itself; tantivy only for warnings: it logs
+/// every commit of the search index at info, which the index's own line sums up).
 pub fn init_logging(level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(format!("{level},symphonia=error,symphonia_core=error")))
+        .or_else(|_| {
+            EnvFilter::try_new(format!(
+                "{level},symphonia=error,symphonia_core=error,tantivy=warn"
+            ))
+        })
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -264,14 +271,14 @@ mod tests {
     }
 
     #[test]
-    fn an_origin_without_a_driver_is_a_bad_origin_naming_its_scheme() {
-        let given = [OriginConfig::local("smb://nas/share/music".into())];
+    fn an_origin_of_an_unknown_scheme_is_a_bad_origin_naming_its_scheme() {
+        let given = [OriginConfig::local("webdav://nas/share/music".into())];
         let e = resolve_origins(&given).unwrap_err();
         assert!(
-            matches!(e.0, OriginError::UnsupportedScheme { scheme: "smb", .. }),
+            matches!(&e.0, OriginError::UnknownScheme { scheme, .. } if scheme == "webdav"),
             "{e}"
         );
-        assert!(e.to_string().contains("smb"), "{e}");
+        assert!(e.to_string().contains("webdav"), "{e}");
     }
 
     #[test]

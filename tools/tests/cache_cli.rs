@@ -19,15 +19,7 @@ fn musicfs(state: &Path, args: &[&str]) -> Output {
 }
 
 fn fill(state: &Path) -> u64 {
-    let mut x = 0x1234_5678_9abc_def1u64;
-    let data: Vec<u8> = (0..3_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let data = musicfs_chunker::noise(3_000_000, 0x1234_5678_9abc_def1);
     let cas = Cas::open(&state.join("cas"), CasOptions::default()).expect("open cache");
     let chunks = chunk_file(&data, Params::AUDIO).1;
     for key in [&b"origin\0a.flac\0v1"[..], b"origin\0copy.flac\0v1"] {

@@ -596,3 +596,121 @@ user.musicfs.origins\0";
         libc::ENODATA
     );
 }
+
+/// A finder with fixed answers: any query whose text is a track id list (`1,3`) finds
+/// those; `bad` does not parse; one collection, `all`, holds every track newest first.
+#[derive(Debug)]
+struct FixedFinder {
+    version: std::sync::atomic::AtomicU64,
+}
+
+impl crate::virt::Finder for FixedFinder {
+    fn search(&self, query: &str) -> Result<Vec<u64>, String> {
+        query
+            .split(',')
+            .map(|n| n.parse().map_err(|_| format!("`{n}` is not an id")))
+            .collect()
+    }
+    fn collections(&self) -> Vec<String> {
+        vec!["all".into()]
+    }
+    fn collection(&self, name: &str) -> Option<Result<Vec<u64>, String>> {
+        (name == "all").then(|| Ok(vec![3, 2, 1]))
+    }
+    fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn finder_model(l: &Library) -> (FsModel, Arc<FixedFinder>) {
+    let finder = Arc::new(FixedFinder { version: 1.into() });
+    (model(l).with_finder(finder.clone()), finder)
+}
+
+#[test]
+fn search_and_collection_directories_hold_ranked_symlinks_into_the_tree() {
+    let l = lib();
+    let (m, finder) = finder_model(&l);
+    let search = m.lookup(ROOT_INO, b".search").unwrap();
+    assert_eq!(search.kind, Kind::Dir);
+    let q = m.lookup(search.ino, b"2,1").unwrap();
+    assert_eq!(q.kind, Kind::Dir);
+    let names: Vec<Vec<u8>> = list(&m, q.ino, 0).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(
+        names,
+        [
+            b".".to_vec(),
+            b"..".to_vec(),
+            b"001 - Ann; Bob - Two.flac".to_vec(),
+            b"002 - Ann; Bob - One.flac".to_vec(),
+        ]
+    );
+    let link = m.lookup(q.ino, b"001 - Ann; Bob - Two.flac").unwrap();
+    assert_eq!(link.kind, Kind::Symlink);
+    assert_eq!(
+        m.readlink(link.ino).unwrap(),
+        b"../../Ann/First (2001)/02 - Two.flac"
+    );
+    assert_eq!(m.getattr(link.ino).unwrap().size, link.size);
+    // A track without artist or title keeps the tree's name.
+    let solo = m.lookup(search.ino, b"3").unwrap();
+    assert_eq!(list(&m, solo.ino, 0)[2].0, b"001 - 01 - Alone.flac");
+
+    // Asked again (the lock is not held across remaking it), and after the index moved
+    // on: the same inode, remade.
+    assert_eq!(m.lookup(search.ino, b"2,1").unwrap().ino, q.ino);
+    finder.version.store(2, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(m.lookup(search.ino, b"2,1").unwrap().ino, q.ino);
+    assert_eq!(
+        m.readlink(link.ino).unwrap(),
+        b"../../Ann/First (2001)/02 - Two.flac"
+    );
+
+    // A query that does not parse, an unknown collection: ENOENT. `/.search` lists the
+    // queries made; the root lists neither directory.
+    assert!(matches!(
+        m.lookup(search.ino, b"bad"),
+        Err(FsError::NotFound { .. })
+    ));
+    let top: Vec<Vec<u8>> = list(&m, search.ino, 2)
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(top, [b"2,1".to_vec(), b"3".to_vec()]);
+    let root: Vec<Vec<u8>> = list(&m, ROOT_INO, 2)
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    assert!(root.iter().all(|n| !n.starts_with(b".")), "{root:?}");
+    let colls = m.lookup(ROOT_INO, b".collections").unwrap();
+    assert!(matches!(
+        m.lookup(colls.ino, b"nope"),
+        Err(FsError::NotFound { .. })
+    ));
+    let all = m.lookup(colls.ino, b"all").unwrap();
+    assert_eq!(list(&m, all.ino, 0).len(), 2 + 3);
+    // Results are symlinks, not directories; nothing virtual has xattrs or opens as a file.
+    assert!(matches!(
+        m.opendir(link.ino),
+        Err(FsError::NotADirectory(_))
+    ));
+    assert!(matches!(m.readlink(all.ino), Err(FsError::NotASymlink(_))));
+    assert!(matches!(
+        m.getxattr(link.ino, b"user.musicfs.title", 0),
+        Err(FsError::NoAttribute(_))
+    ));
+}
+
+#[test]
+fn without_a_finder_there_are_no_virtual_directories() {
+    let l = lib();
+    let m = model(&l);
+    assert!(matches!(
+        m.lookup(ROOT_INO, b".search"),
+        Err(FsError::NotFound { .. })
+    ));
+    assert!(matches!(
+        m.getattr(crate::virt::SEARCH_INO),
+        Err(FsError::StaleInode(_))
+    ));
+}

@@ -375,12 +375,16 @@ pub struct Refresher {
     /// [`Library::origin_table`] after each republish, so an origin registered by a scan
     /// (first seen while serving) is read from too.
     pub origins: Option<Arc<ArcSwap<OriginTable>>>,
+    /// The search index, kept in step with the catalog after each change (and compared
+    /// with it once at start).
+    pub search: Option<Arc<crate::search::SearchIndex>>,
 }
 
 impl Refresher {
     /// Runs until a [`Trigger::Stop`] arrives or every sender is gone.
     pub fn run(self, rx: Receiver<Trigger>) {
         self.verify_served();
+        self.sync_search(None);
         let mut timers = Timers::new(self.refresh_interval, &self.polled);
         let mut unwatched: Vec<usize> = Vec::new();
         // Consecutive failed refreshes: each is retried, after 1 s, 2 s, ... at most 60 s.
@@ -479,8 +483,30 @@ impl Refresher {
 
     /// Refreshes `which` (all when empty); the origins found offline, or `None` when the
     /// refresh failed.
+    /// Brings the search index to the catalog: `touched` is what changed since catalog
+    /// counter `since`, when known. A failure is logged: search answers from the index as
+    /// it was until the next change.
+    fn sync_search(&self, touched: Option<(u64, &crate::scan::Touched)>) {
+        let Some(search) = &self.search else {
+            return;
+        };
+        let start = std::time::Instant::now();
+        match search.sync(&self.library.catalog, touched) {
+            Ok(s) if s.written + s.deleted > 0 => info!(
+                written = s.written,
+                deleted = s.deleted,
+                compared = s.compared,
+                ms = start.elapsed().as_millis() as u64,
+                "search index updated"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!("cannot update the search index: {e}"),
+        }
+    }
+
     fn refresh_now(&self, which: &[(usize, Extent)], why: &str) -> Option<Vec<usize>> {
         let current = self.shared.load_full();
+        let since = self.library.catalog.change_counter().ok();
         let hook = self.watches.as_ref().map(OriginWatches::hook);
         let refreshed = self.library.refresh(which, &current, hook);
         // The scan's tables are freed by now (a republish already gave its memory back),
@@ -496,6 +522,7 @@ impl Refresher {
             }) => {
                 info!(why, "{}", scan_summary(&report));
                 self.swap_in(&current, next);
+                self.sync_search(since.map(|s| (s, &report.touched)));
                 Some(offline)
             }
             Ok(Refreshed {

@@ -29,6 +29,11 @@ impl StateDir {
         self.root.join("catalog")
     }
 
+    /// The search index (`musicfs_index::search`).
+    pub fn search_dir(&self) -> PathBuf {
+        self.root.join("search")
+    }
+
     /// The published tree snapshot.
     pub fn snapshot_path(&self) -> PathBuf {
         self.root.join("tree.snap")

@@ -44,7 +44,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 
 use super::{
     ChangeDetection, ChangeToken, Health, Listed, LocalOrigin, Origin, OriginError, OriginSpec,
-    RootIdentity, Source, Stat,
+    RootIdentity, Seen, Source, Stat,
 };
 
 /// Bytes at the end of an edited file compared with the earlier version's before its audio
@@ -144,7 +144,36 @@ struct Shared {
     /// failed open: opens of files cached whole go straight to the cache meanwhile,
     /// instead of each waiting out the origin's deadline.
     unreachable_until: AtomicU64,
+    /// When (ms on [`Shared::clock`], plus one; 0 = never) the cache last refused a
+    /// window (disk full, a damaged pack): reads are then served from what was fetched,
+    /// readahead pauses, and the warning is logged at most once per [`STORE_QUIET_MS`].
+    store_failed: AtomicU64,
     clock: std::time::Instant,
+}
+
+/// How long after the cache refused a window readahead stays off and the warning quiet.
+const STORE_QUIET_MS: u64 = 60_000;
+
+/// Copies what `bytes` (the file from `start` on) holds at `offset` into `buf`; how much.
+fn copy_at(buf: &mut [u8], offset: u64, start: u64, bytes: &[u8]) -> usize {
+    let Some(from) = offset
+        .checked_sub(start)
+        .and_then(|f| usize::try_from(f).ok())
+        .filter(|&f| f < bytes.len())
+    else {
+        return 0;
+    };
+    let n = (bytes.len() - from).min(buf.len());
+    buf[..n].copy_from_slice(&bytes[from..from + n]);
+    n
+}
+
+/// The file length a version key records after its path prefix.
+fn version_len(prefix: &[u8], version: &[u8]) -> Option<u64> {
+    version
+        .get(prefix.len()..prefix.len() + 8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
 }
 
 /// How long an origin that failed an open is taken as unreachable.
@@ -153,6 +182,54 @@ const UNREACHABLE_MS: u64 = 5_000;
 impl Shared {
     fn now_ms(&self) -> u64 {
         self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Takes the origin as unreachable for [`UNREACHABLE_MS`].
+    fn mark_unreachable(&self) {
+        self.unreachable_until
+            .store(self.now_ms() + UNREACHABLE_MS, Ordering::Relaxed);
+    }
+
+    /// The manifest key of the file `source` opened: `prefix`, its length, its mtime (the
+    /// tree's record when given) and its change token.
+    fn version_of(
+        &self,
+        rel: &Path,
+        prefix: &[u8],
+        source: &dyn Source,
+        seen_mtime: Option<i64>,
+    ) -> Result<Vec<u8>, OriginError> {
+        let (mtime, token) = match source.token() {
+            Some(token) => (seen_mtime.or(source.mtime_ns()).unwrap_or(0), token),
+            // A source that names no version: the origin's stat must (else an edit of the
+            // same size would be served from the old version's chunks).
+            None => {
+                let stat = self.inner.stat(rel)?;
+                (
+                    seen_mtime.or(source.mtime_ns()).unwrap_or(stat.mtime_ns),
+                    stat.token,
+                )
+            }
+        };
+        let mut version = prefix.to_vec();
+        version.extend_from_slice(&source.len().to_be_bytes());
+        version.extend_from_slice(&mtime.to_be_bytes());
+        match token {
+            ChangeToken::ETag(tag) => version.extend_from_slice(tag.as_bytes()),
+            ChangeToken::Local { ino, ctime_ns, .. } => {
+                version.extend_from_slice(&ino.to_be_bytes());
+                version.extend_from_slice(&ctime_ns.to_be_bytes());
+            }
+        }
+        Ok(version)
+    }
+
+    /// Whether the cache refused a window in the last [`STORE_QUIET_MS`].
+    fn store_failing(&self) -> bool {
+        match self.store_failed.load(Ordering::Relaxed) {
+            0 => false,
+            at => self.now_ms() + 1 < at + STORE_QUIET_MS,
+        }
     }
 }
 
@@ -199,6 +276,7 @@ impl CachedOrigin {
             ahead: tx,
             warned_offline: AtomicBool::new(false),
             unreachable_until: AtomicU64::new(0),
+            store_failed: AtomicU64::new(0),
             clock: std::time::Instant::now(),
         });
         for i in 0..PREFETCHERS {
@@ -236,7 +314,14 @@ impl CachedOrigin {
         key
     }
 
-    fn open_cached(&self, rel: &Path) -> Result<Arc<dyn Source>, OriginError> {
+    /// Opens `rel` at the origin and reads it through the cache. `seen_mtime` (the tree's
+    /// record) names the version when given, so that [`CachedOrigin::open_recorded`]
+    /// finds it again.
+    fn open_cached(
+        &self,
+        rel: &Path,
+        seen_mtime: Option<i64>,
+    ) -> Result<Arc<dyn Source>, OriginError> {
         let prefix = self.path_key(rel);
         let shared = &self.shared;
         if shared.now_ms() < shared.unreachable_until.load(Ordering::Relaxed) {
@@ -250,37 +335,47 @@ impl CachedOrigin {
                 return Err(e)
             }
             Err(e) => {
-                shared
-                    .unreachable_until
-                    .store(shared.now_ms() + UNREACHABLE_MS, Ordering::Relaxed);
+                shared.mark_unreachable();
                 return self.open_offline(rel, &prefix, e);
             }
         };
+        let version = shared.version_of(rel, &prefix, source.as_ref(), seen_mtime)?;
         let len = source.len();
-        let mut version = prefix.clone();
-        version.extend_from_slice(&len.to_be_bytes());
-        match source.token() {
-            Some(ChangeToken::ETag(tag)) => version.extend_from_slice(tag.as_bytes()),
-            Some(ChangeToken::Local { ino, ctime_ns, .. }) => {
-                version.extend_from_slice(&ino.to_be_bytes());
-                version.extend_from_slice(&ctime_ns.to_be_bytes());
-            }
-            // A source that names no version: the origin's stat must (else an edit of the
-            // same size would be served from the old version's chunks).
-            None => match source.mtime_ns() {
-                Some(mtime) => version.extend_from_slice(&mtime.to_be_bytes()),
-                None => {
-                    let stat = self.shared.inner.stat(rel)?;
-                    version.extend_from_slice(&stat.mtime_ns.to_be_bytes());
-                    if let ChangeToken::ETag(tag) = stat.token {
-                        version.extend_from_slice(tag.as_bytes());
-                    }
-                }
-            },
-        }
-        let inner = Inner::new(&self.shared, rel, version, prefix, len, Some(source))
-            .map_err(|e| self.io_error(rel, e))?;
+        let inner = Inner::new(
+            &self.shared,
+            rel,
+            version,
+            prefix,
+            len,
+            Upstream::Open(source),
+        )
+        .map_err(|e| self.io_error(rel, e))?;
         Ok(Arc::new(CachedSource(inner)))
+    }
+
+    /// A version of `rel` the cache holds (some of) that matches the tree's record,
+    /// opened without asking the origin: the origin's file is opened, and checked to be
+    /// that version, only if a part the cache lacks must be fetched.
+    fn open_recorded(&self, rel: &Path, seen: Seen) -> Option<Arc<dyn Source>> {
+        let prefix = self.path_key(rel);
+        let mut want = prefix.clone();
+        want.extend_from_slice(&seen.size.to_be_bytes());
+        want.extend_from_slice(&seen.mtime_ns.to_be_bytes());
+        let versions = self.shared.cache.versions(&want).ok()?;
+        let version = versions.into_iter().next()?;
+        let inner = Inner::new(
+            &self.shared,
+            rel,
+            version,
+            prefix,
+            seen.size,
+            Upstream::Lazy(Mutex::new(None)),
+        )
+        .ok()?;
+        // Nothing cached from the start on: no read would gain, open at the origin.
+        inner
+            .covered(0..1)
+            .then(|| Arc::new(CachedSource(inner)) as Arc<dyn Source>)
     }
 
     /// The origin could not be reached: serve the newest version the cache holds whole.
@@ -306,15 +401,17 @@ impl CachedOrigin {
     fn whole(&self, rel: &Path, prefix: &[u8]) -> Option<Arc<dyn Source>> {
         let versions = self.shared.cache.versions(prefix).unwrap_or_default();
         for version in versions {
-            let Some(len) = version
-                .get(prefix.len()..prefix.len() + 8)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-            else {
+            let Some(len) = version_len(prefix, &version) else {
                 continue;
             };
-            let Ok(inner) = Inner::new(&self.shared, rel, version, prefix.to_vec(), len, None)
-            else {
+            let Ok(inner) = Inner::new(
+                &self.shared,
+                rel,
+                version,
+                prefix.to_vec(),
+                len,
+                Upstream::None,
+            ) else {
                 continue;
             };
             if inner.complete() {
@@ -329,13 +426,16 @@ impl CachedOrigin {
         let prefix = self.path_key(rel);
         let versions = self.shared.cache.versions(&prefix).unwrap_or_default();
         versions.into_iter().any(|version| {
-            let len = version
-                .get(prefix.len()..prefix.len() + 8)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes);
-            len.is_some_and(|len| {
-                Inner::new(&self.shared, rel, version, prefix.clone(), len, None)
-                    .is_ok_and(|i| i.complete())
+            version_len(&prefix, &version).is_some_and(|len| {
+                Inner::new(
+                    &self.shared,
+                    rel,
+                    version,
+                    prefix.clone(),
+                    len,
+                    Upstream::None,
+                )
+                .is_ok_and(|i| i.complete())
             })
         })
     }
@@ -368,7 +468,14 @@ impl Origin for CachedOrigin {
     }
 
     fn open(&self, rel: &Path) -> Result<Arc<dyn Source>, OriginError> {
-        self.open_cached(rel)
+        self.open_cached(rel, None)
+    }
+
+    fn open_seen(&self, rel: &Path, seen: Seen) -> Result<Arc<dyn Source>, OriginError> {
+        match self.open_recorded(rel, seen) {
+            Some(source) => Ok(source),
+            None => self.open_cached(rel, Some(seen.mtime_ns)),
+        }
     }
 
     fn change_detection(&self) -> ChangeDetection {
@@ -407,8 +514,8 @@ struct Inner {
     /// Every version of this path starts with it.
     prefix: Vec<u8>,
     len: u64,
-    /// The origin's source (none when opened offline).
-    origin: Option<Arc<dyn Source>>,
+    /// The origin's file.
+    origin: Upstream,
     /// Where the tag region ends (`u64::MAX` until known).
     tag_end: AtomicU64,
     /// The manifest as far as known, by offset.
@@ -420,7 +527,20 @@ struct Inner {
     head: Mutex<Vec<u8>>,
     /// Where the previous read ended (to tell a sequential reader).
     next: AtomicU64,
+    /// The last window the cache refused to store (start, bytes): readers are served from
+    /// it rather than fetching it again.
+    unstored: Mutex<Option<(u64, Vec<u8>)>>,
     _pin: Box<dyn Send + Sync>,
+}
+
+/// How an open file of a [`CachedOrigin`] reaches the origin's file.
+enum Upstream {
+    /// Opened with it.
+    Open(Arc<dyn Source>),
+    /// Opened from the tree's record: the origin's file is opened on the first miss.
+    Lazy(Mutex<Option<Arc<dyn Source>>>),
+    /// Opened offline: only the cache.
+    None,
 }
 
 impl fmt::Debug for Inner {
@@ -441,7 +561,7 @@ impl Inner {
         version: Vec<u8>,
         prefix: Vec<u8>,
         len: u64,
-        origin: Option<Arc<dyn Source>>,
+        origin: Upstream,
     ) -> io::Result<Arc<Inner>> {
         let pin = shared.cache.pin(&version);
         let chunks: BTreeMap<u64, ChunkRef> = shared
@@ -463,6 +583,7 @@ impl Inner {
             last: Mutex::new(None),
             head: Mutex::new(Vec::new()),
             next: AtomicU64::new(0),
+            unstored: Mutex::new(None),
             _pin: pin,
         }))
     }
@@ -488,13 +609,61 @@ impl Inner {
         at >= range.end
     }
 
-    fn origin(&self) -> io::Result<&Arc<dyn Source>> {
-        self.origin.as_ref().ok_or_else(|| {
-            io::Error::new(
+    /// The origin's file: opened at open, or now (once) for a version opened from the
+    /// tree's record, checked to be that version.
+    fn origin(&self) -> io::Result<Arc<dyn Source>> {
+        let lazy = match &self.origin {
+            Upstream::Open(source) => return Ok(Arc::clone(source)),
+            Upstream::None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "the origin is unreachable and this part of the file is not cached",
+                ))
+            }
+            Upstream::Lazy(lazy) => lazy,
+        };
+        let mut slot = lazy.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(source) = slot.as_ref() {
+            return Ok(Arc::clone(source));
+        }
+        let shared = &self.shared;
+        if shared.now_ms() < shared.unreachable_until.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 "the origin is unreachable and this part of the file is not cached",
-            )
-        })
+            ));
+        }
+        let source = shared.inner.open(&self.rel).map_err(|e| {
+            if !matches!(
+                e,
+                OriginError::Vanished { .. } | OriginError::NotAFile { .. }
+            ) {
+                shared.mark_unreachable();
+            }
+            io::Error::other(e)
+        })?;
+        let mtime = self
+            .version
+            .get(self.prefix.len() + 8..self.prefix.len() + 16)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(i64::from_be_bytes);
+        let now = shared
+            .version_of(&self.rel, &self.prefix, source.as_ref(), mtime)
+            .map_err(io::Error::other)?;
+        if *now != *self.version {
+            // Changed upstream since the tree recorded it: never mix two versions' bytes.
+            // The next refresh publishes the new version and a new open reads it.
+            return Err(io::Error::new(
+                io::ErrorKind::StaleNetworkFileHandle,
+                format!(
+                    "{} changed at the origin since it was listed; it will be re-read after \
+                     the next refresh",
+                    self.rel.display()
+                ),
+            ));
+        }
+        *slot = Some(Arc::clone(&source));
+        Ok(source)
     }
 
     /// Reads `range` from the origin, exactly.
@@ -649,6 +818,22 @@ impl Inner {
         Ok(done)
     }
 
+    /// Copies from bytes fetched but not in the cache: the window the cache refused, or
+    /// the file's first bytes fetched to find the tag region (past a short tag region
+    /// they answer the first read without waiting for the next window). Returns how much.
+    fn copy_uncached(&self, buf: &mut [u8], offset: u64) -> usize {
+        let unstored = self.unstored.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((start, bytes)) = unstored.as_ref() {
+            let n = copy_at(buf, offset, *start, bytes);
+            if n > 0 {
+                return n;
+            }
+        }
+        drop(unstored);
+        let head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        copy_at(buf, offset, 0, &head)
+    }
+
     /// Runs `f` on chunk `c`'s bytes (from the last chunk read, or the cache); `None` when
     /// the cache no longer has it.
     fn with_chunk<R>(&self, c: &ChunkRef, f: impl FnOnce(&[u8]) -> R) -> io::Result<Option<R>> {
@@ -741,7 +926,23 @@ impl Inner {
                 bytes.len()
             )));
         }
-        self.shared.cache.put(&self.version, &refs, bytes)?;
+        if let Err(e) = self.shared.cache.put(&self.version, &refs, bytes) {
+            // A cache that cannot take the window (disk full, a damaged pack) must not
+            // fail the read: the window is served from memory and the cache is tried
+            // again on the next miss.
+            let shared = &self.shared;
+            let before = shared
+                .store_failed
+                .swap(shared.now_ms() + 1, Ordering::Relaxed);
+            if before == 0 || shared.now_ms() + 1 >= before + STORE_QUIET_MS {
+                tracing::warn!(origin = %shared.inner.spec(), rel = %self.rel.display(),
+                    error = %e, "the chunk cache cannot store what was fetched: serving \
+                    it uncached (readahead paused)");
+            }
+            *self.unstored.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((start, bytes.to_vec()));
+            return Ok(());
+        }
         let mut chunks = self.chunks.write().unwrap_or_else(|p| p.into_inner());
         for c in refs {
             chunks.insert(c.offset, c);
@@ -768,11 +969,7 @@ impl Inner {
         let audio = self.len - tag_end;
         let versions = self.shared.cache.versions(&self.prefix).unwrap_or_default();
         for old in versions.iter().filter(|v| **v != *self.version) {
-            let Some(old_len) = old
-                .get(self.prefix.len()..self.prefix.len() + 8)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-            else {
+            let Some(old_len) = version_len(&self.prefix, old) else {
                 continue;
             };
             if old_len < audio {
@@ -784,7 +981,7 @@ impl Inner {
                 old.clone(),
                 self.prefix.clone(),
                 old_len,
-                None,
+                Upstream::None,
             ) else {
                 continue;
             };
@@ -842,7 +1039,10 @@ impl Inner {
         let mut done = 0usize;
         while done < want {
             let at = offset + done as u64;
-            let n = self.copy_cached(&mut buf[done..want], at)?;
+            let n = match self.copy_cached(&mut buf[done..want], at)? {
+                0 => self.copy_uncached(&mut buf[done..want], at),
+                n => n,
+            };
             if n > 0 {
                 done += n;
                 continue;
@@ -856,7 +1056,10 @@ impl Inner {
             }
             let w = self.window_at(at)?;
             self.ensure(w.clone())?;
-            let n = self.copy_cached(&mut buf[done..want], at)?;
+            let n = match self.copy_cached(&mut buf[done..want], at)? {
+                0 => self.copy_uncached(&mut buf[done..want], at),
+                n => n,
+            };
             if n == 0 {
                 // Stored but not readable back (evicted at once, or a damaged disk):
                 // serve from the origin rather than loop.
@@ -876,7 +1079,11 @@ impl Inner {
     /// windows the cache lacks.
     fn read_ahead(self: &Arc<Self>, start: u64, end: u64) {
         let sequential = self.next.swap(end, Ordering::Relaxed) == start;
-        if !sequential || self.origin.is_none() || self.shared.opts.readahead == 0 {
+        if !sequential
+            || matches!(self.origin, Upstream::None)
+            || self.shared.opts.readahead == 0
+            || self.shared.store_failing()
+        {
             return;
         }
         let mut at = end;

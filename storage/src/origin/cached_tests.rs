@@ -19,6 +19,8 @@ struct Files {
     files: Mutex<HashMap<String, Stored>>,
     served: AtomicU64,
     down: AtomicBool,
+    /// Files opened at the origin.
+    opens: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -83,6 +85,7 @@ impl Origin for MemOrigin {
                 source: offline(),
             });
         }
+        self.files.opens.fetch_add(1, Ordering::SeqCst);
         let files = self.files.files.lock().unwrap();
         let (bytes, etag) =
             files
@@ -117,6 +120,8 @@ struct MemCache {
     used: Mutex<HashMap<Vec<u8>, u64>>,
     clock: AtomicU64,
     puts: AtomicU64,
+    /// Refuse every put (a full disk).
+    full: AtomicBool,
 }
 
 impl MemCache {
@@ -167,6 +172,9 @@ impl ChunkCache for MemCache {
     }
     fn put(&self, version: &[u8], refs: &[ChunkRef], data: &[u8]) -> io::Result<()> {
         self.puts.fetch_add(1, Ordering::SeqCst);
+        if self.full.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         let mut at = 0;
         let mut chunks = self.chunks.lock().unwrap();
         let mut manifests = self.manifests.lock().unwrap();
@@ -293,16 +301,21 @@ impl Rig {
             .origin
             .open(Path::new(name))
             .map_err(io::Error::other)?;
-        let mut out = vec![0u8; src.len() as usize];
-        let mut at = 0;
-        while at < out.len() {
-            let end = (at + piece).min(out.len());
-            let n = src.read_at(&mut out[at..end], at as u64)?;
-            assert!(n > 0, "short read at {at}");
-            at += n;
-        }
-        Ok(out)
+        read_whole(src.as_ref(), piece)
     }
+}
+
+/// Every byte of `src`, read in pieces of `piece` bytes.
+fn read_whole(src: &dyn Source, piece: usize) -> io::Result<Vec<u8>> {
+    let mut out = vec![0u8; src.len() as usize];
+    let mut at = 0;
+    while at < out.len() {
+        let end = at.saturating_add(piece).min(out.len());
+        let n = src.read_at(&mut out[at..end], at as u64)?;
+        assert!(n > 0, "short read at {at}");
+        at += n;
+    }
+    Ok(out)
 }
 
 #[test]
@@ -413,6 +426,113 @@ fn concurrent_misses_of_one_window_are_fetched_once() {
         assert_eq!(t.join().unwrap(), f);
     }
     assert_eq!(r.served(), f.len() as u64);
+}
+
+#[test]
+fn a_cache_that_cannot_store_still_serves_every_byte_fetched_once() {
+    let r = rig(4);
+    r.cache.full.store(true, Ordering::SeqCst);
+    let f = toy_file(&[5u8; 2000], 13, 120_000);
+    r.put("full.toy", f.clone(), "1");
+    assert_eq!(r.read_all("full.toy", 4096).unwrap(), f);
+    // Each window crosses the wire once for its readers, and readahead paused.
+    assert_eq!(r.served(), f.len() as u64);
+    // Room again: the next read stores.
+    r.cache.full.store(false, Ordering::SeqCst);
+    assert_eq!(r.read_all("full.toy", 4096).unwrap(), f);
+    let before = r.served();
+    assert_eq!(r.read_all("full.toy", 4096).unwrap(), f);
+    assert_eq!(r.served(), before, "stored once the cache had room");
+}
+
+/// What the tree would record for `bytes` (the mtime is the test's own).
+fn seen(bytes: &[u8], mtime_ns: i64) -> Seen {
+    Seen {
+        size: bytes.len() as u64,
+        mtime_ns,
+    }
+}
+
+fn read_seen(r: &Rig, name: &str, seen: Seen) -> io::Result<Vec<u8>> {
+    let src = r
+        .origin
+        .open_seen(Path::new(name), seen)
+        .map_err(io::Error::other)?;
+    read_whole(src.as_ref(), usize::MAX)
+}
+
+#[test]
+fn a_file_cached_as_the_tree_records_it_opens_without_asking_the_origin() {
+    let r = rig(0);
+    let f = toy_file(&[3u8; 2500], 21, 90_000);
+    r.put("s.toy", f.clone(), "e1");
+    assert_eq!(read_seen(&r, "s.toy", seen(&f, 7)).unwrap(), f);
+    let opens = r.files.opens.load(Ordering::SeqCst);
+    let served = r.served();
+    for _ in 0..3 {
+        assert_eq!(read_seen(&r, "s.toy", seen(&f, 7)).unwrap(), f);
+    }
+    assert_eq!(
+        r.files.opens.load(Ordering::SeqCst),
+        opens,
+        "no origin open"
+    );
+    assert_eq!(r.served(), served);
+    // Another record (a later mtime) is another version: asked at the origin.
+    assert_eq!(read_seen(&r, "s.toy", seen(&f, 8)).unwrap(), f);
+    assert_eq!(r.files.opens.load(Ordering::SeqCst), opens + 1);
+}
+
+/// Caches the first 3000 bytes of `name` only, opened as the tree records it.
+fn cache_start(r: &Rig, name: &str, seen: Seen) {
+    let src = r.origin.open_seen(Path::new(name), seen).unwrap();
+    let mut buf = vec![0u8; 3000];
+    src.read_at(&mut buf, 0).unwrap();
+}
+
+#[test]
+fn a_partly_cached_file_checks_the_origin_on_a_miss_and_never_mixes_versions() {
+    let r = rig(0);
+    let old = toy_file(&[4u8; 2500], 22, 120_000);
+    r.put("p.toy", old.clone(), "e1");
+    cache_start(&r, "p.toy", seen(&old, 5));
+    // The same version upstream: the rest is fetched after one origin open.
+    let opens = r.files.opens.load(Ordering::SeqCst);
+    assert_eq!(read_seen(&r, "p.toy", seen(&old, 5)).unwrap(), old);
+    assert_eq!(r.files.opens.load(Ordering::SeqCst), opens + 1);
+
+    // Changed upstream (same size) while the tree still records the old file: a miss
+    // fails as stale rather than serving a mix of both.
+    let r = rig(0);
+    r.put("p.toy", old.clone(), "e1");
+    cache_start(&r, "p.toy", seen(&old, 5));
+    let new = toy_file(&[4u8; 2500], 23, 120_000);
+    r.put("p.toy", new.clone(), "e2");
+    let err = read_seen(&r, "p.toy", seen(&old, 5)).unwrap_err();
+    assert!(err.to_string().contains("changed at the origin"), "{err}");
+    // Once the tree records the new file, it reads whole and exact.
+    assert_eq!(read_seen(&r, "p.toy", seen(&new, 6)).unwrap(), new);
+}
+
+#[test]
+fn a_first_read_past_a_short_tag_region_is_answered_from_the_head_fetch() {
+    let r = rig(0);
+    let f = toy_file(&[9u8; 100], 31, 60_000);
+    r.put("h.toy", f.clone(), "1");
+    let src = r.origin.open(Path::new("h.toy")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(src.read_at(&mut buf, 0).unwrap(), 4096);
+    assert_eq!(buf, f[..4096]);
+    assert_eq!(
+        r.served(),
+        4096,
+        "the head fetch alone, no audio window yet"
+    );
+    // The next read fetches the window, reusing the head's bytes.
+    let mut rest = vec![0u8; 8192];
+    assert_eq!(src.read_at(&mut rest, 4096).unwrap(), 8192);
+    assert_eq!(rest, f[4096..12_288]);
+    assert_eq!(r.served(), 108 + (16 << 10), "each byte once");
 }
 
 #[test]

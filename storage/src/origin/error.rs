@@ -32,14 +32,13 @@ pub enum OriginError {
         /// The scheme as given.
         scheme: String,
     },
-    /// The spec names a kind of origin MusicFS recognises but has no driver for yet.
-    #[error(
-        "origin {spec}: the {scheme} driver is not built yet; only local origins can be opened"
-    )]
+    /// A driver was handed a spec of another scheme (a caller's mistake: `open_origin`
+    /// picks the driver by scheme).
+    #[error("origin {spec}: a {scheme} spec was handed to a driver for another scheme")]
     UnsupportedScheme {
         /// The spec's display form.
         spec: String,
-        /// `s3`, `sftp` or `smb`.
+        /// The spec's scheme.
         scheme: &'static str,
     },
     /// The origin's settings cannot be used: a key or password file that cannot be read,

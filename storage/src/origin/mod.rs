@@ -32,6 +32,7 @@ mod local;
 pub mod remote;
 mod s3;
 mod sftp;
+mod smb;
 mod spec;
 mod table;
 
@@ -47,6 +48,7 @@ use std::time::Duration;
 use musicfs_core::ScanState;
 use serde::{Deserialize, Serialize};
 
+pub use self::smb::{SmbOrigin, SmbSource};
 pub use cached::{CacheOptions, CachedOrigin, CachedSource, ChunkCache, ChunkRef, Chunking};
 pub use chunking::AudioChunking;
 pub use error::{is_vanished_io, OriginError};
@@ -270,6 +272,15 @@ pub enum Health {
     Offline(Offline),
 }
 
+/// A file as the tree records it: what [`Origin::open_seen`] is asked to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the Unix epoch.
+    pub mtime_ns: i64,
+}
+
 /// One origin: lists, stats and opens files under its root. See the module documentation.
 pub trait Origin: Send + Sync + fmt::Debug {
     /// The spec it was opened from.
@@ -291,6 +302,15 @@ pub trait Origin: Send + Sync + fmt::Debug {
 
     /// Opens regular file `rel` for reading.
     fn open(&self, rel: &Path) -> Result<Arc<dyn Source>, OriginError>;
+
+    /// Opens regular file `rel` as the tree records it (`seen`: its size and mtime at the
+    /// last scan). An origin read through a cache may serve a version it holds that
+    /// matches `seen` without asking the server, checking the file only when it must
+    /// fetch; others open as [`Origin::open`] does.
+    fn open_seen(&self, rel: &Path, seen: Seen) -> Result<Arc<dyn Source>, OriginError> {
+        let _ = seen;
+        self.open(rel)
+    }
 
     /// How changes to this origin can be noticed.
     fn change_detection(&self) -> ChangeDetection;
@@ -395,10 +415,7 @@ pub fn open_origin_with(
         OriginSpec::Local(_) => Ok(Arc::new(LocalOrigin::open(spec)?)),
         OriginSpec::Sftp(_) => Ok(Arc::new(SftpOrigin::open(spec, settings)?)),
         OriginSpec::S3(_) => Ok(Arc::new(S3Origin::open(spec, settings)?)),
-        remote => Err(OriginError::UnsupportedScheme {
-            spec: remote.to_string(),
-            scheme: remote.scheme(),
-        }),
+        OriginSpec::Smb(_) => Ok(Arc::new(SmbOrigin::open(spec, settings)?)),
     }
 }
 

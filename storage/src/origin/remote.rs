@@ -76,12 +76,32 @@ pub struct Traffic {
     pub bytes_in: AtomicU64,
     /// Attempts that failed and were retried.
     pub retries: AtomicU64,
+    /// Connections opened: the first and every reconnect (0 where the client pools them).
+    pub connections: AtomicU64,
 }
 
 impl Traffic {
     /// Adds `n` received payload bytes.
     pub fn received(&self, n: u64) {
         self.bytes_in.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a new connection and returns how many there have been, this one included.
+    pub fn connected(&self) -> u64 {
+        self.connections.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Logs the counters at info level as "`SCHEME` origin traffic", the line tests and
+    /// operators read a scan's cost from.
+    pub fn log(&self, origin: &str, scheme: &str) {
+        tracing::info!(
+            origin,
+            requests = self.requests.load(Ordering::Relaxed),
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            retries = self.retries.load(Ordering::Relaxed),
+            connections = self.connections.load(Ordering::Relaxed),
+            "{scheme} origin traffic"
+        );
     }
 }
 

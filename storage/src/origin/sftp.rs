@@ -24,7 +24,6 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use russh_sftp::client::error::Error as SftpError;
@@ -67,7 +66,6 @@ struct Inner {
     login: Login,
     remote: Remote,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
-    connections: AtomicU64,
 }
 
 impl fmt::Debug for Inner {
@@ -76,22 +74,14 @@ impl fmt::Debug for Inner {
             .field("name", &self.name)
             .field("login", &self.login)
             .field("known_hosts", &self.target.known_hosts)
-            .field("connections", &self.connections.load(Ordering::Relaxed))
+            .field("traffic", self.remote.traffic())
             .finish()
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let t = self.remote.traffic();
-        tracing::info!(
-            origin = %self.name,
-            requests = t.requests.load(Ordering::Relaxed),
-            bytes_in = t.bytes_in.load(Ordering::Relaxed),
-            retries = t.retries.load(Ordering::Relaxed),
-            connections = self.connections.load(Ordering::Relaxed),
-            "sftp origin traffic"
-        );
+        self.remote.traffic().log(&self.name, "sftp");
     }
 }
 
@@ -151,7 +141,6 @@ impl SftpOrigin {
             },
             remote: Remote::new(settings.remote),
             conn: tokio::sync::Mutex::new(None),
-            connections: AtomicU64::new(0),
             name,
         };
         Ok(SftpOrigin {
@@ -280,7 +269,7 @@ impl Inner {
         if let Some(conn) = slot.as_ref().filter(|c| c.is_open()) {
             return Ok(conn.clone());
         }
-        let generation = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let generation = self.remote.traffic().connected();
         if generation > 1 {
             tracing::info!(origin = %self.name, generation, "reconnecting to the sftp server");
         }

@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use russh::client;
 use russh::keys::agent::client::AgentClient;
-use russh::keys::agent::AgentIdentity;
-use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::protocol::StatusCode;
@@ -88,11 +87,8 @@ struct HostCheck {
 impl client::Handler for HostCheck {
     type Error = russh::Error;
 
-    async fn check_server_key(
-        &mut self,
-        server_key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        match verify_host_key(&self.target, &server_key.public_key()) {
+    async fn check_server_key(&mut self, server_key: &PublicKey) -> Result<bool, Self::Error> {
+        match verify_host_key(&self.target, server_key) {
             Ok(()) => Ok(true),
             Err(why) => {
                 if let Ok(mut slot) = self.refused.lock() {
@@ -275,10 +271,7 @@ async fn by_agent(ssh: &mut client::Handle<HostCheck>, user: &str) -> Result<boo
     let Ok(identities) = agent.request_identities().await else {
         return Ok(false);
     };
-    for identity in identities {
-        let AgentIdentity::PublicKey { key, .. } = identity else {
-            continue;
-        };
+    for key in identities {
         let hash = if key.algorithm().is_rsa() {
             Some(HashAlg::Sha256)
         } else {

@@ -6,6 +6,7 @@
 pub mod proxy;
 pub mod s3;
 pub mod sftp;
+pub mod smb;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

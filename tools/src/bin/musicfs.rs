@@ -13,6 +13,7 @@ use musicfs_core::snapshot::Snapshot;
 use musicfs_core::template::Template;
 use musicfs_index::refresh::{scan_summary, Library, StateDir};
 use musicfs_index::scan::ScanOptions;
+use musicfs_index::search::SearchIndex;
 use musicfs_storage::origin::OriginTable;
 use musicfs_tools::{
     init_logging, open_cache, parse_origin, progress_bar, resolve_origins, BadOrigin,
@@ -53,8 +54,8 @@ struct Common {
 enum Command {
     /// Scan origins into the catalog (only new and changed files are read) and publish the tree.
     Scan {
-        /// An origin: a directory, `file:///DIR`, `s3://BUCKET[/PREFIX]?endpoint=…` or
-        /// `sftp://USER@HOST[:PORT]/PATH` (smb:// parses but has no driver yet); repeat for
+        /// An origin: a directory, `file:///DIR`, `s3://BUCKET[/PREFIX]?endpoint=…`,
+        /// `sftp://USER@HOST[:PORT]/PATH` or `smb://USER@HOST[:PORT]/SHARE[/PATH]`; repeat for
         /// several (default: the config's origins). A path may contain `:`;
         /// MUSICFS_ORIGINS takes one origin per line.
         #[arg(long = "origin", env = "MUSICFS_ORIGINS", value_delimiter = '\n')]
@@ -77,6 +78,19 @@ enum Command {
     Cache {
         #[command(subcommand)]
         action: CacheAction,
+    },
+    /// Search the library (query language: docs/SEARCH.md) and print what
+    /// `/.search/QUERY/` shows, best first: each result's name and its path in the tree,
+    /// tab-separated.
+    Search {
+        /// The query, e.g. `genre:jazz year:[1960 TO 1969]`.
+        query: String,
+        /// Print a JSON array of {rank, name, path, track_id} instead.
+        #[arg(long)]
+        json: bool,
+        /// Most results (default: the config's `search_limit`).
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Print every path of the published tree, sorted, one per line.
     Tree {
@@ -134,6 +148,7 @@ fn main() -> ExitCode {
             CacheAction::Stats => cache_stats(&cfg),
         },
         Command::Tree { long } => tree(&cfg, long),
+        Command::Search { query, json, limit } => search(&cfg, &query, json, limit),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -222,6 +237,7 @@ fn scan(
         }
         _ => publish_if_changed(&library)?,
     }
+    sync_search(&library)?;
     // Everything that could be scanned was, and the tree published; a kept origin still
     // fails the command, so a script notices.
     anyhow::ensure!(
@@ -229,6 +245,64 @@ fn scan(
         "{} origin(s) offline, their tracks kept (see above)",
         report.offline.len()
     );
+    Ok(())
+}
+
+/// Brings the search index to the catalog.
+fn sync_search(library: &Library) -> Result<()> {
+    let index = SearchIndex::open(&library.state.search_dir())?;
+    let synced = index.sync(&library.catalog, None)?;
+    if synced.written + synced.deleted > 0 {
+        eprintln!(
+            "search index: {} written, {} deleted ({} tracks)",
+            synced.written,
+            synced.deleted,
+            index.len()
+        );
+    }
+    Ok(())
+}
+
+fn search(cfg: &Config, query: &str, json: bool, limit: Option<usize>) -> Result<()> {
+    let state = StateDir::create(&cfg.state_dir())?;
+    let catalog = state.open_catalog()?;
+    let snap = Snapshot::open(&state.snapshot_path())
+        .context("no usable snapshot: run `musicfs scan` first")?;
+    let index = SearchIndex::open(&state.search_dir())?;
+    if let Err(e) = index.sync(&catalog, None) {
+        // The daemon may be writing it right now: answer from it as it is.
+        tracing::warn!("cannot bring the search index up to date: {e}");
+    }
+    let hits = index.search(query, limit.unwrap_or(cfg.search_limit))?;
+    let ids: Vec<u64> = hits.iter().map(|h| h.id.0).collect();
+    let tags: &dyn musicfs_fusedev::TagSource = &catalog;
+    let entries = musicfs_fusedev::virt::entries(&snap, &ids, Some(tags));
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if json {
+        let rows: Vec<serde_json::Value> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                serde_json::json!({
+                    "rank": i + 1,
+                    "name": String::from_utf8_lossy(&e.name),
+                    "path": String::from_utf8_lossy(&e.path),
+                    "track_id": e.id,
+                })
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+    } else {
+        for e in &entries {
+            out.write_all(&e.name)?;
+            out.write_all(b"\t")?;
+            out.write_all(&e.path)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
     Ok(())
 }
 

@@ -19,6 +19,7 @@ use musicfs_core::template::Template;
 use musicfs_fusedev::MountOptions;
 use musicfs_index::refresh::{plan_watches, watch_origins, Library, Refresher, StateDir, Trigger};
 use musicfs_storage::origin::Origin;
+use musicfs_tools::finder::LibraryFinder;
 use musicfs_tools::{init_logging, progress_bar, read_path, resolve_origins, sd_notify};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -44,8 +45,8 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "MUSICFS_CONFIG")]
     config: Option<PathBuf>,
-    /// An origin: a directory, `file:///DIR`, `s3://BUCKET[/PREFIX]?endpoint=…` or
-    /// `sftp://USER@HOST[:PORT]/PATH` (smb:// parses but has no driver yet); repeat for
+    /// An origin: a directory, `file:///DIR`, `s3://BUCKET[/PREFIX]?endpoint=…`,
+    /// `sftp://USER@HOST[:PORT]/PATH` or `smb://USER@HOST[:PORT]/SHARE[/PATH]`; repeat for
     /// several (default: the config's origins). A path may contain `:`; MUSICFS_ORIGINS
     /// takes one origin per line.
     #[arg(long = "origin", env = "MUSICFS_ORIGINS", value_delimiter = '\n')]
@@ -230,6 +231,7 @@ fn merge_config(cli: &Cli) -> Result<Config> {
     }
     cfg.enable_uring_param |= cli.enable_uring_param;
     cfg.validate()?;
+    musicfs_tools::finder::check_collections(&cfg)?;
     Ok(cfg)
 }
 
@@ -250,6 +252,11 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         progress: progress_bar(),
     };
     let snapshot = library.load_or_build()?;
+    let finder = Arc::new(LibraryFinder::open(
+        cfg,
+        &library.state,
+        library.catalog.clone(),
+    )?);
     // The read path opens local files through the same origin objects the scans use, and
     // remote ones through the chunk cache.
     let origin_table = Arc::new(ArcSwap::from_pointee(library.origin_table()?));
@@ -274,6 +281,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         enable_uring_param: cfg.enable_uring_param,
         origin_health: library.health.clone(),
         origins: Some(origin_table.clone()),
+        finder: Some(finder.clone() as Arc<dyn musicfs_fusedev::virt::Finder>),
         ..MountOptions::default()
     };
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -323,6 +331,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         polled,
         watches,
         origins: Some(origin_table),
+        search: Some(finder.index().clone()),
     };
     let refresh_thread = std::thread::Builder::new()
         .name("refresh".into())
