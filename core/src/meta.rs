@@ -174,3 +174,58 @@ impl TrackRecord {
         String::from_utf8_lossy(stem).into_owned()
     }
 }
+
+/// Extensions (lower case) of the non-audio files an album folder shows beside its tracks:
+/// pictures, cue sheets, rip logs and checksums, booklets, lyrics, notes and playlists.
+pub const EXTRA_EXTS: [&str; 18] = [
+    "jpg", "jpeg", "png", "gif", "webp", "bmp", "cue", "log", "pdf", "lrc", "txt", "nfo", "m3u",
+    "m3u8", "md5", "sfv", "ffp", "accurip",
+];
+
+/// Whether a file named `name` (no directory) in an origin folder follows its album into
+/// the tree: one of [`EXTRA_EXTS`] (case-insensitive), and not hidden (`.DS_Store`,
+/// AppleDouble `._*` files) or a system file (`Thumbs.db`, `desktop.ini` have no such
+/// extension).
+pub fn is_extra(name: &[u8]) -> bool {
+    if name.first() == Some(&b'.') {
+        return false;
+    }
+    let Some(dot) = name.iter().rposition(|b| *b == b'.') else {
+        return false;
+    };
+    let ext = &name[dot + 1..];
+    EXTRA_EXTS
+        .iter()
+        .any(|e| e.as_bytes().eq_ignore_ascii_case(ext))
+}
+
+#[cfg(test)]
+mod extra_tests {
+    use super::is_extra;
+
+    #[test]
+    fn extras_are_known_non_audio_files_that_are_not_hidden() {
+        for yes in [
+            "cover.jpg",
+            "Folder.JPG",
+            "booklet.pdf",
+            "01 a.lrc",
+            "rip.log",
+            "x.cue",
+        ] {
+            assert!(is_extra(yes.as_bytes()), "{yes}");
+        }
+        for no in [
+            "._cover.jpg",
+            ".DS_Store",
+            "Thumbs.db",
+            "desktop.ini",
+            "a.flac",
+            "a.exe",
+            "README",
+            "jpg",
+        ] {
+            assert!(!is_extra(no.as_bytes()), "{no}");
+        }
+    }
+}

@@ -137,7 +137,7 @@ fn entry_out(cfg: &crate::fs::FsConfig, a: &crate::fs::Attr) -> abi::EntryOut {
 
 /// `configured`, or zero for a virtual node.
 fn timeout(configured: Duration, ino: u64) -> Duration {
-    if crate::virt::is_virtual(ino) {
+    if crate::virt::is_virtual(ino) || crate::album::is_extra(ino) {
         Duration::ZERO
     } else {
         configured

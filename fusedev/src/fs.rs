@@ -19,6 +19,7 @@ use musicfs_core::health::OriginHealth;
 use musicfs_core::snapshot::{Node, Snapshot, ROOT_INO};
 use musicfs_storage::origin::{OriginTable, Seen};
 
+use crate::album::{self, AlbumExtras, Albums, ExtraSource};
 use crate::handles::HandleTable;
 use crate::sources::{HandlePool, InodeSources, OpenFile, Source};
 use crate::status::{ServeStatus, STATUS_FIELDS};
@@ -184,6 +185,8 @@ pub struct FsModel {
     status: ServeStatus,
     /// `/.search` and `/.collections`, when a finder is configured.
     virt: Option<Virtual>,
+    /// Album folders' extra entries (cover art, sidecars), when a provider is configured.
+    albums: Option<Albums>,
 }
 
 /// Directory offsets: 1 and 2 follow `.` and `..`; child `i` is followed by `i + 3`.
@@ -220,6 +223,63 @@ impl FsModel {
             dirs: HandleTable::new(),
             status: ServeStatus::default(),
             virt: None,
+            albums: None,
+        }
+    }
+
+    /// Shows the extra entries `provider` tells in the tree's directories (see
+    /// [`crate::album`]).
+    pub fn with_album_extras(mut self, provider: Arc<dyn AlbumExtras>) -> FsModel {
+        self.albums = Some(Albums::new(provider));
+        self
+    }
+
+    /// The extra entry `ino`: its attributes and where its bytes are. `None` when `ino`
+    /// is not an extra entry's.
+    fn extra_node(
+        &self,
+        snap: &Snapshot,
+        ino: u64,
+    ) -> Option<Result<(Attr, ExtraSource), FsError>> {
+        if !album::is_extra(ino) {
+            return None;
+        }
+        let Some((d, i)) = self.albums.as_ref().and_then(|a| a.find(snap, ino)) else {
+            return Some(Err(FsError::StaleInode(ino)));
+        };
+        Some(Ok((
+            self.extra_attr(snap, &d, i),
+            d.entries[i].source.clone(),
+        )))
+    }
+
+    /// Attributes of extra entry `i` of a directory: read bits and owner of the directory
+    /// (whoever may list the album may read what it shows).
+    fn extra_attr(&self, snap: &Snapshot, d: &album::DirExtras, i: usize) -> Attr {
+        let e = &d.entries[i];
+        let dir = snap.node(d.dir);
+        let dir_perm = dir
+            .as_ref()
+            .and_then(|n| n.perm_bits())
+            .unwrap_or(DEFAULT_DIR_PERM);
+        Attr {
+            ino: d.inos[i],
+            generation: 0,
+            kind: Kind::File,
+            size: e.size,
+            mtime_ns: e.mtime_ns,
+            nlink: 1,
+            perm: dir_perm & 0o444 & !self.cfg.umask,
+            uid: self
+                .cfg
+                .uid
+                .or(dir.as_ref().and_then(|n| n.uid()))
+                .unwrap_or(self.cfg.default_uid),
+            gid: self
+                .cfg
+                .gid
+                .or(dir.as_ref().and_then(|n| n.gid()))
+                .unwrap_or(self.cfg.default_gid),
         }
     }
 
@@ -268,7 +328,7 @@ impl FsModel {
         match self.virtual_node(&snap, ino) {
             Some(Ok(Found::Result(l, i))) => Ok(l.entries[i].target()),
             Some(Err(e)) => Err(e),
-            _ if snap.node(ino).is_none() && !virt::is_virtual(ino) => {
+            _ if snap.node(ino).is_none() && !virt::is_virtual(ino) && !album::is_extra(ino) => {
                 Err(FsError::StaleInode(ino))
             }
             _ => Err(FsError::NotASymlink(ino)),
@@ -337,7 +397,15 @@ impl FsModel {
         Err(match snap.node(parent) {
             None => FsError::StaleInode(parent),
             Some(dir) if !dir.is_dir() => FsError::NotADirectory(parent),
-            Some(_) => FsError::NotFound { parent },
+            Some(_) => {
+                if let Some(albums) = &self.albums {
+                    let d = albums.of_dir(&snap, parent);
+                    if let Some(i) = d.find(name) {
+                        return Ok(self.extra_attr(&snap, &d, i));
+                    }
+                }
+                FsError::NotFound { parent }
+            }
         })
     }
 
@@ -346,6 +414,9 @@ impl FsModel {
         let snap = self.snapshot.load();
         if let Some(found) = self.virtual_node(&snap, ino) {
             return Ok(self.virtual_attr(&snap, &found?));
+        }
+        if let Some(extra) = self.extra_node(&snap, ino) {
+            return extra.map(|(attr, _)| attr);
         }
         let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
         Ok(self.attr_of(&node))
@@ -360,6 +431,9 @@ impl FsModel {
             Some(Ok(_)) => return Ok(self.dirs.insert(snap)),
             Some(Err(e)) => return Err(e),
             None => {}
+        }
+        if album::is_extra(ino) {
+            return Err(FsError::NotADirectory(ino));
         }
         match snap.node(ino) {
             None => Err(FsError::StaleInode(ino)),
@@ -407,6 +481,26 @@ impl FsModel {
                 next_offset: FIRST_CHILD_OFFSET + (first + i) as u64 + 1,
                 kind: attr.kind,
                 name: child.name(),
+                attr: Some(attr),
+                current,
+            };
+            if !emit(item) {
+                return Ok(());
+            }
+        }
+        let Some(albums) = &self.albums else {
+            return Ok(());
+        };
+        // The extra entries follow the children, at offsets after theirs.
+        let children = dir.child_count() as usize;
+        let d = albums.of_dir(&snap, ino);
+        for i in first.saturating_sub(children)..d.entries.len() {
+            let attr = self.extra_attr(&snap, &d, i);
+            let item = DirItem {
+                ino: attr.ino,
+                next_offset: FIRST_CHILD_OFFSET + (children + i) as u64 + 1,
+                kind: Kind::File,
+                name: &d.entries[i].name,
                 attr: Some(attr),
                 current,
             };
@@ -534,6 +628,10 @@ impl FsModel {
     /// whole).
     fn open_source(&self, ino: u64) -> Result<Source, FsError> {
         let snap = self.snapshot.load();
+        if let Some(extra) = self.extra_node(&snap, ino) {
+            let (attr, source) = extra?;
+            return self.open_extra(ino, &attr, source);
+        }
         let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
         let f = node.file().ok_or(FsError::IsADirectory(ino))?;
         let origins = self.origins.load();
@@ -561,6 +659,42 @@ impl FsModel {
         opened.map_err(|source| FsError::Origin { ino, source })
     }
 
+    /// Opens the bytes of extra entry `ino`: a stored file, or an origin's file (as a
+    /// track's, offline rules included).
+    fn open_extra(&self, ino: u64, attr: &Attr, source: ExtraSource) -> Result<Source, FsError> {
+        let (origin_id, rel_path) = match source {
+            ExtraSource::Stored(path) => {
+                return musicfs_storage::origin::LocalSource::open_path(&path)
+                    .map(Source::Local)
+                    .map_err(|source| FsError::SourceIo { path, source });
+            }
+            ExtraSource::Origin { origin, rel_path } => (origin, rel_path),
+        };
+        let origins = self.origins.load();
+        let origin = origins.get(origin_id).ok_or(FsError::UnknownOrigin {
+            ino,
+            origin: origin_id,
+        })?;
+        let rel = Path::new(OsStr::from_bytes(&rel_path));
+        if self.cfg.origin_health.is_offline(origin_id) && !origin.readable_offline(rel) {
+            return Err(FsError::OriginOffline {
+                ino,
+                origin: origin_id,
+            });
+        }
+        let opened = match origin.as_local() {
+            Some(local) => local.open_file(rel).map(Source::Local),
+            None => {
+                let seen = Seen {
+                    size: attr.size,
+                    mtime_ns: attr.mtime_ns,
+                };
+                origin.open_seen(rel, seen).map(Source::Other)
+            }
+        };
+        opened.map_err(|source| FsError::Origin { ino, source })
+    }
+
     /// Runs `f` on the source of file `ino` for a READ that carries no handle (the kernel
     /// opens files itself once OPEN answered ENOSYS): the source kept for the inode's
     /// current content generation, opened on first use. A republish that changes the
@@ -572,6 +706,21 @@ impl FsModel {
     ) -> Result<R, FsError> {
         let generation = {
             let snap = self.snapshot.load();
+            if album::is_extra(ino) {
+                // Extra entries are not versioned: opened once per inode, as named now.
+                let h = match self.by_inode.get(ino, 0) {
+                    Some(h) => h,
+                    None => {
+                        let h = self.pool.wrap(self.open_source(ino)?);
+                        if let Some(old) = self.by_inode.insert(ino, 0, h.clone()) {
+                            self.pool.recycle(old);
+                        }
+                        h
+                    }
+                };
+                let source = h.source.as_ref().ok_or(FsError::BadHandle(0))?;
+                return f(source).map_err(source_io);
+            }
             let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
             let file = node.file().ok_or(FsError::IsADirectory(ino))?;
             if self.cfg.origin_health.is_offline(file.origin) {
@@ -682,6 +831,10 @@ impl FsModel {
             found?;
             return Err(missing());
         }
+        if let Some(extra) = self.extra_node(&snap, ino) {
+            extra?;
+            return Err(missing());
+        }
         let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
         if ino == ROOT_INO {
             if field == xattr::ORIGINS_FIELD {
@@ -713,6 +866,10 @@ impl FsModel {
         let snap = self.snapshot.load();
         if let Some(found) = self.virtual_node(&snap, ino) {
             found?;
+            return xattr::sized_reply(Vec::new(), size);
+        }
+        if let Some(extra) = self.extra_node(&snap, ino) {
+            extra?;
             return xattr::sized_reply(Vec::new(), size);
         }
         let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;

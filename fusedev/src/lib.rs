@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod abi;
+pub mod album;
 pub mod dispatch;
 pub mod error;
 pub mod fs;

@@ -82,6 +82,9 @@ pub struct MountOptions {
     pub origins: Option<Arc<ArcSwap<musicfs_storage::origin::OriginTable>>>,
     /// What answers `/.search` and `/.collections` (none: they do not exist).
     pub finder: Option<Arc<dyn crate::virt::Finder>>,
+    /// What tells album folders' extra entries (cover art, sidecars); `None` shows only
+    /// tracks.
+    pub album_extras: Option<Arc<dyn crate::album::AlbumExtras>>,
     /// Kernel readahead for the mount's bdi, in KiB (root only; best effort).
     pub readahead_kb: Option<u32>,
     /// FUSE passthrough for reads of local sources.
@@ -123,6 +126,7 @@ impl Default for MountOptions {
             auto_unmount: true,
             origins: None,
             finder: None,
+            album_extras: None,
             readahead_kb: Some(1024),
             passthrough: PassthroughSetting::Auto,
             transport: TransportSetting::Auto,
@@ -246,8 +250,12 @@ pub fn mount_with_tags(
         Some(origins) => FsModel::with_origins(snapshot, origins.clone(), tags, cfg),
         None => FsModel::new(snapshot, tags, cfg),
     };
-    let model = Arc::new(match &opts.finder {
+    let model = match &opts.finder {
         Some(finder) => model.with_finder(finder.clone()),
+        None => model,
+    };
+    let model = Arc::new(match &opts.album_extras {
+        Some(extras) => model.with_album_extras(extras.clone()),
         None => model,
     });
     let wants = feature_wants(opts)?;

@@ -46,4 +46,4 @@ mod testorigin;
 pub use scan::{
     scan, DirHook, OfflineOrigin, Progress, ProgressFn, ScanError, ScanOptions, ScanReport, Skipped,
 };
-pub use tags::{read_tags, read_tags_from, TagError};
+pub use tags::{read_tags, read_tags_from, read_track_from, Picture, TagError};

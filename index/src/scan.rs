@@ -23,6 +23,7 @@
 //! what the live daemon does for an inotify event. Its root is probed first as for a whole
 //! scan, and its removals obey the same mass-removal rule, against the origin's tracks.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -33,14 +34,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use musicfs_core::{Format, OriginId, ScanState, TrackId, TrackMeta};
 use musicfs_storage::origin::{Origin, RootIdentity};
-use musicfs_storage::{Batch, Catalog, CatalogError, OriginDevice, SkipRecord, Upsert};
+use musicfs_storage::{
+    ArtSet, ArtStore, Batch, Catalog, CatalogError, DirExtras, ExtraFile, OriginDevice, SkipRecord,
+    Upsert,
+};
 
 use crate::health::{
     classify_root, classify_walk, probe_origin, OfflineReason, Recorded, RootFacts,
     DEFAULT_MASS_REMOVAL_THRESHOLD, PROBE_TIMEOUT,
 };
 use crate::known::{state_hash, Known, KnownBuilder};
-use crate::tags::{read_tags_from, TagError};
+use crate::tags::{read_track_from, Picture, TagError};
 pub use crate::walk::Skipped;
 use crate::walk::{self, shown};
 
@@ -106,6 +110,8 @@ pub struct ScanOptions {
     /// Remove the tracks of an origin that emptied or lost more than the threshold (the
     /// user confirmed the deletion).
     pub allow_mass_removal: bool,
+    /// Where embedded cover art is stored ([`ArtStore`]); `None` records none.
+    pub art: Option<ArtStore>,
 }
 
 /// See [`ScanOptions::dir_hook`].
@@ -121,6 +127,7 @@ impl Default for ScanOptions {
             dir_hook: None,
             mass_removal_threshold: DEFAULT_MASS_REMOVAL_THRESHOLD,
             allow_mass_removal: false,
+            art: None,
         }
     }
 }
@@ -259,7 +266,7 @@ struct Job {
 
 struct Done {
     job: Job,
-    result: Result<(Format, TrackMeta), TagError>,
+    result: Result<(Format, TrackMeta, Option<Picture>), TagError>,
 }
 
 /// What the walker hands back once the origin is listed.
@@ -274,6 +281,9 @@ struct WalkOutcome {
     unreadable: Vec<Vec<u8>>,
     /// Subdirectories holding tracks that a scoped scan found gone.
     vanished: Vec<Vec<u8>>,
+    /// The extra files of the directories listed: every one a scoped scan listed, those
+    /// holding any for a whole walk (which then drops the rest, see [`settle_extras`]).
+    extras: Vec<(Vec<u8>, Vec<ExtraFile>)>,
     statted: u64,
     listed: u64,
 }
@@ -287,6 +297,7 @@ impl WalkOutcome {
             skipped,
             unreadable: Vec::new(),
             vanished: Vec::new(),
+            extras: Vec::new(),
             statted: 0,
             listed: 0,
         }
@@ -488,7 +499,13 @@ fn scan_origin(
         }
         drop(job_rx);
         drop(done_tx);
-        let collected = collect(catalog, origin_id, done_rx, &counters, report);
+        let collected = collect(
+            catalog,
+            (origin_id, opts.art.as_ref()),
+            done_rx,
+            &counters,
+            report,
+        );
         // The walker only fails by panicking, which would be a bug; report it as an empty
         // outcome rather than removing the origin's tracks.
         let walk = walker.join().unwrap_or_else(|_| {
@@ -535,7 +552,16 @@ fn scan_origin(
         opts,
         &mut report.touched,
     )? {
-        Ok(removed) => report.removed += removed,
+        Ok(removed) => {
+            report.removed += removed;
+            let listed = WalkExtras {
+                extras: walk.extras,
+                unreadable: &walk.unreadable,
+                vanished: &walk.vanished,
+                scoped: scope.is_some(),
+            };
+            settle_extras(catalog, origin_id, listed)?;
+        }
         Err(reason) => offline(report, reason),
     }
     report.seen = counters.seen.load(Ordering::Relaxed);
@@ -607,6 +633,53 @@ fn settle_gone(
     Ok(Ok(removed))
 }
 
+/// The extra files a walk found, for [`settle_extras`].
+struct WalkExtras<'a> {
+    extras: Vec<(Vec<u8>, Vec<ExtraFile>)>,
+    unreadable: &'a [Vec<u8>],
+    vanished: &'a [Vec<u8>],
+    scoped: bool,
+}
+
+/// Records the extra files of the directories the walk listed, and drops those of
+/// directories it found gone: for a whole walk, every directory it did not list (unless it
+/// could not be listed); for a scoped one, those under the subdirectories that vanished.
+fn settle_extras(
+    catalog: &Catalog,
+    origin: OriginId,
+    walk: WalkExtras<'_>,
+) -> Result<(), CatalogError> {
+    let listed: HashSet<Vec<u8>> = if walk.scoped {
+        HashSet::new()
+    } else {
+        walk.extras.iter().map(|(dir, _)| dir.clone()).collect()
+    };
+    let mut dirs = walk
+        .extras
+        .into_iter()
+        .map(|(dir, files)| DirExtras { origin, dir, files });
+    loop {
+        let batch = Batch {
+            extras: dirs.by_ref().take(BATCH).collect(),
+            ..Batch::default()
+        };
+        if batch.extras.is_empty() {
+            break;
+        }
+        catalog.apply_batch(&batch)?;
+    }
+    let kept = |dir: &[u8]| walk.unreadable.iter().any(|u| u == dir || is_under(dir, u));
+    if walk.scoped {
+        let gone = |dir: &[u8]| walk.vanished.iter().any(|v| v == dir || is_under(dir, v));
+        if !walk.vanished.is_empty() {
+            catalog.retain_extras(origin, |dir| !gone(dir) || kept(dir))?;
+        }
+    } else {
+        catalog.retain_extras(origin, |dir| listed.contains(dir) || kept(dir))?;
+    }
+    Ok(())
+}
+
 /// Removes the tracks and forgets the broken files that were not found, in batches.
 fn forget_gone(
     catalog: &Catalog,
@@ -635,7 +708,7 @@ fn read_worker(origin: &dyn Origin, jobs: Receiver<Job>, done: Sender<Done>) {
         let result = origin
             .open(Path::new(OsStr::from_bytes(&job.rel)))
             .map_err(TagError::from)
-            .and_then(|source| read_tags_from(source, Some(job.expected)));
+            .and_then(|source| read_track_from(source, Some(job.expected)));
         if done.send(Done { job, result }).is_err() {
             return;
         }
@@ -646,7 +719,7 @@ fn read_worker(origin: &dyn Origin, jobs: Receiver<Job>, done: Sender<Done>) {
 /// readable audio is removed in the same transaction that records it as skipped.
 fn collect(
     catalog: &Catalog,
-    origin: OriginId,
+    (origin, art): (OriginId, Option<&ArtStore>),
     done: Receiver<Done>,
     counters: &Counters,
     report: &mut ScanReport,
@@ -660,7 +733,21 @@ fn collect(
         report.opened += 1;
         counters.opened.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok((format, meta)) => {
+            Ok((format, meta, picture)) => {
+                if let Some(store) = art {
+                    let stored = picture.and_then(|p| match store.put(&p.data, p.png) {
+                        Ok(art) => Some(art),
+                        Err(e) => {
+                            tracing::warn!(path = %job.path.display(), error = %e, "cannot store cover art");
+                            None
+                        }
+                    });
+                    batch.art.push(ArtSet {
+                        origin,
+                        rel_path: job.rel.clone(),
+                        art: stored,
+                    });
+                }
                 if let Some(id) = job.known {
                     report.changed += 1;
                     report.touched.before_change(catalog, id)?;
@@ -772,11 +859,16 @@ fn walk_origin(
             h(origin, dir);
         }
     };
-    let handle = |found: Vec<walk::Found>| -> bool {
+    let extras = Mutex::new(Vec::new());
+    let handle = |listing: walk::DirListing| -> bool {
+        if scope.is_some() || !listing.extras.is_empty() {
+            let mut e = extras.lock().unwrap_or_else(|p| p.into_inner());
+            e.push((listing.dir, listing.extras));
+        }
         let mut read = Vec::new();
         {
             let (mut seen, mut unchanged) = (0, 0);
-            for f in found {
+            for f in listing.audio {
                 if scope.is_some_and(|s| !s.first_find(&f.rel)) {
                     continue;
                 }
@@ -842,6 +934,7 @@ fn walk_origin(
         skipped,
         unreadable,
         vanished,
+        extras: extras.into_inner().unwrap_or_else(|p| p.into_inner()),
         statted: outcome.statted,
         listed: outcome.listed,
     }

@@ -123,6 +123,23 @@ pub fn read_tags_from(
     source: Arc<dyn Source>,
     expected: Option<Format>,
 ) -> Result<(Format, TrackMeta), TagError> {
+    read_track_from(source, expected).map(|(format, meta, _)| (format, meta))
+}
+
+/// An embedded picture: the front cover when the file marks one, else its first picture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Picture {
+    /// The picture's bytes, as embedded (JPEG, PNG, ...).
+    pub data: Vec<u8>,
+    /// The picture is a PNG (by its media type or its signature).
+    pub png: bool,
+}
+
+/// [`read_tags_from`] that also returns the file's cover picture, if it embeds one.
+pub fn read_track_from(
+    source: Arc<dyn Source>,
+    expected: Option<Format>,
+) -> Result<(Format, TrackMeta, Option<Picture>), TagError> {
     let len = source.len();
     if len == 0 {
         return Err(TagError::Empty);
@@ -241,7 +258,7 @@ fn read_inner(
     source: Arc<dyn Source>,
     len: u64,
     expected: Option<Format>,
-) -> Result<(Format, TrackMeta), TagError> {
+) -> Result<(Format, TrackMeta, Option<Picture>), TagError> {
     // The WAV INFO workaround (see `riff`) reads the same source by offset.
     let side = source.clone();
     let hidden = match expected {
@@ -282,9 +299,9 @@ fn read_inner(
         Format::Wav => riff::wav_info_revision(side.as_ref(), len),
         _ => None,
     };
-    let mut meta = merge_revisions(reader.as_mut(), track.id, extra);
+    let (mut meta, picture) = merge_revisions(reader.as_mut(), track.id, extra);
     stream_facts(&mut meta, &track, reader.as_ref(), len);
-    Ok((found, meta))
+    Ok((found, meta, picture))
 }
 
 fn container_format(reader: &dyn FormatReader, track: &Track) -> Result<Format, TagError> {
@@ -341,9 +358,12 @@ fn merge_revisions(
     reader: &mut dyn FormatReader,
     track_id: u32,
     extra: Option<MetadataRevision>,
-) -> TrackMeta {
+) -> (TrackMeta, Option<Picture>) {
     let mut parts: Vec<(u8, TrackMeta)> = Vec::new();
     let mut has_art = false;
+    // (rank, front cover?) of the picture kept: a front cover beats any other picture,
+    // then the better-ranked tag block wins.
+    let mut picture: Option<((bool, u8), Picture)> = None;
     if let Some(rev) = &extra {
         parts.push((
             revision_rank(rev.info.metadata),
@@ -354,6 +374,13 @@ fn merge_revisions(
     loop {
         if let Some(rev) = log.current() {
             has_art |= revision_has_art(rev);
+            let rank = revision_rank(rev.info.metadata);
+            if let Some((front, p)) = revision_picture(rev) {
+                let key = (!front, rank);
+                if picture.as_ref().is_none_or(|(k, _)| key < *k) {
+                    picture = Some((key, p));
+                }
+            }
             parts.push((
                 revision_rank(rev.info.metadata),
                 revision_meta(rev, track_id),
@@ -372,7 +399,38 @@ fn merge_revisions(
     for (_, p) in parts {
         fill_missing(&mut out, p);
     }
-    out
+    (out, picture.map(|(_, p)| p))
+}
+
+/// The best picture of one tag block (its front cover, else its first picture) and whether
+/// it is a front cover.
+fn revision_picture(rev: &MetadataRevision) -> Option<(bool, Picture)> {
+    use symphonia::core::meta::StandardVisualKey;
+    let visuals = rev
+        .media
+        .visuals
+        .iter()
+        .chain(rev.per_track.iter().flat_map(|t| t.metadata.visuals.iter()))
+        .filter(|v| !v.data.is_empty());
+    let mut first = None;
+    for v in visuals {
+        let front = v.usage == Some(StandardVisualKey::FrontCover);
+        if front || first.is_none() {
+            let png = v.data.starts_with(b"\x89PNG\r\n\x1a\n")
+                || v.media_type
+                    .as_deref()
+                    .is_some_and(|t| t.eq_ignore_ascii_case("image/png"));
+            let p = Picture {
+                data: v.data.to_vec(),
+                png,
+            };
+            if front {
+                return Some((true, p));
+            }
+            first = Some((false, p));
+        }
+    }
+    first
 }
 
 fn revision_has_art(rev: &MetadataRevision) -> bool {

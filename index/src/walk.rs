@@ -27,6 +27,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use crate::fsio::scan_state;
 use musicfs_core::{Format, ScanState};
+use musicfs_storage::ExtraFile;
 
 mod listed;
 
@@ -50,6 +51,18 @@ pub(crate) struct Found {
     pub format: Format,
     /// What the scan compares with the catalog (through a symlink when the file is one).
     pub state: ScanState,
+}
+
+/// What the listing of one directory found: its audio files and its extra files (the
+/// non-audio files an album folder shows, [`musicfs_core::meta::is_extra`]). The walk hands
+/// one over for every directory it lists, empty ones too.
+pub(crate) struct DirListing {
+    /// The directory, relative to the origin root.
+    pub dir: Vec<u8>,
+    /// Its audio files (by extension).
+    pub audio: Vec<Found>,
+    /// Its extra files, stat'ed.
+    pub extras: Vec<ExtraFile>,
 }
 
 /// What the walk could not look into.
@@ -160,12 +173,12 @@ impl Drop for Listing<'_> {
 
 /// Walks `root` (an origin's canonical local root) with `threads` threads. `before_list`
 /// runs on each directory (relative to `root`) before it is listed; `files` gets each
-/// directory's audio files and returns `false` to stop the walk.
+/// directory's [`DirListing`] and returns `false` to stop the walk.
 pub(crate) fn walk(
     root: &Path,
     threads: usize,
     before_list: &(dyn Fn(&Path) + Sync),
-    files: &(dyn Fn(Vec<Found>) -> bool + Sync),
+    files: &(dyn Fn(DirListing) -> bool + Sync),
 ) -> Outcome {
     let whole = [Start {
         rel: Vec::new(),
@@ -183,7 +196,7 @@ pub(crate) fn walk_from(
     threads: usize,
     before_list: &(dyn Fn(&Path) + Sync),
     descend: &(dyn Fn(&[u8]) -> bool + Sync),
-    files: &(dyn Fn(Vec<Found>) -> bool + Sync),
+    files: &(dyn Fn(DirListing) -> bool + Sync),
 ) -> Outcome {
     let queue = Queue {
         state: Mutex::new(QueueState {
@@ -277,7 +290,7 @@ fn start_dir(root: &Path, start: &Start) -> Arc<Dir> {
 fn list(
     root: &Path,
     dir: &Arc<Dir>,
-    files: &(dyn Fn(Vec<Found>) -> bool + Sync),
+    files: &(dyn Fn(DirListing) -> bool + Sync),
     stop: &AtomicBool,
     out: &mut Outcome,
 ) -> Vec<Arc<Dir>> {
@@ -297,6 +310,7 @@ fn list(
     out.listed += 1;
     let mut subdirs = Vec::new();
     let mut found = Vec::new();
+    let mut extras = Vec::new();
     for entry in entries {
         let entry = match entry {
             Ok(e) => e,
@@ -322,6 +336,17 @@ fn list(
             }));
         } else if kind.is_file() {
             let Some(format) = audio_format(Path::new(&name)) else {
+                if musicfs_core::meta::is_extra(name.as_bytes()) {
+                    out.statted += 1;
+                    if let Ok(md) = entry.metadata() {
+                        let state = scan_state(&md);
+                        extras.push(ExtraFile {
+                            name: name.as_bytes().to_vec(),
+                            size: state.size,
+                            mtime_ns: state.mtime_ns,
+                        });
+                    }
+                }
                 continue;
             };
             // fstatat on the directory's fd, without following (it is not a symlink).
@@ -342,7 +367,12 @@ fn list(
             follow(root, dir, path, rel, &mut subdirs, &mut found, out);
         }
     }
-    if !found.is_empty() && !files(found) {
+    let listing = DirListing {
+        dir: dir.rel.clone(),
+        audio: found,
+        extras,
+    };
+    if !files(listing) {
         stop.store(true, Ordering::Relaxed);
     }
     subdirs
@@ -431,7 +461,7 @@ pub(crate) mod tests {
     /// its outcome, and the directories hooked. `run` is the walk, given the two callbacks.
     pub(crate) fn collect(
         root: &Path,
-        run: impl FnOnce(&(dyn Fn(&Path) + Sync), &(dyn Fn(Vec<Found>) -> bool + Sync)) -> Outcome,
+        run: impl FnOnce(&(dyn Fn(&Path) + Sync), &(dyn Fn(DirListing) -> bool + Sync)) -> Outcome,
     ) -> (BTreeSet<String>, Outcome, BTreeSet<String>) {
         let files = Mutex::new(BTreeSet::new());
         let dirs = Mutex::new(BTreeSet::new());
@@ -441,7 +471,7 @@ pub(crate) mod tests {
             },
             &|batch| {
                 let mut f = files.lock().unwrap();
-                for x in batch {
+                for x in batch.audio {
                     assert!(root.join(OsStr::from_bytes(&x.rel)).is_file());
                     f.insert(String::from_utf8(x.rel).unwrap());
                 }

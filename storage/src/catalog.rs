@@ -18,6 +18,7 @@
 //! live on a local filesystem.
 
 mod error;
+mod extras;
 mod origin_facts;
 mod schema;
 mod skipped;
@@ -32,9 +33,10 @@ use heed::{CommitOrAbort, RoTxn, RwTxn};
 use musicfs_core::meta::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackRecord};
 
 pub use self::error::CatalogError;
+pub use self::extras::{ArtSet, DirExtras, ExtraFile};
 pub use self::origin_facts::{Forgotten, OriginDevice};
-pub use self::schema::SCHEMA_VERSION;
 use self::schema::{path_key, rel_path_in_key, Dbs, PathEntry, TrackValue};
+pub use self::schema::{ArtRef, SCHEMA_VERSION};
 pub use self::skipped::SkipRecord;
 use self::store::Store;
 
@@ -69,6 +71,10 @@ pub struct Batch {
     /// Files to forget as skipped (they vanished, or must be retried next scan); unknown
     /// paths are ignored.
     pub unskipped: Vec<(OriginId, Vec<u8>)>,
+    /// Directories whose extra files a listing found (each replaces what was recorded).
+    pub extras: Vec<DirExtras>,
+    /// Cover art found (or found gone) by reading tracks; applied after the upserts.
+    pub art: Vec<ArtSet>,
 }
 
 /// [`Catalog::for_each`] lets go of the pages it read after this many tracks.
@@ -249,7 +255,7 @@ impl Catalog {
         upserts: &[Upsert],
         removals: &[TrackId],
     ) -> Result<Vec<TrackId>, CatalogError> {
-        self.apply_parts(upserts, removals, &[], &[])
+        self.apply_parts(upserts, removals, &[], &[], (&[], &[]))
     }
 
     /// [`apply`](Catalog::apply) plus the `skipped` changes of [`Batch`], all in one
@@ -264,6 +270,7 @@ impl Catalog {
             &batch.removals,
             &batch.skipped,
             &batch.unskipped,
+            (&batch.extras, &batch.art),
         )
     }
 
@@ -326,9 +333,14 @@ impl Catalog {
         removals: &[TrackId],
         skipped: &[SkipRecord],
         unskipped: &[(OriginId, Vec<u8>)],
+        (extras, art): (&[DirExtras], &[ArtSet]),
     ) -> Result<Vec<TrackId>, CatalogError> {
         let ids = self.store.write("apply", |txn| {
-            self.apply_in(txn, upserts, removals, skipped, unskipped)
+            let ids = self.apply_in(txn, upserts, removals, skipped, unskipped)?;
+            if !extras.is_empty() || !art.is_empty() {
+                self.extras_in_txn(txn, extras, art)?;
+            }
+            Ok(ids)
         })?;
         tracing::debug!(
             catalog = %self.store.dir().display(),
@@ -459,6 +471,7 @@ impl Catalog {
             .is_some_and(|entry| entry.id == id)
         {
             self.dbs.paths.delete(txn, &key).map_err(lmdb)?;
+            self.drop_art_in(txn, old.origin, &old.rel_path)?;
         }
         self.dbs.tracks.delete(txn, &id.0).map_err(lmdb)?;
         Ok(true)

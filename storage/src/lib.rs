@@ -31,12 +31,15 @@
 //! [`ScanState`]: musicfs_core::meta::ScanState
 #![deny(missing_docs)]
 
+pub mod art;
 pub mod cas;
 pub mod catalog;
 pub mod origin;
 
+pub use art::ArtStore;
 pub use cas::{Cas, CasError, CasOptions, CasStats, PinGuard, VerifyReport};
 pub use catalog::{
-    Batch, Catalog, CatalogError, Forgotten, OriginDevice, SkipRecord, Upsert, SCHEMA_VERSION,
+    ArtRef, ArtSet, Batch, Catalog, CatalogError, DirExtras, ExtraFile, Forgotten, OriginDevice,
+    SkipRecord, Upsert, SCHEMA_VERSION,
 };
 pub use origin::{open_origin, Origin, OriginError, OriginSpec, Source};

@@ -7,6 +7,7 @@
 //! `musicfs-storage`, templates, snapshots and the snapshot diff in `musicfs-core`, serving
 //! and the kernel's invalidation sink in `musicfs-fusedev`.
 
+pub mod albums;
 pub mod finder;
 
 use std::ffi::OsStr;

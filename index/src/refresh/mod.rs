@@ -312,6 +312,7 @@ impl Library {
     pub fn scan_options(&self) -> ScanOptions {
         ScanOptions {
             mass_removal_threshold: self.mass_removal_threshold,
+            art: Some(musicfs_storage::ArtStore::new(&self.state.art_dir())),
             ..ScanOptions::default()
         }
     }

@@ -34,6 +34,11 @@ impl StateDir {
         self.root.join("search")
     }
 
+    /// Embedded cover art, one file per distinct picture ([`musicfs_storage::ArtStore`]).
+    pub fn art_dir(&self) -> PathBuf {
+        self.root.join("art")
+    }
+
     /// The published tree snapshot.
     pub fn snapshot_path(&self) -> PathBuf {
         self.root.join("tree.snap")

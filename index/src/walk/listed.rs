@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use musicfs_storage::origin::{ChangeToken, Entry, EntryKind, Listed, Origin, OriginError};
 
-use super::{audio_format, join_rel, Found, Outcome, Skipped};
+use musicfs_storage::ExtraFile;
+
+use super::{audio_format, join_rel, DirListing, Found, Outcome, Skipped};
 
 /// A directory still to list, with its ancestors for loop detection.
 struct Pending {
@@ -43,7 +45,7 @@ impl Pending {
 pub(crate) fn walk_listed(
     origin: &dyn Origin,
     before_list: &(dyn Fn(&Path) + Sync),
-    files: &(dyn Fn(Vec<Found>) -> bool + Sync),
+    files: &(dyn Fn(DirListing) -> bool + Sync),
 ) -> Outcome {
     let root_id = origin
         .stat(Path::new(""))
@@ -59,11 +61,18 @@ pub(crate) fn walk_listed(
         let rel = Path::new(OsStr::from_bytes(&dir.rel));
         before_list(rel);
         let mut found = Vec::new();
+        let mut extras = Vec::new();
         let mut subdirs = Vec::new();
         let mut skipped = Vec::new();
         let listed = origin.list(rel, &mut |listed| match listed {
             Listed::Entry(entry) => {
-                sort_entry(origin, &dir, entry, &mut found, &mut subdirs, &mut skipped)
+                let mut sorted = Sorted {
+                    found: &mut found,
+                    extras: &mut extras,
+                    subdirs: &mut subdirs,
+                    skipped: &mut skipped,
+                };
+                sort_entry(origin, &dir, entry, &mut sorted)
             }
             Listed::Skipped { name, reason } => skipped.push(Skipped {
                 path: shown(origin, &join_rel(&dir.rel, &name)),
@@ -89,7 +98,12 @@ pub(crate) fn walk_listed(
         out.statted += found.len() as u64;
         out.skipped.extend(skipped);
         stack.extend(subdirs);
-        if !found.is_empty() && !files(found) {
+        let listing = DirListing {
+            dir: dir.rel.clone(),
+            audio: found,
+            extras,
+        };
+        if !files(listing) {
             out.aborted = true;
             break;
         }
@@ -97,37 +111,45 @@ pub(crate) fn walk_listed(
     out
 }
 
-/// Files `entry` of `dir` as an audio file, a directory to walk, or a loop to skip.
-fn sort_entry(
-    origin: &dyn Origin,
-    dir: &Arc<Pending>,
-    entry: Entry,
-    found: &mut Vec<Found>,
-    subdirs: &mut Vec<Arc<Pending>>,
-    skipped: &mut Vec<Skipped>,
-) {
+/// Where [`sort_entry`] files what a listing delivers.
+struct Sorted<'a> {
+    found: &'a mut Vec<Found>,
+    extras: &'a mut Vec<ExtraFile>,
+    subdirs: &'a mut Vec<Arc<Pending>>,
+    skipped: &'a mut Vec<Skipped>,
+}
+
+/// Files `entry` of `dir` as an audio file, an extra file, a directory to walk, or a loop
+/// to skip.
+fn sort_entry(origin: &dyn Origin, dir: &Arc<Pending>, entry: Entry, to: &mut Sorted<'_>) {
     let rel = join_rel(&dir.rel, &entry.name);
     match entry.stat.kind {
         EntryKind::Dir => {
             let id = id_of(&entry.stat.token);
             if let Some(ancestor) = id.and_then(|id| dir.ancestor_with(id)) {
                 let back = shown(origin, &ancestor.rel);
-                skipped.push(Skipped {
+                to.skipped.push(Skipped {
                     path: shown(origin, &rel),
                     reason: format!("symlink loop (back to {})", back.display()),
                 });
                 return;
             }
-            subdirs.push(Arc::new(Pending {
+            to.subdirs.push(Arc::new(Pending {
                 rel,
                 id,
                 parent: Some(dir.clone()),
             }));
         }
         EntryKind::File => {
+            let state = entry.stat.scan_state();
             if let Some(format) = audio_format(Path::new(&entry.name)) {
-                let state = entry.stat.scan_state();
-                found.push(Found { rel, format, state });
+                to.found.push(Found { rel, format, state });
+            } else if musicfs_core::meta::is_extra(entry.name.as_bytes()) {
+                to.extras.push(ExtraFile {
+                    name: entry.name.as_bytes().to_vec(),
+                    size: state.size,
+                    mtime_ns: state.mtime_ns,
+                });
             }
         }
         EntryKind::Other => {}

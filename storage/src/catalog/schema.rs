@@ -36,6 +36,7 @@ const KEY_SCHEMA: &str = "schema_version";
 const KEY_NEXT_TRACK: &str = "next_track_id";
 const KEY_NEXT_ORIGIN: &str = "next_origin_id";
 const KEY_CHANGES: &str = "change_counter";
+const KEY_EXTRAS: &str = "extras_counter";
 
 /// Track id (u64 big-endian, so keys sort by id) to track.
 pub(crate) type TracksDb<'t> = Database<'t, U64<BE>, SerdeBincode<TrackValue>>;
@@ -48,6 +49,10 @@ pub(crate) type SkippedDb<'t> = Database<'t, Bytes, SerdeBincode<SkipValue>>;
 pub(crate) type OriginsDb<'t> = Database<'t, U32<BE>, Bytes>;
 /// Counters and the schema version, big-endian integers under string keys.
 pub(crate) type MetaDb<'t> = Database<'t, Str, Bytes>;
+/// Extra-file key (see [`extra_key`]) to a non-audio file found beside tracks.
+pub(crate) type ExtrasDb<'t> = Database<'t, Bytes, SerdeBincode<ExtraValue>>;
+/// Path key (see [`path_key`]) of a track to its embedded cover art.
+pub(crate) type ArtDb<'t> = Database<'t, Bytes, SerdeBincode<ArtRef>>;
 
 /// The catalog's named databases. `'t` is `'static` once the transaction that opened them
 /// has committed.
@@ -58,6 +63,8 @@ pub(crate) struct Dbs<'t> {
     pub(crate) skipped: SkippedDb<'t>,
     pub(crate) origins: OriginsDb<'t>,
     pub(crate) meta: MetaDb<'t>,
+    pub(crate) extras: ExtrasDb<'t>,
+    pub(crate) art: ArtDb<'t>,
 }
 
 impl<'t> Dbs<'t> {
@@ -74,6 +81,8 @@ impl<'t> Dbs<'t> {
             skipped: opener.create_database(txn, Some("skipped"))?,
             origins: opener.create_database(txn, Some("origins"))?,
             meta: opener.create_database(txn, Some("meta"))?,
+            extras: opener.create_database(txn, Some("extras"))?,
+            art: opener.create_database(txn, Some("art"))?,
         })
     }
 
@@ -95,6 +104,8 @@ impl OnCommit for Dbs<'_> {
             skipped: self.skipped.on_commit(token),
             origins: self.origins.on_commit(token),
             meta: self.meta.on_commit(token),
+            extras: self.extras.on_commit(token),
+            art: self.art.on_commit(token),
         }
     }
 }
@@ -139,6 +150,48 @@ pub(crate) struct SkipValue {
     pub(crate) rel_path: Vec<u8>,
     pub(crate) scan: ScanState,
     pub(crate) reason: String,
+}
+
+/// A non-audio file beside tracks, as stored under its [`extra_key`]: the key hashes the
+/// directory, so the value spells the path out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ExtraValue {
+    pub(crate) dir: Vec<u8>,
+    pub(crate) name: Vec<u8>,
+    pub(crate) size: u64,
+    pub(crate) mtime_ns: i64,
+}
+
+/// Embedded cover art of a track: the picture's content hash (xxh3-128 of its bytes, the
+/// name it is stored under in the state dir) and whether it is a PNG (else JPEG or
+/// another type shown as `.jpg`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ArtRef {
+    /// xxh3-128 of the picture's bytes.
+    pub hash: u128,
+    /// The picture is a PNG.
+    pub png: bool,
+}
+
+/// The key prefix of the extra files of directory `dir` (relative, no trailing slash) of
+/// `origin`: origin id (u32 big-endian) then the xxh3-128 of the directory's bytes, so a
+/// directory's files are one prefix whatever its path's length.
+pub(crate) fn extras_dir_prefix(origin: OriginId, dir: &[u8]) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..4].copy_from_slice(&origin_prefix(origin));
+    key[4..].copy_from_slice(&xxh3_128(dir).to_be_bytes());
+    key
+}
+
+/// The `extras` key of file `name` in directory `dir` of `origin`: the directory's prefix
+/// then the name (at most 255 bytes on Linux; a longer one is cut, the value has it all).
+pub(crate) fn extra_key(origin: OriginId, dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let prefix = extras_dir_prefix(origin, dir);
+    let name = &name[..name.len().min(MAX_PATH_KEY - prefix.len())];
+    let mut key = Vec::with_capacity(prefix.len() + name.len());
+    key.extend_from_slice(&prefix);
+    key.extend_from_slice(name);
+    key
 }
 
 /// The `paths` (and `skipped`) key prefix of every file of `origin`.
@@ -261,6 +314,17 @@ impl Meta<'_> {
     pub(crate) fn bump_change_counter(&self, txn: &mut RwTxn<'_>) -> Result<(), CatalogError> {
         let next = self.change_counter(txn)?.wrapping_add(1);
         write_meta(self.dir, self.db, txn, KEY_CHANGES, &next.to_be_bytes())
+    }
+
+    /// A counter bumped by every write that changed extra files or cover art.
+    pub(crate) fn extras_counter(&self, txn: &RoTxn<'_>) -> Result<u64, CatalogError> {
+        let raw = read_be::<8>(self.dir, self.db, txn, KEY_EXTRAS)?;
+        Ok(raw.map_or(0, u64::from_be_bytes))
+    }
+
+    pub(crate) fn bump_extras_counter(&self, txn: &mut RwTxn<'_>) -> Result<(), CatalogError> {
+        let next = self.extras_counter(txn)?.wrapping_add(1);
+        write_meta(self.dir, self.db, txn, KEY_EXTRAS, &next.to_be_bytes())
     }
 
     /// The stored schema version, if any.

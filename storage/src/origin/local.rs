@@ -261,6 +261,23 @@ pub struct LocalSource {
 }
 
 impl LocalSource {
+    /// Opens the regular file at `path` read-only (a file the daemon keeps itself, such as
+    /// stored cover art; origin files are opened with [`LocalOrigin::open_file`]).
+    pub fn open_path(path: &Path) -> io::Result<LocalSource> {
+        let file = File::open(path)?;
+        let md = file.metadata()?;
+        if !md.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        Ok(LocalSource {
+            file,
+            len: md.len(),
+        })
+    }
+
     /// The open file (read-only).
     pub fn file(&self) -> &File {
         &self.file

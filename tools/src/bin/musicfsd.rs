@@ -282,6 +282,11 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         origin_health: library.health.clone(),
         origins: Some(origin_table.clone()),
         finder: Some(finder.clone() as Arc<dyn musicfs_fusedev::virt::Finder>),
+        album_extras: Some(Arc::new(musicfs_tools::albums::LibraryAlbums::new(
+            library.catalog.clone(),
+            &library.state.art_dir(),
+            origin_table.clone(),
+        ))),
         ..MountOptions::default()
     };
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
