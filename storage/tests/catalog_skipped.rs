@@ -215,7 +215,7 @@ fn a_track_removed_and_skipped_in_one_batch_with_other_upserts_commits_together(
             upserts: vec![upsert(origin, b"new.mp3")],
             removals: vec![id],
             skipped: vec![broken.clone()],
-            unskipped: Vec::new(),
+            ..Batch::default()
         })
         .unwrap();
 

@@ -39,13 +39,16 @@ pub const RENDITIONS: [(&str, u32); 2] = [("cover-medium.jpg", 600), ("cover-thu
 /// Largest cover (bytes) read to make renditions from.
 const MAX_COVER_BYTES: u64 = 64 << 20;
 
+/// An origin file's version: (origin, path, size, mtime).
+type FileVersion = (u32, Vec<u8>, u64, i64);
+
 /// Album folders' extras of one library.
 pub struct LibraryAlbums {
     catalog: Arc<Catalog>,
     art: ArtStore,
     origins: Arc<ArcSwap<OriginTable>>,
-    /// Folder images already hashed: (origin, path, size, mtime) → content hash.
-    hashed: Mutex<HashMap<(u32, Vec<u8>, u64, i64), u128>>,
+    /// Folder images already hashed, by version, to their content hash.
+    hashed: Mutex<HashMap<FileVersion, u128>>,
 }
 
 impl std::fmt::Debug for LibraryAlbums {
@@ -106,10 +109,7 @@ impl LibraryAlbums {
         }
         let mut folder_art: Option<(usize, Extra)> = None;
         for (origin, folder) in &folders {
-            if !self
-                .album_of(snap, *origin, folder)?
-                .is_some_and(|d| d == dir)
-            {
+            if self.album_of(snap, *origin, folder)? != Some(dir) {
                 continue;
             }
             for f in self.catalog.extras_in(OriginId(*origin), folder)? {

@@ -1,0 +1,129 @@
+//! Extra files and cover art in the catalog: a directory's listing replaces what was
+//! recorded for it, `retain_extras` drops gone directories, a track's art goes with it, and
+//! only the extras counter (not the change counter) moves.
+
+use std::path::Path;
+
+use musicfs_core::meta::{Format, ScanState, TrackMeta};
+use musicfs_storage::{ArtRef, ArtSet, Batch, Catalog, DirExtras, ExtraFile, Upsert};
+
+fn file(name: &str, size: u64) -> ExtraFile {
+    ExtraFile {
+        name: name.as_bytes().to_vec(),
+        size,
+        mtime_ns: 7,
+    }
+}
+
+fn names(files: &[ExtraFile]) -> Vec<String> {
+    files
+        .iter()
+        .map(|f| String::from_utf8_lossy(&f.name).into_owned())
+        .collect()
+}
+
+#[test]
+fn extras_are_replaced_per_directory_and_dropped_with_their_directory() {
+    let t = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(t.path()).unwrap();
+    let o = catalog.origin_id(Path::new("/music")).unwrap();
+    let dirs = |d: &str, files: Vec<ExtraFile>| Batch {
+        extras: vec![DirExtras {
+            origin: o,
+            dir: d.as_bytes().to_vec(),
+            files,
+        }],
+        ..Batch::default()
+    };
+    let changes = catalog.change_counter().unwrap();
+    let e0 = catalog.extras_counter().unwrap();
+    catalog
+        .apply_batch(&dirs(
+            "a",
+            vec![file("cover.jpg", 1), file("booklet.pdf", 2)],
+        ))
+        .unwrap();
+    catalog
+        .apply_batch(&dirs("a/b", vec![file("x.cue", 3)]))
+        .unwrap();
+    catalog
+        .apply_batch(&dirs("", vec![file("top.txt", 4)]))
+        .unwrap();
+    assert_eq!(
+        names(&catalog.extras_in(o, b"a").unwrap()),
+        ["booklet.pdf", "cover.jpg"]
+    );
+    assert_eq!(names(&catalog.extras_in(o, b"a/b").unwrap()), ["x.cue"]);
+    assert_eq!(names(&catalog.extras_in(o, b"").unwrap()), ["top.txt"]);
+    let e1 = catalog.extras_counter().unwrap();
+    assert!(e1 > e0);
+
+    // The same listing again changes nothing; a new one replaces the directory's set.
+    catalog
+        .apply_batch(&dirs(
+            "a",
+            vec![file("booklet.pdf", 2), file("cover.jpg", 1)],
+        ))
+        .unwrap();
+    assert_eq!(catalog.extras_counter().unwrap(), e1);
+    catalog
+        .apply_batch(&dirs("a", vec![file("cover.jpg", 9)]))
+        .unwrap();
+    let a = catalog.extras_in(o, b"a").unwrap();
+    assert_eq!((names(&a), a[0].size), (vec!["cover.jpg".to_string()], 9));
+
+    // A directory gone: dropped with nothing else.
+    assert_eq!(catalog.retain_extras(o, |d| d != b"a/b").unwrap(), 1);
+    assert!(catalog.extras_in(o, b"a/b").unwrap().is_empty());
+    assert_eq!(catalog.extras_in(o, b"a").unwrap().len(), 1);
+    assert_eq!(
+        catalog.change_counter().unwrap(),
+        changes,
+        "the tree holds no extras"
+    );
+}
+
+#[test]
+fn a_tracks_art_is_set_cleared_and_dropped_with_the_track() {
+    let t = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(t.path()).unwrap();
+    let o = catalog.origin_id(Path::new("/music")).unwrap();
+    let art = ArtRef {
+        hash: 42,
+        png: false,
+    };
+    let track = |art: Option<ArtRef>| Batch {
+        upserts: vec![Upsert {
+            origin: o,
+            rel_path: b"a/1.flac".to_vec(),
+            format: Format::Flac,
+            scan: ScanState::default(),
+            meta: TrackMeta::default(),
+        }],
+        art: vec![ArtSet {
+            origin: o,
+            rel_path: b"a/1.flac".to_vec(),
+            art,
+        }],
+        ..Batch::default()
+    };
+    let ids = catalog.apply_batch(&track(Some(art))).unwrap();
+    assert_eq!(catalog.art_of(o, b"a/1.flac").unwrap(), Some(art));
+    assert_eq!(
+        catalog.tracks_in(o, b"a").unwrap(),
+        vec![(b"1.flac".to_vec(), ids[0])]
+    );
+    assert!(
+        catalog.tracks_in(o, b"").unwrap().is_empty(),
+        "only direct children"
+    );
+    catalog.apply_batch(&track(None)).unwrap();
+    assert_eq!(catalog.art_of(o, b"a/1.flac").unwrap(), None);
+    catalog.apply_batch(&track(Some(art))).unwrap();
+    catalog.apply(&[], &ids).unwrap();
+    assert_eq!(
+        catalog.art_of(o, b"a/1.flac").unwrap(),
+        None,
+        "dropped with its track"
+    );
+}
