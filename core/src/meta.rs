@@ -175,6 +175,15 @@ impl TrackRecord {
     }
 }
 
+/// The names an album folder's cover art takes in the tree: the cover as JPEG or PNG,
+/// and its two smaller renditions.
+pub const COVER_NAMES: [&str; 4] = [
+    "cover.jpg",
+    "cover.png",
+    "cover-medium.jpg",
+    "cover-thumb.jpg",
+];
+
 /// Extensions (lower case) of the non-audio files an album folder shows beside its tracks:
 /// pictures, cue sheets, rip logs and checksums, booklets, lyrics, notes and playlists.
 pub const EXTRA_EXTS: [&str; 18] = [

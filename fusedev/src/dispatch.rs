@@ -437,6 +437,13 @@ impl Dispatcher {
                 open_flags: abi::FOPEN_PASSTHROUGH,
                 backing_id: id,
             },
+            // An extra entry's inode keeps its name, not its content (a new cover under
+            // the same name): its pages are not kept across opens.
+            None if crate::album::is_extra(ino) => abi::OpenOut {
+                fh,
+                open_flags: 0,
+                backing_id: 0,
+            },
             None => abi::OpenOut {
                 fh,
                 open_flags: abi::FOPEN_KEEP_CACHE,

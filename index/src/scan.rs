@@ -35,8 +35,8 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use musicfs_core::{Format, OriginId, ScanState, TrackId, TrackMeta};
 use musicfs_storage::origin::{Origin, RootIdentity};
 use musicfs_storage::{
-    ArtSet, ArtStore, Batch, Catalog, CatalogError, DirExtras, ExtraFile, OriginDevice, SkipRecord,
-    Upsert,
+    ArtSet, ArtStore, Batch, Catalog, CatalogError, DirExtras, ExtraFile, ExtrasChanged,
+    OriginDevice, SkipRecord, Upsert,
 };
 
 use crate::health::{
@@ -176,6 +176,9 @@ pub struct ScanReport {
     /// The tracks this scan added, changed or removed, with what the catalog held of each
     /// before (what a small republish needs: see `musicfs_core::snapshot::delta`).
     pub touched: Touched,
+    /// Origin folders whose extra files changed (a mount tells the kernel to forget their
+    /// albums' listings).
+    pub extras_changed: Vec<ExtrasChanged>,
     /// Wall time of the whole scan.
     pub elapsed: Duration,
 }
@@ -560,7 +563,8 @@ fn scan_origin(
                 vanished: &walk.vanished,
                 scoped: scope.is_some(),
             };
-            settle_extras(catalog, origin_id, listed)?;
+            let changed = settle_extras(catalog, origin_id, listed)?;
+            report.extras_changed.extend(changed);
         }
         Err(reason) => offline(report, reason),
     }
@@ -648,7 +652,7 @@ fn settle_extras(
     catalog: &Catalog,
     origin: OriginId,
     walk: WalkExtras<'_>,
-) -> Result<(), CatalogError> {
+) -> Result<Vec<ExtrasChanged>, CatalogError> {
     let listed: HashSet<Vec<u8>> = if walk.scoped {
         HashSet::new()
     } else {
@@ -658,26 +662,24 @@ fn settle_extras(
         .extras
         .into_iter()
         .map(|(dir, files)| DirExtras { origin, dir, files });
+    let mut changed = Vec::new();
     loop {
-        let batch = Batch {
-            extras: dirs.by_ref().take(BATCH).collect(),
-            ..Batch::default()
-        };
-        if batch.extras.is_empty() {
+        let chunk: Vec<DirExtras> = dirs.by_ref().take(BATCH).collect();
+        if chunk.is_empty() {
             break;
         }
-        catalog.apply_batch(&batch)?;
+        changed.extend(catalog.set_extras(&chunk)?);
     }
     let kept = |dir: &[u8]| walk.unreadable.iter().any(|u| u == dir || is_under(dir, u));
     if walk.scoped {
         let gone = |dir: &[u8]| walk.vanished.iter().any(|v| v == dir || is_under(dir, v));
         if !walk.vanished.is_empty() {
-            catalog.retain_extras(origin, |dir| !gone(dir) || kept(dir))?;
+            changed.extend(catalog.retain_extras(origin, |dir| !gone(dir) || kept(dir))?);
         }
     } else {
-        catalog.retain_extras(origin, |dir| listed.contains(dir) || kept(dir))?;
+        changed.extend(catalog.retain_extras(origin, |dir| listed.contains(dir) || kept(dir))?);
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Removes the tracks and forgets the broken files that were not found, in batches.

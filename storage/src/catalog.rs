@@ -33,7 +33,7 @@ use heed::{CommitOrAbort, RoTxn, RwTxn};
 use musicfs_core::meta::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackRecord};
 
 pub use self::error::CatalogError;
-pub use self::extras::{ArtSet, DirExtras, ExtraFile};
+pub use self::extras::{ArtSet, DirExtras, ExtraFile, ExtrasChanged};
 pub use self::origin_facts::{Forgotten, OriginDevice};
 use self::schema::{path_key, rel_path_in_key, Dbs, PathEntry, TrackValue};
 pub use self::schema::{ArtRef, SCHEMA_VERSION};
@@ -71,8 +71,6 @@ pub struct Batch {
     /// Files to forget as skipped (they vanished, or must be retried next scan); unknown
     /// paths are ignored.
     pub unskipped: Vec<(OriginId, Vec<u8>)>,
-    /// Directories whose extra files a listing found (each replaces what was recorded).
-    pub extras: Vec<DirExtras>,
     /// Cover art found (or found gone) by reading tracks; applied after the upserts.
     pub art: Vec<ArtSet>,
 }
@@ -255,7 +253,7 @@ impl Catalog {
         upserts: &[Upsert],
         removals: &[TrackId],
     ) -> Result<Vec<TrackId>, CatalogError> {
-        self.apply_parts(upserts, removals, &[], &[], (&[], &[]))
+        self.apply_parts(upserts, removals, &[], &[], &[])
     }
 
     /// [`apply`](Catalog::apply) plus the `skipped` changes of [`Batch`], all in one
@@ -270,7 +268,7 @@ impl Catalog {
             &batch.removals,
             &batch.skipped,
             &batch.unskipped,
-            (&batch.extras, &batch.art),
+            &batch.art,
         )
     }
 
@@ -333,12 +331,12 @@ impl Catalog {
         removals: &[TrackId],
         skipped: &[SkipRecord],
         unskipped: &[(OriginId, Vec<u8>)],
-        (extras, art): (&[DirExtras], &[ArtSet]),
+        art: &[ArtSet],
     ) -> Result<Vec<TrackId>, CatalogError> {
         let ids = self.store.write("apply", |txn| {
             let ids = self.apply_in(txn, upserts, removals, skipped, unskipped)?;
-            if !extras.is_empty() || !art.is_empty() {
-                self.extras_in_txn(txn, extras, art)?;
+            if !art.is_empty() {
+                self.art_in_txn(txn, art)?;
             }
             Ok(ids)
         })?;

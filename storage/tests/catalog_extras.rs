@@ -22,32 +22,38 @@ fn names(files: &[ExtraFile]) -> Vec<String> {
         .collect()
 }
 
+fn names_of(names: &[Vec<u8>]) -> Vec<String> {
+    names
+        .iter()
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect()
+}
+
 #[test]
 fn extras_are_replaced_per_directory_and_dropped_with_their_directory() {
     let t = tempfile::tempdir().unwrap();
     let catalog = Catalog::open(t.path()).unwrap();
     let o = catalog.origin_id(Path::new("/music")).unwrap();
-    let dirs = |d: &str, files: Vec<ExtraFile>| Batch {
-        extras: vec![DirExtras {
+    let dirs = |d: &str, files: Vec<ExtraFile>| {
+        vec![DirExtras {
             origin: o,
             dir: d.as_bytes().to_vec(),
             files,
-        }],
-        ..Batch::default()
+        }]
     };
     let changes = catalog.change_counter().unwrap();
     let e0 = catalog.extras_counter().unwrap();
     catalog
-        .apply_batch(&dirs(
+        .set_extras(&dirs(
             "a",
             vec![file("cover.jpg", 1), file("booklet.pdf", 2)],
         ))
         .unwrap();
     catalog
-        .apply_batch(&dirs("a/b", vec![file("x.cue", 3)]))
+        .set_extras(&dirs("a/b", vec![file("x.cue", 3)]))
         .unwrap();
     catalog
-        .apply_batch(&dirs("", vec![file("top.txt", 4)]))
+        .set_extras(&dirs("", vec![file("top.txt", 4)]))
         .unwrap();
     assert_eq!(
         names(&catalog.extras_in(o, b"a").unwrap()),
@@ -60,20 +66,24 @@ fn extras_are_replaced_per_directory_and_dropped_with_their_directory() {
 
     // The same listing again changes nothing; a new one replaces the directory's set.
     catalog
-        .apply_batch(&dirs(
+        .set_extras(&dirs(
             "a",
             vec![file("booklet.pdf", 2), file("cover.jpg", 1)],
         ))
         .unwrap();
     assert_eq!(catalog.extras_counter().unwrap(), e1);
     catalog
-        .apply_batch(&dirs("a", vec![file("cover.jpg", 9)]))
+        .set_extras(&dirs("a", vec![file("cover.jpg", 9)]))
         .unwrap();
     let a = catalog.extras_in(o, b"a").unwrap();
     assert_eq!((names(&a), a[0].size), (vec!["cover.jpg".to_string()], 9));
 
     // A directory gone: dropped with nothing else.
-    assert_eq!(catalog.retain_extras(o, |d| d != b"a/b").unwrap(), 1);
+    let dropped = catalog.retain_extras(o, |d| d != b"a/b").unwrap();
+    assert_eq!(
+        (dropped.len(), dropped[0].dir.as_slice()),
+        (1, b"a/b".as_slice())
+    );
     assert!(catalog.extras_in(o, b"a/b").unwrap().is_empty());
     assert_eq!(catalog.extras_in(o, b"a").unwrap().len(), 1);
     assert_eq!(

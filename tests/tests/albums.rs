@@ -8,6 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use musicfs_tests::harness::{
     self, flac_with_comments, run_ok, walk_files, MountOptions, MountedFs,

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use musicfs_core::meta::{OriginId, TrackId};
+use musicfs_core::meta::{OriginId, TrackId, COVER_NAMES};
 use musicfs_core::snapshot::Snapshot;
 use musicfs_core::tree::FILE_INO_BASE;
 use musicfs_fusedev::album::{AlbumExtras, Extra, ExtraSource};
@@ -35,7 +35,7 @@ use xxhash_rust::xxh3::xxh3_128;
 /// The folder images that win over embedded art, best first (compared without case).
 const FOLDER_ART: [&str; 3] = ["cover", "folder", "front"];
 /// The renditions: name and the square they fit in, in pixels.
-pub const RENDITIONS: [(&str, u32); 2] = [("cover-medium.jpg", 600), ("cover-thumb.jpg", 200)];
+pub const RENDITIONS: [(&str, u32); 2] = [(COVER_NAMES[2], 600), (COVER_NAMES[3], 200)];
 /// Largest cover (bytes) read to make renditions from.
 const MAX_COVER_BYTES: u64 = 64 << 20;
 

@@ -467,6 +467,49 @@ impl Refresher {
         }
     }
 
+    /// Tells the kernel to forget what it cached of the album folders showing the extra
+    /// files of the origin folders in `changed` (their listings, and each name they had or
+    /// have, the cover's included: a name looked up before it existed is cached as absent).
+    fn forget_album_extras(&self, changed: &[musicfs_storage::ExtrasChanged]) {
+        let Some(sink) = &self.sink else {
+            return;
+        };
+        if changed.is_empty() {
+            return;
+        }
+        let snap = self.shared.load();
+        let mut all = std::collections::HashSet::new();
+        for c in changed {
+            let tracks = match self.library.catalog.tracks_in(c.origin, &c.dir) {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!("cannot tell which albums show changed extra files: {e}");
+                    continue;
+                }
+            };
+            let dirs: std::collections::HashSet<u64> = tracks
+                .iter()
+                .filter_map(|(_, id)| snap.node(id.0 + musicfs_core::tree::FILE_INO_BASE))
+                .map(|n| n.parent_ino())
+                .collect();
+            let names = c.names.iter().map(Vec::as_slice);
+            let covers = musicfs_core::meta::COVER_NAMES.iter().map(|n| n.as_bytes());
+            for name in names.chain(covers) {
+                for &dir in &dirs {
+                    // ENOENT (nothing cached under that name) is the common answer.
+                    let _ = sink.inval_entry(dir, name);
+                }
+            }
+            all.extend(dirs);
+        }
+        for dir in &all {
+            if let Err(e) = sink.inval_inode(*dir) {
+                tracing::debug!(dir, "cannot invalidate an album folder: {e}");
+            }
+        }
+        tracing::debug!(albums = all.len(), "album folders' extra files changed");
+    }
+
     /// Polls the origins whose watches could not all be added (e.g. the inotify watch
     /// limit): `done` lists those already switched.
     fn poll_unwatched(&self, done: &mut Vec<usize>, timers: &mut Timers) {
@@ -523,12 +566,14 @@ impl Refresher {
             }) => {
                 info!(why, "{}", scan_summary(&report));
                 self.swap_in(&current, next);
+                self.forget_album_extras(&report.extras_changed);
                 self.sync_search(since.map(|s| (s, &report.touched)));
                 Some(offline)
             }
             Ok(Refreshed {
                 report, offline, ..
             }) => {
+                self.forget_album_extras(&report.extras_changed);
                 tracing::debug!(why, seen = report.seen, "refresh found nothing new");
                 Some(offline)
             }

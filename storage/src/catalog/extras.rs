@@ -4,7 +4,7 @@
 //!
 //! Extra files are recorded per origin directory, as the last listing of that directory
 //! found them: a scan hands over the whole set of every directory it listed
-//! ([`DirExtras`]), which replaces what was recorded. Art is recorded per track path
+//! ([`DirExtras`], [`Catalog::set_extras`]), which replaces what was recorded. Art is recorded per track path
 //! ([`ArtSet`]). Neither moves the [change counter](Catalog::change_counter) (the tree
 //! does not hold them); both move the [extras counter](Catalog::extras_counter).
 
@@ -34,6 +34,18 @@ pub struct DirExtras {
     pub dir: Vec<u8>,
     /// Its extra files; empty clears what was recorded.
     pub files: Vec<ExtraFile>,
+}
+
+/// A directory whose extra files changed, with the names it had or has (what a kernel
+/// may have cached about it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtrasChanged {
+    /// The origin holding the directory.
+    pub origin: OriginId,
+    /// The directory relative to the origin root.
+    pub dir: Vec<u8>,
+    /// Names of the files it had or has.
+    pub names: Vec<Vec<u8>>,
 }
 
 /// A track's embedded cover art, set (or cleared) with its scan.
@@ -115,20 +127,29 @@ impl Catalog {
 
     /// Drops the extra files recorded for every directory of `origin` for which `keep`
     /// returns false (a full scan keeps the directories it listed and those it could not;
-    /// a scoped one drops those under directories that vanished).
+    /// a scoped one drops those under directories that vanished). Returns what changed.
     pub fn retain_extras(
         &self,
         origin: OriginId,
         keep: impl Fn(&[u8]) -> bool,
-    ) -> Result<u64, CatalogError> {
+    ) -> Result<Vec<ExtrasChanged>, CatalogError> {
         let lmdb = |e| self.store.lmdb("extras", e);
         self.store.write("extras", |txn| {
             let mut drop = Vec::new();
+            let mut changed: Vec<ExtrasChanged> = Vec::new();
             let prefix = schema::origin_prefix(origin);
             for item in self.dbs.extras.prefix_iter(txn, &prefix).map_err(lmdb)? {
                 let (key, v) = item.map_err(lmdb)?;
                 if !keep(&v.dir) {
                     drop.push(key.to_vec());
+                    match changed.iter_mut().find(|c| c.dir == v.dir) {
+                        Some(c) => c.names.push(v.name),
+                        None => changed.push(ExtrasChanged {
+                            origin,
+                            dir: v.dir,
+                            names: vec![v.name],
+                        }),
+                    }
                 }
             }
             for key in &drop {
@@ -137,53 +158,72 @@ impl Catalog {
             if !drop.is_empty() {
                 self.dbs.meta(self.store.dir()).bump_extras_counter(txn)?;
             }
-            Ok(drop.len() as u64)
+            Ok(changed)
         })
     }
 
-    /// Replaces the extra files of each directory in `dirs` and sets or clears the art of
-    /// each track in `art`, in `txn`; returns whether anything changed.
-    pub(super) fn extras_in_txn(
+    /// Replaces the extra files of each directory in `dirs` (one transaction); returns the
+    /// directories whose files changed.
+    pub fn set_extras(&self, dirs: &[DirExtras]) -> Result<Vec<ExtrasChanged>, CatalogError> {
+        let lmdb = |e| self.store.lmdb("extras", e);
+        self.store.write("extras", |txn| {
+            let mut changed = Vec::new();
+            for d in dirs {
+                let prefix = extras_dir_prefix(d.origin, &d.dir);
+                let mut old: Vec<(Vec<u8>, ExtraValue)> = Vec::new();
+                for item in self.dbs.extras.prefix_iter(txn, &prefix).map_err(lmdb)? {
+                    let (key, v) = item.map_err(lmdb)?;
+                    if v.dir == d.dir {
+                        old.push((key.to_vec(), v));
+                    }
+                }
+                let same = old.len() == d.files.len()
+                    && old.iter().all(|(_, v)| {
+                        d.files.iter().any(|f| {
+                            f.name == v.name && f.size == v.size && f.mtime_ns == v.mtime_ns
+                        })
+                    });
+                if same {
+                    continue;
+                }
+                let mut names: Vec<Vec<u8>> = d.files.iter().map(|f| f.name.clone()).collect();
+                for (key, v) in old {
+                    self.dbs.extras.delete(txn, &key).map_err(lmdb)?;
+                    if !names.contains(&v.name) {
+                        names.push(v.name);
+                    }
+                }
+                for f in &d.files {
+                    let value = ExtraValue {
+                        dir: d.dir.clone(),
+                        name: f.name.clone(),
+                        size: f.size,
+                        mtime_ns: f.mtime_ns,
+                    };
+                    let key = extra_key(d.origin, &d.dir, &f.name);
+                    self.dbs.extras.put(txn, &key, &value).map_err(lmdb)?;
+                }
+                changed.push(ExtrasChanged {
+                    origin: d.origin,
+                    dir: d.dir.clone(),
+                    names,
+                });
+            }
+            if !changed.is_empty() {
+                self.dbs.meta(self.store.dir()).bump_extras_counter(txn)?;
+            }
+            Ok(changed)
+        })
+    }
+
+    /// Sets or clears the art of each track in `art`, in `txn`.
+    pub(super) fn art_in_txn(
         &self,
         txn: &mut RwTxn<'_>,
-        dirs: &[DirExtras],
         art: &[ArtSet],
-    ) -> Result<bool, CatalogError> {
+    ) -> Result<(), CatalogError> {
         let lmdb = |e| self.store.lmdb("apply", e);
         let mut changed = false;
-        for d in dirs {
-            let prefix = extras_dir_prefix(d.origin, &d.dir);
-            let mut old: Vec<(Vec<u8>, ExtraValue)> = Vec::new();
-            for item in self.dbs.extras.prefix_iter(txn, &prefix).map_err(lmdb)? {
-                let (key, v) = item.map_err(lmdb)?;
-                if v.dir == d.dir {
-                    old.push((key.to_vec(), v));
-                }
-            }
-            let same = old.len() == d.files.len()
-                && old.iter().all(|(_, v)| {
-                    d.files
-                        .iter()
-                        .any(|f| f.name == v.name && f.size == v.size && f.mtime_ns == v.mtime_ns)
-                });
-            if same {
-                continue;
-            }
-            changed = true;
-            for (key, _) in &old {
-                self.dbs.extras.delete(txn, key).map_err(lmdb)?;
-            }
-            for f in &d.files {
-                let value = ExtraValue {
-                    dir: d.dir.clone(),
-                    name: f.name.clone(),
-                    size: f.size,
-                    mtime_ns: f.mtime_ns,
-                };
-                let key = extra_key(d.origin, &d.dir, &f.name);
-                self.dbs.extras.put(txn, &key, &value).map_err(lmdb)?;
-            }
-        }
         for a in art {
             let key = path_key(a.origin, &a.rel_path);
             let old = self.dbs.art.get(txn, &key).map_err(lmdb)?;
@@ -201,7 +241,7 @@ impl Catalog {
         if changed {
             self.dbs.meta(self.store.dir()).bump_extras_counter(txn)?;
         }
-        Ok(changed)
+        Ok(())
     }
 
     /// Drops the art recorded for a removed track's path.
