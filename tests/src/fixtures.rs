@@ -3,7 +3,8 @@
 //!
 //! Layout under `Fixture::root` (paths relative to it):
 //! - `flac/Artist One/Album A/03 - Flac Song.flac`: `3/12`, disc `1/2`, composer, lyrics and
-//!   an embedded PNG cover; `cover.jpg` and `notes.txt` beside it must be ignored.
+//!   an embedded PNG cover; `cover.jpg` and `notes.txt` beside it are not tracks (the mount
+//!   shows them in the album's folder).
 //! - `mp3/`: ID3v2.3 (whose ID3v1 block is patched to disagree on the title and to add a
 //!   genre the ID3v2 tag lacks), ID3v2.4 with CJK tags and file name, ID3v1 only.
 //! - `m4a/`, `ogg/` (NFC "Beyoncé", vinyl track `A1`), `opus/` (NFD "Beyoncé"), `wav/`

@@ -872,6 +872,22 @@ pub fn sort_bytewise(paths: &mut [PathBuf]) {
 
 /// Every entry (files and directories) under `root`, relative, without following links,
 /// sorted bytewise. `root` itself is not listed.
+/// Whether `path` names an album folder's extra entry (cover art, or a file that sat beside
+/// the tracks in the origin), which `musicfs tree` (the snapshot: tracks only) does not
+/// list.
+pub fn is_album_extra(path: &Path) -> bool {
+    let name = path.file_name().unwrap_or_default().as_encoded_bytes();
+    musicfs_core::meta::is_extra(name)
+        || musicfs_core::meta::COVER_NAMES
+            .iter()
+            .any(|c| c.as_bytes() == name)
+}
+
+/// `paths` without album folders' extra entries ([`is_album_extra`]).
+pub fn without_album_extras(paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    paths.into_iter().filter(|p| !is_album_extra(p)).collect()
+}
+
 pub fn walk_tree(root: &Path) -> Result<Vec<PathBuf>> {
     let mut paths = Vec::new();
     for entry in walkdir::WalkDir::new(root).min_depth(1).follow_links(false) {

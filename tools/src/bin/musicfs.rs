@@ -68,6 +68,10 @@ enum Command {
         /// offline and they are kept).
         #[arg(long)]
         allow_mass_removal: bool,
+        /// Read every file again, changed or not (repairs the catalog after a tag-reader
+        /// change; picks up cover art in a library scanned before art was recorded).
+        #[arg(long)]
+        verify: bool,
     },
     /// Manage the origins the catalog knows.
     Origin {
@@ -138,7 +142,8 @@ fn main() -> ExitCode {
             origins,
             template,
             allow_mass_removal,
-        } => scan(cfg, origins, template, allow_mass_removal),
+            verify,
+        } => scan(cfg, origins, template, (allow_mass_removal, verify)),
         Command::Origin { action } => match action {
             OriginAction::List => origin_list(&cfg),
             OriginAction::Forget { origin } => origin_forget(&cfg, &origin),
@@ -180,7 +185,7 @@ fn scan(
     mut cfg: Config,
     origins: Vec<PathBuf>,
     template: Option<String>,
-    allow_mass_removal: bool,
+    (allow_mass_removal, verify): (bool, bool),
 ) -> Result<()> {
     if let Some(t) = template {
         cfg.template = t;
@@ -219,6 +224,7 @@ fn scan(
     };
     let opts = ScanOptions {
         allow_mass_removal,
+        verify,
         ..library.scan_options()
     };
     // The published tree as it was before the scan: a small change publishes as a delta
