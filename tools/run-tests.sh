@@ -46,7 +46,7 @@ if [ ${#features[@]} -gt 0 ]; then
     echo "== mount suites with: musicfsd $mode" >&2
     MUSICFS_E2E_DAEMON_ARGS="$mode" cargo test -p musicfs-tests --features e2e \
       --test mount --test mount_player --test live --test mount_lifecycle --test live_crash \
-      --test origins_lost --test modes \
+      --test origins_lost --test modes --test albums \
       -- --test-threads 2
   done
 fi

@@ -65,16 +65,23 @@ fn extras_are_replaced_per_directory_and_dropped_with_their_directory() {
     assert!(e1 > e0);
 
     // The same listing again changes nothing; a new one replaces the directory's set.
-    catalog
+    let same = catalog
         .set_extras(&dirs(
             "a",
             vec![file("booklet.pdf", 2), file("cover.jpg", 1)],
         ))
         .unwrap();
+    assert!(same.is_empty());
     assert_eq!(catalog.extras_counter().unwrap(), e1);
-    catalog
+    let changed = catalog
         .set_extras(&dirs("a", vec![file("cover.jpg", 9)]))
         .unwrap();
+    assert_eq!(changed.len(), 1);
+    assert_eq!(
+        names_of(&changed[0].names),
+        ["cover.jpg", "booklet.pdf"],
+        "old and new names"
+    );
     let a = catalog.extras_in(o, b"a").unwrap();
     assert_eq!((names(&a), a[0].size), (vec!["cover.jpg".to_string()], 9));
 

@@ -289,4 +289,25 @@ fn album_folders_show_cover_art_and_the_files_beside_their_tracks() {
         before,
         "the origin was not written"
     );
+
+    // Live: a file added beside the tracks shows, one removed goes, without a remount
+    // (the album's listing was cached by the kernel above).
+    fs::write(one.join("back.jpg"), b"back cover").unwrap();
+    fs::remove_file(one.join("rip.log")).unwrap();
+    let shows = || {
+        let n = names(&a1);
+        n.contains(&"back.jpg".to_string()) && !n.contains(&"rip.log".to_string())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !shows() {
+        assert!(Instant::now() < deadline, "{:?}\n{}", names(&a1), fs.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fs::read(a1.join("back.jpg")).unwrap(), b"back cover");
+    assert!(fs::metadata(a1.join("rip.log")).is_err());
+    assert!(
+        fs.log().contains("album folders' extra files changed"),
+        "the kernel was told to forget the album's listing:\n{}",
+        fs.log()
+    );
 }
