@@ -220,6 +220,9 @@ pub struct Config {
     pub collections: BTreeMap<String, CollectionConfig>,
     /// Most results a `/.search/QUERY/` directory (and `musicfs search`) shows.
     pub search_limit: usize,
+    /// Seconds a track must stay open to count as played (`Recently Played`, `Most
+    /// Played`); 0 counts every open.
+    pub play_after_secs: u64,
 }
 
 /// One `[collections.NAME]` table: a saved search.
@@ -292,6 +295,9 @@ pub fn parse_byte_size(s: &str) -> Result<u64, String> {
 /// Default of [`Config::search_limit`].
 pub const DEFAULT_SEARCH_LIMIT: usize = 200;
 
+/// Default of [`Config::play_after_secs`].
+pub const DEFAULT_PLAY_AFTER_SECS: u64 = 10;
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -317,6 +323,7 @@ impl Default for Config {
             cache_budget: ByteSize(DEFAULT_CACHE_BUDGET),
             collections: BTreeMap::new(),
             search_limit: DEFAULT_SEARCH_LIMIT,
+            play_after_secs: DEFAULT_PLAY_AFTER_SECS,
         }
     }
 }

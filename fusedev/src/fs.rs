@@ -21,6 +21,7 @@ use musicfs_storage::origin::{OriginTable, Seen};
 
 use crate::album::{self, AlbumExtras, Albums, ExtraSource};
 use crate::handles::HandleTable;
+use crate::plays::{PlayLog, Plays};
 use crate::sources::{HandlePool, InodeSources, OpenFile, Source};
 use crate::status::{ServeStatus, STATUS_FIELDS};
 use crate::virt::{self, Finder, Found, Missing, Virtual};
@@ -187,6 +188,8 @@ pub struct FsModel {
     virt: Option<Virtual>,
     /// Album folders' extra entries (cover art, sidecars), when a provider is configured.
     albums: Option<Albums>,
+    /// Plays counted for the access log, when one is configured.
+    plays: Option<Plays>,
 }
 
 /// Directory offsets: 1 and 2 follow `.` and `..`; child `i` is followed by `i + 3`.
@@ -224,7 +227,15 @@ impl FsModel {
             status: ServeStatus::default(),
             virt: None,
             albums: None,
+            plays: None,
         }
+    }
+
+    /// Reports to `log` each track handle closed after staying open `after` or longer
+    /// (see [`crate::plays`]).
+    pub fn with_play_log(mut self, log: Arc<dyn PlayLog>, after: Duration) -> FsModel {
+        self.plays = Some(Plays::new(log, after));
+        self
     }
 
     /// Shows the extra entries `provider` tells in the tree's directories (see
@@ -620,7 +631,14 @@ impl FsModel {
             return Err(FsError::ReadOnly("open for writing"));
         }
         let source = self.open_source(ino)?;
-        Ok(self.files.insert(self.pool.wrap(source)))
+        let fh = self.files.insert(self.pool.wrap(source));
+        if let Some(plays) = &self.plays {
+            let snap = self.snapshot.load();
+            if let Some(file) = snap.node(ino).and_then(|n| n.file()) {
+                plays.opened(fh, file.track_id);
+            }
+        }
+        Ok(fh)
     }
 
     /// Opens the source of file `ino` through its origin (EIO at once when the origin is
@@ -778,6 +796,9 @@ impl FsModel {
     pub fn release(&self, fh: u64) -> Result<(), FsError> {
         let handle = self.files.remove(fh).ok_or(FsError::BadHandle(fh))?;
         self.pool.recycle(handle);
+        if let Some(plays) = &self.plays {
+            plays.released(fh);
+        }
         Ok(())
     }
 

@@ -27,6 +27,7 @@ pub mod handles;
 pub mod negotiate;
 pub mod notify;
 pub mod passthrough;
+pub mod plays;
 pub mod ring;
 pub mod session;
 pub mod sources;

@@ -85,6 +85,8 @@ pub struct MountOptions {
     /// What tells album folders' extra entries (cover art, sidecars); `None` shows only
     /// tracks.
     pub album_extras: Option<Arc<dyn crate::album::AlbumExtras>>,
+    /// Where plays are reported, and how long a track must stay open to count as played.
+    pub play_log: Option<(Arc<dyn crate::plays::PlayLog>, Duration)>,
     /// Kernel readahead for the mount's bdi, in KiB (root only; best effort).
     pub readahead_kb: Option<u32>,
     /// FUSE passthrough for reads of local sources.
@@ -127,6 +129,7 @@ impl Default for MountOptions {
             origins: None,
             finder: None,
             album_extras: None,
+            play_log: None,
             readahead_kb: Some(1024),
             passthrough: PassthroughSetting::Auto,
             transport: TransportSetting::Auto,
@@ -254,8 +257,12 @@ pub fn mount_with_tags(
         Some(finder) => model.with_finder(finder.clone()),
         None => model,
     };
-    let model = Arc::new(match &opts.album_extras {
+    let model = match &opts.album_extras {
         Some(extras) => model.with_album_extras(extras.clone()),
+        None => model,
+    };
+    let model = Arc::new(match &opts.play_log {
+        Some((log, after)) => model.with_play_log(log.clone(), *after),
         None => model,
     });
     let wants = feature_wants(opts)?;

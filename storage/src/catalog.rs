@@ -20,6 +20,7 @@
 mod error;
 mod extras;
 mod origin_facts;
+mod plays;
 mod schema;
 mod skipped;
 mod store;
@@ -35,6 +36,7 @@ use musicfs_core::meta::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackR
 pub use self::error::CatalogError;
 pub use self::extras::{ArtSet, DirExtras, ExtraFile, ExtrasChanged};
 pub use self::origin_facts::{Forgotten, OriginDevice};
+pub use self::plays::Plays;
 use self::schema::{path_key, rel_path_in_key, Dbs, PathEntry, TrackValue};
 pub use self::schema::{ArtRef, SCHEMA_VERSION};
 pub use self::skipped::SkipRecord;
@@ -471,6 +473,7 @@ impl Catalog {
             self.dbs.paths.delete(txn, &key).map_err(lmdb)?;
             self.drop_art_in(txn, old.origin, &old.rel_path)?;
         }
+        self.drop_plays_in(txn, id)?;
         self.dbs.tracks.delete(txn, &id.0).map_err(lmdb)?;
         Ok(true)
     }

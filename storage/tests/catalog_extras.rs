@@ -144,3 +144,34 @@ fn a_tracks_art_is_set_cleared_and_dropped_with_the_track() {
         "dropped with its track"
     );
 }
+
+#[test]
+fn plays_count_up_skip_unknown_tracks_and_go_with_their_track() {
+    let t = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(t.path()).unwrap();
+    let o = catalog.origin_id(Path::new("/music")).unwrap();
+    let up = Upsert {
+        origin: o,
+        rel_path: b"1.flac".to_vec(),
+        format: Format::Flac,
+        scan: ScanState::default(),
+        meta: TrackMeta::default(),
+    };
+    let id = catalog.apply(&[up], &[]).unwrap()[0];
+    let before = catalog.plays_counter().unwrap();
+    catalog
+        .record_plays(&[(id, 10), (id, 5), (musicfs_core::TrackId(999), 7)])
+        .unwrap();
+    let plays = catalog.plays().unwrap();
+    assert_eq!(plays.len(), 1, "the unknown id is ignored");
+    assert_eq!(
+        (plays[0].0, plays[0].1.count, plays[0].1.last_ns),
+        (id, 2, 10)
+    );
+    assert!(catalog.plays_counter().unwrap() > before);
+    catalog.apply(&[], &[id]).unwrap();
+    assert!(
+        catalog.plays().unwrap().is_empty(),
+        "dropped with its track"
+    );
+}

@@ -100,6 +100,11 @@ struct Rig {
 }
 
 fn rig() -> Rig {
+    rig_with("")
+}
+
+/// [`rig`] with `top` (top-level keys) at the head of its config.
+fn rig_with(top: &str) -> Rig {
     let origin_dir = tempfile::tempdir().unwrap();
     let origin = origin_dir.path().canonicalize().unwrap();
     for (i, s) in SONGS.iter().enumerate() {
@@ -109,7 +114,8 @@ fn rig() -> Rig {
     let config = state.path().join("musicfs.toml");
     fs::write(
         &config,
-        "[collections.jazz60s]\n\
+        top.to_string()
+            + "[collections.jazz60s]\n\
          query = \"genre:jazz year:[1960 TO 1969]\"\n\
          sort = \"title\"\n\
          [collections.oldest]\n\
@@ -290,7 +296,16 @@ fn collections_list_their_tracks_and_follow_tag_changes() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, set(&["Recently Added", "jazz60s", "oldest"]));
+    assert_eq!(
+        names,
+        set(&[
+            "Most Played",
+            "Recently Added",
+            "Recently Played",
+            "jazz60s",
+            "oldest"
+        ])
+    );
     let jazz = r.listing(".collections/jazz60s");
     assert_eq!(
         jazz.iter()
@@ -333,4 +348,70 @@ fn collections_list_their_tracks_and_follow_tag_changes() {
     assert_eq!(jazz, ["b.flac", "g.flac", "f.flac"], "{}", r.fs.log());
     assert_eq!(r.search_set("genre:rock"), set(&["d.flac"]));
     assert!(r.search_set("genre:jazz").contains("f.flac"));
+}
+
+/// The titles a collection lists, in its order (from the names alone: reading through the
+/// links would be plays too).
+fn titles(r: &Rig, collection: &str) -> Vec<String> {
+    let mut names: Vec<String> =
+        fs::read_dir(r.fs.mountpoint().join(".collections").join(collection))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|n| {
+            let stem = n.rsplit_once('.').map_or(n.as_str(), |(s, _)| s);
+            stem.rsplit(" - ").next().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn plays_fill_recently_played_and_most_played() {
+    // Every open counts as a play here; the default asks for 10 s held open.
+    let r = rig_with("play_after_secs = 0\n");
+    assert!(titles(&r, "Recently Played").is_empty());
+    let track = |title: &str| {
+        let files = harness::walk_files(r.fs.mountpoint()).unwrap();
+        let rel = files
+            .iter()
+            .find(|p| p.to_string_lossy().contains(title))
+            .unwrap_or_else(|| panic!("no {title} in {files:?}"));
+        r.fs.mountpoint().join(rel)
+    };
+    let (so_what, supreme, joga) = (track("So What"), track("A Love Supreme"), track("Jóga"));
+    let play = |p: &Path| {
+        fs::read(p).unwrap();
+    };
+    play(&supreme);
+    play(&so_what);
+    play(&so_what);
+    play(&joga);
+    // The recorder writes in the background: wait for all four plays to show.
+    let deadline = std::time::Instant::now() + CAUGHT_UP;
+    loop {
+        let recent = titles(&r, "Recently Played");
+        if recent.len() == 3
+            && titles(&r, "Most Played").first().map(String::as_str) == Some("So What")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{recent:?}\n{}",
+            r.fs.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        titles(&r, "Recently Played"),
+        ["Jóga", "So What", "A Love Supreme"]
+    );
+    assert_eq!(
+        titles(&r, "Most Played"),
+        ["So What", "Jóga", "A Love Supreme"],
+        "ties: the more recent first"
+    );
 }

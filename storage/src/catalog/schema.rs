@@ -37,6 +37,7 @@ const KEY_NEXT_TRACK: &str = "next_track_id";
 const KEY_NEXT_ORIGIN: &str = "next_origin_id";
 const KEY_CHANGES: &str = "change_counter";
 const KEY_EXTRAS: &str = "extras_counter";
+const KEY_PLAYS: &str = "plays_counter";
 
 /// Track id (u64 big-endian, so keys sort by id) to track.
 pub(crate) type TracksDb<'t> = Database<'t, U64<BE>, SerdeBincode<TrackValue>>;
@@ -53,6 +54,8 @@ pub(crate) type MetaDb<'t> = Database<'t, Str, Bytes>;
 pub(crate) type ExtrasDb<'t> = Database<'t, Bytes, SerdeBincode<ExtraValue>>;
 /// Path key (see [`path_key`]) of a track to its embedded cover art.
 pub(crate) type ArtDb<'t> = Database<'t, Bytes, SerdeBincode<ArtRef>>;
+/// Track id (u64 big-endian) to its plays.
+pub(crate) type PlaysDb<'t> = Database<'t, U64<BE>, SerdeBincode<super::plays::Plays>>;
 
 /// The catalog's named databases. `'t` is `'static` once the transaction that opened them
 /// has committed.
@@ -65,6 +68,7 @@ pub(crate) struct Dbs<'t> {
     pub(crate) meta: MetaDb<'t>,
     pub(crate) extras: ExtrasDb<'t>,
     pub(crate) art: ArtDb<'t>,
+    pub(crate) plays: PlaysDb<'t>,
 }
 
 impl<'t> Dbs<'t> {
@@ -83,6 +87,7 @@ impl<'t> Dbs<'t> {
             meta: opener.create_database(txn, Some("meta"))?,
             extras: opener.create_database(txn, Some("extras"))?,
             art: opener.create_database(txn, Some("art"))?,
+            plays: opener.create_database(txn, Some("plays"))?,
         })
     }
 
@@ -106,6 +111,7 @@ impl OnCommit for Dbs<'_> {
             meta: self.meta.on_commit(token),
             extras: self.extras.on_commit(token),
             art: self.art.on_commit(token),
+            plays: self.plays.on_commit(token),
         }
     }
 }
@@ -325,6 +331,17 @@ impl Meta<'_> {
     pub(crate) fn bump_extras_counter(&self, txn: &mut RwTxn<'_>) -> Result<(), CatalogError> {
         let next = self.extras_counter(txn)?.wrapping_add(1);
         write_meta(self.dir, self.db, txn, KEY_EXTRAS, &next.to_be_bytes())
+    }
+
+    /// A counter bumped by every write that recorded a play.
+    pub(crate) fn plays_counter(&self, txn: &RoTxn<'_>) -> Result<u64, CatalogError> {
+        let raw = read_be::<8>(self.dir, self.db, txn, KEY_PLAYS)?;
+        Ok(raw.map_or(0, u64::from_be_bytes))
+    }
+
+    pub(crate) fn bump_plays_counter(&self, txn: &mut RwTxn<'_>) -> Result<(), CatalogError> {
+        let next = self.plays_counter(txn)?.wrapping_add(1);
+        write_meta(self.dir, self.db, txn, KEY_PLAYS, &next.to_be_bytes())
     }
 
     /// The stored schema version, if any.

@@ -217,10 +217,12 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, c: &Counters, down: bool) {
             Ok(n) => n,
         };
         if !down {
+            // Counted before it is forwarded: once the server has it, an answer (and a
+            // test reading the counters after it) can come before this thread runs again.
+            c.up.fetch_add(n as u64, Ordering::SeqCst);
             if to.write_all(&buf[..n]).is_err() {
                 break;
             }
-            c.up.fetch_add(n as u64, Ordering::SeqCst);
             continue;
         }
         let mut sent = 0;

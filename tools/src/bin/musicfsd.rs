@@ -282,6 +282,12 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         origin_health: library.health.clone(),
         origins: Some(origin_table.clone()),
         finder: Some(finder.clone() as Arc<dyn musicfs_fusedev::virt::Finder>),
+        play_log: Some((
+            Arc::new(musicfs_tools::finder::PlayRecorder::start(
+                library.catalog.clone(),
+            )?),
+            std::time::Duration::from_secs(cfg.play_after_secs),
+        )),
         album_extras: Some(Arc::new(musicfs_tools::albums::LibraryAlbums::new(
             library.catalog.clone(),
             &library.state.art_dir(),
