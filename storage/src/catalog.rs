@@ -37,7 +37,7 @@ pub use self::error::CatalogError;
 pub use self::extras::{ArtSet, DirExtras, ExtraFile, ExtrasChanged};
 pub use self::origin_facts::{Forgotten, OriginDevice};
 pub use self::plays::Plays;
-use self::schema::{path_key, rel_path_in_key, Dbs, PathEntry, TrackValue};
+use self::schema::{path_key, rel_path_in_key, Counter, Dbs, PathEntry, TrackValue};
 pub use self::schema::{ArtRef, SCHEMA_VERSION};
 pub use self::skipped::SkipRecord;
 use self::store::Store;
@@ -323,7 +323,9 @@ impl Catalog {
     /// to know whether the tree must be republished).
     pub fn change_counter(&self) -> Result<u64, CatalogError> {
         self.store.read("change counter", |txn| {
-            self.dbs.meta(self.store.dir()).change_counter(txn)
+            self.dbs
+                .meta(self.store.dir())
+                .counter(txn, Counter::Changes)
         })
     }
 
@@ -403,7 +405,7 @@ impl Catalog {
             meta.set_next_track_id(txn, next_new)?;
         }
         if changed {
-            meta.bump_change_counter(txn)?;
+            meta.bump(txn, Counter::Changes)?;
         }
         Ok(ids)
     }

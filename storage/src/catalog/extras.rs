@@ -11,7 +11,7 @@
 use heed::RwTxn;
 use musicfs_core::meta::{OriginId, TrackId};
 
-use super::schema::{self, extra_key, extras_dir_prefix, path_key, ArtRef, ExtraValue};
+use super::schema::{self, extra_key, extras_dir_prefix, path_key, ArtRef, Counter, ExtraValue};
 use super::{Catalog, CatalogError};
 
 /// A non-audio file found in an origin directory.
@@ -121,7 +121,9 @@ impl Catalog {
     /// server of album folders compares to know its answers are current).
     pub fn extras_counter(&self) -> Result<u64, CatalogError> {
         self.store.read("extras counter", |txn| {
-            self.dbs.meta(self.store.dir()).extras_counter(txn)
+            self.dbs
+                .meta(self.store.dir())
+                .counter(txn, Counter::Extras)
         })
     }
 
@@ -156,7 +158,7 @@ impl Catalog {
                 self.dbs.extras.delete(txn, key).map_err(lmdb)?;
             }
             if !drop.is_empty() {
-                self.dbs.meta(self.store.dir()).bump_extras_counter(txn)?;
+                self.dbs.meta(self.store.dir()).bump(txn, Counter::Extras)?;
             }
             Ok(changed)
         })
@@ -210,7 +212,7 @@ impl Catalog {
                 });
             }
             if !changed.is_empty() {
-                self.dbs.meta(self.store.dir()).bump_extras_counter(txn)?;
+                self.dbs.meta(self.store.dir()).bump(txn, Counter::Extras)?;
             }
             Ok(changed)
         })
@@ -239,7 +241,7 @@ impl Catalog {
             }
         }
         if changed {
-            self.dbs.meta(self.store.dir()).bump_extras_counter(txn)?;
+            self.dbs.meta(self.store.dir()).bump(txn, Counter::Extras)?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@
 use heed::RwTxn;
 use musicfs_core::meta::{OriginId, TrackId};
 
-use super::schema::{self};
+use super::schema::{self, Counter};
 use super::{Catalog, CatalogError};
 
 /// The device an origin's root was on at its last good scan.
@@ -109,7 +109,9 @@ impl Catalog {
             .delete(txn, &device_key(origin))
             .map_err(lmdb)?;
         if known || done.tracks > 0 {
-            self.dbs.meta(self.store.dir()).bump_change_counter(txn)?;
+            self.dbs
+                .meta(self.store.dir())
+                .bump(txn, Counter::Changes)?;
         }
         Ok(done)
     }

@@ -6,6 +6,7 @@ use heed::RwTxn;
 use musicfs_core::meta::TrackId;
 use serde::{Deserialize, Serialize};
 
+use super::schema::Counter;
 use super::{Catalog, CatalogError};
 
 /// A track's plays, as stored under its id.
@@ -37,7 +38,7 @@ impl Catalog {
                 any = true;
             }
             if any {
-                self.dbs.meta(self.store.dir()).bump_plays_counter(txn)?;
+                self.dbs.meta(self.store.dir()).bump(txn, Counter::Plays)?;
             }
             Ok(())
         })
@@ -59,7 +60,7 @@ impl Catalog {
     /// A counter bumped by every write that recorded a play.
     pub fn plays_counter(&self) -> Result<u64, CatalogError> {
         self.store.read("plays counter", |txn| {
-            self.dbs.meta(self.store.dir()).plays_counter(txn)
+            self.dbs.meta(self.store.dir()).counter(txn, Counter::Plays)
         })
     }
 

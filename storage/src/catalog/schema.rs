@@ -277,6 +277,27 @@ fn write_meta(
         })
 }
 
+/// The change counters kept in `meta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counter {
+    /// Bumped by every write that changed a track (what the snapshot is checked against).
+    Changes,
+    /// Bumped by every write that changed extra files or cover art.
+    Extras,
+    /// Bumped by every write that recorded a play.
+    Plays,
+}
+
+impl Counter {
+    fn key(self) -> &'static str {
+        match self {
+            Counter::Changes => KEY_CHANGES,
+            Counter::Extras => KEY_EXTRAS,
+            Counter::Plays => KEY_PLAYS,
+        }
+    }
+}
+
 /// Typed access to the counters in `meta`.
 pub(crate) struct Meta<'a> {
     dir: &'a Path,
@@ -312,36 +333,16 @@ impl Meta<'_> {
         write_meta(self.dir, self.db, txn, KEY_NEXT_ORIGIN, &next.to_be_bytes())
     }
 
-    pub(crate) fn change_counter(&self, txn: &RoTxn<'_>) -> Result<u64, CatalogError> {
-        let raw = read_be::<8>(self.dir, self.db, txn, KEY_CHANGES)?;
+    /// The value of `counter` (0 until first bumped).
+    pub(crate) fn counter(&self, txn: &RoTxn<'_>, counter: Counter) -> Result<u64, CatalogError> {
+        let raw = read_be::<8>(self.dir, self.db, txn, counter.key())?;
         Ok(raw.map_or(0, u64::from_be_bytes))
     }
 
-    pub(crate) fn bump_change_counter(&self, txn: &mut RwTxn<'_>) -> Result<(), CatalogError> {
-        let next = self.change_counter(txn)?.wrapping_add(1);
-        write_meta(self.dir, self.db, txn, KEY_CHANGES, &next.to_be_bytes())
-    }
-
-    /// A counter bumped by every write that changed extra files or cover art.
-    pub(crate) fn extras_counter(&self, txn: &RoTxn<'_>) -> Result<u64, CatalogError> {
-        let raw = read_be::<8>(self.dir, self.db, txn, KEY_EXTRAS)?;
-        Ok(raw.map_or(0, u64::from_be_bytes))
-    }
-
-    pub(crate) fn bump_extras_counter(&self, txn: &mut RwTxn<'_>) -> Result<(), CatalogError> {
-        let next = self.extras_counter(txn)?.wrapping_add(1);
-        write_meta(self.dir, self.db, txn, KEY_EXTRAS, &next.to_be_bytes())
-    }
-
-    /// A counter bumped by every write that recorded a play.
-    pub(crate) fn plays_counter(&self, txn: &RoTxn<'_>) -> Result<u64, CatalogError> {
-        let raw = read_be::<8>(self.dir, self.db, txn, KEY_PLAYS)?;
-        Ok(raw.map_or(0, u64::from_be_bytes))
-    }
-
-    pub(crate) fn bump_plays_counter(&self, txn: &mut RwTxn<'_>) -> Result<(), CatalogError> {
-        let next = self.plays_counter(txn)?.wrapping_add(1);
-        write_meta(self.dir, self.db, txn, KEY_PLAYS, &next.to_be_bytes())
+    /// Adds one to `counter`.
+    pub(crate) fn bump(&self, txn: &mut RwTxn<'_>, counter: Counter) -> Result<(), CatalogError> {
+        let next = self.counter(txn, counter)?.wrapping_add(1);
+        write_meta(self.dir, self.db, txn, counter.key(), &next.to_be_bytes())
     }
 
     /// The stored schema version, if any.
