@@ -201,16 +201,19 @@ impl LibraryAlbums {
         let made = (|| -> anyhow::Result<Vec<Extra>> {
             let hash = self.cover_hash(cover)?;
             let key = ArtRef { hash, png: false };
-            let mut bytes: Option<Vec<u8>> = None;
+            // Decoded once; each rendition (largest first) is made from the one before.
+            let mut img: Option<image::DynamicImage> = None;
             let mut out = Vec::new();
             for (name, px) in RENDITIONS {
                 let path = self.art.rendition_path(key, px);
                 if !path.exists() {
-                    if bytes.is_none() {
-                        bytes = Some(self.read(cover)?);
-                    }
-                    let scaled = scale(bytes.as_deref().unwrap_or_default(), px)?;
-                    musicfs_storage::art::write_atomically(&path, &scaled)?;
+                    let source = match img.take() {
+                        Some(i) => i,
+                        None => image::load_from_memory(&self.read(cover)?)?,
+                    };
+                    let scaled = fit(source, px);
+                    musicfs_storage::art::write_atomically(&path, &jpeg(&scaled)?)?;
+                    img = Some(scaled);
                 }
                 let md = std::fs::metadata(&path)?;
                 out.push(Extra {
@@ -290,14 +293,22 @@ impl AlbumExtras for LibraryAlbums {
 
 /// `bytes` (an image) scaled to fit in `px` × `px` (never enlarged), as JPEG.
 pub fn scale(bytes: &[u8], px: u32) -> anyhow::Result<Vec<u8>> {
-    let img = image::load_from_memory(bytes)?;
-    let img = if img.width() > px || img.height() > px {
-        img.resize(px, px, image::imageops::FilterType::Triangle)
+    jpeg(&fit(image::load_from_memory(bytes)?, px))
+}
+
+/// `img` scaled to fit in `px` × `px` (never enlarged), with `thumbnail`'s fast
+/// area-averaging filter.
+fn fit(img: image::DynamicImage, px: u32) -> image::DynamicImage {
+    if img.width() > px || img.height() > px {
+        img.thumbnail(px, px)
     } else {
         img
-    };
+    }
+}
+
+/// `img` encoded as JPEG (which has no alpha channel).
+fn jpeg(img: &image::DynamicImage) -> anyhow::Result<Vec<u8>> {
     let mut out = std::io::Cursor::new(Vec::new());
-    // JPEG has no alpha channel.
     image::DynamicImage::ImageRgb8(img.to_rgb8()).write_to(&mut out, image::ImageFormat::Jpeg)?;
     Ok(out.into_inner())
 }
