@@ -714,3 +714,98 @@ fn without_a_finder_there_are_no_virtual_directories() {
         Err(FsError::StaleInode(_))
     ));
 }
+
+/// Extras with fixed answers: every directory holding files shows `booklet.pdf` and
+/// `cover.jpg`, both stored files.
+#[derive(Debug)]
+struct FixedExtras {
+    dir: tempfile::TempDir,
+}
+
+impl crate::album::AlbumExtras for FixedExtras {
+    fn extras(&self, snap: &Snapshot, dir: u64) -> Vec<crate::album::Extra> {
+        if !snap.children(dir, 0).any(|c| c.file().is_some()) {
+            return Vec::new();
+        }
+        ["booklet.pdf", "cover.jpg"]
+            .into_iter()
+            .map(|name| {
+                let path = self.dir.path().join(name);
+                crate::album::Extra {
+                    name: name.as_bytes().to_vec(),
+                    size: std::fs::metadata(&path).unwrap().len(),
+                    mtime_ns: 7,
+                    source: crate::album::ExtraSource::Stored(path),
+                }
+            })
+            .collect()
+    }
+    fn version(&self) -> u64 {
+        1
+    }
+}
+
+#[test]
+fn album_folders_list_their_extras_after_the_tracks_and_read_them() {
+    let l = lib();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("booklet.pdf"), b"%PDF booklet").unwrap();
+    std::fs::write(dir.path().join("cover.jpg"), b"jpeg").unwrap();
+    let m = model(&l).with_album_extras(Arc::new(FixedExtras { dir }));
+    let album = path_ino(&m, "Ann/First (2001)");
+    let all = list(&m, album, 0);
+    let names: Vec<&[u8]> = all.iter().map(|(n, _, _)| n.as_slice()).collect();
+    assert_eq!(
+        names,
+        [
+            b".".as_slice(),
+            b"..",
+            b"01 - One.flac",
+            b"02 - Two.flac",
+            b"booklet.pdf",
+            b"cover.jpg"
+        ]
+    );
+    // Offsets run on from the tracks': resuming after the booklet gives the cover only.
+    let after_booklet = all[4].2;
+    let rest = list(&m, album, after_booklet);
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].0, b"cover.jpg");
+
+    let booklet = m.lookup(album, b"booklet.pdf").unwrap();
+    assert!(crate::album::is_extra(booklet.ino));
+    assert_eq!(
+        (booklet.kind, booklet.size, booklet.perm),
+        (Kind::File, 12, 0o444)
+    );
+    assert_eq!(m.getattr(booklet.ino).unwrap(), booklet);
+    assert_eq!(
+        booklet.ino, all[4].1,
+        "readdir and lookup agree on the inode"
+    );
+    let fh = m.open(booklet.ino, libc::O_RDONLY as u32).unwrap();
+    let mut buf = [0u8; 64];
+    let n = m.read(fh, 0, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"%PDF booklet");
+    m.release(fh).unwrap();
+    assert!(matches!(
+        m.open(booklet.ino, libc::O_WRONLY as u32),
+        Err(FsError::ReadOnly(_))
+    ));
+    assert!(matches!(
+        m.opendir(booklet.ino),
+        Err(FsError::NotADirectory(_))
+    ));
+    assert!(matches!(
+        m.getxattr(booklet.ino, b"user.musicfs.title", 0),
+        Err(FsError::NoAttribute(_))
+    ));
+
+    // A folder without tracks shows nothing more; a name nobody has is still ENOENT.
+    let artist = m.lookup(ROOT_INO, b"Ann").unwrap();
+    assert_eq!(list(&m, artist.ino, 0).len(), 3);
+    assert!(matches!(
+        m.lookup(album, b"nope.txt"),
+        Err(FsError::NotFound { .. })
+    ));
+}
