@@ -150,7 +150,7 @@ impl Fields {
         );
         let number = NumericOptions::default().set_indexed().set_fast();
         let fields = Fields {
-            id: b.add_u64_field("id", NumericOptions::default().set_indexed().set_fast()),
+            id: b.add_u64_field("id", number.clone()),
             stamp: b.add_u64_field("stamp", NumericOptions::default().set_fast()),
             title: b.add_text_field("title", text.clone()),
             artist: b.add_text_field("artist", text.clone()),

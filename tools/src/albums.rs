@@ -39,6 +39,9 @@ pub const RENDITIONS: [(&str, u32); 2] = [(COVER_NAMES[2], 600), (COVER_NAMES[3]
 /// Largest cover (bytes) read to make renditions from.
 const MAX_COVER_BYTES: u64 = 64 << 20;
 
+/// An origin folder: (origin, path).
+type Folder = (u32, Vec<u8>);
+
 /// An origin file's version: (origin, path, size, mtime).
 type FileVersion = (u32, Vec<u8>, u64, i64);
 
@@ -49,6 +52,9 @@ pub struct LibraryAlbums {
     origins: Arc<ArcSwap<OriginTable>>,
     /// Folder images already hashed, by version, to their content hash.
     hashed: Mutex<HashMap<FileVersion, u128>>,
+    /// The album each origin folder's files go to, for the snapshot generation kept with
+    /// them: every album of a folder asks, and a folder can hold a whole library.
+    majority: Mutex<(u64, HashMap<Folder, Option<u64>>)>,
 }
 
 impl std::fmt::Debug for LibraryAlbums {
@@ -77,6 +83,7 @@ impl LibraryAlbums {
             art: ArtStore::new(art_dir),
             origins,
             hashed: Mutex::new(HashMap::new()),
+            majority: Mutex::new((0, HashMap::new())),
         }
     }
 
@@ -163,6 +170,31 @@ impl LibraryAlbums {
     /// The tree directory most of the tracks of origin folder `folder` are in (ties: the
     /// lowest inode).
     fn album_of(&self, snap: &Snapshot, origin: u32, folder: &[u8]) -> anyhow::Result<Option<u64>> {
+        let key = (origin, folder.to_vec());
+        {
+            let mut known = self.majority.lock().unwrap_or_else(|p| p.into_inner());
+            if known.0 != snap.generation() {
+                *known = (snap.generation(), HashMap::new());
+            }
+            if let Some(album) = known.1.get(&key) {
+                return Ok(*album);
+            }
+        }
+        let album = self.count_album_of(snap, origin, folder)?;
+        let mut known = self.majority.lock().unwrap_or_else(|p| p.into_inner());
+        if known.0 == snap.generation() {
+            known.1.insert(key, album);
+        }
+        Ok(album)
+    }
+
+    /// [`LibraryAlbums::album_of`], counted from the catalog.
+    fn count_album_of(
+        &self,
+        snap: &Snapshot,
+        origin: u32,
+        folder: &[u8],
+    ) -> anyhow::Result<Option<u64>> {
         let mut counts: HashMap<u64, usize> = HashMap::new();
         for (_, TrackId(id)) in self.catalog.tracks_in(OriginId(origin), folder)? {
             if let Some(node) = snap.node(id + FILE_INO_BASE) {
