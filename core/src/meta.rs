@@ -175,6 +175,27 @@ impl TrackRecord {
     }
 }
 
+/// What a track's bytes are, for finding the same track in several places (two origins
+/// mirroring a library, a symlink, a copy with other tags): computed when the file's tags
+/// are read, from bytes that read fetches anyway.
+///
+/// `audio` names the audio: the format, the exact length of the audio payload (the file
+/// minus its leading tag region, and minus trailing ID3v1/APEv2 tags) and a hash of the
+/// payload's first [`IDENTITY_WINDOW`] bytes. Copies with other tags have the same `audio`.
+/// `file` names the whole file: `audio` plus the size and a hash of the tag region and of
+/// any trailing tags. Equal `file` means the same bytes at the same offsets, so a read can
+/// move from one copy to the other mid-stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Identity {
+    /// The audio payload's identity.
+    pub audio: u128,
+    /// The whole file's identity.
+    pub file: u128,
+}
+
+/// Bytes of a file's audio payload hashed into [`Identity::audio`].
+pub const IDENTITY_WINDOW: usize = 64 << 10;
+
 /// The names an album folder's cover art takes in the tree: the cover as JPEG or PNG,
 /// and its two smaller renditions.
 pub const COVER_NAMES: [&str; 4] = [

@@ -41,7 +41,7 @@ pub use diff::{invalidate_changes, Invalidated, InvalidationSink};
 const MAGIC: &[u8; 8] = b"MFSSNAP\0";
 /// Version of the snapshot layout; a snapshot of another version is refused and rebuilt.
 /// 3: nodes carry owner, group and permission bits. 4: album format counts; delta segments.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 const HEADER_LEN: usize = 64;
 /// Deepest level [`Snapshot::for_each_node`] visits: a path of single-byte names this deep
 /// would already exceed PATH_MAX.
@@ -118,6 +118,23 @@ pub struct FileRef<'a> {
     pub origin: u32,
     /// Path relative to the origin root.
     pub rel_path: &'a [u8],
+}
+
+/// Another copy of a shown track ([`Snapshot::alternates`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AltRef<'a> {
+    /// Catalog id of the copy.
+    pub track_id: u64,
+    /// Its origin index.
+    pub origin: u32,
+    /// Its path relative to the origin root.
+    pub rel_path: &'a [u8],
+    /// Its size.
+    pub size: u64,
+    /// Its modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Its bytes are the shown track's: a read may continue on it at the same offset.
+    pub same_bytes: bool,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
@@ -324,6 +341,43 @@ impl Snapshot {
     /// canonical root; see `musicfs_storage::origin::OriginSpec::key`).
     pub fn origin_keys(&self) -> impl Iterator<Item = (u32, &std::ffi::OsStr)> {
         self.origins().map(|(i, p)| (i, p.as_os_str()))
+    }
+
+    /// The other copies of track `track_id` (as shown in the tree), most preferred first;
+    /// empty for a track with none.
+    pub fn alternates(&self, track_id: u64) -> impl Iterator<Item = AltRef<'_>> + '_ {
+        let tree = self.tree();
+        let all = tree.alternates.as_slice();
+        let start = all.partition_point(|a| a.shown.to_native() < track_id);
+        all[start..]
+            .iter()
+            .take_while(move |a| a.shown.to_native() == track_id)
+            .map(move |a| {
+                let off = a.path_off.to_native() as usize;
+                let len = a.path_len.to_native() as usize;
+                AltRef {
+                    track_id: a.track_id.to_native(),
+                    origin: a.origin.to_native(),
+                    rel_path: tree.paths.get(off..off + len).unwrap_or_default(),
+                    size: a.size.to_native(),
+                    mtime_ns: a.mtime_ns.to_native(),
+                    same_bytes: a.same_bytes.to_native() != 0,
+                }
+            })
+    }
+
+    /// How many copies are hidden behind shown tracks.
+    pub fn alternate_count(&self) -> usize {
+        self.tree().alternates.len()
+    }
+
+    /// Whether track `track_id` has copies or is one (shown or hidden): a change to it may
+    /// change which copy is shown.
+    pub fn has_copies(&self, track_id: u64) -> bool {
+        self.tree()
+            .alternates
+            .iter()
+            .any(|a| a.shown.to_native() == track_id || a.track_id.to_native() == track_id)
     }
 
     /// The catalog change counter this tree was built from.

@@ -126,6 +126,32 @@ pub struct TreeData {
     /// needs to render a changed track's folder without reading the whole library
     /// ([`crate::template::AlbumFormats`]).
     pub albums: Vec<AlbumCount>,
+    /// Other copies of tracks shown once (the same audio in another place), sorted by the
+    /// shown track's id, then by preference. Only a base snapshot has them: a delta never
+    /// touches a track with copies (such a change is published as a new base).
+    pub alternates: Vec<Alternate>,
+}
+
+/// Another copy of a shown track: where it is, and whether it holds the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize)]
+pub struct Alternate {
+    /// Catalog id of the track shown.
+    pub shown: u64,
+    /// Catalog id of this copy.
+    pub track_id: u64,
+    /// The copy's size.
+    pub size: u64,
+    /// The copy's modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Offset of its source path in [`TreeData::paths`].
+    pub path_off: u64,
+    /// Length of its source path.
+    pub path_len: u32,
+    /// Its origin.
+    pub origin: u32,
+    /// 1 when its bytes are the shown track's (same file identity): a read can move to it
+    /// at the same offset. 0 for a copy with other tags.
+    pub same_bytes: u32,
 }
 
 /// One album's track counts per format.
@@ -177,6 +203,7 @@ pub struct TreeBuilder {
     names: Vec<u8>,
     paths: Vec<u8>,
     albums: Vec<AlbumCount>,
+    alternates: Vec<Alternate>,
 }
 
 impl TreeBuilder {
@@ -201,7 +228,25 @@ impl TreeBuilder {
             names: Vec::new(),
             paths: Vec::new(),
             albums: Vec::new(),
+            alternates: Vec::new(),
         }
+    }
+
+    /// Records `copy` as another copy of the shown track `shown` (`same_bytes` when the two
+    /// files are byte for byte the same). Copies are kept in the order added, which is
+    /// the order they are preferred in.
+    pub fn add_alternate(&mut self, shown: u64, copy: &TrackRecord, same_bytes: bool) {
+        let (path_off, path_len) = push_blob(&mut self.paths, &copy.rel_path);
+        self.alternates.push(Alternate {
+            shown,
+            track_id: copy.id.0,
+            size: copy.scan.size,
+            mtime_ns: copy.scan.mtime_ns,
+            path_off,
+            path_len,
+            origin: copy.origin.0,
+            same_bytes: u32::from(same_bytes),
+        });
     }
 
     /// Records the album counts the tracks were rendered with.
@@ -437,8 +482,11 @@ impl TreeBuilder {
             names,
             paths,
             albums,
+            mut alternates,
             ..
         } = self;
+        // Stable: copies of one track stay in the order they are preferred in.
+        alternates.sort_by_key(|a| a.shown);
         let mut nodes = std::mem::take(&mut files);
         nodes.reserve_exact(dirs.len());
         for (d, dir) in dirs.iter().enumerate() {
@@ -472,6 +520,7 @@ impl TreeBuilder {
             names,
             paths,
             albums,
+            alternates,
         };
         assign_dir_inos(&mut data);
         for n in data.nodes.iter().filter(|n| n.kind == KIND_FILE) {

@@ -30,6 +30,7 @@ mod blocks;
 mod fields;
 pub mod fsio;
 pub mod health;
+pub mod identity;
 mod known;
 pub mod memory;
 pub mod refresh;
@@ -46,4 +47,6 @@ mod testorigin;
 pub use scan::{
     scan, DirHook, OfflineOrigin, Progress, ProgressFn, ScanError, ScanOptions, ScanReport, Skipped,
 };
-pub use tags::{read_tags, read_tags_from, read_track_from, Picture, TagError};
+pub use tags::{
+    read_tags, read_tags_from, read_track_from, read_track_identity, Picture, TagError, TrackRead,
+};

@@ -32,11 +32,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use musicfs_core::{Format, OriginId, ScanState, TrackId, TrackMeta};
+use musicfs_core::{Format, OriginId, ScanState, TrackId};
 use musicfs_storage::origin::{Origin, RootIdentity};
 use musicfs_storage::{
     ArtSet, ArtStore, Batch, Catalog, CatalogError, DirExtras, ExtraFile, ExtrasChanged,
-    OriginDevice, SkipRecord, Upsert,
+    IdentitySet, OriginDevice, SkipRecord, Upsert,
 };
 
 use crate::health::{
@@ -44,7 +44,7 @@ use crate::health::{
     DEFAULT_MASS_REMOVAL_THRESHOLD, PROBE_TIMEOUT,
 };
 use crate::known::{state_hash, Known, KnownBuilder};
-use crate::tags::{read_track_from, Picture, TagError};
+use crate::tags::{read_track_identity, TagError, TrackRead};
 pub use crate::walk::Skipped;
 use crate::walk::{self, shown};
 
@@ -269,7 +269,7 @@ struct Job {
 
 struct Done {
     job: Job,
-    result: Result<(Format, TrackMeta, Option<Picture>), TagError>,
+    result: Result<TrackRead, TagError>,
 }
 
 /// What the walker hands back once the origin is listed.
@@ -710,7 +710,7 @@ fn read_worker(origin: &dyn Origin, jobs: Receiver<Job>, done: Sender<Done>) {
         let result = origin
             .open(Path::new(OsStr::from_bytes(&job.rel)))
             .map_err(TagError::from)
-            .and_then(|source| read_track_from(source, Some(job.expected)));
+            .and_then(|source| read_track_identity(source, Some(job.expected)));
         if done.send(Done { job, result }).is_err() {
             return;
         }
@@ -735,7 +735,17 @@ fn collect(
         report.opened += 1;
         counters.opened.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok((format, meta, picture)) => {
+            Ok(TrackRead {
+                format,
+                meta,
+                picture,
+                identity,
+            }) => {
+                batch.identities.push(IdentitySet {
+                    origin,
+                    rel_path: job.rel.clone(),
+                    identity,
+                });
                 if let Some(store) = art {
                     let stored = picture.and_then(|p| match store.put(&p.data, p.png) {
                         Ok(art) => Some(art),

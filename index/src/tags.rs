@@ -16,7 +16,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
 
-use musicfs_core::{Format, TrackMeta};
+use musicfs_core::{Format, Identity, TrackMeta};
 use musicfs_storage::origin::{LocalOrigin, OriginError, OriginSpec, Source};
 use symphonia::core::codecs::audio::well_known::CODEC_ID_OPUS;
 use symphonia::core::codecs::CodecParameters;
@@ -140,6 +140,28 @@ pub fn read_track_from(
     source: Arc<dyn Source>,
     expected: Option<Format>,
 ) -> Result<(Format, TrackMeta, Option<Picture>), TagError> {
+    read_track_identity(source, expected).map(|t| (t.format, t.meta, t.picture))
+}
+
+/// What reading a track's file found: [`read_track_from`] plus the file's [`Identity`].
+#[derive(Debug)]
+pub struct TrackRead {
+    /// The container format.
+    pub format: Format,
+    /// Tags and stream facts.
+    pub meta: TrackMeta,
+    /// The cover picture, if the file embeds one.
+    pub picture: Option<Picture>,
+    /// What the file's bytes are (`None` when reading them for it failed: the track is
+    /// still cataloged, only not matched with its copies).
+    pub identity: Option<Identity>,
+}
+
+/// Reads a track's tags, cover and identity, from the same reads where they overlap.
+pub fn read_track_identity(
+    source: Arc<dyn Source>,
+    expected: Option<Format>,
+) -> Result<TrackRead, TagError> {
     let len = source.len();
     if len == 0 {
         return Err(TagError::Empty);
@@ -149,8 +171,26 @@ pub fn read_track_from(
         Some(_) => source,
         None => Arc::new(Blocked::new(source)),
     };
-    match catch_unwind(AssertUnwindSafe(|| read_inner(source, len, expected))) {
-        Ok(result) => result,
+    let read = catch_unwind(AssertUnwindSafe(|| {
+        read_inner(source.clone(), len, expected)
+    }));
+    match read {
+        Ok(result) => {
+            let (format, meta, picture) = result?;
+            let identity = match crate::identity::identity_of(source.as_ref(), format) {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read the file for its identity");
+                    None
+                }
+            };
+            Ok(TrackRead {
+                format,
+                meta,
+                picture,
+                identity,
+            })
+        }
         Err(payload) => {
             let msg = payload
                 .downcast_ref::<&str>()

@@ -19,6 +19,7 @@
 
 mod error;
 mod extras;
+mod identity;
 mod origin_facts;
 mod plays;
 mod schema;
@@ -35,6 +36,7 @@ use musicfs_core::meta::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackR
 
 pub use self::error::CatalogError;
 pub use self::extras::{ArtSet, DirExtras, ExtraFile, ExtrasChanged};
+pub use self::identity::IdentitySet;
 pub use self::origin_facts::{Forgotten, OriginDevice};
 pub use self::plays::Plays;
 use self::schema::{path_key, rel_path_in_key, Counter, Dbs, PathEntry, TrackValue};
@@ -75,6 +77,8 @@ pub struct Batch {
     pub unskipped: Vec<(OriginId, Vec<u8>)>,
     /// Cover art found (or found gone) by reading tracks; applied after the upserts.
     pub art: Vec<ArtSet>,
+    /// Identities found by reading tracks; applied after the upserts.
+    pub identities: Vec<IdentitySet>,
 }
 
 /// [`Catalog::for_each`] lets go of the pages it read after this many tracks.
@@ -255,7 +259,7 @@ impl Catalog {
         upserts: &[Upsert],
         removals: &[TrackId],
     ) -> Result<Vec<TrackId>, CatalogError> {
-        self.apply_parts(upserts, removals, &[], &[], &[])
+        self.apply_parts(upserts, removals, &[], &[], &[], &[])
     }
 
     /// [`apply`](Catalog::apply) plus the `skipped` changes of [`Batch`], all in one
@@ -271,6 +275,7 @@ impl Catalog {
             &batch.skipped,
             &batch.unskipped,
             &batch.art,
+            &batch.identities,
         )
     }
 
@@ -336,11 +341,15 @@ impl Catalog {
         skipped: &[SkipRecord],
         unskipped: &[(OriginId, Vec<u8>)],
         art: &[ArtSet],
+        identities: &[IdentitySet],
     ) -> Result<Vec<TrackId>, CatalogError> {
         let ids = self.store.write("apply", |txn| {
             let ids = self.apply_in(txn, upserts, removals, skipped, unskipped)?;
             if !art.is_empty() {
                 self.art_in_txn(txn, art)?;
+            }
+            if !identities.is_empty() {
+                self.identities_in_txn(txn, identities)?;
             }
             Ok(ids)
         })?;
@@ -476,6 +485,7 @@ impl Catalog {
             self.drop_art_in(txn, old.origin, &old.rel_path)?;
         }
         self.drop_plays_in(txn, id)?;
+        self.set_identity_in(txn, id, None)?;
         self.dbs.tracks.delete(txn, &id.0).map_err(lmdb)?;
         Ok(true)
     }

@@ -597,6 +597,7 @@ impl<'s> DeltaBuilder<'s> {
             names: Vec::new(),
             paths: Vec::new(),
             albums: Vec::new(),
+            alternates: Vec::new(),
         };
         self.lay_out(&mut tree)?;
         let mut albums: Vec<AlbumCount> = self

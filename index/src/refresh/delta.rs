@@ -58,6 +58,12 @@ impl Library {
             return Ok(None);
         }
         let wanted = self.shown_origin_ids()?;
+        for &(id, _) in &touched.tracks {
+            if current.has_copies(id.0) || self.catalog.copies_of(id)?.len() > 1 {
+                debug!("full publish: a track with copies changed");
+                return Ok(None);
+            }
+        }
         let mut changes: Vec<TrackChange> = Vec::with_capacity(touched.tracks.len());
         for &(id, before) in &touched.tracks {
             if changes.iter().any(|c| c.id == id.0) {

@@ -36,6 +36,7 @@ use crate::scan::{DirHook, Extent, ProgressFn, ScanOptions, ScanReport};
 use crate::watch::Change;
 
 mod burst;
+mod copies;
 mod delta;
 mod error;
 mod scanning;
@@ -107,10 +108,11 @@ impl Library {
         // Two passes: album-level facts ($format of a mixed-format album) first, so every
         // track of an album renders into the same folder; the first also sizes the tree,
         // so the builder allocates it once.
+        let copies = self.copies(&wanted)?;
         let mut albums = AlbumFormats::default();
         let (mut tracks, mut path_bytes) = (0usize, 0usize);
         self.catalog.for_each(|track| {
-            if wanted.contains(&track.origin.0) {
+            if wanted.contains(&track.origin.0) && copies.hidden(track.id.0).is_none() {
                 albums.add(&track);
                 tracks += 1;
                 path_bytes += track.rel_path.len();
@@ -119,11 +121,20 @@ impl Library {
         let mut builder = TreeBuilder::new(self.template.as_str(), roots);
         builder.set_catalog_version(version);
         builder.reserve(tracks, path_bytes);
+        let mut hidden = Vec::new();
         self.catalog.for_each(|track| {
-            if wanted.contains(&track.origin.0) {
-                builder.add(&track, &self.template.render_in(&track, &albums));
+            if !wanted.contains(&track.origin.0) {
+                return;
+            }
+            match copies.hidden(track.id.0) {
+                Some((shown, rank, same)) => hidden.push((shown, rank, same, track)),
+                None => builder.add(&track, &self.template.render_in(&track, &albums)),
             }
         })?;
+        hidden.sort_by_key(|(shown, rank, ..)| (*shown, *rank));
+        for (shown, _, same, track) in &hidden {
+            builder.add_alternate(*shown, track, *same);
+        }
         builder.set_albums(&albums);
         let tree = builder.build();
         let generation = match Snapshot::open(&path) {

@@ -9,9 +9,9 @@
 use std::path::Path;
 
 use heed::byteorder::BE;
-use heed::types::{Bytes, SerdeBincode, Str, U32, U64};
+use heed::types::{Bytes, SerdeBincode, Str, Unit, U32, U64};
 use heed::{CommitToken, Database, DatabaseOpener, OnCommit, RoTxn, RwTxn};
-use musicfs_core::meta::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackRecord};
+use musicfs_core::meta::{Format, Identity, OriginId, ScanState, TrackId, TrackMeta, TrackRecord};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -56,6 +56,11 @@ pub(crate) type ExtrasDb<'t> = Database<'t, Bytes, SerdeBincode<ExtraValue>>;
 pub(crate) type ArtDb<'t> = Database<'t, Bytes, SerdeBincode<ArtRef>>;
 /// Track id (u64 big-endian) to its plays.
 pub(crate) type PlaysDb<'t> = Database<'t, U64<BE>, SerdeBincode<super::plays::Plays>>;
+/// Track id (u64 big-endian) to its identity.
+pub(crate) type IdentitiesDb<'t> = Database<'t, U64<BE>, SerdeBincode<Identity>>;
+/// Audio identity then track id (see `identity::audio_key`), no value: the copies of a
+/// track.
+pub(crate) type ByAudioDb<'t> = Database<'t, Bytes, Unit>;
 
 /// The catalog's named databases. `'t` is `'static` once the transaction that opened them
 /// has committed.
@@ -69,6 +74,8 @@ pub(crate) struct Dbs<'t> {
     pub(crate) extras: ExtrasDb<'t>,
     pub(crate) art: ArtDb<'t>,
     pub(crate) plays: PlaysDb<'t>,
+    pub(crate) identities: IdentitiesDb<'t>,
+    pub(crate) by_audio: ByAudioDb<'t>,
 }
 
 impl<'t> Dbs<'t> {
@@ -88,6 +95,8 @@ impl<'t> Dbs<'t> {
             extras: opener.create_database(txn, Some("extras"))?,
             art: opener.create_database(txn, Some("art"))?,
             plays: opener.create_database(txn, Some("plays"))?,
+            identities: opener.create_database(txn, Some("identities"))?,
+            by_audio: opener.create_database(txn, Some("by_audio"))?,
         })
     }
 
@@ -112,6 +121,8 @@ impl OnCommit for Dbs<'_> {
             extras: self.extras.on_commit(token),
             art: self.art.on_commit(token),
             plays: self.plays.on_commit(token),
+            identities: self.identities.on_commit(token),
+            by_audio: self.by_audio.on_commit(token),
         }
     }
 }
