@@ -17,6 +17,21 @@ pub struct OriginHealth {
     offline_count: AtomicUsize,
     /// (origin id, why), at most one entry per id.
     offline: RwLock<Vec<(u32, String)>>,
+    /// Origins that answer but slowly or with errors: (origin id, why).
+    degraded: RwLock<Vec<(u32, String)>>,
+    /// Reads that failed, per origin id, since the prober last looked.
+    read_errors: RwLock<Vec<(u32, u64)>>,
+}
+
+/// An origin's state as the mount shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginState {
+    /// Answering in time, no failed reads.
+    Up,
+    /// Answering, but slowly or with failed reads (why).
+    Degraded(String),
+    /// Not answering, or not there (why): its files are not read (a copy elsewhere is).
+    Offline(String),
 }
 
 impl OriginHealth {
@@ -56,6 +71,59 @@ impl OriginHealth {
         self.offline_count.load(Ordering::Acquire) != 0
     }
 
+    /// Origin `id`'s state.
+    pub fn state(&self, id: u32) -> OriginState {
+        if let Some(why) = self.reason(id) {
+            return OriginState::Offline(why);
+        }
+        let degraded = self.degraded.read().unwrap_or_else(PoisonError::into_inner);
+        match degraded.iter().find(|(o, _)| *o == id) {
+            Some((_, why)) => OriginState::Degraded(why.clone()),
+            None => OriginState::Up,
+        }
+    }
+
+    /// Marks origin `id` degraded for `reason` (`None`: not degraded); true when that
+    /// changed whether it is degraded.
+    pub fn set_degraded(&self, id: u32, reason: Option<&str>) -> bool {
+        let mut degraded = self.degraded.write().unwrap_or_else(PoisonError::into_inner);
+        let found = degraded.iter().position(|(o, _)| *o == id);
+        match (found, reason) {
+            (Some(i), Some(why)) => {
+                why.clone_into(&mut degraded[i].1);
+                false
+            }
+            (None, Some(why)) => {
+                degraded.push((id, why.to_owned()));
+                true
+            }
+            (Some(i), None) => {
+                degraded.swap_remove(i);
+                true
+            }
+            (None, None) => false,
+        }
+    }
+
+    /// Counts a failed read of a file of origin `id` (the read moved to another copy, or
+    /// failed).
+    pub fn note_read_error(&self, id: u32) {
+        let mut errors = self.read_errors.write().unwrap_or_else(PoisonError::into_inner);
+        match errors.iter_mut().find(|(o, _)| *o == id) {
+            Some(entry) => entry.1 += 1,
+            None => errors.push((id, 1)),
+        }
+    }
+
+    /// The failed reads of origin `id` counted since the last call.
+    pub fn take_read_errors(&self, id: u32) -> u64 {
+        let mut errors = self.read_errors.write().unwrap_or_else(PoisonError::into_inner);
+        match errors.iter().position(|(o, _)| *o == id) {
+            Some(i) => errors.swap_remove(i).1,
+            None => 0,
+        }
+    }
+
     /// Why origin `id` is offline, `None` when it is online.
     pub fn reason(&self, id: u32) -> Option<String> {
         if self.offline_count.load(Ordering::Acquire) == 0 {
@@ -88,5 +156,25 @@ mod tests {
         assert!(!h.is_offline(3));
         assert_eq!(h.reason(3), None);
         assert!(!h.any_offline());
+    }
+
+    #[test]
+    fn degraded_and_read_errors_are_per_origin() {
+        let h = OriginHealth::default();
+        assert_eq!(h.state(1), OriginState::Up);
+        assert!(h.set_degraded(1, Some("slow")));
+        assert!(!h.set_degraded(1, Some("slower")));
+        assert_eq!(h.state(1), OriginState::Degraded("slower".into()));
+        assert_eq!(h.state(2), OriginState::Up);
+        h.set_offline(1, "gone");
+        assert_eq!(h.state(1), OriginState::Offline("gone".into()));
+        h.set_online(1);
+        assert!(h.set_degraded(1, None));
+        assert_eq!(h.state(1), OriginState::Up);
+        h.note_read_error(2);
+        h.note_read_error(2);
+        assert_eq!(h.take_read_errors(2), 2);
+        assert_eq!(h.take_read_errors(2), 0);
+        assert_eq!(h.take_read_errors(1), 0);
     }
 }

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use musicfs_core::health::OriginHealth;
+use musicfs_core::health::{OriginHealth, OriginState};
 use musicfs_core::snapshot::{Node, Snapshot, ROOT_INO};
-use musicfs_storage::origin::{OriginTable, Seen};
+use musicfs_storage::origin::{Copy, FailoverSource, OriginTable, Seen};
 
 use crate::album::{self, AlbumExtras, Albums, ExtraSource};
 use crate::handles::HandleTable;
@@ -592,19 +592,36 @@ impl FsModel {
         self.dirs.remove(fh).map(drop).ok_or(FsError::BadHandle(fh))
     }
 
-    /// The root's `origins` attribute: one line per origin, `ROOT<TAB>online` or
-    /// `ROOT<TAB>offline<TAB>why`.
+    /// The root's `origins` attribute: one line per origin, `ROOT<TAB>up`,
+    /// `ROOT<TAB>degraded<TAB>why` or `ROOT<TAB>offline<TAB>why`.
     fn origins_value(&self, snap: &Snapshot) -> Vec<u8> {
         let mut out = Vec::new();
         for (id, root) in snap.origins() {
             out.extend_from_slice(root.as_os_str().as_bytes());
-            match self.cfg.origin_health.reason(id) {
-                None => out.extend_from_slice(b"\tonline\n"),
-                Some(why) => {
-                    out.extend_from_slice(b"\toffline\t");
-                    out.extend_from_slice(why.as_bytes());
-                    out.push(b'\n');
-                }
+            let (state, why) = match self.cfg.origin_health.state(id) {
+                OriginState::Up => ("up", None),
+                OriginState::Degraded(why) => ("degraded", Some(why)),
+                OriginState::Offline(why) => ("offline", Some(why)),
+            };
+            out.push(b'\t');
+            out.extend_from_slice(state.as_bytes());
+            if let Some(why) = why {
+                out.push(b'\t');
+                out.extend_from_slice(why.as_bytes());
+            }
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// The `alternates` attribute of track `track_id`: one line per other copy, its source
+    /// path and `same` or `retagged`.
+    fn alternates_value(snap: &Snapshot, track_id: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for a in snap.alternates(track_id) {
+            if let Some(root) = snap.origin_root(a.origin) {
+                out.extend_from_slice(root.join(OsStr::from_bytes(a.rel_path)).as_os_str().as_bytes());
+                out.extend_from_slice(if a.same_bytes { b"\tsame\n" } else { b"\tretagged\n" });
             }
         }
         out
@@ -658,7 +675,42 @@ impl FsModel {
             origin: f.origin,
         })?;
         let rel = Path::new(OsStr::from_bytes(f.rel_path));
-        if self.cfg.origin_health.is_offline(f.origin) && !origin.readable_offline(rel) {
+        let offline = self.cfg.origin_health.is_offline(f.origin) && !origin.readable_offline(rel);
+        let local = origin.as_local().is_some();
+        let seen = Seen {
+            size: node.size(),
+            mtime_ns: node.mtime_ns(),
+        };
+        // A track with copies of the same bytes elsewhere is read through a source that
+        // moves to the next copy when a read fails (a local preferred copy keeps
+        // passthrough: the kernel reads it directly).
+        let mut alternates = snap.alternates(f.track_id).filter(|a| a.same_bytes).peekable();
+        if alternates.peek().is_some() && (offline || !local) {
+            let mut copies = Vec::new();
+            copies.push(Copy {
+                origin_id: f.origin,
+                origin: origin.clone(),
+                rel: rel.to_path_buf(),
+                seen,
+            });
+            for a in alternates {
+                if let Some(o) = origins.get(a.origin) {
+                    copies.push(Copy {
+                        origin_id: a.origin,
+                        origin: o.clone(),
+                        rel: PathBuf::from(OsStr::from_bytes(a.rel_path)),
+                        seen: Seen {
+                            size: a.size,
+                            mtime_ns: a.mtime_ns,
+                        },
+                    });
+                }
+            }
+            return FailoverSource::open(copies, self.cfg.origin_health.clone())
+                .map(|s| Source::Other(Arc::new(s)))
+                .map_err(|source| FsError::Origin { ino, source });
+        }
+        if offline {
             return Err(FsError::OriginOffline {
                 ino,
                 origin: f.origin,
@@ -666,13 +718,7 @@ impl FsModel {
         }
         let opened = match origin.as_local() {
             Some(local) => local.open_file(rel).map(Source::Local),
-            None => {
-                let seen = Seen {
-                    size: node.size(),
-                    mtime_ns: node.mtime_ns(),
-                };
-                origin.open_seen(rel, seen).map(Source::Other)
-            }
+            None => origin.open_seen(rel, seen).map(Source::Other),
         };
         opened.map_err(|source| FsError::Origin { ino, source })
     }
@@ -741,7 +787,9 @@ impl FsModel {
             }
             let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
             let file = node.file().ok_or(FsError::IsADirectory(ino))?;
-            if self.cfg.origin_health.is_offline(file.origin) {
+            if self.cfg.origin_health.is_offline(file.origin)
+                && !snap.alternates(file.track_id).any(|a| a.same_bytes)
+            {
                 let rel = Path::new(OsStr::from_bytes(file.rel_path));
                 let origins = self.origins.load();
                 if !origins
@@ -871,6 +919,12 @@ impl FsModel {
             Self::source_of(&snap, &node)?
                 .into_os_string()
                 .into_encoded_bytes()
+        } else if field == xattr::ALTERNATES_FIELD {
+            let value = Self::alternates_value(&snap, file.track_id);
+            if value.is_empty() {
+                return Err(missing());
+            }
+            value
         } else {
             if !xattr::TAG_FIELDS.contains(&field) {
                 return Err(missing());
@@ -909,6 +963,9 @@ impl FsModel {
                 }
             }
             push(xattr::SOURCE_FIELD);
+            if snap.alternates(file.track_id).next().is_some() {
+                push(xattr::ALTERNATES_FIELD);
+            }
         } else if ino == ROOT_INO {
             for field in STATUS_FIELDS.into_iter().chain([xattr::ORIGINS_FIELD]) {
                 names.extend_from_slice(xattr::XATTR_PREFIX.as_bytes());

@@ -32,7 +32,13 @@ pub const TAG_FIELDS: [&str; 15] = [
 /// The attribute holding the source path.
 pub const SOURCE_FIELD: &str = "source";
 
-/// The root's attribute listing every origin with its state (online, or offline and why).
+/// The attribute listing a track's other copies (one line each: the copy's source path,
+/// a tab, `same` for the same bytes or `retagged` for the same audio with other tags),
+/// present only on tracks that have copies.
+pub const ALTERNATES_FIELD: &str = "alternates";
+
+/// The root's attribute listing every origin with its state (up, degraded or offline, with
+/// why).
 pub const ORIGINS_FIELD: &str = "origins";
 
 /// Where track records come from (the catalog in the daemon, a map in tests).

@@ -227,7 +227,7 @@ fn an_origin_emptied_while_served_stays_listed_reads_eio_and_comes_back_without_
             virt.display()
         );
     }
-    assert!(root_origins_xattr(&fs).contains("\tonline"));
+    assert!(root_origins_xattr(&fs).contains("\tup"));
     assert_eq!(sources(&fs), served);
     assert_eq!(track_ids(&work.state), ids, "the catalog never lost a row");
     assert_eq!(catalog_counts(&work.state)[&origin], 6);
