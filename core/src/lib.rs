@@ -18,4 +18,4 @@ pub mod snapshot;
 pub mod template;
 pub mod tree;
 
-pub use meta::{Format, Identity, OriginId, Perm, ScanState, TrackId, TrackMeta, TrackRecord};
+pub use meta::{CopyTags, Format, Identity, OriginId, Perm, ScanState, TrackId, TrackMeta, TrackRecord};

@@ -193,6 +193,74 @@ pub struct Identity {
     pub file: u128,
 }
 
+/// The tags two copies of one audio must not disagree on to be one track (title, artists,
+/// album, track number), each folded (case, surrounding blanks) and hashed; `None` where
+/// untagged. See [`CopyTags::agrees`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyTags {
+    /// Title.
+    pub title: Option<u64>,
+    /// Artists, in order.
+    pub artist: Option<u64>,
+    /// Album.
+    pub album: Option<u64>,
+    /// Track number.
+    pub track: Option<u64>,
+    /// Duration.
+    pub duration_ms: Option<u64>,
+}
+
+/// Durations of copies of one audio may differ by this much (an estimate from a header
+/// against one from the stream).
+pub const COPY_DURATION_SLACK_MS: u64 = 1000;
+
+impl CopyTags {
+    /// The copy tags of `m`.
+    pub fn of(m: &TrackMeta) -> CopyTags {
+        fn fold(s: &str) -> u64 {
+            xxhash_rust::xxh3::xxh3_64(s.trim().to_lowercase().as_bytes())
+        }
+        let artist = (!m.artist.is_empty()).then(|| {
+            let joined: Vec<String> = m.artist.iter().map(|a| a.trim().to_lowercase()).collect();
+            xxhash_rust::xxh3::xxh3_64(joined.join("\0").as_bytes())
+        });
+        CopyTags {
+            title: m.title.as_deref().map(fold),
+            artist,
+            album: m.album.as_deref().map(fold),
+            track: m.track.as_deref().map(fold),
+            duration_ms: m.duration_ms,
+        }
+    }
+
+    /// Whether two tracks of the same audio are the same track: no tag both have differs,
+    /// durations within [`COPY_DURATION_SLACK_MS`].
+    pub fn agrees(&self, o: &CopyTags) -> bool {
+        fn same(a: Option<u64>, b: Option<u64>) -> bool {
+            a.zip(b).is_none_or(|(a, b)| a == b)
+        }
+        let durations = self
+            .duration_ms
+            .zip(o.duration_ms)
+            .is_none_or(|(a, b)| a.abs_diff(b) <= COPY_DURATION_SLACK_MS);
+        durations
+            && same(self.title, o.title)
+            && same(self.artist, o.artist)
+            && same(self.album, o.album)
+            && same(self.track, o.track)
+    }
+
+    /// All four tags as one nonzero key when all are there (two complete copy tags agree
+    /// only if their keys are equal); `None` for a partly tagged track.
+    pub fn complete(&self) -> Option<u64> {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for part in [self.title?, self.artist?, self.album?, self.track?] {
+            h.update(&part.to_le_bytes());
+        }
+        Some(h.digest().max(1))
+    }
+}
+
 /// Bytes of a file's audio payload hashed into [`Identity::audio`].
 pub const IDENTITY_WINDOW: usize = 64 << 10;
 

@@ -59,7 +59,7 @@ impl Library {
         }
         let wanted = self.shown_origin_ids()?;
         for &(id, _) in &touched.tracks {
-            if current.has_copies(id.0) || self.catalog.copies_of(id)?.len() > 1 {
+            if current.has_copies(id.0) || self.has_agreeing_copy(id)? {
                 debug!("full publish: a track with copies changed");
                 return Ok(None);
             }

@@ -11,7 +11,7 @@ use std::path::Path;
 use heed::byteorder::BE;
 use heed::types::{Bytes, SerdeBincode, Str, Unit, U32, U64};
 use heed::{CommitToken, Database, DatabaseOpener, OnCommit, RoTxn, RwTxn};
-use musicfs_core::meta::{Format, Identity, OriginId, ScanState, TrackId, TrackMeta, TrackRecord};
+use musicfs_core::meta::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackRecord};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -57,7 +57,8 @@ pub(crate) type ArtDb<'t> = Database<'t, Bytes, SerdeBincode<ArtRef>>;
 /// Track id (u64 big-endian) to its plays.
 pub(crate) type PlaysDb<'t> = Database<'t, U64<BE>, SerdeBincode<super::plays::Plays>>;
 /// Track id (u64 big-endian) to its identity.
-pub(crate) type IdentitiesDb<'t> = Database<'t, U64<BE>, SerdeBincode<Identity>>;
+pub(crate) type IdentitiesDb<'t> =
+    Database<'t, U64<BE>, SerdeBincode<super::identity::StoredIdentity>>;
 /// Audio identity then track id (see `identity::audio_key`), no value: the copies of a
 /// track.
 pub(crate) type ByAudioDb<'t> = Database<'t, Bytes, Unit>;
