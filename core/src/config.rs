@@ -106,8 +106,17 @@ pub enum WatchMode {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OriginConfig {
-    /// Root directory of a local (or locally mounted NFS/SMB) origin.
+    /// The origin spec: a directory (local, or a mounted NFS/SMB share), `s3://…`,
+    /// `sftp://…`, `smb://…` (`spec` is the same key).
+    #[serde(alias = "spec")]
     pub path: PathBuf,
+    /// A name for logs and `musicfs stats` (default: the spec).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Lower wins when a track is in several origins (default: the order given). Origins
+    /// are used in this order.
+    #[serde(default)]
+    pub priority: Option<i64>,
     /// How changes are noticed.
     #[serde(default)]
     pub watch: WatchMode,
@@ -134,11 +143,13 @@ pub struct OriginConfig {
     #[serde(default)]
     pub password_file: Option<PathBuf>,
     /// Remote origins: the most one request may take, retries included, in seconds
-    /// (default 5). An uncached read of an unreachable origin fails (EIO) after it.
-    #[serde(default)]
+    /// (default 5). An uncached read of an unreachable origin fails (EIO) after it, or
+    /// moves to a copy of the file in another origin. (`timeout` is the same key.)
+    #[serde(default, alias = "timeout")]
     pub timeout_secs: Option<f64>,
-    /// Remote origins: requests in flight at most (default 8).
-    #[serde(default)]
+    /// Remote origins: requests in flight at most (default 8; `max_concurrency` is the
+    /// same key).
+    #[serde(default, alias = "max_concurrency")]
     pub concurrency: Option<usize>,
 }
 
@@ -151,6 +162,8 @@ impl OriginConfig {
     pub fn local(path: PathBuf) -> OriginConfig {
         OriginConfig {
             path,
+            name: None,
+            priority: None,
             watch: WatchMode::Inotify,
             poll_interval_secs: default_poll_secs(),
             credentials_file: None,
@@ -172,8 +185,9 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// The path template (see docs/TEMPLATES.md).
     pub template: String,
-    /// Origins, in priority order.
-    #[serde(rename = "origin")]
+    /// Origins, in priority order (`[[origin]]` or `[[origins]]` tables; sorted by their
+    /// `priority` keys when given).
+    #[serde(rename = "origin", alias = "origins")]
     pub origins: Vec<OriginConfig>,
     /// FUSE worker threads; 0 means one per CPU.
     pub threads: usize,
@@ -223,6 +237,10 @@ pub struct Config {
     /// Seconds a track must stay open to count as played (`Recently Played`, `Most
     /// Played`); 0 counts every open.
     pub play_after_secs: u64,
+    /// Seconds between health probes of each origin (0: never).
+    pub probe_interval_secs: f64,
+    /// A probe slower than this (milliseconds) makes its origin "degraded".
+    pub degraded_after_ms: u64,
 }
 
 /// One `[collections.NAME]` table: a saved search.
@@ -324,6 +342,8 @@ impl Default for Config {
             collections: BTreeMap::new(),
             search_limit: DEFAULT_SEARCH_LIMIT,
             play_after_secs: DEFAULT_PLAY_AFTER_SECS,
+            probe_interval_secs: 30.0,
+            degraded_after_ms: 1000,
         }
     }
 }
@@ -346,7 +366,21 @@ impl Config {
 
     /// Parses TOML text.
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim().to_string())
+        let mut cfg: Config = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+        cfg.sort_origins();
+        Ok(cfg)
+    }
+
+    /// Orders the origins by `priority` (an origin without one ranks by its place in the
+    /// list; equal priorities keep their order).
+    pub fn sort_origins(&mut self) {
+        let mut ranked: Vec<(i64, OriginConfig)> = std::mem::take(&mut self.origins)
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| (o.priority.unwrap_or(i as i64), o))
+            .collect();
+        ranked.sort_by_key(|(p, _)| *p);
+        self.origins = ranked.into_iter().map(|(_, o)| o).collect();
     }
 
     /// Checks values that parse but make no sense.
@@ -370,6 +404,7 @@ impl Config {
             ("attr_timeout_secs", self.attr_timeout_secs),
             ("negative_timeout_secs", self.negative_timeout_secs()),
             ("refresh_interval_secs", self.refresh_interval_secs),
+            ("probe_interval_secs", self.probe_interval_secs),
         ]
         .into_iter()
         .chain(polls)

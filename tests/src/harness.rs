@@ -803,6 +803,8 @@ pub struct TreeEntry {
     pub path: PathBuf,
     /// The origin file it is served from; `None` for directories.
     pub source: Option<PathBuf>,
+    /// Other copies of the track: source path and whether it holds the same bytes.
+    pub alternates: Vec<(PathBuf, bool)>,
 }
 
 /// Runs `musicfs tree --long --state-dir STATE` and parses it.
@@ -811,9 +813,20 @@ pub fn musicfs_tree_long(state_dir: &Path) -> Result<Vec<TreeEntry>> {
     for line in musicfs_tree(state_dir, true)? {
         let bytes = line.as_os_str().as_bytes();
         let fields: Vec<&[u8]> = bytes.split(|&b| b == b'\t').collect();
-        let [ino, size, path, source] = fields[..] else {
+        let [ino, size, path, source, ref alts @ ..] = fields[..] else {
             bail!("`musicfs tree --long` line without 4 tab-separated fields: {line:?}");
         };
+        let mut alternates = Vec::new();
+        for alt in alts {
+            let (at, same) = if let Some(p) = alt.strip_suffix(b" (same)") {
+                (p, true)
+            } else if let Some(p) = alt.strip_suffix(b" (retagged)") {
+                (p, false)
+            } else {
+                bail!("`musicfs tree --long` alternate without (same)/(retagged): {line:?}");
+            };
+            alternates.push((PathBuf::from(OsStr::from_bytes(at)), same));
+        }
         let number = |f: &[u8]| -> Result<u64> {
             std::str::from_utf8(f)?
                 .parse()
@@ -824,6 +837,7 @@ pub fn musicfs_tree_long(state_dir: &Path) -> Result<Vec<TreeEntry>> {
             size: number(size)?,
             path: PathBuf::from(OsStr::from_bytes(path)),
             source: (!source.is_empty()).then(|| PathBuf::from(OsStr::from_bytes(source))),
+            alternates,
         });
     }
     Ok(entries)

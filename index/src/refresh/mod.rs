@@ -39,6 +39,7 @@ mod burst;
 mod copies;
 mod delta;
 mod error;
+mod prober;
 mod scanning;
 mod state;
 mod watches;
@@ -47,6 +48,7 @@ use burst::{backoff, collect_burst, Timers};
 
 pub use error::{RefreshError, Result};
 
+pub use prober::{Prober, HEALTH_FILE};
 pub use scanning::scan_summary;
 pub use state::StateDir;
 pub use watches::{plan_watches, watch_origins, Indexed, OriginWatches, Watched};
@@ -362,6 +364,9 @@ pub enum Trigger {
     Watch(Change),
     /// Rescan every origin (SIGHUP, start-up reconcile, control command), with the reason.
     Rescan(&'static str),
+    /// Publish the tree again from the catalog as it is (an origin holding copies of
+    /// tracks went offline or came back: which copy is shown may change), with the reason.
+    Republish(&'static str),
     /// Stop the refresher.
     Stop,
 }
@@ -407,6 +412,10 @@ impl Refresher {
         loop {
             self.poll_unwatched(&mut unwatched, &mut timers);
             let (which, why) = match rx.recv_timeout(timers.until_next()) {
+                Ok(Trigger::Republish(why)) => {
+                    self.republish(why);
+                    continue;
+                }
                 Ok(first) => match collect_burst(first, &rx) {
                     Some(which) => (which, "change"),
                     None => return,
@@ -435,6 +444,23 @@ impl Refresher {
                     failures += 1;
                 }
             }
+        }
+    }
+
+    /// Publishes the tree again from the catalog and serves it.
+    fn republish(&self, why: &str) {
+        let current = self.shared.load_full();
+        let path = self.library.state.snapshot_path();
+        match self
+            .library
+            .publish()
+            .and_then(|_| Ok(Snapshot::open(&path)?))
+        {
+            Ok(next) => {
+                info!(why, generation = next.generation(), "republished");
+                self.swap_in(&current, next);
+            }
+            Err(e) => warn!(why, "cannot republish, still serving the previous tree: {e:#}"),
         }
     }
 

@@ -96,9 +96,15 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Per origin: tracks, tracks shown, copies hidden behind tracks of other places and
+    /// the bytes that saves, and the origin's state (as the last scan left it); then
+    /// totals.
+    Stats,
     /// Print every path of the published tree, sorted, one per line.
     Tree {
-        /// Also print inode, size and source path (tab-separated: ino, size, path, source).
+        /// Also print inode, size and source path (tab-separated: ino, size, path, source),
+        /// then each other copy of the track as `SOURCE (same)` (same bytes) or
+        /// `SOURCE (retagged)` (same audio, other tags).
         #[arg(long)]
         long: bool,
     },
@@ -153,6 +159,7 @@ fn main() -> ExitCode {
             CacheAction::Stats => cache_stats(&cfg),
         },
         Command::Tree { long } => tree(&cfg, long),
+        Command::Stats => stats(&cfg),
         Command::Search { query, json, limit } => search(&cfg, &query, json, limit),
     };
     match result {
@@ -434,6 +441,85 @@ fn cache_stats(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+fn stats(cfg: &Config) -> Result<()> {
+    let state = StateDir::create(&cfg.state_dir())?;
+    let snap = Snapshot::open_verified(&state.snapshot_path())
+        .context("no usable snapshot: run `musicfs scan` first")?;
+    let catalog = state.open_catalog()?;
+    #[derive(Default)]
+    struct Counts {
+        tracks: u64,
+        shown: u64,
+        hidden: u64,
+        saved: u64,
+    }
+    let mut per: std::collections::BTreeMap<u32, Counts> = Default::default();
+    catalog.for_each(|t| per.entry(t.origin.0).or_default().tracks += 1)?;
+    snap.for_each_node(|n| {
+        if let Some(f) = n.file() {
+            per.entry(f.origin).or_default().shown += 1;
+            for a in snap.alternates(f.track_id) {
+                let c = per.entry(a.origin).or_default();
+                c.hidden += 1;
+                c.saved += a.size;
+            }
+        }
+    });
+    // The states the running daemon's prober last wrote (ROOT, STATE, PROBE_MS, WHY).
+    let health_file = cfg.state_dir().join(musicfs_index::refresh::HEALTH_FILE);
+    let states: std::collections::HashMap<String, String> = std::fs::read_to_string(&health_file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.splitn(4, '\t');
+            let (root, state, ms, why) = (f.next()?, f.next()?, f.next()?, f.next().unwrap_or(""));
+            let text = match why {
+                "" => format!("{state} (probe {ms} ms)"),
+                why => format!("{state}: {why} (probe {ms} ms)"),
+            };
+            Some((root.to_owned(), text))
+        })
+        .collect();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    writeln!(out, "origin\ttracks\tshown\tcopies\tbytes_saved\tstate")?;
+    let mut total = Counts::default();
+    for (id, root) in catalog.origins()? {
+        let c = per.remove(&id.0).unwrap_or_default();
+        let root = root.display().to_string();
+        let state = states
+            .get(&root)
+            .cloned()
+            .unwrap_or_else(|| "unknown (no daemon has probed it)".to_owned());
+        let name = cfg
+            .origins
+            .iter()
+            .find(|o| o.path.as_os_str() == root.as_str())
+            .and_then(|o| o.name.clone());
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            name.unwrap_or(root),
+            c.tracks,
+            c.shown,
+            c.hidden,
+            c.saved,
+            state
+        )?;
+        total.tracks += c.tracks;
+        total.shown += c.shown;
+        total.hidden += c.hidden;
+        total.saved += c.saved;
+    }
+    writeln!(
+        out,
+        "total\t{}\t{}\t{}\t{}\t",
+        total.tracks, total.shown, total.hidden, total.saved
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
 fn tree(cfg: &Config, long: bool) -> Result<()> {
     let state = StateDir::create(&cfg.state_dir())?;
     let snap = Snapshot::open_verified(&state.snapshot_path())
@@ -451,6 +537,19 @@ fn tree(cfg: &Config, long: bool) -> Result<()> {
                     out.write_all(b"/")?;
                 }
                 out.write_all(f.rel_path)?;
+                for a in snap.alternates(f.track_id) {
+                    out.write_all(b"\t")?;
+                    if let Some(root) = snap.origin_root(a.origin) {
+                        out.write_all(root.as_os_str().as_bytes())?;
+                        out.write_all(b"/")?;
+                    }
+                    out.write_all(a.rel_path)?;
+                    out.write_all(if a.same_bytes {
+                        b" (same)"
+                    } else {
+                        b" (retagged)"
+                    })?;
+                }
             }
         } else {
             out.write_all(&path)?;

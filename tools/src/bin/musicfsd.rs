@@ -17,7 +17,10 @@ use musicfs_core::health::OriginHealth;
 use musicfs_core::snapshot::Snapshot;
 use musicfs_core::template::Template;
 use musicfs_fusedev::MountOptions;
-use musicfs_index::refresh::{plan_watches, watch_origins, Library, Refresher, StateDir, Trigger};
+use musicfs_index::health::PROBE_TIMEOUT;
+use musicfs_index::refresh::{
+    plan_watches, watch_origins, Library, Prober, Refresher, StateDir, Trigger,
+};
 use musicfs_storage::origin::Origin;
 use musicfs_tools::finder::LibraryFinder;
 use musicfs_tools::{init_logging, progress_bar, read_path, resolve_origins, sd_notify};
@@ -333,6 +336,28 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
             None
         }
     };
+    // The health prober: its own thread, so a slow probe never holds up a refresh.
+    let (stop_probes, probes_stopped) = crossbeam_channel::bounded::<()>(1);
+    let prober = (cfg.probe_interval_secs > 0.0).then(|| Prober {
+        origins: library.origins.clone(),
+        catalog: library.catalog.clone(),
+        health: library.health.clone(),
+        interval: Duration::from_secs_f64(cfg.probe_interval_secs),
+        timeout: PROBE_TIMEOUT,
+        degraded_after: Duration::from_millis(cfg.degraded_after_ms),
+        state_dir: cfg.state_dir(),
+        shared: shared.clone(),
+        refresh: tx.clone(),
+    });
+    let probe_thread = match prober {
+        Some(p) => Some(
+            std::thread::Builder::new()
+                .name("health-probe".into())
+                .spawn(move || p.run(probes_stopped))
+                .context("cannot start the health-probe thread")?,
+        ),
+        None => None,
+    };
     let refresher = Refresher {
         library,
         shared,
@@ -372,6 +397,12 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
     let result = mounted.wait();
     signal_handle.close();
     let _ = tx.send(Trigger::Stop);
+    let _ = stop_probes.send(());
+    if let Some(t) = probe_thread {
+        if t.join().is_err() {
+            error!("the health-probe thread panicked");
+        }
+    }
     if refresh_thread.join().is_err() {
         error!("the refresh thread panicked");
     }
