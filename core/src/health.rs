@@ -86,7 +86,10 @@ impl OriginHealth {
     /// Marks origin `id` degraded for `reason` (`None`: not degraded); true when that
     /// changed whether it is degraded.
     pub fn set_degraded(&self, id: u32, reason: Option<&str>) -> bool {
-        let mut degraded = self.degraded.write().unwrap_or_else(PoisonError::into_inner);
+        let mut degraded = self
+            .degraded
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let found = degraded.iter().position(|(o, _)| *o == id);
         match (found, reason) {
             (Some(i), Some(why)) => {
@@ -108,7 +111,10 @@ impl OriginHealth {
     /// Counts a failed read of a file of origin `id` (the read moved to another copy, or
     /// failed).
     pub fn note_read_error(&self, id: u32) {
-        let mut errors = self.read_errors.write().unwrap_or_else(PoisonError::into_inner);
+        let mut errors = self
+            .read_errors
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         match errors.iter_mut().find(|(o, _)| *o == id) {
             Some(entry) => entry.1 += 1,
             None => errors.push((id, 1)),
@@ -117,7 +123,10 @@ impl OriginHealth {
 
     /// The failed reads of origin `id` counted since the last call.
     pub fn take_read_errors(&self, id: u32) -> u64 {
-        let mut errors = self.read_errors.write().unwrap_or_else(PoisonError::into_inner);
+        let mut errors = self
+            .read_errors
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         match errors.iter().position(|(o, _)| *o == id) {
             Some(i) => errors.swap_remove(i).1,
             None => 0,

@@ -18,4 +18,6 @@ pub mod snapshot;
 pub mod template;
 pub mod tree;
 
-pub use meta::{CopyTags, Format, Identity, OriginId, Perm, ScanState, TrackId, TrackMeta, TrackRecord};
+pub use meta::{
+    CopyTags, Format, Identity, OriginId, Perm, ScanState, TrackId, TrackMeta, TrackRecord,
+};

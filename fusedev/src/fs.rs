@@ -620,8 +620,16 @@ impl FsModel {
         let mut out = Vec::new();
         for a in snap.alternates(track_id) {
             if let Some(root) = snap.origin_root(a.origin) {
-                out.extend_from_slice(root.join(OsStr::from_bytes(a.rel_path)).as_os_str().as_bytes());
-                out.extend_from_slice(if a.same_bytes { b"\tsame\n" } else { b"\tretagged\n" });
+                out.extend_from_slice(
+                    root.join(OsStr::from_bytes(a.rel_path))
+                        .as_os_str()
+                        .as_bytes(),
+                );
+                out.extend_from_slice(if a.same_bytes {
+                    b"\tsame\n"
+                } else {
+                    b"\tretagged\n"
+                });
             }
         }
         out
@@ -684,7 +692,10 @@ impl FsModel {
         // A track with copies of the same bytes elsewhere is read through a source that
         // moves to the next copy when a read fails (a local preferred copy keeps
         // passthrough: the kernel reads it directly).
-        let mut alternates = snap.alternates(f.track_id).filter(|a| a.same_bytes).peekable();
+        let mut alternates = snap
+            .alternates(f.track_id)
+            .filter(|a| a.same_bytes)
+            .peekable();
         if alternates.peek().is_some() && (offline || !local) {
             let mut copies = Vec::new();
             copies.push(Copy {

@@ -48,7 +48,10 @@ impl Copies {
                 .complete()
                 .and_then(|k| by_key.get(&k))
                 .and_then(|cs| cs.iter().copied().find(|&c| head_agrees(c)));
-            let limit = clusters.len().min(SCAN_CLUSTERS).min(found.unwrap_or(usize::MAX));
+            let limit = clusters
+                .len()
+                .min(SCAN_CLUSTERS)
+                .min(found.unwrap_or(usize::MAX));
             if let Some(c) = (0..limit).find(|&c| head_agrees(c)) {
                 found = Some(c);
             }

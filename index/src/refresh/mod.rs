@@ -460,7 +460,10 @@ impl Refresher {
                 info!(why, generation = next.generation(), "republished");
                 self.swap_in(&current, next);
             }
-            Err(e) => warn!(why, "cannot republish, still serving the previous tree: {e:#}"),
+            Err(e) => warn!(
+                why,
+                "cannot republish, still serving the previous tree: {e:#}"
+            ),
         }
     }
 

@@ -121,7 +121,9 @@ impl Prober {
                     };
                     if self.health.set_degraded(id, why.as_deref()) {
                         match &why {
-                            Some(why) => warn!(origin = %root.display(), reason = %why, "origin degraded"),
+                            Some(why) => {
+                                warn!(origin = %root.display(), reason = %why, "origin degraded")
+                            }
                             None => info!(origin = %root.display(), "origin up"),
                         }
                     }
@@ -134,7 +136,9 @@ impl Prober {
             });
         }
         if flipped && self.shared.load().alternate_count() > 0 {
-            let _ = self.refresh.send(Trigger::Republish("an origin with copies changed state"));
+            let _ = self
+                .refresh
+                .send(Trigger::Republish("an origin with copies changed state"));
         }
         if let Err(e) = self.write_states(&probed) {
             debug!("cannot write {HEALTH_FILE}: {e}");

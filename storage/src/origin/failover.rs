@@ -74,7 +74,10 @@ impl FailoverSource {
     /// Opens the first usable copy of `copies` (in order of preference). Fails with the
     /// last copy's error when none opens, or an I/O error saying so when every copy's
     /// origin is offline.
-    pub fn open(copies: Vec<Copy>, health: Arc<OriginHealth>) -> Result<FailoverSource, OriginError> {
+    pub fn open(
+        copies: Vec<Copy>,
+        health: Arc<OriginHealth>,
+    ) -> Result<FailoverSource, OriginError> {
         let mut last = None;
         for (i, copy) in copies.iter().enumerate() {
             if !copy.usable(&health) {
@@ -107,7 +110,10 @@ impl FailoverSource {
 
     /// The copy being read now (index in the list given to [`FailoverSource::open`]).
     pub fn current_index(&self) -> usize {
-        self.current.read().unwrap_or_else(PoisonError::into_inner).0
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
     }
 
     /// The origin id of the copy being read now.

@@ -85,6 +85,9 @@ struct Cli {
     /// Kernel readahead for the mount in KiB (root) [default: 1024].
     #[arg(long)]
     readahead_kb: Option<u32>,
+    /// Seconds between health probes of each origin, 0 for none [default: 30].
+    #[arg(long)]
+    probe_interval: Option<f64>,
     /// Without passthrough, let the kernel open files without asking (one round trip less
     /// per open; write intents are then refused by the read-only mount alone).
     #[arg(
@@ -221,6 +224,9 @@ fn merge_config(cli: &Cli) -> Result<Config> {
     }
     if let Some(kb) = cli.readahead_kb {
         cfg.readahead_kb = kb;
+    }
+    if let Some(s) = cli.probe_interval {
+        cfg.probe_interval_secs = s;
     }
     cfg.skip_open |= cli.skip_open;
     if let Some(l) = &cli.log_level {
