@@ -9,10 +9,11 @@
 //!   genre the ID3v2 tag lacks), ID3v2.4 with CJK tags and file name, ID3v1 only.
 //! - `m4a/`, `ogg/` (NFC "Beyoncé", vinyl track `A1`), `opus/` (NFD "Beyoncé"), `wav/`
 //!   (RIFF INFO), `comp/` (a compilation), `misc/` (no tags; title only), `dup/` (two files
-//!   whose tags collide), `multi/` (a FLAC with two ARTIST and two GENRE comments and a
+//!   whose tags collide, distinct audio), `multi/` (a FLAC with two ARTIST and two GENRE comments and a
 //!   separate TRACKTOTAL).
 //! - `broken/`: empty, truncated, random, text-as-m4a and FLAC-named-mp3 files.
-//! - `links/`: a symlink to a good file inside the origin (a track of its own), a dangling
+//! - `links/`: a symlink to a good file inside the origin (cataloged, and shown once with
+//!   its target: the same track), a dangling
 //!   symlink, a loop back to the root, and a symlink to a file outside the origin.
 
 use std::collections::VecDeque;
@@ -120,6 +121,9 @@ struct Encode {
     extra: Vec<String>,
     /// Add the lavfi cover image as a second input.
     with_cover: bool,
+    /// The sine's frequency: files meant as distinct tracks whose tags could agree need
+    /// distinct audio, or the mount shows them once (as copies of one track).
+    freq: u32,
 }
 
 const FLAC: &[&str] = &["-c:a", "flac"];
@@ -147,7 +151,13 @@ impl Encode {
             tags: tags.iter().map(|(k, v)| (*k, v.to_string())).collect(),
             extra: Vec::new(),
             with_cover: false,
+            freq: 440,
         }
+    }
+
+    fn with_freq(mut self, freq: u32) -> Self {
+        self.freq = freq;
+        self
     }
 
     fn run(&self, root: &Path, cover: &Path) -> Result<()> {
@@ -157,7 +167,10 @@ impl Encode {
         }
         let mut cmd = Command::new("ffmpeg");
         cmd.args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
-            .arg("sine=frequency=440:duration=1:sample_rate=44100");
+            .arg(format!(
+                "sine=frequency={}:duration=1:sample_rate=44100",
+                self.freq
+            ));
         if self.with_cover {
             cmd.arg("-i").arg(cover);
             cmd.args(["-map", "0:a", "-map", "1:v", "-c:v", "copy"]);
@@ -605,7 +618,7 @@ fn good_files() -> (Vec<Encode>, Vec<ExpectedTrack>) {
     }
 
     add(
-        Encode::new("misc/No Tags Here.flac", FLAC, &[]),
+        Encode::new("misc/No Tags Here.flac", FLAC, &[]).with_freq(523),
         Format::Flac,
         TrackMeta::default(),
     );
@@ -622,7 +635,7 @@ fn good_files() -> (Vec<Encode>, Vec<ExpectedTrack>) {
         },
     );
 
-    for rel in ["dup/take1.flac", "dup/take2.flac"] {
+    for (rel, freq) in [("dup/take1.flac", 440), ("dup/take2.flac", 660)] {
         add(
             Encode::new(
                 rel,
@@ -634,7 +647,8 @@ fn good_files() -> (Vec<Encode>, Vec<ExpectedTrack>) {
                     ("date", "2020"),
                     ("track", "1"),
                 ],
-            ),
+            )
+            .with_freq(freq),
             Format::Flac,
             TrackMeta {
                 title: s("Same Song"),

@@ -128,6 +128,20 @@ fn every_track_plays_bit_exact_through_the_mount() {
     let pairs = virtual_to_source(&fs);
     let served: BTreeSet<&PathBuf> = pairs.values().collect();
     for good in &library().good {
+        if std::fs::symlink_metadata(good)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+        {
+            // A symlink to another track of the library is that track: served as it.
+            let target = std::fs::canonicalize(good).unwrap();
+            assert!(
+                served.contains(&target),
+                "{} is not served",
+                target.display()
+            );
+            continue;
+        }
         let count = pairs.values().filter(|s| *s == good).count();
         assert_eq!(
             count,

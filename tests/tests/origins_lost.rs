@@ -193,7 +193,14 @@ fn an_origin_emptied_while_served_stays_listed_reads_eio_and_comes_back_without_
     let work = Work::new();
     let origin = work.origin("music");
     write_album(&origin, "Kept", 5);
-    fs::copy(origin.join("Kept/01.flac"), origin.join("loose.flac")).unwrap();
+    // A loose file at the root, a track of its own (another title: an exact copy of a
+    // track would be shown once).
+    let loose = flac_with_comments(
+        one_second_flac(),
+        &[("TITLE", "Loose"), ("ARTIST", "Keeper"), ("ALBUM", "Kept")],
+    )
+    .unwrap();
+    fs::write(origin.join("loose.flac"), loose).unwrap();
     let checksums = file_checksums(&origin);
     let opts = work.options(std::slice::from_ref(&origin));
     let (fs, _) = MountedFs::start_watching(opts, NOTICE).unwrap_or_else(|e| panic!("{e:#}"));

@@ -38,14 +38,14 @@ fn musicfs_tree_shows_exactly_the_expected_paths() {
     // NFD and NFC "Beyoncé" are one artist; the mixed-format compilation and the Ogg/Opus
     // album each stay one folder; `3/12` renders 03, vinyl A1 stays; a file with no tags is
     // named from its stem under Unknown Artist/Unknown Album with no `()` or `NN - `; the
-    // second track rendering to an existing path gets ` (2)`; two ARTIST values are joined.
+    // second track rendering to an existing path gets ` (2)`; two ARTIST values are joined;
+    // the symlink to `03 - Flac Song.flac` is the same track, shown once.
     let want = [
         "Alpha; Beta",
         "Alpha; Beta/Duets (1975) [FLAC]",
         "Alpha; Beta/Duets (1975) [FLAC]/02 - Together.flac",
         "Artist One",
         "Artist One/Album A (2001) [FLAC]",
-        "Artist One/Album A (2001) [FLAC]/03 - Flac Song (2).flac",
         "Artist One/Album A (2001) [FLAC]/03 - Flac Song.flac",
         "Beyoncé",
         "Beyoncé/I Am... Sasha Fierce (2008) [OGG+OPUS]",

@@ -8,10 +8,12 @@
 //! durations differ by more than a second: the same recording released on a
 //! single and on an album stays two tracks. The shown copy is the preferred one: first a
 //! copy whose origin is not offline, then the origin's priority (its place in the
-//! configuration), then the lower track id, so the choice is the same build after build;
+//! configuration), then a file over a symlink to it, then the lower track id, so the
+//! choice is the same build after build;
 //! each other copy joins the first shown track (in that order) whose tags it agrees with.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 
 use musicfs_core::meta::{CopyTags, TrackId};
 
@@ -37,7 +39,7 @@ impl Copies {
 
     /// Groups `members` (one audio) into tracks and records the hidden copies.
     fn settle(&mut self, mut members: Vec<Member>) {
-        members.sort_by_key(|m| (m.offline, m.rank, m.id));
+        members.sort_by_key(|m| (m.offline, m.rank, m.linked, m.id));
         // Clusters of copies, each headed by its shown track (the first, most preferred).
         let mut clusters: Vec<Vec<usize>> = Vec::new();
         let mut by_key: HashMap<u64, Vec<usize>> = HashMap::new();
@@ -81,6 +83,9 @@ struct Member {
     id: TrackId,
     offline: bool,
     rank: usize,
+    /// Reached through a symlink (a local file whose real path is another): its target,
+    /// when also cataloged, is the one to show.
+    linked: bool,
     file: u128,
     tags: CopyTags,
 }
@@ -135,10 +140,20 @@ impl Library {
                 if !wanted.contains(&track.origin.0) {
                     continue;
                 }
+                let rank = rank_of.get(&track.origin.0).copied().unwrap_or(usize::MAX);
+                let linked = self
+                    .origins
+                    .get(rank)
+                    .and_then(|o| o.local_root())
+                    .is_some_and(|root| {
+                        let path = root.join(std::ffi::OsStr::from_bytes(&track.rel_path));
+                        std::fs::canonicalize(&path).is_ok_and(|real| real != path)
+                    });
                 members.push(Member {
                     id,
                     offline: self.health.is_offline(track.origin.0),
-                    rank: rank_of.get(&track.origin.0).copied().unwrap_or(usize::MAX),
+                    rank,
+                    linked,
                     file: identity.file,
                     tags: CopyTags::of(&track.meta),
                 });

@@ -491,10 +491,14 @@ fn stats(cfg: &Config) -> Result<()> {
             .get(&root)
             .cloned()
             .unwrap_or_else(|| "unknown (no daemon has probed it)".to_owned());
+        // The configured origin with this key (a spec names it as the catalog does).
         let name = cfg
             .origins
             .iter()
-            .find(|o| o.path.as_os_str() == root.as_str())
+            .find(|o| {
+                musicfs_storage::origin::OriginSpec::parse(&o.path.to_string_lossy())
+                    .is_ok_and(|spec| spec.key() == root.as_str())
+            })
             .and_then(|o| o.name.clone());
         writeln!(
             out,
