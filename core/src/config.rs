@@ -151,6 +151,10 @@ pub struct OriginConfig {
     /// same key).
     #[serde(default, alias = "max_concurrency")]
     pub concurrency: Option<usize>,
+    /// Remote origins: payload bytes per second at most, on average (`"2M"` is 2 MiB/s;
+    /// same units as `cache_budget`); unset: no limit.
+    #[serde(default)]
+    pub bandwidth_limit: Option<ByteSize>,
 }
 
 fn default_poll_secs() -> f64 {
@@ -173,6 +177,7 @@ impl OriginConfig {
             password_file: None,
             timeout_secs: None,
             concurrency: None,
+            bandwidth_limit: None,
         }
     }
 }
@@ -390,6 +395,19 @@ impl Config {
                 .into_iter()
                 .chain(o.timeout_secs.map(|t| ("timeout_secs", t)))
         });
+        if let Some(o) = self
+            .origins
+            .iter()
+            .find(|o| o.bandwidth_limit == Some(ByteSize(0)))
+        {
+            return Err(ConfigError::Invalid {
+                key: "bandwidth_limit",
+                message: format!(
+                    "origin {}: 0 bytes per second can read nothing (leave it unset for no limit)",
+                    o.path.display()
+                ),
+            });
+        }
         if let Some(o) = self.origins.iter().find(|o| o.concurrency == Some(0)) {
             return Err(ConfigError::Invalid {
                 key: "concurrency",

@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 /// The offline origins, shared (behind an `Arc`) by the refresh loop and the FUSE workers.
 #[derive(Debug, Default)]
@@ -21,6 +22,10 @@ pub struct OriginHealth {
     degraded: RwLock<Vec<(u32, String)>>,
     /// Reads that failed, per origin id, since the prober last looked.
     read_errors: RwLock<Vec<(u32, u64)>>,
+    /// When a read of each origin last failed; `failures` says whether any ever did, so
+    /// asking costs one atomic load until then.
+    failed_at: RwLock<Vec<(u32, Instant)>>,
+    failures: AtomicUsize,
 }
 
 /// An origin's state as the mount shows it.
@@ -58,12 +63,23 @@ impl OriginHealth {
     }
 
     /// Marks origin `id` online; true when it was offline until now.
+    /// Failed reads seen before are forgotten with the state: new opens use it again.
     pub fn set_online(&self, id: u32) -> bool {
         let mut offline = self.offline.write().unwrap_or_else(PoisonError::into_inner);
         let before = offline.len();
         offline.retain(|(o, _)| *o != id);
         self.offline_count.store(offline.len(), Ordering::Release);
-        offline.len() != before
+        let changed = offline.len() != before;
+        drop(offline);
+        if changed {
+            let mut failed = self
+                .failed_at
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            failed.retain(|(o, _)| *o != id);
+            self.failures.store(failed.len(), Ordering::Release);
+        }
+        changed
     }
 
     /// Whether any origin is offline.
@@ -119,6 +135,32 @@ impl OriginHealth {
             Some(entry) => entry.1 += 1,
             None => errors.push((id, 1)),
         }
+        drop(errors);
+        let now = Instant::now();
+        let mut failed = self
+            .failed_at
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        match failed.iter_mut().find(|(o, _)| *o == id) {
+            Some(entry) => entry.1 = now,
+            None => failed.push((id, now)),
+        }
+        self.failures.store(failed.len(), Ordering::Release);
+    }
+
+    /// Whether a read of origin `id` failed less than `within` ago: a reader with a copy
+    /// elsewhere goes there first instead of waiting for this origin to time out too.
+    pub fn failed_recently(&self, id: u32, within: Duration) -> bool {
+        if self.failures.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let failed = self
+            .failed_at
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        failed
+            .iter()
+            .any(|(o, at)| *o == id && at.elapsed() < within)
     }
 
     /// The failed reads of origin `id` counted since the last call.
@@ -185,5 +227,14 @@ mod tests {
         assert_eq!(h.take_read_errors(2), 2);
         assert_eq!(h.take_read_errors(2), 0);
         assert_eq!(h.take_read_errors(1), 0);
+        assert!(h.failed_recently(2, Duration::from_secs(60)));
+        assert!(!h.failed_recently(2, Duration::ZERO));
+        assert!(!h.failed_recently(1, Duration::from_secs(60)));
+        h.set_offline(2, "probe failed");
+        h.set_online(2);
+        assert!(
+            !h.failed_recently(2, Duration::from_secs(60)),
+            "back online: forgotten"
+        );
     }
 }

@@ -6,8 +6,8 @@
 //! and, for MP3, minus trailing ID3v1 and APEv2 tags. Its exact length and the hash of its
 //! first [`IDENTITY_WINDOW`] bytes name the audio: two different recordings with a payload
 //! of the same length to the byte whose first 64 KiB of compressed audio are equal do not
-//! happen in practice. The tag region itself (what symphonia just read) and the trailing
-//! tags go into the whole-file identity.
+//! happen in practice. The tag region (what symphonia just read; past 4 MiB only its first
+//! and last MiB) and the trailing tags go into the whole-file identity.
 
 use std::io;
 
@@ -29,9 +29,14 @@ pub fn identity_of(source: &dyn Source, format: Format) -> io::Result<Option<Ide
     if len == 0 {
         return Ok(None);
     }
-    let tag_end = locate_tag_region(len, |n| read_exact_at(source, 0, n))?
-        .unwrap_or(0)
-        .min(len);
+    let tag_end = match format {
+        // FLAC metadata is walked header by header: a file with megabytes of APPLICATION
+        // blocks is not read whole to find where its audio starts.
+        Format::Flac => flac_metadata_end(source, len)?,
+        _ => locate_tag_region(len, |n| read_exact_at(source, 0, n))?,
+    }
+    .unwrap_or(0)
+    .min(len);
     let trailer = match format {
         Format::Mp3 => trailing_tags(source, tag_end, len)?,
         _ => 0,
@@ -53,7 +58,7 @@ pub fn identity_of(source: &dyn Source, format: Format) -> io::Result<Option<Ide
     h.update(b"musicfs file 1");
     h.update(&audio.to_le_bytes());
     h.update(&len.to_le_bytes());
-    hash_range(&mut h, source, 0, tag_end)?;
+    hash_sampled(&mut h, source, 0, tag_end)?;
     hash_range(&mut h, source, len - trailer, trailer)?;
     Ok(Some(Identity {
         audio,
@@ -91,6 +96,46 @@ fn trailing_tags(source: &dyn Source, tag_end: u64, len: u64) -> io::Result<u64>
         }
     }
     Ok(len - end)
+}
+
+/// Where the metadata blocks of a FLAC stream end (its first audio frame), from the block
+/// headers alone; `None` when it is not one or the chain is damaged.
+fn flac_metadata_end(source: &dyn Source, len: u64) -> io::Result<Option<u64>> {
+    const LAST: u8 = 0x80;
+    const MAX_BLOCKS: usize = 4096;
+    if read_exact_at(source, 0, 4)? != b"fLaC" {
+        return Ok(None);
+    }
+    let mut at = 4u64;
+    for _ in 0..MAX_BLOCKS {
+        let header = read_exact_at(source, at, 4)?;
+        let [kind, a, b, c] = header[..] else {
+            return Ok(None);
+        };
+        at += 4 + u64::from(u32::from_be_bytes([0, a, b, c]));
+        if at > len {
+            return Ok(None);
+        }
+        if kind & LAST != 0 {
+            return Ok(Some(at));
+        }
+    }
+    Ok(None)
+}
+
+/// A tag region larger than this is hashed by its first and last [`TAG_SAMPLE`] bytes and
+/// its length (cover art of several megabytes need not be read twice).
+const TAG_WHOLE_UP_TO: u64 = 4 << 20;
+const TAG_SAMPLE: u64 = 1 << 20;
+
+/// Feeds `len` bytes at `offset` to `h`, or, past [`TAG_WHOLE_UP_TO`], their ends.
+fn hash_sampled(h: &mut Xxh3, source: &dyn Source, offset: u64, len: u64) -> io::Result<()> {
+    if len <= TAG_WHOLE_UP_TO {
+        return hash_range(h, source, offset, len);
+    }
+    h.update(&len.to_le_bytes());
+    hash_range(h, source, offset, TAG_SAMPLE)?;
+    hash_range(h, source, offset + len - TAG_SAMPLE, TAG_SAMPLE)
 }
 
 /// Up to `n` bytes at `offset` (fewer only at end of file).

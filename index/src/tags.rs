@@ -140,7 +140,40 @@ pub fn read_track_from(
     source: Arc<dyn Source>,
     expected: Option<Format>,
 ) -> Result<(Format, TrackMeta, Option<Picture>), TagError> {
-    read_track_identity(source, expected).map(|t| (t.format, t.meta, t.picture))
+    let len = source.len();
+    if len == 0 {
+        return Err(TagError::Empty);
+    }
+    let source = blocked(source);
+    read_guarded(source, len, expected)
+}
+
+/// A source without a file descriptor is remote (each read is a request): read in blocks.
+fn blocked(source: Arc<dyn Source>) -> Arc<dyn Source> {
+    match source.raw_fd() {
+        Some(_) => source,
+        None => Arc::new(Blocked::new(source)),
+    }
+}
+
+/// [`read_inner`] with a panic in symphonia turned into an error.
+fn read_guarded(
+    source: Arc<dyn Source>,
+    len: u64,
+    expected: Option<Format>,
+) -> Result<(Format, TrackMeta, Option<Picture>), TagError> {
+    match catch_unwind(AssertUnwindSafe(|| read_inner(source, len, expected))) {
+        Ok(result) => result,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            tracing::warn!(panic = %msg, "symphonia panicked while probing a file");
+            Err(TagError::Panicked(msg))
+        }
+    }
 }
 
 /// What reading a track's file found: [`read_track_from`] plus the file's [`Identity`].
@@ -166,41 +199,21 @@ pub fn read_track_identity(
     if len == 0 {
         return Err(TagError::Empty);
     }
-    // A source without a file descriptor is remote: each read is a request.
-    let source: Arc<dyn Source> = match source.raw_fd() {
-        Some(_) => source,
-        None => Arc::new(Blocked::new(source)),
+    let source = blocked(source);
+    let (format, meta, picture) = read_guarded(source.clone(), len, expected)?;
+    let identity = match crate::identity::identity_of(source.as_ref(), format) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the file for its identity");
+            None
+        }
     };
-    let read = catch_unwind(AssertUnwindSafe(|| {
-        read_inner(source.clone(), len, expected)
-    }));
-    match read {
-        Ok(result) => {
-            let (format, meta, picture) = result?;
-            let identity = match crate::identity::identity_of(source.as_ref(), format) {
-                Ok(id) => id,
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot read the file for its identity");
-                    None
-                }
-            };
-            Ok(TrackRead {
-                format,
-                meta,
-                picture,
-                identity,
-            })
-        }
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            tracing::warn!(panic = %msg, "symphonia panicked while probing a file");
-            Err(TagError::Panicked(msg))
-        }
-    }
+    Ok(TrackRead {
+        format,
+        meta,
+        picture,
+        identity,
+    })
 }
 
 /// A [`Source`] as the `Read + Seek` stream symphonia probes: every read is a
@@ -798,6 +811,15 @@ mod tests {
         assert!(
             read < app_len as u64,
             "read {read} bytes of a file holding 8 MiB of application data"
+        );
+        // Its identity reads the ends of the metadata, not all of it.
+        source.read.store(0, Ordering::Relaxed);
+        let track = read_track_identity(source.clone(), Some(Format::Flac)).unwrap();
+        assert!(track.identity.is_some());
+        let read = source.read.load(Ordering::Relaxed);
+        assert!(
+            read < 4 * app_len as u64,
+            "read {read} bytes for the identity"
         );
     }
 

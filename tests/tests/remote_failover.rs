@@ -263,6 +263,7 @@ fn mirrored_remote_origins_show_each_track_once_and_reads_fail_over_without_erro
         .output()
         .unwrap();
     let stats = String::from_utf8(stats.stdout).unwrap();
+    println!("musicfs stats:\n{stats}");
     assert!(
         stats.lines().any(|l| l.starts_with("nas\t9\t9\t0\t")),
         "{stats}"

@@ -187,6 +187,7 @@ pub fn settings_of(oc: &OriginConfig) -> OriginSettings {
     if let Some(n) = oc.concurrency {
         remote.concurrency = n;
     }
+    remote.bandwidth = oc.bandwidth_limit.map(|b| b.0);
     OriginSettings {
         credentials_file: oc.credentials_file.clone(),
         profile: oc.profile.clone(),

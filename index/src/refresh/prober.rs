@@ -60,7 +60,7 @@ pub struct Prober {
 struct Probed {
     root: String,
     state: OriginState,
-    probe_ms: u128,
+    probe_us: u128,
 }
 
 impl Prober {
@@ -132,7 +132,7 @@ impl Prober {
             probed.push(Probed {
                 root: root.display().to_string(),
                 state: self.health.state(id),
-                probe_ms: took.as_millis(),
+                probe_us: took.as_micros(),
             });
         }
         if flipped && self.shared.load().alternate_count() > 0 {
@@ -145,7 +145,8 @@ impl Prober {
         }
     }
 
-    /// Writes the states atomically: `ROOT<TAB>STATE<TAB>PROBE_MS<TAB>WHY` per line.
+    /// Writes the states atomically: `ROOT<TAB>STATE<TAB>PROBE_US<TAB>WHY` per line (the
+    /// last probe's time in microseconds).
     fn write_states(&self, probed: &[Probed]) -> std::io::Result<()> {
         let mut text = Vec::new();
         for p in probed {
@@ -154,7 +155,7 @@ impl Prober {
                 OriginState::Degraded(w) => ("degraded", w.as_str()),
                 OriginState::Offline(w) => ("offline", w.as_str()),
             };
-            writeln!(text, "{}\t{state}\t{}\t{why}", p.root, p.probe_ms)?;
+            writeln!(text, "{}\t{state}\t{}\t{why}", p.root, p.probe_us)?;
         }
         let path = self.state_dir.join(HEALTH_FILE);
         let tmp = self.state_dir.join(format!("{HEALTH_FILE}.tmp"));

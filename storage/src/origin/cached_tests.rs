@@ -626,3 +626,75 @@ fn through_the_real_cas_and_chunker_a_tag_edit_costs_the_tag_region_and_a_sample
     let report = cas.verify().unwrap();
     assert!(report.is_ok(), "{report:?}");
 }
+
+/// Two in-memory origins holding the same file, for the failover source.
+fn mirrors(bytes: &[u8]) -> (Vec<Arc<Files>>, Vec<super::Copy>) {
+    let mut all = Vec::new();
+    let mut copies = Vec::new();
+    for (id, spec) in [(0u32, "s3://a/music"), (1, "s3://b/music")] {
+        let files = Arc::new(Files::default());
+        files.files.lock().unwrap().insert(
+            "t.flac".to_owned(),
+            (Arc::new(bytes.to_vec()), "e1".to_owned()),
+        );
+        let origin: Arc<dyn Origin> = Arc::new(MemOrigin {
+            spec: OriginSpec::parse(spec).unwrap(),
+            files: Arc::clone(&files),
+        });
+        copies.push(super::Copy {
+            origin_id: id,
+            origin,
+            rel: "t.flac".into(),
+            seen: Seen {
+                size: bytes.len() as u64,
+                mtime_ns: 0,
+            },
+        });
+        all.push(files);
+    }
+    (all, copies)
+}
+
+#[test]
+fn a_read_that_fails_continues_on_the_next_copy_at_the_same_offset() {
+    let bytes = musicfs_chunker::noise(300_000, 7);
+    let (files, copies) = mirrors(&bytes);
+    let health = Arc::new(musicfs_core::health::OriginHealth::default());
+    let source = FailoverSource::open(copies.clone(), health.clone()).unwrap();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while out.len() < bytes.len() {
+        if out.len() >= 100_000 {
+            files[0].down.store(true, Ordering::SeqCst);
+        }
+        let n = source.read_at(&mut buf, out.len() as u64).unwrap();
+        assert!(n > 0);
+        out.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(out, bytes, "bit-exact across the switch");
+    assert_eq!(source.current_origin(), 1);
+    assert!(files[1].served.load(Ordering::SeqCst) >= 190_000);
+    assert_eq!(health.take_read_errors(0), 1, "one failed read counted");
+
+    // A new open while the first origin is known to fail starts at the second copy; once
+    // it is back and the failure is old news, the first is used again.
+    let again = FailoverSource::open(copies.clone(), health.clone()).unwrap();
+    assert_eq!(again.current_origin(), 1);
+    files[0].down.store(false, Ordering::SeqCst);
+    health.set_offline(1, "gone");
+    let back = FailoverSource::open(copies, health).unwrap();
+    assert_eq!(back.current_origin(), 0, "the only usable copy");
+}
+
+#[test]
+fn every_copy_down_is_an_error_not_a_hang_or_panic() {
+    let (files, copies) = mirrors(b"0123456789");
+    let health = Arc::new(musicfs_core::health::OriginHealth::default());
+    let source = FailoverSource::open(copies.clone(), health.clone()).unwrap();
+    for f in &files {
+        f.down.store(true, Ordering::SeqCst);
+    }
+    let mut buf = [0u8; 4];
+    assert!(source.read_at(&mut buf, 0).is_err());
+    assert!(FailoverSource::open(copies, health).is_err());
+}

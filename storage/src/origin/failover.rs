@@ -12,6 +12,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use musicfs_core::health::OriginHealth;
 
@@ -39,9 +40,16 @@ impl fmt::Debug for Copy {
     }
 }
 
+/// A copy whose origin failed a read this recently is passed over while another copy is
+/// usable: a stalled server costs one timeout, not one per request in flight.
+const AVOID_FAILED_FOR: Duration = Duration::from_secs(10);
+
 impl Copy {
-    fn usable(&self, health: &OriginHealth) -> bool {
-        !health.is_offline(self.origin_id) || self.origin.readable_offline(&self.rel)
+    /// Whether the copy may be read: its origin not offline (or the file readable offline)
+    /// and, when `strict`, no read of its origin failed lately.
+    fn usable(&self, health: &OriginHealth, strict: bool) -> bool {
+        (!health.is_offline(self.origin_id) || self.origin.readable_offline(&self.rel))
+            && !(strict && health.failed_recently(self.origin_id, AVOID_FAILED_FOR))
     }
 
     fn open(&self) -> Result<Arc<dyn Source>, OriginError> {
@@ -79,10 +87,17 @@ impl FailoverSource {
         health: Arc<OriginHealth>,
     ) -> Result<FailoverSource, OriginError> {
         let mut last = None;
-        for (i, copy) in copies.iter().enumerate() {
-            if !copy.usable(&health) {
+        let mut tried = vec![false; copies.len()];
+        // First the copies of origins that answer, then any other copy not offline.
+        let order = [true, false]
+            .into_iter()
+            .flat_map(|strict| (0..copies.len()).map(move |i| (strict, i)));
+        for (strict, i) in order {
+            let copy = &copies[i];
+            if tried[i] || !copy.usable(&health, strict) {
                 continue;
             }
+            tried[i] = true;
             match copy.open() {
                 Ok(source) => {
                     let len = source.len();
@@ -121,8 +136,9 @@ impl FailoverSource {
         self.copies[self.current_index()].origin_id
     }
 
-    /// After copy `failed` failed a read at `offset`: the next copy that opens and reads
-    /// it, made current, with what it read.
+    /// After copy `failed` failed a read at `offset` (or is known to be failing): the
+    /// next copy that opens and reads it, made current, with what it read; `error` when
+    /// none does.
     fn fail_over(
         &self,
         failed: usize,
@@ -131,9 +147,8 @@ impl FailoverSource {
         error: io::Error,
     ) -> io::Result<usize> {
         let from = &self.copies[failed];
-        self.health.note_read_error(from.origin_id);
         for (i, copy) in self.copies.iter().enumerate().skip(failed + 1) {
-            if !copy.usable(&self.health) {
+            if !copy.usable(&self.health, false) {
                 continue;
             }
             let source = match copy.open() {
@@ -178,9 +193,26 @@ impl Source for FailoverSource {
             let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
             (current.0, current.1.clone())
         };
+        let origin = self.copies[index].origin_id;
+        // Another reader just saw this origin fail: go to the next copy without waiting
+        // for a timeout of our own (staying here when no other copy is usable).
+        if index + 1 < self.copies.len()
+            && self.health.failed_recently(origin, AVOID_FAILED_FOR)
+            && self.copies[index + 1..]
+                .iter()
+                .any(|c| c.usable(&self.health, true))
+        {
+            let avoided = io::Error::other("a read of this origin failed moments ago");
+            if let Ok(n) = self.fail_over(index, buf, offset, avoided) {
+                return Ok(n);
+            }
+        }
         match source.read_at(buf, offset) {
             Ok(n) => Ok(n),
-            Err(e) => self.fail_over(index, buf, offset, e),
+            Err(e) => {
+                self.health.note_read_error(origin);
+                self.fail_over(index, buf, offset, e)
+            }
         }
     }
 

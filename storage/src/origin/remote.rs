@@ -28,6 +28,10 @@ pub struct RemoteOptions {
     pub max_backoff: Duration,
     /// Requests in flight to this origin at most (default 8).
     pub concurrency: usize,
+    /// Payload bytes per second at most, on average (a one-second burst is allowed); `None`
+    /// for no limit. A request waits before it is sent until the bytes already received
+    /// fit the rate (the wait does not count against `timeout`).
+    pub bandwidth: Option<u64>,
 }
 
 impl Default for RemoteOptions {
@@ -38,6 +42,37 @@ impl Default for RemoteOptions {
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
             concurrency: 8,
+            bandwidth: None,
+        }
+    }
+}
+
+/// A token bucket over [`Traffic::bytes_in`]: one second's worth of bytes at most, spent
+/// by what was received, refilled at the rate.
+#[derive(Debug)]
+struct Pacer {
+    /// Bytes that may still be received now (negative: owed).
+    tokens: f64,
+    /// When the bucket was last brought up to date.
+    at: Instant,
+    /// `bytes_in` then.
+    seen: u64,
+}
+
+impl Pacer {
+    /// How long to wait before the next request at `rate` bytes/s, with `received` bytes
+    /// received so far.
+    fn wait(&mut self, rate: u64, received: u64, now: Instant) -> Duration {
+        let rate = rate.max(1) as f64;
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * rate;
+        self.tokens = (self.tokens + refill).min(rate);
+        self.tokens -= received.saturating_sub(self.seen) as f64;
+        self.seen = received;
+        self.at = now;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / rate)
         }
     }
 }
@@ -111,6 +146,7 @@ pub struct Remote {
     opts: RemoteOptions,
     limit: tokio::sync::Semaphore,
     traffic: Traffic,
+    pacer: std::sync::Mutex<Pacer>,
 }
 
 impl Remote {
@@ -118,6 +154,11 @@ impl Remote {
     pub fn new(opts: RemoteOptions) -> Remote {
         Remote {
             limit: tokio::sync::Semaphore::new(opts.concurrency.max(1)),
+            pacer: std::sync::Mutex::new(Pacer {
+                tokens: opts.bandwidth.unwrap_or(0) as f64,
+                at: Instant::now(),
+                seen: 0,
+            }),
             opts,
             traffic: Traffic::default(),
         }
@@ -142,6 +183,17 @@ impl Remote {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Attempt>>,
     {
+        if let Some(rate) = self.opts.bandwidth {
+            let received = self.traffic.bytes_in.load(Ordering::Relaxed);
+            let wait = self
+                .pacer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .wait(rate, received, Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+        }
         let deadline = Instant::now() + self.opts.timeout;
         let work = async {
             let mut tries = 0u32;
@@ -235,7 +287,31 @@ mod tests {
             backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(5),
             concurrency: 2,
+            bandwidth: None,
         }
+    }
+
+    #[test]
+    fn the_pacer_lets_a_second_s_worth_through_then_holds_to_the_rate() {
+        let t0 = Instant::now();
+        let mut p = Pacer {
+            tokens: 1000.0,
+            at: t0,
+            seen: 0,
+        };
+        assert_eq!(p.wait(1000, 500, t0), Duration::ZERO);
+        assert_eq!(p.wait(1000, 1000, t0), Duration::ZERO);
+        // 500 bytes over: half a second at 1000 B/s.
+        assert_eq!(p.wait(1000, 1500, t0), Duration::from_millis(500));
+        // Half a second later the debt is paid.
+        assert_eq!(
+            p.wait(1000, 1500, t0 + Duration::from_millis(500)),
+            Duration::ZERO
+        );
+        // A long idle stretch refills one second's worth, not more.
+        let later = t0 + Duration::from_secs(100);
+        assert_eq!(p.wait(1000, 2500, later), Duration::ZERO);
+        assert_eq!(p.wait(1000, 3500, later), Duration::from_secs(1));
     }
 
     #[test]

@@ -465,17 +465,17 @@ fn stats(cfg: &Config) -> Result<()> {
             }
         }
     });
-    // The states the running daemon's prober last wrote (ROOT, STATE, PROBE_MS, WHY).
+    // The states the running daemon's prober last wrote (ROOT, STATE, PROBE_US, WHY).
     let health_file = cfg.state_dir().join(musicfs_index::refresh::HEALTH_FILE);
     let states: std::collections::HashMap<String, String> = std::fs::read_to_string(&health_file)
         .unwrap_or_default()
         .lines()
         .filter_map(|line| {
             let mut f = line.splitn(4, '\t');
-            let (root, state, ms, why) = (f.next()?, f.next()?, f.next()?, f.next().unwrap_or(""));
+            let (root, state, us, why) = (f.next()?, f.next()?, f.next()?, f.next().unwrap_or(""));
             let text = match why {
-                "" => format!("{state} (probe {ms} ms)"),
-                why => format!("{state}: {why} (probe {ms} ms)"),
+                "" => format!("{state} (probe {us} us)"),
+                why => format!("{state}: {why} (probe {us} us)"),
             };
             Some((root.to_owned(), text))
         })

@@ -19,6 +19,7 @@ fn quick() -> OriginSettings {
             backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(5),
             concurrency: 4,
+            bandwidth: None,
         },
         ..OriginSettings::default()
     }
