@@ -158,7 +158,8 @@ fn mpd_indexes_every_good_track_and_plays_one() {
                 .into_owned()
         })
         .collect();
-    assert_eq!(good_virtual.len(), good.len());
+    // A symlink to another good track is that track, shown once.
+    assert_eq!(good_virtual.len(), distinct_good());
 
     let mpd = Mpd::start(fs.mountpoint());
     mpd.mpc(&["update", "--wait"]);
@@ -231,7 +232,7 @@ fn mpd_lists_a_collection_through_its_symlinks_and_plays_one() {
         .unwrap_or_else(|e| panic!("{e}\n{}", fs.log()))
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(links.len(), library().good.len(), "{links:?}");
+    assert_eq!(links.len(), distinct_good(), "{links:?}");
 
     // mpd skips dot-names inside its music directory, not the directory itself.
     let mpd = Mpd::start(&fs.mountpoint().join(".collections"));
@@ -249,4 +250,14 @@ fn mpd_lists_a_collection_through_its_symlinks_and_plays_one() {
     );
     plays(&mpd, expected.iter().next().unwrap());
     mpd.mpc(&["stop"]);
+}
+
+/// The good tracks of the fixture library as the mount shows them: a symlink to another
+/// of them is the same track.
+fn distinct_good() -> usize {
+    library()
+        .good
+        .iter()
+        .filter(|p| !fs::symlink_metadata(p).unwrap().file_type().is_symlink())
+        .count()
 }
