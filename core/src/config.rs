@@ -557,6 +557,28 @@ mod tests {
     }
 
     #[test]
+    fn origins_tables_take_spec_name_priority_and_limits() {
+        let c = Config::parse(
+            "[[origins]]\nname = \"b\"\nspec = \"/b\"\npriority = 5\nmax_concurrency = 3\ntimeout = 2\nbandwidth_limit = \"2M\"\n\
+             [[origins]]\nname = \"a\"\nspec = \"/a\"\npriority = 1\n\
+             [[origins]]\nspec = \"/c\"\n",
+        )
+        .unwrap();
+        let names: Vec<_> = c.origins.iter().map(|o| o.path.clone()).collect();
+        // "/c" has no priority: its place (2) ranks it between 1 and 5.
+        assert_eq!(names, ["/a", "/c", "/b"].map(PathBuf::from));
+        let b = &c.origins[2];
+        assert_eq!(b.name.as_deref(), Some("b"));
+        assert_eq!(b.concurrency, Some(3));
+        assert_eq!(b.timeout_secs, Some(2.0));
+        assert_eq!(b.bandwidth_limit, Some(ByteSize(2 << 20)));
+        assert!(c.validate().is_ok());
+        let zero = Config::parse("[[origins]]\nspec = \"/x\"\nbandwidth_limit = 0\n").unwrap();
+        assert!(zero.validate().is_err());
+        assert!(Config::parse("[[origins]]\nspec = \"/x\"\nspeed = 1\n").is_err());
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         assert_eq!(Config::parse("").unwrap(), Config::default());
     }
