@@ -262,7 +262,7 @@ impl CopyTags {
 }
 
 /// Bytes of a file's audio payload hashed into [`Identity::audio`].
-pub const IDENTITY_WINDOW: usize = 64 << 10;
+pub const IDENTITY_WINDOW: usize = 4 << 10;
 
 /// The names an album folder's cover art takes in the tree: the cover as JPEG or PNG,
 /// and its two smaller renditions.

@@ -5,13 +5,13 @@
 //! blocks, Ogg header pages, an MP4 `moov` placed first; `musicfs_chunker::tags` finds it)
 //! and, for MP3, minus trailing ID3v1 and APEv2 tags. Its exact length and the hash of its
 //! first [`IDENTITY_WINDOW`] bytes name the audio: two different recordings with a payload
-//! of the same length to the byte whose first 64 KiB of compressed audio are equal do not
+//! of the same length to the byte whose first 4 KiB of compressed audio are equal do not
 //! happen in practice. The tag region (what symphonia just read; past 4 MiB only its first
 //! and last MiB) and the trailing tags go into the whole-file identity.
 
 use std::io;
 
-use musicfs_chunker::locate_tag_region;
+use musicfs_chunker::{scan_tag_region, TagScan, MAX_HEAD};
 use musicfs_core::meta::{Format, Identity, IDENTITY_WINDOW};
 use musicfs_storage::origin::Source;
 use xxhash_rust::xxh3::Xxh3;
@@ -25,6 +25,42 @@ const APE_HAS_HEADER: u32 = 1 << 31;
 
 /// The identity of the `format` file `source` reads. `None` for an empty file.
 pub fn identity_of(source: &dyn Source, format: Format) -> io::Result<Option<Identity>> {
+    identity_split(source, source, format)
+}
+
+/// How much of a tag region the whole-file identity hashes: all of it up to `whole`, else
+/// its first and last `sample` bytes and its length.
+#[derive(Debug, Clone, Copy)]
+struct TagHashing {
+    whole: u64,
+    sample: u64,
+}
+
+/// A local file (page cache, cheap reads).
+const LOCAL_TAGS: TagHashing = TagHashing {
+    whole: 4 << 20,
+    sample: 1 << 20,
+};
+/// A remote file: every byte not already fetched for the tags is a request's worth, and a
+/// scan must stay a small share of the library.
+const REMOTE_TAGS: TagHashing = TagHashing {
+    whole: 32 << 10,
+    sample: 16 << 10,
+};
+
+/// [`identity_of`] reading the head, tags and tail from `tags` (what the tag reader read
+/// through: its blocks are still there) and the audio window from `audio` (one exact read:
+/// a remote file is not read further in on a block reader's sequential guess).
+pub fn identity_split(
+    tags: &dyn Source,
+    audio: &dyn Source,
+    format: Format,
+) -> io::Result<Option<Identity>> {
+    let source = tags;
+    let tag_hashing = match audio.raw_fd() {
+        Some(_) => LOCAL_TAGS,
+        None => REMOTE_TAGS,
+    };
     let len = source.len();
     if len == 0 {
         return Ok(None);
@@ -33,7 +69,7 @@ pub fn identity_of(source: &dyn Source, format: Format) -> io::Result<Option<Ide
         // FLAC metadata is walked header by header: a file with megabytes of APPLICATION
         // blocks is not read whole to find where its audio starts.
         Format::Flac => flac_metadata_end(source, len)?,
-        _ => locate_tag_region(len, |n| read_exact_at(source, 0, n))?,
+        _ => tag_region_end(source, len)?,
     }
     .unwrap_or(0)
     .min(len);
@@ -45,7 +81,7 @@ pub fn identity_of(source: &dyn Source, format: Format) -> io::Result<Option<Ide
     let window = usize::try_from(payload_len)
         .unwrap_or(usize::MAX)
         .min(IDENTITY_WINDOW);
-    let head = read_exact_at(source, tag_end, window)?;
+    let head = read_exact_at(audio, tag_end, window)?;
 
     let mut h = Xxh3::new();
     h.update(b"musicfs audio 1");
@@ -58,7 +94,7 @@ pub fn identity_of(source: &dyn Source, format: Format) -> io::Result<Option<Ide
     h.update(b"musicfs file 1");
     h.update(&audio.to_le_bytes());
     h.update(&len.to_le_bytes());
-    hash_sampled(&mut h, source, 0, tag_end)?;
+    hash_sampled(&mut h, source, 0, tag_end, tag_hashing)?;
     hash_range(&mut h, source, len - trailer, trailer)?;
     Ok(Some(Identity {
         audio,
@@ -98,6 +134,26 @@ fn trailing_tags(source: &dyn Source, tag_end: u64, len: u64) -> io::Result<u64>
     Ok(len - end)
 }
 
+/// Where the leading tag region ends (`musicfs_chunker::scan_tag_region`), reading the
+/// head from 4 KiB up, only as far as its headers ask.
+fn tag_region_end(source: &dyn Source, len: u64) -> io::Result<Option<u64>> {
+    let mut want = 4096usize.min(usize::try_from(len).unwrap_or(usize::MAX));
+    loop {
+        let head = read_exact_at(source, 0, want)?;
+        match scan_tag_region(&head, len) {
+            TagScan::End(end) => return Ok(Some(end)),
+            TagScan::Unknown => return Ok(None),
+            TagScan::NeedMore(n) => {
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                if n > MAX_HEAD || n <= head.len() || head.len() < want {
+                    return Ok(None);
+                }
+                want = n;
+            }
+        }
+    }
+}
+
 /// Where the metadata blocks of a FLAC stream end (its first audio frame), from the block
 /// headers alone; `None` when it is not one or the chain is damaged.
 fn flac_metadata_end(source: &dyn Source, len: u64) -> io::Result<Option<u64>> {
@@ -123,19 +179,21 @@ fn flac_metadata_end(source: &dyn Source, len: u64) -> io::Result<Option<u64>> {
     Ok(None)
 }
 
-/// A tag region larger than this is hashed by its first and last [`TAG_SAMPLE`] bytes and
-/// its length (cover art of several megabytes need not be read twice).
-const TAG_WHOLE_UP_TO: u64 = 4 << 20;
-const TAG_SAMPLE: u64 = 1 << 20;
-
-/// Feeds `len` bytes at `offset` to `h`, or, past [`TAG_WHOLE_UP_TO`], their ends.
-fn hash_sampled(h: &mut Xxh3, source: &dyn Source, offset: u64, len: u64) -> io::Result<()> {
-    if len <= TAG_WHOLE_UP_TO {
+/// Feeds `len` bytes at `offset` to `h`, or, past `how.whole`, their ends (cover art of
+/// several megabytes need not be read twice).
+fn hash_sampled(
+    h: &mut Xxh3,
+    source: &dyn Source,
+    offset: u64,
+    len: u64,
+    how: TagHashing,
+) -> io::Result<()> {
+    if len <= how.whole {
         return hash_range(h, source, offset, len);
     }
     h.update(&len.to_le_bytes());
-    hash_range(h, source, offset, TAG_SAMPLE)?;
-    hash_range(h, source, offset + len - TAG_SAMPLE, TAG_SAMPLE)
+    hash_range(h, source, offset, how.sample)?;
+    hash_range(h, source, offset + len - how.sample, how.sample)
 }
 
 /// Up to `n` bytes at `offset` (fewer only at end of file).

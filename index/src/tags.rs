@@ -199,9 +199,10 @@ pub fn read_track_identity(
     if len == 0 {
         return Err(TagError::Empty);
     }
+    let raw = source.clone();
     let source = blocked(source);
     let (format, meta, picture) = read_guarded(source.clone(), len, expected)?;
-    let identity = match crate::identity::identity_of(source.as_ref(), format) {
+    let identity = match crate::identity::identity_split(source.as_ref(), raw.as_ref(), format) {
         Ok(id) => id,
         Err(e) => {
             tracing::debug!(error = %e, "cannot read the file for its identity");
