@@ -341,11 +341,18 @@ pub fn entries(snap: &Snapshot, ids: &[u64], tags: Option<&dyn TagSource>) -> Ve
         .take(MAX_RESULTS)
         .collect();
     let width = shown.len().to_string().len().max(3);
+    let ids: Vec<u64> = shown.iter().map(|s| s.0).collect();
+    let records = tags.and_then(|t| t.tracks(&ids).ok()).unwrap_or_default();
     shown
         .into_iter()
         .enumerate()
         .map(|(i, (id, file_name, mtime_ns, path))| Entry {
-            name: result_name(tags, i + 1, width, id, &file_name),
+            name: result_name(
+                records.get(i).and_then(Option::as_ref),
+                i + 1,
+                width,
+                &file_name,
+            ),
             path,
             id,
             mtime_ns,
@@ -353,13 +360,12 @@ pub fn entries(snap: &Snapshot, ids: &[u64], tags: Option<&dyn TagSource>) -> Ve
         .collect()
 }
 
-/// `NNN - Artist - Title.ext`, from the catalog record (the tree's file name when the
-/// record has no artist or title).
+/// `NNN - Artist - Title.ext`, from the catalog record (the tree's file name when there
+/// is none or it has no artist or title).
 fn result_name(
-    tags: Option<&dyn TagSource>,
+    record: Option<&musicfs_core::TrackRecord>,
     rank: usize,
     width: usize,
-    id: u64,
     file_name: &[u8],
 ) -> Vec<u8> {
     let file_name = String::from_utf8_lossy(file_name);
@@ -367,7 +373,6 @@ fn result_name(
         Some((stem, ext)) if !stem.is_empty() => (stem, ext),
         _ => (file_name.as_ref(), ""),
     };
-    let record = tags.and_then(|t| t.track(id).ok().flatten());
     let label = match record {
         Some(r) if !r.meta.artist.is_empty() && r.meta.title.is_some() => format!(
             "{} - {}",

@@ -45,11 +45,27 @@ pub const ORIGINS_FIELD: &str = "origins";
 pub trait TagSource: Send + Sync {
     /// The record of track `id`, or `None` when the catalog does not know it.
     fn track(&self, id: u64) -> Result<Option<TrackRecord>, Box<dyn Error + Send + Sync>>;
+
+    /// The records of `ids`, in order (a source that can read them at once overrides this).
+    fn tracks(
+        &self,
+        ids: &[u64],
+    ) -> Result<Vec<Option<TrackRecord>>, Box<dyn Error + Send + Sync>> {
+        ids.iter().map(|&id| self.track(id)).collect()
+    }
 }
 
 impl TagSource for Catalog {
     fn track(&self, id: u64) -> Result<Option<TrackRecord>, Box<dyn Error + Send + Sync>> {
         Ok(self.get(TrackId(id))?)
+    }
+
+    fn tracks(
+        &self,
+        ids: &[u64],
+    ) -> Result<Vec<Option<TrackRecord>>, Box<dyn Error + Send + Sync>> {
+        let ids: Vec<TrackId> = ids.iter().map(|&id| TrackId(id)).collect();
+        Ok(self.get_many(&ids)?)
     }
 }
 

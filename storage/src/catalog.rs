@@ -168,6 +168,16 @@ impl Catalog {
         })
     }
 
+    /// [`Catalog::get`] of each of `ids`, in one read transaction (naming a page of search
+    /// results costs one transaction, not one per result).
+    pub fn get_many(&self, ids: &[TrackId]) -> Result<Vec<Option<TrackRecord>>, CatalogError> {
+        self.store.read("get many", |txn| {
+            ids.iter()
+                .map(|&id| Ok(self.track(txn, id)?.map(|value| value.into_record(id))))
+                .collect()
+        })
+    }
+
     /// The track at `rel_path` in `origin`, if there is one.
     pub fn find(
         &self,
