@@ -25,7 +25,10 @@ mod layout;
 mod tags;
 
 pub use layout::{chunk_file, Layout, LayoutError};
-pub use tags::{locate_tag_region, scan_tag_region, tag_region, TagScan, FIRST_HEAD, MAX_HEAD};
+pub use tags::{
+    locate_tag_region, locate_tag_region_from, scan_tag_region, tag_region, TagScan, FIRST_HEAD,
+    MAX_HEAD,
+};
 
 /// One chunk of a file: where it is and the xxh3-128 of its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -39,9 +39,19 @@ pub fn tag_region(head: &[u8], file_len: u64) -> Option<u64> {
 /// every fetch path derives the same layout.
 pub fn locate_tag_region<E>(
     file_len: u64,
+    read_head: impl FnMut(usize) -> Result<Vec<u8>, E>,
+) -> Result<Option<u64>, E> {
+    locate_tag_region_from(file_len, FIRST_HEAD, read_head)
+}
+
+/// [`locate_tag_region`] starting with a head of `first` bytes (a caller whose reads of the
+/// head are already cached asks for little first).
+pub fn locate_tag_region_from<E>(
+    file_len: u64,
+    first: usize,
     mut read_head: impl FnMut(usize) -> Result<Vec<u8>, E>,
 ) -> Result<Option<u64>, E> {
-    let mut want = FIRST_HEAD.min(usize::try_from(file_len).unwrap_or(usize::MAX));
+    let mut want = first.min(usize::try_from(file_len).unwrap_or(usize::MAX));
     loop {
         let head = read_head(want)?;
         match scan_tag_region(&head, file_len) {

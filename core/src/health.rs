@@ -20,12 +20,20 @@ pub struct OriginHealth {
     offline: RwLock<Vec<(u32, String)>>,
     /// Origins that answer but slowly or with errors: (origin id, why).
     degraded: RwLock<Vec<(u32, String)>>,
-    /// Reads that failed, per origin id, since the prober last looked.
-    read_errors: RwLock<Vec<(u32, u64)>>,
-    /// When a read of each origin last failed; `failures` says whether any ever did, so
-    /// asking costs one atomic load until then.
-    failed_at: RwLock<Vec<(u32, Instant)>>,
+    /// Failed reads per origin; `failures` is its length, so asking whether an origin
+    /// failed lately costs one atomic load until some read ever failed.
+    failed: RwLock<Vec<ReadFailures>>,
     failures: AtomicUsize,
+}
+
+/// One origin's failed reads.
+#[derive(Debug, Clone, Copy)]
+struct ReadFailures {
+    origin: u32,
+    /// Counted since the prober last took them.
+    count: u64,
+    /// When the last one happened.
+    last: Instant,
 }
 
 /// An origin's state as the mount shows it.
@@ -72,11 +80,8 @@ impl OriginHealth {
         let changed = offline.len() != before;
         drop(offline);
         if changed {
-            let mut failed = self
-                .failed_at
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            failed.retain(|(o, _)| *o != id);
+            let mut failed = self.failed.write().unwrap_or_else(PoisonError::into_inner);
+            failed.retain(|f| f.origin != id);
             self.failures.store(failed.len(), Ordering::Release);
         }
         changed
@@ -127,23 +132,18 @@ impl OriginHealth {
     /// Counts a failed read of a file of origin `id` (the read moved to another copy, or
     /// failed).
     pub fn note_read_error(&self, id: u32) {
-        let mut errors = self
-            .read_errors
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        match errors.iter_mut().find(|(o, _)| *o == id) {
-            Some(entry) => entry.1 += 1,
-            None => errors.push((id, 1)),
-        }
-        drop(errors);
         let now = Instant::now();
-        let mut failed = self
-            .failed_at
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        match failed.iter_mut().find(|(o, _)| *o == id) {
-            Some(entry) => entry.1 = now,
-            None => failed.push((id, now)),
+        let mut failed = self.failed.write().unwrap_or_else(PoisonError::into_inner);
+        match failed.iter_mut().find(|f| f.origin == id) {
+            Some(f) => {
+                f.count += 1;
+                f.last = now;
+            }
+            None => failed.push(ReadFailures {
+                origin: id,
+                count: 1,
+                last: now,
+            }),
         }
         self.failures.store(failed.len(), Ordering::Release);
     }
@@ -154,25 +154,19 @@ impl OriginHealth {
         if self.failures.load(Ordering::Acquire) == 0 {
             return false;
         }
-        let failed = self
-            .failed_at
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let failed = self.failed.read().unwrap_or_else(PoisonError::into_inner);
         failed
             .iter()
-            .any(|(o, at)| *o == id && at.elapsed() < within)
+            .any(|f| f.origin == id && f.last.elapsed() < within)
     }
 
     /// The failed reads of origin `id` counted since the last call.
     pub fn take_read_errors(&self, id: u32) -> u64 {
-        let mut errors = self
-            .read_errors
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        match errors.iter().position(|(o, _)| *o == id) {
-            Some(i) => errors.swap_remove(i).1,
-            None => 0,
-        }
+        let mut failed = self.failed.write().unwrap_or_else(PoisonError::into_inner);
+        failed
+            .iter_mut()
+            .find(|f| f.origin == id)
+            .map_or(0, |f| std::mem::take(&mut f.count))
     }
 
     /// Why origin `id` is offline, `None` when it is online.

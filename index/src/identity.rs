@@ -11,7 +11,7 @@
 
 use std::io;
 
-use musicfs_chunker::{scan_tag_region, TagScan, MAX_HEAD};
+use musicfs_chunker::locate_tag_region_from;
 use musicfs_core::meta::{Format, Identity, IDENTITY_WINDOW};
 use musicfs_storage::origin::Source;
 use xxhash_rust::xxh3::Xxh3;
@@ -69,7 +69,7 @@ pub fn identity_split(
         // FLAC metadata is walked header by header: a file with megabytes of APPLICATION
         // blocks is not read whole to find where its audio starts.
         Format::Flac => flac_metadata_end(source, len)?,
-        _ => tag_region_end(source, len)?,
+        _ => locate_tag_region_from(len, 4096, |n| read_exact_at(source, 0, n))?,
     }
     .unwrap_or(0)
     .min(len);
@@ -132,26 +132,6 @@ fn trailing_tags(source: &dyn Source, tag_end: u64, len: u64) -> io::Result<u64>
         }
     }
     Ok(len - end)
-}
-
-/// Where the leading tag region ends (`musicfs_chunker::scan_tag_region`), reading the
-/// head from 4 KiB up, only as far as its headers ask.
-fn tag_region_end(source: &dyn Source, len: u64) -> io::Result<Option<u64>> {
-    let mut want = 4096usize.min(usize::try_from(len).unwrap_or(usize::MAX));
-    loop {
-        let head = read_exact_at(source, 0, want)?;
-        match scan_tag_region(&head, len) {
-            TagScan::End(end) => return Ok(Some(end)),
-            TagScan::Unknown => return Ok(None),
-            TagScan::NeedMore(n) => {
-                let n = usize::try_from(n).unwrap_or(usize::MAX);
-                if n > MAX_HEAD || n <= head.len() || head.len() < want {
-                    return Ok(None);
-                }
-                want = n;
-            }
-        }
-    }
 }
 
 /// Where the metadata blocks of a FLAC stream end (its first audio frame), from the block
