@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// A configuration problem, reported to the user with the file it came from.
@@ -39,7 +39,7 @@ pub enum ConfigError {
 }
 
 /// FUSE passthrough for reads of local sources (`passthrough`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PassthroughSetting {
     /// When the kernel grants it and the daemon has CAP_SYS_ADMIN; plain reads otherwise.
@@ -52,7 +52,7 @@ pub enum PassthroughSetting {
 }
 
 /// How FUSE requests reach the daemon (`transport`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportSetting {
     /// FUSE-over-io_uring when the kernel allows it, else /dev/fuse.
@@ -89,7 +89,7 @@ impl std::str::FromStr for TransportSetting {
 }
 
 /// How changes in an origin are noticed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WatchMode {
     /// inotify: local filesystems; changes show within about a second.
@@ -103,7 +103,7 @@ pub enum WatchMode {
 }
 
 /// One origin: where tracks live.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OriginConfig {
     /// The origin spec: a directory (local, or a mounted NFS/SMB share), `s3://…`,
@@ -183,7 +183,7 @@ impl OriginConfig {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the catalog and the snapshot live.
@@ -246,10 +246,59 @@ pub struct Config {
     pub probe_interval_secs: f64,
     /// A probe slower than this (milliseconds) makes its origin "degraded".
     pub degraded_after_ms: u64,
+    /// The control API's Unix socket (default: `<state_dir>/control.sock`).
+    pub control_socket: Option<PathBuf>,
+    /// Where the HTTP listener for `/metrics`, `/health` and `/events` (Server-Sent
+    /// Events) listens, e.g. `"127.0.0.1:9464"` (default: none).
+    pub metrics_listen: Option<String>,
+    /// The access log of events, JSON lines (default: `<state_dir>/access.log`; `"off"`:
+    /// none).
+    pub access_log: Option<PathBuf>,
+    /// The access log is rotated past this size (same units as `cache_budget`).
+    pub access_log_max_bytes: ByteSize,
+    /// Rotated access logs kept (`access.log.1` is the newest).
+    pub access_log_keep: usize,
+    /// Where events are posted (`[[webhook]]` or `[[webhooks]]` tables).
+    #[serde(rename = "webhook", alias = "webhooks")]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One `[[webhook]]` table: events posted as JSON to a URL.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where to POST (`http://` or `https://`).
+    pub url: String,
+    /// Kinds sent (`file.opened`, `library.changed`, ..., or a prefix ending in `.` such
+    /// as `file.`); empty: every kind.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// The HMAC-SHA256 key the `X-MusicFS-Signature` header is made with, read from this
+    /// file's first line.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// The key itself (prefer `secret_file`: it keeps the key out of the configuration).
+    /// Never shown by `musicfs config show`.
+    #[serde(default, skip_serializing)]
+    pub secret: Option<String>,
+    /// Retries of a failed delivery, waiting 0.5 s, 1 s, 2 s, ... between them.
+    #[serde(default = "default_webhook_retries")]
+    pub max_retries: u32,
+    /// Events waiting for delivery at most; past it the oldest are dropped (and counted).
+    #[serde(default = "default_webhook_queue")]
+    pub queue: usize,
+}
+
+fn default_webhook_retries() -> u32 {
+    5
+}
+
+fn default_webhook_queue() -> usize {
+    1024
 }
 
 /// One `[collections.NAME]` table: a saved search.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectionConfig {
     /// The query (docs/SEARCH.md).
@@ -272,6 +321,12 @@ pub const DEFAULT_CACHE_BUDGET: u64 = 10 << 30;
 
 /// The smallest `cache_budget`: a few chunking windows.
 pub const MIN_CACHE_BUDGET: u64 = 64 << 20;
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
@@ -349,6 +404,12 @@ impl Default for Config {
             play_after_secs: DEFAULT_PLAY_AFTER_SECS,
             probe_interval_secs: 30.0,
             degraded_after_ms: 1000,
+            control_socket: None,
+            metrics_listen: None,
+            access_log: None,
+            access_log_max_bytes: ByteSize(16 << 20),
+            access_log_keep: 3,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -476,6 +537,28 @@ impl Config {
             return d.clone();
         }
         default_state_dir()
+    }
+
+    /// The control API's socket: `control_socket`, else `<state_dir>/control.sock`.
+    pub fn control_socket_path(&self) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("control.sock"))
+    }
+
+    /// The access log, unless it is `"off"`: `access_log`, else `<state_dir>/access.log`.
+    pub fn access_log_path(&self) -> Option<PathBuf> {
+        match &self.access_log {
+            Some(p) if p.as_os_str() == "off" => None,
+            Some(p) => Some(p.clone()),
+            None => Some(self.state_dir().join("access.log")),
+        }
+    }
+
+    /// The configuration as TOML (what `musicfs config show` prints; webhook secrets
+    /// given inline are left out).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
     }
 
     /// Entry timeout as a duration.
@@ -679,5 +762,50 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+}
+
+#[cfg(test)]
+mod control_tests {
+    use super::*;
+
+    #[test]
+    fn the_configuration_shown_parses_back_to_itself_without_inline_secrets() {
+        let text = r#"
+            template = "$artist/$title"
+            cache_budget = "1G"
+            metrics_listen = "127.0.0.1:9464"
+            [[origin]]
+            path = "/music"
+            name = "nas"
+            [[webhook]]
+            url = "http://127.0.0.1:8080/hook"
+            events = ["file.", "library.changed"]
+            secret = "hunter2"
+            [collections.jazz]
+            query = "genre:jazz"
+        "#;
+        let cfg = Config::parse(text).unwrap();
+        assert_eq!(cfg.webhooks[0].max_retries, 5);
+        let shown = cfg.to_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let back = Config::parse(&shown).unwrap();
+        assert_eq!(back.webhooks[0].secret, None);
+        assert_eq!(
+            Config {
+                webhooks: cfg.webhooks.clone(),
+                ..back
+            },
+            Config {
+                webhooks: cfg.webhooks.clone(),
+                ..cfg.clone()
+            }
+        );
+        assert_eq!(
+            cfg.control_socket_path(),
+            cfg.state_dir().join("control.sock")
+        );
+        let off = Config::parse("access_log = \"off\"").unwrap();
+        assert_eq!(off.access_log_path(), None);
     }
 }

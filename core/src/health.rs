@@ -8,7 +8,9 @@
 //! while some origin is offline.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{OnceLock, PoisonError, RwLock};
+
+use crate::events::{Event, Events};
 use std::time::{Duration, Instant};
 
 /// The offline origins, shared (behind an `Arc`) by the refresh loop and the FUSE workers.
@@ -24,6 +26,11 @@ pub struct OriginHealth {
     /// failed lately costs one atomic load until some read ever failed.
     failed: RwLock<Vec<ReadFailures>>,
     failures: AtomicUsize,
+    /// Told of every change of state (set once, by the daemon).
+    events: OnceLock<Events>,
+    /// Origins the operator switched off: offline, not scanned or probed, until switched
+    /// back on.
+    disabled: RwLock<Vec<u32>>,
 }
 
 /// One origin's failed reads.
@@ -48,6 +55,28 @@ pub enum OriginState {
 }
 
 impl OriginHealth {
+    /// Reports each change of an origin's state to `events` from now on (an
+    /// [`Event::OriginHealth`]); false when a sink was set already.
+    pub fn report_to(&self, events: Events) -> bool {
+        self.events.set(events).is_ok()
+    }
+
+    fn changed(&self, id: u32) {
+        let Some(events) = self.events.get() else {
+            return;
+        };
+        let (state, reason) = match self.state(id) {
+            OriginState::Up => ("up", String::new()),
+            OriginState::Degraded(why) => ("degraded", why),
+            OriginState::Offline(why) => ("offline", why),
+        };
+        events.emit(Event::OriginHealth {
+            origin: id,
+            state,
+            reason,
+        });
+    }
+
     /// Whether origin `id` is offline.
     pub fn is_offline(&self, id: u32) -> bool {
         if self.offline_count.load(Ordering::Acquire) == 0 {
@@ -67,12 +96,44 @@ impl OriginHealth {
         }
         offline.push((id, reason.to_owned()));
         self.offline_count.store(offline.len(), Ordering::Release);
+        drop(offline);
+        self.changed(id);
         true
     }
 
-    /// Marks origin `id` online; true when it was offline until now.
-    /// Failed reads seen before are forgotten with the state: new opens use it again.
+    /// Switches origin `id` off (offline for `reason`, and kept so: scans and probes
+    /// leave it alone) or back on (online; the next scan or probe judges it again).
+    pub fn set_disabled(&self, id: u32, disabled: bool, reason: &str) {
+        {
+            let mut d = self
+                .disabled
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            d.retain(|o| *o != id);
+            if disabled {
+                d.push(id);
+            }
+        }
+        if disabled {
+            self.set_offline(id, reason);
+        } else {
+            self.set_online(id);
+        }
+    }
+
+    /// Whether the operator switched origin `id` off.
+    pub fn is_disabled(&self, id: u32) -> bool {
+        let d = self.disabled.read().unwrap_or_else(PoisonError::into_inner);
+        d.contains(&id)
+    }
+
+    /// Marks origin `id` online (not while it is disabled); true when it was offline
+    /// until now. Failed reads seen before are forgotten with the state: new opens use it
+    /// again.
     pub fn set_online(&self, id: u32) -> bool {
+        if self.is_disabled(id) {
+            return false;
+        }
         let mut offline = self.offline.write().unwrap_or_else(PoisonError::into_inner);
         let before = offline.len();
         offline.retain(|(o, _)| *o != id);
@@ -83,6 +144,8 @@ impl OriginHealth {
             let mut failed = self.failed.write().unwrap_or_else(PoisonError::into_inner);
             failed.retain(|f| f.origin != id);
             self.failures.store(failed.len(), Ordering::Release);
+            drop(failed);
+            self.changed(id);
         }
         changed
     }
@@ -112,7 +175,7 @@ impl OriginHealth {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let found = degraded.iter().position(|(o, _)| *o == id);
-        match (found, reason) {
+        let changed = match (found, reason) {
             (Some(i), Some(why)) => {
                 why.clone_into(&mut degraded[i].1);
                 false
@@ -126,7 +189,12 @@ impl OriginHealth {
                 true
             }
             (None, None) => false,
+        };
+        drop(degraded);
+        if changed {
+            self.changed(id);
         }
+        changed
     }
 
     /// Counts a failed read of a file of origin `id` (the read moved to another copy, or

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod events;
 pub mod health;
 pub mod meta;
 pub mod sanitize;

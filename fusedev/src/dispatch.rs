@@ -21,6 +21,7 @@ use std::time::Duration;
 use crate::abi::{self, Pod};
 use crate::fs::{Attr, DirItem, FsModel, Kind};
 use crate::negotiate::{self, InitAnswer, Negotiated, Wants};
+use crate::opstats::OpStats;
 use crate::passthrough::Backing;
 use crate::ring::{pread_full, ReadRing};
 use crate::sources::Source;
@@ -65,6 +66,7 @@ pub struct Dispatcher {
     init: Mutex<InitState>,
     init_cv: Condvar,
     uring_requests: AtomicU64,
+    stats: Option<Arc<OpStats>>,
 }
 
 #[derive(Default)]
@@ -171,7 +173,14 @@ impl Dispatcher {
             init: Mutex::new(InitState::default()),
             init_cv: Condvar::new(),
             uring_requests: AtomicU64::new(0),
+            stats: None,
         }
+    }
+
+    /// Counts and times every request into `stats` (see [`crate::opstats`]).
+    pub fn with_stats(mut self, stats: Arc<OpStats>) -> Dispatcher {
+        self.stats = Some(stats);
+        self
     }
 
     /// The filesystem model requests are answered from.
@@ -219,8 +228,20 @@ impl Dispatcher {
         &self.backing
     }
 
-    /// Answers `req`, writing the reply body into `out`.
+    /// Answers `req`, writing the reply body into `out` (timed, when counting).
     pub fn handle(&self, io: &mut WorkerIo, req: &Req<'_>, out: &mut [u8]) -> Outcome {
+        let Some(stats) = &self.stats else {
+            return self.answer(io, req, out);
+        };
+        let mut timer = stats.start(req.h.opcode);
+        let outcome = self.answer(io, req, out);
+        if matches!(outcome, Outcome::Error(_)) {
+            timer.failed();
+        }
+        outcome
+    }
+
+    fn answer(&self, io: &mut WorkerIo, req: &Req<'_>, out: &mut [u8]) -> Outcome {
         let ino = req.h.nodeid;
         let result = match req.h.opcode {
             abi::FUSE_INIT => return self.init(req, out),
@@ -468,6 +489,12 @@ impl Dispatcher {
         } else {
             self.model.with_source(r.fh, read)?
         };
+        self.model.note_read(r.fh, req.h.nodeid, r.offset, n);
+        if let Some(stats) = &self.stats {
+            if let Some(origin) = self.model.origin_of(req.h.nodeid) {
+                stats.add_bytes(origin, n as u64);
+            }
+        }
         Ok(Outcome::Reply(n))
     }
 

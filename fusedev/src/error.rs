@@ -32,6 +32,9 @@ pub enum FsError {
     /// A write of any kind: MusicFS is read-only.
     #[error("{0}: the filesystem is read-only")]
     ReadOnly(&'static str),
+    /// The daemon is draining before it unmounts: no new opens.
+    #[error("the filesystem is shutting down: no new opens")]
+    Draining,
     /// A permission the file mode does not grant (execute on a file).
     #[error("access mask {mask:#o} denied on inode {ino}")]
     AccessDenied {
@@ -107,6 +110,7 @@ impl FsError {
             FsError::IsADirectory(_) => libc::EISDIR,
             FsError::NotASymlink(_) => libc::EINVAL,
             FsError::ReadOnly(_) => libc::EROFS,
+            FsError::Draining => libc::EBUSY,
             FsError::AccessDenied { .. } => libc::EACCES,
             FsError::BadHandle(_) => libc::EBADF,
             // EIO, not ENOENT or ESTALE: the name is still listed, and a player should
@@ -140,6 +144,7 @@ impl FsError {
                 | FsError::NotASymlink(_)
                 | FsError::AccessDenied { .. }
                 | FsError::OriginOffline { .. }
+                | FsError::Draining
         )
     }
 }

@@ -27,6 +27,7 @@ use crate::status::{ServeStatus, STATUS_FIELDS};
 use crate::virt::{self, Finder, Found, Missing, Virtual};
 use crate::xattr::{self, TagSource, XattrReply};
 use crate::FsError;
+use musicfs_core::events::{Event, Events};
 
 /// Block size reported by statfs and used for `st_blocks`.
 pub const BLOCK_SIZE: u32 = 4096;
@@ -188,8 +189,10 @@ pub struct FsModel {
     virt: Option<Virtual>,
     /// Album folders' extra entries (cover art, sidecars), when a provider is configured.
     albums: Option<Albums>,
-    /// Plays counted for the access log, when one is configured.
-    plays: Option<Plays>,
+    /// Open track handles, for plays counted in the access log and file events.
+    plays: Plays,
+    /// Refusing new opens (the daemon is draining before it unmounts).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Directory offsets: 1 and 2 follow `.` and `..`; child `i` is followed by `i + 3`.
@@ -227,15 +230,35 @@ impl FsModel {
             status: ServeStatus::default(),
             virt: None,
             albums: None,
-            plays: None,
+            plays: Plays::default(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Reports to `log` each track handle closed after staying open `after` or longer
     /// (see [`crate::plays`]).
     pub fn with_play_log(mut self, log: Arc<dyn PlayLog>, after: Duration) -> FsModel {
-        self.plays = Some(Plays::new(log, after));
+        self.plays.set_log(log, after);
         self
+    }
+
+    /// Reports track handles opened, read and closed to `events` (see
+    /// [`musicfs_core::events`]).
+    pub fn with_events(mut self, events: Events) -> FsModel {
+        self.plays.set_events(events);
+        self
+    }
+
+    /// While `on`, opens of files answer [`FsError::Draining`] (EBUSY); handles already
+    /// open keep reading. The daemon drains before a graceful unmount.
+    pub fn set_draining(&self, on: bool) {
+        self.draining
+            .store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether new opens are refused.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Shows the extra entries `provider` tells in the tree's directories (see
@@ -655,12 +678,15 @@ impl FsModel {
         {
             return Err(FsError::ReadOnly("open for writing"));
         }
+        if self.is_draining() {
+            return Err(FsError::Draining);
+        }
         let source = self.open_source(ino)?;
         let fh = self.files.insert(self.pool.wrap(source));
-        if let Some(plays) = &self.plays {
+        if self.plays.active() {
             let snap = self.snapshot.load();
             if let Some(file) = snap.node(ino).and_then(|n| n.file()) {
-                plays.opened(fh, file.track_id);
+                self.plays.opened(fh, ino, file.track_id);
             }
         }
         Ok(fh)
@@ -855,10 +881,39 @@ impl FsModel {
     pub fn release(&self, fh: u64) -> Result<(), FsError> {
         let handle = self.files.remove(fh).ok_or(FsError::BadHandle(fh))?;
         self.pool.recycle(handle);
-        if let Some(plays) = &self.plays {
-            plays.released(fh);
+        if self.plays.active() {
+            self.plays.released(fh);
         }
         Ok(())
+    }
+
+    /// Tells the event sink, if any, which read-progress marks a read of `n` bytes at
+    /// `offset` of file `ino` through handle `fh` crossed.
+    pub fn note_read(&self, fh: u64, ino: u64, offset: u64, n: usize) {
+        let Some(events) = self.plays.events() else {
+            return;
+        };
+        let snap = self.snapshot.load();
+        let Some(node) = snap.node(ino) else {
+            return;
+        };
+        let Some(file) = node.file() else {
+            return;
+        };
+        for percent in musicfs_core::events::progress_marks(offset, n as u64, node.size()) {
+            events.emit(Event::FileRead {
+                fh,
+                ino,
+                track_id: file.track_id,
+                percent,
+            });
+        }
+    }
+
+    /// The origin id of track `ino` (none for directories and extra entries).
+    pub fn origin_of(&self, ino: u64) -> Option<u32> {
+        let snap = self.snapshot.load();
+        snap.node(ino).and_then(|n| n.file()).map(|f| f.origin)
     }
 
     /// Number of open file and directory handles.

@@ -26,6 +26,7 @@ pub mod fs;
 pub mod handles;
 pub mod negotiate;
 pub mod notify;
+pub mod opstats;
 pub mod passthrough;
 pub mod plays;
 pub mod ring;

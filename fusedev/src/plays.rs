@@ -1,11 +1,15 @@
-//! Counting plays for the access log (`Recently Played`, `Most Played`): a handle to a
-//! track that is closed after staying open a while counts as one play. Time held open is
-//! what the mount can see for every read mode: with passthrough the reads never reach the
-//! daemon, but a player holds the file open while it plays it.
+//! The open handles of tracks, for what follows from them: plays for the access log
+//! (`Recently Played`, `Most Played`) and the file events of the control plane (opened,
+//! read progress, closed). A handle to a track that is closed after staying open a while
+//! counts as one play. Time held open is what the mount can see for every read mode: with
+//! passthrough the reads never reach the daemon, but a player holds the file open while it
+//! plays it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use musicfs_core::events::{Event, Events};
 
 /// Where plays go (the daemon's: the catalog, written off the FUSE workers).
 pub trait PlayLog: Send + Sync + std::fmt::Debug {
@@ -13,26 +17,57 @@ pub trait PlayLog: Send + Sync + std::fmt::Debug {
     fn played(&self, track_id: u64);
 }
 
-/// The open handles of tracks, and the rule that makes a close a play.
+/// An open handle of a track.
+#[derive(Clone, Copy)]
+struct Opened {
+    ino: u64,
+    track_id: u64,
+    at: Instant,
+}
+
+/// The open handles of tracks, the rule that makes a close a play, and the events.
+#[derive(Default)]
 pub(crate) struct Plays {
-    log: Arc<dyn PlayLog>,
-    after: Duration,
-    open: Mutex<HashMap<u64, (u64, Instant)>>,
+    log: Option<(Arc<dyn PlayLog>, Duration)>,
+    events: Option<Events>,
+    open: Mutex<HashMap<u64, Opened>>,
 }
 
 impl Plays {
-    pub(crate) fn new(log: Arc<dyn PlayLog>, after: Duration) -> Plays {
-        Plays {
-            log,
-            after,
-            open: Mutex::new(HashMap::new()),
-        }
+    pub(crate) fn set_log(&mut self, log: Arc<dyn PlayLog>, after: Duration) {
+        self.log = Some((log, after));
     }
 
-    /// Handle `fh` was opened on track `track_id`.
-    pub(crate) fn opened(&self, fh: u64, track_id: u64) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.insert(fh, (track_id, Instant::now()));
+    pub(crate) fn set_events(&mut self, events: Events) {
+        self.events = Some(events);
+    }
+
+    /// Whether anything listens (else nothing needs tracking).
+    pub(crate) fn active(&self) -> bool {
+        self.log.is_some() || self.events.is_some()
+    }
+
+    /// Where events go, if anywhere.
+    pub(crate) fn events(&self) -> Option<&Events> {
+        self.events.as_ref()
+    }
+
+    /// Handle `fh` was opened on track `track_id` (inode `ino`).
+    pub(crate) fn opened(&self, fh: u64, ino: u64, track_id: u64) {
+        {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            open.insert(
+                fh,
+                Opened {
+                    ino,
+                    track_id,
+                    at: Instant::now(),
+                },
+            );
+        }
+        if let Some(events) = &self.events {
+            events.emit(Event::FileOpened { fh, ino, track_id });
+        }
     }
 
     /// Handle `fh` was closed: a play if it was a track's, open long enough.
@@ -41,9 +76,21 @@ impl Plays {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
             open.remove(&fh)
         };
-        if let Some((track_id, at)) = opened {
-            if at.elapsed() >= self.after {
-                self.log.played(track_id);
+        let Some(o) = opened else {
+            return;
+        };
+        let held = o.at.elapsed();
+        if let Some(events) = &self.events {
+            events.emit(Event::FileClosed {
+                fh,
+                ino: o.ino,
+                track_id: o.track_id,
+                held_ms: held.as_millis() as u64,
+            });
+        }
+        if let Some((log, after)) = &self.log {
+            if held >= *after {
+                log.played(o.track_id);
             }
         }
     }
@@ -62,16 +109,57 @@ mod tests {
         }
     }
 
+    #[derive(Default, Debug)]
+    struct Sink(Mutex<Vec<Event>>);
+
+    impl musicfs_core::events::EventSink for Sink {
+        fn emit(&self, event: Event) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
     #[test]
     fn a_close_is_a_play_only_after_the_threshold_and_only_for_tracks() {
         let log = Arc::new(Log::default());
-        let counted = Plays::new(log.clone(), Duration::ZERO);
-        counted.opened(1, 42);
+        let mut counted = Plays::default();
+        counted.set_log(log.clone(), Duration::ZERO);
+        counted.opened(1, 100, 42);
         counted.released(1);
         counted.released(2); // not a track's handle
-        let never = Plays::new(log.clone(), Duration::from_secs(3600));
-        never.opened(3, 7);
+        let mut never = Plays::default();
+        never.set_log(log.clone(), Duration::from_secs(3600));
+        never.opened(3, 100, 7);
         never.released(3);
         assert_eq!(*log.0.lock().unwrap(), [42]);
+    }
+
+    #[test]
+    fn opens_and_closes_are_reported_in_order_with_their_handle() {
+        let sink = Arc::new(Sink::default());
+        let mut plays = Plays::default();
+        plays.set_events(sink.clone());
+        assert!(plays.active());
+        plays.opened(5, 77, 9);
+        plays.released(5);
+        plays.released(5); // twice: reported once
+        let got = sink.0.lock().unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            got[0],
+            Event::FileOpened {
+                fh: 5,
+                ino: 77,
+                track_id: 9
+            }
+        );
+        assert!(matches!(
+            got[1],
+            Event::FileClosed {
+                fh: 5,
+                ino: 77,
+                track_id: 9,
+                ..
+            }
+        ));
     }
 }

@@ -87,6 +87,10 @@ pub struct MountOptions {
     pub album_extras: Option<Arc<dyn crate::album::AlbumExtras>>,
     /// Where plays are reported, and how long a track must stay open to count as played.
     pub play_log: Option<(Arc<dyn crate::plays::PlayLog>, Duration)>,
+    /// Where file events go (opened, read progress, closed); none: not reported.
+    pub events: Option<musicfs_core::events::Events>,
+    /// Per-operation counts and latencies, when wanted (see [`crate::opstats`]).
+    pub op_stats: Option<Arc<crate::opstats::OpStats>>,
     /// Kernel readahead for the mount's bdi, in KiB (root only; best effort).
     pub readahead_kb: Option<u32>,
     /// FUSE passthrough for reads of local sources.
@@ -130,6 +134,8 @@ impl Default for MountOptions {
             finder: None,
             album_extras: None,
             play_log: None,
+            events: None,
+            op_stats: None,
             readahead_kb: Some(1024),
             passthrough: PassthroughSetting::Auto,
             transport: TransportSetting::Auto,
@@ -261,16 +267,20 @@ pub fn mount_with_tags(
         Some(extras) => model.with_album_extras(extras.clone()),
         None => model,
     };
-    let model = Arc::new(match &opts.play_log {
+    let model = match &opts.play_log {
         Some((log, after)) => model.with_play_log(log.clone(), *after),
+        None => model,
+    };
+    let model = Arc::new(match &opts.events {
+        Some(events) => model.with_events(events.clone()),
         None => model,
     });
     let wants = feature_wants(opts)?;
-    let dispatcher = Arc::new(Dispatcher::new(
-        model.clone(),
-        wants,
-        opts.refuse_passthrough,
-    ));
+    let dispatcher = Dispatcher::new(model.clone(), wants, opts.refuse_passthrough);
+    let dispatcher = Arc::new(match &opts.op_stats {
+        Some(stats) => dispatcher.with_stats(stats.clone()),
+        None => dispatcher,
+    });
     let uring_reads = opts.uring_reads && probe_read_ring();
     let session_err = |e: fuse_backend_rs::transport::Error| FuseError::Session {
         path: mp.clone(),

@@ -186,6 +186,10 @@ pub struct Cas {
     pins: Arc<Mutex<HashMap<Vec<u8>, usize>>>,
     touches: Mutex<HashMap<u128, u64>>,
     clock: AtomicU64,
+    /// The byte budget in force (starts as `opts.budget`; [`Cas::set_budget`] moves it).
+    budget: AtomicU64,
+    /// Chunks evicted since open.
+    evicted: AtomicU64,
     _lock: File,
 }
 
@@ -216,6 +220,7 @@ impl Cas {
         let env = unsafe { options.open(&index_dir) }.map_err(|e| lmdb(&index_dir, "open", e))?;
         let dbs = open_dbs(&env, &index_dir)?;
         let packs = Packs::open(dir.join("packs"), opts.io_uring)?;
+        let budget = opts.budget;
         let cas = Cas {
             dir: dir.to_path_buf(),
             index_dir,
@@ -231,6 +236,8 @@ impl Cas {
             pins: Arc::default(),
             touches: Mutex::default(),
             clock: AtomicU64::new(0),
+            budget: AtomicU64::new(budget),
+            evicted: AtomicU64::new(0),
             _lock: lock,
         };
         cas.recover()?;
@@ -297,7 +304,7 @@ impl Cas {
         if evicted > 0 {
             tracing::info!(
                 chunks = evicted,
-                budget = self.opts.budget,
+                budget = self.budget(),
                 "evicted down to the cache budget"
             );
         }
@@ -547,7 +554,7 @@ impl Cas {
             }
             edit.merge_manifest(version_key, &entries)?;
             // In the same transaction, so the budget holds at every commit.
-            evict_in(edit, &pins, self.opts.budget)
+            evict_in(edit, &pins, self.budget())
         });
         drop(pins);
         let evicted = match committed {
@@ -569,6 +576,7 @@ impl Cas {
         w.retired.clear();
         report.known_chunks = known.len() as u64;
         report.evicted_chunks = evicted;
+        self.evicted.fetch_add(evicted, Ordering::Relaxed);
         Ok(report)
     }
 
@@ -679,12 +687,43 @@ impl Cas {
         Ok(out)
     }
 
-    /// Evicts least recently used, unpinned chunks until the stored bytes fit the budget
-    /// (a lowered budget takes effect at open). Returns how many went.
+    /// Evicts least recently used, unpinned chunks until the stored bytes fit the budget.
+    /// Returns how many went.
     fn evict_locked(&self, w: &Writer) -> Result<u64, CasError> {
+        self.evict_to(w, self.budget())
+    }
+
+    fn evict_to(&self, w: &Writer, budget: u64) -> Result<u64, CasError> {
         let pins = self.pins.lock().unwrap_or_else(PoisonError::into_inner);
         let current = w.current.as_ref().map(|c| c.id);
-        self.write(current, |edit| evict_in(edit, &pins, self.opts.budget))
+        let evicted = self.write(current, |edit| evict_in(edit, &pins, budget))?;
+        self.evicted.fetch_add(evicted, Ordering::Relaxed);
+        Ok(evicted)
+    }
+
+    /// The byte budget in force.
+    pub fn budget(&self) -> u64 {
+        self.budget.load(Ordering::Relaxed)
+    }
+
+    /// Sets the byte budget from now on (a running daemon's `cache_budget` change) and
+    /// evicts down to it at once; returns how many chunks went.
+    pub fn set_budget(&self, budget: u64) -> Result<u64, CasError> {
+        let w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        self.budget.store(budget, Ordering::Relaxed);
+        self.evict_locked(&w)
+    }
+
+    /// Evicts every chunk no open file pins (those go when their readers close and the
+    /// next write evicts); returns how many went.
+    pub fn clear(&self) -> Result<u64, CasError> {
+        let w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        self.evict_to(&w, 0)
+    }
+
+    /// Chunks evicted since the store was opened (budget, [`Cas::clear`]).
+    pub fn evicted_total(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Removes the manifest of `version_key` (the file changed or went away); chunks no
@@ -699,7 +738,7 @@ impl Cas {
     pub fn stats(&self) -> Result<CasStats, CasError> {
         let rtxn = self.env.read_txn().map_err(self.lmdb("stats"))?;
         let mut s = CasStats {
-            budget: self.opts.budget,
+            budget: self.budget(),
             ..CasStats::default()
         };
         for item in self.dbs.chunks.iter(&rtxn).map_err(self.lmdb("stats"))? {

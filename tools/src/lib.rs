@@ -8,7 +8,11 @@
 //! and the kernel's invalidation sink in `musicfs-fusedev`.
 
 pub mod albums;
+pub mod control;
+pub mod daemon_cli;
 pub mod finder;
+
+pub use daemon_cli::daemon_command;
 
 use std::ffi::OsStr;
 use std::io::IsTerminal;
@@ -63,21 +67,51 @@ pub fn release_memory_after_big_jobs() {
 /// Sets up `tracing` to stderr: `RUST_LOG` wins, else `level` (symphonia only for errors:
 /// its per-file warnings about recoverable oddities would flood the log of a big scan, and
 /// files it cannot read are reported by the scan itself; tantivy only for warnings: it logs
-/// every commit of the search index at info, which the index's own line sums up).
+/// every commit of the search index at info, which the index's own line sums up). The
+/// filter can be changed later with [`set_log_level`].
 pub fn init_logging(level: &str) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| {
-            EnvFilter::try_new(format!(
-                "{level},symphonia=error,symphonia_core=error,tantivy=warn"
-            ))
-        })
+        .or_else(|_| log_filter(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal());
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+    {
+        let _ = LOG_FILTER.set(Box::new(move |f| {
+            handle.reload(f).map_err(|e| e.to_string())
+        }));
+    }
+}
+
+type FilterReload = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync>;
+
+static LOG_FILTER: std::sync::OnceLock<FilterReload> = std::sync::OnceLock::new();
+
+fn log_filter(
+    level: &str,
+) -> Result<tracing_subscriber::EnvFilter, tracing_subscriber::filter::ParseError> {
+    tracing_subscriber::EnvFilter::try_new(format!(
+        "{level},symphonia=error,symphonia_core=error,tantivy=warn,h2=warn,hyper=warn,\
+         hyper_util=warn,tower=warn,tonic=warn,reqwest=warn,rustls=warn"
+    ))
+}
+
+/// Changes the log filter of a running process (the control API's `log_level`), with the
+/// same rules as [`init_logging`]; an error names what does not parse.
+pub fn set_log_level(level: &str) -> Result<(), String> {
+    let filter = log_filter(level).map_err(|e| format!("bad log filter {level:?}: {e}"))?;
+    let reload = LOG_FILTER
+        .get()
+        .ok_or_else(|| "logging was not set up by init_logging".to_string())?;
+    reload(filter)
 }
 
 /// A bad origin spec on the command line, in `MUSICFS_ORIGINS` or in the configuration:
@@ -149,23 +183,23 @@ pub fn open_cache(cfg: &Config) -> anyhow::Result<Cas> {
 }
 
 /// The origins as the FUSE read path opens them: each remote one (no local root) through
-/// the chunk cache, which is opened only when there is one. Local origins are read as
-/// scanned (passthrough, io_uring), so they are not listed.
+/// the chunk cache, which is opened only when there is one (and returned too). Local
+/// origins are read as scanned (passthrough, io_uring), so they are not listed.
 pub fn read_path(
     cfg: &Config,
     origins: &[Arc<dyn Origin>],
-) -> anyhow::Result<Vec<Arc<dyn Origin>>> {
+) -> anyhow::Result<(Vec<Arc<dyn Origin>>, Option<Arc<Cas>>)> {
     use musicfs_storage::origin::{AudioChunking, CacheOptions, CachedOrigin};
     let remote: Vec<&Arc<dyn Origin>> = origins
         .iter()
         .filter(|o| o.local_root().is_none())
         .collect();
     if remote.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let cas = Arc::new(open_cache(cfg)?);
     let chunking = Arc::new(AudioChunking::default());
-    Ok(remote
+    let readers = remote
         .into_iter()
         .map(|o| {
             Arc::new(CachedOrigin::new(
@@ -175,7 +209,8 @@ pub fn read_path(
                 CacheOptions::default(),
             )) as Arc<dyn Origin>
         })
-        .collect())
+        .collect();
+    Ok((readers, Some(cas)))
 }
 
 /// What the origin's table in the configuration says about opening and calling it.
@@ -230,6 +265,42 @@ pub fn progress_bar() -> Option<ProgressFn> {
             p.seen, p.opened, p.unchanged
         ));
     }))
+}
+
+/// Sends systemd `WATCHDOG=1` at half the `WatchdogSec` interval (when the service sets
+/// one: `WATCHDOG_USEC`, for this process per `WATCHDOG_PID`) while the mount answers; a
+/// daemon whose mount stopped serving misses its pings and is restarted. The thread ends
+/// when the daemon shuts down.
+pub fn systemd_watchdog(
+    daemon: Arc<control::server::Daemon>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        if pid != std::process::id() {
+            return None;
+        }
+    }
+    let every = Duration::from_micros(usec / 2).max(Duration::from_millis(100));
+    let weak = Arc::downgrade(&daemon);
+    drop(daemon);
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || loop {
+            let Some(d) = weak.upgrade() else { return };
+            if d.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            match d.serving() {
+                Ok(()) => sd_notify("WATCHDOG=1"),
+                Err(why) => tracing::warn!("not pinging the systemd watchdog: {why}"),
+            }
+            drop(d);
+            std::thread::sleep(every);
+        })
+        .ok()
 }
 
 /// Tells systemd (when `NOTIFY_SOCKET` is set) about our state, e.g. `READY=1`.

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use musicfs_core::events::{Event, Events};
 use musicfs_core::health::OriginHealth;
 use musicfs_core::snapshot::{invalidate_changes, InvalidationSink, Snapshot, SnapshotError};
 use musicfs_core::template::{AlbumFormats, Template};
@@ -36,6 +37,7 @@ use crate::scan::{DirHook, Extent, ProgressFn, ScanOptions, ScanReport};
 use crate::watch::Change;
 
 mod burst;
+mod control;
 mod copies;
 mod delta;
 mod error;
@@ -46,6 +48,7 @@ mod watches;
 
 use burst::{backoff, collect_burst, Timers};
 
+pub use control::{RefreshControl, RoundOutcome};
 pub use error::{RefreshError, Result};
 
 pub use prober::{Prober, HEALTH_FILE};
@@ -286,6 +289,17 @@ impl Library {
                 .cloned()
                 .collect()
         };
+        // Origins the operator switched off are not touched.
+        let known = self.catalog.origins()?;
+        let scanned: Vec<(usize, Extent)> = scanned
+            .into_iter()
+            .filter(|(i, _)| {
+                let key = Path::new(self.origins[*i].key());
+                !known
+                    .iter()
+                    .any(|(id, root)| root == key && self.health.is_disabled(id.0))
+            })
+            .collect();
         let indices: Vec<usize> = scanned.iter().map(|(i, _)| *i).collect();
         let origins: Vec<(Arc<dyn Origin>, Extent)> = scanned
             .into_iter()
@@ -367,6 +381,8 @@ pub enum Trigger {
     /// Publish the tree again from the catalog as it is (an origin holding copies of
     /// tracks went offline or came back: which copy is shown may change), with the reason.
     Republish(&'static str),
+    /// Settings changed in the [`RefreshControl`] (the refresh interval): take them.
+    Settings,
     /// Stop the refresher.
     Stop,
 }
@@ -395,6 +411,10 @@ pub struct Refresher {
     /// The search index, kept in step with the catalog after each change (and compared
     /// with it once at start).
     pub search: Option<Arc<crate::search::SearchIndex>>,
+    /// Refreshes the control plane waits for, and settings it changes.
+    pub control: Option<Arc<RefreshControl>>,
+    /// Where each published change is reported ([`Event::LibraryChanged`]).
+    pub events: Option<Events>,
 }
 
 impl Refresher {
@@ -410,12 +430,17 @@ impl Refresher {
         // the same backoff (its root may come back where no watch can see it).
         let mut offline_rounds = 0u32;
         loop {
+            if let Some(interval) = self.control.as_ref().and_then(|c| c.take_interval()) {
+                info!(?interval, "refresh interval changed");
+                timers = Timers::new(interval, &self.polled);
+            }
             self.poll_unwatched(&mut unwatched, &mut timers);
             let (which, why) = match rx.recv_timeout(timers.until_next()) {
                 Ok(Trigger::Republish(why)) => {
                     self.republish(why);
                     continue;
                 }
+                Ok(Trigger::Settings) => continue,
                 Ok(first) => match collect_burst(first, &rx) {
                     Some(which) => (which, "change"),
                     None => return,
@@ -458,7 +483,15 @@ impl Refresher {
         {
             Ok(next) => {
                 info!(why, generation = next.generation(), "republished");
+                let changed = Event::LibraryChanged {
+                    generation: next.generation(),
+                    added: 0,
+                    changed: 0,
+                    removed: 0,
+                    tracks: next.track_count(),
+                };
                 self.swap_in(&current, next);
+                self.emit(changed);
             }
             Err(e) => warn!(
                 why,
@@ -588,8 +621,37 @@ impl Refresher {
         }
     }
 
+    fn emit(&self, event: Event) {
+        if let Some(events) = &self.events {
+            events.emit(event);
+        }
+    }
+
+    /// [`Refresher::refresh_round`], told to the control plane.
     fn refresh_now(&self, which: &[(usize, Extent)], why: &str) -> Option<Vec<usize>> {
+        let Some(control) = &self.control else {
+            return self.refresh_round(which, why).0;
+        };
+        let covers = control.begin();
+        let (offline, outcome) = self.refresh_round(which, why);
+        control.end(covers, outcome);
+        offline
+    }
+
+    fn refresh_round(
+        &self,
+        which: &[(usize, Extent)],
+        why: &str,
+    ) -> (Option<Vec<usize>>, RoundOutcome) {
         let current = self.shared.load_full();
+        let mut outcome = RoundOutcome {
+            generation: current.generation(),
+            published: false,
+            added: 0,
+            changed: 0,
+            removed: 0,
+            error: None,
+        };
         let since = self.library.catalog.change_counter().ok();
         let hook = self.watches.as_ref().map(OriginWatches::hook);
         let refreshed = self.library.refresh(which, &current, hook);
@@ -605,24 +667,41 @@ impl Refresher {
                 offline,
             }) => {
                 info!(why, "{}", scan_summary(&report));
+                outcome = RoundOutcome {
+                    generation: next.generation(),
+                    published: true,
+                    added: report.added,
+                    changed: report.changed,
+                    removed: report.removed,
+                    error: None,
+                };
+                let changed = Event::LibraryChanged {
+                    generation: next.generation(),
+                    added: report.added,
+                    changed: report.changed,
+                    removed: report.removed,
+                    tracks: next.track_count(),
+                };
                 self.swap_in(&current, next);
                 self.forget_album_extras(&report.extras_changed);
                 self.sync_search(since.map(|s| (s, &report.touched)));
-                Some(offline)
+                self.emit(changed);
+                (Some(offline), outcome)
             }
             Ok(Refreshed {
                 report, offline, ..
             }) => {
                 self.forget_album_extras(&report.extras_changed);
                 tracing::debug!(why, seen = report.seen, "refresh found nothing new");
-                Some(offline)
+                (Some(offline), outcome)
             }
             Err(e) => {
                 warn!(
                     why,
                     "refresh failed, still serving the previous tree (will retry): {e:#}"
                 );
-                None
+                outcome.error = Some(format!("{e:#}"));
+                (None, outcome)
             }
         }
     }

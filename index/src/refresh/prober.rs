@@ -92,6 +92,9 @@ impl Prober {
                 continue;
             };
             let id = id.0;
+            if self.health.is_disabled(id) {
+                continue;
+            }
             let start = Instant::now();
             let health = probe_within(origin, None, self.timeout);
             let took = start.elapsed();

@@ -251,3 +251,29 @@ fn chunks_that_do_not_match_their_bytes_are_refused() {
     ));
     assert!(cas.verify().unwrap().is_ok());
 }
+
+#[test]
+fn a_lowered_budget_and_a_clear_take_effect_at_once_sparing_pinned_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::open(dir.path(), opts()).unwrap();
+    put_file(&cas, b"a", &noise(200_000, 3));
+    put_file(&cas, b"b", &noise(200_000, 4));
+    let before = cas.stats().unwrap();
+    assert!(before.stored_bytes >= 400_000);
+    let evicted = cas.set_budget(250_000).unwrap();
+    assert!(evicted > 0);
+    assert_eq!(cas.budget(), 250_000);
+    let after = cas.stats().unwrap();
+    assert!(after.stored_bytes <= 250_000, "{after:?}");
+    assert_eq!(after.budget, 250_000);
+    let pinned = cas.pin(b"b");
+    let kept = cas.stats().unwrap().chunks;
+    cas.clear().unwrap();
+    let cleared = cas.stats().unwrap();
+    assert!(cleared.chunks > 0 && cleared.chunks <= kept);
+    assert_eq!(read_all(&cas, b"a", 10), Vec::<u8>::new());
+    drop(pinned);
+    cas.clear().unwrap();
+    assert_eq!(cas.stats().unwrap().chunks, 0);
+    assert!(cas.evicted_total() >= evicted + cleared.chunks);
+}

@@ -3,11 +3,11 @@
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use musicfs_core::config::{Config, OriginConfig};
 use musicfs_core::snapshot::Snapshot;
 use musicfs_core::template::Template;
@@ -15,6 +15,7 @@ use musicfs_index::refresh::{scan_summary, Library, StateDir};
 use musicfs_index::scan::ScanOptions;
 use musicfs_index::search::SearchIndex;
 use musicfs_storage::origin::OriginTable;
+use musicfs_tools::control::cli;
 use musicfs_tools::{
     init_logging, open_cache, parse_origin, progress_bar, resolve_origins, BadOrigin,
 };
@@ -48,6 +49,13 @@ struct Common {
     /// Log filter (error, warn, info, debug, trace); RUST_LOG wins.
     #[arg(long, global = true, env = "MUSICFS_LOG_LEVEL")]
     log_level: Option<String>,
+    /// The running daemon's control socket [default: the config's `control_socket`, else
+    /// STATE_DIR/control.sock].
+    #[arg(long, global = true, env = "MUSICFS_CONTROL_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Print replies as JSON.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -100,6 +108,64 @@ enum Command {
     /// the bytes that saves, and the origin's state (as the last scan left it); then
     /// totals.
     Stats,
+    /// What the running daemon serves: generation, tracks, queues and read mode, origins
+    /// with their state, cache use, open files.
+    Status,
+    /// Rescan the origins (or one) in the running daemon; waits until the result is
+    /// served.
+    Refresh {
+        /// Only this origin (its spec or name).
+        #[arg(long)]
+        origin: Option<String>,
+        /// Return at once.
+        #[arg(long)]
+        no_wait: bool,
+        /// Seconds to wait at most [default: 600].
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// Whether the running daemon is scanning, and how far it got.
+    Progress,
+    /// Fetch the files under a path of the tree into the chunk cache (remote origins).
+    Prefetch {
+        /// A path in the tree, e.g. `Artist/Album (1999) [FLAC]`.
+        path: String,
+    },
+    /// Show or change the running daemon's configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Stop the running daemon: new opens fail (EBUSY), open files may finish for the
+    /// drain timeout, then it unmounts. Waits until it has stopped.
+    Shutdown {
+        /// Seconds open files may keep reading.
+        #[arg(long, default_value_t = 30.0)]
+        drain_timeout: f64,
+        /// Return once the drain started.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Print the running daemon's events as JSON lines (file.opened, file.read,
+    /// file.closed, library.changed, origin.health, cache.evicted).
+    Events {
+        /// Only these kinds (or prefixes ending in `.`, e.g. `file.`); repeat or comma-separate.
+        #[arg(long, value_delimiter = ',')]
+        kinds: Vec<String>,
+        /// Stop after this many.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for musicfs, musicfsd and every subcommand into a directory.
+    Manpages {
+        /// Where to write them (e.g. /usr/local/share/man/man1).
+        dir: PathBuf,
+    },
     /// Print every path of the published tree, sorted, one per line.
     Tree {
         /// Also print inode, size and source path (tab-separated: ino, size, path, source),
@@ -117,6 +183,23 @@ enum CacheAction {
     Verify,
     /// Print how much is cached, the budget, and what deduplication saves.
     Stats,
+    /// Evict every cached chunk (except those of files open in a running daemon).
+    Clear,
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print the configuration in force (the daemon's, with runtime changes; without a
+    /// daemon, the file's).
+    Show,
+    /// Change a setting of the running daemon without a restart: log_level,
+    /// refresh_interval_secs, cache_budget, origin.NAME.enabled.
+    Set {
+        /// The setting.
+        key: String,
+        /// Its new value.
+        value: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -143,7 +226,66 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cfg.log_level);
+    let socket = cli
+        .common
+        .socket
+        .clone()
+        .unwrap_or_else(|| cfg.control_socket_path());
+    let json = cli.common.json;
     let result = match cli.command {
+        Command::Status => daemon(
+            &socket,
+            |mut c| async move { cli::status(&mut c, json).await },
+        ),
+        Command::Refresh {
+            origin,
+            no_wait,
+            timeout,
+        } => daemon(&socket, |mut c| async move {
+            cli::refresh(&mut c, origin, no_wait, timeout, json).await
+        }),
+        Command::Progress => daemon(
+            &socket,
+            |mut c| async move { cli::progress(&mut c, json).await },
+        ),
+        Command::Prefetch { path } => daemon(&socket, |mut c| async move {
+            cli::prefetch(&mut c, path, json).await
+        }),
+        Command::Config { action } => match action {
+            ConfigAction::Show => either(
+                &socket,
+                |mut c| async move { cli::config_show(&mut c, json).await },
+                || {
+                    print!("{}", cfg.to_toml());
+                    Ok(())
+                },
+            ),
+            ConfigAction::Set { key, value } => daemon(&socket, |mut c| async move {
+                cli::config_set(&mut c, key, value, json).await
+            }),
+        },
+        Command::Shutdown {
+            drain_timeout,
+            no_wait,
+        } => {
+            let s = socket.clone();
+            daemon(&socket, |mut c| async move {
+                cli::shutdown(&mut c, &s, drain_timeout, no_wait, json).await
+            })
+        }
+        Command::Events { kinds, count } => daemon(&socket, |mut c| async move {
+            cli::events(&mut c, kinds, count).await
+        }),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "musicfs",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Manpages { dir } => manpages(&dir),
         Command::Scan {
             origins,
             template,
@@ -155,12 +297,37 @@ fn main() -> ExitCode {
             OriginAction::Forget { origin } => origin_forget(&cfg, &origin),
         },
         Command::Cache { action } => match action {
-            CacheAction::Verify => cache_verify(&cfg),
-            CacheAction::Stats => cache_stats(&cfg),
+            CacheAction::Verify => either(
+                &socket,
+                |mut c| async move { cli::cache_verify(&mut c, json).await },
+                || cache_verify(&cfg),
+            ),
+            CacheAction::Stats => either(
+                &socket,
+                |mut c| async move { cli::cache_stats(&mut c, json).await },
+                || cache_stats(&cfg),
+            ),
+            CacheAction::Clear => either(
+                &socket,
+                |mut c| async move { cli::cache_clear(&mut c, json).await },
+                || cache_clear(&cfg),
+            ),
         },
         Command::Tree { long } => tree(&cfg, long),
         Command::Stats => stats(&cfg),
-        Command::Search { query, json, limit } => search(&cfg, &query, json, limit),
+        Command::Search {
+            query,
+            json: as_json,
+            limit,
+        } => {
+            let as_json = as_json || json;
+            let q = query.clone();
+            either(
+                &socket,
+                |mut c| async move { cli::search(&mut c, q, limit, as_json).await },
+                || search(&cfg, &query, as_json, limit),
+            )
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -174,6 +341,63 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Runs `f` against the daemon on `socket`; fails when none runs.
+fn daemon<F, Fut>(socket: &Path, f: F) -> Result<()>
+where
+    F: FnOnce(cli::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    cli::runtime()?.block_on(async {
+        let c = cli::must_connect(socket).await?;
+        f(c).await
+    })
+}
+
+/// Runs `online` against the daemon on `socket` when one runs, else `offline` on the
+/// state directory.
+fn either<F, Fut>(socket: &Path, online: F, offline: impl FnOnce() -> Result<()>) -> Result<()>
+where
+    F: FnOnce(cli::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let rt = cli::runtime()?;
+    match rt.block_on(cli::try_connect(socket))? {
+        Some(c) => rt.block_on(online(c)),
+        None => offline(),
+    }
+}
+
+/// Writes man pages for both binaries and every subcommand into `dir`.
+fn manpages(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut written = 0;
+    let mut write = |cmd: clap::Command| -> Result<()> {
+        let name = cmd.get_name().to_string();
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+        written += 1;
+        Ok(())
+    };
+    let top = Cli::command();
+    for sub in top.get_subcommands() {
+        let name: &'static str = Box::leak(format!("musicfs-{}", sub.get_name()).into_boxed_str());
+        write(sub.clone().name(name))?;
+    }
+    write(top)?;
+    write(musicfs_tools::daemon_command())?;
+    eprintln!("wrote {written} man pages to {}", dir.display());
+    Ok(())
+}
+
+fn cache_clear(cfg: &Config) -> Result<()> {
+    let cas = open_cache(cfg)?;
+    let evicted = cas.clear()?;
+    println!("evicted {evicted} chunks; {} left", cas.stats()?.chunks);
+    Ok(())
 }
 
 fn load_config(common: &Common) -> Result<Config> {

@@ -16,12 +16,18 @@ use musicfs_core::config::Config;
 use musicfs_core::health::OriginHealth;
 use musicfs_core::snapshot::Snapshot;
 use musicfs_core::template::Template;
+use musicfs_fusedev::opstats::OpStats;
 use musicfs_fusedev::MountOptions;
 use musicfs_index::health::PROBE_TIMEOUT;
+use musicfs_index::refresh::RefreshControl;
 use musicfs_index::refresh::{
     plan_watches, watch_origins, Library, Prober, Refresher, StateDir, Trigger,
 };
 use musicfs_storage::origin::Origin;
+use musicfs_tools::control::events::{AccessLog, Hub, WebhookQueue};
+use musicfs_tools::control::server::{Daemon, OriginInfo};
+use musicfs_tools::control::ControlPlane;
+use musicfs_tools::daemon_cli::DaemonCli as Cli;
 use musicfs_tools::finder::LibraryFinder;
 use musicfs_tools::{init_logging, progress_bar, read_path, resolve_origins, sd_notify};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -30,86 +36,6 @@ use tracing::{error, info, warn};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The MusicFS daemon: a read-only FUSE filesystem showing a music library by its tags.
-#[derive(Parser)]
-#[command(
-    name = "musicfsd",
-    version,
-    args_override_self = true,
-    after_help = "Stop with Ctrl-C, SIGTERM or `fusermount3 -u MOUNTPOINT` (exit 0); SIGHUP rescans the origins.\nExit code 2: bad usage, configuration or mountpoint, or no readable origin and no snapshot. Docs: docs/CONFIG.md, docs/SEMANTICS.md."
-)]
-struct Cli {
-    /// Where to mount the tree (an existing, empty directory).
-    mountpoint: PathBuf,
-    /// FUSE worker threads, each on its own /dev/fuse queue [default: one per CPU].
-    #[arg(long, env = "MUSICFS_THREADS")]
-    threads: Option<usize>,
-    /// TOML configuration file.
-    #[arg(long, env = "MUSICFS_CONFIG")]
-    config: Option<PathBuf>,
-    /// An origin: a directory, `file:///DIR`, `s3://BUCKET[/PREFIX]?endpoint=…`,
-    /// `sftp://USER@HOST[:PORT]/PATH` or `smb://USER@HOST[:PORT]/SHARE[/PATH]`; repeat for
-    /// several (default: the config's origins). A path may contain `:`; MUSICFS_ORIGINS
-    /// takes one origin per line.
-    #[arg(long = "origin", env = "MUSICFS_ORIGINS", value_delimiter = '\n')]
-    origins: Vec<PathBuf>,
-    /// Path template (see docs/TEMPLATES.md).
-    #[arg(long, env = "MUSICFS_TEMPLATE")]
-    template: Option<String>,
-    /// State directory (catalog and snapshot) [default: $XDG_STATE_HOME/musicfs, or
-    /// /var/lib/musicfs for root].
-    #[arg(long, env = "MUSICFS_STATE_DIR")]
-    state_dir: Option<PathBuf>,
-    /// Let other users access the mount.
-    #[arg(long)]
-    allow_other: bool,
-    /// Owner uid shown for every file and directory [default: each source's owner].
-    #[arg(long, env = "MUSICFS_UID")]
-    uid: Option<u32>,
-    /// Group gid shown for every file and directory [default: each source's group].
-    #[arg(long, env = "MUSICFS_GID")]
-    gid: Option<u32>,
-    /// Octal permission bits cleared from every mode shown, e.g. 022 or 027 [default: 0].
-    #[arg(long, env = "MUSICFS_UMASK", value_parser = musicfs_core::config::parse_umask)]
-    umask: Option<u32>,
-    /// Kernel entry cache timeout in seconds [default: 3600].
-    #[arg(long)]
-    entry_timeout: Option<f64>,
-    /// Kernel attribute cache timeout in seconds [default: 3600].
-    #[arg(long)]
-    attr_timeout: Option<f64>,
-    /// How long the kernel caches a missing name, in seconds [default: the entry timeout].
-    #[arg(long)]
-    negative_timeout: Option<f64>,
-    /// Kernel readahead for the mount in KiB (root) [default: 1024].
-    #[arg(long)]
-    readahead_kb: Option<u32>,
-    /// Seconds between health probes of each origin, 0 for none [default: 30].
-    #[arg(long)]
-    probe_interval: Option<f64>,
-    /// Without passthrough, let the kernel open files without asking (one round trip less
-    /// per open; write intents are then refused by the read-only mount alone).
-    #[arg(
-        long,
-        env = "MUSICFS_SKIP_OPEN",
-        action = clap::ArgAction::SetTrue,
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    skip_open: bool,
-    /// Log filter (error, warn, info, debug, trace); RUST_LOG wins.
-    #[arg(long, env = "MUSICFS_LOG_LEVEL")]
-    log_level: Option<String>,
-    /// FUSE passthrough for local sources: auto, on (fail the mount without it), off.
-    #[arg(long, env = "MUSICFS_PASSTHROUGH")]
-    passthrough: Option<musicfs_core::config::PassthroughSetting>,
-    /// Request transport: auto, uring (FUSE-over-io_uring, required), dev (/dev/fuse).
-    #[arg(long, env = "MUSICFS_TRANSPORT")]
-    transport: Option<musicfs_core::config::TransportSetting>,
-    /// Write Y to /sys/module/fuse/parameters/enable_uring before mounting (root).
-    #[arg(long)]
-    enable_uring_param: bool,
-}
 
 /// Exit code for bad usage, configuration or environment (mountpoint, origins).
 const EXIT_USAGE: u8 = 2;
@@ -250,15 +176,33 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
     let state = StateDir::create(&cfg.state_dir())?;
+    let (readers, cas) = read_path(cfg, origins)?;
+    // Events: the FUSE workers, the refresh loop and origin health changes report here.
+    let hub = Arc::new(Hub::new());
+    let webhooks = cfg
+        .webhooks
+        .iter()
+        .map(|w| WebhookQueue::new(w.clone()).map(Arc::new))
+        .collect::<Result<Vec<_>>>()?;
+    let access_log = match cfg.access_log_path() {
+        Some(p) => Some(
+            AccessLog::open(&p, cfg.access_log_max_bytes.0, cfg.access_log_keep)
+                .with_context(|| format!("cannot open the access log {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let refresh_control = Arc::new(RefreshControl::default());
+    let health = Arc::new(OriginHealth::default());
+    health.report_to(hub.clone());
     let library = Library {
         catalog: Arc::new(state.open_catalog()?),
         template: Template::parse(&cfg.template)?,
         origins: origins.to_vec(),
-        readers: read_path(cfg, origins)?,
+        readers,
         state,
         mass_removal_threshold: cfg.mass_removal_threshold,
-        health: Arc::new(OriginHealth::default()),
-        progress: progress_bar(),
+        health,
+        progress: Some(scan_progress(refresh_control.clone())),
     };
     let snapshot = library.load_or_build()?;
     let finder = Arc::new(LibraryFinder::open(
@@ -274,6 +218,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         tracks = snapshot.track_count(),
         "serving snapshot"
     );
+    let op_stats = Arc::new(OpStats::default());
     let opts = MountOptions {
         threads: cfg.worker_threads(),
         entry_timeout: cfg.entry_timeout(),
@@ -302,6 +247,8 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
             &library.state.art_dir(),
             origin_table.clone(),
         ))),
+        events: Some(hub.clone()),
+        op_stats: Some(op_stats.clone()),
         ..MountOptions::default()
     };
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -323,7 +270,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
             }
         };
     info!(mountpoint = %cli.mountpoint.display(), "mounted");
-    sd_notify("READY=1");
+    let _events_thread = hub.start(shared.clone(), access_log, webhooks.clone())?;
 
     // Serve first; then catch up with what changed while we were down: the start-up
     // reconcile is a stat walk that adds each directory's inotify watch just before listing
@@ -364,6 +311,38 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         ),
         None => None,
     };
+    let daemon = Arc::new(Daemon {
+        started: std::time::Instant::now(),
+        mountpoint: std::fs::canonicalize(&cli.mountpoint)
+            .unwrap_or_else(|_| cli.mountpoint.clone()),
+        shared: shared.clone(),
+        model: mounted.model().clone(),
+        queues: mounted.threads(),
+        health: library.health.clone(),
+        catalog: library.catalog.clone(),
+        origins: cfg
+            .origins
+            .iter()
+            .zip(&library.origins)
+            .map(|(c, o)| OriginInfo {
+                spec: c.path.display().to_string(),
+                name: c.name.clone(),
+                key: PathBuf::from(o.key()),
+            })
+            .collect(),
+        cas,
+        readers: origin_table.clone(),
+        refresh: refresh_control.clone(),
+        trigger: tx.clone(),
+        finder: finder.clone(),
+        config: std::sync::Mutex::new(cfg.clone()),
+        unmounter: mounted.unmounter(),
+        hub: hub.clone(),
+        stopping: std::sync::atomic::AtomicBool::new(false),
+    });
+    let control = ControlPlane::start(daemon.clone(), op_stats, webhooks)?;
+    let _watchdog = musicfs_tools::systemd_watchdog(daemon.clone());
+    sd_notify("READY=1");
     let refresher = Refresher {
         library,
         shared,
@@ -374,6 +353,8 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         watches,
         origins: Some(origin_table),
         search: Some(finder.index().clone()),
+        control: Some(refresh_control),
+        events: Some(hub.clone()),
     };
     let refresh_thread = std::thread::Builder::new()
         .name("refresh".into())
@@ -393,6 +374,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
                     continue;
                 }
                 info!(signal = sig, "unmounting on signal");
+                sd_notify("STOPPING=1");
                 if let Err(e) = unmounter.unmount() {
                     error!("unmount on signal failed: {e}");
                 }
@@ -401,6 +383,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         })
         .context("cannot start the signal thread")?;
     let result = mounted.wait();
+    drop(control);
     signal_handle.close();
     let _ = tx.send(Trigger::Stop);
     let _ = stop_probes.send(());
@@ -414,4 +397,16 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
     }
     info!("unmounted");
     result.context("FUSE session failed")
+}
+
+/// The scan progress callback: the running totals go to the control plane (`musicfs
+/// status`, the scan-progress call) and to a spinner on a terminal.
+fn scan_progress(control: Arc<RefreshControl>) -> musicfs_index::scan::ProgressFn {
+    let bar = progress_bar();
+    Arc::new(move |p| {
+        control.set_progress(p);
+        if let Some(bar) = &bar {
+            bar(p);
+        }
+    })
 }

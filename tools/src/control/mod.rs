@@ -1,0 +1,144 @@
+//! The control plane of a running daemon: the gRPC API on a Unix socket ([`server`]),
+//! events fanned out to the API stream, Server-Sent Events, the access log and webhooks
+//! ([`events`]), Prometheus metrics and a health check over HTTP ([`http`],
+//! [`metrics`]), and the client the `musicfs` CLI speaks it with ([`client`]).
+//!
+//! Everything here runs on one small tokio runtime of its own ([`ControlPlane::start`]),
+//! beside the FUSE workers: a slow client or webhook never holds up a request of the
+//! mount, and the FUSE path only ever pushes events into a bounded queue.
+
+pub mod cli;
+pub mod client;
+pub mod events;
+pub mod http;
+pub mod metrics;
+pub mod prefetch;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use musicfs_core::events::{Event, EventSink};
+
+use events::WebhookQueue;
+use server::Daemon;
+
+/// The generated protobuf types and gRPC stubs (`proto/musicfs_control_v1.proto`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("musicfs.control.v1");
+}
+
+/// The running control plane; stops (and removes its socket) when dropped.
+pub struct ControlPlane {
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Binds the socket (and the HTTP listener when `metrics_listen` is set) now, so a bad
+    /// address fails the start-up, then serves on a thread of its own.
+    pub fn start(
+        daemon: Arc<Daemon>,
+        ops: Arc<musicfs_fusedev::opstats::OpStats>,
+        webhooks: Vec<Arc<WebhookQueue>>,
+    ) -> anyhow::Result<ControlPlane> {
+        let (socket, listen) = {
+            let cfg = daemon.config.lock().unwrap_or_else(|p| p.into_inner());
+            (cfg.control_socket_path(), cfg.metrics_listen.clone())
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("control")
+            .enable_all()
+            .build()
+            .context("cannot start the control runtime")?;
+        let listener = {
+            let _guard = rt.enter();
+            server::bind(&socket)?
+        };
+        let http = match &listen {
+            Some(addr) => {
+                let _guard = rt.enter();
+                let std = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("metrics_listen: cannot listen on {addr}"))?;
+                std.set_nonblocking(true)?;
+                Some(tokio::net::TcpListener::from_std(std)?)
+            }
+            None => None,
+        };
+        tracing::info!(socket = %socket.display(), metrics = ?listen, "control API listening");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    };
+                    for w in &webhooks {
+                        tokio::spawn(w.clone().run());
+                    }
+                    if let Some(cas) = daemon.cas.clone() {
+                        tokio::spawn(watch_evictions(cas, daemon.hub.clone()));
+                    }
+                    if let Some(l) = http {
+                        let m = metrics::Metrics {
+                            daemon: daemon.clone(),
+                            ops,
+                            webhooks: webhooks.clone(),
+                        };
+                        tokio::spawn(http::serve(m, l, until(stopped.clone())));
+                    }
+                    let api = tokio::spawn(server::serve(daemon, listener, until(stopped.clone())));
+                    until(stopped).await;
+                    // Event streams never end by themselves: they get a moment, then go.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
+                });
+                let _ = std::fs::remove_file(&socket);
+                // Webhook deliveries and event streams in flight are abandoned with the
+                // runtime.
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })
+            .context("cannot start the control thread")?;
+        Ok(ControlPlane {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reports the cache's evictions as events, once a second at most.
+async fn watch_evictions(cas: Arc<musicfs_storage::cas::Cas>, hub: Arc<events::Hub>) {
+    let mut seen = cas.evicted_total();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = cas.evicted_total();
+        if now != seen {
+            let cas2 = cas.clone();
+            let left = tokio::task::spawn_blocking(move || cas2.stats().map(|s| s.chunks))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+            hub.emit(Event::CacheEvicted {
+                chunks: now - seen,
+                cached_chunks: left,
+            });
+            seen = now;
+        }
+    }
+}
