@@ -182,13 +182,16 @@ pub fn open_cache(cfg: &Config) -> anyhow::Result<Cas> {
     Cas::open(&dir, opts).with_context(|| format!("cannot open the chunk cache {}", dir.display()))
 }
 
+/// [`read_path`]'s answer: the readers, and the chunk cache when there is one.
+pub type ReadPath = (Vec<Arc<dyn Origin>>, Option<Arc<Cas>>);
+
 /// The origins as the FUSE read path opens them: each remote one (no local root) through
 /// the chunk cache, which is opened only when there is one (and returned too). Local
 /// origins are read as scanned (passthrough, io_uring), so they are not listed.
 pub fn read_path(
     cfg: &Config,
     origins: &[Arc<dyn Origin>],
-) -> anyhow::Result<(Vec<Arc<dyn Origin>>, Option<Arc<Cas>>)> {
+) -> anyhow::Result<ReadPath> {
     use musicfs_storage::origin::{AudioChunking, CacheOptions, CachedOrigin};
     let remote: Vec<&Arc<dyn Origin>> = origins
         .iter()

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use musicfs_fusedev::opstats::{OpStats, BUCKET_BOUNDS_NS};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
@@ -259,7 +259,3 @@ impl Collector for Metrics {
         Ok(())
     }
 }
-
-// Silence an unused-import lint on builds where EncodeMetric is not needed by name.
-#[allow(dead_code)]
-fn _uses(_: &dyn EncodeMetric) {}
