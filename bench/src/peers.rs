@@ -19,6 +19,8 @@ pub enum Peer {
     MusicfsPlain,
     /// musicfsd `--transport uring --enable-uring-param`: FUSE over io_uring.
     MusicfsUring,
+    /// musicfsd `--no-op-metrics`: requests neither counted nor timed (the cost of metrics).
+    MusicfsNoMetrics,
     /// bindfs -r.
     Bindfs,
     /// mergerfs -o ro.
@@ -31,11 +33,12 @@ pub enum Peer {
 
 impl Peer {
     /// Every peer, in report order.
-    pub const ALL: [Peer; 8] = [
+    pub const ALL: [Peer; 9] = [
         Peer::Native,
         Peer::Musicfs,
         Peer::MusicfsPlain,
         Peer::MusicfsUring,
+        Peer::MusicfsNoMetrics,
         Peer::Bindfs,
         Peer::Mergerfs,
         Peer::Rclone,
@@ -49,6 +52,7 @@ impl Peer {
             Peer::Musicfs => "musicfs",
             Peer::MusicfsPlain => "musicfs-plain",
             Peer::MusicfsUring => "musicfs-uring",
+            Peer::MusicfsNoMetrics => "musicfs-nometrics",
             Peer::Bindfs => "bindfs",
             Peer::Mergerfs => "mergerfs",
             Peer::Rclone => "rclone",
@@ -65,7 +69,7 @@ impl Peer {
     pub fn is_musicfs(self) -> bool {
         matches!(
             self,
-            Peer::Musicfs | Peer::MusicfsPlain | Peer::MusicfsUring
+            Peer::Musicfs | Peer::MusicfsPlain | Peer::MusicfsUring | Peer::MusicfsNoMetrics
         )
     }
 
@@ -78,7 +82,7 @@ impl Peer {
     pub fn cold_meaning(self) -> &'static str {
         match self {
             Peer::Native => "dentry/inode caches dropped (drop_caches=2) before the pass; page cache too (3) before each readdir",
-            Peer::Musicfs | Peer::MusicfsPlain | Peer::MusicfsUring => {
+            Peer::Musicfs | Peer::MusicfsPlain | Peer::MusicfsUring | Peer::MusicfsNoMetrics => {
                 "--entry-timeout 0 --attr-timeout 0, plus the same cache drops"
             }
             Peer::Bindfs => "-o entry_timeout=0,attr_timeout=0,negative_timeout=0, plus the same cache drops",
@@ -261,7 +265,7 @@ pub fn launch(
                 root: lib.to_path_buf(),
             })
         }
-        Peer::Musicfs | Peer::MusicfsPlain | Peer::MusicfsUring => {
+        Peer::Musicfs | Peer::MusicfsPlain | Peer::MusicfsUring | Peer::MusicfsNoMetrics => {
             let mut c = Command::new(&bins.musicfsd);
             c.arg("--state-dir").arg(state).arg("--origin").arg(lib);
             match peer {
@@ -270,6 +274,9 @@ pub fn launch(
                 }
                 Peer::MusicfsUring => {
                     c.args(["--transport", "uring", "--enable-uring-param"]);
+                }
+                Peer::MusicfsNoMetrics => {
+                    c.arg("--no-op-metrics");
                 }
                 _ => {}
             }

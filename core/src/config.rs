@@ -809,3 +809,21 @@ mod control_tests {
         assert_eq!(off.access_log_path(), None);
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+
+    #[test]
+    fn every_toml_example_in_the_configuration_docs_parses_and_validates() {
+        let doc = include_str!("../../docs/CONFIG.md");
+        let mut blocks = 0;
+        for block in doc.split("```toml").skip(1) {
+            let text = block.split("```").next().unwrap_or("");
+            let cfg = Config::parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            cfg.validate().unwrap_or_else(|e| panic!("{e}"));
+            blocks += 1;
+        }
+        assert!(blocks >= 2);
+    }
+}

@@ -82,6 +82,10 @@ pub struct DaemonCli {
     /// Write Y to /sys/module/fuse/parameters/enable_uring before mounting (root).
     #[arg(long)]
     pub enable_uring_param: bool,
+    /// Do not count and time FUSE requests (`/metrics` then has no per-operation
+    /// histograms). For measuring what the counting costs (`musicfs-bench`).
+    #[arg(long)]
+    pub no_op_metrics: bool,
 }
 
 /// The `musicfsd` command as clap describes it.

@@ -1,7 +1,10 @@
 //! Wiring shared by the `musicfsd` daemon and the `musicfs` CLI: argument and
 //! configuration checks, logging, a progress bar, and telling systemd we are ready.
 //!
-//! Nothing here holds logic of its own beyond putting the crates together: scanning and the
+//! Besides the wiring, the control plane lives here ([`control`]): the gRPC API a running
+//! daemon answers on its Unix socket, the event fan-out, metrics and webhooks.
+//!
+//! Nothing else here holds logic of its own beyond putting the crates together: scanning and the
 //! refresh loop (publishing, reconciling after a restart, watching origins, swapping
 //! snapshots) live in `musicfs-index` (`musicfs_index::refresh`), the catalog in
 //! `musicfs-storage`, templates, snapshots and the snapshot diff in `musicfs-core`, serving
@@ -188,10 +191,7 @@ pub type ReadPath = (Vec<Arc<dyn Origin>>, Option<Arc<Cas>>);
 /// The origins as the FUSE read path opens them: each remote one (no local root) through
 /// the chunk cache, which is opened only when there is one (and returned too). Local
 /// origins are read as scanned (passthrough, io_uring), so they are not listed.
-pub fn read_path(
-    cfg: &Config,
-    origins: &[Arc<dyn Origin>],
-) -> anyhow::Result<ReadPath> {
+pub fn read_path(cfg: &Config, origins: &[Arc<dyn Origin>]) -> anyhow::Result<ReadPath> {
     use musicfs_storage::origin::{AudioChunking, CacheOptions, CachedOrigin};
     let remote: Vec<&Arc<dyn Origin>> = origins
         .iter()

@@ -248,7 +248,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
             origin_table.clone(),
         ))),
         events: Some(hub.clone()),
-        op_stats: Some(op_stats.clone()),
+        op_stats: (!cli.no_op_metrics).then(|| op_stats.clone()),
         ..MountOptions::default()
     };
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
