@@ -652,10 +652,40 @@ fn cache_clear_through_the_daemon_empties_the_remote_cache() -> Result<()> {
         title: "One",
     }];
     let lib = S3Library::start(|dir| generate(dir, &tracks))?;
-    let mount = MountedFs::start(lib.mount_options())?;
+    let http = free_port()?;
+    let config = lib.work_dir().join("metrics.toml");
+    fs::write(&config, format!("metrics_listen = \"127.0.0.1:{http}\"\n"))?;
+    let mut opts = lib.mount_options();
+    opts.config = Some(config);
+    let mount = MountedFs::start(opts)?;
     let state = lib.state.clone();
     let file = served(&mount, "One")?;
     ensure!(fs::read(&file)? == fs::read(lib.source("One")?)?);
+    // The first read fetched windows (misses); a second finds them cached (hits).
+    let counted = |name: &str| -> Result<f64> {
+        let (_, body) = http_get(http, "/metrics")?;
+        let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))?;
+        Ok(scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum())
+    };
+    ensure!(counted("musicfs_cache_misses_total")? > 0.0);
+    let hits = counted("musicfs_cache_hits_total")?;
+    ensure!(fs::read(&file)? == fs::read(lib.source("One")?)?);
+    // Page-cache hits never reach the daemon: drop them first.
+    musicfs_tests::remote::evict_pages(&file)?;
+    ensure!(fs::read(&file)? == fs::read(lib.source("One")?)?);
+    ensure!(
+        counted("musicfs_cache_hits_total")? > hits,
+        "no cache hit counted; log:\n{}",
+        mount.log()
+    );
     let stats = musicfs_json(&state, &["cache", "stats"])?;
     ensure!(
         stats["enabled"] == true && stats["chunks"].as_u64() > Some(0),

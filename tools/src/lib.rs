@@ -185,12 +185,19 @@ pub fn open_cache(cfg: &Config) -> anyhow::Result<Cas> {
     Cas::open(&dir, opts).with_context(|| format!("cannot open the chunk cache {}", dir.display()))
 }
 
-/// [`read_path`]'s answer: the readers, and the chunk cache when there is one.
-pub type ReadPath = (Vec<Arc<dyn Origin>>, Option<Arc<Cas>>);
+/// [`read_path`]'s answer.
+pub struct ReadPath {
+    /// The remote origins as the read path opens them (through the chunk cache).
+    pub readers: Vec<Arc<dyn Origin>>,
+    /// The chunk cache, when some origin is remote.
+    pub cas: Option<Arc<Cas>>,
+    /// Each remote origin's cache hits and misses, by its spec.
+    pub counters: Vec<(String, Arc<musicfs_storage::origin::CacheCounters>)>,
+}
 
 /// The origins as the FUSE read path opens them: each remote one (no local root) through
-/// the chunk cache, which is opened only when there is one (and returned too). Local
-/// origins are read as scanned (passthrough, io_uring), so they are not listed.
+/// the chunk cache, which is opened only when there is one. Local origins are read as
+/// scanned (passthrough, io_uring), so they are not listed.
 pub fn read_path(cfg: &Config, origins: &[Arc<dyn Origin>]) -> anyhow::Result<ReadPath> {
     use musicfs_storage::origin::{AudioChunking, CacheOptions, CachedOrigin};
     let remote: Vec<&Arc<dyn Origin>> = origins
@@ -198,22 +205,33 @@ pub fn read_path(cfg: &Config, origins: &[Arc<dyn Origin>]) -> anyhow::Result<Re
         .filter(|o| o.local_root().is_none())
         .collect();
     if remote.is_empty() {
-        return Ok((Vec::new(), None));
+        return Ok(ReadPath {
+            readers: Vec::new(),
+            cas: None,
+            counters: Vec::new(),
+        });
     }
     let cas = Arc::new(open_cache(cfg)?);
     let chunking = Arc::new(AudioChunking::default());
+    let mut counters = Vec::new();
     let readers = remote
         .into_iter()
         .map(|o| {
-            Arc::new(CachedOrigin::new(
+            let cached = CachedOrigin::new(
                 Arc::clone(o),
                 cas.clone(),
                 chunking.clone(),
                 CacheOptions::default(),
-            )) as Arc<dyn Origin>
+            );
+            counters.push((o.spec().to_string(), cached.counters()));
+            Arc::new(cached) as Arc<dyn Origin>
         })
         .collect();
-    Ok((readers, Some(cas)))
+    Ok(ReadPath {
+        readers,
+        cas: Some(cas),
+        counters,
+    })
 }
 
 /// What the origin's table in the configuration says about opening and calling it.

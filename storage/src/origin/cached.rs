@@ -124,6 +124,18 @@ impl Default for CacheOptions {
     }
 }
 
+/// How often reads were served from the cache (hits: each stretch of a read copied from
+/// cached chunks) and how often a window was fetched from the origin (misses; read-ahead
+/// fetches included, a reader waiting on another's fetch not counted twice). Exported as
+/// metrics by the daemon.
+#[derive(Debug, Default)]
+pub struct CacheCounters {
+    /// Windows found cached.
+    pub hits: AtomicU64,
+    /// Windows fetched from the origin.
+    pub misses: AtomicU64,
+}
+
 /// A network origin read through the chunk cache. See the module documentation.
 pub struct CachedOrigin {
     shared: Arc<Shared>,
@@ -134,6 +146,7 @@ struct Shared {
     cache: Arc<dyn ChunkCache>,
     chunking: Arc<dyn Chunking>,
     opts: CacheOptions,
+    counters: Arc<CacheCounters>,
     /// Windows being fetched: (version, window start) → the flight the others wait on.
     flights: Mutex<HashMap<FlightKey, Arc<Flight>>>,
     /// Prefetch requests for the prefetch threads.
@@ -259,6 +272,11 @@ struct Flight {
 const PREFETCHERS: usize = 2;
 
 impl CachedOrigin {
+    /// Its hit and miss counters.
+    pub fn counters(&self) -> Arc<CacheCounters> {
+        Arc::clone(&self.shared.counters)
+    }
+
     /// `inner` read through `cache`, cut by `chunking`.
     pub fn new(
         inner: Arc<dyn Origin>,
@@ -272,6 +290,7 @@ impl CachedOrigin {
             cache,
             chunking,
             opts,
+            counters: Arc::default(),
             flights: Mutex::new(HashMap::new()),
             ahead: tx,
             warned_offline: AtomicBool::new(false),
@@ -1041,7 +1060,10 @@ impl Inner {
             let at = offset + done as u64;
             let n = match self.copy_cached(&mut buf[done..want], at)? {
                 0 => self.copy_uncached(&mut buf[done..want], at),
-                n => n,
+                n => {
+                    self.shared.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    n
+                }
             };
             if n > 0 {
                 done += n;
@@ -1133,6 +1155,7 @@ impl Shared {
             }
         };
         if leader {
+            self.counters.misses.fetch_add(1, Ordering::Relaxed);
             let outcome = src.fill(w.clone()).map_err(|e| e.to_string());
             self.flights
                 .lock()

@@ -50,7 +50,9 @@ use musicfs_core::ScanState;
 use serde::{Deserialize, Serialize};
 
 pub use self::smb::{SmbOrigin, SmbSource};
-pub use cached::{CacheOptions, CachedOrigin, CachedSource, ChunkCache, ChunkRef, Chunking};
+pub use cached::{
+    CacheCounters, CacheOptions, CachedOrigin, CachedSource, ChunkCache, ChunkRef, Chunking,
+};
 pub use chunking::AudioChunking;
 pub use error::{is_vanished_io, OriginError};
 pub use failover::{Copy, FailoverSource};

@@ -29,7 +29,7 @@ use musicfs_tools::control::server::{Daemon, OriginInfo};
 use musicfs_tools::control::ControlPlane;
 use musicfs_tools::daemon_cli::DaemonCli as Cli;
 use musicfs_tools::finder::LibraryFinder;
-use musicfs_tools::{init_logging, progress_bar, read_path, resolve_origins, sd_notify};
+use musicfs_tools::{init_logging, progress_bar, read_path, resolve_origins, sd_notify, ReadPath};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
@@ -176,7 +176,11 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
     let state = StateDir::create(&cfg.state_dir())?;
-    let (readers, cas) = read_path(cfg, origins)?;
+    let ReadPath {
+        readers,
+        cas,
+        counters: cache_counters,
+    } = read_path(cfg, origins)?;
     // Events: the FUSE workers, the refresh loop and origin health changes report here.
     let hub = Arc::new(Hub::new());
     let webhooks = cfg
@@ -339,6 +343,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         unmounter: mounted.unmounter(),
         hub: hub.clone(),
         stopping: std::sync::atomic::AtomicBool::new(false),
+        cache_counters,
     });
     let control = ControlPlane::start(daemon.clone(), op_stats, webhooks)?;
     let _watchdog = musicfs_tools::systemd_watchdog(daemon.clone());

@@ -180,6 +180,30 @@ impl Collector for Metrics {
                 cas.budget() as i64,
             )?;
         }
+        for (name, help, hits) in [
+            (
+                "cache_hits",
+                "Read windows found in the chunk cache, by origin",
+                true,
+            ),
+            (
+                "cache_misses",
+                "Read windows fetched from the origin, by origin",
+                false,
+            ),
+        ] {
+            let rows: Vec<(Vec<(&str, String)>, u64)> = d
+                .cache_counters
+                .iter()
+                .map(|(spec, c)| {
+                    let v = if hits { &c.hits } else { &c.misses };
+                    (vec![("origin", spec.clone())], v.load(Ordering::Relaxed))
+                })
+                .collect();
+            let refs: Vec<(&[(&str, String)], u64)> =
+                rows.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+            counter(&mut enc, name, help, &refs)?;
+        }
         let c = &d.hub.counters;
         let (running, progress, _) = d.refresh.status();
         gauge(

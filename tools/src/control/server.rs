@@ -76,6 +76,8 @@ pub struct Daemon {
     pub hub: Arc<Hub>,
     /// Set once a shutdown was asked for.
     pub stopping: AtomicBool,
+    /// Each remote origin's cache hits and misses, by spec.
+    pub cache_counters: Vec<(String, Arc<musicfs_storage::origin::CacheCounters>)>,
 }
 
 impl Daemon {
