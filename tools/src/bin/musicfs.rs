@@ -305,7 +305,7 @@ fn main() -> ExitCode {
             CacheAction::Stats => either(
                 &socket,
                 |mut c| async move { cli::cache_stats(&mut c, json).await },
-                || cache_stats(&cfg),
+                || cache_stats(&cfg, json),
             ),
             CacheAction::Clear => either(
                 &socket,
@@ -514,33 +514,8 @@ fn search(cfg: &Config, query: &str, json: bool, limit: Option<usize>) -> Result
     let ids: Vec<u64> = hits.iter().map(|h| h.id.0).collect();
     let tags: &dyn musicfs_fusedev::TagSource = &catalog;
     let entries = musicfs_fusedev::virt::entries(&snap, &ids, Some(tags));
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    if json {
-        let rows: Vec<serde_json::Value> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                serde_json::json!({
-                    "rank": i + 1,
-                    "name": String::from_utf8_lossy(&e.name),
-                    "path": String::from_utf8_lossy(&e.path),
-                    "track_id": e.id,
-                })
-            })
-            .collect();
-        serde_json::to_writer_pretty(&mut out, &rows)?;
-        writeln!(out)?;
-    } else {
-        for e in &entries {
-            out.write_all(&e.name)?;
-            out.write_all(b"\t")?;
-            out.write_all(&e.path)?;
-            out.write_all(b"\n")?;
-        }
-    }
-    out.flush()?;
-    Ok(())
+    let hits = musicfs_tools::control::search_hits(&entries);
+    cli::print_hits(&hits, json)
 }
 
 fn publish_if_changed(library: &Library) -> Result<()> {
@@ -649,20 +624,27 @@ fn cache_verify(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-fn cache_stats(cfg: &Config) -> Result<()> {
+fn cache_stats(cfg: &Config, json: bool) -> Result<()> {
     let cas = open_cache(cfg)?;
     let s = cas.stats()?;
-    println!("directory\t{}", cas.dir().display());
-    println!("chunks\t{}", s.chunks);
-    println!("stored_bytes\t{}", s.stored_bytes);
-    println!("budget_bytes\t{}", s.budget);
-    println!("disk_bytes\t{}", s.disk_bytes);
-    println!("packs\t{}", s.packs);
-    println!("file_versions\t{}", s.manifests);
-    println!("logical_bytes\t{}", s.logical_bytes);
-    println!("shared_chunks\t{}", s.shared_chunks);
-    println!("dedup_ratio\t{:.3}", s.dedup_ratio());
-    Ok(())
+    if !json {
+        println!("directory\t{}", cas.dir().display());
+    }
+    cli::print_cache_stats(
+        &musicfs_tools::control::proto::CacheStatsReply {
+            enabled: true,
+            chunks: s.chunks,
+            stored_bytes: s.stored_bytes,
+            manifests: s.manifests,
+            logical_bytes: s.logical_bytes,
+            shared_chunks: s.shared_chunks,
+            packs: s.packs,
+            disk_bytes: s.disk_bytes,
+            budget: s.budget,
+            evicted_total: cas.evicted_total(),
+        },
+        json,
+    )
 }
 
 fn stats(cfg: &Config) -> Result<()> {

@@ -176,12 +176,23 @@ pub async fn cache_stats(c: &mut Client, as_json: bool) -> Result<()> {
         .await
         .map_err(rpc_error)?
         .into_inner();
+    print_cache_stats(&s, as_json)
+}
+
+/// Prints cache statistics (the daemon's, or read from the state dir by `musicfs`).
+pub fn print_cache_stats(s: &proto::CacheStatsReply, as_json: bool) -> Result<()> {
+    let ratio = if s.stored_bytes == 0 {
+        1.0
+    } else {
+        s.logical_bytes as f64 / s.stored_bytes as f64
+    };
     if as_json {
         return print_json(&json!({
             "enabled": s.enabled, "chunks": s.chunks, "stored_bytes": s.stored_bytes,
             "budget_bytes": s.budget, "disk_bytes": s.disk_bytes, "packs": s.packs,
             "file_versions": s.manifests, "logical_bytes": s.logical_bytes,
-            "shared_chunks": s.shared_chunks, "evicted_total": s.evicted_total,
+            "shared_chunks": s.shared_chunks, "dedup_ratio": ratio,
+            "evicted_total": s.evicted_total,
         }));
     }
     if !s.enabled {
@@ -196,6 +207,7 @@ pub async fn cache_stats(c: &mut Client, as_json: bool) -> Result<()> {
     println!("file_versions\t{}", s.manifests);
     println!("logical_bytes\t{}", s.logical_bytes);
     println!("shared_chunks\t{}", s.shared_chunks);
+    println!("dedup_ratio\t{ratio:.3}");
     println!("evicted_total\t{}", s.evicted_total);
     Ok(())
 }
@@ -275,19 +287,28 @@ pub async fn search(
         .await
         .map_err(rpc_error)?
         .into_inner();
+    print_hits(&r.hits, as_json)
+}
+
+/// Prints search results: `NAME\tPATH` lines, or a JSON array.
+pub fn print_hits(hits: &[proto::SearchHit], as_json: bool) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
     if as_json {
-        let rows: Vec<_> = r
-            .hits
+        let rows: Vec<_> = hits
             .iter()
             .map(
                 |h| json!({"rank": h.rank, "name": h.name, "path": h.path, "track_id": h.track_id}),
             )
             .collect();
-        return print_json(&serde_json::Value::Array(rows));
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+    } else {
+        for h in hits {
+            writeln!(out, "{}\t{}", h.name, h.path)?;
+        }
     }
-    for h in &r.hits {
-        println!("{}\t{}", h.name, h.path);
-    }
+    out.flush()?;
     Ok(())
 }
 

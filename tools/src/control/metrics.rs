@@ -43,11 +43,14 @@ pub fn render(metrics: &Metrics) -> String {
     out
 }
 
+/// One labelled value of a metric family: (label pairs, value).
+type Row = (Vec<(&'static str, String)>, u64);
+
 fn counter(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    values: &[(&[(&str, String)], u64)],
+    values: &[Row],
 ) -> Result<(), std::fmt::Error> {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, v) in values {
@@ -105,16 +108,14 @@ impl Collector for Metrics {
                 .collect::<Vec<_>>()
         };
         let errors = by_op(|o| o.errors);
-        let refs: Vec<(&[(&str, String)], u64)> =
-            errors.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
         counter(
             &mut enc,
             "fuse_op_errors",
             "FUSE requests answered with an error, by operation",
-            &refs,
+            &errors,
         )?;
         let snap = d.shared.load();
-        let bytes: Vec<(Vec<(&str, String)>, u64)> = self
+        let bytes: Vec<Row> = self
             .ops
             .origin_bytes()
             .into_iter()
@@ -125,13 +126,11 @@ impl Collector for Metrics {
                 (vec![("origin", origin)], b)
             })
             .collect();
-        let refs: Vec<(&[(&str, String)], u64)> =
-            bytes.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
         counter(
             &mut enc,
             "origin_read_bytes",
             "Bytes the daemon read for FUSE reads, by origin (passthrough reads are the kernel's)",
-            &refs,
+            &bytes,
         )?;
         gauge(
             &mut enc,
@@ -171,7 +170,7 @@ impl Collector for Metrics {
                 &mut enc,
                 "cache_evicted_chunks",
                 "Chunks the cache evicted (budget, clear)",
-                &[(&[], cas.evicted_total())],
+                &[(Vec::new(), cas.evicted_total())],
             )?;
             gauge(
                 &mut enc,
@@ -192,7 +191,7 @@ impl Collector for Metrics {
                 false,
             ),
         ] {
-            let rows: Vec<(Vec<(&str, String)>, u64)> = d
+            let rows: Vec<Row> = d
                 .cache_counters
                 .iter()
                 .map(|(spec, c)| {
@@ -200,9 +199,7 @@ impl Collector for Metrics {
                     (vec![("origin", spec.clone())], v.load(Ordering::Relaxed))
                 })
                 .collect();
-            let refs: Vec<(&[(&str, String)], u64)> =
-                rows.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
-            counter(&mut enc, name, help, &refs)?;
+            counter(&mut enc, name, help, &rows)?;
         }
         let c = &d.hub.counters;
         let (running, progress, _) = d.refresh.status();
@@ -222,9 +219,9 @@ impl Collector for Metrics {
             &mut enc,
             "publishes",
             "Trees published",
-            &[(&[], c.publishes.load(Ordering::Relaxed))],
+            &[(Vec::new(), c.publishes.load(Ordering::Relaxed))],
         )?;
-        let changes: Vec<(Vec<(&str, String)>, u64)> = [
+        let changes: Vec<Row> = [
             ("added", &c.added),
             ("changed", &c.changed),
             ("removed", &c.removed),
@@ -232,25 +229,23 @@ impl Collector for Metrics {
         .into_iter()
         .map(|(k, v)| (vec![("change", k.to_string())], v.load(Ordering::Relaxed)))
         .collect();
-        let refs: Vec<(&[(&str, String)], u64)> =
-            changes.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
         counter(
             &mut enc,
             "library_track_changes",
             "Tracks added, changed, removed by scans",
-            &refs,
+            &changes,
         )?;
         counter(
             &mut enc,
             "events",
             "Events taken by the hub",
-            &[(&[], c.emitted.load(Ordering::Relaxed))],
+            &[(Vec::new(), c.emitted.load(Ordering::Relaxed))],
         )?;
         counter(
             &mut enc,
             "events_dropped",
             "Events dropped because the hub's queue was full",
-            &[(&[], c.dropped.load(Ordering::Relaxed))],
+            &[(Vec::new(), c.dropped.load(Ordering::Relaxed))],
         )?;
         for (name, help, pick) in [
             ("webhook_delivered", "Events a webhook accepted", 0),
@@ -261,7 +256,7 @@ impl Collector for Metrics {
                 2,
             ),
         ] {
-            let rows: Vec<(Vec<(&str, String)>, u64)> = self
+            let rows: Vec<Row> = self
                 .webhooks
                 .iter()
                 .map(|w| {
@@ -276,9 +271,7 @@ impl Collector for Metrics {
                     )
                 })
                 .collect();
-            let refs: Vec<(&[(&str, String)], u64)> =
-                rows.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
-            counter(&mut enc, name, help, &refs)?;
+            counter(&mut enc, name, help, &rows)?;
         }
         Ok(())
     }

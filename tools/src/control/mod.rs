@@ -30,6 +30,20 @@ pub mod proto {
     tonic::include_proto!("musicfs.control.v1");
 }
 
+/// Search results as the API and the CLI show them, best first.
+pub fn search_hits(entries: &[musicfs_fusedev::virt::Entry]) -> Vec<proto::SearchHit> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| proto::SearchHit {
+            rank: i as u32 + 1,
+            name: String::from_utf8_lossy(&e.name).into_owned(),
+            path: String::from_utf8_lossy(&e.path).into_owned(),
+            track_id: e.id,
+        })
+        .collect()
+}
+
 /// The running control plane; stops (and removes its socket) when dropped.
 pub struct ControlPlane {
     stop: Option<tokio::sync::watch::Sender<bool>>,

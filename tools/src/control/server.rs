@@ -352,16 +352,7 @@ impl Control for Service {
             let tags: &dyn musicfs_fusedev::TagSource = d.catalog.as_ref();
             let entries = musicfs_fusedev::virt::entries(&snap, &ids, Some(tags));
             Ok(proto::SearchReply {
-                hits: entries
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| proto::SearchHit {
-                        rank: i as u32 + 1,
-                        name: String::from_utf8_lossy(&e.name).into_owned(),
-                        path: String::from_utf8_lossy(&e.path).into_owned(),
-                        track_id: e.id,
-                    })
-                    .collect(),
+                hits: super::search_hits(&entries),
             })
         })
         .await
