@@ -626,25 +626,10 @@ fn cache_verify(cfg: &Config) -> Result<()> {
 
 fn cache_stats(cfg: &Config, json: bool) -> Result<()> {
     let cas = open_cache(cfg)?;
-    let s = cas.stats()?;
     if !json {
         println!("directory\t{}", cas.dir().display());
     }
-    cli::print_cache_stats(
-        &musicfs_tools::control::proto::CacheStatsReply {
-            enabled: true,
-            chunks: s.chunks,
-            stored_bytes: s.stored_bytes,
-            manifests: s.manifests,
-            logical_bytes: s.logical_bytes,
-            shared_chunks: s.shared_chunks,
-            packs: s.packs,
-            disk_bytes: s.disk_bytes,
-            budget: s.budget,
-            evicted_total: cas.evicted_total(),
-        },
-        json,
-    )
+    cli::print_cache_stats(&musicfs_tools::control::cache_stats_reply(&cas)?, json)
 }
 
 fn stats(cfg: &Config) -> Result<()> {

@@ -30,6 +30,25 @@ pub mod proto {
     tonic::include_proto!("musicfs.control.v1");
 }
 
+/// The cache's statistics as the API and the CLI show them.
+pub fn cache_stats_reply(
+    cas: &musicfs_storage::cas::Cas,
+) -> Result<proto::CacheStatsReply, musicfs_storage::cas::CasError> {
+    let s = cas.stats()?;
+    Ok(proto::CacheStatsReply {
+        enabled: true,
+        chunks: s.chunks,
+        stored_bytes: s.stored_bytes,
+        manifests: s.manifests,
+        logical_bytes: s.logical_bytes,
+        shared_chunks: s.shared_chunks,
+        packs: s.packs,
+        disk_bytes: s.disk_bytes,
+        budget: s.budget,
+        evicted_total: cas.evicted_total(),
+    })
+}
+
 /// Search results as the API and the CLI show them, best first.
 pub fn search_hits(entries: &[musicfs_fusedev::virt::Entry]) -> Vec<proto::SearchHit> {
     entries

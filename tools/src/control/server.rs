@@ -260,19 +260,7 @@ impl Control for Service {
             let Some(cas) = &d.cas else {
                 return Ok(proto::CacheStatsReply::default());
             };
-            let s = cas.stats().map_err(internal)?;
-            Ok(proto::CacheStatsReply {
-                enabled: true,
-                chunks: s.chunks,
-                stored_bytes: s.stored_bytes,
-                manifests: s.manifests,
-                logical_bytes: s.logical_bytes,
-                shared_chunks: s.shared_chunks,
-                packs: s.packs,
-                disk_bytes: s.disk_bytes,
-                budget: s.budget,
-                evicted_total: cas.evicted_total(),
-            })
+            super::cache_stats_reply(cas).map_err(internal)
         })
         .await
         .map(Response::new)
