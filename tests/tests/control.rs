@@ -639,6 +639,25 @@ fn the_control_socket_refuses_another_user() -> Result<()> {
     ensure!(err.contains("ermission denied"), "nobody's error: {err}");
     // The owner still can.
     musicfs_ok(mount.state_dir(), &["status"])?;
+    // A second daemon on the same state directory stops before mounting, saying why.
+    let other = work.path().join("mnt2");
+    fs::create_dir(&other)?;
+    let args: Vec<std::ffi::OsString> = vec![
+        "--origin".into(),
+        origin.clone().into(),
+        "--state-dir".into(),
+        mount.state_dir().into(),
+        other.clone().into(),
+    ];
+    let failed = musicfs_tests::harness::run_daemon_expecting_exit(&args, None, &other, WITHIN)?;
+    ensure!(!failed.status.success(), "{}", failed.stderr);
+    ensure!(
+        failed.stderr.contains("answered by another daemon"),
+        "{}",
+        failed.stderr
+    );
+    ensure!(musicfs_tests::harness::mount_at(&other)?.is_none());
+    musicfs_ok(mount.state_dir(), &["status"])?;
     Ok(())
 }
 

@@ -240,8 +240,8 @@ fn a_new_album_shows_in_a_cached_artist_listing_with_the_source_bytes() {
 /// added to it later shows too. (Watches are added by scans as they list directories.)
 #[test]
 fn a_directory_made_while_serving_is_watched_for_later_changes() {
-    let mut live = Live::new();
-    live.start();
+    // `Live::new` starts the daemon (a second start on the same state dir is refused).
+    let live = Live::new();
     let dir = live.src("Newcomer/Debut");
     fs::create_dir_all(&dir).unwrap();
     let t = templates();

@@ -26,7 +26,7 @@ use musicfs_index::refresh::{
 use musicfs_storage::origin::Origin;
 use musicfs_tools::control::events::{AccessLog, Hub, WebhookQueue};
 use musicfs_tools::control::server::{Daemon, OriginInfo};
-use musicfs_tools::control::ControlPlane;
+use musicfs_tools::control::{Bound, ControlPlane};
 use musicfs_tools::daemon_cli::DaemonCli as Cli;
 use musicfs_tools::finder::LibraryFinder;
 use musicfs_tools::{init_logging, progress_bar, read_path, resolve_origins, sd_notify, ReadPath};
@@ -222,6 +222,9 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         tracks = snapshot.track_count(),
         "serving snapshot"
     );
+    // Bound before the mount: a second daemon on this state directory, or a bad
+    // metrics_listen, stops the start-up with nothing mounted.
+    let bound = Bound::bind(cfg)?;
     let op_stats = Arc::new(OpStats::default());
     let opts = MountOptions {
         threads: cfg.worker_threads(),
@@ -345,7 +348,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         stopping: std::sync::atomic::AtomicBool::new(false),
         cache_counters,
     });
-    let control = ControlPlane::start(daemon.clone(), op_stats, webhooks)?;
+    let control = ControlPlane::start(bound, daemon.clone(), op_stats, webhooks)?;
     let _watchdog = musicfs_tools::systemd_watchdog(daemon.clone());
     sd_notify("READY=1");
     let refresher = Refresher {

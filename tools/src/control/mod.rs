@@ -63,6 +63,67 @@ pub fn search_hits(entries: &[musicfs_fusedev::virt::Entry]) -> Vec<proto::Searc
         .collect()
 }
 
+/// The control plane's sockets, bound before the mount (a bad `metrics_listen` or a
+/// second daemon on the same state directory fails the start-up before anything is
+/// mounted), and its runtime. Dropped without being started, it removes the socket.
+pub struct Bound(Option<Sockets>);
+
+struct Sockets {
+    rt: tokio::runtime::Runtime,
+    socket: std::path::PathBuf,
+    listener: tokio::net::UnixListener,
+    http: Option<tokio::net::TcpListener>,
+    listen: Option<String>,
+}
+
+impl Bound {
+    /// Binds the control socket (and the HTTP listener when `metrics_listen` is set).
+    pub fn bind(cfg: &musicfs_core::config::Config) -> anyhow::Result<Bound> {
+        let socket = cfg.control_socket_path();
+        let listen = cfg.metrics_listen.clone();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("control")
+            .enable_all()
+            .build()
+            .context("cannot start the control runtime")?;
+        let _guard = rt.enter();
+        let listener = server::bind(&socket)?;
+        let http = match &listen {
+            Some(addr) => {
+                let bound = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("metrics_listen: cannot listen on {addr}"));
+                let bound = match bound {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&socket);
+                        return Err(e);
+                    }
+                };
+                bound.set_nonblocking(true)?;
+                Some(tokio::net::TcpListener::from_std(bound)?)
+            }
+            None => None,
+        };
+        drop(_guard);
+        Ok(Bound(Some(Sockets {
+            rt,
+            socket,
+            listener,
+            http,
+            listen,
+        })))
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            let _ = std::fs::remove_file(&s.socket);
+        }
+    }
+}
+
 /// The running control plane; stops (and removes its socket) when dropped.
 pub struct ControlPlane {
     stop: Option<tokio::sync::watch::Sender<bool>>,
@@ -70,37 +131,23 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Binds the socket (and the HTTP listener when `metrics_listen` is set) now, so a bad
-    /// address fails the start-up, then serves on a thread of its own.
+    /// Serves on the sockets of `bound`, on a thread of its own.
     pub fn start(
+        mut bound: Bound,
         daemon: Arc<Daemon>,
         ops: Arc<musicfs_fusedev::opstats::OpStats>,
         webhooks: Vec<Arc<WebhookQueue>>,
     ) -> anyhow::Result<ControlPlane> {
-        let (socket, listen) = {
-            let cfg = daemon.config.lock().unwrap_or_else(|p| p.into_inner());
-            (cfg.control_socket_path(), cfg.metrics_listen.clone())
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("control")
-            .enable_all()
-            .build()
-            .context("cannot start the control runtime")?;
-        let listener = {
-            let _guard = rt.enter();
-            server::bind(&socket)?
-        };
-        let http = match &listen {
-            Some(addr) => {
-                let _guard = rt.enter();
-                let std = std::net::TcpListener::bind(addr)
-                    .with_context(|| format!("metrics_listen: cannot listen on {addr}"))?;
-                std.set_nonblocking(true)?;
-                Some(tokio::net::TcpListener::from_std(std)?)
-            }
-            None => None,
-        };
+        let Sockets {
+            rt,
+            socket,
+            listener,
+            http,
+            listen,
+        } = bound
+            .0
+            .take()
+            .context("the control plane was started twice")?;
         tracing::info!(socket = %socket.display(), metrics = ?listen, "control API listening");
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let thread = std::thread::Builder::new()

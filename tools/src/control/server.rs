@@ -588,15 +588,25 @@ pub const DISABLED: &str = "disabled by the operator";
 /// daemon that died is replaced; one a live daemon answers on is an error.
 pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     if path.exists() {
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => anyhow::bail!(
-                "{} is answered by another daemon (same state directory?)",
-                path.display()
-            ),
-            Err(_) => {
-                std::fs::remove_file(path).with_context(|| {
-                    format!("cannot remove the stale socket {}", path.display())
-                })?;
+        // A daemon that is stopping (unmounted, its control plane not yet down) answers for
+        // a moment: give it a few seconds to go before calling it a conflict.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "{} is answered by another daemon (is one running with this state \
+                     directory? `musicfs --state-dir DIR status` tells)",
+                    path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot remove the stale socket {}", path.display()))
             }
         }
     }
