@@ -336,6 +336,9 @@ fn every_command_drives_a_running_daemon() -> Result<()> {
     ensure!(String::from_utf8_lossy(&refused.stderr).contains("restart"));
     let refused = musicfs(&state, &["config", "set", "log_level", "[["])?;
     ensure!(!refused.status.success());
+    let timeout = format!("origin.{}.timeout_secs", origin.display());
+    let refused = musicfs(&state, &["config", "set", &timeout, "2"])?;
+    ensure!(String::from_utf8_lossy(&refused.stderr).contains("local"));
 
     // An origin switched off: offline at once, its files fail; back on, they read.
     let spec = origin.display().to_string();
@@ -721,6 +724,11 @@ fn cache_clear_through_the_daemon_empties_the_remote_cache() -> Result<()> {
     // Still served (fetched again), and the budget changes at run time.
     ensure!(fs::read(&file)? == fs::read(lib.source("One")?)?);
     musicfs_ok(&state, &["config", "set", "cache_budget", "64M"])?;
+    // The remote origin's request timeout, changed at run time.
+    let key = format!("origin.{}.timeout_secs", lib.spec);
+    let set = musicfs_json(&state, &["config", "set", &key, "2.5"])?;
+    ensure!(set["previous"] == "5", "{set}");
+    ensure!(fs::read(&file)? == fs::read(lib.source("One")?)?);
     ensure!(musicfs_json(&state, &["cache", "stats"])?["budget_bytes"] == 64u64 << 20);
     // A prefetch of the album queues its remote file.
     let pf = musicfs_json(&state, &["prefetch", "Tone Artist"])?;

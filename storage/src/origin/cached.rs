@@ -474,6 +474,10 @@ impl Origin for CachedOrigin {
         self.shared.inner.spec()
     }
 
+    fn remote(&self) -> Option<&super::remote::Remote> {
+        self.shared.inner.remote()
+    }
+
     fn key(&self) -> &OsStr {
         self.shared.inner.key()
     }

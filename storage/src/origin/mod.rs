@@ -346,6 +346,12 @@ pub trait Origin: Send + Sync + fmt::Debug {
         let _ = rel;
         false
     }
+
+    /// The calling discipline of a network origin (deadline, concurrency, traffic), for
+    /// the control plane to read and change; `None` for local origins.
+    fn remote(&self) -> Option<&remote::Remote> {
+        None
+    }
 }
 
 /// An open file of an origin, read by offset.

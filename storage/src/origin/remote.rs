@@ -144,6 +144,8 @@ impl Traffic {
 #[derive(Debug)]
 pub struct Remote {
     opts: RemoteOptions,
+    /// The call deadline in force, in ms (starts as `opts.timeout`; [`Remote::set_timeout`]).
+    timeout_ms: AtomicU64,
     limit: tokio::sync::Semaphore,
     traffic: Traffic,
     pacer: std::sync::Mutex<Pacer>,
@@ -159,9 +161,22 @@ impl Remote {
                 at: Instant::now(),
                 seen: 0,
             }),
+            timeout_ms: AtomicU64::new(opts.timeout.as_millis().min(u128::from(u64::MAX)) as u64),
             opts,
             traffic: Traffic::default(),
         }
+    }
+
+    /// The most one call may take now, retries included.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Changes the call deadline from the next call on (a running daemon's `timeout_secs`
+    /// change).
+    pub fn set_timeout(&self, timeout: Duration) {
+        let ms = timeout.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+        self.timeout_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Its options.
@@ -194,7 +209,8 @@ impl Remote {
                 std::thread::sleep(wait);
             }
         }
-        let deadline = Instant::now() + self.opts.timeout;
+        let limit = self.timeout();
+        let deadline = Instant::now() + limit;
         let work = async {
             let mut tries = 0u32;
             loop {
@@ -224,7 +240,6 @@ impl Remote {
                 }
             }
         };
-        let limit = self.opts.timeout;
         runtime().block_on(async move {
             match tokio::time::timeout(limit, work).await {
                 Ok(result) => result,

@@ -356,6 +356,10 @@ impl Origin for S3Origin {
         &self.spec
     }
 
+    fn remote(&self) -> Option<&Remote> {
+        Some(&self.remote)
+    }
+
     fn key(&self) -> &OsStr {
         &self.key
     }

@@ -273,7 +273,7 @@ impl Inner {
         if generation > 1 {
             tracing::info!(origin = %self.name, generation, "reconnecting to the sftp server");
         }
-        let secs = self.remote.options().timeout.as_secs().max(1);
+        let secs = self.remote.timeout().as_secs().max(1);
         let conn = Arc::new(session::connect(&self.target, &self.login, generation, secs).await?);
         *slot = Some(conn.clone());
         Ok(conn)
@@ -378,6 +378,10 @@ impl Inner {
 impl Origin for SftpOrigin {
     fn spec(&self) -> &OriginSpec {
         &self.spec
+    }
+
+    fn remote(&self) -> Option<&Remote> {
+        Some(&self.inner.remote)
     }
 
     fn key(&self) -> &OsStr {

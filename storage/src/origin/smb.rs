@@ -414,6 +414,10 @@ impl Origin for SmbOrigin {
         &self.spec
     }
 
+    fn remote(&self) -> Option<&Remote> {
+        Some(&self.shared.remote)
+    }
+
     fn key(&self) -> &OsStr {
         &self.key
     }

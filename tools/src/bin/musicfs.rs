@@ -193,7 +193,7 @@ enum ConfigAction {
     /// daemon, the file's).
     Show,
     /// Change a setting of the running daemon without a restart: log_level,
-    /// refresh_interval_secs, cache_budget, origin.NAME.enabled.
+    /// refresh_interval_secs, cache_budget, origin.NAME.enabled, origin.NAME.timeout_secs.
     Set {
         /// The setting.
         key: String,

@@ -565,11 +565,42 @@ fn set_config(d: &Daemon, key: &str, value: &str) -> Result<proto::ConfigSetRepl
             );
             was.to_string()
         }
+        _ if key.starts_with("origin.") && key.ends_with(".timeout_secs") => {
+            let which = &key["origin.".len()..key.len() - ".timeout_secs".len()];
+            let secs: f64 = value.parse().map_err(|e| bad(format!("{e}")))?;
+            if !secs.is_finite() || !(0.001..=3600.0).contains(&secs) {
+                return Err(bad("must be between 0.001 and 3600 seconds".into()));
+            }
+            let (i, _) = d.origin_named(which)?;
+            let key_path = &d.origins[i].key;
+            let table = d.readers.load();
+            let remote = table
+                .iter()
+                .map(|(_, o)| o)
+                .find(|o| o.key() == key_path.as_os_str())
+                .and_then(|o| o.remote())
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "origin {which:?} is local: it has no request timeout"
+                    ))
+                })?;
+            let before = remote.timeout();
+            remote.set_timeout(Duration::from_secs_f64(secs));
+            if let Some(o) = cfg
+                .origins
+                .iter_mut()
+                .find(|o| o.path.display().to_string() == d.origins[i].spec)
+            {
+                o.timeout_secs = Some(secs);
+            }
+            info!(origin = which, secs, "origin timeout changed");
+            before.as_secs_f64().to_string()
+        }
         _ => {
             return Err(Status::invalid_argument(format!(
                 "{key} cannot be changed at run time (settable: log_level, \
-                 refresh_interval_secs, cache_budget, origin.NAME.enabled); \
-                 others need a restart"
+                 refresh_interval_secs, cache_budget, origin.NAME.enabled, \
+                 origin.NAME.timeout_secs); others need a restart"
             )))
         }
     };
