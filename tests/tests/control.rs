@@ -360,6 +360,42 @@ fn every_command_drives_a_running_daemon() -> Result<()> {
     })?;
     ensure!(fs::read(&song1)? == fs::read(origin.join("t01.flac"))?);
 
+    // An origin added and removed at run time.
+    let second = work.path().join("second");
+    fs::create_dir_all(&second)?;
+    let other = flac_with_comments(
+        one_second_flac(),
+        &[
+            ("ARTIST", "Second Artist"),
+            ("ALBUM", "Elsewhere"),
+            ("TRACKNUMBER", "1"),
+            ("TITLE", "Far"),
+        ],
+    )?;
+    fs::write(second.join("far.flac"), other)?;
+    let far = mount.path("Second Artist/Elsewhere [FLAC]/01 - Far.flac");
+    let spec2 = second.display().to_string();
+    let added = musicfs_json(&state, &["origin", "add", &spec2, "--name", "second"])?;
+    ensure!(added["published"] == true && added["added"] == 1, "{added}");
+    ensure!(fs::read(&far)? == fs::read(second.join("far.flac"))?);
+    let s = musicfs_json(&state, &["status"])?;
+    ensure!(s["origins"].as_array().map(Vec::len) == Some(2), "{s}");
+    let again = musicfs(&state, &["origin", "add", &spec2])?;
+    ensure!(String::from_utf8_lossy(&again.stderr).contains("already"));
+    let missing = musicfs(&state, &["origin", "add", "/no/such/dir"])?;
+    ensure!(!missing.status.success());
+    let removed = musicfs_json(&state, &["origin", "remove", "second"])?;
+    ensure!(removed["published"] == true, "{removed}");
+    ensure!(!far.exists(), "a removed origin's track still shows");
+    ensure!(song1.exists());
+    let s = musicfs_json(&state, &["status"])?;
+    ensure!(s["origins"].as_array().map(Vec::len) == Some(1), "{s}");
+    // Back: its tracks were kept in the catalog.
+    let back = musicfs_json(&state, &["origin", "add", &spec2])?;
+    ensure!(back["published"] == true && back["added"] == 0, "{back}");
+    ensure!(far.exists());
+    musicfs_ok(&state, &["origin", "remove", &spec2])?;
+
     // prefetch (local files need none), cache (none without a remote origin)
     let pf = musicfs_json(&state, &["prefetch", "Control Artist"])?;
     ensure!(pf["files"] == 5 && pf["queued"] == 0, "{pf}");

@@ -48,7 +48,7 @@ mod watches;
 
 use burst::{backoff, collect_burst, Timers};
 
-pub use control::{RefreshControl, RoundOutcome};
+pub use control::{OriginChange, RefreshControl, RoundOutcome};
 pub use error::{RefreshError, Result};
 
 pub use prober::{Prober, HEALTH_FILE};
@@ -419,7 +419,7 @@ pub struct Refresher {
 
 impl Refresher {
     /// Runs until a [`Trigger::Stop`] arrives or every sender is gone.
-    pub fn run(self, rx: Receiver<Trigger>) {
+    pub fn run(mut self, rx: Receiver<Trigger>) {
         self.verify_served();
         self.sync_search(None);
         let mut timers = Timers::new(self.refresh_interval, &self.polled);
@@ -433,6 +433,9 @@ impl Refresher {
             if let Some(interval) = self.control.as_ref().and_then(|c| c.take_interval()) {
                 info!(?interval, "refresh interval changed");
                 timers = Timers::new(interval, &self.polled);
+            }
+            while let Some(change) = self.control.as_ref().and_then(|c| c.take_origin_change()) {
+                self.change_origin(change, &mut timers);
             }
             self.poll_unwatched(&mut unwatched, &mut timers);
             let (which, why) = match rx.recv_timeout(timers.until_next()) {
@@ -470,6 +473,91 @@ impl Refresher {
                 }
             }
         }
+    }
+
+    /// Adds or removes an origin of the running library, then serves the result (a
+    /// refresh round, which the control plane's tickets count).
+    fn change_origin(&mut self, change: OriginChange, timers: &mut Timers) {
+        match change {
+            OriginChange::Add {
+                origin,
+                reader,
+                poll,
+            } => {
+                let live = self.library.origins.iter().any(|o| o.key() == origin.key());
+                if live {
+                    info!(origin = %origin.spec(), "origin already served");
+                    return;
+                }
+                let i = self.library.origins.len();
+                info!(origin = %origin.spec(), "origin added: scanning it");
+                self.library.origins.push(origin);
+                if let Some(r) = reader {
+                    self.library.readers.push(r);
+                }
+                self.polled.push((i, poll));
+                timers.add(&[(i, poll)]);
+                let _ = self.refresh_now(&[(i, Extent::Whole)], "origin added");
+            }
+            OriginChange::Remove { key } => {
+                let Some(i) = self
+                    .library
+                    .origins
+                    .iter()
+                    .position(|o| o.key() == key.as_os_str())
+                else {
+                    return;
+                };
+                let was = self.library.origins[i].clone();
+                info!(origin = %was.spec(), "origin removed: its tracks leave the tree");
+                self.library.origins[i] = Arc::new(control::Removed::new(was.as_ref(), i));
+                self.library.readers.retain(|r| r.key() != key.as_os_str());
+                self.polled.retain(|(p, _)| *p != i);
+                let covers = self.control.as_ref().map(|c| c.begin());
+                self.republish("origin removed");
+                if let (Some(c), Some(covers)) = (&self.control, covers) {
+                    let served = self.shared.load();
+                    c.end(
+                        covers,
+                        RoundOutcome {
+                            generation: served.generation(),
+                            published: true,
+                            added: 0,
+                            changed: 0,
+                            removed: 0,
+                            error: None,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The origins of `which` still served (an origin removed at run time is never
+    /// scanned); `None` when `which` named only removed ones.
+    fn live(&self, which: &[(usize, Extent)]) -> Option<Vec<(usize, Extent)>> {
+        let removed = |i: usize| {
+            self.library
+                .origins
+                .get(i)
+                .is_none_or(|o| o.key().as_encoded_bytes().starts_with(b"\0removed/"))
+        };
+        if which.is_empty() {
+            if !(0..self.library.origins.len()).any(removed) {
+                return Some(Vec::new());
+            }
+            let all: Vec<(usize, Extent)> = (0..self.library.origins.len())
+                .filter(|i| !removed(*i))
+                .map(|i| (i, Extent::Whole))
+                .collect();
+            return (!all.is_empty()).then_some(all);
+        }
+        let kept: Vec<(usize, Extent)> = which
+            .iter()
+            .filter(|(i, _)| !removed(*i))
+            .cloned()
+            .collect();
+        (!kept.is_empty()).then_some(kept)
     }
 
     /// Publishes the tree again from the catalog and serves it.
@@ -629,12 +717,25 @@ impl Refresher {
 
     /// [`Refresher::refresh_round`], told to the control plane.
     fn refresh_now(&self, which: &[(usize, Extent)], why: &str) -> Option<Vec<usize>> {
-        let Some(control) = &self.control else {
-            return self.refresh_round(which, why).0;
+        let covers = self.control.as_ref().map(|c| c.begin());
+        let (offline, outcome) = match self.live(which) {
+            Some(which) => self.refresh_round(&which, why),
+            None => {
+                let served = self.shared.load();
+                let outcome = RoundOutcome {
+                    generation: served.generation(),
+                    published: false,
+                    added: 0,
+                    changed: 0,
+                    removed: 0,
+                    error: None,
+                };
+                (Some(Vec::new()), outcome)
+            }
         };
-        let covers = control.begin();
-        let (offline, outcome) = self.refresh_round(which, why);
-        control.end(covers, outcome);
+        if let (Some(c), Some(covers)) = (&self.control, covers) {
+            c.end(covers, outcome);
+        }
         offline
     }
 

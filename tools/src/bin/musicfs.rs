@@ -206,6 +206,28 @@ enum ConfigAction {
 enum OriginAction {
     /// List the origins the catalog knows, with their track counts.
     List,
+    /// Serve one more origin in the running daemon (scanned at once, then polled for
+    /// changes; a `[[origin]]` table with the same spec gives its settings). Waits until
+    /// its tracks are served.
+    Add {
+        /// The origin spec (as `--origin` takes it).
+        spec: String,
+        /// A name for it.
+        #[arg(long)]
+        name: Option<String>,
+        /// Return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Stop serving an origin in the running daemon: its tracks leave the tree (the catalog
+    /// keeps them: adding it back shows them at once; `forget` deletes them).
+    Remove {
+        /// Its spec or name.
+        origin: String,
+        /// Return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Remove an origin and every track of it from the catalog, and republish the tree.
     /// The only command that removes tracks of an origin that is not there.
     Forget {
@@ -294,6 +316,16 @@ fn main() -> ExitCode {
         } => scan(cfg, origins, template, (allow_mass_removal, verify)),
         Command::Origin { action } => match action {
             OriginAction::List => origin_list(&cfg),
+            OriginAction::Add {
+                spec,
+                name,
+                no_wait,
+            } => daemon(&socket, |mut c| async move {
+                cli::origin_add(&mut c, spec, name, no_wait, json).await
+            }),
+            OriginAction::Remove { origin, no_wait } => daemon(&socket, |mut c| async move {
+                cli::origin_remove(&mut c, origin, no_wait, json).await
+            }),
             OriginAction::Forget { origin } => origin_forget(&cfg, &origin),
         },
         Command::Cache { action } => match action {

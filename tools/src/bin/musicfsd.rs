@@ -327,16 +327,18 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         queues: mounted.threads(),
         health: library.health.clone(),
         catalog: library.catalog.clone(),
-        origins: cfg
-            .origins
-            .iter()
-            .zip(&library.origins)
-            .map(|(c, o)| OriginInfo {
-                spec: c.path.display().to_string(),
-                name: c.name.clone(),
-                key: PathBuf::from(o.key()),
-            })
-            .collect(),
+        origins: std::sync::RwLock::new(
+            cfg.origins
+                .iter()
+                .zip(&library.origins)
+                .map(|(c, o)| OriginInfo {
+                    spec: c.path.display().to_string(),
+                    name: c.name.clone(),
+                    key: PathBuf::from(o.key()),
+                    removed: false,
+                })
+                .collect(),
+        ),
         cas,
         readers: origin_table.clone(),
         refresh: refresh_control.clone(),

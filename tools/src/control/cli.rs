@@ -120,6 +120,45 @@ pub async fn refresh(
         .await
         .map_err(rpc_error)?
         .into_inner();
+    print_refresh(&r, as_json)
+}
+
+/// `musicfs origin add SPEC`.
+pub async fn origin_add(
+    c: &mut Client,
+    spec: String,
+    name: Option<String>,
+    no_wait: bool,
+    as_json: bool,
+) -> Result<()> {
+    let r = c
+        .origin_add(proto::OriginAddRequest {
+            spec,
+            name: name.unwrap_or_default(),
+            no_wait,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    print_refresh(&r, as_json)
+}
+
+/// `musicfs origin remove ORIGIN`.
+pub async fn origin_remove(
+    c: &mut Client,
+    origin: String,
+    no_wait: bool,
+    as_json: bool,
+) -> Result<()> {
+    let r = c
+        .origin_remove(proto::OriginRemoveRequest { origin, no_wait })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    print_refresh(&r, as_json)
+}
+
+fn print_refresh(r: &proto::RefreshReply, as_json: bool) -> Result<()> {
     if as_json {
         print_json(&json!({
             "waited": r.waited, "generation": r.generation, "published": r.published,

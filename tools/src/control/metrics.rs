@@ -151,7 +151,7 @@ impl Collector for Metrics {
             d.model.open_handles().0 as i64,
         )?;
         let offline = d
-            .origins
+            .live_origins()
             .iter()
             .filter(|o| {
                 snap.origins()

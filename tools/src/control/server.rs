@@ -16,7 +16,7 @@ use musicfs_core::config::{parse_byte_size, Config};
 use musicfs_core::health::{OriginHealth, OriginState};
 use musicfs_core::snapshot::Snapshot;
 use musicfs_fusedev::{FsModel, Unmounter};
-use musicfs_index::refresh::{RefreshControl, Trigger};
+use musicfs_index::refresh::{OriginChange, RefreshControl, Trigger};
 use musicfs_index::watch::Change;
 use musicfs_storage::cas::Cas;
 use musicfs_storage::origin::OriginTable;
@@ -38,6 +38,8 @@ pub struct OriginInfo {
     pub name: Option<String>,
     /// Its catalog key (what the catalog and the snapshot record as its root).
     pub key: PathBuf,
+    /// Removed at run time (its slot keeps the refresh loop's indices).
+    pub removed: bool,
 }
 
 /// What the control API reads and drives in a running daemon.
@@ -56,8 +58,9 @@ pub struct Daemon {
     pub health: Arc<OriginHealth>,
     /// The catalog.
     pub catalog: Arc<Catalog>,
-    /// The configured origins, in order (the refresh loop's indices).
-    pub origins: Vec<OriginInfo>,
+    /// The origins, in the refresh loop's order (added at run time at the end, removed ones
+    /// marked).
+    pub origins: std::sync::RwLock<Vec<OriginInfo>>,
     /// The chunk cache, when some origin is remote.
     pub cas: Option<Arc<Cas>>,
     /// The origins as the read path opens them (for prefetching).
@@ -97,32 +100,42 @@ impl Daemon {
         }
     }
 
-    /// The catalog id of the origin named `which` (spec, name or catalog key) and its
-    /// index in the refresh loop.
-    fn origin_named(&self, which: &str) -> Result<(usize, Option<u32>), Status> {
-        let i = self
-            .origins
+    /// The origins served now.
+    pub fn live_origins(&self) -> Vec<OriginInfo> {
+        let all = self.origins.read().unwrap_or_else(PoisonError::into_inner);
+        all.iter().filter(|o| !o.removed).cloned().collect()
+    }
+
+    /// The origin named `which` (spec, name or catalog key): its index in the refresh
+    /// loop, itself, and its catalog id.
+    fn origin_named(&self, which: &str) -> Result<(usize, OriginInfo, Option<u32>), Status> {
+        let all = self.origins.read().unwrap_or_else(PoisonError::into_inner);
+        let i = all
             .iter()
             .position(|o| {
-                o.spec == which || o.name.as_deref() == Some(which) || o.key.as_os_str() == which
+                !o.removed
+                    && (o.spec == which
+                        || o.name.as_deref() == Some(which)
+                        || o.key.as_os_str() == which)
             })
             .ok_or_else(|| {
                 Status::not_found(format!(
                     "no origin {which:?} (origins: {})",
-                    self.origins
-                        .iter()
+                    all.iter()
+                        .filter(|o| !o.removed)
                         .map(|o| o.spec.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
                 ))
             })?;
+        let info = all[i].clone();
         let id = self
             .shared
             .load()
             .origins()
-            .find(|(_, root)| *root == self.origins[i].key)
+            .find(|(_, root)| *root == info.key)
             .map(|(id, _)| id);
-        Ok((i, id))
+        Ok((i, info, id))
     }
 
     /// Refuses new opens, waits up to `timeout` for open files to be closed, unmounts.
@@ -210,27 +223,44 @@ impl Control for Service {
         d.trigger
             .send(trigger)
             .map_err(|_| Status::unavailable("the refresh loop has stopped"))?;
-        if r.no_wait {
-            return Ok(Response::new(proto::RefreshReply::default()));
+        wait_for(d, ticket, r.no_wait, r.timeout_secs).await
+    }
+
+    async fn origin_add(
+        &self,
+        req: Request<proto::OriginAddRequest>,
+    ) -> Result<Response<proto::RefreshReply>, Status> {
+        authorize(&req)?;
+        let r = req.into_inner();
+        let d = self.0.clone();
+        let no_wait = r.no_wait;
+        let ticket = blocking(move || add_origin(&d, &r.spec, &r.name)).await?;
+        wait_for(self.0.clone(), ticket, no_wait, 0.0).await
+    }
+
+    async fn origin_remove(
+        &self,
+        req: Request<proto::OriginRemoveRequest>,
+    ) -> Result<Response<proto::RefreshReply>, Status> {
+        authorize(&req)?;
+        let r = req.into_inner();
+        let d = self.0.clone();
+        let (i, info, _) = d.origin_named(&r.origin)?;
+        let ticket = d.refresh.change_origin(OriginChange::Remove {
+            key: info.key.clone().into_os_string(),
+        });
+        d.trigger
+            .send(Trigger::Settings)
+            .map_err(|_| Status::unavailable("the refresh loop has stopped"))?;
+        {
+            let mut all = d.origins.write().unwrap_or_else(PoisonError::into_inner);
+            all[i].removed = true;
         }
-        let limit = if r.timeout_secs > 0.0 && r.timeout_secs.is_finite() {
-            Duration::from_secs_f64(r.timeout_secs.min(1e6))
-        } else {
-            Duration::from_secs(600)
-        };
-        let outcome = blocking(move || Ok(d.refresh.wait(ticket, limit))).await?;
-        let o = outcome.ok_or_else(|| {
-            Status::deadline_exceeded("the refresh did not end in time (it goes on)")
-        })?;
-        Ok(Response::new(proto::RefreshReply {
-            waited: true,
-            generation: o.generation,
-            published: o.published,
-            added: o.added,
-            changed: o.changed,
-            removed: o.removed,
-            error: o.error.unwrap_or_default(),
-        }))
+        d.config()
+            .origins
+            .retain(|o| o.path.display().to_string() != info.spec);
+        info!(origin = %info.spec, "origin removed by the operator");
+        wait_for(d, ticket, r.no_wait, 0.0).await
     }
 
     async fn scan_progress(
@@ -433,6 +463,105 @@ impl Control for Service {
 
 use futures_util::StreamExt;
 
+/// Waits (unless `no_wait`) until refresh ticket `ticket` is served, at most
+/// `timeout_secs` (0: 600 s).
+async fn wait_for(
+    d: Arc<Daemon>,
+    ticket: u64,
+    no_wait: bool,
+    timeout_secs: f64,
+) -> Result<Response<proto::RefreshReply>, Status> {
+    if no_wait {
+        return Ok(Response::new(proto::RefreshReply::default()));
+    }
+    let limit = if timeout_secs > 0.0 && timeout_secs.is_finite() {
+        Duration::from_secs_f64(timeout_secs.min(1e6))
+    } else {
+        Duration::from_secs(600)
+    };
+    let outcome = blocking(move || Ok(d.refresh.wait(ticket, limit))).await?;
+    let o = outcome
+        .ok_or_else(|| Status::deadline_exceeded("the refresh did not end in time (it goes on)"))?;
+    Ok(Response::new(proto::RefreshReply {
+        waited: true,
+        generation: o.generation,
+        published: o.published,
+        added: o.added,
+        changed: o.changed,
+        removed: o.removed,
+        error: o.error.unwrap_or_default(),
+    }))
+}
+
+/// Opens origin `spec` and hands it to the refresh loop; the ticket to wait on.
+fn add_origin(d: &Daemon, spec: &str, name: &str) -> Result<u64, Status> {
+    use musicfs_core::config::OriginConfig;
+    let given = PathBuf::from(spec);
+    let mut oc = d
+        .config()
+        .origins
+        .iter()
+        .find(|o| o.path == given)
+        .cloned()
+        .unwrap_or_else(|| OriginConfig::local(given.clone()));
+    if !name.is_empty() {
+        oc.name = Some(name.to_string());
+    }
+    let resolved = crate::resolve_origins(std::slice::from_ref(&oc))
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if let Some((shown, why)) = resolved.unusable.first() {
+        return Err(Status::failed_precondition(format!(
+            "origin {shown} cannot be read now: {why}"
+        )));
+    }
+    let origin = resolved
+        .origins
+        .into_iter()
+        .next()
+        .ok_or_else(|| Status::internal("no origin opened"))?;
+    let key = PathBuf::from(origin.key());
+    if d.live_origins().iter().any(|o| o.key == key) {
+        return Err(Status::already_exists(format!(
+            "origin {spec} is served already"
+        )));
+    }
+    let reader = match (origin.local_root(), &d.cas) {
+        (Some(_), _) => None,
+        (None, Some(cas)) => Some(Arc::new(musicfs_storage::origin::CachedOrigin::new(
+            origin.clone(),
+            cas.clone(),
+            Arc::new(musicfs_storage::origin::AudioChunking::default()),
+            musicfs_storage::origin::CacheOptions::default(),
+        )) as Arc<dyn musicfs_storage::origin::Origin>),
+        (None, None) => {
+            return Err(Status::failed_precondition(
+                "the first remote origin needs a restart: the chunk cache is opened at start \
+                 (add it to the configuration)",
+            ))
+        }
+    };
+    let ticket = d.refresh.change_origin(OriginChange::Add {
+        origin,
+        reader,
+        poll: Duration::from_secs_f64(oc.poll_interval_secs.max(1.0)),
+    });
+    d.trigger
+        .send(Trigger::Settings)
+        .map_err(|_| Status::unavailable("the refresh loop has stopped"))?;
+    d.origins
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(OriginInfo {
+            spec: oc.path.display().to_string(),
+            name: oc.name.clone(),
+            key,
+            removed: false,
+        });
+    info!(origin = %oc.path.display(), "origin added by the operator");
+    d.config().origins.push(oc);
+    Ok(ticket)
+}
+
 fn no_cache() -> Status {
     Status::failed_precondition("no chunk cache: every origin is local")
 }
@@ -451,7 +580,7 @@ fn status_of(d: &Daemon) -> proto::StatusReply {
         musicfs_fusedev::Transport::Dev => "dev",
     };
     let origins = d
-        .origins
+        .live_origins()
         .iter()
         .map(|o| {
             let id = snap
@@ -545,7 +674,7 @@ fn set_config(d: &Daemon, key: &str, value: &str) -> Result<proto::ConfigSetRepl
         _ if key.starts_with("origin.") && key.ends_with(".enabled") => {
             let which = &key["origin.".len()..key.len() - ".enabled".len()];
             let on: bool = value.parse().map_err(|_| bad("true or false".into()))?;
-            let (_, id) = d.origin_named(which)?;
+            let (_, _, id) = d.origin_named(which)?;
             let id = id.ok_or_else(|| {
                 Status::failed_precondition(format!("origin {which:?} has no tracks yet"))
             })?;
@@ -571,8 +700,8 @@ fn set_config(d: &Daemon, key: &str, value: &str) -> Result<proto::ConfigSetRepl
             if !secs.is_finite() || !(0.001..=3600.0).contains(&secs) {
                 return Err(bad("must be between 0.001 and 3600 seconds".into()));
             }
-            let (i, _) = d.origin_named(which)?;
-            let key_path = &d.origins[i].key;
+            let (_, info, _) = d.origin_named(which)?;
+            let key_path = &info.key;
             let table = d.readers.load();
             let remote = table
                 .iter()
@@ -589,7 +718,7 @@ fn set_config(d: &Daemon, key: &str, value: &str) -> Result<proto::ConfigSetRepl
             if let Some(o) = cfg
                 .origins
                 .iter_mut()
-                .find(|o| o.path.display().to_string() == d.origins[i].spec)
+                .find(|o| o.path.display().to_string() == info.spec)
             {
                 o.timeout_secs = Some(secs);
             }
