@@ -766,9 +766,15 @@ fn cache_clear_through_the_daemon_empties_the_remote_cache() -> Result<()> {
     ensure!(set["previous"] == "5", "{set}");
     ensure!(fs::read(&file)? == fs::read(lib.source("One")?)?);
     ensure!(musicfs_json(&state, &["cache", "stats"])?["budget_bytes"] == 64u64 << 20);
-    // A prefetch of the album queues its remote file.
+    // A prefetch of the album fetches its remote file into the emptied cache.
+    musicfs_ok(&state, &["cache", "clear"])?;
+    ensure!(musicfs_json(&state, &["cache", "stats"])?["chunks"] == 0);
     let pf = musicfs_json(&state, &["prefetch", "Tone Artist"])?;
     ensure!(pf["queued"] == 1, "{pf}");
+    wait_until("the prefetch to fill the cache", || {
+        let s = musicfs_json(&state, &["cache", "stats"])?;
+        Ok(s["logical_bytes"].as_u64() >= Some(fs::metadata(lib.source("One")?)?.len()))
+    })?;
     Ok(())
 }
 
@@ -845,5 +851,34 @@ fn the_daemon_speaks_the_systemd_notify_protocol_and_the_units_verify() -> Resul
             "{file}: {err}"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn completions_and_man_pages_are_generated_from_the_command_line_definitions() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let state = work.path().join("state");
+    let bash = musicfs_ok(&state, &["completions", "bash"])?;
+    ensure!(
+        bash.contains("musicfs") && bash.contains("shutdown"),
+        "{bash:.300}"
+    );
+    musicfs_ok(&state, &["completions", "zsh"])?;
+    let dir = work.path().join("man");
+    musicfs_ok(&state, &["manpages", &dir.display().to_string()])?;
+    for page in [
+        "musicfs.1",
+        "musicfsd.1",
+        "musicfs-status.1",
+        "musicfs-shutdown.1",
+    ] {
+        let text = fs::read_to_string(dir.join(page)).with_context(|| page.to_string())?;
+        ensure!(text.contains(".TH"), "{page} is not a man page");
+    }
+    let daemon = fs::read_to_string(dir.join("musicfsd.1"))?;
+    ensure!(
+        daemon.contains("passthrough"),
+        "musicfsd.1 lacks its options"
+    );
     Ok(())
 }
