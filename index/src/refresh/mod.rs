@@ -371,6 +371,9 @@ pub struct Refreshed {
     pub offline: Vec<usize>,
 }
 
+/// A list of origins shared between the refresh loop and another thread (the prober).
+pub type SharedOrigins = Arc<std::sync::RwLock<Vec<Arc<dyn Origin>>>>;
+
 /// Why the refresher should look at the origins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
@@ -415,6 +418,9 @@ pub struct Refresher {
     pub control: Option<Arc<RefreshControl>>,
     /// Where each published change is reported ([`Event::LibraryChanged`]).
     pub events: Option<Events>,
+    /// The health prober's list of origins, kept in step with origins added and removed
+    /// at run time.
+    pub probed: Option<SharedOrigins>,
 }
 
 impl Refresher {
@@ -491,6 +497,11 @@ impl Refresher {
                 }
                 let i = self.library.origins.len();
                 info!(origin = %origin.spec(), "origin added: scanning it");
+                if let Some(p) = &self.probed {
+                    p.write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(origin.clone());
+                }
                 self.library.origins.push(origin);
                 if let Some(r) = reader {
                     self.library.readers.push(r);
@@ -512,6 +523,11 @@ impl Refresher {
                 info!(origin = %was.spec(), "origin removed: its tracks leave the tree");
                 self.library.origins[i] = Arc::new(control::Removed::new(was.as_ref(), i));
                 self.library.readers.retain(|r| r.key() != key.as_os_str());
+                if let Some(p) = &self.probed {
+                    p.write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .retain(|o| o.key() != key.as_os_str());
+                }
                 self.polled.retain(|(p, _)| *p != i);
                 let covers = self.control.as_ref().map(|c| c.begin());
                 self.republish("origin removed");

@@ -36,8 +36,9 @@ pub const HEALTH_FILE: &str = "origins.health";
 
 /// Probes the origins of a running daemon. See the module docs.
 pub struct Prober {
-    /// The origins, as the library scans them.
-    pub origins: Vec<Arc<dyn Origin>>,
+    /// The origins, as the library scans them (shared with the refresh loop, which adds
+    /// and removes origins at run time).
+    pub origins: super::SharedOrigins,
     /// The catalog (origin keys to ids).
     pub catalog: Arc<Catalog>,
     /// The shared states.
@@ -87,7 +88,12 @@ impl Prober {
         };
         let mut flipped = false;
         let mut probed = Vec::new();
-        for origin in &self.origins {
+        let origins = self
+            .origins
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for origin in &origins {
             let Some((id, root)) = known.iter().find(|(_, r)| r.as_os_str() == origin.key()) else {
                 continue;
             };

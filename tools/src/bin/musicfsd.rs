@@ -298,8 +298,9 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
     };
     // The health prober: its own thread, so a slow probe never holds up a refresh.
     let (stop_probes, probes_stopped) = crossbeam_channel::bounded::<()>(1);
+    let probed = Arc::new(std::sync::RwLock::new(library.origins.clone()));
     let prober = (cfg.probe_interval_secs > 0.0).then(|| Prober {
-        origins: library.origins.clone(),
+        origins: probed.clone(),
         catalog: library.catalog.clone(),
         health: library.health.clone(),
         interval: Duration::from_secs_f64(cfg.probe_interval_secs),
@@ -365,6 +366,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         search: Some(finder.index().clone()),
         control: Some(refresh_control),
         events: Some(hub.clone()),
+        probed: Some(probed),
     };
     let refresh_thread = std::thread::Builder::new()
         .name("refresh".into())

@@ -431,8 +431,15 @@ pub async fn events(c: &mut Client, kinds: Vec<String>, count: Option<u64>) -> R
     let mut printed = 0u64;
     let stdout = std::io::stdout();
     while count.is_none_or(|n| printed < n) {
-        let Some(e) = stream.message().await.map_err(rpc_error)? else {
-            break;
+        let e = match stream.message().await {
+            Ok(Some(e)) => e,
+            Ok(None) => break,
+            // The daemon stopped (or restarted): the stream ends, like `tail -f` of a
+            // removed file.
+            Err(s) => {
+                eprintln!("musicfs: the event stream ended: {}", s.message());
+                break;
+            }
         };
         let mut out = stdout.lock();
         writeln!(out, "{}", e.json)?;
