@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use musicfs_core::health::{OriginHealth, OriginState};
 use musicfs_core::snapshot::Snapshot;
-use musicfs_storage::origin::{probe_within, Health, Origin};
+use musicfs_storage::origin::{probe_within, Health};
 use musicfs_storage::Catalog;
 use tracing::{debug, info, warn};
 
