@@ -25,8 +25,9 @@ use musicfs_core::snapshot::Snapshot;
 use serde_json::{json, Value};
 use tracing::{debug, warn};
 
-/// Events waiting for the fan-out thread at most.
-const QUEUE: usize = 1 << 16;
+/// Events waiting for the fan-out thread at most (the buffer is allocated whole: about
+/// 1 MiB; a burst of opens larger than this while the thread is busy drops events, counted).
+const QUEUE: usize = 1 << 14;
 
 /// One event as every consumer gets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
