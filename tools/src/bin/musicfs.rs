@@ -416,8 +416,7 @@ fn manpages(dir: &Path) -> Result<()> {
     };
     let top = Cli::command();
     for sub in top.get_subcommands() {
-        let name: &'static str = Box::leak(format!("musicfs-{}", sub.get_name()).into_boxed_str());
-        write(sub.clone().name(name))?;
+        write(sub.clone().name(format!("musicfs-{}", sub.get_name())))?;
     }
     write(top)?;
     write(musicfs_tools::daemon_command())?;
