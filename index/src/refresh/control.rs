@@ -210,7 +210,10 @@ impl Origin for Removed {
     }
 
     fn stat(&self, rel: &Path) -> Result<Stat, OriginError> {
-        self.open(rel).map(|_| unreachable!())
+        Err(OriginError::NotAFile {
+            origin: self.spec.to_string(),
+            rel: rel.into(),
+        })
     }
 
     fn open(&self, rel: &Path) -> Result<Arc<dyn Source>, OriginError> {
