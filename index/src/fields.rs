@@ -2,22 +2,7 @@
 //! `"3/12"` splits, vinyl positions (`A1`), dates and multi-valued lists. Kept apart from
 //! the symphonia glue so they can be tested without files.
 
-/// A tag field the scanner keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Field {
-    Title,
-    Artist,
-    Album,
-    AlbumArtist,
-    Genre,
-    Date,
-    Track,
-    TrackTotal,
-    Disc,
-    DiscTotal,
-    Composer,
-    Lyrics,
-}
+pub(crate) use musicfs_core::overlay::TagField as Field;
 
 /// Maps a raw tag key (ID3v2 frame id, Vorbis comment name, RIFF INFO id, MP4 atom name),
 /// compared case-insensitively, to a field. Used when symphonia could not attach a standard

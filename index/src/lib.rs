@@ -33,6 +33,7 @@ pub mod health;
 pub mod identity;
 mod known;
 pub mod memory;
+pub mod overlay;
 pub mod refresh;
 mod riff;
 pub mod scan;
