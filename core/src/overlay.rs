@@ -458,6 +458,39 @@ impl Rendition {
     }
 }
 
+/// The renditions the FUSE read path serves: those of the tree being published and of the
+/// one before it, so a file opened from either tree reads the bytes its size promised.
+#[derive(Debug, Default)]
+pub struct RenditionSet {
+    current: std::collections::HashMap<u64, std::sync::Arc<Rendition>>,
+    previous: std::collections::HashMap<u64, std::sync::Arc<Rendition>>,
+}
+
+impl RenditionSet {
+    /// The rendition of track `track` whose rendered size and mtime are these (what the
+    /// tree node shows), if there is one.
+    pub fn find(&self, track: u64, size: u64, mtime_ns: i64) -> Option<std::sync::Arc<Rendition>> {
+        [&self.current, &self.previous]
+            .into_iter()
+            .filter_map(|m| m.get(&track))
+            .find(|r| r.size == size && r.mtime_ns == mtime_ns)
+            .cloned()
+    }
+
+    /// The set after a publish showing `current`: this set's current becomes previous.
+    pub fn next(&self, current: std::collections::HashMap<u64, std::sync::Arc<Rendition>>) -> RenditionSet {
+        RenditionSet {
+            current,
+            previous: self.current.clone(),
+        }
+    }
+
+    /// Whether no rendition is served.
+    pub fn is_empty(&self) -> bool {
+        self.current.is_empty() && self.previous.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use musicfs_core::health::{OriginHealth, OriginState};
+use musicfs_core::overlay::RenditionSet;
 use musicfs_core::snapshot::{Node, Snapshot, ROOT_INO};
 use musicfs_storage::origin::{Copy, FailoverSource, OriginTable, Seen};
 
@@ -193,6 +194,8 @@ pub struct FsModel {
     plays: Plays,
     /// Refusing new opens (the daemon is draining before it unmounts).
     draining: std::sync::atomic::AtomicBool,
+    /// Renditions of tracks with tag edits (kept current by the refresher).
+    renditions: Arc<ArcSwap<RenditionSet>>,
 }
 
 /// Directory offsets: 1 and 2 follow `.` and `..`; child `i` is followed by `i + 3`.
@@ -232,7 +235,15 @@ impl FsModel {
             albums: None,
             plays: Plays::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            renditions: Arc::new(ArcSwap::from_pointee(RenditionSet::default())),
         }
+    }
+
+    /// Serves the tag edits of `renditions` (shared with the refresher, which replaces
+    /// them with each publish): a track whose node matches a rendition reads through it.
+    pub fn with_renditions(mut self, renditions: Arc<ArcSwap<RenditionSet>>) -> FsModel {
+        self.renditions = renditions;
+        self
     }
 
     /// Reports to `log` each track handle closed after staying open `after` or longer
@@ -711,9 +722,30 @@ impl FsModel {
         let rel = Path::new(OsStr::from_bytes(f.rel_path));
         let offline = self.cfg.origin_health.is_offline(f.origin) && !origin.readable_offline(rel);
         let local = origin.as_local().is_some();
-        let seen = Seen {
-            size: node.size(),
-            mtime_ns: node.mtime_ns(),
+        let rendition = {
+            let set = self.renditions.load();
+            if set.is_empty() {
+                None
+            } else {
+                set.find(f.track_id, node.size(), node.mtime_ns())
+            }
+        };
+        let wrap = |inner: Source| match &rendition {
+            Some(r) => Source::Rendered {
+                rendition: r.clone(),
+                inner: Box::new(inner),
+            },
+            None => inner,
+        };
+        let seen = match &rendition {
+            Some(r) => Seen {
+                size: r.base_size,
+                mtime_ns: r.base_mtime_ns,
+            },
+            None => Seen {
+                size: node.size(),
+                mtime_ns: node.mtime_ns(),
+            },
         };
         // A track with copies of the same bytes elsewhere is read through a source that
         // moves to the next copy when a read fails (a local preferred copy keeps
@@ -744,7 +776,7 @@ impl FsModel {
                 }
             }
             return FailoverSource::open(copies, self.cfg.origin_health.clone())
-                .map(|s| Source::Other(Arc::new(s)))
+                .map(|s| wrap(Source::Other(Arc::new(s))))
                 .map_err(|source| FsError::Origin { ino, source });
         }
         if offline {
@@ -757,7 +789,7 @@ impl FsModel {
             Some(local) => local.open_file(rel).map(Source::Local),
             None => origin.open_seen(rel, seen).map(Source::Other),
         };
-        opened.map_err(|source| FsError::Origin { ino, source })
+        opened.map(wrap).map_err(|source| FsError::Origin { ino, source })
     }
 
     /// Opens the bytes of extra entry `ino`: a stored file, or an origin's file (as a

@@ -89,6 +89,9 @@ pub struct MountOptions {
     pub play_log: Option<(Arc<dyn crate::plays::PlayLog>, Duration)>,
     /// Where file events go (opened, read progress, closed); none: not reported.
     pub events: Option<musicfs_core::events::Events>,
+    /// Renditions of tracks with tag edits, kept current by the refresher; none: every
+    /// file reads as its source.
+    pub renditions: Option<Arc<arc_swap::ArcSwap<musicfs_core::overlay::RenditionSet>>>,
     /// Per-operation counts and latencies, when wanted (see [`crate::opstats`]).
     pub op_stats: Option<Arc<crate::opstats::OpStats>>,
     /// Kernel readahead for the mount's bdi, in KiB (root only; best effort).
@@ -134,6 +137,7 @@ impl Default for MountOptions {
             finder: None,
             album_extras: None,
             play_log: None,
+            renditions: None,
             events: None,
             op_stats: None,
             readahead_kb: Some(1024),
@@ -269,6 +273,10 @@ pub fn mount_with_tags(
     };
     let model = match &opts.play_log {
         Some((log, after)) => model.with_play_log(log.clone(), *after),
+        None => model,
+    };
+    let model = match &opts.renditions {
+        Some(r) => model.with_renditions(r.clone()),
         None => model,
     };
     let model = Arc::new(match &opts.events {

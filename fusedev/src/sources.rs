@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use musicfs_core::overlay::Rendition;
 use musicfs_storage::origin::{LocalSource, Source as OriginSource};
 
 /// An open source: a local file (read by fd: passthrough, io_uring, `pread`), or any other
@@ -15,6 +16,14 @@ pub enum Source {
     Local(LocalSource),
     /// A source of another kind of origin.
     Other(Arc<dyn OriginSource>),
+    /// A file with tag edits: the rendition's synthesised bytes around the source's
+    /// (never passthrough: the kernel would read the source as it is).
+    Rendered {
+        /// What the reads return.
+        rendition: Arc<Rendition>,
+        /// The source file the rendition was cut from.
+        inner: Box<Source>,
+    },
 }
 
 impl Source {
@@ -23,6 +32,7 @@ impl Source {
         match self {
             Source::Local(l) => Some(l.file().as_raw_fd()),
             Source::Other(o) => o.raw_fd(),
+            Source::Rendered { .. } => None,
         }
     }
 
@@ -31,6 +41,9 @@ impl Source {
         match self {
             Source::Local(l) => l.read_at(buf, offset),
             Source::Other(o) => o.read_at(buf, offset),
+            Source::Rendered { rendition, inner } => {
+                rendition.read_at(buf, offset, |b, at| inner.read_at(b, at))
+            }
         }
     }
 }

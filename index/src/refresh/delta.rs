@@ -58,6 +58,16 @@ impl Library {
             return Ok(None);
         }
         let wanted = self.shown_origin_ids()?;
+        if self.catalog.has_overrides()? || !self.renditions.load().is_empty() {
+            // Edited tags change a track's path and size: rendered by a full publish.
+            let overlay = self.overlay()?;
+            if touched.tracks.iter().any(|(id, _)| overlay.covers(*id))
+                || !self.renditions.load().is_empty() && overlay.renditions().is_empty()
+            {
+                debug!("full publish: a track with tag edits changed");
+                return Ok(None);
+            }
+        }
         for &(id, _) in &touched.tracks {
             if current.has_copies(id.0) || self.has_agreeing_copy(id)? {
                 debug!("full publish: a track with copies changed");

@@ -41,6 +41,7 @@ mod control;
 mod copies;
 mod delta;
 mod error;
+mod overlay;
 mod prober;
 mod scanning;
 mod state;
@@ -50,6 +51,7 @@ use burst::{backoff, collect_burst, Timers};
 
 pub use control::{OriginChange, RefreshControl, RoundOutcome};
 pub use error::{RefreshError, Result};
+pub use overlay::{no_renditions, OverlayView};
 
 pub use prober::{Prober, HEALTH_FILE};
 pub use scanning::scan_summary;
@@ -76,6 +78,9 @@ pub struct Library {
     pub health: Arc<OriginHealth>,
     /// Told how a full scan ([`Library::scan`]) is going, e.g. to drive a progress bar.
     pub progress: Option<ProgressFn>,
+    /// The renditions of tracks with tag edits that the FUSE read path serves (shared with
+    /// it; [`no_renditions`] to start), updated by each publish.
+    pub renditions: Arc<ArcSwap<musicfs_core::overlay::RenditionSet>>,
 }
 
 /// What a publish did.
@@ -114,10 +119,12 @@ impl Library {
         // track of an album renders into the same folder; the first also sizes the tree,
         // so the builder allocates it once.
         let copies = self.copies(&wanted)?;
+        let overlay = self.overlay()?;
         let mut albums = AlbumFormats::default();
         let (mut tracks, mut path_bytes) = (0usize, 0usize);
         self.catalog.for_each(|track| {
             if wanted.contains(&track.origin.0) && copies.hidden(track.id.0).is_none() {
+                let track = overlay.apply(track);
                 albums.add(&track);
                 tracks += 1;
                 path_bytes += track.rel_path.len();
@@ -131,6 +138,7 @@ impl Library {
             if !wanted.contains(&track.origin.0) {
                 return;
             }
+            let track = overlay.apply(track);
             match copies.hidden(track.id.0) {
                 Some((shown, rank, same)) => hidden.push((shown, rank, same, track)),
                 None => builder.add(&track, &self.template.render_in(&track, &albums)),
@@ -146,6 +154,7 @@ impl Library {
             Ok(old) => old.generation() + 1,
             Err(_) => 1,
         };
+        self.serve_renditions(&overlay);
         Snapshot::write(&path, &tree, generation)?;
         let tracks = tree.track_count;
         drop(tree);
@@ -174,6 +183,15 @@ impl Library {
     /// incompatible snapshot is reported and rebuilt, never trusted.
     pub fn load_or_build(&self) -> Result<Snapshot> {
         let path = self.state.snapshot_path();
+        // The served tree's tag edits read through the renditions its publish stored.
+        let stored = self.catalog.renditions()?;
+        if !stored.is_empty() {
+            let set = stored
+                .into_iter()
+                .map(|(id, r)| (id.0, Arc::new(r)))
+                .collect();
+            self.renditions.store(Arc::new(self.renditions.load().next(set)));
+        }
         match Snapshot::open(&path) {
             Ok(snap) if self.is_current(&snap)? => return Ok(snap),
             Ok(snap) if self.serves_same_origins(&snap)? => {

@@ -113,6 +113,7 @@ mod tests {
             readers: Vec::new(),
             state,
             progress: Some(Arc::new(move |p| record.lock().expect("lock").push(p))),
+            renditions: crate::refresh::no_renditions(),
             mass_removal_threshold: 0.5,
             health: Arc::default(),
         };
@@ -140,6 +141,7 @@ mod tests {
             readers: Vec::new(),
             state,
             progress: None,
+            renditions: crate::refresh::no_renditions(),
             mass_removal_threshold: 0.5,
             health: Arc::default(),
         };

@@ -44,7 +44,7 @@ fn key_tags(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(16..24)?.try_into().ok()?))
 }
 
-fn split_key(key: &[u8]) -> Option<(u128, TrackId)> {
+pub(super) fn split_audio_key(key: &[u8]) -> Option<(u128, TrackId)> {
     let audio = u128::from_be_bytes(key.get(..16)?.try_into().ok()?);
     let id = u64::from_be_bytes(key.get(24..32)?.try_into().ok()?);
     Some((audio, TrackId(id)))
@@ -148,7 +148,7 @@ impl Catalog {
             for prefix in &prefixes {
                 for item in self.dbs.by_audio.prefix_iter(txn, prefix).map_err(lmdb)? {
                     let (key, ()) = item.map_err(lmdb)?;
-                    if let Some((_, copy)) = split_key(key) {
+                    if let Some((_, copy)) = split_audio_key(key) {
                         out.push(copy);
                     }
                 }
@@ -178,7 +178,7 @@ impl Catalog {
             };
             for item in self.dbs.by_audio.iter(txn).map_err(lmdb)? {
                 let (key, ()) = item.map_err(lmdb)?;
-                let (Some((audio, id)), Some(tags)) = (split_key(key), key_tags(key)) else {
+                let (Some((audio, id)), Some(tags)) = (split_audio_key(key), key_tags(key)) else {
                     continue;
                 };
                 let same_run = match current {

@@ -62,6 +62,12 @@ pub(crate) type IdentitiesDb<'t> =
 /// Audio identity then track id (see `identity::audio_key`), no value: the copies of a
 /// track.
 pub(crate) type ByAudioDb<'t> = Database<'t, Bytes, Unit>;
+/// Override key (see `overrides::OverrideKey`) to a track's tag edits.
+pub(crate) type OverridesDb<'t> =
+    Database<'t, Bytes, SerdeBincode<musicfs_core::overlay::Override>>;
+/// Track id (u64 big-endian) to the rendition that serves its edited tags.
+pub(crate) type RenditionsDb<'t> =
+    Database<'t, U64<BE>, SerdeBincode<musicfs_core::overlay::Rendition>>;
 
 /// The catalog's named databases. `'t` is `'static` once the transaction that opened them
 /// has committed.
@@ -77,6 +83,8 @@ pub(crate) struct Dbs<'t> {
     pub(crate) plays: PlaysDb<'t>,
     pub(crate) identities: IdentitiesDb<'t>,
     pub(crate) by_audio: ByAudioDb<'t>,
+    pub(crate) overrides: OverridesDb<'t>,
+    pub(crate) renditions: RenditionsDb<'t>,
 }
 
 impl<'t> Dbs<'t> {
@@ -98,6 +106,8 @@ impl<'t> Dbs<'t> {
             plays: opener.create_database(txn, Some("plays"))?,
             identities: opener.create_database(txn, Some("identities"))?,
             by_audio: opener.create_database(txn, Some("by_audio"))?,
+            overrides: opener.create_database(txn, Some("overrides"))?,
+            renditions: opener.create_database(txn, Some("renditions"))?,
         })
     }
 
@@ -124,6 +134,8 @@ impl OnCommit for Dbs<'_> {
             plays: self.plays.on_commit(token),
             identities: self.identities.on_commit(token),
             by_audio: self.by_audio.on_commit(token),
+            overrides: self.overrides.on_commit(token),
+            renditions: self.renditions.on_commit(token),
         }
     }
 }

@@ -22,7 +22,7 @@ const MAP_GRANULE: usize = 64 << 10;
 const MAX_MAP_SIZE: u64 = 1 << 40;
 
 /// Named databases the catalog opens (`tracks`, `paths`, `skipped`, `origins`, `meta`).
-const MAX_DBS: u32 = 10;
+const MAX_DBS: u32 = 16;
 
 /// An open LMDB environment plus the resize gate.
 pub(crate) struct Store {

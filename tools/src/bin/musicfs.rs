@@ -483,6 +483,7 @@ fn scan(
         mass_removal_threshold: cfg.mass_removal_threshold,
         health: Default::default(),
         progress: progress_bar(),
+        renditions: musicfs_index::refresh::no_renditions(),
     };
     let opts = ScanOptions {
         allow_mass_removal,
@@ -630,6 +631,7 @@ fn origin_forget(cfg: &Config, origin: &std::path::Path) -> Result<()> {
         mass_removal_threshold: cfg.mass_removal_threshold,
         health: Default::default(),
         progress: None,
+        renditions: musicfs_index::refresh::no_renditions(),
     };
     drop(snap);
     publish_if_changed(&library)

@@ -207,6 +207,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         mass_removal_threshold: cfg.mass_removal_threshold,
         health,
         progress: Some(scan_progress(refresh_control.clone())),
+        renditions: musicfs_index::refresh::no_renditions(),
     };
     let snapshot = library.load_or_build()?;
     let finder = Arc::new(LibraryFinder::open(
@@ -255,6 +256,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
             origin_table.clone(),
         ))),
         events: Some(hub.clone()),
+        renditions: Some(library.renditions.clone()),
         op_stats: (!cli.no_op_metrics).then(|| op_stats.clone()),
         ..MountOptions::default()
     };
