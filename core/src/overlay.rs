@@ -344,11 +344,7 @@ impl SegmentsBuilder {
         if len == 0 {
             return self;
         }
-        if let Some(Segment::Origin {
-            offset: o,
-            len: l,
-        }) = self.segments.last_mut()
-        {
+        if let Some(Segment::Origin { offset: o, len: l }) = self.segments.last_mut() {
             if *o + *l == offset {
                 *l += len;
                 return self;
@@ -414,7 +410,9 @@ impl Rendition {
 
     /// Whether the rendition was cut from this version of the source and shows these edits.
     pub fn fits(&self, base_size: u64, base_mtime_ns: i64, version: u64) -> bool {
-        self.base_size == base_size && self.base_mtime_ns == base_mtime_ns && self.version == version
+        self.base_size == base_size
+            && self.base_mtime_ns == base_mtime_ns
+            && self.version == version
     }
 
     /// Reads `buf.len()` bytes at `offset` of the rendered file (short only at its end):
@@ -478,7 +476,10 @@ impl RenditionSet {
     }
 
     /// The set after a publish showing `current`: this set's current becomes previous.
-    pub fn next(&self, current: std::collections::HashMap<u64, std::sync::Arc<Rendition>>) -> RenditionSet {
+    pub fn next(
+        &self,
+        current: std::collections::HashMap<u64, std::sync::Arc<Rendition>>,
+    ) -> RenditionSet {
         RenditionSet {
             current,
             previous: self.current.clone(),

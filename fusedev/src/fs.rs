@@ -789,7 +789,9 @@ impl FsModel {
             Some(local) => local.open_file(rel).map(Source::Local),
             None => origin.open_seen(rel, seen).map(Source::Other),
         };
-        opened.map(wrap).map_err(|source| FsError::Origin { ino, source })
+        opened
+            .map(wrap)
+            .map_err(|source| FsError::Origin { ino, source })
     }
 
     /// Opens the bytes of extra entry `ino`: a stored file, or an origin's file (as a

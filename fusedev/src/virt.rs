@@ -386,7 +386,7 @@ fn result_name(
 }
 
 /// The path of `ino` below the root, `/`-separated.
-fn tree_path(snap: &Snapshot, ino: u64) -> Option<Vec<u8>> {
+pub fn tree_path(snap: &Snapshot, ino: u64) -> Option<Vec<u8>> {
     let mut parts: Vec<&[u8]> = Vec::new();
     let mut at = snap.node(ino)?;
     while at.ino() != ROOT_INO {

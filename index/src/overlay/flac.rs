@@ -26,7 +26,10 @@ pub(super) fn synthesise(src: &dyn Source, edits: &Edits) -> Result<SegmentsBuil
     let head = read_exact(src, 0, 10.min(size), f)?;
     if head.len() == 10 && &head[..3] == b"ID3" {
         let s = &head[6..10];
-        let len = (u64::from(s[0]) << 21) | (u64::from(s[1]) << 14) | (u64::from(s[2]) << 7) | u64::from(s[3]);
+        let len = (u64::from(s[0]) << 21)
+            | (u64::from(s[1]) << 14)
+            | (u64::from(s[2]) << 7)
+            | u64::from(s[3]);
         at = 10 + len + if head[5] & 0x10 != 0 { 10 } else { 0 };
     }
     if read_exact(src, at, 4, f)? != b"fLaC" {
@@ -48,7 +51,10 @@ pub(super) fn synthesise(src: &dyn Source, edits: &Edits) -> Result<SegmentsBuil
         blocks.push(Block { kind, at, len });
         at += 4 + len;
         if at > size {
-            return Err(malformed(f, "a metadata block runs past the end of the file"));
+            return Err(malformed(
+                f,
+                "a metadata block runs past the end of the file",
+            ));
         }
         if h[0] & 0x80 != 0 {
             break;
@@ -67,7 +73,10 @@ pub(super) fn synthesise(src: &dyn Source, edits: &Edits) -> Result<SegmentsBuil
         None => rewrite_vorbis_comment(&empty_comment(), edits, f)?.0,
     };
     if new_vc.len() >= 1 << 24 {
-        return Err(unsupported(f, "the comments outgrow a metadata block (16 MiB)"));
+        return Err(unsupported(
+            f,
+            "the comments outgrow a metadata block (16 MiB)",
+        ));
     }
     // The blocks in their order, the new comment block where the old one was (or after
     // STREAMINFO): (kind, Some(source block) | None for the new comments).
@@ -107,7 +116,12 @@ pub(super) fn synthesise(src: &dyn Source, edits: &Edits) -> Result<SegmentsBuil
                     out.origin(b.at, 4 + b.len);
                 } else {
                     let len = b.len as u32;
-                    let hdr = [last_flag | b.kind, (len >> 16) as u8, (len >> 8) as u8, len as u8];
+                    let hdr = [
+                        last_flag | b.kind,
+                        (len >> 16) as u8,
+                        (len >> 8) as u8,
+                        len as u8,
+                    ];
                     out.bytes(&hdr).origin(b.at + 4, b.len);
                 }
             }

@@ -11,7 +11,8 @@ use crate::fields::field_of_raw_key;
 const F: Format = Format::Mp3;
 
 fn syncsafe(b: &[u8]) -> u64 {
-    b.iter().fold(0u64, |acc, &x| (acc << 7) | u64::from(x & 0x7f))
+    b.iter()
+        .fold(0u64, |acc, &x| (acc << 7) | u64::from(x & 0x7f))
 }
 
 fn to_syncsafe(n: u32) -> [u8; 4] {
@@ -120,11 +121,7 @@ fn frames(version: u8, body: &[u8]) -> Vec<Frame> {
                 b.extend_from_slice(mime);
                 b.push(0);
                 b.extend_from_slice(&raw[4..]);
-                Frame {
-                    id,
-                    flags,
-                    body: b,
-                }
+                Frame { id, flags, body: b }
             }
             2 => Frame {
                 id,
@@ -156,7 +153,11 @@ fn frames(version: u8, body: &[u8]) -> Vec<Frame> {
                 body: raw.to_vec(),
             },
         };
-        if frame.id.iter().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
+        if frame
+            .id
+            .iter()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        {
             out.push(frame);
         }
     }
@@ -178,13 +179,25 @@ fn text_of(body: &[u8]) -> Option<String> {
             };
             let units: Vec<u16> = data
                 .chunks_exact(2)
-                .map(|c| if big { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_le_bytes([c[0], c[1]]) })
+                .map(|c| {
+                    if big {
+                        u16::from_be_bytes([c[0], c[1]])
+                    } else {
+                        u16::from_le_bytes([c[0], c[1]])
+                    }
+                })
                 .collect();
             String::from_utf16_lossy(&units)
         }
         _ => return None,
     };
-    Some(s.trim_end_matches('\0').split('\0').next().unwrap_or("").to_string())
+    Some(
+        s.trim_end_matches('\0')
+            .split('\0')
+            .next()
+            .unwrap_or("")
+            .to_string(),
+    )
 }
 
 fn text_frame(id: &[u8; 4], values: &[String]) -> Frame {
@@ -220,7 +233,11 @@ pub(super) fn synthesise(src: &dyn Source, edits: &Edits) -> Result<SegmentsBuil
         }
         let flags = head[5];
         let len = syncsafe(&head[6..10]);
-        let footer = if version == 4 && flags & 0x10 != 0 { 10 } else { 0 };
+        let footer = if version == 4 && flags & 0x10 != 0 {
+            10
+        } else {
+            0
+        };
         let end = 10 + len + footer;
         if end > size {
             return Err(malformed(F, "the ID3v2 tag runs past the end of the file"));
@@ -309,7 +326,11 @@ pub(super) fn synthesise(src: &dyn Source, edits: &Edits) -> Result<SegmentsBuil
     }
 
     let mut tag_body = Vec::new();
-    for f in old_frames.iter().filter(|f| !touches(&f.id)).chain(&new_frames) {
+    for f in old_frames
+        .iter()
+        .filter(|f| !touches(&f.id))
+        .chain(&new_frames)
+    {
         let len = u32::try_from(f.body.len())
             .ok()
             .filter(|&n| n < 1 << 28)
@@ -345,7 +366,11 @@ fn update_v1(t: &mut [u8], edits: &Edits) {
             *dst = u8::try_from(u32::from(c)).unwrap_or(b'?');
         }
     };
-    let first = |f: TagField| edits.get(&f).map(|v| v.first().cloned().unwrap_or_default());
+    let first = |f: TagField| {
+        edits
+            .get(&f)
+            .map(|v| v.first().cloned().unwrap_or_default())
+    };
     if let Some(v) = first(TagField::Title) {
         put(3, 30, &v);
     }
@@ -396,7 +421,12 @@ mod tests {
 
     #[test]
     fn a_v23_tag_becomes_v24_with_untouched_frames_kept_and_v1_updated() {
-        let mut file = v23(&[(b"TIT2", "Old"), (b"TPE1", "Artist"), (b"TYER", "1999"), (b"TRCK", "3/12")]);
+        let mut file = v23(&[
+            (b"TIT2", "Old"),
+            (b"TPE1", "Artist"),
+            (b"TYER", "1999"),
+            (b"TRCK", "3/12"),
+        ]);
         file.extend_from_slice(b"\xff\xfbAUDIOFRAMES");
         let mut v1 = vec![0u8; 128];
         v1[..3].copy_from_slice(b"TAG");

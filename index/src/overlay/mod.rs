@@ -148,7 +148,10 @@ fn rewrite_vorbis_comment(body: &[u8], edits: &Edits, format: Format) -> Result<
     for _ in 0..count {
         let len = u32le(take(4)?);
         let comment = take(len)?.to_vec();
-        let key_end = comment.iter().position(|&b| b == b'=').unwrap_or(comment.len());
+        let key_end = comment
+            .iter()
+            .position(|&b| b == b'=')
+            .unwrap_or(comment.len());
         let key = String::from_utf8_lossy(&comment[..key_end]).to_string();
         let value = String::from_utf8_lossy(comment.get(key_end + 1..).unwrap_or(&[])).to_string();
         let field = field_of_raw_key(&key);
@@ -289,7 +292,12 @@ mod tests {
     fn vorbis_comments_of_edited_fields_are_replaced_and_others_kept() {
         let body = vc(
             "v",
-            &["TITLE=Old", "ARTIST=A", "TRACKNUMBER=3/12", "Album Artist=X"],
+            &[
+                "TITLE=Old",
+                "ARTIST=A",
+                "TRACKNUMBER=3/12",
+                "Album Artist=X",
+            ],
         );
         let edits = parse_assignments(&["title=New", "track=4", "albumartist=Y"]).unwrap();
         let (out, used) = rewrite_vorbis_comment(&body, &edits, Format::Flac).unwrap();

@@ -13,7 +13,9 @@ const F: Format = Format::M4a;
 const MAX_TOP_ATOMS: usize = 4096;
 
 /// Containers rebuilt on the way to `ilst` and to the chunk offset tables.
-const CONTAINERS: &[&[u8; 4]] = &[b"moov", b"trak", b"mdia", b"minf", b"stbl", b"udta", b"ilst"];
+const CONTAINERS: &[&[u8; 4]] = &[
+    b"moov", b"trak", b"mdia", b"minf", b"stbl", b"udta", b"ilst",
+];
 
 /// An atom inside a buffer: type, where its body starts and ends.
 struct Atom<'a> {
@@ -37,7 +39,10 @@ fn atoms(mut b: &[u8]) -> Result<Vec<Atom<'_>>> {
             n => (n, 8),
         };
         if size < hdr as u64 || size > b.len() as u64 {
-            return Err(malformed(F, format!("atom {} has a bad size", String::from_utf8_lossy(&kind))));
+            return Err(malformed(
+                F,
+                format!("atom {} has a bad size", String::from_utf8_lossy(&kind)),
+            ));
         }
         let (whole, rest) = b.split_at(size as usize);
         out.push(Atom {
@@ -93,7 +98,10 @@ fn pair_of(item: &[u8]) -> (Option<String>, Option<u32>) {
             let p = &a.body[8..];
             let n = u16::from_be_bytes([p[2], p[3]]);
             let t = u16::from_be_bytes([p[4], p[5]]);
-            return ((n > 0).then(|| n.to_string()), (t > 0).then_some(u32::from(t)));
+            return (
+                (n > 0).then(|| n.to_string()),
+                (t > 0).then_some(u32::from(t)),
+            );
         }
     }
     (None, None)
@@ -141,10 +149,15 @@ fn new_ilst(old: &[u8], edits: &Edits) -> Result<Vec<u8>> {
         let num = match num {
             None => 0,
             Some(n) => n.trim().parse::<u16>().map_err(|_| {
-                unsupported(F, format!("M4A {} numbers are numbers, not {n:?}", fields.0))
+                unsupported(
+                    F,
+                    format!("M4A {} numbers are numbers, not {n:?}", fields.0),
+                )
             })?,
         };
-        let total = total.map(|t| t.min(u32::from(u16::MAX)) as u16).unwrap_or(0);
+        let total = total
+            .map(|t| t.min(u32::from(u16::MAX)) as u16)
+            .unwrap_or(0);
         if num == 0 && total == 0 {
             continue;
         }
@@ -180,7 +193,8 @@ struct Rewrite<'e> {
 impl Rewrite<'_> {
     /// The new bytes of atom `a`, whose path from the top is `path`.
     fn atom(&self, a: &Atom<'_>, path: &[[u8; 4]]) -> Result<Vec<u8>> {
-        let under = |p: &[&[u8; 4]]| path.len() == p.len() && path.iter().zip(p).all(|(x, y)| x == *y);
+        let under =
+            |p: &[&[u8; 4]]| path.len() == p.len() && path.iter().zip(p).all(|(x, y)| x == *y);
         match &a.kind {
             b"stco" | b"co64" if self.shift != 0 => self.offsets(a),
             b"meta" if under(&[b"moov", b"udta"]) => {
@@ -277,7 +291,10 @@ pub(super) fn synthesise(src: &dyn Source, edits: &Edits) -> Result<SegmentsBuil
             len = size - at;
         }
         if len < 8 || at + len > size {
-            return Err(malformed(F, "a top-level atom runs past the end of the file"));
+            return Err(malformed(
+                F,
+                "a top-level atom runs past the end of the file",
+            ));
         }
         if &h[4..8] == b"moov" {
             moov = Some((at, len));
@@ -290,7 +307,9 @@ pub(super) fn synthesise(src: &dyn Source, edits: &Edits) -> Result<SegmentsBuil
     let (moov_at, moov_len) = moov.ok_or_else(|| malformed(F, "no moov atom"))?;
     let old = read_exact(src, moov_at, moov_len, F)?;
     let list = atoms(&old)?;
-    let top = list.first().ok_or_else(|| malformed(F, "an empty moov atom"))?;
+    let top = list
+        .first()
+        .ok_or_else(|| malformed(F, "an empty moov atom"))?;
     if atoms(top.body)?.iter().any(|a| &a.kind == b"mvex") {
         return Err(unsupported(F, "fragmented MP4"));
     }
@@ -317,10 +336,15 @@ pub(super) fn synthesise(src: &dyn Source, edits: &Edits) -> Result<SegmentsBuil
     let shift = first.len() as i64 - moov_len as i64;
     let new = if shift == 0 { first } else { build(shift)? };
     if new.len() as i64 - moov_len as i64 != shift {
-        return Err(malformed(F, "moov changed size while its offsets were shifted"));
+        return Err(malformed(
+            F,
+            "moov changed size while its offsets were shifted",
+        ));
     }
     let mut out = SegmentsBuilder::new();
-    out.origin(0, moov_at).bytes(&new).origin(moov_end, size - moov_end);
+    out.origin(0, moov_at)
+        .bytes(&new)
+        .origin(moov_end, size - moov_end);
     Ok(out)
 }
 
@@ -342,11 +366,23 @@ mod tests {
         meta.extend(ilst);
         let moov_body = [
             a(b"mvhd", &[0u8; 20]),
-            a(b"trak", &a(b"mdia", &a(b"minf", &a(b"stbl", &a(b"stco", &{
-                let mut s = stco.clone();
-                s.extend_from_slice(&0u32.to_be_bytes()); // patched below
-                s
-            }))))),
+            a(
+                b"trak",
+                &a(
+                    b"mdia",
+                    &a(
+                        b"minf",
+                        &a(
+                            b"stbl",
+                            &a(b"stco", &{
+                                let mut s = stco.clone();
+                                s.extend_from_slice(&0u32.to_be_bytes()); // patched below
+                                s
+                            }),
+                        ),
+                    ),
+                ),
+            ),
             a(b"udta", &a(b"meta", &meta)),
         ]
         .concat();
@@ -370,7 +406,8 @@ mod tests {
         let f = file("Old");
         assert_eq!(&f[chunk_offset(&f)..chunk_offset(&f) + 7], b"SAMPLES");
         let src = Mem(f);
-        let edits = parse_assignments(&["title=A longer title", "track=2", "tracktotal=9"]).unwrap();
+        let edits =
+            parse_assignments(&["title=A longer title", "track=2", "tracktotal=9"]).unwrap();
         let out = render(&src, synthesise(&src, &edits).unwrap());
         let off = chunk_offset(&out);
         assert_eq!(&out[off..off + 7], b"SAMPLES");

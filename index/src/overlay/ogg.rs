@@ -36,7 +36,10 @@ fn read_page(src: &dyn Source, at: u64, format: Format) -> Result<Page> {
     let body: u64 = lacing.iter().map(|&l| u64::from(l)).sum();
     let len = 27 + lacing.len() as u64 + body;
     if at + len > src.len() {
-        return Err(malformed(format, "an Ogg page runs past the end of the file"));
+        return Err(malformed(
+            format,
+            "an Ogg page runs past the end of the file",
+        ));
     }
     Ok(Page {
         at,
@@ -70,7 +73,14 @@ fn crc(bytes: &[u8]) -> u32 {
 }
 
 /// A page with its CRC filled in.
-fn page_bytes(flags: u8, granule: u64, serial: u32, seq: u32, lacing: &[u8], body: &[u8]) -> Vec<u8> {
+fn page_bytes(
+    flags: u8,
+    granule: u64,
+    serial: u32,
+    seq: u32,
+    lacing: &[u8],
+    body: &[u8],
+) -> Vec<u8> {
     let mut p = Vec::with_capacity(27 + lacing.len() + body.len());
     p.extend_from_slice(b"OggS\0");
     p.push(flags);
@@ -86,7 +96,11 @@ fn page_bytes(flags: u8, granule: u64, serial: u32, seq: u32, lacing: &[u8], bod
     p
 }
 
-pub(super) fn synthesise(format: Format, src: &dyn Source, edits: &Edits) -> Result<SegmentsBuilder> {
+pub(super) fn synthesise(
+    format: Format,
+    src: &dyn Source,
+    edits: &Edits,
+) -> Result<SegmentsBuilder> {
     let needed = if format == Format::Opus { 2 } else { 3 };
     // Read pages until the header packets are complete.
     let mut pages: Vec<Page> = Vec::new();
@@ -104,7 +118,12 @@ pub(super) fn synthesise(format: Format, src: &dyn Source, edits: &Edits) -> Res
                 return Err(unsupported(format, "several logical streams"));
             }
         }
-        let body = read_exact(src, page.at + page.header_len(), page.len - page.header_len(), format)?;
+        let body = read_exact(
+            src,
+            page.at + page.header_len(),
+            page.len - page.header_len(),
+            format,
+        )?;
         let mut off = 0usize;
         let mut done_at = None;
         for (i, &l) in page.lacing.iter().enumerate() {
@@ -123,7 +142,10 @@ pub(super) fn synthesise(format: Format, src: &dyn Source, edits: &Edits) -> Res
         pages.push(page);
         if first_page {
             if packets.len() != 1 || !ends_clean {
-                return Err(unsupported(format, "the first page holds more than the identification header"));
+                return Err(unsupported(
+                    format,
+                    "the first page holds more than the identification header",
+                ));
             }
             continue;
         }
@@ -143,7 +165,10 @@ pub(super) fn synthesise(format: Format, src: &dyn Source, edits: &Edits) -> Res
         (b"\x03vorbis", "Vorbis comment")
     };
     if !comment.starts_with(magic) {
-        return Err(malformed(format, format!("the second packet is not a {what} header")));
+        return Err(malformed(
+            format,
+            format!("the second packet is not a {what} header"),
+        ));
     }
     let (vc, used) = rewrite_vorbis_comment(&comment[magic.len()..], edits, format)?;
     let mut new_comment = magic.to_vec();
@@ -180,7 +205,14 @@ pub(super) fn synthesise(format: Format, src: &dyn Source, edits: &Edits) -> Res
         let ends_packet = lac.iter().any(|&l| l < 255);
         let granule = if ends_packet { 0 } else { u64::MAX };
         let flags = if continued { 1 } else { 0 };
-        out.bytes(&page_bytes(flags, granule, serial, 1 + i as u32, lac, &data[di..di + bytes]));
+        out.bytes(&page_bytes(
+            flags,
+            granule,
+            serial,
+            1 + i as u32,
+            lac,
+            &data[di..di + bytes],
+        ));
         continued = lac.last() == Some(&255);
         li += take;
         di += bytes;
@@ -214,7 +246,8 @@ pub(super) fn synthesise(format: Format, src: &dyn Source, edits: &Edits) -> Res
         let c = crc(&whole);
         whole[22..26].copy_from_slice(&c.to_le_bytes());
         let hl = page.header_len() as usize;
-        out.bytes(&whole[..hl]).origin(at + hl as u64, page.len - hl as u64);
+        out.bytes(&whole[..hl])
+            .origin(at + hl as u64, page.len - hl as u64);
         at += page.len;
     }
     Ok(out)
@@ -250,7 +283,14 @@ mod tests {
         f.extend(page_bytes(0, 0, 9, 1, &lace(&c), &c));
         for i in 0..audio_pages {
             let body = vec![i as u8; 100];
-            f.extend(page_bytes(0, 960 * u64::from(i + 1), 9, 2 + i, &lace(&body), &body));
+            f.extend(page_bytes(
+                0,
+                960 * u64::from(i + 1),
+                9,
+                2 + i,
+                &lace(&body),
+                &body,
+            ));
         }
         f
     }
@@ -267,7 +307,10 @@ mod tests {
             let stored = u32::from_le_bytes([whole[22], whole[23], whole[24], whole[25]]);
             whole[22..26].copy_from_slice(&[0; 4]);
             assert_eq!(crc(&whole), stored, "CRC of page {seq}");
-            assert_eq!(u32::from_le_bytes([whole[18], whole[19], whole[20], whole[21]]), seq);
+            assert_eq!(
+                u32::from_le_bytes([whole[18], whole[19], whole[20], whole[21]]),
+                seq
+            );
             bodies.push(whole[p.header_len() as usize..].to_vec());
             seq += 1;
             at += p.len;

@@ -190,7 +190,8 @@ impl Library {
                 .into_iter()
                 .map(|(id, r)| (id.0, Arc::new(r)))
                 .collect();
-            self.renditions.store(Arc::new(self.renditions.load().next(set)));
+            self.renditions
+                .store(Arc::new(self.renditions.load().next(set)));
         }
         match Snapshot::open(&path) {
             Ok(snap) if self.is_current(&snap)? => return Ok(snap),

@@ -83,7 +83,8 @@ impl Library {
                 };
                 if let Some(r) = stored.get(&id) {
                     if r.fits(rec.scan.size, rec.scan.mtime_ns, version) {
-                        view.by_track.insert(id.0, (ov.clone(), Arc::new(r.clone())));
+                        view.by_track
+                            .insert(id.0, (ov.clone(), Arc::new(r.clone())));
                         continue;
                     }
                 }
@@ -135,7 +136,8 @@ fn build(
     if src.len() != rec.scan.size {
         return Err("the file changed since it was scanned".into());
     }
-    let segments = crate::overlay::synthesise(rec.format, &*src, &ov.edits).map_err(|e| e.to_string())?;
+    let segments =
+        crate::overlay::synthesise(rec.format, &*src, &ov.edits).map_err(|e| e.to_string())?;
     Ok(Rendition::new(
         segments.into_segments(),
         rec.scan.size,

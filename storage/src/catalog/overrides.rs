@@ -43,7 +43,9 @@ impl OverrideKey {
 
     fn parse(b: &[u8]) -> Option<OverrideKey> {
         match b.split_first()? {
-            (b'a', rest) => Some(OverrideKey::Audio(u128::from_be_bytes(rest.try_into().ok()?))),
+            (b'a', rest) => Some(OverrideKey::Audio(u128::from_be_bytes(
+                rest.try_into().ok()?,
+            ))),
             (b't', rest) => Some(OverrideKey::Track(TrackId(u64::from_be_bytes(
                 rest.try_into().ok()?,
             )))),
@@ -65,8 +67,9 @@ impl Catalog {
     pub fn override_of(&self, id: TrackId) -> Result<Option<Override>, CatalogError> {
         let key = self.override_key(id)?.bytes();
         let lmdb = |e| self.store.lmdb("override", e);
-        self.store
-            .read("override", |txn| self.dbs.overrides.get(txn, &key).map_err(lmdb))
+        self.store.read("override", |txn| {
+            self.dbs.overrides.get(txn, &key).map_err(lmdb)
+        })
     }
 
     /// Stores (or with `None` removes) the override under `key`; whether it changed.
@@ -123,7 +126,11 @@ impl Catalog {
         })
     }
 
-    fn tracks_of_key(&self, txn: &RoTxn<'_>, key: OverrideKey) -> Result<Vec<TrackId>, CatalogError> {
+    fn tracks_of_key(
+        &self,
+        txn: &RoTxn<'_>,
+        key: OverrideKey,
+    ) -> Result<Vec<TrackId>, CatalogError> {
         let lmdb = |e| self.store.lmdb("overrides", e);
         Ok(match key {
             OverrideKey::Track(id) => {

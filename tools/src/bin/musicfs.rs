@@ -104,6 +104,12 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Tag edits MusicFS keeps without touching the origin (the metadata overlay): the
+    /// tree and the served files show them.
+    Tag {
+        #[command(subcommand)]
+        action: TagAction,
+    },
     /// Per origin: tracks, tracks shown, copies hidden behind tracks of other places and
     /// the bytes that saves, and the origin's state (as the last scan left it); then
     /// totals.
@@ -200,6 +206,71 @@ enum ConfigAction {
         /// Its new value.
         value: String,
     },
+}
+
+/// What `musicfs tag` names.
+#[derive(clap::Args, Debug, Clone)]
+struct TagTargets {
+    /// Tracks: paths in the mount (a folder: every track below it), paths relative to the
+    /// tree's root, or source paths in an origin.
+    paths: Vec<String>,
+    /// Also every track this search query finds (docs/SEARCH.md).
+    #[arg(long)]
+    query: Option<String>,
+    /// Return before the edit is served.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum TagAction {
+    /// Set fields: `musicfs tag set PATH… field=value…` (a field twice: several values;
+    /// `field=`: remove it). Fields: title artist album albumartist genre date track
+    /// tracktotal disc disctotal composer lyrics.
+    Set {
+        #[command(flatten)]
+        targets: TagTargets,
+    },
+    /// Every field of each track: the value shown, edited ones marked with the file's.
+    Get {
+        #[command(flatten)]
+        targets: TagTargets,
+    },
+    /// Only the edited fields of each track, with the file's values.
+    Diff {
+        #[command(flatten)]
+        targets: TagTargets,
+    },
+    /// Drop edits: `musicfs tag clear PATH… [field…]` (no field: all of them).
+    Clear {
+        #[command(flatten)]
+        targets: TagTargets,
+    },
+}
+
+impl TagAction {
+    /// The action's name, its targets, and its arguments (assignments for set, field
+    /// names for clear) split from the paths.
+    fn parts(self) -> (&'static str, TagTargets, Vec<String>) {
+        let (name, mut t) = match self {
+            TagAction::Set { targets } => ("set", targets),
+            TagAction::Get { targets } => ("get", targets),
+            TagAction::Diff { targets } => ("diff", targets),
+            TagAction::Clear { targets } => ("clear", targets),
+        };
+        let is_arg = |a: &String| match name {
+            "set" => a
+                .split_once('=')
+                .is_some_and(|(f, _)| musicfs_core::overlay::TagField::parse(f).is_some()),
+            "clear" => {
+                musicfs_core::overlay::TagField::parse(a).is_some() && !Path::new(a).exists()
+            }
+            _ => false,
+        };
+        let (args, paths): (Vec<String>, Vec<String>) = t.paths.drain(..).partition(is_arg);
+        t.paths = paths;
+        (name, t, args)
+    }
 }
 
 #[derive(Subcommand)]
@@ -347,6 +418,29 @@ fn main() -> ExitCode {
         },
         Command::Tree { long } => tree(&cfg, long),
         Command::Stats => stats(&cfg),
+        Command::Tag { action } => {
+            let (name, targets, args) = action.parts();
+            let (paths, query) = (targets.paths, targets.query.unwrap_or_default());
+            let paths: Vec<String> = paths.iter().map(|p| absolute_if_exists(p)).collect();
+            let req = musicfs_tools::control::proto::TagRequest {
+                action: name.into(),
+                paths: paths.clone(),
+                query: query.clone(),
+                args: args.clone(),
+                no_wait: targets.no_wait,
+            };
+            match musicfs_tools::tagging::Action::parse(name) {
+                Err(e) => Err(e),
+                Ok(act) => either(
+                    &socket,
+                    |mut c| async move {
+                        let reply = c.tag(req).await.map_err(cli::rpc_error)?.into_inner();
+                        musicfs_tools::tagging::print(&reply, act, json)
+                    },
+                    || tag_offline(&cfg, act, &paths, &query, &args, json),
+                ),
+            }
+        }
         Command::Search {
             query,
             json: as_json,
@@ -548,6 +642,55 @@ fn search(cfg: &Config, query: &str, json: bool, limit: Option<usize>) -> Result
     let entries = musicfs_fusedev::virt::entries(&snap, &ids, Some(tags));
     let hits = musicfs_tools::control::search_hits(&entries);
     cli::print_hits(&hits, json)
+}
+
+/// A path that exists here, made absolute (a file in the mount named from inside it);
+/// anything else as given (a path relative to the tree's root).
+fn absolute_if_exists(p: &str) -> String {
+    match std::fs::canonicalize(p) {
+        Ok(abs) if !Path::new(p).is_absolute() || Path::new(p).exists() => {
+            abs.to_string_lossy().into_owned()
+        }
+        _ => p.to_string(),
+    }
+}
+
+/// `musicfs tag` with no daemon running: edits go into the catalog and show from the
+/// next daemon start (or `musicfs scan`).
+fn tag_offline(
+    cfg: &Config,
+    action: musicfs_tools::tagging::Action,
+    paths: &[String],
+    query: &str,
+    args: &[String],
+    json: bool,
+) -> Result<()> {
+    use musicfs_tools::tagging;
+    let state = StateDir::create(&cfg.state_dir())?;
+    let catalog = state.open_catalog()?;
+    let snap = Snapshot::open(&state.snapshot_path())
+        .context("no usable snapshot: run `musicfs scan` first")?;
+    let index = if query.is_empty() {
+        None
+    } else {
+        let index = SearchIndex::open(&state.search_dir())?;
+        if let Err(e) = index.sync(&catalog, None) {
+            tracing::warn!("cannot bring the search index up to date: {e}");
+        }
+        Some(index)
+    };
+    let ids = tagging::resolve(&snap, &catalog, index.as_ref(), None, paths, query)?;
+    let changed = tagging::apply(&catalog, &ids, action, args)?;
+    let tracks = tagging::report(&catalog, &snap, &ids, action == tagging::Action::Get)?;
+    if changed > 0 && !json {
+        eprintln!("no daemon runs: the edits show from its next start (or `musicfs scan`)");
+    }
+    let reply = musicfs_tools::control::proto::TagReply {
+        tracks,
+        changed,
+        refresh: None,
+    };
+    tagging::print(&reply, action, json)
 }
 
 fn publish_if_changed(library: &Library) -> Result<()> {

@@ -34,7 +34,7 @@ pub async fn must_connect(socket: &Path) -> Result<Client> {
     Ok(connect(socket).await?)
 }
 
-fn rpc_error(s: tonic::Status) -> anyhow::Error {
+pub fn rpc_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
 }
 

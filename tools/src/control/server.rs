@@ -377,6 +377,65 @@ impl Control for Service {
         .map(Response::new)
     }
 
+    async fn tag(
+        &self,
+        req: Request<proto::TagRequest>,
+    ) -> Result<Response<proto::TagReply>, Status> {
+        use crate::tagging::{self, Action};
+        authorize(&req)?;
+        let r = req.into_inner();
+        let action =
+            Action::parse(&r.action).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let d = self.0.clone();
+        let bad = |e: anyhow::Error| Status::invalid_argument(format!("{e:#}"));
+        let (ids, changed) = {
+            let d = d.clone();
+            let r = r.clone();
+            blocking(move || {
+                let snap = d.shared.load();
+                let ids = tagging::resolve(
+                    &snap,
+                    &d.catalog,
+                    Some(d.finder.index()),
+                    Some(&d.mountpoint),
+                    &r.paths,
+                    &r.query,
+                )
+                .map_err(bad)?;
+                let changed = tagging::apply(&d.catalog, &ids, action, &r.args).map_err(bad)?;
+                Ok((ids, changed))
+            })
+            .await?
+        };
+        // Edits are published like any catalog change: a refresh round finds the catalog
+        // ahead of the tree and publishes it (renditions built on the way).
+        let refresh = if changed > 0 {
+            let ticket = d.refresh.request();
+            d.trigger
+                .send(Trigger::Rescan("tag edit"))
+                .map_err(|_| Status::unavailable("the refresh loop has stopped"))?;
+            Some(
+                wait_for(d.clone(), ticket, r.no_wait, 0.0)
+                    .await?
+                    .into_inner(),
+            )
+        } else {
+            None
+        };
+        let all = action == Action::Get;
+        let tracks = blocking(move || {
+            let snap = d.shared.load();
+            tagging::report(&d.catalog, &snap, &ids, all)
+                .map_err(|e| Status::internal(format!("{e:#}")))
+        })
+        .await?;
+        Ok(Response::new(proto::TagReply {
+            tracks,
+            changed,
+            refresh,
+        }))
+    }
+
     async fn config_show(
         &self,
         req: Request<proto::ConfigShowRequest>,
