@@ -48,7 +48,7 @@ if [ ${#features[@]} -gt 0 ]; then
     echo "== mount suites with: musicfsd $mode" >&2
     MUSICFS_E2E_DAEMON_ARGS="$mode" cargo test -p musicfs-tests --features e2e \
       --test mount --test mount_player --test live --test mount_lifecycle --test live_crash \
-      --test origins_lost --test modes --test albums \
+      --test origins_lost --test modes --test albums --test overlay \
       -- --test-threads 2
   done
 fi

@@ -2,5 +2,6 @@
 pub mod edit;
 pub mod fixtures;
 pub mod harness;
+pub mod player;
 pub mod remote;
 pub mod servers;
