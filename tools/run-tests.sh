@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . tools/lib.sh
-apt_install_missing ffmpeg=ffmpeg fusermount3=fuse3 mpd=mpd mpc=mpc setpriv=util-linux sshd=openssh-server smbd=samba mid3v2=python3-mutagen systemd-analyze=systemd
+apt_install_missing ffmpeg=ffmpeg fusermount3=fuse3 mpd=mpd mpc=mpc setpriv=util-linux sshd=openssh-server smbd=samba mid3v2=python3-mutagen systemd-analyze=systemd beet=beets
 require_cargo
 # The S3 server the remote-origin tests run (tests/src/servers/s3.rs).
 cargo_install_missing s3s-fs s3s-fs --version 0.14.1 --features binary

@@ -40,6 +40,6 @@ pub use art::ArtStore;
 pub use cas::{Cas, CasError, CasOptions, CasStats, PinGuard, VerifyReport};
 pub use catalog::{
     ArtRef, ArtSet, Batch, Catalog, CatalogError, DirExtras, ExtraFile, ExtrasChanged, Forgotten,
-    IdentitySet, OriginDevice, OverrideKey, SkipRecord, Upsert, SCHEMA_VERSION,
+    IdentitySet, OriginDevice, OverrideKey, Plays, SkipRecord, Upsert, SCHEMA_VERSION,
 };
 pub use origin::{open_origin, Origin, OriginError, OriginSpec, Source};

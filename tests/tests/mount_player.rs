@@ -4,13 +4,10 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use musicfs_tests::harness::{library, MountOptions, MountedFs};
+use musicfs_tests::harness::{self, library, MountOptions, MountedFs};
 use musicfs_tests::player::{Mpd, MPD_DEADLINE};
 
 #[test]

@@ -84,7 +84,14 @@ fn served(mount: &MountedFs, ext: &str) -> Result<PathBuf> {
 fn ffprobe_tags(path: &Path) -> Result<BTreeMap<String, String>> {
     let out = run_ok(
         Command::new("ffprobe")
-            .args(["-v", "error", "-show_entries", "format_tags:stream_tags", "-of", "json"])
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "format_tags:stream_tags",
+                "-of",
+                "json",
+            ])
             .arg(path),
     )?;
     let v: Value = serde_json::from_slice(&out.stdout)?;
@@ -159,7 +166,11 @@ fn tag_edits_are_served_in_every_format_without_touching_the_origin() -> Result<
 
     let mpd = Mpd::start(mount.mountpoint());
     mpd.mpc(&["update", "--wait"]);
-    ensure!(mpd_tags(&mpd).contains("Original flac"), "{}", mpd_tags(&mpd));
+    ensure!(
+        mpd_tags(&mpd).contains("Original flac"),
+        "{}",
+        mpd_tags(&mpd)
+    );
 
     let mut rng = SplitMix64::new(17);
     for ext in FORMATS {
@@ -184,7 +195,8 @@ fn tag_edits_are_served_in_every_format_without_touching_the_origin() -> Result<
         );
         let tags = ffprobe_tags(&file)?;
         ensure!(
-            tags.get("title") == Some(&title) && tags.get("album").map(String::as_str) == Some("Edited Album"),
+            tags.get("title") == Some(&title)
+                && tags.get("album").map(String::as_str) == Some("Edited Album"),
             "{ext}: ffprobe shows {tags:?}"
         );
         ensure!(
@@ -199,14 +211,27 @@ fn tag_edits_are_served_in_every_format_without_touching_the_origin() -> Result<
         // mutagen reads the same tags from the served file as from a copy it tagged itself.
         let reference = work.path().join(format!("reference.{ext}"));
         fs::copy(&sources[ext], &reference)?;
-        let want = mutagen(&reference, &[&format!("title={title}"), "album=Edited Album"])?;
+        let want = mutagen(
+            &reference,
+            &[&format!("title={title}"), "album=Edited Album"],
+        )?;
         let got = mutagen(&file, &[])?;
-        ensure!(got == want, "{ext}: mutagen reads {got} from the mount, {want} from its own");
+        ensure!(
+            got == want,
+            "{ext}: mutagen reads {got} from the mount, {want} from its own"
+        );
         // stat before and after reading agrees with the bytes; random reads agree.
         let size = fs::metadata(&file)?.len();
         let whole = fs::read(&file)?;
-        ensure!(whole.len() as u64 == size, "{ext}: stat {size}, read {}", whole.len());
-        ensure!(fs::metadata(&file)?.len() == size, "{ext}: size changed after a read");
+        ensure!(
+            whole.len() as u64 == size,
+            "{ext}: stat {size}, read {}",
+            whole.len()
+        );
+        ensure!(
+            fs::metadata(&file)?.len() == size,
+            "{ext}: size changed after a read"
+        );
         let f = fs::File::open(&file)?;
         for _ in 0..200 {
             let off = rng.below(size + 10);
@@ -215,7 +240,10 @@ fn tag_edits_are_served_in_every_format_without_touching_the_origin() -> Result<
             let n = f.read_at(&mut buf, off)?;
             let lo = (off as usize).min(whole.len());
             let hi = (off as usize + len).min(whole.len());
-            ensure!(buf[..n] == whole[lo..hi], "{ext}: read of {len} at {off} differs");
+            ensure!(
+                buf[..n] == whole[lo..hi],
+                "{ext}: read of {len} at {off} differs"
+            );
         }
     }
 
@@ -225,7 +253,11 @@ fn tag_edits_are_served_in_every_format_without_touching_the_origin() -> Result<
     for ext in FORMATS {
         let line = listed
             .lines()
-            .find(|l| l.split('|').next().is_some_and(|f| f.ends_with(&format!(".{ext}"))))
+            .find(|l| {
+                l.split('|')
+                    .next()
+                    .is_some_and(|f| f.ends_with(&format!(".{ext}")))
+            })
             .unwrap_or_default();
         ensure!(
             line.contains(&format!("|Édité {ext} ✓")) && line.contains("|Edited Album"),
@@ -238,18 +270,30 @@ fn tag_edits_are_served_in_every_format_without_touching_the_origin() -> Result<
     // diff shows the edit with the file's value; clear brings the source back byte for byte.
     let flac = served(&mount, "flac")?;
     let diff = musicfs_ok(&state, &["tag", "diff", flac.to_str().context("path")?])?;
-    ensure!(diff.contains("*title") && diff.contains("was: Original flac"), "{diff}");
+    ensure!(
+        diff.contains("*title") && diff.contains("was: Original flac"),
+        "{diff}"
+    );
     musicfs_ok(&state, &["tag", "clear", flac.to_str().context("path")?])?;
     let flac = served(&mount, "flac")?;
-    ensure!(fs::read(&flac)? == fs::read(&sources["flac"])?, "a cleared file is its source");
+    ensure!(
+        fs::read(&flac)? == fs::read(&sources["flac"])?,
+        "a cleared file is its source"
+    );
     let bad = musicfs(&state, &["tag", "set", "No/Such/File.flac", "title=x"])?;
     ensure!(!bad.status.success(), "a missing path is an error");
-    let bad = musicfs(&state, &["tag", "set", flac.to_str().context("path")?, "mood=x"])?;
+    let bad = musicfs(
+        &state,
+        &["tag", "set", flac.to_str().context("path")?, "mood=x"],
+    )?;
     ensure!(!bad.status.success(), "an unknown field is an error");
 
     // The edits survive a restart.
     mount.stop()?;
-    let out = musicfs_ok(&state, &["tag", "get", sources["mp3"].to_str().context("path")?])?;
+    let out = musicfs_ok(
+        &state,
+        &["tag", "get", sources["mp3"].to_str().context("path")?],
+    )?;
     ensure!(out.contains("Édité mp3 ✓"), "offline tag get: {out}");
     let mut opts = MountOptions::new([origin.clone()]);
     opts.state_dir = Some(state.clone());
@@ -259,6 +303,227 @@ fn tag_edits_are_served_in_every_format_without_touching_the_origin() -> Result<
     ensure!(audio_md5(&mp3)? == audio_md5(&sources["mp3"])?);
     drop(mount);
 
+    ensure!(checksum_tree(&origin)? == before, "the origin changed");
+    Ok(())
+}
+
+/// `beet ARGS` with a library of its own in `dir` that never copies, writes or autotags.
+fn beet(dir: &Path, music: &Path, args: &[&str]) -> Result<Output> {
+    let config = dir.join("config.yaml");
+    if !config.exists() {
+        fs::write(
+            &config,
+            format!(
+                "directory: {}\nlibrary: {}\nimport:\n  copy: no\n  write: no\n  autotag: no\nplugins: []\n",
+                music.display(),
+                dir.join("library.db").display()
+            ),
+        )?;
+    }
+    run_ok(
+        Command::new("beet")
+            .env("BEETSDIR", dir)
+            .arg("-c")
+            .arg(&config)
+            .args(args)
+            .stdin(Stdio::null()),
+    )
+}
+
+/// An iTunes `Library.xml` with one track at `path`, named `name`, played `plays` times.
+fn itunes_xml(path: &Path, name: &str, plays: u32) -> String {
+    let url: String = path
+        .to_str()
+        .unwrap_or_default()
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'.' | b'-' | b'_' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE plist PUBLIC "-//Apple Computer//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+<plist version="1.0">
+<dict>
+  <key>Major Version</key><integer>1</integer>
+  <key>Tracks</key>
+  <dict>
+    <key>1001</key>
+    <dict>
+      <key>Track ID</key><integer>1001</integer>
+      <key>Name</key><string>{name}</string>
+      <key>Artist</key><string>Overlay Artist</string>
+      <key>Play Count</key><integer>{plays}</integer>
+      <key>Play Date UTC</key><date>2024-05-01T10:00:00Z</date>
+      <key>Location</key><string>file://{url}</string>
+    </dict>
+  </dict>
+</dict>
+</plist>
+"#
+    )
+}
+
+/// `musicfs tree --long` without inode numbers (ids are handed out in scan order).
+fn tree_shape(state: &Path) -> Result<Vec<(u64, PathBuf, Option<PathBuf>)>> {
+    let mut v: Vec<_> = musicfs_tests::harness::musicfs_tree_long(state)?
+        .into_iter()
+        .map(|e| (e.size, e.path, e.source))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn plays_of(export: &Value, source: &Path) -> Result<u64> {
+    let tracks = export["tracks"].as_array().context("tracks")?;
+    let t = tracks
+        .iter()
+        .find(|t| t["source"].as_str() == source.to_str())
+        .with_context(|| format!("{} not exported", source.display()))?;
+    t["plays"].as_u64().context("plays")
+}
+
+#[test]
+fn beets_and_itunes_import_and_an_export_round_trips() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let origin = work.path().join("music");
+    fs::create_dir_all(&origin)?;
+    let one = encode(&origin, "flac", 1)?;
+    let two = encode(&origin, "mp3", 2)?;
+    let three = encode(&origin, "ogg", 3)?;
+    let before = checksum_tree(&origin)?;
+    let state = work.path().join("state");
+    let scan = |state: &Path| -> Result<()> {
+        let out = musicfs_tests::harness::musicfs_scan(std::slice::from_ref(&origin), state)?;
+        ensure!(
+            out.status.success(),
+            "scan: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    scan(&state)?;
+
+    // beets, run for real: import without copying or writing, then a title and a play
+    // count changed in its database only.
+    let beets = work.path().join("beets");
+    fs::create_dir_all(&beets)?;
+    beet(
+        &beets,
+        &origin,
+        &[
+            "import",
+            "-A",
+            "-C",
+            "-W",
+            "-q",
+            origin.to_str().context("path")?,
+        ],
+    )?;
+    beet(
+        &beets,
+        &origin,
+        &[
+            "modify",
+            "-y",
+            "-W",
+            "title:Original flac",
+            "title=Beets Title",
+            "play_count=7",
+        ],
+    )?;
+    let out = musicfs_ok(
+        &state,
+        &[
+            "import",
+            beets.join("library.db").to_str().context("path")?,
+            "--fields",
+            "title",
+        ],
+    )?;
+    ensure!(
+        out.contains("3 entries, 3 matched, 1 tracks with new tag edits, 1 with play counts"),
+        "{out}"
+    );
+    // Only fields asked for become edits.
+    let out = musicfs_ok(&state, &["tag", "diff", one.to_str().context("path")?])?;
+    ensure!(
+        out.contains("*title\tBeets Title\t(was: Original flac)"),
+        "{out}"
+    );
+    ensure!(!out.contains("*artist"), "{out}");
+
+    // iTunes: a generated Library.xml naming the MP3 by URL.
+    let xml = work.path().join("Library.xml");
+    fs::write(&xml, itunes_xml(&two, "iTunes Title", 3))?;
+    let out = musicfs_ok(
+        &state,
+        &[
+            "import",
+            xml.to_str().context("path")?,
+            "--fields",
+            "title,artist",
+        ],
+    )?;
+    ensure!(
+        out.contains("1 entries, 1 matched, 1 tracks with new tag edits, 1 with play counts"),
+        "{out}"
+    );
+    let out = musicfs_ok(&state, &["tag", "get", two.to_str().context("path")?])?;
+    ensure!(
+        out.contains("*title\tiTunes Title") && !out.contains("*artist"),
+        "{out}"
+    );
+
+    scan(&state)?; // publishes the edits
+    let export: Value = serde_json::from_str(&musicfs_ok(&state, &["export"])?)?;
+    ensure!(
+        plays_of(&export, &one)? == 7 && plays_of(&export, &two)? == 3,
+        "{export}"
+    );
+    ensure!(plays_of(&export, &three)? == 0);
+    let want = tree_shape(&state)?;
+    ensure!(
+        want.iter()
+            .any(|(_, p, _)| p.to_string_lossy().contains("Beets Title")),
+        "{want:?}"
+    );
+
+    // The mount serves the imported edit.
+    let mut opts = MountOptions::new([origin.clone()]);
+    opts.state_dir = Some(state.clone());
+    let mount = MountedFs::start(opts)?;
+    let flac = served(&mount, "flac")?;
+    ensure!(ffprobe_tags(&flac)?.get("title").map(String::as_str) == Some("Beets Title"));
+    drop(mount);
+
+    // export → fresh state → import: the same tree, from JSON and from CSV.
+    for format in ["json", "csv"] {
+        let file = work.path().join(format!("export.{format}"));
+        musicfs_ok(
+            &state,
+            &[
+                "export",
+                "--format",
+                format,
+                "-o",
+                file.to_str().context("path")?,
+            ],
+        )?;
+        let fresh = work.path().join(format!("fresh-{format}"));
+        scan(&fresh)?;
+        musicfs_ok(&fresh, &["import", file.to_str().context("path")?])?;
+        scan(&fresh)?;
+        let got = tree_shape(&fresh)?;
+        ensure!(got == want, "{format} round trip:\n{got:?}\nwant\n{want:?}");
+        let again: Value = serde_json::from_str(&musicfs_ok(&fresh, &["export"])?)?;
+        ensure!(plays_of(&again, &one)? == 7, "{format}: plays carried over");
+    }
+    let bad = musicfs(&state, &["import", "/nonexistent/library.db"])?;
+    ensure!(!bad.status.success());
     ensure!(checksum_tree(&origin)? == before, "the origin changed");
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod albums;
 pub mod control;
 pub mod daemon_cli;
 pub mod finder;
+pub mod library_io;
 pub mod tagging;
 
 pub use daemon_cli::daemon_command;

@@ -44,6 +44,33 @@ impl Catalog {
         })
     }
 
+    /// Merges imported plays (another player's counts): each track keeps the larger count
+    /// and the later last play. Unknown ids are ignored.
+    pub fn merge_plays(&self, plays: &[(TrackId, Plays)]) -> Result<(), CatalogError> {
+        let lmdb = |e| self.store.lmdb("plays", e);
+        self.store.write("plays", |txn| {
+            let mut any = false;
+            for &(id, p) in plays {
+                if self.dbs.tracks.get(txn, &id.0).map_err(lmdb)?.is_none() {
+                    continue;
+                }
+                let old = self.dbs.plays.get(txn, &id.0).map_err(lmdb)?;
+                let new = Plays {
+                    count: old.map_or(0, |o| o.count).max(p.count),
+                    last_ns: old.map_or(p.last_ns, |o| o.last_ns.max(p.last_ns)),
+                };
+                if old != Some(new) {
+                    self.dbs.plays.put(txn, &id.0, &new).map_err(lmdb)?;
+                    any = true;
+                }
+            }
+            if any {
+                self.dbs.meta(self.store.dir()).bump(txn, Counter::Plays)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Every played track with its plays, in id order.
     pub fn plays(&self) -> Result<Vec<(TrackId, Plays)>, CatalogError> {
         let lmdb = |e| self.store.lmdb("plays", e);

@@ -104,6 +104,32 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Import another player's library: a beets `library.db`, an iTunes/Music
+    /// `Library.xml`, or a `musicfs export` (.json/.csv). Tags differing from the file's
+    /// become tag edits for the fields named by --fields (an export's own edits always);
+    /// play counts merge into the access statistics. The origin is never written.
+    Import {
+        /// The library file.
+        file: PathBuf,
+        /// Fields whose differing values become edits: comma-separated names, or `all`
+        /// (default: none; only play counts).
+        #[arg(long, default_value = "")]
+        fields: String,
+        /// Rewrite paths starting with FROM to start with TO (`FROM=TO`), for a library
+        /// made on another machine.
+        #[arg(long)]
+        path_map: Option<String>,
+    },
+    /// Export the catalog with its tag edits and play counts (every track: source path,
+    /// tags shown, edited fields) as JSON or CSV, to FILE or stdout.
+    Export {
+        /// `json` or `csv`.
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// Where to write (default: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Tag edits MusicFS keeps without touching the origin (the metadata overlay): the
     /// tree and the served files show them.
     Tag {
@@ -418,6 +444,12 @@ fn main() -> ExitCode {
         },
         Command::Tree { long } => tree(&cfg, long),
         Command::Stats => stats(&cfg),
+        Command::Import {
+            file,
+            fields,
+            path_map,
+        } => import_library(&cfg, &socket, &file, &fields, path_map.as_deref(), json),
+        Command::Export { format, output } => export_library(&cfg, &format, output.as_deref()),
         Command::Tag { action } => {
             let (name, targets, args) = action.parts();
             let (paths, query) = (targets.paths, targets.query.unwrap_or_default());
@@ -691,6 +723,83 @@ fn tag_offline(
         refresh: None,
     };
     tagging::print(&reply, action, json)
+}
+
+/// `musicfs import`: into the catalog (LMDB lets the daemon run meanwhile), then, when a
+/// daemon runs, a refresh so it serves the edits.
+fn import_library(
+    cfg: &Config,
+    socket: &Path,
+    file: &Path,
+    fields: &str,
+    path_map: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    use musicfs_tools::library_io;
+    let fields = library_io::parse_fields(fields)?;
+    let map = match path_map {
+        None => None,
+        Some(m) => {
+            let (from, to) = m.split_once('=').context("--path-map takes FROM=TO")?;
+            Some((PathBuf::from(from), PathBuf::from(to)))
+        }
+    };
+    let entries = library_io::read_any(file)?;
+    let state = StateDir::create(&cfg.state_dir())?;
+    let catalog = state.open_catalog()?;
+    let report = library_io::import(
+        &catalog,
+        entries,
+        &fields,
+        map.as_ref().map(|(f, t)| (f.as_path(), t.as_path())),
+    )?;
+    drop(catalog);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} entries, {} matched, {} tracks with new tag edits, {} with play counts",
+            report.entries, report.matched, report.overridden, report.plays
+        );
+        for p in &report.unmatched {
+            println!("not in the catalog: {p}");
+        }
+    }
+    if report.overridden > 0 {
+        either(
+            socket,
+            |mut c| async move { cli::refresh(&mut c, None, false, None, false).await },
+            || {
+                eprintln!("no daemon runs: the edits show from its next start (or `musicfs scan`)");
+                Ok(())
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// `musicfs export`.
+fn export_library(cfg: &Config, format: &str, output: Option<&Path>) -> Result<()> {
+    use musicfs_tools::library_io;
+    let state = StateDir::create(&cfg.state_dir())?;
+    let catalog = state.open_catalog()?;
+    let export = library_io::export(&catalog)?;
+    let mut out: Box<dyn std::io::Write> = match output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    match format {
+        "json" => {
+            serde_json::to_writer_pretty(&mut out, &export)?;
+            writeln!(out)?;
+        }
+        "csv" => library_io::write_csv(&export, &mut out)?,
+        other => anyhow::bail!("unknown export format {other:?} (json, csv)"),
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn publish_if_changed(library: &Library) -> Result<()> {
