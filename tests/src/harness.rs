@@ -843,6 +843,28 @@ pub fn musicfs_tree_long(state_dir: &Path) -> Result<Vec<TreeEntry>> {
     Ok(entries)
 }
 
+/// `musicfs ARGS --state-dir STATE`: its output, whatever its exit status.
+pub fn musicfs_cmd(state: &Path, args: &[&str]) -> Result<Output> {
+    Ok(Command::new(binary("musicfs")?)
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .stdin(std::process::Stdio::null())
+        .output()?)
+}
+
+/// `musicfs ARGS --state-dir STATE`, which must succeed: its stdout.
+pub fn musicfs_cmd_ok(state: &Path, args: &[&str]) -> Result<String> {
+    let out = musicfs_cmd(state, args)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "musicfs {args:?} failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// Runs `musicfs scan --origin ... --state-dir STATE`.
 pub fn musicfs_scan(origins: &[PathBuf], state_dir: &Path) -> Result<Output> {
     let mut cmd = Command::new(binary("musicfs")?);

@@ -21,6 +21,7 @@ use musicfs_tests::harness::{
     binary, checksum_tree, flac_with_comments, force_unmount, one_second_flac, MountOptions,
     MountedFs, RunAs,
 };
+use musicfs_tests::harness::{musicfs_cmd as musicfs, musicfs_cmd_ok as musicfs_ok};
 use serde_json::Value;
 
 /// The failure bound for something to happen (not a speed target).
@@ -46,29 +47,6 @@ fn wait_until(what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// `musicfs ARGS --state-dir STATE`: its output, whatever its exit status.
-fn musicfs(state: &Path, args: &[&str]) -> Result<Output> {
-    let out = Command::new(binary("musicfs")?)
-        .args(args)
-        .arg("--state-dir")
-        .arg(state)
-        .stdin(Stdio::null())
-        .output()?;
-    Ok(out)
-}
-
-/// `musicfs ARGS`, which must succeed: its stdout.
-fn musicfs_ok(state: &Path, args: &[&str]) -> Result<String> {
-    let out = musicfs(state, args)?;
-    ensure!(
-        out.status.success(),
-        "musicfs {args:?} failed: {}\nstdout: {}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// `musicfs --json ARGS`, parsed.

@@ -18,6 +18,7 @@ use anyhow::{bail, ensure, Context, Result};
 use musicfs_tests::harness::{
     audio_md5, binary, checksum_tree, run_ok, walk_files, MountOptions, MountedFs, SplitMix64,
 };
+use musicfs_tests::harness::{musicfs_cmd as musicfs, musicfs_cmd_ok as musicfs_ok};
 use musicfs_tests::player::Mpd;
 use serde_json::Value;
 
@@ -46,26 +47,6 @@ fn encode(dir: &Path, ext: &str, track: usize) -> Result<PathBuf> {
             .arg(&path),
     )?;
     Ok(path)
-}
-
-fn musicfs(state: &Path, args: &[&str]) -> Result<Output> {
-    Ok(Command::new(binary("musicfs")?)
-        .args(args)
-        .arg("--state-dir")
-        .arg(state)
-        .stdin(Stdio::null())
-        .output()?)
-}
-
-fn musicfs_ok(state: &Path, args: &[&str]) -> Result<String> {
-    let out = musicfs(state, args)?;
-    ensure!(
-        out.status.success(),
-        "musicfs {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// The served file of format `ext` (one per format in the fixture).
@@ -525,5 +506,51 @@ fn beets_and_itunes_import_and_an_export_round_trips() -> Result<()> {
     let bad = musicfs(&state, &["import", "/nonexistent/library.db"])?;
     ensure!(!bad.status.success());
     ensure!(checksum_tree(&origin)? == before, "the origin changed");
+    Ok(())
+}
+
+#[test]
+fn an_edit_chosen_by_query_follows_its_track_when_the_source_moves() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let origin = work.path().join("origin");
+    fs::create_dir_all(&origin)?;
+    encode(&origin, "flac", 1)?;
+    let mp3 = encode(&origin, "mp3", 2)?;
+    let state = work.path().join("state");
+    let mut opts = MountOptions::new([origin.clone()]);
+    opts.state_dir = Some(state.clone());
+    let mount = MountedFs::start(opts)?;
+    musicfs_ok(&state, &["refresh"])?;
+
+    let out = musicfs_ok(
+        &state,
+        &[
+            "tag",
+            "set",
+            "--query",
+            "title:\"Original mp3\"",
+            "genre=Moved Genre",
+        ],
+    )?;
+    ensure!(out.contains("1 track(s) changed"), "{out}");
+    let genre = |ext: &str| -> Result<Option<String>> {
+        Ok(ffprobe_tags(&served(&mount, ext)?)?.get("genre").cloned())
+    };
+    ensure!(genre("mp3")?.as_deref() == Some("Moved Genre"));
+    ensure!(genre("flac")?.is_none(), "only the track the query found");
+
+    // The user moves the file at the origin: the edit goes with its audio.
+    fs::create_dir_all(origin.join("moved"))?;
+    let moved = origin.join("moved/renamed.mp3");
+    fs::rename(&mp3, &moved)?;
+    musicfs_ok(&state, &["refresh"])?;
+    let out = musicfs_ok(&state, &["tag", "diff", moved.to_str().context("path")?])?;
+    ensure!(out.contains("*genre\tMoved Genre"), "{out}");
+    ensure!(
+        genre("mp3")?.as_deref() == Some("Moved Genre"),
+        "{}",
+        mount.log()
+    );
+    ensure!(audio_md5(&served(&mount, "mp3")?)? == audio_md5(&moved)?);
     Ok(())
 }

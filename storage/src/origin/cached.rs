@@ -149,6 +149,9 @@ struct Shared {
     counters: Arc<CacheCounters>,
     /// Windows being fetched: (version, window start) → the flight the others wait on.
     flights: Mutex<HashMap<FlightKey, Arc<Flight>>>,
+    /// The head bytes fetched to find each open version's tag region, shared by its
+    /// sources so concurrent opens fetch them once.
+    heads: Mutex<HashMap<Arc<[u8]>, std::sync::Weak<Mutex<Vec<u8>>>>>,
     /// Prefetch requests for the prefetch threads.
     ahead: crossbeam_channel::Sender<Prefetch>,
     /// Warned once that an offline version was served.
@@ -292,6 +295,7 @@ impl CachedOrigin {
             opts,
             counters: Arc::default(),
             flights: Mutex::new(HashMap::new()),
+            heads: Mutex::new(HashMap::new()),
             ahead: tx,
             warned_offline: AtomicBool::new(false),
             unreachable_until: AtomicU64::new(0),
@@ -546,8 +550,8 @@ struct Inner {
     /// The last chunk read (hash, bytes), kept for the next read of a sequential reader.
     last: Mutex<Option<(u128, Vec<u8>)>>,
     /// The file's first bytes as fetched to find the tag region, until window 0 is
-    /// stored (so they cross the wire once).
-    head: Mutex<Vec<u8>>,
+    /// stored (so they cross the wire once); shared by every open source of the version.
+    head: Arc<Mutex<Vec<u8>>>,
     /// Where the previous read ended (to tell a sequential reader).
     next: AtomicU64,
     /// The last window the cache refused to store (start, bytes): readers are served from
@@ -594,17 +598,30 @@ impl Inner {
             .filter(|c| c.offset.saturating_add(u64::from(c.len)) <= len)
             .map(|c| (c.offset, c))
             .collect();
+        let version: Arc<[u8]> = version.into();
+        let head = {
+            let mut heads = shared.heads.lock().unwrap_or_else(|p| p.into_inner());
+            match heads.get(&version).and_then(std::sync::Weak::upgrade) {
+                Some(h) => h,
+                None => {
+                    heads.retain(|_, h| h.strong_count() > 0);
+                    let h = Arc::new(Mutex::new(Vec::new()));
+                    heads.insert(Arc::clone(&version), Arc::downgrade(&h));
+                    h
+                }
+            }
+        };
         Ok(Arc::new(Inner {
             shared: Arc::clone(shared),
             rel: rel.to_path_buf(),
-            version: version.into(),
+            version,
             prefix,
             len,
             origin,
             tag_end: AtomicU64::new(UNKNOWN),
             chunks: RwLock::new(chunks),
             last: Mutex::new(None),
-            head: Mutex::new(Vec::new()),
+            head,
             next: AtomicU64::new(0),
             unstored: Mutex::new(None),
             _pin: pin,
@@ -712,6 +729,8 @@ impl Inner {
             return Ok(known);
         }
         let mut want = HEAD.min(self.len);
+        // What other sources of this version stored since this one opened counts too.
+        self.reload()?;
         let cached = self.cached_prefix().min(MAX_TAG_REGION);
         if cached > 0 {
             let head = self.read_plain(0..cached)?;
@@ -772,6 +791,14 @@ impl Inner {
         }
         let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
         let have = head.len() as u64;
+        if have == 0 {
+            // Another source may have stored the head and let its copy go meanwhile.
+            self.reload()?;
+            if self.covered(0..want) {
+                drop(head);
+                return self.read_plain(0..want);
+            }
+        }
         if have < want {
             let more = self.fetch(have..want)?;
             head.extend_from_slice(&more);
@@ -898,10 +925,21 @@ impl Inner {
                 self.try_adopt(tag_end, &head)?;
                 self.forget_others();
             }
+            let mut kept = self.head.lock().unwrap_or_else(|p| p.into_inner());
+            if tag_end >= kept.len() as u64 {
+                *kept = Vec::new();
+            }
             return Ok(());
         }
         let bytes = self.fetch_window(w.clone())?;
-        self.store(w.start, &bytes)
+        self.store(w.start, &bytes)?;
+        // The head's bytes are in the cache now: the memory copy can go (only after the
+        // store, so another source never finds neither).
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        if w.start < head.len() as u64 && w.end >= head.len() as u64 {
+            *head = Vec::new();
+        }
+        Ok(())
     }
 
     /// Fetches window `w`, using what finding the tag region fetched beyond it.
@@ -912,11 +950,9 @@ impl Inner {
             drop(head);
             return self.fetch(w);
         }
-        let mut bytes = head[w.start as usize..have.min(w.end) as usize].to_vec();
-        if w.end >= have {
-            *head = Vec::new();
-        }
+        let bytes = head[w.start as usize..have.min(w.end) as usize].to_vec();
         drop(head);
+        let mut bytes = bytes;
         let got = w.start + bytes.len() as u64;
         if got < w.end {
             bytes.extend_from_slice(&self.fetch(got..w.end)?);
@@ -1159,8 +1195,16 @@ impl Shared {
             }
         };
         if leader {
-            self.counters.misses.fetch_add(1, Ordering::Relaxed);
-            let outcome = src.fill(w.clone()).map_err(|e| e.to_string());
+            // Another source of this version may have fetched the window and ended its
+            // flight between this source's look at its own manifest and now: learn what
+            // the cache holds before fetching again.
+            let outcome = match src.reload() {
+                Ok(()) if src.covered(w.clone()) => Ok(()),
+                _ => {
+                    self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    src.fill(w.clone()).map_err(|e| e.to_string())
+                }
+            };
             self.flights
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
