@@ -16,7 +16,7 @@ use std::process::{Command, Output, Stdio};
 
 use anyhow::{bail, ensure, Context, Result};
 use musicfs_tests::harness::{
-    audio_md5, binary, checksum_tree, run_ok, walk_files, MountOptions, MountedFs, SplitMix64,
+    audio_md5, checksum_tree, run_ok, walk_files, MountOptions, MountedFs, SplitMix64,
 };
 use musicfs_tests::harness::{musicfs_cmd as musicfs, musicfs_cmd_ok as musicfs_ok};
 use musicfs_tests::player::Mpd;

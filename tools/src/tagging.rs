@@ -74,7 +74,7 @@ pub fn resolve(
     if !query.is_empty() {
         let index = search.context("search is not available here")?;
         let hits = index
-            .search(query, usize::MAX >> 1)
+            .search(query, (snap.track_count() as usize).max(1))
             .with_context(|| format!("query {query:?}"))?;
         for h in hits {
             push(h.id, &mut out);

@@ -151,7 +151,7 @@ struct Shared {
     flights: Mutex<HashMap<FlightKey, Arc<Flight>>>,
     /// The head bytes fetched to find each open version's tag region, shared by its
     /// sources so concurrent opens fetch them once.
-    heads: Mutex<HashMap<Arc<[u8]>, std::sync::Weak<Mutex<Vec<u8>>>>>,
+    heads: Mutex<HashMap<Arc<[u8]>, std::sync::Weak<Head>>>,
     /// Prefetch requests for the prefetch threads.
     ahead: crossbeam_channel::Sender<Prefetch>,
     /// Warned once that an offline version was served.
@@ -264,6 +264,8 @@ struct Prefetch {
 
 /// A window of a version: (version key, window start).
 type FlightKey = (Arc<[u8]>, u64);
+/// A version's head bytes (see `Inner::head`).
+type Head = Mutex<Vec<u8>>;
 
 #[derive(Default)]
 struct Flight {
@@ -551,7 +553,7 @@ struct Inner {
     last: Mutex<Option<(u128, Vec<u8>)>>,
     /// The file's first bytes as fetched to find the tag region, until window 0 is
     /// stored (so they cross the wire once); shared by every open source of the version.
-    head: Arc<Mutex<Vec<u8>>>,
+    head: Arc<Head>,
     /// Where the previous read ended (to tell a sequential reader).
     next: AtomicU64,
     /// The last window the cache refused to store (start, bytes): readers are served from
@@ -944,7 +946,7 @@ impl Inner {
 
     /// Fetches window `w`, using what finding the tag region fetched beyond it.
     fn fetch_window(&self, w: Range<u64>) -> io::Result<Vec<u8>> {
-        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let head = self.head.lock().unwrap_or_else(|p| p.into_inner());
         let have = head.len() as u64;
         if w.start >= have {
             drop(head);
