@@ -39,8 +39,8 @@ if [ -n "$LIB" ]; then
   trap 'fusermount3 -u "$W/mnt" 2>/dev/null || umount -l "$W/mnt"; wait $pid 2>/dev/null || true' EXIT
   for _ in $(seq 300); do mountpoint -q "$W/mnt" && break; sleep 0.1; done
   "$BIN/musicfs" --state-dir "$W/big" refresh >/dev/null
-  "$BIN/musicfs" --state-dir "$W/big" status | head -3
-  one=$(find "$LIB" -name '*.flac' | head -1)
+  "$BIN/musicfs" --state-dir "$W/big" status | sed -n 1,6p
+  one=$(find "$LIB" -name '*.flac' -print -quit)
   hyperfine -N --runs 5 -n "refresh, nothing changed" \
     "$BIN/musicfs --state-dir $W/big refresh" 2>&1 | grep -v '^ *$' || true
   # Each run a new title: every one is a real edit, published and served.

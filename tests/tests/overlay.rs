@@ -538,6 +538,15 @@ fn an_edit_chosen_by_query_follows_its_track_when_the_source_moves() -> Result<(
     };
     ensure!(genre("mp3")?.as_deref() == Some("Moved Genre"));
     ensure!(genre("flac")?.is_none(), "only the track the query found");
+    // A genre edit leaves the track where it is: published as a delta on the served tree.
+    ensure!(
+        mount
+            .log()
+            .lines()
+            .any(|l| l.contains("tag edits published") && l.contains("delta=true")),
+        "{}",
+        mount.log()
+    );
 
     // The user moves the file at the origin: the edit goes with its audio.
     fs::create_dir_all(origin.join("moved"))?;

@@ -142,6 +142,28 @@ fn files_below(snap: &Snapshot, ino: u64, out: &mut Vec<TrackId>) {
     }
 }
 
+/// A track with its album key and format as shown (`None`: not in the catalog).
+pub type ShownAlbum = (TrackId, Option<(u128, musicfs_core::Format)>);
+
+/// Each of `ids` with its album key and format as the tree shows it now (edits applied):
+/// what publishing an edit of them as a delta needs.
+pub fn shown_albums(catalog: &Catalog, ids: &[TrackId]) -> Result<Vec<ShownAlbum>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let before = match catalog.get(id)? {
+            Some(mut rec) => {
+                if let Some(ov) = catalog.override_of(id)? {
+                    rec.meta = ov.apply(&rec.meta);
+                }
+                Some((musicfs_core::template::album_key(&rec), rec.format))
+            }
+            None => None,
+        };
+        out.push((id, before));
+    }
+    Ok(out)
+}
+
 /// Applies `action` with `args` to `ids`; returns how many tracks' edits changed.
 pub fn apply(catalog: &Catalog, ids: &[TrackId], action: Action, args: &[String]) -> Result<u64> {
     let mut changed = 0;

@@ -29,7 +29,7 @@ pub(super) fn collect_burst(
             Trigger::Stop => return false,
             Trigger::Rescan(_) | Trigger::Watch(Change::Overflow(_)) => all = true,
             // A refresh publishes from the catalog too; a republish has nothing to add.
-            Trigger::Republish(_) | Trigger::Settings => {}
+            Trigger::Republish(_) | Trigger::Settings | Trigger::Edited { .. } => {}
             Trigger::Watch(Change::Origin(i)) => {
                 which.insert(i, Extent::Whole);
             }

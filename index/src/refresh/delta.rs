@@ -28,7 +28,25 @@ impl Library {
         touched: &Touched,
         was_current: bool,
     ) -> Result<Published> {
-        match self.try_delta(current, touched, was_current)? {
+        match self.try_delta(current, touched, was_current, false)? {
+            Some(published) => Ok(published),
+            None => self.publish(),
+        }
+    }
+
+    /// Publishes tag edits of `touched` (album keys as shown before the edits) on top of
+    /// `current`: as a delta when `current` showed the catalog as it was just before them
+    /// (its version `catalog_before`, and the edits its only `bumps` since), else in full.
+    pub fn publish_edits(
+        &self,
+        current: &Snapshot,
+        touched: &Touched,
+        catalog_before: u64,
+        bumps: u64,
+    ) -> Result<Published> {
+        let was_current = current.catalog_version() == catalog_before
+            && self.catalog.change_counter()? == catalog_before + bumps;
+        match self.try_delta(current, touched, was_current, true)? {
             Some(published) => Ok(published),
             None => self.publish(),
         }
@@ -39,6 +57,7 @@ impl Library {
         current: &Snapshot,
         touched: &Touched,
         was_current: bool,
+        edits: bool,
     ) -> Result<Option<Published>> {
         let start = Instant::now();
         let path = self.state.snapshot_path();
@@ -58,15 +77,17 @@ impl Library {
             return Ok(None);
         }
         let wanted = self.shown_origin_ids()?;
-        if self.catalog.has_overrides()? || !self.renditions.load().is_empty() {
-            // Edited tags change a track's path and size: rendered by a full publish.
-            let overlay = self.overlay()?;
-            if touched.tracks.iter().any(|(id, _)| overlay.covers(*id))
-                || !self.renditions.load().is_empty() && overlay.renditions().is_empty()
-            {
-                debug!("full publish: a track with tag edits changed");
-                return Ok(None);
-            }
+        let overlay =
+            if edits || self.catalog.has_overrides()? || !self.renditions.load().is_empty() {
+                self.overlay()?
+            } else {
+                super::OverlayView::default()
+            };
+        // A scan knows a changed track's album only as its file says: one showing edited
+        // tags is rendered by a full publish. Edits come with the album they showed.
+        if !edits && touched.tracks.iter().any(|(id, _)| overlay.covers(*id)) {
+            debug!("full publish: a track with tag edits changed");
+            return Ok(None);
         }
         for &(id, _) in &touched.tracks {
             if current.has_copies(id.0) || self.has_agreeing_copy(id)? {
@@ -82,7 +103,8 @@ impl Library {
             let after = self
                 .catalog
                 .get(id)?
-                .filter(|t| wanted.contains(&t.origin.0));
+                .filter(|t| wanted.contains(&t.origin.0))
+                .map(|t| overlay.apply(t));
             changes.push(TrackChange {
                 id: id.0,
                 before,
@@ -103,6 +125,7 @@ impl Library {
             return Ok(None);
         }
         let generation = current.generation() + 1;
+        self.serve_renditions(&overlay);
         delta::write(&path, &delta, generation)?;
         Ok(Some(Published {
             generation,

@@ -405,6 +405,16 @@ pub enum Trigger {
     Republish(&'static str),
     /// Settings changed in the [`RefreshControl`] (the refresh interval): take them.
     Settings,
+    /// Tag edits were written to the catalog: publish the tracks they touch (as a delta
+    /// when the served tree was current before them).
+    Edited {
+        /// Each edited track with its album key and format as shown before the edit.
+        tracks: Vec<(musicfs_core::TrackId, Option<(u128, musicfs_core::Format)>)>,
+        /// The catalog's change counter before the edits.
+        catalog_before: u64,
+        /// How many times the edits bumped it.
+        bumps: u64,
+    },
     /// Stop the refresher.
     Stop,
 }
@@ -469,6 +479,14 @@ impl Refresher {
                     continue;
                 }
                 Ok(Trigger::Settings) => continue,
+                Ok(Trigger::Edited {
+                    tracks,
+                    catalog_before,
+                    bumps,
+                }) => {
+                    self.publish_edits(tracks, catalog_before, bumps);
+                    continue;
+                }
                 Ok(first) => match collect_burst(first, &rx) {
                     Some(which) => (which, "change"),
                     None => return,
@@ -620,6 +638,69 @@ impl Refresher {
                 why,
                 "cannot republish, still serving the previous tree: {e:#}"
             ),
+        }
+    }
+
+    /// Publishes tag edits of `tracks` (see [`Trigger::Edited`]) and serves them, telling
+    /// the control plane's waiters.
+    fn publish_edits(
+        &self,
+        tracks: Vec<(musicfs_core::TrackId, Option<(u128, musicfs_core::Format)>)>,
+        catalog_before: u64,
+        bumps: u64,
+    ) {
+        let covers = self.control.as_ref().map(|c| c.begin());
+        let current = self.shared.load_full();
+        let n = tracks.len() as u64;
+        let touched = crate::scan::Touched {
+            tracks,
+            overflow: false,
+        };
+        let published = self
+            .library
+            .publish_edits(&current, &touched, catalog_before, bumps)
+            .and_then(|p| Ok((p, Snapshot::open(&self.library.state.snapshot_path())?)));
+        let outcome = match published {
+            Ok((p, next)) => {
+                info!(
+                    generation = p.generation,
+                    delta = p.delta,
+                    ms = p.elapsed.as_millis() as u64,
+                    "tag edits published"
+                );
+                let changed = Event::LibraryChanged {
+                    generation: next.generation(),
+                    added: 0,
+                    changed: n,
+                    removed: 0,
+                    tracks: next.track_count(),
+                };
+                let outcome = RoundOutcome {
+                    generation: next.generation(),
+                    published: true,
+                    added: 0,
+                    changed: n,
+                    removed: 0,
+                    error: None,
+                };
+                self.swap_in(&current, next);
+                self.emit(changed);
+                outcome
+            }
+            Err(e) => {
+                warn!("cannot publish the tag edits, still serving the previous tree: {e:#}");
+                RoundOutcome {
+                    generation: current.generation(),
+                    published: false,
+                    added: 0,
+                    changed: 0,
+                    removed: 0,
+                    error: Some(format!("{e:#}")),
+                }
+            }
+        };
+        if let (Some(c), Some(covers)) = (&self.control, covers) {
+            c.end(covers, outcome);
         }
     }
 

@@ -388,7 +388,7 @@ impl Control for Service {
             Action::parse(&r.action).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let d = self.0.clone();
         let bad = |e: anyhow::Error| Status::invalid_argument(format!("{e:#}"));
-        let (ids, changed) = {
+        let (ids, changed, edited) = {
             let d = d.clone();
             let r = r.clone();
             blocking(move || {
@@ -402,17 +402,24 @@ impl Control for Service {
                     &r.query,
                 )
                 .map_err(bad)?;
+                let before = d.catalog.change_counter().map_err(|e| bad(e.into()))?;
+                let shown = tagging::shown_albums(&d.catalog, &ids).map_err(bad)?;
                 let changed = tagging::apply(&d.catalog, &ids, action, &r.args).map_err(bad)?;
-                Ok((ids, changed))
+                Ok((ids, changed, (shown, before)))
             })
             .await?
         };
-        // Edits are published like any catalog change: a refresh round finds the catalog
-        // ahead of the tree and publishes it (renditions built on the way).
+        // The refresh loop publishes the edited tracks (a delta when nothing else changed
+        // meanwhile; renditions built on the way) and the ticket returns once served.
         let refresh = if changed > 0 {
             let ticket = d.refresh.request();
+            let (tracks, catalog_before) = edited;
             d.trigger
-                .send(Trigger::Rescan("tag edit"))
+                .send(Trigger::Edited {
+                    tracks,
+                    catalog_before,
+                    bumps: changed,
+                })
                 .map_err(|_| Status::unavailable("the refresh loop has stopped"))?;
             Some(
                 wait_for(d.clone(), ticket, r.no_wait, 0.0)
