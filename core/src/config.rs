@@ -261,6 +261,15 @@ pub struct Config {
     /// Where events are posted (`[[webhook]]` or `[[webhooks]]` tables).
     #[serde(rename = "webhook", alias = "webhooks")]
     pub webhooks: Vec<WebhookConfig>,
+    /// Prefetch: how many of the next tracks of an album being played get their first
+    /// bytes fetched into the chunk cache (remote origins; 0: prefetch off).
+    pub prefetch_tracks: usize,
+    /// Prefetch starts once a track has been read this far (same units as `cache_budget`).
+    pub prefetch_after: ByteSize,
+    /// How much of each next track's start is prefetched (whole chunk windows).
+    pub prefetch_head: ByteSize,
+    /// Then fetch the next track whole, while nothing else waits on its origin.
+    pub prefetch_whole_next: bool,
 }
 
 /// One `[[webhook]]` table: events posted as JSON to a URL.
@@ -410,6 +419,10 @@ impl Default for Config {
             access_log_max_bytes: ByteSize(16 << 20),
             access_log_keep: 3,
             webhooks: Vec::new(),
+            prefetch_tracks: 2,
+            prefetch_after: ByteSize(256 << 10),
+            prefetch_head: ByteSize(1 << 20),
+            prefetch_whole_next: true,
         }
     }
 }

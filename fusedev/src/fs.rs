@@ -196,6 +196,8 @@ pub struct FsModel {
     draining: std::sync::atomic::AtomicBool,
     /// Renditions of tracks with tag edits (kept current by the refresher).
     renditions: Arc<ArcSwap<RenditionSet>>,
+    /// Fetches the next tracks of remote origins ahead of the player.
+    prefetch: Option<crate::prefetch::Prefetcher>,
 }
 
 /// Directory offsets: 1 and 2 follow `.` and `..`; child `i` is followed by `i + 3`.
@@ -236,7 +238,23 @@ impl FsModel {
             plays: Plays::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             renditions: Arc::new(ArcSwap::from_pointee(RenditionSet::default())),
+            prefetch: None,
         }
+    }
+
+    /// Fetches the next tracks ahead of a player as `cfg` says (see [`crate::prefetch`]);
+    /// call after [`FsModel::with_renditions`].
+    pub fn with_prefetch(mut self, cfg: crate::prefetch::PrefetchConfig) -> FsModel {
+        self.prefetch = crate::prefetch::Prefetcher::start(
+            cfg,
+            crate::prefetch::PrefetchSources {
+                snapshot: self.snapshot.clone(),
+                origins: self.origins.clone(),
+                renditions: self.renditions.clone(),
+                health: self.cfg.origin_health.clone(),
+            },
+        );
+        self
     }
 
     /// Serves the tag edits of `renditions` (shared with the refresher, which replaces
@@ -924,14 +942,21 @@ impl FsModel {
     /// Tells the event sink, if any, which read-progress marks a read of `n` bytes at
     /// `offset` of file `ino` through handle `fh` crossed.
     pub fn note_read(&self, fh: u64, ino: u64, offset: u64, n: usize) {
-        let Some(events) = self.plays.events() else {
+        let events = self.plays.events();
+        if events.is_none() && self.prefetch.is_none() {
             return;
-        };
+        }
         let snap = self.snapshot.load();
         let Some(node) = snap.node(ino) else {
             return;
         };
         let Some(file) = node.file() else {
+            return;
+        };
+        if let Some(p) = &self.prefetch {
+            p.note_read(ino, offset, n, node.size());
+        }
+        let Some(events) = events else {
             return;
         };
         for percent in musicfs_core::events::progress_marks(offset, n as u64, node.size()) {

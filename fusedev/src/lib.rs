@@ -29,6 +29,7 @@ pub mod notify;
 pub mod opstats;
 pub mod passthrough;
 pub mod plays;
+pub mod prefetch;
 pub mod ring;
 pub mod session;
 pub mod sources;

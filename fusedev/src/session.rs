@@ -92,6 +92,8 @@ pub struct MountOptions {
     /// Renditions of tracks with tag edits, kept current by the refresher; none: every
     /// file reads as its source.
     pub renditions: Option<Arc<arc_swap::ArcSwap<musicfs_core::overlay::RenditionSet>>>,
+    /// Prefetch of the next tracks (see [`crate::prefetch`]); `None`: off.
+    pub prefetch: Option<crate::prefetch::PrefetchConfig>,
     /// Per-operation counts and latencies, when wanted (see [`crate::opstats`]).
     pub op_stats: Option<Arc<crate::opstats::OpStats>>,
     /// Kernel readahead for the mount's bdi, in KiB (root only; best effort).
@@ -138,6 +140,7 @@ impl Default for MountOptions {
             album_extras: None,
             play_log: None,
             renditions: None,
+            prefetch: None,
             events: None,
             op_stats: None,
             readahead_kb: Some(1024),
@@ -277,6 +280,10 @@ pub fn mount_with_tags(
     };
     let model = match &opts.renditions {
         Some(r) => model.with_renditions(r.clone()),
+        None => model,
+    };
+    let model = match opts.prefetch {
+        Some(cfg) => model.with_prefetch(cfg),
         None => model,
     };
     let model = Arc::new(match &opts.events {

@@ -61,6 +61,10 @@ pub struct DaemonCli {
     /// Seconds between health probes of each origin, 0 for none [default: 30].
     #[arg(long)]
     pub probe_interval: Option<f64>,
+    /// Next tracks of an album being played fetched ahead from remote origins, 0 for
+    /// none [default: 2].
+    #[arg(long)]
+    pub prefetch_tracks: Option<usize>,
     /// Without passthrough, let the kernel open files without asking (one round trip less
     /// per open; write intents are then refused by the read-only mount alone).
     #[arg(

@@ -39,7 +39,7 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 
 use super::{
@@ -134,6 +134,8 @@ pub struct CacheCounters {
     pub hits: AtomicU64,
     /// Windows fetched from the origin.
     pub misses: AtomicU64,
+    /// Of `misses`, windows fetched by prefetch ([`Origin::warm`]).
+    pub prefetched: AtomicU64,
 }
 
 /// A network origin read through the chunk cache. See the module documentation.
@@ -154,6 +156,9 @@ struct Shared {
     heads: Mutex<HashMap<Arc<[u8]>, std::sync::Weak<Head>>>,
     /// Prefetch requests for the prefetch threads.
     ahead: crossbeam_channel::Sender<Prefetch>,
+    /// Reads (and their read-ahead) waiting on the origin now: prefetch of other files
+    /// waits while there are any.
+    demand: AtomicUsize,
     /// Warned once that an offline version was served.
     warned_offline: AtomicBool,
     /// Until when (ms on [`Shared::clock`]) the origin is taken as unreachable after a
@@ -299,6 +304,7 @@ impl CachedOrigin {
             flights: Mutex::new(HashMap::new()),
             heads: Mutex::new(HashMap::new()),
             ahead: tx,
+            demand: AtomicUsize::new(0),
             warned_offline: AtomicBool::new(false),
             unreachable_until: AtomicU64::new(0),
             store_failed: AtomicU64::new(0),
@@ -316,6 +322,8 @@ impl CachedOrigin {
                         else {
                             continue;
                         };
+                        // Read-ahead serves a stream being read: it is demand too.
+                        let _busy = shared.busy();
                         if let Err(e) = shared.ensure(&src, job.window.clone()) {
                             tracing::debug!(error = %e, "read-ahead failed");
                         }
@@ -330,6 +338,14 @@ impl CachedOrigin {
         &self.shared.inner
     }
 
+    /// `rel` as the tree records it: a version the cache holds, else opened at the origin.
+    fn open_inner(&self, rel: &Path, seen: Seen) -> Result<Arc<Inner>, OriginError> {
+        match self.open_recorded(rel, seen) {
+            Some(inner) => Ok(inner),
+            None => self.open_cached(rel, Some(seen.mtime_ns)),
+        }
+    }
+
     /// The manifest key prefix of every version of `rel`.
     fn path_key(&self, rel: &Path) -> Vec<u8> {
         let mut key = self.shared.inner.key().as_bytes().to_vec();
@@ -342,11 +358,7 @@ impl CachedOrigin {
     /// Opens `rel` at the origin and reads it through the cache. `seen_mtime` (the tree's
     /// record) names the version when given, so that [`CachedOrigin::open_recorded`]
     /// finds it again.
-    fn open_cached(
-        &self,
-        rel: &Path,
-        seen_mtime: Option<i64>,
-    ) -> Result<Arc<dyn Source>, OriginError> {
+    fn open_cached(&self, rel: &Path, seen_mtime: Option<i64>) -> Result<Arc<Inner>, OriginError> {
         let prefix = self.path_key(rel);
         let shared = &self.shared;
         if shared.now_ms() < shared.unreachable_until.load(Ordering::Relaxed) {
@@ -375,13 +387,13 @@ impl CachedOrigin {
             Upstream::Open(source),
         )
         .map_err(|e| self.io_error(rel, e))?;
-        Ok(Arc::new(CachedSource(inner)))
+        Ok(inner)
     }
 
     /// A version of `rel` the cache holds (some of) that matches the tree's record,
     /// opened without asking the origin: the origin's file is opened, and checked to be
     /// that version, only if a part the cache lacks must be fetched.
-    fn open_recorded(&self, rel: &Path, seen: Seen) -> Option<Arc<dyn Source>> {
+    fn open_recorded(&self, rel: &Path, seen: Seen) -> Option<Arc<Inner>> {
         let prefix = self.path_key(rel);
         let mut want = prefix.clone();
         want.extend_from_slice(&seen.size.to_be_bytes());
@@ -398,9 +410,7 @@ impl CachedOrigin {
         )
         .ok()?;
         // Nothing cached from the start on: no read would gain, open at the origin.
-        inner
-            .covered(0..1)
-            .then(|| Arc::new(CachedSource(inner)) as Arc<dyn Source>)
+        inner.covered(0..1).then_some(inner)
     }
 
     /// The origin could not be reached: serve the newest version the cache holds whole.
@@ -409,7 +419,7 @@ impl CachedOrigin {
         rel: &Path,
         prefix: &[u8],
         why: OriginError,
-    ) -> Result<Arc<dyn Source>, OriginError> {
+    ) -> Result<Arc<Inner>, OriginError> {
         match self.whole(rel, prefix) {
             Some(cached) => {
                 if !self.shared.warned_offline.swap(true, Ordering::Relaxed) {
@@ -423,7 +433,7 @@ impl CachedOrigin {
     }
 
     /// The newest version of `rel` the cache holds whole, opened without the origin.
-    fn whole(&self, rel: &Path, prefix: &[u8]) -> Option<Arc<dyn Source>> {
+    fn whole(&self, rel: &Path, prefix: &[u8]) -> Option<Arc<Inner>> {
         let versions = self.shared.cache.versions(prefix).unwrap_or_default();
         for version in versions {
             let Some(len) = version_len(prefix, &version) else {
@@ -440,7 +450,7 @@ impl CachedOrigin {
                 continue;
             };
             if inner.complete() {
-                return Some(Arc::new(CachedSource(inner)));
+                return Some(inner);
             }
         }
         None
@@ -497,14 +507,49 @@ impl Origin for CachedOrigin {
     }
 
     fn open(&self, rel: &Path) -> Result<Arc<dyn Source>, OriginError> {
-        self.open_cached(rel, None)
+        Ok(Arc::new(CachedSource(self.open_cached(rel, None)?)))
     }
 
     fn open_seen(&self, rel: &Path, seen: Seen) -> Result<Arc<dyn Source>, OriginError> {
-        match self.open_recorded(rel, seen) {
-            Some(source) => Ok(source),
-            None => self.open_cached(rel, Some(seen.mtime_ns)),
+        Ok(Arc::new(CachedSource(self.open_inner(rel, seen)?)))
+    }
+
+    fn warm(
+        &self,
+        rel: &Path,
+        seen: Seen,
+        bytes: u64,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<u64, OriginError> {
+        let inner = self.open_inner(rel, seen)?;
+        if matches!(inner.origin, Upstream::None) {
+            // Served offline: nothing can be fetched now.
+            return Ok(0);
         }
+        let end = bytes.min(inner.len);
+        let (mut at, mut fetched) = (0u64, 0u64);
+        while at < end {
+            if stop() {
+                break;
+            }
+            self.shared.yield_to_demand();
+            let w = inner.window_at(at).map_err(|e| self.io_error(rel, e))?;
+            if !inner.covered(w.clone()) {
+                let before = self.shared.counters.misses.load(Ordering::Relaxed);
+                self.shared
+                    .ensure(&inner, w.clone())
+                    .map_err(|e| self.io_error(rel, e))?;
+                if self.shared.counters.misses.load(Ordering::Relaxed) != before {
+                    self.shared
+                        .counters
+                        .prefetched
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                fetched += w.end - w.start;
+            }
+            at = w.end.max(at + 1);
+        }
+        Ok(fetched)
     }
 
     fn change_detection(&self) -> ChangeDetection {
@@ -1112,6 +1157,7 @@ impl Inner {
                 continue;
             }
             // Another reader of this version may have stored it since.
+            let _busy = self.shared.busy();
             self.reload()?;
             let n = self.copy_cached(&mut buf[done..want], at)?;
             if n > 0 {
@@ -1172,7 +1218,34 @@ impl Inner {
     }
 }
 
+/// A read waiting on the origin, counted in [`Shared::demand`] while it lives.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The longest prefetch waits for reads being served before it goes on anyway (a
+/// stream reading without pause must not starve prefetch for good).
+const YIELD_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Shared {
+    /// Counts a read waiting on the origin until the guard drops.
+    fn busy(&self) -> Busy<'_> {
+        self.demand.fetch_add(1, Ordering::Relaxed);
+        Busy(&self.demand)
+    }
+
+    /// Waits (up to [`YIELD_MAX`]) until no read is waiting on the origin.
+    fn yield_to_demand(&self) {
+        let started = std::time::Instant::now();
+        while self.demand.load(Ordering::Relaxed) > 0 && started.elapsed() < YIELD_MAX {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     fn in_flight(&self, version: &Arc<[u8]>, start: u64) -> bool {
         self.flights
             .lock()

@@ -352,6 +352,21 @@ pub trait Origin: Send + Sync + fmt::Debug {
     fn remote(&self) -> Option<&remote::Remote> {
         None
     }
+
+    /// Prefetch: brings the first `bytes` of `rel` (as the tree records it: `seen`) into
+    /// the origin's cache, at low priority (an origin with a cache lets reads being served
+    /// go first), asking `stop` between fetches whether to give up. Returns how many bytes
+    /// of the file were fetched. Origins without a cache (local folders) fetch nothing.
+    fn warm(
+        &self,
+        rel: &Path,
+        seen: Seen,
+        bytes: u64,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<u64, OriginError> {
+        let _ = (rel, seen, bytes, stop);
+        Ok(0)
+    }
 }
 
 /// An open file of an origin, read by offset.

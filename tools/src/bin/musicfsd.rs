@@ -154,6 +154,9 @@ fn merge_config(cli: &Cli) -> Result<Config> {
     if let Some(s) = cli.probe_interval {
         cfg.probe_interval_secs = s;
     }
+    if let Some(n) = cli.prefetch_tracks {
+        cfg.prefetch_tracks = n;
+    }
     cfg.skip_open |= cli.skip_open;
     if let Some(l) = &cli.log_level {
         cfg.log_level = l.clone();
@@ -257,6 +260,12 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         ))),
         events: Some(hub.clone()),
         renditions: Some(library.renditions.clone()),
+        prefetch: Some(musicfs_fusedev::prefetch::PrefetchConfig {
+            tracks: cfg.prefetch_tracks,
+            after_bytes: cfg.prefetch_after.0,
+            head_bytes: cfg.prefetch_head.0.max(1),
+            whole_next: cfg.prefetch_whole_next,
+        }),
         op_stats: (!cli.no_op_metrics).then(|| op_stats.clone()),
         ..MountOptions::default()
     };

@@ -1,0 +1,291 @@
+//! Prefetch of the next tracks (FR-19): when a track of a remote origin is read past
+//! [`PrefetchConfig::after_bytes`], the first bytes of the next tracks of its album are
+//! fetched into the chunk cache in the background, then the next track whole, so that a
+//! player moving on to it starts from the cache.
+//!
+//! - **Album order** is the tree's listing order of the track's folder (names start with
+//!   the disc and track number). A player that jumps around instead ([`Order`]: two track
+//!   starts in a row that do not follow each other) is taken as shuffling and prefetch
+//!   pauses, until two starts in a row follow each other again.
+//! - **Never in the way.** The FUSE path only `try_send`s an inode number when a read
+//!   crosses the threshold (no allocation, no wait; a full queue drops the hint). One
+//!   thread does the rest; each fetch goes through the origin's [`Origin::warm`], which
+//!   lets reads being served go first and stops when a newer hint arrives. What it stores
+//!   is bounded by the chunk cache's budget like any other read.
+//! - Local origins are read in place and are skipped.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use musicfs_core::health::OriginHealth;
+use musicfs_core::overlay::RenditionSet;
+use musicfs_core::snapshot::Snapshot;
+use musicfs_storage::origin::{Origin, OriginTable, Seen};
+
+/// What prefetch does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefetchConfig {
+    /// How many of the next tracks get their first bytes fetched (0: prefetch off).
+    pub tracks: usize,
+    /// How far into a track reads must get before the next ones are fetched.
+    pub after_bytes: u64,
+    /// How many of each next track's first bytes are fetched (whole chunk windows: the
+    /// tag region and the audio windows that hold these bytes).
+    pub head_bytes: u64,
+    /// Whether the next track is then fetched whole.
+    pub whole_next: bool,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        PrefetchConfig {
+            tracks: 2,
+            after_bytes: 256 << 10,
+            head_bytes: 1 << 20,
+            whole_next: true,
+        }
+    }
+}
+
+/// Hints waiting for the prefetch thread (the newest count; older ones are skipped).
+const QUEUE: usize = 64;
+
+/// What the prefetch thread reads: the same shared state the file system serves from.
+pub struct PrefetchSources {
+    /// The served tree.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The origins as the read path opens them.
+    pub origins: Arc<ArcSwap<OriginTable>>,
+    /// Tag edits (an edited track's origin file is the one recorded under it).
+    pub renditions: Arc<ArcSwap<RenditionSet>>,
+    /// Which origins are offline (skipped).
+    pub health: Arc<OriginHealth>,
+}
+
+/// The FUSE side of prefetch: hands hints to its thread. See the module documentation.
+#[derive(Debug)]
+pub struct Prefetcher {
+    cfg: PrefetchConfig,
+    tx: Sender<u64>,
+}
+
+impl Prefetcher {
+    /// Starts the prefetch thread. `None` when `cfg` turns prefetch off or the thread
+    /// cannot start (logged: reads work as before).
+    pub fn start(cfg: PrefetchConfig, sources: PrefetchSources) -> Option<Prefetcher> {
+        if cfg.tracks == 0 {
+            return None;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("prefetch-tracks".into())
+            .spawn(move || run(cfg, &sources, &rx));
+        match spawned {
+            Ok(_) => Some(Prefetcher { cfg, tx }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the prefetch thread: prefetch is off");
+                None
+            }
+        }
+    }
+
+    /// A read of `n` bytes at `offset` of track `ino` (`size` bytes): hints the thread
+    /// when it crosses the threshold. Never blocks.
+    pub fn note_read(&self, ino: u64, offset: u64, n: usize, size: u64) {
+        let mark = self.cfg.after_bytes.min(size / 2).max(1);
+        if offset < mark && mark <= offset.saturating_add(n as u64) {
+            self.hint(ino);
+        }
+    }
+
+    /// Asks for the tracks after `ino` to be fetched.
+    pub fn hint(&self, ino: u64) {
+        match self.tx.try_send(ino) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => tracing::debug!(ino, "prefetch queue full: hint dropped"),
+        }
+    }
+}
+
+/// Tells album order from shuffle by the order tracks are started in.
+#[derive(Debug, Default, Clone)]
+pub struct Order {
+    /// The folder and index (among its tracks) of the last track started.
+    last: Option<(u64, usize)>,
+    /// Starts in a row that did not follow the one before.
+    jumps: u32,
+    /// Starts in a row that did.
+    follows: u32,
+    shuffle: bool,
+}
+
+/// Starts in a row that turn prefetch off (jumps) or back on (follows).
+const IN_A_ROW: u32 = 2;
+
+impl Order {
+    /// Track `index` of folder `dir` was started: whether to prefetch after it.
+    pub fn started(&mut self, dir: u64, index: usize) -> bool {
+        let follows = match self.last {
+            None => true,
+            Some((d, i)) if d == dir => index == i + 1 || index == i,
+            // Another album from its start.
+            Some(_) => index == 0,
+        };
+        if self.last == Some((dir, index)) {
+            return !self.shuffle;
+        }
+        self.last = Some((dir, index));
+        if follows {
+            self.jumps = 0;
+            self.follows += 1;
+            if self.shuffle && self.follows >= IN_A_ROW {
+                self.shuffle = false;
+                tracing::info!("tracks are played in order again: prefetch resumes");
+            }
+        } else {
+            self.follows = 0;
+            self.jumps += 1;
+            if !self.shuffle && self.jumps >= IN_A_ROW {
+                self.shuffle = true;
+                tracing::info!("tracks are played out of order (shuffle): prefetch pauses");
+            }
+        }
+        !self.shuffle
+    }
+}
+
+/// The folder of track `ino`, its index among the folder's tracks, and the tracks after
+/// it (at most `n`), in listing order.
+pub fn next_tracks(snap: &Snapshot, ino: u64, n: usize) -> Option<(u64, usize, Vec<u64>)> {
+    let node = snap.node(ino)?;
+    node.file()?;
+    let dir = node.parent_ino();
+    let tracks: Vec<u64> = snap
+        .children(dir, 0)
+        .filter(|c| c.file().is_some())
+        .map(|c| c.ino())
+        .collect();
+    let index = tracks.iter().position(|&t| t == ino)?;
+    let next = tracks[index + 1..].iter().take(n).copied().collect();
+    Some((dir, index, next))
+}
+
+/// The origin file behind track `ino` as the tree records it.
+fn target(sources: &PrefetchSources, snap: &Snapshot, ino: u64) -> Option<Target> {
+    let node = snap.node(ino)?;
+    let f = node.file()?;
+    if sources.health.is_offline(f.origin) {
+        return None;
+    }
+    let origin = sources.origins.load().get(f.origin)?.clone();
+    if origin.as_local().is_some() {
+        return None;
+    }
+    let seen = seen_of(
+        &sources.renditions.load(),
+        f.track_id,
+        node.size(),
+        node.mtime_ns(),
+    );
+    Some(Target {
+        origin,
+        rel: PathBuf::from(OsStr::from_bytes(f.rel_path)),
+        seen,
+    })
+}
+
+/// What the origin's file of a track shown with `size` and `mtime_ns` looks like: the
+/// shown values, or for an edited track the file its rendition was made from.
+pub fn seen_of(renditions: &RenditionSet, track_id: u64, size: u64, mtime_ns: i64) -> Seen {
+    match (!renditions.is_empty())
+        .then(|| renditions.find(track_id, size, mtime_ns))
+        .flatten()
+    {
+        Some(r) => Seen {
+            size: r.base_size,
+            mtime_ns: r.base_mtime_ns,
+        },
+        None => Seen { size, mtime_ns },
+    }
+}
+
+struct Target {
+    origin: Arc<dyn Origin>,
+    rel: PathBuf,
+    seen: Seen,
+}
+
+impl Target {
+    fn warm(&self, bytes: u64, stop: &dyn Fn() -> bool) {
+        let started = std::time::Instant::now();
+        match self.origin.warm(&self.rel, self.seen, bytes, stop) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(rel = %self.rel.display(), bytes = n,
+                ms = started.elapsed().as_millis() as u64, "prefetched"),
+            Err(e) => tracing::debug!(rel = %self.rel.display(), error = %e, "prefetch failed"),
+        }
+    }
+}
+
+fn run(cfg: PrefetchConfig, sources: &PrefetchSources, rx: &Receiver<u64>) {
+    let mut order = Order::default();
+    let newer = || !rx.is_empty();
+    while let Ok(mut ino) = rx.recv() {
+        // Only the newest hint matters: the player has moved on from the others.
+        while let Ok(n) = rx.try_recv() {
+            ino = n;
+        }
+        let snap = sources.snapshot.load_full();
+        let Some((dir, index, next)) = next_tracks(&snap, ino, cfg.tracks) else {
+            continue;
+        };
+        if !order.started(dir, index) {
+            continue;
+        }
+        let targets: Vec<Target> = next
+            .iter()
+            .filter_map(|&t| target(sources, &snap, t))
+            .collect();
+        for t in &targets {
+            if newer() {
+                break;
+            }
+            t.warm(cfg.head_bytes, &newer);
+        }
+        if cfg.whole_next {
+            if let Some(t) = targets.first() {
+                t.warm(u64::MAX, &newer);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn album_order_prefetches_and_shuffle_pauses_it() {
+        let mut o = Order::default();
+        assert!(o.started(10, 0));
+        assert!(o.started(10, 1));
+        assert!(o.started(10, 1), "the same track again changes nothing");
+        assert!(o.started(10, 2));
+        // Another album from its first track is in order.
+        assert!(o.started(20, 0));
+        // One jump (a track picked by hand) keeps prefetch on.
+        assert!(o.started(20, 5));
+        assert!(o.started(20, 6));
+        // Two jumps in a row: shuffle.
+        assert!(o.started(10, 7));
+        assert!(!o.started(30, 3));
+        assert!(!o.started(10, 2));
+        // Back in order for two starts: on again.
+        assert!(!o.started(10, 3));
+        assert!(o.started(10, 4));
+    }
+}
