@@ -270,6 +270,14 @@ pub struct Config {
     pub prefetch_head: ByteSize,
     /// Then fetch the next track whole, while nothing else waits on its origin.
     pub prefetch_whole_next: bool,
+    /// A second chunk cache tier in an S3-compatible bucket that several daemons share
+    /// (`"s3://BUCKET/PREFIX?endpoint=http://host:port"`; credentials as for S3 origins):
+    /// read on a local miss before the origin, written after a fetch from the origin.
+    pub shared_tier: Option<String>,
+    /// The file whose first line is the site's tier key (at least 16 bytes, the same on
+    /// every daemon): window records in the tier are signed with it, and records that are
+    /// not are ignored. Required with `shared_tier`.
+    pub shared_tier_key_file: Option<PathBuf>,
 }
 
 /// One `[[webhook]]` table: events posted as JSON to a URL.
@@ -423,6 +431,8 @@ impl Default for Config {
             prefetch_after: ByteSize(256 << 10),
             prefetch_head: ByteSize(1 << 20),
             prefetch_whole_next: true,
+            shared_tier: None,
+            shared_tier_key_file: None,
         }
     }
 }
@@ -528,6 +538,14 @@ impl Config {
                     "{} bytes is less than the smallest budget, {} (64M)",
                     self.cache_budget.0, MIN_CACHE_BUDGET
                 ),
+            });
+        }
+        if self.shared_tier.is_some() && self.shared_tier_key_file.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "shared_tier_key_file",
+                message: "a shared tier needs a key file (the same key on every daemon that \
+                          shares it), so that records another party wrote are never trusted"
+                    .into(),
             });
         }
         if self.umask > 0o777 {

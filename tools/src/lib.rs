@@ -195,6 +195,33 @@ pub struct ReadPath {
     pub cas: Option<Arc<Cas>>,
     /// Each remote origin's cache hits and misses, by its spec.
     pub counters: Vec<(String, Arc<musicfs_storage::origin::CacheCounters>)>,
+    /// The shared chunk tier, when configured.
+    pub tier: Option<Arc<musicfs_storage::origin::S3Tier>>,
+}
+
+/// The shared chunk tier the configuration names (`shared_tier`), opened without
+/// contacting it; `None` when there is none.
+pub fn open_tier(cfg: &Config) -> anyhow::Result<Option<Arc<musicfs_storage::origin::S3Tier>>> {
+    use anyhow::Context;
+    let Some(spec) = &cfg.shared_tier else {
+        return Ok(None);
+    };
+    let parsed = musicfs_storage::origin::OriginSpec::parse(spec)
+        .with_context(|| format!("shared_tier {spec:?}"))?;
+    if !matches!(parsed, musicfs_storage::origin::OriginSpec::S3(_)) {
+        anyhow::bail!("shared_tier {spec:?}: the shared tier must be an s3:// bucket");
+    }
+    let key_file = cfg
+        .shared_tier_key_file
+        .as_ref()
+        .context("shared_tier needs shared_tier_key_file")?;
+    let key = std::fs::read_to_string(key_file)
+        .with_context(|| format!("cannot read shared_tier_key_file {}", key_file.display()))?;
+    let key = key.lines().next().unwrap_or("").trim().as_bytes().to_vec();
+    let tier = musicfs_storage::origin::S3Tier::open(&parsed, &Default::default(), key)
+        .with_context(|| format!("shared_tier {spec:?}"))?;
+    tracing::info!(tier = tier.shown(), "shared chunk tier");
+    Ok(Some(tier))
 }
 
 /// The origins as the FUSE read path opens them: each remote one (no local root) through
@@ -211,19 +238,23 @@ pub fn read_path(cfg: &Config, origins: &[Arc<dyn Origin>]) -> anyhow::Result<Re
             readers: Vec::new(),
             cas: None,
             counters: Vec::new(),
+            tier: None,
         });
     }
     let cas = Arc::new(open_cache(cfg)?);
+    let tier = open_tier(cfg)?;
     let chunking = Arc::new(AudioChunking::default());
     let mut counters = Vec::new();
     let readers = remote
         .into_iter()
         .map(|o| {
-            let cached = CachedOrigin::new(
+            let cached = CachedOrigin::with_tier(
                 Arc::clone(o),
                 cas.clone(),
                 chunking.clone(),
                 CacheOptions::default(),
+                tier.clone()
+                    .map(|t| t as Arc<dyn musicfs_storage::origin::ChunkTier>),
             );
             counters.push((o.spec().to_string(), cached.counters()));
             Arc::new(cached) as Arc<dyn Origin>
@@ -233,6 +264,7 @@ pub fn read_path(cfg: &Config, origins: &[Arc<dyn Origin>]) -> anyhow::Result<Re
         readers,
         cas: Some(cas),
         counters,
+        tier,
     })
 }
 

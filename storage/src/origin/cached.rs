@@ -90,6 +90,23 @@ pub trait ChunkCache: Send + Sync + fmt::Debug {
     fn pin(&self, version: &[u8]) -> Box<dyn Send + Sync>;
 }
 
+/// A second cache tier several daemons share (an S3 bucket): consulted on a local miss
+/// before the origin, and given what was fetched from the origin. Everything it answers is
+/// checked by the caller (each chunk against its hash; the tier checks its window records
+/// against their signature), so a bad tier costs misses, never wrong bytes.
+pub trait ChunkTier: Send + Sync + fmt::Debug {
+    /// The chunks of the window of `version` that starts at `start`, as recorded by a
+    /// daemon that fetched it (`None`: not there, or the record is not genuine).
+    fn window(&self, version: &[u8], start: u64) -> Option<Vec<ChunkRef>>;
+
+    /// Chunk `c`'s bytes as the tier holds them (unchecked; `None`: not there).
+    fn chunk(&self, c: &ChunkRef) -> Option<Vec<u8>>;
+
+    /// A window of `version` fetched from the origin: `chunks` cut from `data`. Stored in
+    /// the background; may be dropped when the tier is slow or down.
+    fn offer(&self, version: &[u8], start: u64, chunks: &[ChunkRef], data: &[u8]);
+}
+
 /// Where a file's regions and chunks are cut.
 pub trait Chunking: Send + Sync + fmt::Debug {
     /// Where the tag region of a file of `len` bytes ends, judged from its first bytes
@@ -136,6 +153,11 @@ pub struct CacheCounters {
     pub misses: AtomicU64,
     /// Of `misses`, windows fetched by prefetch ([`Origin::warm`]).
     pub prefetched: AtomicU64,
+    /// Of `misses`, windows the shared tier answered (nothing from the origin).
+    pub tier_hits: AtomicU64,
+    /// Windows the shared tier had but answered wrongly (a chunk missing or not matching
+    /// its hash): fetched from the origin instead.
+    pub tier_bad: AtomicU64,
 }
 
 /// A network origin read through the chunk cache. See the module documentation.
@@ -148,6 +170,7 @@ struct Shared {
     cache: Arc<dyn ChunkCache>,
     chunking: Arc<dyn Chunking>,
     opts: CacheOptions,
+    tier: Option<Arc<dyn ChunkTier>>,
     counters: Arc<CacheCounters>,
     /// Windows being fetched: (version, window start) → the flight the others wait on.
     flights: Mutex<HashMap<FlightKey, Arc<Flight>>>,
@@ -294,12 +317,24 @@ impl CachedOrigin {
         chunking: Arc<dyn Chunking>,
         opts: CacheOptions,
     ) -> CachedOrigin {
+        CachedOrigin::with_tier(inner, cache, chunking, opts, None)
+    }
+
+    /// [`CachedOrigin::new`] with a shared tier consulted before the origin.
+    pub fn with_tier(
+        inner: Arc<dyn Origin>,
+        cache: Arc<dyn ChunkCache>,
+        chunking: Arc<dyn Chunking>,
+        opts: CacheOptions,
+        tier: Option<Arc<dyn ChunkTier>>,
+    ) -> CachedOrigin {
         let (tx, rx) = crossbeam_channel::bounded::<Prefetch>(64);
         let shared = Arc::new(Shared {
             inner,
             cache,
             chunking,
             opts,
+            tier,
             counters: Arc::default(),
             flights: Mutex::new(HashMap::new()),
             heads: Mutex::new(HashMap::new()),
@@ -778,6 +813,11 @@ impl Inner {
         let mut want = HEAD.min(self.len);
         // What other sources of this version stored since this one opened counts too.
         self.reload()?;
+        if self.cached_prefix() == 0 {
+            // The file's first window from the shared tier, if a daemon recorded it: the
+            // layout is then found without the origin.
+            self.fill_from_tier(0);
+        }
         let cached = self.cached_prefix().min(MAX_TAG_REGION);
         if cached > 0 {
             let head = self.read_plain(0..cached)?;
@@ -957,6 +997,46 @@ impl Inner {
         self.shared.ensure(self, w)
     }
 
+    /// The window of this version starting at `start` from the shared tier, each chunk
+    /// checked against its hash, stored in the local cache. Whether it was.
+    fn fill_from_tier(&self, start: u64) -> bool {
+        let Some(tier) = &self.shared.tier else {
+            return false;
+        };
+        let Some(refs) = tier.window(&self.version, start) else {
+            return false;
+        };
+        let counters = &self.shared.counters;
+        let mut at = start;
+        let mut data = Vec::new();
+        for c in &refs {
+            if c.offset != at || c.len == 0 || c.end() > self.len {
+                counters.tier_bad.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            let good = tier
+                .chunk(c)
+                .filter(|b| b.len() == c.len as usize && musicfs_chunker::hash(b) == c.hash);
+            let Some(bytes) = good else {
+                tracing::debug!(rel = %self.rel.display(), offset = c.offset,
+                    "the shared tier lacks a chunk or holds it damaged: fetched from the origin");
+                counters.tier_bad.fetch_add(1, Ordering::Relaxed);
+                return false;
+            };
+            data.extend_from_slice(&bytes);
+            at = c.end();
+        }
+        if refs.is_empty() || self.shared.cache.put(&self.version, &refs, &data).is_err() {
+            return false;
+        }
+        let mut chunks = self.chunks.write().unwrap_or_else(|p| p.into_inner());
+        for c in refs {
+            chunks.insert(c.offset, c);
+        }
+        counters.tier_hits.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
     /// Fetches window `w`, cuts it and stores its chunks.
     fn fill(&self, w: Range<u64>) -> io::Result<()> {
         let tag_end = self.tag_end()?;
@@ -1031,6 +1111,9 @@ impl Inner {
                 "the chunker's cuts of {start}+{} do not cover it",
                 bytes.len()
             )));
+        }
+        if let Some(tier) = &self.shared.tier {
+            tier.offer(&self.version, start, &refs, bytes);
         }
         if let Err(e) = self.shared.cache.put(&self.version, &refs, bytes) {
             // A cache that cannot take the window (disk full, a damaged pack) must not
@@ -1277,7 +1360,11 @@ impl Shared {
                 Ok(()) if src.covered(w.clone()) => Ok(()),
                 _ => {
                     self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                    src.fill(w.clone()).map_err(|e| e.to_string())
+                    if src.fill_from_tier(w.start) && src.covered(w.clone()) {
+                        Ok(())
+                    } else {
+                        src.fill(w.clone()).map_err(|e| e.to_string())
+                    }
                 }
             };
             self.flights

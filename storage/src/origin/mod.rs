@@ -51,12 +51,14 @@ use serde::{Deserialize, Serialize};
 
 pub use self::smb::{SmbOrigin, SmbSource};
 pub use cached::{
-    CacheCounters, CacheOptions, CachedOrigin, CachedSource, ChunkCache, ChunkRef, Chunking,
+    CacheCounters, CacheOptions, CachedOrigin, CachedSource, ChunkCache, ChunkRef, ChunkTier,
+    Chunking,
 };
 pub use chunking::AudioChunking;
 pub use error::{is_vanished_io, OriginError};
 pub use failover::{Copy, FailoverSource};
 pub use local::{LocalOrigin, LocalSource};
+pub use s3::tier::{S3Tier, TierCounters};
 pub use s3::{S3Origin, S3Source};
 pub use sftp::{SftpOrigin, SftpSource};
 pub use spec::{LocalSpec, OriginSpec, S3Spec, Secret, Server, SftpSpec, SmbSpec};

@@ -5,7 +5,8 @@
 //! and every one of them goes through the origin's [`Remote::call`]: on the origin runtime,
 //! with the origin's deadline, retries and concurrency limit (object_store's own retries
 //! are off). The driver only ever sends `GET`, `HEAD` and list requests: there is no code
-//! here that could write to or delete from the bucket.
+//! here that could write to or delete from the bucket. (The shared chunk tier, [`tier`],
+//! uses the same client set-up and is the one writer, to its own bucket.)
 //!
 //! - [`Origin::list`]: one delimiter listing (`PREFIX/DIR/`, page by page): common prefixes
 //!   are directories, objects are files with their size, last-modified time as mtime, and
@@ -18,6 +19,7 @@
 
 mod creds;
 mod http;
+pub mod tier;
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -67,6 +69,39 @@ impl S3Origin {
     /// Opens the S3 origin `spec` names, without contacting the server. Fails on a bad
     /// endpoint and when no credentials can be found (see module `creds`).
     pub fn open(spec: &OriginSpec, settings: &OriginSettings) -> Result<S3Origin, OriginError> {
+        let Connected {
+            store,
+            remote,
+            shared,
+            prefix,
+            shown,
+        } = connect(spec, settings)?;
+        Ok(S3Origin {
+            spec: spec.clone(),
+            key: spec.key(),
+            shown,
+            prefix,
+            store,
+            remote,
+            shared,
+        })
+    }
+}
+
+/// A client of the bucket an `s3://` spec names.
+struct Connected {
+    store: AmazonS3,
+    remote: Arc<Remote>,
+    shared: Arc<http::Shared>,
+    /// The key prefix, with its trailing `/` (empty for the whole bucket).
+    prefix: String,
+    /// The display form (no credentials).
+    shown: String,
+}
+
+/// Sets up a client of the bucket `spec` names, without contacting the server.
+fn connect(spec: &OriginSpec, settings: &OriginSettings) -> Result<Connected, OriginError> {
+    {
         let shown = spec.to_string();
         let OriginSpec::S3(s3) = spec else {
             return Err(OriginError::BadSpec {
@@ -104,17 +139,17 @@ impl S3Origin {
             "" => String::new(),
             p => format!("{p}/"),
         };
-        Ok(S3Origin {
-            spec: spec.clone(),
-            key: spec.key(),
-            shown,
-            prefix,
+        Ok(Connected {
             store,
             remote,
             shared,
+            prefix,
+            shown,
         })
     }
+}
 
+impl S3Origin {
     /// Whether the server was found ignoring `Range` (and the warning given).
     pub fn ignores_range(&self) -> bool {
         self.shared

@@ -183,6 +183,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         readers,
         cas,
         counters: cache_counters,
+        tier,
     } = read_path(cfg, origins)?;
     // Events: the FUSE workers, the refresh loop and origin health changes report here.
     let hub = Arc::new(Hub::new());
@@ -352,6 +353,7 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
                 .collect(),
         ),
         cas,
+        tier,
         readers: origin_table.clone(),
         refresh: refresh_control.clone(),
         trigger: tx.clone(),

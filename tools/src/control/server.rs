@@ -63,6 +63,8 @@ pub struct Daemon {
     pub origins: std::sync::RwLock<Vec<OriginInfo>>,
     /// The chunk cache, when some origin is remote.
     pub cas: Option<Arc<Cas>>,
+    /// The shared chunk tier, when configured.
+    pub tier: Option<Arc<musicfs_storage::origin::S3Tier>>,
     /// The origins as the read path opens them (for prefetching).
     pub readers: Arc<ArcSwap<OriginTable>>,
     /// Refreshes to wait for, and the refresh interval.
@@ -593,11 +595,14 @@ fn add_origin(d: &Daemon, spec: &str, name: &str) -> Result<u64, Status> {
     }
     let reader = match (origin.local_root(), &d.cas) {
         (Some(_), _) => None,
-        (None, Some(cas)) => Some(Arc::new(musicfs_storage::origin::CachedOrigin::new(
+        (None, Some(cas)) => Some(Arc::new(musicfs_storage::origin::CachedOrigin::with_tier(
             origin.clone(),
             cas.clone(),
             Arc::new(musicfs_storage::origin::AudioChunking::default()),
             musicfs_storage::origin::CacheOptions::default(),
+            d.tier
+                .clone()
+                .map(|t| t as Arc<dyn musicfs_storage::origin::ChunkTier>),
         )) as Arc<dyn musicfs_storage::origin::Origin>),
         (None, None) => {
             return Err(Status::failed_precondition(
