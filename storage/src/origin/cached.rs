@@ -102,9 +102,15 @@ pub trait ChunkTier: Send + Sync + fmt::Debug {
     /// Chunk `c`'s bytes as the tier holds them (unchecked; `None`: not there).
     fn chunk(&self, c: &ChunkRef) -> Option<Vec<u8>>;
 
+    /// The whole version key of the file a tree records as `recorded` (a version key's
+    /// path, length and mtime), as a daemon that fetched it recorded it: lets a file be
+    /// opened from the tier without asking the origin which version it holds.
+    fn version(&self, recorded: &[u8]) -> Option<Vec<u8>>;
+
     /// A window of `version` fetched from the origin: `chunks` cut from `data`. Stored in
-    /// the background; may be dropped when the tier is slow or down.
-    fn offer(&self, version: &[u8], start: u64, chunks: &[ChunkRef], data: &[u8]);
+    /// the background; may be dropped when the tier is slow or down. The first window
+    /// (`start` 0) also records the version under its first `recorded` bytes.
+    fn offer(&self, version: &[u8], recorded: usize, start: u64, chunks: &[ChunkRef], data: &[u8]);
 }
 
 /// Where a file's regions and chunks are cut.
@@ -375,10 +381,38 @@ impl CachedOrigin {
 
     /// `rel` as the tree records it: a version the cache holds, else opened at the origin.
     fn open_inner(&self, rel: &Path, seen: Seen) -> Result<Arc<Inner>, OriginError> {
-        match self.open_recorded(rel, seen) {
-            Some(inner) => Ok(inner),
-            None => self.open_cached(rel, Some(seen.mtime_ns)),
+        if let Some(inner) = self
+            .open_recorded(rel, seen)
+            .or_else(|| self.open_from_tier(rel, seen))
+        {
+            return Ok(inner);
         }
+        self.open_cached(rel, Some(seen.mtime_ns))
+    }
+
+    /// `rel` as the tree records it, from the shared tier: the version a daemon fetched
+    /// it as, with its first window, opened without asking the origin (checked against
+    /// it only if a part the tier lacks must be fetched).
+    fn open_from_tier(&self, rel: &Path, seen: Seen) -> Option<Arc<Inner>> {
+        let tier = self.shared.tier.as_ref()?;
+        let prefix = self.path_key(rel);
+        let mut recorded = prefix.clone();
+        recorded.extend_from_slice(&seen.size.to_be_bytes());
+        recorded.extend_from_slice(&seen.mtime_ns.to_be_bytes());
+        let version = tier.version(&recorded)?;
+        if !version.starts_with(&recorded) {
+            return None;
+        }
+        let inner = Inner::new(
+            &self.shared,
+            rel,
+            version,
+            prefix,
+            seen.size,
+            Upstream::Lazy(Mutex::new(None)),
+        )
+        .ok()?;
+        inner.fill_from_tier(0).then_some(inner)
     }
 
     /// The manifest key prefix of every version of `rel`.
@@ -1113,7 +1147,7 @@ impl Inner {
             )));
         }
         if let Some(tier) = &self.shared.tier {
-            tier.offer(&self.version, start, &refs, bytes);
+            tier.offer(&self.version, self.prefix.len() + 16, start, &refs, bytes);
         }
         if let Err(e) = self.shared.cache.put(&self.version, &refs, bytes) {
             // A cache that cannot take the window (disk full, a damaged pack) must not

@@ -8,6 +8,10 @@
 //!   ETag; `<start>`: the window's first byte), as a signed record: `MFSW1`, the window
 //!   start, the chunk count, each chunk's (offset, length, hash), then an HMAC-SHA256 over
 //!   the version key and all of that with the site's tier key.
+//! - `v/<recorded>`: the whole version key (`MFSV1`, the key, an HMAC as above) of the
+//!   file a tree records with this path, length and mtime (`<recorded>`: their xxh3-128),
+//!   written with the file's first window: another daemon opens the file from the tier
+//!   without asking the origin for its ETag.
 //!
 //! A reader trusts a window record only when its signature checks out (so a tier anyone
 //! can write cannot make a daemon serve bytes no daemon fetched from the origin), and each
@@ -37,6 +41,7 @@ use super::{classify, object_key, Connected};
 const QUEUE: usize = 16;
 
 const MAGIC: &[u8; 5] = b"MFSW1";
+const VERSION_MAGIC: &[u8; 5] = b"MFSV1";
 
 /// Bytes of one chunk in a window record.
 const CHUNK_RECORD: usize = 8 + 4 + 16;
@@ -76,9 +81,10 @@ impl fmt::Debug for S3Tier {
     }
 }
 
+/// What one window writes: its chunks first, then the records naming them.
 struct Write {
     chunks: Vec<(String, Vec<u8>)>,
-    record: (String, Vec<u8>),
+    records: Vec<(String, Vec<u8>)>,
 }
 
 impl S3Tier {
@@ -162,6 +168,41 @@ impl S3Tier {
         )
     }
 
+    fn version_key(&self, recorded: &[u8]) -> String {
+        format!(
+            "{}v/{:032x}",
+            self.prefix,
+            xxhash_rust::xxh3::xxh3_128(recorded)
+        )
+    }
+
+    /// The signed record of the version a tree's record names.
+    fn version_record(&self, recorded: &[u8], version: &[u8]) -> Vec<u8> {
+        let mut body = Vec::with_capacity(5 + version.len() + 32);
+        body.extend_from_slice(VERSION_MAGIC);
+        body.extend_from_slice(version);
+        let mac = self.mac(recorded, &body);
+        body.extend_from_slice(&mac);
+        body
+    }
+
+    fn parse_version(&self, recorded: &[u8], rec: &[u8]) -> Option<Vec<u8>> {
+        let body = self.verified(recorded, rec)?;
+        body.strip_prefix(VERSION_MAGIC.as_slice())
+            .map(<[u8]>::to_vec)
+    }
+
+    /// `rec`'s body when its signature (over `about` and the body) checks out.
+    fn verified<'r>(&self, about: &[u8], rec: &'r [u8]) -> Option<&'r [u8]> {
+        let body = rec.get(..rec.len().checked_sub(32)?)?;
+        let mut check = Hmac::<Sha256>::new_from_slice(&self.key).ok()?;
+        check.update(&(about.len() as u64).to_be_bytes());
+        check.update(about);
+        check.update(body);
+        check.verify_slice(&rec[body.len()..]).ok()?;
+        Some(body)
+    }
+
     fn mac(&self, version: &[u8], body: &[u8]) -> [u8; 32] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
         mac.update(&(version.len() as u64).to_be_bytes());
@@ -189,13 +230,7 @@ impl S3Tier {
     /// The chunks a window record lists, when it is well formed, for this version and
     /// window, and signed with this tier's key.
     fn parse(&self, version: &[u8], start: u64, rec: &[u8]) -> Option<Vec<ChunkRef>> {
-        let body = rec.get(..rec.len().checked_sub(32)?)?;
-        let mac = &rec[body.len()..];
-        let mut check = Hmac::<Sha256>::new_from_slice(&self.key).ok()?;
-        check.update(&(version.len() as u64).to_be_bytes());
-        check.update(version);
-        check.update(body);
-        check.verify_slice(mac).ok()?;
+        let body = self.verified(version, rec)?;
         let rest = body.strip_prefix(MAGIC.as_slice())?;
         let (at, rest) = rest.split_first_chunk::<8>()?;
         let (count, rest) = rest.split_first_chunk::<4>()?;
@@ -248,10 +283,10 @@ impl S3Tier {
     }
 
     fn write(&self, w: &Write) -> io::Result<()> {
-        for (key, bytes) in &w.chunks {
+        for (key, bytes) in w.chunks.iter().chain(&w.records) {
             self.put(key, bytes)?;
         }
-        self.put(&w.record.0, &w.record.1)
+        Ok(())
     }
 }
 
@@ -279,7 +314,19 @@ impl ChunkTier for S3Tier {
         self.get(&self.chunk_key(c.hash)).ok().flatten()
     }
 
-    fn offer(&self, version: &[u8], start: u64, chunks: &[ChunkRef], data: &[u8]) {
+    fn version(&self, recorded: &[u8]) -> Option<Vec<u8>> {
+        let key = self.version_key(recorded);
+        let rec = self.get(&key).ok().flatten()?;
+        let version = self.parse_version(recorded, &rec);
+        if version.is_none() {
+            self.counters.forged.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(tier = %self.shown, key,
+                "a version record in the shared tier is not signed with this site's key: ignored");
+        }
+        version
+    }
+
+    fn offer(&self, version: &[u8], recorded: usize, start: u64, chunks: &[ChunkRef], data: &[u8]) {
         let mut parts = Vec::with_capacity(chunks.len());
         let mut at = 0usize;
         for c in chunks {
@@ -289,12 +336,21 @@ impl ChunkTier for S3Tier {
             parts.push((self.chunk_key(c.hash), bytes.to_vec()));
             at += c.len as usize;
         }
+        let mut records = vec![(
+            self.window_key(version, start),
+            self.record(version, start, chunks),
+        )];
+        if start == 0 {
+            if let Some(recorded) = version.get(..recorded) {
+                records.push((
+                    self.version_key(recorded),
+                    self.version_record(recorded, version),
+                ));
+            }
+        }
         let w = Write {
             chunks: parts,
-            record: (
-                self.window_key(version, start),
-                self.record(version, start, chunks),
-            ),
+            records,
         };
         match self.writes.try_send(w) {
             Ok(()) => {}
@@ -353,6 +409,15 @@ mod tests {
         )
         .unwrap();
         assert!(other.parse(b"v1", 100, &rec).is_none());
+        // Version records: the same rules.
+        let v = t.version_record(b"path\0len+mtime", b"path\0len+mtime+etag");
+        assert_eq!(
+            t.parse_version(b"path\0len+mtime", &v).unwrap(),
+            b"path\0len+mtime+etag"
+        );
+        assert!(t.parse_version(b"path\0other", &v).is_none());
+        assert!(other.parse_version(b"path\0len+mtime", &v).is_none());
+        assert!(t.parse_version(b"path\0len+mtime", &rec).is_none());
     }
 
     #[test]
