@@ -5,6 +5,7 @@
 //! Start with `run.rs` (the orchestration), `ops.rs` (what is timed) and `peers.rs` (how
 //! each peer is started and how virtual paths map to source paths).
 
+mod albumplay;
 mod gen;
 mod metric;
 mod ops;
@@ -126,6 +127,29 @@ enum Cmd {
         /// Timed sequential-read passes per variant.
         #[arg(long, default_value_t = 5)]
         passes: usize,
+        /// Directory holding musicfsd and musicfs.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Warm caches (issue 18): a player going through whole albums on a remote origin
+    /// (s3s-fs behind a proxy that adds a round trip of latency), prefetch off then on:
+    /// cache misses at track starts, first-byte and stream read percentiles.
+    Albumplay {
+        /// Output directory (albumplay.json, albumplay.md, bucket, state dirs, logs).
+        #[arg(long)]
+        out: PathBuf,
+        /// Albums in the generated library.
+        #[arg(long, default_value_t = 5)]
+        albums: usize,
+        /// Tracks per album.
+        #[arg(long, default_value_t = 20)]
+        tracks: usize,
+        /// Round trip added to every request to the origin, ms.
+        #[arg(long, default_value_t = 40)]
+        rtt_ms: u64,
+        /// How long each track is read for, ms.
+        #[arg(long, default_value_t = 1000)]
+        track_ms: u64,
         /// Directory holding musicfsd and musicfs.
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -305,6 +329,27 @@ fn real_main(cli: Cli) -> Result<()> {
             let report = remote::run(&opts)?;
             println!("{}", report.markdown());
             println!("report: {}", out.join("remote.json").display());
+        }
+        Cmd::Albumplay {
+            out,
+            albums,
+            tracks,
+            rtt_ms,
+            track_ms,
+            bin_dir,
+        } => {
+            let opts = albumplay::AlbumPlayOpts {
+                out: out.clone(),
+                albums,
+                tracks,
+                rtt: std::time::Duration::from_millis(rtt_ms),
+                track_time: std::time::Duration::from_millis(track_ms),
+                bin_dir,
+                command,
+            };
+            let report = albumplay::run(&opts)?;
+            println!("{}", report.markdown());
+            println!("report: {}", out.join("albumplay.json").display());
         }
         Cmd::Search {
             tracks: _,

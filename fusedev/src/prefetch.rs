@@ -159,19 +159,60 @@ impl Order {
 }
 
 /// The folder of track `ino`, its index among the folder's tracks, and the tracks after
-/// it (at most `n`), in listing order.
+/// it (at most `n`) in the tree's order: the rest of its album, then (for a player going
+/// through the library album after album) the first tracks of the albums that follow.
 pub fn next_tracks(snap: &Snapshot, ino: u64, n: usize) -> Option<(u64, usize, Vec<u64>)> {
     let node = snap.node(ino)?;
     node.file()?;
     let dir = node.parent_ino();
-    let tracks: Vec<u64> = snap
+    let index = snap
         .children(dir, 0)
         .filter(|c| c.file().is_some())
-        .map(|c| c.ino())
-        .collect();
-    let index = tracks.iter().position(|&t| t == ino)?;
-    let next = tracks[index + 1..].iter().take(n).copied().collect();
+        .position(|c| c.ino() == ino)?;
+    let mut next = Vec::new();
+    // Up from the track: what follows it in each folder on the way to the root.
+    let root = snap.root().ino();
+    let mut at = ino;
+    while next.len() < n && at != root {
+        let Some(parent) = snap.node(at).map(|a| a.parent_ino()) else {
+            break;
+        };
+        let mut after = false;
+        for c in snap.children(parent, 0) {
+            if after {
+                first_tracks(snap, c.ino(), n, &mut next, DEPTH);
+                if next.len() >= n {
+                    break;
+                }
+            } else {
+                after = c.ino() == at;
+            }
+        }
+        at = parent;
+    }
     Some((dir, index, next))
+}
+
+/// How deep [`first_tracks`] looks into folders (Artist/Album/Disc is three).
+const DEPTH: u32 = 4;
+
+/// Adds the first tracks under `ino` (the track itself, or a folder's in tree order)
+/// until `out` holds `n`.
+fn first_tracks(snap: &Snapshot, ino: u64, n: usize, out: &mut Vec<u64>, depth: u32) {
+    let Some(node) = snap.node(ino) else { return };
+    if node.file().is_some() {
+        out.push(ino);
+        return;
+    }
+    if !node.is_dir() || depth == 0 {
+        return;
+    }
+    for c in snap.children(ino, 0) {
+        if out.len() >= n {
+            return;
+        }
+        first_tracks(snap, c.ino(), n, out, depth - 1);
+    }
 }
 
 /// The origin file behind track `ino` as the tree records it.
@@ -243,7 +284,9 @@ fn run(cfg: PrefetchConfig, sources: &PrefetchSources, rx: &Receiver<u64>) {
         let Some((dir, index, next)) = next_tracks(&snap, ino, cfg.tracks) else {
             continue;
         };
-        if !order.started(dir, index) {
+        let in_order = order.started(dir, index);
+        tracing::debug!(ino, index, next = next.len(), in_order, "track started");
+        if !in_order {
             continue;
         }
         let targets: Vec<Target> = next

@@ -2,8 +2,8 @@
 //! Warm caches (issue 18), end to end, with `s3s-fs` buckets behind counting proxies:
 //! - **prefetch**: once a track of an album has been read, the starts of the next two
 //!   tracks and the whole next one are in the cache (no byte from the origin when the
-//!   player gets there); a track further on is not; with `--prefetch-tracks 0` nothing is
-//!   fetched ahead;
+//!   player gets there); a track further on is not; the album's last track has the next
+//!   album's first tracks fetched; with `--prefetch-tracks 0` nothing is fetched ahead;
 //! - **shared tier**: a second daemon (own state dir) reads a track the first one read
 //!   with no byte from the origin; a damaged chunk in the tier is refetched from the origin
 //!   and the file still reads bit-exact; a forged window record is ignored.
@@ -67,14 +67,18 @@ fn prefetch_fetches_the_next_tracks_of_an_album_being_played() -> Result<()> {
     let lib = S3Library::start(|dir| generate(dir, &TRACKS))?;
     let sums = lib.bucket_sums()?;
     let mut opts = lib.mount_options();
-    opts.log_level = Some("info,musicfs_index::refresh=debug,musicfs_fusedev::prefetch=debug".into());
+    opts.log_level =
+        Some("info,musicfs_index::refresh=debug,musicfs_fusedev::prefetch=debug".into());
     opts.extra_args = vec!["--probe-interval".into(), "0".into()];
     let (mount, _) = MountedFs::start_watching(opts.clone(), Duration::from_secs(120))?;
 
     // The player plays the first track of the album.
     let first = served(&mount, "A First")?;
     let (got, cost) = wire_cost(&lib.proxy, || Ok(read_all(&first)?))?;
-    ensure!(got == fs::read(lib.source("A First")?)?, "A First: wrong bytes");
+    ensure!(
+        got == fs::read(lib.source("A First")?)?,
+        "A First: wrong bytes"
+    );
     ensure!(cost > 0, "the first track came from nowhere");
 
     // Prefetch has fetched ahead (wire_cost waits until the daemon is quiet): the fourth
@@ -94,7 +98,10 @@ fn prefetch_fetches_the_next_tracks_of_an_album_being_played() -> Result<()> {
     }
     let second = served(&mount, "B Second")?;
     let (got, cost) = wire_cost(&lib.proxy, || Ok(read_all(&second)?))?;
-    ensure!(got == fs::read(lib.source("B Second")?)?, "B Second: wrong bytes");
+    ensure!(
+        got == fs::read(lib.source("B Second")?)?,
+        "B Second: wrong bytes"
+    );
     ensure!(
         cost == 0,
         "the next track, prefetched whole, moved {cost} bytes; log:\n{}",
@@ -102,14 +109,35 @@ fn prefetch_fetches_the_next_tracks_of_an_album_being_played() -> Result<()> {
     );
     drop(mount);
 
-    // Prefetch off: the next track's start comes from the origin.
+    // A new daemon (order forgotten); the album's last track played: the next album's
+    // first two tracks are fetched (the player is taken to go on album after album).
+    let (mount, _) = MountedFs::start_watching(opts.clone(), Duration::from_secs(120))?;
+    let last = served(&mount, "D Fourth")?;
+    wire_cost(&lib.proxy, || Ok(read_all(&last)?))?;
+    // Waits for the prefetch to end.
+    wire_cost(&lib.proxy, || Ok(()))?;
+    drop(mount);
+
+    // Prefetch off (and the daemon restarted over its cache): what was prefetched is
+    // there, the next track's start comes from the origin.
     let mut off = opts.clone();
-    off.extra_args.extend(["--prefetch-tracks".into(), "0".into()]);
+    off.extra_args
+        .extend(["--prefetch-tracks".into(), "0".into()]);
     let (mount, _) = MountedFs::start_watching(off, Duration::from_secs(120))?;
-    let opening = served(&mount, "E Opening")?;
-    wire_cost(&lib.proxy, || Ok(read_all(&opening)?))?;
     let cost = start_cost(&lib, &mount, "F Middle")?;
-    ensure!(cost > 0, "with prefetch off the next track was cached anyway");
+    ensure!(
+        cost == 0,
+        "F Middle, second track of the album after the one played, was not prefetched \
+         ({cost} bytes); log:\n{}",
+        mount.log()
+    );
+    let middle = served(&mount, "F Middle")?;
+    wire_cost(&lib.proxy, || Ok(read_all(&middle)?))?;
+    let cost = start_cost(&lib, &mount, "G Closing")?;
+    ensure!(
+        cost > 0,
+        "with prefetch off the next track was cached anyway"
+    );
     drop(mount);
     ensure!(lib.bucket_sums()? == sums, "the bucket changed");
     Ok(())
@@ -174,8 +202,7 @@ impl Tier {
                 .sum::<Result<usize>>()?;
             if n != last.0 {
                 last = (n, Instant::now());
-            } else if !self.objects("v")?.is_empty() && last.1.elapsed() > Duration::from_secs(1)
-            {
+            } else if !self.objects("v")?.is_empty() && last.1.elapsed() > Duration::from_secs(1) {
                 return Ok(n);
             }
             if started.elapsed() > Duration::from_secs(60) {
@@ -219,7 +246,10 @@ fn a_second_daemon_reads_from_the_shared_tier_and_never_trusts_it_blindly() -> R
     let (mount, _) = MountedFs::start_watching(two, Duration::from_secs(120))?;
     let first = served(&mount, "A First")?;
     let (got, cost) = wire_cost(&lib.proxy, || Ok(read_all(&first)?))?;
-    ensure!(got == fs::read(lib.source("A First")?)?, "A First: wrong bytes");
+    ensure!(
+        got == fs::read(lib.source("A First")?)?,
+        "A First: wrong bytes"
+    );
     ensure!(
         cost == 0,
         "the second daemon moved {cost} bytes from the origin for a track the tier holds; log:\n{}",
@@ -250,7 +280,10 @@ fn a_second_daemon_reads_from_the_shared_tier_and_never_trusts_it_blindly() -> R
     fs::write(&path, &bytes)?;
     let second = served(&mount, "B Second")?;
     let (got, cost) = wire_cost(&lib.proxy, || Ok(read_all(&second)?))?;
-    ensure!(got == second_bytes, "B Second read wrong with a damaged tier chunk");
+    ensure!(
+        got == second_bytes,
+        "B Second read wrong with a damaged tier chunk"
+    );
     ensure!(
         cost > 0,
         "a damaged chunk in the tier must be fetched from the origin"
@@ -282,7 +315,10 @@ fn a_second_daemon_reads_from_the_shared_tier_and_never_trusts_it_blindly() -> R
     let (mount, _) = MountedFs::start_watching(three, Duration::from_secs(120))?;
     let first = served(&mount, "A First")?;
     let (got, cost) = wire_cost(&lib.proxy, || Ok(read_all(&first)?))?;
-    ensure!(got == fs::read(lib.source("A First")?)?, "A First: wrong bytes");
+    ensure!(
+        got == fs::read(lib.source("A First")?)?,
+        "A First: wrong bytes"
+    );
     ensure!(
         cost > 0,
         "window records that fail their signature were trusted"

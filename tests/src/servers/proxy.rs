@@ -2,7 +2,8 @@
 //! server's port, and counts the bytes each way, so a test can measure what any protocol
 //! moved. Threads only; dropping it closes the listener and every forwarded connection.
 //! It can also cut the server off ([`CountingProxy::set_down`]) or freeze its answers
-//! after a number of bytes ([`CountingProxy::cap_down`]).
+//! after a number of bytes ([`CountingProxy::cap_down`]), or put a round trip's latency
+//! on every request ([`CountingProxy::set_latency`]).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -38,6 +39,9 @@ struct Counters {
     /// `lifted` while it is reached.
     cap: Mutex<Option<u64>>,
     lifted: Condvar,
+    /// Milliseconds each piece of a request waits before it is forwarded (an injected
+    /// round trip: the server sees every request that much later).
+    latency_ms: AtomicU64,
 }
 
 impl Counters {
@@ -119,6 +123,14 @@ impl CountingProxy {
     pub fn cap_down(&self, cap: Option<u64>) {
         *self.counters.cap.lock().unwrap_or_else(|p| p.into_inner()) = cap;
         self.counters.lifted.notify_all();
+    }
+
+    /// Delays every request by `rtt` before the server sees it (a remote origin `rtt`
+    /// away, as far as request/response round trips go).
+    pub fn set_latency(&self, rtt: Duration) {
+        self.counters
+            .latency_ms
+            .store(rtt.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// What moved so far.
@@ -217,6 +229,10 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, c: &Counters, down: bool) {
             Ok(n) => n,
         };
         if !down {
+            let delay = c.latency_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                std::thread::sleep(Duration::from_millis(delay));
+            }
             // Counted before it is forwarded: once the server has it, an answer (and a
             // test reading the counters after it) can come before this thread runs again.
             c.up.fetch_add(n as u64, Ordering::SeqCst);
