@@ -93,6 +93,12 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Writes a compacted, consistent copy of the catalog to the file `dest` (a new
+    /// file, named `data.mdb` to be opened as a catalog directory), e.g. to share it.
+    pub fn copy_to(&self, dest: &Path) -> Result<(), CatalogError> {
+        self.store.copy_to(dest)
+    }
+
     /// Opens the catalog in `dir`, creating the directory and an empty catalog if missing.
     /// Refuses a catalog written with a newer schema and migrates an older one.
     pub fn open(dir: &Path) -> Result<Catalog, CatalogError> {

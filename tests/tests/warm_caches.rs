@@ -166,14 +166,15 @@ impl Tier {
         })
     }
 
-    /// A configuration file that shares this tier.
-    fn config(&self, work: &Path, name: &str) -> Result<PathBuf> {
+    /// A configuration file that serves `origin` and shares this tier.
+    fn config(&self, work: &Path, name: &str, origin: &str) -> Result<PathBuf> {
         let path = work.join(format!("{name}.toml"));
         fs::write(
             &path,
             format!(
                 "shared_tier = \"s3://tier/site?endpoint=http://127.0.0.1:{}&region=us-east-1&path_style=true\"\n\
-                 shared_tier_key_file = {:?}\nprobe_interval_secs = 0\nprefetch_tracks = 0\n",
+                 shared_tier_key_file = {:?}\nprobe_interval_secs = 0\nprefetch_tracks = 0\n\
+                 [[origin]]\npath = {origin:?}\n",
                 self.server.port(),
                 self.key_file
             ),
@@ -224,7 +225,7 @@ fn a_second_daemon_reads_from_the_shared_tier_and_never_trusts_it_blindly() -> R
 
     // Daemon one reads two tracks whole: they go to its cache and to the tier.
     let mut one = lib.mount_options();
-    one.config = Some(tier.config(lib.work_dir(), "one")?);
+    one.config = Some(tier.config(lib.work_dir(), "one", &lib.spec)?);
     let (mount, _) = MountedFs::start_watching(one, Duration::from_secs(120))?;
     for title in ["A First", "B Second"] {
         let got = read_all(&served(&mount, title)?)?;
@@ -242,7 +243,7 @@ fn a_second_daemon_reads_from_the_shared_tier_and_never_trusts_it_blindly() -> R
     run_ok(&mut scan)?;
     let mut two = lib.mount_options();
     two.state_dir = Some(state_two);
-    two.config = Some(tier.config(lib.work_dir(), "two")?);
+    two.config = Some(tier.config(lib.work_dir(), "two", &lib.spec)?);
     let (mount, _) = MountedFs::start_watching(two, Duration::from_secs(120))?;
     let first = served(&mount, "A First")?;
     let (got, cost) = wire_cost(&lib.proxy, || Ok(read_all(&first)?))?;
@@ -295,6 +296,46 @@ fn a_second_daemon_reads_from_the_shared_tier_and_never_trusts_it_blindly() -> R
     );
     drop(mount);
 
+    // One scan, many mounts: daemon one's library shared; a daemon with an empty state
+    // dir starts from it and serves at once (no scan before the mount), reading from the
+    // tier.
+    let mut push = Command::new(binary("musicfs")?);
+    push.args(["share", "push", "--state-dir"])
+        .arg(&lib.state)
+        .arg("--config")
+        .arg(tier.config(lib.work_dir(), "push", &lib.spec)?);
+    let out = run_ok(&mut push)?;
+    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    let mut four = lib.mount_options();
+    four.state_dir = Some(lib.work_dir().join("state-four"));
+    four.config = Some(tier.config(lib.work_dir(), "four", &lib.spec)?);
+    four.extra_args.push("--from-shared".into());
+    let started = Instant::now();
+    let mount = MountedFs::start(four)?;
+    let ready = started.elapsed();
+    let log = mount.log();
+    ensure!(
+        log.contains("started from the shared library"),
+        "the daemon did not start from the shared library; log:\n{log}"
+    );
+    let head = log.split(" mounted").next().unwrap_or_default();
+    ensure!(
+        !head.contains("no snapshot yet") && !head.contains("scanning origins"),
+        "the daemon scanned before mounting; log:\n{log}"
+    );
+    println!("a daemon started from the shared library was mounted {ready:?} after its start");
+    let shown: Vec<String> = walk_files(mount.mountpoint())?
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".flac"))
+        .collect();
+    ensure!(shown.len() == 3, "the shared tree shows {shown:?}");
+    let first = served(&mount, "A First")?;
+    let (got, cost) = wire_cost(&lib.proxy, || Ok(read_all(&first)?))?;
+    ensure!(got == fs::read(lib.source("A First")?)?, "A First: wrong bytes");
+    ensure!(cost == 0, "{cost} bytes from the origin for a track the tier holds");
+    drop(mount);
+
     // A forged window record (not signed with the site's key) is ignored: a third daemon
     // reading C Third, which no daemon read, gets it from the origin, bit-exact, and no
     // record under the forger's name is trusted.
@@ -311,7 +352,7 @@ fn a_second_daemon_reads_from_the_shared_tier_and_never_trusts_it_blindly() -> R
     }
     let mut three = lib.mount_options();
     three.state_dir = Some(state_three);
-    three.config = Some(tier.config(lib.work_dir(), "three")?);
+    three.config = Some(tier.config(lib.work_dir(), "three", &lib.spec)?);
     let (mount, _) = MountedFs::start_watching(three, Duration::from_secs(120))?;
     let first = served(&mount, "A First")?;
     let (got, cost) = wire_cost(&lib.proxy, || Ok(read_all(&first)?))?;

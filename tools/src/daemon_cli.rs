@@ -61,6 +61,11 @@ pub struct DaemonCli {
     /// Seconds between health probes of each origin, 0 for none [default: 30].
     #[arg(long)]
     pub probe_interval: Option<f64>,
+    /// Start an empty state dir from the library another daemon shared in the shared tier
+    /// (`musicfs share push`): served at once, reconciled with the origins in the
+    /// background.
+    #[arg(long)]
+    pub from_shared: bool,
     /// Next tracks of an album being played fetched ahead from remote origins, 0 for
     /// none [default: 2].
     #[arg(long)]

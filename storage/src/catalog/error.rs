@@ -43,6 +43,15 @@ pub enum CatalogError {
         source: heed::Error,
     },
 
+    /// A compacted copy of the catalog could not be written.
+    #[error("cannot copy the catalog to {path}: {source}")]
+    Copy {
+        /// Where the copy was going.
+        path: PathBuf,
+        /// What LMDB said.
+        source: heed::Error,
+    },
+
     /// The catalog is already open in this process; LMDB allows one environment handle per
     /// file and process, so the existing [`Catalog`](super::Catalog) must be shared.
     #[error("the catalog at {path} is already open in this process; share the open Catalog")]

@@ -32,6 +32,19 @@ pub(crate) struct Store {
 }
 
 impl Store {
+    /// Writes a compacted copy of the environment (a consistent view: LMDB copies under a
+    /// read transaction) to the file `dest`, which must not exist.
+    pub(crate) fn copy_to(&self, dest: &Path) -> Result<(), CatalogError> {
+        let _shared = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+        self.env
+            .copy_to_path(dest, heed::CompactionOption::Enabled)
+            .map(drop)
+            .map_err(|source| CatalogError::Copy {
+                path: dest.to_path_buf(),
+                source,
+            })
+    }
+
     /// Opens (creating if needed) the environment in `dir` with an initial map of at least
     /// `map_size` bytes. A catalog that already holds more data keeps its larger size.
     pub(crate) fn open(dir: &Path, map_size: usize) -> Result<Store, CatalogError> {

@@ -81,6 +81,12 @@ enum Command {
         #[arg(long)]
         verify: bool,
     },
+    /// Share this library (catalog, tree, cover art) through the shared tier, so other
+    /// daemons configured alike start from it with `musicfsd --from-shared`.
+    Share {
+        #[command(subcommand)]
+        action: ShareAction,
+    },
     /// Manage the origins the catalog knows.
     Origin {
         #[command(subcommand)]
@@ -300,6 +306,12 @@ impl TagAction {
 }
 
 #[derive(Subcommand)]
+enum ShareAction {
+    /// Stores the state dir's library in the shared tier (`shared_tier` in the config).
+    Push,
+}
+
+#[derive(Subcommand)]
 enum OriginAction {
     /// List the origins the catalog knows, with their track counts.
     List,
@@ -411,6 +423,9 @@ fn main() -> ExitCode {
             allow_mass_removal,
             verify,
         } => scan(cfg, origins, template, (allow_mass_removal, verify)),
+        Command::Share {
+            action: ShareAction::Push,
+        } => share_push(&cfg, json),
         Command::Origin { action } => match action {
             OriginAction::List => origin_list(&cfg),
             OriginAction::Add {
@@ -825,6 +840,27 @@ fn report_published(published: &musicfs_index::refresh::Published) {
             ""
         }
     );
+}
+
+fn share_push(cfg: &Config, json: bool) -> Result<()> {
+    let tier = musicfs_tools::open_tier(cfg)?
+        .context("no shared_tier in the configuration: nowhere to share the library")?;
+    let keys = cfg
+        .origins
+        .iter()
+        .map(|o| Ok(parse_origin(o.path.as_os_str())?.key()))
+        .collect::<Result<Vec<_>>>()?;
+    anyhow::ensure!(!keys.is_empty(), "no origin configured: nothing to share");
+    let name = musicfs_tools::share::bundle_name(cfg, keys.iter().map(|k| k.as_os_str()));
+    let state = StateDir::create(&cfg.state_dir())?;
+    let catalog = state.open_catalog()?;
+    let (name, bytes) = musicfs_tools::share::push(&tier, &name, &state, &catalog)?;
+    if json {
+        println!("{}", serde_json::json!({ "name": name, "bytes": bytes }));
+    } else {
+        println!("shared {name} ({bytes} bytes) in {}", tier.shown());
+    }
+    Ok(())
 }
 
 fn origin_list(cfg: &Config) -> Result<()> {

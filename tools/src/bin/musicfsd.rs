@@ -185,6 +185,16 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         counters: cache_counters,
         tier,
     } = read_path(cfg, origins)?;
+    if cli.from_shared {
+        let tier = match &tier {
+            Some(t) => t.clone(),
+            // No remote origin, so the read path opened none: the library still can be.
+            None => musicfs_tools::open_tier(cfg)?
+                .context("--from-shared needs shared_tier in the configuration")?,
+        };
+        let name = musicfs_tools::share::bundle_name(cfg, origins.iter().map(|o| o.key()));
+        musicfs_tools::share::pull(&tier, &name, &cfg.state_dir())?;
+    }
     // Events: the FUSE workers, the refresh loop and origin health changes report here.
     let hub = Arc::new(Hub::new());
     let webhooks = cfg

@@ -12,6 +12,8 @@
 //!   file a tree records with this path, length and mtime (`<recorded>`: their xxh3-128),
 //!   written with the file's first window: another daemon opens the file from the tier
 //!   without asking the origin for its ETag.
+//! - `s/<name>`: a shared library (catalog and tree, see `musicfs share push`), with an
+//!   HMAC over its name and bytes.
 //!
 //! A reader trusts a window record only when its signature checks out (so a tier anyone
 //! can write cannot make a daemon serve bytes no daemon fetched from the origin), and each
@@ -154,6 +156,39 @@ impl S3Tier {
     /// The tier's display form (no credentials).
     pub fn shown(&self) -> &str {
         &self.shown
+    }
+
+    /// Stores `bytes` as the blob `name` (a shared library's catalog and tree), signed.
+    pub fn put_blob(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let mut body = Vec::with_capacity(bytes.len() + 32);
+        body.extend_from_slice(bytes);
+        let mac = self.mac(name.as_bytes(), bytes);
+        body.extend_from_slice(&mac);
+        self.put(&self.blob_key(name), &body)
+    }
+
+    /// The blob `name` when the tier holds it signed with this site's key (`Ok(None)`:
+    /// not there; an error when it is there but not genuine, or the tier failed).
+    pub fn get_blob(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let Some(mut rec) = self.get(&self.blob_key(name))? else {
+            return Ok(None);
+        };
+        let Some(len) = self.verified(name.as_bytes(), &rec).map(<[u8]>::len) else {
+            self.counters.forged.fetch_add(1, Ordering::Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{name} in the shared tier {} is not signed with this site's key",
+                    self.shown
+                ),
+            ));
+        };
+        rec.truncate(len);
+        Ok(Some(rec))
+    }
+
+    fn blob_key(&self, name: &str) -> String {
+        format!("{}s/{name}", self.prefix)
     }
 
     fn chunk_key(&self, hash: u128) -> String {
