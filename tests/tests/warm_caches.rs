@@ -332,8 +332,14 @@ fn a_second_daemon_reads_from_the_shared_tier_and_never_trusts_it_blindly() -> R
     ensure!(shown.len() == 3, "the shared tree shows {shown:?}");
     let first = served(&mount, "A First")?;
     let (got, cost) = wire_cost(&lib.proxy, || Ok(read_all(&first)?))?;
-    ensure!(got == fs::read(lib.source("A First")?)?, "A First: wrong bytes");
-    ensure!(cost == 0, "{cost} bytes from the origin for a track the tier holds");
+    ensure!(
+        got == fs::read(lib.source("A First")?)?,
+        "A First: wrong bytes"
+    );
+    ensure!(
+        cost == 0,
+        "{cost} bytes from the origin for a track the tier holds"
+    );
     drop(mount);
 
     // A forged window record (not signed with the site's key) is ignored: a third daemon

@@ -179,24 +179,43 @@ impl Collector for Metrics {
                 cas.budget() as i64,
             )?;
         }
-        for (name, help, hits) in [
+        type Pick = fn(&musicfs_storage::origin::CacheCounters) -> &std::sync::atomic::AtomicU64;
+        let per_origin: [(&str, &str, Pick); 5] = [
             (
                 "cache_hits",
                 "Read windows found in the chunk cache, by origin",
-                true,
+                |c| &c.hits,
             ),
             (
                 "cache_misses",
-                "Read windows fetched from the origin, by origin",
-                false,
+                "Read windows fetched from the origin (or the shared tier), by origin",
+                |c| &c.misses,
             ),
-        ] {
+            (
+                "cache_prefetched",
+                "Of the misses, windows fetched by prefetch, by origin",
+                |c| &c.prefetched,
+            ),
+            (
+                "cache_tier_hits",
+                "Of the misses, windows the shared tier answered, by origin",
+                |c| &c.tier_hits,
+            ),
+            (
+                "cache_tier_bad",
+                "Windows the shared tier answered wrongly (fetched from the origin), by origin",
+                |c| &c.tier_bad,
+            ),
+        ];
+        for (name, help, pick) in per_origin {
             let rows: Vec<Row> = d
                 .cache_counters
                 .iter()
                 .map(|(spec, c)| {
-                    let v = if hits { &c.hits } else { &c.misses };
-                    (vec![("origin", spec.clone())], v.load(Ordering::Relaxed))
+                    (
+                        vec![("origin", spec.clone())],
+                        pick(c).load(Ordering::Relaxed),
+                    )
                 })
                 .collect();
             counter(&mut enc, name, help, &rows)?;
