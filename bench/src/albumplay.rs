@@ -25,10 +25,11 @@ use anyhow::{ensure, Context, Result};
 use musicfs_tests::harness::run_ok;
 use musicfs_tests::remote::{generate, Track};
 use musicfs_tests::servers::proxy::CountingProxy;
-use musicfs_tests::servers::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
+use musicfs_tests::servers::s3::S3Server;
 use serde::Serialize;
 
 use crate::peers::{self, Launch, Peer};
+use crate::remote::with_credentials;
 use crate::scale::{loadavg, short};
 
 const BUCKET: &str = "music";
@@ -174,13 +175,6 @@ fn library(dir: &Path, albums: usize, tracks: usize) -> Result<()> {
     generate(dir, &list)?;
     fs::write(marker, "")?;
     Ok(())
-}
-
-fn with_credentials(cmd: &mut Command) {
-    cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_PROFILE");
 }
 
 /// The album folders of the mount, in order, each with its tracks in order.

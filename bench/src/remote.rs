@@ -342,7 +342,8 @@ fn scan(ctx: &Ctx) -> Result<u64> {
     Ok(ctx.quiet_down(QUIET)? - before)
 }
 
-fn with_credentials(cmd: &mut Command) {
+/// The test server's credentials for `cmd`, and no others.
+pub(crate) fn with_credentials(cmd: &mut Command) {
     cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .env_remove("AWS_SESSION_TOKEN")

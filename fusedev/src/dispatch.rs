@@ -139,7 +139,8 @@ fn entry_out(cfg: &crate::fs::FsConfig, a: &crate::fs::Attr) -> abi::EntryOut {
 
 /// `configured`, or zero for a virtual node.
 fn timeout(configured: Duration, ino: u64) -> Duration {
-    if crate::virt::is_virtual(ino) || crate::album::is_extra(ino) {
+    if crate::virt::is_virtual(ino) || crate::album::is_extra(ino) || crate::prefetch::is_hint(ino)
+    {
         Duration::ZERO
     } else {
         configured
@@ -275,7 +276,7 @@ impl Dispatcher {
             }
             abi::FUSE_OPENDIR => self.model.opendir(ino).map(|fh| {
                 // A virtual directory's listing changes with the library: not cached.
-                let open_flags = if crate::virt::is_virtual(ino) {
+                let open_flags = if crate::virt::is_virtual(ino) || crate::prefetch::is_hint(ino) {
                     0
                 } else {
                     abi::FOPEN_CACHE_DIR | abi::FOPEN_KEEP_CACHE
@@ -415,7 +416,9 @@ impl Dispatcher {
             Ok(a) => entry_out(cfg, &a),
             // Not under a virtual directory: its names come and go with the library.
             Err(FsError::NotFound { .. })
-                if !cfg.negative_timeout.is_zero() && !crate::virt::is_virtual(parent) =>
+                if !cfg.negative_timeout.is_zero()
+                    && !crate::virt::is_virtual(parent)
+                    && !crate::prefetch::is_hint(parent) =>
             {
                 // nodeid 0 with a timeout: a negative entry the kernel caches.
                 let (es, ens) = split(cfg.negative_timeout);

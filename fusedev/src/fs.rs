@@ -391,7 +391,11 @@ impl FsModel {
         match self.virtual_node(&snap, ino) {
             Some(Ok(Found::Result(l, i))) => Ok(l.entries[i].target()),
             Some(Err(e)) => Err(e),
-            _ if snap.node(ino).is_none() && !virt::is_virtual(ino) && !album::is_extra(ino) => {
+            _ if snap.node(ino).is_none()
+                && !virt::is_virtual(ino)
+                && !album::is_extra(ino)
+                && !crate::prefetch::is_hint(ino) =>
+            {
                 Err(FsError::StaleInode(ino))
             }
             _ => Err(FsError::NotASymlink(ino)),
@@ -436,9 +440,72 @@ impl FsModel {
         }
     }
 
+    /// `/.prefetch`, when prefetch runs.
+    fn mirror(&self) -> Option<&crate::prefetch::Mirror> {
+        self.prefetch.as_ref().map(|p| p.mirror())
+    }
+
+    /// The tree node and the parent of `/.prefetch` node `ino`; `None` when `ino` is not
+    /// one.
+    fn hint_node(&self, ino: u64) -> Option<Result<(u64, u64), FsError>> {
+        if !crate::prefetch::is_hint(ino) {
+            return None;
+        }
+        Some(
+            self.mirror()
+                .and_then(|m| m.node(ino))
+                .ok_or(FsError::StaleInode(ino)),
+        )
+    }
+
+    /// Attributes of `/.prefetch` node `ino`, which stands for tree node `tree`: an empty
+    /// file or a folder.
+    fn hint_attr(&self, snap: &Snapshot, ino: u64, tree: u64) -> Result<Attr, FsError> {
+        let dir = snap.node(tree).ok_or(FsError::StaleInode(ino))?.is_dir();
+        Ok(Attr {
+            ino,
+            generation: 0,
+            kind: if dir { Kind::Dir } else { Kind::File },
+            size: 0,
+            mtime_ns: root_mtime(snap),
+            nlink: if dir { 2 } else { 1 },
+            perm: if dir {
+                DEFAULT_DIR_PERM
+            } else {
+                DEFAULT_FILE_PERM
+            } & !self.cfg.umask,
+            uid: self.cfg.uid.unwrap_or(self.cfg.default_uid),
+            gid: self.cfg.gid.unwrap_or(self.cfg.default_gid),
+        })
+    }
+
+    /// Asks for the tracks under tree node `tree` to be fetched (`/.prefetch`).
+    fn fetch_tree(&self, tree: u64) {
+        if let Some(p) = &self.prefetch {
+            p.fetch_tree(tree);
+        }
+    }
+
     /// The attributes of `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         let snap = self.snapshot.load();
+        if parent == ROOT_INO && name == crate::prefetch::HINT_NAME && self.mirror().is_some() {
+            return self.hint_attr(&snap, crate::prefetch::HINT_TOP, ROOT_INO);
+        }
+        if let Some(found) = self.hint_node(parent) {
+            let (tree, _) = found?;
+            let child = snap
+                .lookup(tree, name)
+                .ok_or(FsError::NotFound { parent })?;
+            let mirror = self.mirror().ok_or(FsError::StaleInode(parent))?;
+            let ino = mirror.child(parent, child.ino());
+            if child.file().is_some() {
+                // A track is never a step on the way to another name: looking it up here
+                // (`touch`, `stat`, `cat`) asks for it.
+                self.fetch_tree(child.ino());
+            }
+            return self.hint_attr(&snap, ino, child.ino());
+        }
         if let Some(v) = &self.virt {
             if parent == ROOT_INO && name == virt::SEARCH_NAME {
                 return Ok(self.virtual_attr(&snap, &Found::Top(virt::SEARCH_INO)));
@@ -475,6 +542,9 @@ impl FsModel {
     /// The attributes of inode `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         let snap = self.snapshot.load();
+        if let Some(found) = self.hint_node(ino) {
+            return self.hint_attr(&snap, ino, found?.0);
+        }
         if let Some(found) = self.virtual_node(&snap, ino) {
             return Ok(self.virtual_attr(&snap, &found?));
         }
@@ -489,6 +559,17 @@ impl FsModel {
     /// across a republish.
     pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         let snap = self.snapshot.load_full();
+        if let Some(found) = self.hint_node(ino) {
+            let (tree, _) = found?;
+            if !snap.node(tree).ok_or(FsError::StaleInode(ino))?.is_dir() {
+                return Err(FsError::NotADirectory(ino));
+            }
+            // Listing a folder under `/.prefetch` fetches it (`/.prefetch` itself: nothing).
+            if ino != crate::prefetch::HINT_TOP {
+                self.fetch_tree(tree);
+            }
+            return Ok(self.dirs.insert(snap));
+        }
         match self.virtual_node(&snap, ino) {
             Some(Ok(Found::Result(..))) => return Err(FsError::NotADirectory(ino)),
             Some(Ok(_)) => return Ok(self.dirs.insert(snap)),
@@ -515,6 +596,11 @@ impl FsModel {
         emit: &mut dyn FnMut(DirItem<'_>) -> bool,
     ) -> Result<(), FsError> {
         let mut snap = self.dirs.get(fh).ok_or(FsError::BadHandle(fh))?;
+        if let Some(found) = self.hint_node(ino) {
+            // Empty: its names are found by lookup.
+            emit_dots(ino, found?.1, offset, false, emit);
+            return Ok(());
+        }
         if self.virt.is_some() && virt::is_virtual(ino) {
             return self.readdir_virtual(ino, offset, emit);
         }
@@ -726,6 +812,15 @@ impl FsModel {
     /// whole).
     fn open_source(&self, ino: u64) -> Result<Source, FsError> {
         let snap = self.snapshot.load();
+        if let Some(found) = self.hint_node(ino) {
+            // Opening a file under `/.prefetch` fetches its track; it reads as empty.
+            let (tree, _) = found?;
+            if snap.node(tree).ok_or(FsError::StaleInode(ino))?.is_dir() {
+                return Err(FsError::IsADirectory(ino));
+            }
+            self.fetch_tree(tree);
+            return Ok(Source::Other(Arc::new(crate::prefetch::NoBytes)));
+        }
         if let Some(extra) = self.extra_node(&snap, ino) {
             let (attr, source) = extra?;
             return self.open_extra(ino, &attr, source);
@@ -859,8 +954,9 @@ impl FsModel {
     ) -> Result<R, FsError> {
         let generation = {
             let snap = self.snapshot.load();
-            if album::is_extra(ino) {
-                // Extra entries are not versioned: opened once per inode, as named now.
+            if album::is_extra(ino) || crate::prefetch::is_hint(ino) {
+                // Extra entries (and `/.prefetch` files) are not versioned: opened once
+                // per inode, as named now.
                 let h = match self.by_inode.get(ino, 0) {
                     Some(h) => h,
                     None => {
@@ -1025,6 +1121,10 @@ impl FsModel {
             found?;
             return Err(missing());
         }
+        if let Some(found) = self.hint_node(ino) {
+            found?;
+            return Err(missing());
+        }
         if let Some(extra) = self.extra_node(&snap, ino) {
             extra?;
             return Err(missing());
@@ -1065,6 +1165,10 @@ impl FsModel {
     pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrReply, FsError> {
         let snap = self.snapshot.load();
         if let Some(found) = self.virtual_node(&snap, ino) {
+            found?;
+            return xattr::sized_reply(Vec::new(), size);
+        }
+        if let Some(found) = self.hint_node(ino) {
             found?;
             return xattr::sized_reply(Vec::new(), size);
         }

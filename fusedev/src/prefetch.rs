@@ -13,6 +13,10 @@
 //!   lets reads being served go first and stops when a newer hint arrives. What it stores
 //!   is bounded by the chunk cache's budget like any other read.
 //! - Local origins are read in place and are skipped.
+//! - **By hand**: `/.prefetch/<path-in-tree>` ([`Mirror`]) — looking up a track there
+//!   (`touch`, `stat`, `cat`) or listing a folder (`ls`) fetches that track, or every track
+//!   below the folder, whole. Nodes there are cached by the kernel for no time, so every
+//!   `touch` asks again.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -66,26 +70,38 @@ pub struct PrefetchSources {
     pub health: Arc<OriginHealth>,
 }
 
+/// What the prefetch thread is asked to do.
+#[derive(Debug, Clone, Copy)]
+enum Hint {
+    /// Track `ino` is being played: fetch what follows it.
+    Next(u64),
+    /// Fetch the tracks under tree node `ino` (a track or a folder) whole: `/.prefetch`.
+    Tree(u64),
+}
+
 /// The FUSE side of prefetch: hands hints to its thread. See the module documentation.
 #[derive(Debug)]
 pub struct Prefetcher {
     cfg: PrefetchConfig,
-    tx: Sender<u64>,
+    tx: Sender<Hint>,
+    /// `/.prefetch`'s nodes.
+    mirror: Mirror,
 }
 
 impl Prefetcher {
-    /// Starts the prefetch thread. `None` when `cfg` turns prefetch off or the thread
-    /// cannot start (logged: reads work as before).
+    /// Starts the prefetch thread (`cfg.tracks` 0: only `/.prefetch` asks it for work).
+    /// `None` when the thread cannot start (logged: reads work as before).
     pub fn start(cfg: PrefetchConfig, sources: PrefetchSources) -> Option<Prefetcher> {
-        if cfg.tracks == 0 {
-            return None;
-        }
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let spawned = std::thread::Builder::new()
             .name("prefetch-tracks".into())
             .spawn(move || run(cfg, &sources, &rx));
         match spawned {
-            Ok(_) => Some(Prefetcher { cfg, tx }),
+            Ok(_) => Some(Prefetcher {
+                cfg,
+                tx,
+                mirror: Mirror::default(),
+            }),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the prefetch thread: prefetch is off");
                 None
@@ -96,18 +112,117 @@ impl Prefetcher {
     /// A read of `n` bytes at `offset` of track `ino` (`size` bytes): hints the thread
     /// when it crosses the threshold. Never blocks.
     pub fn note_read(&self, ino: u64, offset: u64, n: usize, size: u64) {
+        if self.cfg.tracks == 0 {
+            return;
+        }
         let mark = self.cfg.after_bytes.min(size / 2).max(1);
         if offset < mark && mark <= offset.saturating_add(n as u64) {
-            self.hint(ino);
+            self.send(Hint::Next(ino));
         }
     }
 
     /// Asks for the tracks after `ino` to be fetched.
     pub fn hint(&self, ino: u64) {
-        match self.tx.try_send(ino) {
+        self.send(Hint::Next(ino));
+    }
+
+    /// Asks for every track under tree node `ino` (a track or a folder) to be fetched
+    /// whole.
+    pub fn fetch_tree(&self, ino: u64) {
+        self.send(Hint::Tree(ino));
+    }
+
+    fn send(&self, hint: Hint) {
+        match self.tx.try_send(hint) {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-            Err(TrySendError::Full(_)) => tracing::debug!(ino, "prefetch queue full: hint dropped"),
+            Err(TrySendError::Full(_)) => {
+                tracing::debug!(?hint, "prefetch queue full: hint dropped")
+            }
         }
+    }
+
+    /// `/.prefetch`'s nodes.
+    pub fn mirror(&self) -> &Mirror {
+        &self.mirror
+    }
+}
+
+/// The name of `/.prefetch` in the root (found by name, not listed).
+pub const HINT_NAME: &[u8] = b".prefetch";
+/// Inode of `/.prefetch`. Its nodes take bit 60 and a number (bits 61-63 clear: not a
+/// tree directory, a search or an album extra; track inodes stay far below).
+pub const HINT_TOP: u64 = 1 << 60;
+
+/// Whether `ino` is a node of `/.prefetch`.
+pub fn is_hint(ino: u64) -> bool {
+    ino >> 60 == 1
+}
+
+/// The most nodes `/.prefetch` remembers; past it they are forgotten (their inodes go
+/// stale) and numbering goes on.
+const MIRROR_MAX: usize = 1 << 16;
+
+/// `/.prefetch/<path-in-tree>`: each name looked up under it is the tree node of the same
+/// path, as an empty file or folder of its own. Looking up or opening such a file, or
+/// listing such a folder, asks for the tree's track (or every track below the folder) to
+/// be fetched into the cache; lookups of folders on the way fetch nothing.
+#[derive(Debug, Default)]
+pub struct Mirror {
+    state: std::sync::Mutex<MirrorState>,
+}
+
+#[derive(Debug, Default)]
+struct MirrorState {
+    /// Tree inode → its node's inode here.
+    by_tree: std::collections::HashMap<u64, u64>,
+    /// Inode here → (tree inode, parent's inode here).
+    nodes: std::collections::HashMap<u64, (u64, u64)>,
+    next: u64,
+}
+
+impl Mirror {
+    /// The tree node behind `ino` and the inode of its parent here (the top: the tree's
+    /// root, and the mount's root as parent). `None` for an inode forgotten or not here.
+    pub fn node(&self, ino: u64) -> Option<(u64, u64)> {
+        if ino == HINT_TOP {
+            return Some((
+                musicfs_core::snapshot::ROOT_INO,
+                musicfs_core::snapshot::ROOT_INO,
+            ));
+        }
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.nodes.get(&ino).copied()
+    }
+
+    /// The inode here of tree node `tree`, found under `parent` (an inode here).
+    pub fn child(&self, parent: u64, tree: u64) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&ino) = state.by_tree.get(&tree) {
+            return ino;
+        }
+        if state.nodes.len() >= MIRROR_MAX {
+            state.nodes.clear();
+            state.by_tree.clear();
+        }
+        state.next += 1;
+        let ino = HINT_TOP | (state.next & (HINT_TOP - 1));
+        state.by_tree.insert(tree, ino);
+        state.nodes.insert(ino, (tree, parent));
+        ino
+    }
+}
+
+/// What a file under `/.prefetch` reads: nothing.
+#[derive(Debug)]
+pub struct NoBytes;
+
+impl musicfs_storage::origin::Source for NoBytes {
+    fn read_at(&self, _buf: &mut [u8], _offset: u64) -> std::io::Result<usize> {
+        Ok(0)
+    }
+
+    fn len(&self) -> u64 {
+        0
     }
 }
 
@@ -272,13 +387,69 @@ impl Target {
     }
 }
 
-fn run(cfg: PrefetchConfig, sources: &PrefetchSources, rx: &Receiver<u64>) {
+/// Most tracks one `/.prefetch` request fetches.
+const TREE_MAX: usize = 100_000;
+
+/// Fetches every track under tree node `ino` whole (a `/.prefetch` request).
+fn fetch_tree(sources: &PrefetchSources, ino: u64) {
+    let snap = sources.snapshot.load_full();
+    let mut files = Vec::new();
+    let mut stack = vec![ino];
+    while let Some(at) = stack.pop() {
+        let Some(node) = snap.node(at) else { continue };
+        if node.file().is_some() {
+            files.push(at);
+        } else if node.is_dir() {
+            // Reversed onto the stack: fetched in the tree's order.
+            let children: Vec<u64> = snap.children(at, 0).map(|c| c.ino()).collect();
+            stack.extend(children.into_iter().rev());
+        }
+        if files.len() >= TREE_MAX {
+            tracing::warn!(
+                ino,
+                "prefetch request: only the first {TREE_MAX} tracks are fetched"
+            );
+            break;
+        }
+    }
+    let (mut fetched, started) = (0u64, std::time::Instant::now());
+    let targets: Vec<Target> = files
+        .iter()
+        .filter_map(|&t| target(sources, &snap, t))
+        .collect();
+    for t in &targets {
+        match t.origin.warm(&t.rel, t.seen, u64::MAX, &|| false) {
+            Ok(n) => fetched += n,
+            Err(e) => tracing::warn!(rel = %t.rel.display(), error = %e, "prefetch failed"),
+        }
+    }
+    tracing::info!(
+        tracks = files.len(),
+        remote = targets.len(),
+        bytes = fetched,
+        ms = started.elapsed().as_millis() as u64,
+        "prefetch request done"
+    );
+}
+
+fn run(cfg: PrefetchConfig, sources: &PrefetchSources, rx: &Receiver<Hint>) {
     let mut order = Order::default();
     let newer = || !rx.is_empty();
-    while let Ok(mut ino) = rx.recv() {
-        // Only the newest hint matters: the player has moved on from the others.
-        while let Ok(n) = rx.try_recv() {
-            ino = n;
+    while let Ok(hint) = rx.recv() {
+        let mut ino = match hint {
+            Hint::Tree(ino) => {
+                fetch_tree(sources, ino);
+                continue;
+            }
+            Hint::Next(ino) => ino,
+        };
+        // Only the newest track matters: the player has moved on from the others (a
+        // `/.prefetch` request met on the way is done first).
+        while let Ok(h) = rx.try_recv() {
+            match h {
+                Hint::Next(n) => ino = n,
+                Hint::Tree(t) => fetch_tree(sources, t),
+            }
         }
         let snap = sources.snapshot.load_full();
         let Some((dir, index, next)) = next_tracks(&snap, ino, cfg.tracks) else {
@@ -310,6 +481,25 @@ fn run(cfg: PrefetchConfig, sources: &PrefetchSources, rx: &Receiver<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mirror_nodes_are_numbered_once_and_forgotten_past_the_bound() {
+        let m = Mirror::default();
+        let a = m.child(HINT_TOP, 1 << 63 | 5);
+        assert!(is_hint(a) && a != HINT_TOP);
+        assert_eq!(m.child(HINT_TOP, 1 << 63 | 5), a);
+        let b = m.child(a, 42);
+        assert_eq!(m.node(b), Some((42, a)));
+        assert_eq!(
+            m.node(HINT_TOP).map(|n| n.0),
+            Some(musicfs_core::snapshot::ROOT_INO)
+        );
+        assert!(!is_hint(1 << 63 | 5) && !is_hint(42) && !is_hint(1 << 61) && !is_hint(1 << 62));
+        for t in 0..MIRROR_MAX as u64 {
+            m.child(HINT_TOP, 1000 + t);
+        }
+        assert_eq!(m.node(a), None, "forgotten past the bound");
+    }
 
     #[test]
     fn album_order_prefetches_and_shuffle_pauses_it() {

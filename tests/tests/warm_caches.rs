@@ -4,6 +4,7 @@
 //!   tracks and the whole next one are in the cache (no byte from the origin when the
 //!   player gets there); a track further on is not; the album's last track has the next
 //!   album's first tracks fetched; with `--prefetch-tracks 0` nothing is fetched ahead;
+//!   `/.prefetch/<path>` fetches a folder when listed and a track when looked up;
 //! - **shared tier**: a second daemon (own state dir) reads a track the first one read
 //!   with no byte from the origin; a damaged chunk in the tier is refetched from the origin
 //!   and the file still reads bit-exact; a forged window record is ignored.
@@ -35,7 +36,7 @@ const fn track(rel: &'static str, title: &'static str) -> Track<'static> {
 }
 
 /// Two albums of noise FLACs (about 2 MB each); titles sort in album order.
-const TRACKS: [Track<'static>; 7] = [
+const TRACKS: [Track<'static>; 10] = [
     track("Band/Album/A First.flac", "A First"),
     track("Band/Album/B Second.flac", "B Second"),
     track("Band/Album/C Third.flac", "C Third"),
@@ -43,6 +44,9 @@ const TRACKS: [Track<'static>; 7] = [
     track("Other/Record/E Opening.flac", "E Opening"),
     track("Other/Record/F Middle.flac", "F Middle"),
     track("Other/Record/G Closing.flac", "G Closing"),
+    track("Solo/Single/H Lone.flac", "H Lone"),
+    track("Solo/Single/I Also.flac", "I Also"),
+    track("Third/Way/J Apart.flac", "J Apart"),
 ];
 
 /// The first 64 KiB of `p` (the kernel may read ahead of that).
@@ -62,6 +66,15 @@ fn start_cost(lib: &S3Library, mount: &MountedFs, title: &str) -> Result<u64> {
     Ok(cost)
 }
 
+/// Reads the track titled `title` whole through `mount` once the daemon is quiet; checks
+/// its bytes against the bucket's and returns what the origin's server sent meanwhile.
+fn read_whole(lib: &S3Library, mount: &MountedFs, title: &str) -> Result<u64> {
+    let path = served(mount, title)?;
+    let (got, cost) = wire_cost(&lib.proxy, || Ok(read_all(&path)?))?;
+    ensure!(got == fs::read(lib.source(title)?)?, "{title}: wrong bytes");
+    Ok(cost)
+}
+
 #[test]
 fn prefetch_fetches_the_next_tracks_of_an_album_being_played() -> Result<()> {
     let lib = S3Library::start(|dir| generate(dir, &TRACKS))?;
@@ -73,12 +86,7 @@ fn prefetch_fetches_the_next_tracks_of_an_album_being_played() -> Result<()> {
     let (mount, _) = MountedFs::start_watching(opts.clone(), Duration::from_secs(120))?;
 
     // The player plays the first track of the album.
-    let first = served(&mount, "A First")?;
-    let (got, cost) = wire_cost(&lib.proxy, || Ok(read_all(&first)?))?;
-    ensure!(
-        got == fs::read(lib.source("A First")?)?,
-        "A First: wrong bytes"
-    );
+    let cost = read_whole(&lib, &mount, "A First")?;
     ensure!(cost > 0, "the first track came from nowhere");
 
     // Prefetch has fetched ahead (wire_cost waits until the daemon is quiet): the fourth
@@ -96,12 +104,7 @@ fn prefetch_fetches_the_next_tracks_of_an_album_being_played() -> Result<()> {
             mount.log()
         );
     }
-    let second = served(&mount, "B Second")?;
-    let (got, cost) = wire_cost(&lib.proxy, || Ok(read_all(&second)?))?;
-    ensure!(
-        got == fs::read(lib.source("B Second")?)?,
-        "B Second: wrong bytes"
-    );
+    let cost = read_whole(&lib, &mount, "B Second")?;
     ensure!(
         cost == 0,
         "the next track, prefetched whole, moved {cost} bytes; log:\n{}",
@@ -112,8 +115,7 @@ fn prefetch_fetches_the_next_tracks_of_an_album_being_played() -> Result<()> {
     // A new daemon (order forgotten); the album's last track played: the next album's
     // first two tracks are fetched (the player is taken to go on album after album).
     let (mount, _) = MountedFs::start_watching(opts.clone(), Duration::from_secs(120))?;
-    let last = served(&mount, "D Fourth")?;
-    wire_cost(&lib.proxy, || Ok(read_all(&last)?))?;
+    read_whole(&lib, &mount, "D Fourth")?;
     // Waits for the prefetch to end.
     wire_cost(&lib.proxy, || Ok(()))?;
     drop(mount);
@@ -131,12 +133,49 @@ fn prefetch_fetches_the_next_tracks_of_an_album_being_played() -> Result<()> {
          ({cost} bytes); log:\n{}",
         mount.log()
     );
-    let middle = served(&mount, "F Middle")?;
-    wire_cost(&lib.proxy, || Ok(read_all(&middle)?))?;
+    read_whole(&lib, &mount, "F Middle")?;
     let cost = start_cost(&lib, &mount, "G Closing")?;
     ensure!(
         cost > 0,
         "with prefetch off the next track was cached anyway"
+    );
+
+    // By hand, through `/.prefetch/<path-in-tree>` (there with prefetch off too, and not
+    // listed in the root): listing a folder there fetches its tracks, looking up a track
+    // (`stat`, `touch`) fetches it.
+    let root = mount.mountpoint();
+    ensure!(
+        !fs::read_dir(root)?.any(|e| e.is_ok_and(|e| e.file_name() == ".prefetch")),
+        "/.prefetch is listed in the root"
+    );
+    let hint = |title: &str| -> Result<PathBuf> {
+        let path = served(&mount, title)?;
+        Ok(root.join(".prefetch").join(path.strip_prefix(root)?))
+    };
+    let folder = hint("H Lone")?.parent().context("no folder")?.to_path_buf();
+    ensure!(
+        fs::read_dir(&folder)?.count() == 0,
+        "a folder under /.prefetch lists nothing"
+    );
+    for title in ["H Lone", "I Also"] {
+        let cost = read_whole(&lib, &mount, title)?;
+        ensure!(
+            cost == 0,
+            "{title} was not fetched by listing its folder under /.prefetch ({cost} bytes); log:\n{}",
+            mount.log()
+        );
+    }
+    let apart = hint("J Apart")?;
+    ensure!(fs::metadata(&apart)?.len() == 0, "a /.prefetch file is empty");
+    let cost = read_whole(&lib, &mount, "J Apart")?;
+    ensure!(
+        cost == 0,
+        "J Apart was not fetched by a stat under /.prefetch ({cost} bytes); log:\n{}",
+        mount.log()
+    );
+    ensure!(
+        fs::metadata(root.join(".prefetch/No Such Artist")).is_err(),
+        "a name the tree lacks is found under /.prefetch"
     );
     drop(mount);
     ensure!(lib.bucket_sums()? == sums, "the bucket changed");
@@ -180,6 +219,20 @@ impl Tier {
             ),
         )?;
         Ok(path)
+    }
+
+    /// A daemon named `name` over `lib` sharing this tier, with a state dir of its own
+    /// (scanned first, so the start-up reconcile has nothing to do).
+    fn daemon(&self, lib: &S3Library, name: &str) -> Result<MountedFs> {
+        let state = lib.work_dir().join(format!("state-{name}"));
+        let mut scan = Command::new(binary("musicfs")?);
+        scan.args(["scan", "--origin", &lib.spec, "--state-dir"])
+            .arg(&state);
+        run_ok(&mut scan)?;
+        let mut opts = lib.mount_options();
+        opts.state_dir = Some(state);
+        opts.config = Some(self.config(lib.work_dir(), name, &lib.spec)?);
+        Ok(MountedFs::start_watching(opts, Duration::from_secs(120))?.0)
     }
 
     /// The tier's objects under `kind` (`c`, `w`, `v`).
@@ -236,21 +289,8 @@ fn a_second_daemon_reads_from_the_shared_tier_and_never_trusts_it_blindly() -> R
     ensure!(objects > 2, "the tier holds {objects} objects");
 
     // Daemon two: its own state dir (scanned on its own), the same tier.
-    let state_two = lib.work_dir().join("state-two");
-    let mut scan = Command::new(binary("musicfs")?);
-    scan.args(["scan", "--origin", &lib.spec, "--state-dir"])
-        .arg(&state_two);
-    run_ok(&mut scan)?;
-    let mut two = lib.mount_options();
-    two.state_dir = Some(state_two);
-    two.config = Some(tier.config(lib.work_dir(), "two", &lib.spec)?);
-    let (mount, _) = MountedFs::start_watching(two, Duration::from_secs(120))?;
-    let first = served(&mount, "A First")?;
-    let (got, cost) = wire_cost(&lib.proxy, || Ok(read_all(&first)?))?;
-    ensure!(
-        got == fs::read(lib.source("A First")?)?,
-        "A First: wrong bytes"
-    );
+    let mount = tier.daemon(&lib, "two")?;
+    let cost = read_whole(&lib, &mount, "A First")?;
     ensure!(
         cost == 0,
         "the second daemon moved {cost} bytes from the origin for a track the tier holds; log:\n{}",
@@ -330,42 +370,24 @@ fn a_second_daemon_reads_from_the_shared_tier_and_never_trusts_it_blindly() -> R
         .filter(|n| n.ends_with(".flac"))
         .collect();
     ensure!(shown.len() == 3, "the shared tree shows {shown:?}");
-    let first = served(&mount, "A First")?;
-    let (got, cost) = wire_cost(&lib.proxy, || Ok(read_all(&first)?))?;
-    ensure!(
-        got == fs::read(lib.source("A First")?)?,
-        "A First: wrong bytes"
-    );
+    let cost = read_whole(&lib, &mount, "A First")?;
     ensure!(
         cost == 0,
         "{cost} bytes from the origin for a track the tier holds"
     );
     drop(mount);
 
-    // A forged window record (not signed with the site's key) is ignored: a third daemon
-    // reading C Third, which no daemon read, gets it from the origin, bit-exact, and no
-    // record under the forger's name is trusted.
-    let state_three = lib.work_dir().join("state-three");
-    let mut scan = Command::new(binary("musicfs")?);
-    scan.args(["scan", "--origin", &lib.spec, "--state-dir"])
-        .arg(&state_three);
-    run_ok(&mut scan)?;
+    // Forged window records (not signed with the site's key) are ignored: a third daemon
+    // reading A First, whose records in the tier are all tampered with, gets it from the
+    // origin, bit-exact, and says why.
     for w in tier.objects("w")? {
         let mut rec = fs::read(&w)?;
         let last = rec.len() - 1;
         rec[last] ^= 1;
         fs::write(&w, rec)?;
     }
-    let mut three = lib.mount_options();
-    three.state_dir = Some(state_three);
-    three.config = Some(tier.config(lib.work_dir(), "three", &lib.spec)?);
-    let (mount, _) = MountedFs::start_watching(three, Duration::from_secs(120))?;
-    let first = served(&mount, "A First")?;
-    let (got, cost) = wire_cost(&lib.proxy, || Ok(read_all(&first)?))?;
-    ensure!(
-        got == fs::read(lib.source("A First")?)?,
-        "A First: wrong bytes"
-    );
+    let mount = tier.daemon(&lib, "three")?;
+    let cost = read_whole(&lib, &mount, "A First")?;
     ensure!(
         cost > 0,
         "window records that fail their signature were trusted"

@@ -226,6 +226,15 @@ fn version_len(prefix: &[u8], version: &[u8]) -> Option<u64> {
         .map(u64::from_be_bytes)
 }
 
+/// The start of every version key of the file a tree records as `seen` (under the path
+/// key `prefix`): its length and mtime.
+fn recorded_key(prefix: &[u8], seen: Seen) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(&seen.size.to_be_bytes());
+    key.extend_from_slice(&seen.mtime_ns.to_be_bytes());
+    key
+}
+
 /// How long an origin that failed an open is taken as unreachable.
 const UNREACHABLE_MS: u64 = 5_000;
 
@@ -396,14 +405,25 @@ impl CachedOrigin {
     fn open_from_tier(&self, rel: &Path, seen: Seen) -> Option<Arc<Inner>> {
         let tier = self.shared.tier.as_ref()?;
         let prefix = self.path_key(rel);
-        let mut recorded = prefix.clone();
-        recorded.extend_from_slice(&seen.size.to_be_bytes());
-        recorded.extend_from_slice(&seen.mtime_ns.to_be_bytes());
+        let recorded = recorded_key(&prefix, seen);
         let version = tier.version(&recorded)?;
         if !version.starts_with(&recorded) {
             return None;
         }
-        let inner = Inner::new(
+        let inner = self.open_lazy(rel, version, prefix, seen)?;
+        inner.fill_from_tier(0).then_some(inner)
+    }
+
+    /// `version` of `rel` opened without the origin, which is opened (and checked to
+    /// hold that version) on the first miss.
+    fn open_lazy(
+        &self,
+        rel: &Path,
+        version: Vec<u8>,
+        prefix: Vec<u8>,
+        seen: Seen,
+    ) -> Option<Arc<Inner>> {
+        Inner::new(
             &self.shared,
             rel,
             version,
@@ -411,8 +431,7 @@ impl CachedOrigin {
             seen.size,
             Upstream::Lazy(Mutex::new(None)),
         )
-        .ok()?;
-        inner.fill_from_tier(0).then_some(inner)
+        .ok()
     }
 
     /// The manifest key prefix of every version of `rel`.
@@ -464,20 +483,13 @@ impl CachedOrigin {
     /// that version, only if a part the cache lacks must be fetched.
     fn open_recorded(&self, rel: &Path, seen: Seen) -> Option<Arc<Inner>> {
         let prefix = self.path_key(rel);
-        let mut want = prefix.clone();
-        want.extend_from_slice(&seen.size.to_be_bytes());
-        want.extend_from_slice(&seen.mtime_ns.to_be_bytes());
-        let versions = self.shared.cache.versions(&want).ok()?;
+        let versions = self
+            .shared
+            .cache
+            .versions(&recorded_key(&prefix, seen))
+            .ok()?;
         let version = versions.into_iter().next()?;
-        let inner = Inner::new(
-            &self.shared,
-            rel,
-            version,
-            prefix,
-            seen.size,
-            Upstream::Lazy(Mutex::new(None)),
-        )
-        .ok()?;
+        let inner = self.open_lazy(rel, version, prefix, seen)?;
         // Nothing cached from the start on: no read would gain, open at the origin.
         inner.covered(0..1).then_some(inner)
     }
