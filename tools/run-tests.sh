@@ -17,6 +17,8 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo build --workspace --bins
+# The example plugins are libraries the plugin tests load.
+cargo build -p musicfs-plugin-titlecase
 
 features=()
 if [ -e /dev/fuse ] && [ "$(id -u)" -eq 0 ]; then

@@ -278,6 +278,12 @@ pub struct Config {
     /// every daemon): window records in the tier are signed with it, and records that are
     /// not are ignored. Required with `shared_tier`.
     pub shared_tier_key_file: Option<PathBuf>,
+    /// Where native plugins are loaded from (default: `<state_dir>/plugins`); only files
+    /// there, owned by the daemon's user or root and writable by no one else, load.
+    pub plugin_dir: Option<PathBuf>,
+    /// Plugins loaded at start (file names in `plugin_dir`, or plugin crate names:
+    /// `titlecase` finds `libmusicfs_plugin_titlecase.so`).
+    pub plugins: Vec<String>,
 }
 
 /// One `[[webhook]]` table: events posted as JSON to a URL.
@@ -433,6 +439,8 @@ impl Default for Config {
             prefetch_whole_next: true,
             shared_tier: None,
             shared_tier_key_file: None,
+            plugin_dir: None,
+            plugins: Vec::new(),
         }
     }
 }
@@ -570,7 +578,14 @@ impl Config {
         default_state_dir()
     }
 
-    /// The control API's socket: `control_socket`, else `<state_dir>/control.sock`.
+    /// Where plugins load from: `plugin_dir`, else `<state_dir>/plugins`.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.plugin_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("plugins"))
+    }
+
+    /// The control socket: `control_socket`, else `<state_dir>/control.sock`.
     pub fn control_socket_path(&self) -> PathBuf {
         self.control_socket
             .clone()

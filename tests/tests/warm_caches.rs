@@ -166,7 +166,10 @@ fn prefetch_fetches_the_next_tracks_of_an_album_being_played() -> Result<()> {
         );
     }
     let apart = hint("J Apart")?;
-    ensure!(fs::metadata(&apart)?.len() == 0, "a /.prefetch file is empty");
+    ensure!(
+        fs::metadata(&apart)?.len() == 0,
+        "a /.prefetch file is empty"
+    );
     let cost = read_whole(&lib, &mount, "J Apart")?;
     ensure!(
         cost == 0,

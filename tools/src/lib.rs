@@ -15,6 +15,7 @@ pub mod control;
 pub mod daemon_cli;
 pub mod finder;
 pub mod library_io;
+pub mod plugins;
 pub mod share;
 pub mod tagging;
 

@@ -31,6 +31,19 @@ pub enum Action {
     Get,
     /// Show only edited fields.
     Diff,
+    /// Ask the loaded metadata plugins for suggestions, kept as proposals.
+    Suggest,
+    /// Turn proposals into edits.
+    Apply,
+}
+
+/// What `apply` may need beside the catalog: the plugins (for `suggest`) and where
+/// proposals are kept.
+pub struct TagContext<'a> {
+    /// The loaded plugins.
+    pub plugins: Option<&'a crate::plugins::Plugins>,
+    /// The state dir's proposals.
+    pub proposals: &'a crate::plugins::Proposals,
 }
 
 impl Action {
@@ -41,7 +54,9 @@ impl Action {
             "clear" => Action::Clear,
             "get" => Action::Get,
             "diff" => Action::Diff,
-            other => bail!("unknown tag action {other:?} (set, clear, get, diff)"),
+            "suggest" => Action::Suggest,
+            "apply" => Action::Apply,
+            other => bail!("unknown tag action {other:?} (set, clear, get, diff, suggest, apply)"),
         })
     }
 }
@@ -164,8 +179,50 @@ pub fn shown_albums(catalog: &Catalog, ids: &[TrackId]) -> Result<Vec<ShownAlbum
     Ok(out)
 }
 
+/// Adds `edits` to track `id`'s; whether they changed.
+fn merge_edits(
+    catalog: &Catalog,
+    id: TrackId,
+    edits: &musicfs_core::overlay::Edits,
+    now: i64,
+) -> Result<bool> {
+    let key = catalog.override_key(id)?;
+    let mut ov = catalog.override_of(id)?.unwrap_or_default();
+    let before = ov.edits.clone();
+    ov.edits.extend(edits.clone());
+    if ov.edits == before {
+        return Ok(false);
+    }
+    ov.changed_ns = now;
+    Ok(catalog.set_override(key, Some(&ov))?)
+}
+
+/// Track `id`'s tags as shown (edits applied), one (field, values joined by "; ") each.
+fn shown_tags(catalog: &Catalog, id: TrackId) -> Result<Vec<(String, String)>> {
+    let Some(rec) = catalog.get(id)? else {
+        return Ok(Vec::new());
+    };
+    let shown = catalog
+        .override_of(id)?
+        .unwrap_or_default()
+        .apply(&rec.meta);
+    Ok(TagField::ALL
+        .iter()
+        .filter_map(|f| {
+            let v = f.values(&shown);
+            (!v.is_empty()).then(|| (f.name().to_string(), v.join("; ")))
+        })
+        .collect())
+}
+
 /// Applies `action` with `args` to `ids`; returns how many tracks' edits changed.
-pub fn apply(catalog: &Catalog, ids: &[TrackId], action: Action, args: &[String]) -> Result<u64> {
+pub fn apply(
+    catalog: &Catalog,
+    ids: &[TrackId],
+    action: Action,
+    args: &[String],
+    ctx: &TagContext<'_>,
+) -> Result<u64> {
     let mut changed = 0;
     match action {
         Action::Get | Action::Diff => {}
@@ -176,17 +233,61 @@ pub fn apply(catalog: &Catalog, ids: &[TrackId], action: Action, args: &[String]
             }
             let now = now_ns();
             for &id in ids {
-                let key = catalog.override_key(id)?;
-                let mut ov = catalog.override_of(id)?.unwrap_or_default();
-                let before = ov.edits.clone();
-                ov.edits.extend(edits.clone());
-                if ov.edits != before {
-                    ov.changed_ns = now;
-                    changed += u64::from(catalog.set_override(key, Some(&ov))?);
-                }
+                changed += u64::from(merge_edits(catalog, id, &edits, now)?);
             }
         }
+        Action::Suggest => {
+            let plugins = ctx
+                .plugins
+                .filter(|p| p.list().iter().any(|l| l.kinds.contains(&"metadata")))
+                .context("no metadata plugin is loaded (`musicfs plugin load NAME`)")?;
+            let mut all = ctx.proposals.load()?;
+            for &id in ids {
+                let tags = shown_tags(catalog, id)?;
+                let mut proposal = crate::plugins::Proposal::default();
+                for (plugin, field, value) in plugins.suggest(&tags) {
+                    let same = tags.iter().any(|(k, v)| *k == field && *v == value);
+                    let assignment = format!("{field}={value}");
+                    // Only fields tag set takes, with values it accepts.
+                    if same || parse_assignments(std::slice::from_ref(&assignment)).is_err() {
+                        continue;
+                    }
+                    proposal.set.push(assignment);
+                    if !proposal.plugins.contains(&plugin) {
+                        proposal.plugins.push(plugin);
+                    }
+                }
+                if proposal.set.is_empty() {
+                    all.remove(&id.0);
+                } else {
+                    all.insert(id.0, proposal);
+                }
+            }
+            ctx.proposals.store(&all)?;
+        }
+        Action::Apply => {
+            let mut all = ctx.proposals.load()?;
+            let now = now_ns();
+            for &id in ids {
+                let Some(p) = all.remove(&id.0) else {
+                    continue;
+                };
+                let edits = parse_assignments(&p.set)?;
+                changed += u64::from(merge_edits(catalog, id, &edits, now)?);
+            }
+            ctx.proposals.store(&all)?;
+        }
         Action::Clear => {
+            if args.is_empty() {
+                let mut all = ctx.proposals.load()?;
+                let before = all.len();
+                for id in ids {
+                    all.remove(&id.0);
+                }
+                if all.len() != before {
+                    ctx.proposals.store(&all)?;
+                }
+            }
             let mut fields = Vec::new();
             for a in args {
                 fields
@@ -229,9 +330,11 @@ pub fn report(
     snap: &Snapshot,
     ids: &[TrackId],
     all_fields: bool,
+    proposals: &crate::plugins::Proposals,
 ) -> Result<Vec<proto::TagTrack>> {
     let mut out = Vec::new();
     let roots = catalog.origins()?;
+    let proposed = proposals.load()?;
     for &id in ids {
         let Some(rec) = catalog.get(id)? else {
             continue;
@@ -239,16 +342,25 @@ pub fn report(
         let ov = catalog.override_of(id)?.unwrap_or_default();
         let shown = ov.apply(&rec.meta);
         let mut fields = Vec::new();
+        let proposal = proposed.get(&id.0);
         for f in TagField::ALL {
             let edited = ov.edits.contains_key(&f);
             let file = f.values(&rec.meta);
             let now = f.values(&shown);
-            if edited || (all_fields && !(file.is_empty() && now.is_empty())) {
+            let prop: Vec<String> = proposal
+                .into_iter()
+                .flat_map(|p| &p.set)
+                .filter_map(|a| a.split_once('='))
+                .filter(|(k, _)| TagField::parse(k) == Some(f))
+                .map(|(_, v)| v.to_string())
+                .collect();
+            if edited || !prop.is_empty() || (all_fields && !(file.is_empty() && now.is_empty())) {
                 fields.push(proto::TagField {
                     field: f.name().into(),
                     file,
                     shown: now,
                     edited,
+                    proposed: prop,
                 });
             }
         }
@@ -288,6 +400,7 @@ pub fn print(reply: &proto::TagReply, action: Action, as_json: bool) -> Result<(
                     "source": t.source,
                     "fields": t.fields.iter().map(|f| serde_json::json!({
                         "field": f.field, "file": f.file, "shown": f.shown, "edited": f.edited,
+                        "proposed": f.proposed,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -300,7 +413,7 @@ pub fn print(reply: &proto::TagReply, action: Action, as_json: bool) -> Result<(
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    if matches!(action, Action::Set | Action::Clear) {
+    if matches!(action, Action::Set | Action::Clear | Action::Apply) {
         println!("{} track(s) changed", reply.changed);
         if let Some(r) = &reply.refresh {
             if r.waited {
@@ -319,7 +432,13 @@ pub fn print(reply: &proto::TagReply, action: Action, as_json: bool) -> Result<(
         );
         for f in &t.fields {
             let shown = f.shown.join("; ");
-            if f.edited {
+            if !f.proposed.is_empty() {
+                println!(
+                    "  ?{}\t{}\t(proposed; shown: {shown})",
+                    f.field,
+                    f.proposed.join("; ")
+                );
+            } else if f.edited {
                 println!("  *{}\t{}\t(was: {})", f.field, shown, f.file.join("; "));
             } else {
                 println!("   {}\t{}", f.field, shown);

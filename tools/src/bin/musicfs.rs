@@ -87,6 +87,11 @@ enum Command {
         #[command(subcommand)]
         action: ShareAction,
     },
+    /// Native plugins of the running daemon (loaded from `plugin_dir`).
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+    },
     /// Manage the origins the catalog knows.
     Origin {
         #[command(subcommand)]
@@ -273,8 +278,20 @@ enum TagAction {
         #[command(flatten)]
         targets: TagTargets,
     },
-    /// Drop edits: `musicfs tag clear PATH… [field…]` (no field: all of them).
+    /// Drop edits: `musicfs tag clear PATH… [field…]` (no field: all of them, and any
+    /// proposals).
     Clear {
+        #[command(flatten)]
+        targets: TagTargets,
+    },
+    /// Ask the loaded metadata plugins what to change: their suggestions are kept as
+    /// proposals (shown with `?`), nothing changes until `tag apply`.
+    Suggest {
+        #[command(flatten)]
+        targets: TagTargets,
+    },
+    /// Turn the tracks' proposals into edits.
+    Apply {
         #[command(flatten)]
         targets: TagTargets,
     },
@@ -289,6 +306,8 @@ impl TagAction {
             TagAction::Get { targets } => ("get", targets),
             TagAction::Diff { targets } => ("diff", targets),
             TagAction::Clear { targets } => ("clear", targets),
+            TagAction::Suggest { targets } => ("suggest", targets),
+            TagAction::Apply { targets } => ("apply", targets),
         };
         let is_arg = |a: &String| match name {
             "set" => a
@@ -303,6 +322,18 @@ impl TagAction {
         t.paths = paths;
         (name, t, args)
     }
+}
+
+#[derive(Subcommand)]
+enum PluginAction {
+    /// The loaded plugins: name, version, API version, kinds, file.
+    List,
+    /// Loads a plugin: its file name in plugin_dir, or its crate's name (`titlecase`).
+    Load { name: String },
+    /// Unloads a plugin, by the name it gives itself.
+    Unload { name: String },
+    /// Loads a plugin again from its file (after a new build).
+    Reload { name: String },
 }
 
 #[derive(Subcommand)]
@@ -426,6 +457,17 @@ fn main() -> ExitCode {
         Command::Share {
             action: ShareAction::Push,
         } => share_push(&cfg, json),
+        Command::Plugin { action } => {
+            let (what, name) = match action {
+                PluginAction::List => ("list", String::new()),
+                PluginAction::Load { name } => ("load", name),
+                PluginAction::Unload { name } => ("unload", name),
+                PluginAction::Reload { name } => ("reload", name),
+            };
+            daemon(&socket, |mut c| async move {
+                cli::plugin(&mut c, what, name, json).await
+            })
+        }
         Command::Origin { action } => match action {
             OriginAction::List => origin_list(&cfg),
             OriginAction::Add {
@@ -727,8 +769,26 @@ fn tag_offline(
         Some(index)
     };
     let ids = tagging::resolve(&snap, &catalog, index.as_ref(), None, paths, query)?;
-    let changed = tagging::apply(&catalog, &ids, action, args)?;
-    let tracks = tagging::report(&catalog, &snap, &ids, action == tagging::Action::Get)?;
+    // Offline, `suggest` runs the configured plugins in this process.
+    let plugins = musicfs_tools::plugins::Plugins::new(Some(cfg.plugin_dir()));
+    if action == tagging::Action::Suggest {
+        for name in &cfg.plugins {
+            plugins.load(name)?;
+        }
+    }
+    let proposals = musicfs_tools::plugins::Proposals::at(&cfg.state_dir());
+    let ctx = tagging::TagContext {
+        plugins: Some(&plugins),
+        proposals: &proposals,
+    };
+    let changed = tagging::apply(&catalog, &ids, action, args, &ctx)?;
+    let tracks = tagging::report(
+        &catalog,
+        &snap,
+        &ids,
+        action == tagging::Action::Get,
+        &proposals,
+    )?;
     if changed > 0 && !json {
         eprintln!("no daemon runs: the edits show from its next start (or `musicfs scan`)");
     }

@@ -185,6 +185,12 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         counters: cache_counters,
         tier,
     } = read_path(cfg, origins)?;
+    let plugins = Arc::new(musicfs_tools::plugins::Plugins::new(Some(cfg.plugin_dir())));
+    for name in &cfg.plugins {
+        plugins
+            .load(name)
+            .with_context(|| format!("plugin {name:?} (in `plugins`)"))?;
+    }
     if cli.from_shared {
         let tier = match &tier {
             Some(t) => t.clone(),
@@ -364,6 +370,8 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         ),
         cas,
         tier,
+        plugins: plugins.clone(),
+        proposals: musicfs_tools::plugins::Proposals::at(&cfg.state_dir()),
         readers: origin_table.clone(),
         refresh: refresh_control.clone(),
         trigger: tx.clone(),

@@ -295,6 +295,43 @@ pub async fn cache_verify(c: &mut Client, as_json: bool) -> Result<()> {
 }
 
 /// `musicfs prefetch PATH`.
+/// `musicfs plugin ACTION [NAME]`: the loaded plugins after the action.
+pub async fn plugin(c: &mut Client, action: &str, name: String, as_json: bool) -> Result<()> {
+    let r = c
+        .plugin(proto::PluginRequest {
+            action: action.into(),
+            name,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if as_json {
+        let all: Vec<_> = r
+            .plugins
+            .iter()
+            .map(|p| {
+                json!({"name": p.name, "version": p.version, "api": p.api, "path": p.path,
+                       "kinds": p.kinds})
+            })
+            .collect();
+        return print_json(&json!(all));
+    }
+    if r.plugins.is_empty() {
+        println!("no plugin loaded");
+    }
+    for p in &r.plugins {
+        println!(
+            "{}\t{}\tapi {}\t{}\t{}",
+            p.name,
+            p.version,
+            p.api,
+            p.kinds.join(","),
+            p.path
+        );
+    }
+    Ok(())
+}
+
 pub async fn prefetch(c: &mut Client, path: String, as_json: bool) -> Result<()> {
     let r = c
         .prefetch(proto::PrefetchRequest { path })

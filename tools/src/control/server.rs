@@ -65,6 +65,10 @@ pub struct Daemon {
     pub cas: Option<Arc<Cas>>,
     /// The shared chunk tier, when configured.
     pub tier: Option<Arc<musicfs_storage::origin::S3Tier>>,
+    /// Native plugins.
+    pub plugins: Arc<crate::plugins::Plugins>,
+    /// Metadata plugins' proposals.
+    pub proposals: crate::plugins::Proposals,
     /// The origins as the read path opens them (for prefetching).
     pub readers: Arc<ArcSwap<OriginTable>>,
     /// Refreshes to wait for, and the refresh interval.
@@ -337,6 +341,45 @@ impl Control for Service {
         .map(Response::new)
     }
 
+    async fn plugin(
+        &self,
+        req: Request<proto::PluginRequest>,
+    ) -> Result<Response<proto::PluginReply>, Status> {
+        authorize(&req)?;
+        let r = req.into_inner();
+        let d = self.0.clone();
+        blocking(move || {
+            let p = &d.plugins;
+            let done = match r.action.as_str() {
+                "list" => Ok(()),
+                "load" => p.load(&r.name).map(drop),
+                "unload" => p.unload(&r.name),
+                "reload" => p.reload(&r.name).map(drop),
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown plugin action {other:?} (list, load, unload, reload)"
+                    )))
+                }
+            };
+            done.map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+            Ok(proto::PluginReply {
+                plugins: p
+                    .list()
+                    .iter()
+                    .map(|l| proto::PluginInfo {
+                        name: l.name.clone(),
+                        version: l.version.clone(),
+                        api: format!("{}.{}", l.api.0, l.api.1),
+                        path: l.path.display().to_string(),
+                        kinds: l.kinds.iter().map(|k| k.to_string()).collect(),
+                    })
+                    .collect(),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
     async fn prefetch(
         &self,
         req: Request<proto::PrefetchRequest>,
@@ -406,7 +449,12 @@ impl Control for Service {
                 .map_err(bad)?;
                 let before = d.catalog.change_counter().map_err(|e| bad(e.into()))?;
                 let shown = tagging::shown_albums(&d.catalog, &ids).map_err(bad)?;
-                let changed = tagging::apply(&d.catalog, &ids, action, &r.args).map_err(bad)?;
+                let ctx = tagging::TagContext {
+                    plugins: Some(&d.plugins),
+                    proposals: &d.proposals,
+                };
+                let changed =
+                    tagging::apply(&d.catalog, &ids, action, &r.args, &ctx).map_err(bad)?;
                 Ok((ids, changed, (shown, before)))
             })
             .await?
@@ -434,7 +482,7 @@ impl Control for Service {
         let all = action == Action::Get;
         let tracks = blocking(move || {
             let snap = d.shared.load();
-            tagging::report(&d.catalog, &snap, &ids, all)
+            tagging::report(&d.catalog, &snap, &ids, all, &d.proposals)
                 .map_err(|e| Status::internal(format!("{e:#}")))
         })
         .await?;

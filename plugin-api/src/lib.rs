@@ -1,0 +1,272 @@
+//! The MusicFS plugin API, version 1: what a native plugin (a shared library in the
+//! daemon's `plugin_dir`) exports, as a C ABI so that a plugin built by another compiler
+//! version, or in another language, loads.
+//!
+//! A plugin exports one symbol, [`ENTRY_SYMBOL`] (`musicfs_plugin_v1`), a function taking
+//! nothing and returning a pointer to a static [`PluginV1`]. The daemon checks
+//! [`PluginV1::api_major`] against [`API_MAJOR`] and refuses another major with a message
+//! naming both; a newer minor of the same major only adds fields after the ones a daemon
+//! knows (the struct's `size` says how much there is).
+//!
+//! Kinds, each an optional table in [`PluginV1`]:
+//! - **metadata** ([`MetadataV1`]): given a track's tags, suggest tags. The daemon stores
+//!   suggestions as proposals that `musicfs tag apply` turns into edits: nothing changes
+//!   silently.
+//! - origin and format kinds are reserved (null in version 1.0).
+//!
+//! Strings cross the boundary as [`Str`] (pointer + length, UTF-8, borrowed for the call);
+//! a plugin hands results back through the host's `emit` callback, so no allocation ever
+//! crosses it. Calls must not unwind: [`export_plugin!`] catches a panic and reports it as
+//! an error code.
+//!
+//! Writing one in Rust: implement [`Metadata`] and call [`export_plugin!`].
+
+use std::ffi::c_void;
+
+/// The API's major version: a plugin built for another one is refused.
+pub const API_MAJOR: u32 = 1;
+/// The API's minor version: additions that older daemons ignore.
+pub const API_MINOR: u32 = 0;
+/// The symbol a plugin exports.
+pub const ENTRY_SYMBOL: &[u8] = b"musicfs_plugin_v1\0";
+
+/// A borrowed UTF-8 string.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Str {
+    /// Its bytes (may be dangling when `len` is 0).
+    pub ptr: *const u8,
+    /// How many.
+    pub len: usize,
+}
+
+impl Str {
+    /// `s`, borrowed.
+    pub fn new(s: &str) -> Str {
+        Str {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
+    }
+
+    /// The string, when it is UTF-8.
+    ///
+    /// # Safety
+    /// `ptr` must point to `len` readable bytes that outlive `'a`.
+    pub unsafe fn as_str<'a>(&self) -> Option<&'a str> {
+        if self.len == 0 {
+            return Some("");
+        }
+        // SAFETY: the caller vouches for ptr/len.
+        let bytes = unsafe { std::slice::from_raw_parts(self.ptr, self.len) };
+        std::str::from_utf8(bytes).ok()
+    }
+}
+
+/// One tag: a field name (`title`, `artist`, `albumartist`, `album`, `genre`, `composer`,
+/// `date`, `year`, `track`, `disc`, ...) and its value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Tag {
+    /// The field.
+    pub key: Str,
+    /// Its value.
+    pub value: Str,
+}
+
+/// The host's callback for a result: called once per suggested tag.
+pub type Emit = unsafe extern "C" fn(ctx: *mut c_void, tag: Tag);
+
+/// Call result: success.
+pub const OK: i32 = 0;
+/// Call result: the plugin failed (bad input it refuses, an internal error).
+pub const FAILED: i32 = 1;
+/// Call result: the plugin panicked (caught at the boundary).
+pub const PANICKED: i32 = 2;
+
+/// The metadata kind.
+#[repr(C)]
+pub struct MetadataV1 {
+    /// Suggests tags for a track whose tags are `tags[..n]`: calls `emit(ctx, tag)` for
+    /// each suggestion (a field and the value it should have). Returns [`OK`] or an error
+    /// code.
+    pub suggest:
+        unsafe extern "C" fn(tags: *const Tag, n: usize, emit: Emit, ctx: *mut c_void) -> i32,
+}
+
+/// What a plugin is (see the crate documentation).
+#[repr(C)]
+pub struct PluginV1 {
+    /// `size_of::<PluginV1>()` as the plugin was built: fields past it are absent.
+    pub size: usize,
+    /// [`API_MAJOR`] the plugin was built against.
+    pub api_major: u32,
+    /// [`API_MINOR`] the plugin was built against.
+    pub api_minor: u32,
+    /// Its name (static).
+    pub name: Str,
+    /// Its version (static).
+    pub version: Str,
+    /// The metadata kind, or null.
+    pub metadata: *const MetadataV1,
+    /// Reserved for the origin kind (null in 1.0).
+    pub origin: *const c_void,
+    /// Reserved for the format kind (null in 1.0).
+    pub format: *const c_void,
+}
+
+// SAFETY: a PluginV1 is static, immutable data (pointers to static strings and tables).
+unsafe impl Sync for PluginV1 {}
+// SAFETY: as above.
+unsafe impl Sync for MetadataV1 {}
+
+/// A metadata plugin, written in Rust.
+pub trait Metadata {
+    /// Suggested tags (field, value) for a track with `tags`. Suggest only what should
+    /// change; the host drops suggestions equal to what is shown.
+    fn suggest(tags: &[(&str, &str)]) -> Result<Vec<(String, String)>, String>;
+}
+
+/// Runs [`Metadata::suggest`] of `M` for the C ABI (what [`export_plugin!`] exports).
+///
+/// # Safety
+/// `tags` must point to `n` valid [`Tag`]s whose strings live for the call; `emit` must be
+/// safe to call with `ctx`.
+pub unsafe fn run_suggest<M: Metadata>(
+    tags: *const Tag,
+    n: usize,
+    emit: Emit,
+    ctx: *mut c_void,
+) -> i32 {
+    let outcome = std::panic::catch_unwind(|| {
+        let tags = if n == 0 {
+            &[][..]
+        } else {
+            // SAFETY: the host passes n valid tags.
+            unsafe { std::slice::from_raw_parts(tags, n) }
+        };
+        let mut pairs = Vec::with_capacity(n);
+        for t in tags {
+            // SAFETY: the host's strings live for the call.
+            match unsafe { (t.key.as_str(), t.value.as_str()) } {
+                (Some(k), Some(v)) => pairs.push((k, v)),
+                _ => return FAILED,
+            }
+        }
+        match M::suggest(&pairs) {
+            Ok(out) => {
+                for (k, v) in &out {
+                    let tag = Tag {
+                        key: Str::new(k),
+                        value: Str::new(v),
+                    };
+                    // SAFETY: the host's callback, with its context.
+                    unsafe { emit(ctx, tag) };
+                }
+                OK
+            }
+            Err(_) => FAILED,
+        }
+    });
+    outcome.unwrap_or(PANICKED)
+}
+
+/// Exports a plugin: `export_plugin!(name = "titlecase", version = "1.0.0", metadata = T);`
+/// where `T: Metadata`.
+#[macro_export]
+macro_rules! export_plugin {
+    (name = $name:literal, version = $version:literal, metadata = $meta:ty) => {
+        unsafe extern "C" fn __musicfs_suggest(
+            tags: *const $crate::Tag,
+            n: usize,
+            emit: $crate::Emit,
+            ctx: *mut ::std::ffi::c_void,
+        ) -> i32 {
+            // SAFETY: forwarded from the host, which upholds run_suggest's contract.
+            unsafe { $crate::run_suggest::<$meta>(tags, n, emit, ctx) }
+        }
+        static __MUSICFS_METADATA: $crate::MetadataV1 = $crate::MetadataV1 {
+            suggest: __musicfs_suggest,
+        };
+        static __MUSICFS_PLUGIN: $crate::PluginV1 = $crate::PluginV1 {
+            size: ::std::mem::size_of::<$crate::PluginV1>(),
+            api_major: $crate::API_MAJOR,
+            api_minor: $crate::API_MINOR,
+            name: $crate::Str {
+                ptr: $name.as_ptr(),
+                len: $name.len(),
+            },
+            version: $crate::Str {
+                ptr: $version.as_ptr(),
+                len: $version.len(),
+            },
+            metadata: &__MUSICFS_METADATA,
+            origin: ::std::ptr::null(),
+            format: ::std::ptr::null(),
+        };
+        /// The plugin's entry point.
+        #[no_mangle]
+        pub extern "C" fn musicfs_plugin_v1() -> *const $crate::PluginV1 {
+            &__MUSICFS_PLUGIN
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Upper;
+    impl Metadata for Upper {
+        fn suggest(tags: &[(&str, &str)]) -> Result<Vec<(String, String)>, String> {
+            if tags.iter().any(|(k, _)| *k == "boom") {
+                panic!("asked to");
+            }
+            Ok(tags
+                .iter()
+                .filter(|(k, _)| *k == "title")
+                .map(|(k, v)| (k.to_string(), v.to_uppercase()))
+                .collect())
+        }
+    }
+
+    unsafe extern "C" fn collect(ctx: *mut c_void, tag: Tag) {
+        // SAFETY: ctx is the Vec below; the strings live for the call.
+        let out = unsafe { &mut *(ctx as *mut Vec<(String, String)>) };
+        let (k, v) = unsafe { (tag.key.as_str().unwrap(), tag.value.as_str().unwrap()) };
+        out.push((k.into(), v.into()));
+    }
+
+    #[test]
+    fn suggestions_cross_the_c_abi_and_panics_do_not() {
+        let tags = [
+            Tag {
+                key: Str::new("title"),
+                value: Str::new("so what"),
+            },
+            Tag {
+                key: Str::new("artist"),
+                value: Str::new("Davis"),
+            },
+        ];
+        let mut out: Vec<(String, String)> = Vec::new();
+        let rc = unsafe {
+            run_suggest::<Upper>(
+                tags.as_ptr(),
+                tags.len(),
+                collect,
+                &mut out as *mut _ as *mut c_void,
+            )
+        };
+        assert_eq!(rc, OK);
+        assert_eq!(out, [("title".to_string(), "SO WHAT".to_string())]);
+        let boom = [Tag {
+            key: Str::new("boom"),
+            value: Str::new(""),
+        }];
+        let rc = unsafe {
+            run_suggest::<Upper>(boom.as_ptr(), 1, collect, &mut out as *mut _ as *mut c_void)
+        };
+        assert_eq!(rc, PANICKED);
+    }
+}

@@ -1,0 +1,162 @@
+#![cfg(feature = "e2e")]
+//! Native plugins, end to end: the example metadata plugin (`plugins/titlecase`, built as
+//! a shared library with the workspace) loaded into a running daemon from its plugin dir;
+//! its suggestions become proposals that change nothing until `musicfs tag apply`, which
+//! the tree then shows; unloaded, it is gone; a plugin file others may write is refused.
+//! The origin is never written.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use musicfs_tests::harness::{
+    binary, checksum_tree, musicfs_cmd, musicfs_cmd_ok, walk_files, MountOptions, MountedFs,
+};
+use musicfs_tests::remote::{generate, Track};
+
+const LIBRARY: &str = "libmusicfs_plugin_titlecase.so";
+
+fn tone(rel: &'static str, title: &'static str) -> Track<'static> {
+    Track {
+        rel,
+        input: "sine=frequency=440:sample_rate=44100:duration=2",
+        codec: &["-c:a", "flac"],
+        title,
+    }
+}
+
+/// The names of the files the mount shows, relative to its root.
+fn shown(mount: &MountedFs) -> Result<Vec<String>> {
+    Ok(walk_files(mount.mountpoint())?
+        .iter()
+        .filter_map(|p| p.strip_prefix(mount.mountpoint()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| p.ends_with(".flac"))
+        .collect())
+}
+
+#[test]
+fn a_metadata_plugin_proposes_and_nothing_changes_until_applied() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let origin = work.path().join("origin");
+    generate(
+        &origin,
+        &[
+            tone("miles davis/kind of blue/so what.flac", "SO WHAT"),
+            tone(
+                "miles davis/kind of blue/freddie.flac",
+                "Freddie Freeloader",
+            ),
+        ],
+    )?;
+    let sums = checksum_tree(&origin)?;
+
+    // The plugin dir: owned by us, writable by no one else; the built plugin copied in.
+    let plugins = work.path().join("plugins");
+    fs::create_dir(&plugins)?;
+    fs::set_permissions(&plugins, fs::Permissions::from_mode(0o755))?;
+    let built = binary(LIBRARY).context(
+        "the example plugin is not built: `cargo build -p musicfs-plugin-titlecase` \
+         (tools/run-tests.sh does)",
+    )?;
+    fs::copy(&built, plugins.join(LIBRARY))?;
+    fs::set_permissions(plugins.join(LIBRARY), fs::Permissions::from_mode(0o644))?;
+    let config = work.path().join("musicfs.toml");
+    fs::write(&config, format!("plugin_dir = {:?}\n", plugins))?;
+
+    let state = work.path().join("state");
+    let mut opts = MountOptions::live(&origin, &state);
+    opts.config = Some(config.clone());
+    let (mount, _) = MountedFs::start_watching(opts, Duration::from_secs(60))?;
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--config", config.to_str().unwrap_or_default()]);
+        musicfs_cmd_ok(&state, &all)
+    };
+    let before = shown(&mount)?;
+    ensure!(
+        before.iter().any(|p| p.contains("SO WHAT")),
+        "fixture not shown as tagged: {before:?}"
+    );
+
+    // Loaded at run time.
+    ensure!(cli(&["plugin", "list"])?.contains("no plugin loaded"));
+    let listed = cli(&["plugin", "load", "titlecase"])?;
+    ensure!(
+        listed.contains("titlecase\t1.0.0\tapi 1.0\tmetadata"),
+        "plugin list after load: {listed}"
+    );
+
+    // Suggestions are proposals: shown, nothing changes.
+    let album = mount.mountpoint().join("miles davis");
+    let album = album.to_str().context("path")?;
+    let proposed = cli(&["tag", "suggest", album])?;
+    for want in [
+        "?title\tSo What",
+        "?album\tKind of Blue",
+        "?artist\tMiles Davis",
+    ] {
+        ensure!(proposed.contains(want), "no {want:?} in:\n{proposed}");
+    }
+    ensure!(
+        !proposed.contains("?title\tFreddie"),
+        "a mixed-case title was proposed:\n{proposed}"
+    );
+    ensure!(shown(&mount)? == before, "a proposal changed the tree");
+
+    // Applied: the tree moves (the call returns once served).
+    let applied = cli(&["tag", "apply", album])?;
+    ensure!(applied.contains("track(s) changed"), "{applied}");
+    let after = shown(&mount)?;
+    ensure!(
+        after
+            .iter()
+            .any(|p| p.starts_with("Miles Davis/Kind of Blue") && p.ends_with("So What.flac")),
+        "the applied proposals are not shown: {after:?}"
+    );
+    let diff = cli(&["tag", "diff", "Miles Davis"])?;
+    ensure!(
+        diff.contains("*title\tSo What\t(was: SO WHAT)"),
+        "tag diff after apply:\n{diff}"
+    );
+
+    // Unloaded: listed no more, and suggest says why it cannot.
+    ensure!(cli(&["plugin", "unload", "titlecase"])?.contains("no plugin loaded"));
+    let out = musicfs_cmd(
+        &state,
+        &[
+            "tag",
+            "suggest",
+            "Miles Davis",
+            "--config",
+            config.to_str().unwrap_or_default(),
+        ],
+    )?;
+    ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("no metadata plugin is loaded"),
+        "suggest without a plugin: {out:?}"
+    );
+
+    // A plugin file others may write is refused, by name and reason.
+    fs::set_permissions(plugins.join(LIBRARY), fs::Permissions::from_mode(0o666))?;
+    let out = musicfs_cmd(
+        &state,
+        &[
+            "plugin",
+            "load",
+            "titlecase",
+            "--config",
+            config.to_str().unwrap_or_default(),
+        ],
+    )?;
+    ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("writable by others"),
+        "a world-writable plugin loaded: {out:?}"
+    );
+    drop(mount);
+    ensure!(checksum_tree(&origin)? == sums, "the origin changed");
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! Native plugins (`musicfs-plugin-api`): shared libraries loaded from the configured
+//! `plugin_dir`, listed, loaded, unloaded and reloaded at run time, and the proposals
+//! their metadata suggestions become.
+//!
+//! **Loading is code execution**, so a plugin is only loaded from `plugin_dir`: the file
+//! must resolve (symlinks followed) inside it, be a regular file owned by the daemon's user
+//! (or root) and writable by no one else, in a directory writable by no one else. Its
+//! entry point must speak [`API_MAJOR`]; another major is refused with both versions
+//! named. A call holds the plugin (an `Arc`), so an unload waits for no one: the library
+//! is closed when the last call ends.
+//!
+//! **Proposals**: what metadata plugins suggest for a track (fields whose suggested value
+//! differs from the one shown) is kept in `<state>/proposals.json` until
+//! `musicfs tag apply` turns it into tag edits or `musicfs tag clear` drops it: a plugin
+//! never changes the library by itself.
+
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use anyhow::{bail, ensure, Context, Result};
+use musicfs_plugin_api::{Emit, MetadataV1, PluginV1, Str, Tag, API_MAJOR, ENTRY_SYMBOL, OK};
+use serde::{Deserialize, Serialize};
+
+/// One loaded plugin.
+pub struct Loaded {
+    /// Its name (from the plugin).
+    pub name: String,
+    /// Its version (from the plugin).
+    pub version: String,
+    /// The API version it was built against.
+    pub api: (u32, u32),
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// Its kinds (`metadata`, ...).
+    pub kinds: Vec<&'static str>,
+    suggest: Option<unsafe extern "C" fn(*const Tag, usize, Emit, *mut c_void) -> i32>,
+    // Last: dropped (dlclose) after everything that points into it.
+    _lib: libloading::Library,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The plugins of one process. See the module documentation.
+#[derive(Debug, Default)]
+pub struct Plugins {
+    dir: Option<PathBuf>,
+    loaded: RwLock<Vec<Arc<Loaded>>>,
+}
+
+/// A file's name for plugin `name`: `name` itself when it names a file, else the usual
+/// library name of a crate called `name` or `musicfs-plugin-name`.
+fn candidates(name: &str) -> Vec<String> {
+    let snake = name.replace('-', "_");
+    vec![
+        name.to_string(),
+        format!("lib{snake}.so"),
+        format!("libmusicfs_plugin_{snake}.so"),
+    ]
+}
+
+/// Refuses what anyone but the daemon's user (or root) could have written.
+fn check_owner(path: &Path, what: &str) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{what} {}", path.display()))?;
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    ensure!(
+        meta.uid() == me || meta.uid() == 0,
+        "{what} {} belongs to uid {}, not to the daemon's user ({me}) or root: not loaded",
+        path.display(),
+        meta.uid()
+    );
+    ensure!(
+        meta.permissions().mode() & 0o022 == 0,
+        "{what} {} is writable by others (mode {:o}): not loaded",
+        path.display(),
+        meta.permissions().mode() & 0o7777
+    );
+    Ok(())
+}
+
+impl Plugins {
+    /// Plugins loaded from `dir` (none can be without one).
+    pub fn new(dir: Option<PathBuf>) -> Plugins {
+        Plugins {
+            dir,
+            loaded: RwLock::default(),
+        }
+    }
+
+    /// The loaded plugins.
+    pub fn list(&self) -> Vec<Arc<Loaded>> {
+        self.loaded
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Where plugin `name` (a file name in the plugin dir, or a plugin's crate name) is.
+    fn find(&self, name: &str) -> Result<PathBuf> {
+        let dir = self
+            .dir
+            .as_ref()
+            .context("no plugin_dir configured: plugins cannot be loaded")?;
+        ensure!(
+            !name.contains('/') && !name.starts_with('.'),
+            "{name:?}: a plugin is named by its file name in plugin_dir"
+        );
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("plugin_dir {}", dir.display()))?;
+        check_owner(&dir, "plugin_dir")?;
+        for c in candidates(name) {
+            let path = dir.join(&c);
+            if let Ok(real) = path.canonicalize() {
+                ensure!(
+                    real.parent() == Some(dir.as_path()),
+                    "{} resolves outside plugin_dir: not loaded",
+                    path.display()
+                );
+                ensure!(real.is_file(), "{} is not a file", real.display());
+                check_owner(&real, "plugin")?;
+                return Ok(real);
+            }
+        }
+        bail!("no plugin {name:?} in {}", dir.display())
+    }
+
+    /// Loads plugin `name` (see [`Plugins::find`]); a plugin of the same name loaded
+    /// before is replaced.
+    pub fn load(&self, name: &str) -> Result<Arc<Loaded>> {
+        let path = self.find(name)?;
+        // SAFETY: loading runs the library's initialisers: only files that passed the
+        // ownership checks above, from the directory the operator configured, get here.
+        let lib = unsafe { libloading::Library::new(&path) }
+            .with_context(|| format!("cannot load {}", path.display()))?;
+        // SAFETY: the symbol's type is the one the API defines for it.
+        let entry: libloading::Symbol<extern "C" fn() -> *const PluginV1> =
+            unsafe { lib.get(ENTRY_SYMBOL) }.with_context(|| {
+                format!(
+                    "{} is not a MusicFS plugin (no musicfs_plugin_v1)",
+                    path.display()
+                )
+            })?;
+        let info = entry();
+        ensure!(
+            !info.is_null(),
+            "{}: the plugin returned nothing",
+            path.display()
+        );
+        // SAFETY: the plugin returns a pointer to its static PluginV1.
+        let info = unsafe { &*info };
+        ensure!(
+            info.api_major == API_MAJOR,
+            "{} speaks plugin API {}.{}; this daemon speaks {API_MAJOR}.x: not loaded",
+            path.display(),
+            info.api_major,
+            info.api_minor
+        );
+        ensure!(
+            info.size >= std::mem::size_of::<PluginV1>(),
+            "{}: its plugin record is shorter than API 1.0's",
+            path.display()
+        );
+        // SAFETY: static strings of the plugin.
+        let text = |s: Str| unsafe { s.as_str() }.unwrap_or("?").to_string();
+        let name_in = text(info.name);
+        let metadata: Option<&MetadataV1> = (!info.metadata.is_null()).then(|| {
+            // SAFETY: non-null: the plugin's static table.
+            unsafe { &*info.metadata }
+        });
+        let loaded = Arc::new(Loaded {
+            name: name_in.clone(),
+            version: text(info.version),
+            api: (info.api_major, info.api_minor),
+            path: path.clone(),
+            kinds: metadata.iter().map(|_| "metadata").collect(),
+            suggest: metadata.map(|m| m.suggest),
+            _lib: lib,
+        });
+        let mut all = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+        all.retain(|p| p.name != name_in);
+        all.push(loaded.clone());
+        tracing::info!(plugin = %name_in, version = %loaded.version, path = %path.display(), "plugin loaded");
+        Ok(loaded)
+    }
+
+    /// Unloads plugin `name`.
+    pub fn unload(&self, name: &str) -> Result<()> {
+        let mut all = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+        let before = all.len();
+        all.retain(|p| p.name != name);
+        ensure!(all.len() < before, "no plugin {name:?} is loaded");
+        tracing::info!(plugin = name, "plugin unloaded");
+        Ok(())
+    }
+
+    /// Loads plugin `name` again from its file (a new build).
+    pub fn reload(&self, name: &str) -> Result<Arc<Loaded>> {
+        let file = self
+            .list()
+            .into_iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no plugin {name:?} is loaded"))?
+            .path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .context("plugin path without a name")?;
+        self.unload(name)?;
+        self.load(&file)
+    }
+
+    /// What the metadata plugins suggest for a track with `tags`: (plugin, field, value),
+    /// each plugin's in its order. A plugin that fails is logged and skipped.
+    pub fn suggest(&self, tags: &[(String, String)]) -> Vec<(String, String, String)> {
+        let raw: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag {
+                key: Str::new(k),
+                value: Str::new(v),
+            })
+            .collect();
+        let mut out = Vec::new();
+        for p in self.list() {
+            let Some(suggest) = p.suggest else { continue };
+            let mut got: Vec<(String, String)> = Vec::new();
+            // SAFETY: `raw` borrows `tags` for the call; `collect` is called with `got`.
+            let rc = unsafe {
+                suggest(
+                    raw.as_ptr(),
+                    raw.len(),
+                    collect,
+                    &mut got as *mut Vec<(String, String)> as *mut c_void,
+                )
+            };
+            if rc != OK {
+                tracing::warn!(plugin = %p.name, code = rc, "metadata plugin failed on a track");
+                continue;
+            }
+            out.extend(got.into_iter().map(|(k, v)| (p.name.clone(), k, v)));
+        }
+        out
+    }
+}
+
+/// The host's `emit`: appends to the `Vec<(String, String)>` behind `ctx`.
+unsafe extern "C" fn collect(ctx: *mut c_void, tag: Tag) {
+    // SAFETY: `ctx` is the Vec `Plugins::suggest` passed; the strings live for the call.
+    let out = unsafe { &mut *(ctx as *mut Vec<(String, String)>) };
+    if let (Some(k), Some(v)) = unsafe { (tag.key.as_str(), tag.value.as_str()) } {
+        out.push((k.to_string(), v.to_string()));
+    }
+}
+
+/// One track's proposal: `field=value` assignments and the plugins they came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// `field=value`, as `musicfs tag set` takes them.
+    pub set: Vec<String>,
+    /// The plugins that proposed them.
+    pub plugins: Vec<String>,
+}
+
+/// The proposals of a state dir (`proposals.json`), by track id.
+#[derive(Debug)]
+pub struct Proposals {
+    path: PathBuf,
+}
+
+impl Proposals {
+    /// The proposals kept in the state dir `state`.
+    pub fn at(state: &Path) -> Proposals {
+        Proposals {
+            path: state.join("proposals.json"),
+        }
+    }
+
+    /// Every proposal.
+    pub fn load(&self) -> Result<BTreeMap<u64, Proposal>> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is damaged", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.path.display())),
+        }
+    }
+
+    /// Replaces every proposal (written whole, atomically).
+    pub fn store(&self, all: &BTreeMap<u64, Proposal>) -> Result<()> {
+        let tmp = self
+            .path
+            .with_extension(format!("json.{}", std::process::id()));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(all)?)?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugins_are_found_only_inside_plugin_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = Plugins::new(Some(dir.path().to_path_buf()));
+        assert!(p.find("../x").is_err());
+        assert!(p.find(".hidden").is_err());
+        let err = p.find("absent").unwrap_err().to_string();
+        assert!(err.contains("no plugin"), "{err}");
+        // A file others may write is refused.
+        let f = dir.path().join("libopen.so");
+        std::fs::write(&f, b"").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = format!("{:#}", p.find("open").unwrap_err());
+        assert!(err.contains("writable by others"), "{err}");
+        // A symlink out of the directory is refused.
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("libx.so");
+        std::fs::write(&target, b"").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("libout.so")).unwrap();
+        let err = format!("{:#}", p.find("out").unwrap_err());
+        assert!(err.contains("outside plugin_dir"), "{err}");
+        // Not an ELF library: a clear error, no crash.
+        let junk = dir.path().join("libjunk.so");
+        std::fs::write(&junk, b"not a library").unwrap();
+        std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(p.load("junk").is_err());
+        // No plugin_dir: nothing loads.
+        assert!(Plugins::new(None).load("x").is_err());
+    }
+
+    #[test]
+    fn proposals_round_trip_through_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Proposals::at(dir.path());
+        assert!(p.load().unwrap().is_empty());
+        let mut all = BTreeMap::new();
+        all.insert(
+            7,
+            Proposal {
+                set: vec!["title=So What".into()],
+                plugins: vec!["titlecase".into()],
+            },
+        );
+        p.store(&all).unwrap();
+        assert_eq!(p.load().unwrap(), all);
+        std::fs::write(dir.path().join("proposals.json"), b"{").unwrap();
+        assert!(p.load().is_err());
+    }
+}
