@@ -160,3 +160,156 @@ fn a_metadata_plugin_proposes_and_nothing_changes_until_applied() -> Result<()> 
     ensure!(checksum_tree(&origin)? == sums, "the origin changed");
     Ok(())
 }
+
+/// WASM plugins written in the text format: one that works, and three that misbehave.
+const WAT: [(&str, &str); 4] = [
+    (
+        "genre.wat",
+        r#"(module
+  (memory (export "memory") 1)
+  (data (i32.const 0) "genre\09Jazz\0a")
+  (func (export "musicfs_api_major") (result i32) i32.const 1)
+  (func (export "musicfs_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "musicfs_suggest") (param i32 i32) (result i64) i64.const 11))"#,
+    ),
+    (
+        "spin.wat",
+        r#"(module
+  (memory (export "memory") 1)
+  (func (export "musicfs_api_major") (result i32) i32.const 1)
+  (func (export "musicfs_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "musicfs_suggest") (param i32 i32) (result i64)
+    (loop $forever (br $forever))
+    i64.const 0))"#,
+    ),
+    (
+        "crash.wat",
+        r#"(module
+  (memory (export "memory") 1)
+  (func (export "musicfs_api_major") (result i32) i32.const 1)
+  (func (export "musicfs_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "musicfs_suggest") (param i32 i32) (result i64) unreachable))"#,
+    ),
+    (
+        "hog.wat",
+        r#"(module
+  (memory (export "memory") 1)
+  (func (export "musicfs_api_major") (result i32) i32.const 1)
+  (func (export "musicfs_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "musicfs_suggest") (param i32 i32) (result i64)
+    (loop $more (br_if $more (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
+    i64.const 0))"#,
+    ),
+];
+
+/// p50 and p99 (ms) of reading the title xattr of `path` (answered by the daemon every
+/// time: the kernel caches no xattrs), `n` times.
+fn xattr_times(path: &std::path::Path, n: usize) -> Result<(f64, f64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut buf = [0u8; 256];
+    let mut t = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        // SAFETY: NUL-terminated strings and a buffer of the length given.
+        let got = unsafe {
+            libc::getxattr(
+                c.as_ptr(),
+                c"user.musicfs.title".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        ensure!(got > 0, "getxattr: {}", std::io::Error::last_os_error());
+        t.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok((t[n / 2], t[(n * 99 / 100).min(n - 1)]))
+}
+
+#[test]
+fn wasm_plugins_run_sandboxed_and_misbehaving_ones_are_stopped() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let origin = work.path().join("origin");
+    generate(&origin, &[tone("Band/Record/one.flac", "One")])?;
+    let sums = checksum_tree(&origin)?;
+    let plugins = work.path().join("plugins");
+    fs::create_dir(&plugins)?;
+    fs::set_permissions(&plugins, fs::Permissions::from_mode(0o755))?;
+    for (name, text) in WAT {
+        fs::write(plugins.join(name), text)?;
+        fs::set_permissions(plugins.join(name), fs::Permissions::from_mode(0o644))?;
+    }
+    let config = work.path().join("musicfs.toml");
+    fs::write(&config, format!("plugin_dir = {:?}\n", plugins))?;
+    let state = work.path().join("state");
+    let mut opts = MountOptions::live(&origin, &state);
+    opts.config = Some(config.clone());
+    let (mount, _) = MountedFs::start_watching(opts, Duration::from_secs(60))?;
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--config", config.to_str().unwrap_or_default()]);
+        musicfs_cmd_ok(&state, &all)
+    };
+    let listed = cli(&["plugin", "load", "genre"])?;
+    ensure!(
+        listed.contains("genre\twasm\tapi 1.0\tmetadata"),
+        "{listed}"
+    );
+    let proposed = cli(&["tag", "suggest", "Band"])?;
+    ensure!(proposed.contains("?genre\tJazz"), "{proposed}");
+
+    let track = walk_files(mount.mountpoint())?
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "flac"))
+        .context("no track shown")?;
+    let before = xattr_times(&track, 2000)?;
+    for (bad, why) in [
+        ("spin", "fuel"),
+        ("crash", "unreachable"),
+        ("hog", "growth"),
+    ] {
+        cli(&["plugin", "load", bad])?;
+        // The daemon answers all through the incident.
+        let path = track.clone();
+        let during = std::thread::spawn(move || xattr_times(&path, 2000));
+        let started = std::time::Instant::now();
+        let out = cli(&["tag", "suggest", "Band"])?;
+        let took = started.elapsed();
+        let during = during
+            .join()
+            .map_err(|_| anyhow::anyhow!("stat thread"))??;
+        ensure!(
+            out.contains("?genre\tJazz"),
+            "the good plugin's answer was lost while {bad} misbehaved:\n{out}"
+        );
+        let listed = cli(&["plugin", "list"])?;
+        ensure!(
+            !listed.contains(&format!("{bad}\twasm")),
+            "{bad} was not unloaded:\n{listed}"
+        );
+        ensure!(
+            listed
+                .lines()
+                .any(|l| l.starts_with(&format!("disabled\t{bad}:"))
+                    && l.to_lowercase().contains(why)),
+            "{bad} is not listed as disabled for its {why}:\n{listed}"
+        );
+        ensure!(
+            mount.log().contains("WASM plugin stopped"),
+            "no log line for {bad}:\n{}",
+            mount.log()
+        );
+        println!(
+            "{bad}: stopped in {:.0} ms; getxattr p50/p99 before {:.3}/{:.3} ms, during {:.3}/{:.3} ms",
+            took.as_secs_f64() * 1e3,
+            before.0,
+            before.1,
+            during.0,
+            during.1
+        );
+    }
+    drop(mount);
+    ensure!(checksum_tree(&origin)? == sums, "the origin changed");
+    Ok(())
+}

@@ -24,6 +24,8 @@ use anyhow::{bail, ensure, Context, Result};
 use musicfs_plugin_api::{Emit, MetadataV1, PluginV1, Str, Tag, API_MAJOR, ENTRY_SYMBOL, OK};
 use serde::{Deserialize, Serialize};
 
+pub mod wasm;
+
 /// One loaded plugin.
 pub struct Loaded {
     /// Its name (from the plugin).
@@ -36,9 +38,55 @@ pub struct Loaded {
     pub path: PathBuf,
     /// Its kinds (`metadata`, ...).
     pub kinds: Vec<&'static str>,
-    suggest: Option<unsafe extern "C" fn(*const Tag, usize, Emit, *mut c_void) -> i32>,
-    // Last: dropped (dlclose) after everything that points into it.
-    _lib: libloading::Library,
+    code: Code,
+}
+
+/// How a plugin runs.
+enum Code {
+    /// A shared library; `suggest` points into it.
+    Native {
+        suggest: Option<unsafe extern "C" fn(*const Tag, usize, Emit, *mut c_void) -> i32>,
+        // Last: dropped (dlclose) after everything that points into it.
+        _lib: libloading::Library,
+    },
+    /// A WebAssembly module, sandboxed.
+    Wasm(wasm::WasmPlugin),
+}
+
+impl Loaded {
+    /// Its suggestions for a track with `tags`.
+    fn suggest(&self, tags: &[(String, String)], raw: &[Tag]) -> Result<Vec<(String, String)>> {
+        match &self.code {
+            Code::Native { suggest: None, .. } => Ok(Vec::new()),
+            Code::Native {
+                suggest: Some(suggest),
+                ..
+            } => {
+                let mut got: Vec<(String, String)> = Vec::new();
+                // SAFETY: `raw` borrows `tags` for the call; `collect` is called with `got`.
+                let rc = unsafe {
+                    suggest(
+                        raw.as_ptr(),
+                        raw.len(),
+                        collect,
+                        &mut got as *mut Vec<(String, String)> as *mut c_void,
+                    )
+                };
+                ensure!(rc == OK, "it failed (code {rc})");
+                Ok(got)
+            }
+            // On a thread of its own at idle priority: a plugin burning its fuel takes only
+            // CPU time nothing else wants (the FUSE workers go first).
+            Code::Wasm(w) => std::thread::scope(|s| {
+                s.spawn(|| {
+                    wasm::idle_priority();
+                    w.suggest(tags)
+                })
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the plugin call panicked")))
+            }),
+        }
+    }
 }
 
 impl std::fmt::Debug for Loaded {
@@ -56,6 +104,7 @@ impl std::fmt::Debug for Loaded {
 pub struct Plugins {
     dir: Option<PathBuf>,
     loaded: RwLock<Vec<Arc<Loaded>>>,
+    disabled: RwLock<Vec<(String, String)>>,
 }
 
 /// A file's name for plugin `name`: `name` itself when it names a file, else the usual
@@ -64,6 +113,8 @@ fn candidates(name: &str) -> Vec<String> {
     let snake = name.replace('-', "_");
     vec![
         name.to_string(),
+        format!("{name}.wasm"),
+        format!("{name}.wat"),
         format!("lib{snake}.so"),
         format!("libmusicfs_plugin_{snake}.so"),
     ]
@@ -95,6 +146,7 @@ impl Plugins {
         Plugins {
             dir,
             loaded: RwLock::default(),
+            disabled: RwLock::default(),
         }
     }
 
@@ -140,9 +192,35 @@ impl Plugins {
     /// before is replaced.
     pub fn load(&self, name: &str) -> Result<Arc<Loaded>> {
         let path = self.find(name)?;
+        let loaded = if path.extension().is_some_and(|e| e == "wasm" || e == "wat") {
+            let plugin = wasm::WasmPlugin::load(&path)?;
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Arc::new(Loaded {
+                name: stem,
+                version: "wasm".into(),
+                api: (API_MAJOR, 0),
+                path: path.clone(),
+                kinds: vec!["metadata"],
+                code: Code::Wasm(plugin),
+            })
+        } else {
+            self.load_native(&path)?
+        };
+        let mut all = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+        all.retain(|p| p.name != loaded.name);
+        all.push(loaded.clone());
+        tracing::info!(plugin = %loaded.name, version = %loaded.version, path = %path.display(), "plugin loaded");
+        Ok(loaded)
+    }
+
+    /// The native plugin at `path`.
+    fn load_native(&self, path: &Path) -> Result<Arc<Loaded>> {
         // SAFETY: loading runs the library's initialisers: only files that passed the
         // ownership checks above, from the directory the operator configured, get here.
-        let lib = unsafe { libloading::Library::new(&path) }
+        let lib = unsafe { libloading::Library::new(path) }
             .with_context(|| format!("cannot load {}", path.display()))?;
         // SAFETY: the symbol's type is the one the API defines for it.
         let entry: libloading::Symbol<extern "C" fn() -> *const PluginV1> =
@@ -179,20 +257,15 @@ impl Plugins {
             // SAFETY: non-null: the plugin's static table.
             unsafe { &*info.metadata }
         });
-        let loaded = Arc::new(Loaded {
-            name: name_in.clone(),
+        let suggest = metadata.map(|m| m.suggest);
+        Ok(Arc::new(Loaded {
+            name: name_in,
             version: text(info.version),
             api: (info.api_major, info.api_minor),
-            path: path.clone(),
+            path: path.to_path_buf(),
             kinds: metadata.iter().map(|_| "metadata").collect(),
-            suggest: metadata.map(|m| m.suggest),
-            _lib: lib,
-        });
-        let mut all = self.loaded.write().unwrap_or_else(|p| p.into_inner());
-        all.retain(|p| p.name != name_in);
-        all.push(loaded.clone());
-        tracing::info!(plugin = %name_in, version = %loaded.version, path = %path.display(), "plugin loaded");
-        Ok(loaded)
+            code: Code::Native { suggest, _lib: lib },
+        }))
     }
 
     /// Unloads plugin `name`.
@@ -221,7 +294,8 @@ impl Plugins {
     }
 
     /// What the metadata plugins suggest for a track with `tags`: (plugin, field, value),
-    /// each plugin's in its order. A plugin that fails is logged and skipped.
+    /// each plugin's in its order. A native plugin that fails is logged and skipped; a
+    /// WASM plugin that fails (trapped, out of fuel or memory) is stopped and unloaded.
     pub fn suggest(&self, tags: &[(String, String)]) -> Vec<(String, String, String)> {
         let raw: Vec<Tag> = tags
             .iter()
@@ -232,24 +306,31 @@ impl Plugins {
             .collect();
         let mut out = Vec::new();
         for p in self.list() {
-            let Some(suggest) = p.suggest else { continue };
-            let mut got: Vec<(String, String)> = Vec::new();
-            // SAFETY: `raw` borrows `tags` for the call; `collect` is called with `got`.
-            let rc = unsafe {
-                suggest(
-                    raw.as_ptr(),
-                    raw.len(),
-                    collect,
-                    &mut got as *mut Vec<(String, String)> as *mut c_void,
-                )
-            };
-            if rc != OK {
-                tracing::warn!(plugin = %p.name, code = rc, "metadata plugin failed on a track");
-                continue;
+            match p.suggest(tags, &raw) {
+                Ok(got) => out.extend(got.into_iter().map(|(k, v)| (p.name.clone(), k, v))),
+                Err(e) if matches!(p.code, Code::Wasm(_)) => {
+                    tracing::error!(plugin = %p.name, error = %format!("{e:#}"),
+                        "WASM plugin stopped (trap, fuel or memory limit): disabled");
+                    let mut all = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+                    all.retain(|l| !Arc::ptr_eq(l, &p));
+                    self.disabled
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((p.name.clone(), format!("{e:#}")));
+                }
+                Err(e) => tracing::warn!(plugin = %p.name, error = %format!("{e:#}"),
+                    "metadata plugin failed on a track"),
             }
-            out.extend(got.into_iter().map(|(k, v)| (p.name.clone(), k, v)));
         }
         out
+    }
+
+    /// Plugins stopped for misbehaving since start, with why (newest last).
+    pub fn disabled(&self) -> Vec<(String, String)> {
+        self.disabled
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

@@ -314,10 +314,13 @@ pub async fn plugin(c: &mut Client, action: &str, name: String, as_json: bool) -
                        "kinds": p.kinds})
             })
             .collect();
-        return print_json(&json!(all));
+        return print_json(&json!({"plugins": all, "disabled": r.disabled}));
     }
     if r.plugins.is_empty() {
         println!("no plugin loaded");
+    }
+    for d in &r.disabled {
+        println!("disabled\t{d}");
     }
     for p in &r.plugins {
         println!(

@@ -374,6 +374,11 @@ impl Control for Service {
                         kinds: l.kinds.iter().map(|k| k.to_string()).collect(),
                     })
                     .collect(),
+                disabled: p
+                    .disabled()
+                    .into_iter()
+                    .map(|(name, why)| format!("{name}: {why}"))
+                    .collect(),
             })
         })
         .await
