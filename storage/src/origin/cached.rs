@@ -159,7 +159,8 @@ pub struct CacheCounters {
     pub misses: AtomicU64,
     /// Of `misses`, windows fetched by prefetch ([`Origin::warm`]).
     pub prefetched: AtomicU64,
-    /// Of `misses`, windows the shared tier answered (nothing from the origin).
+    /// Windows the cache lacked that the shared tier answered (nothing from the origin;
+    /// not counted in `misses`).
     pub tier_hits: AtomicU64,
     /// Windows the shared tier had but answered wrongly (a chunk missing or not matching
     /// its hash): fetched from the origin instead.
@@ -1404,13 +1405,10 @@ impl Shared {
             // the cache holds before fetching again.
             let outcome = match src.reload() {
                 Ok(()) if src.covered(w.clone()) => Ok(()),
+                _ if src.fill_from_tier(w.start) && src.covered(w.clone()) => Ok(()),
                 _ => {
                     self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                    if src.fill_from_tier(w.start) && src.covered(w.clone()) {
-                        Ok(())
-                    } else {
-                        src.fill(w.clone()).map_err(|e| e.to_string())
-                    }
+                    src.fill(w.clone()).map_err(|e| e.to_string())
                 }
             };
             self.flights

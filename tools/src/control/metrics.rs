@@ -188,7 +188,7 @@ impl Collector for Metrics {
             ),
             (
                 "cache_misses",
-                "Read windows fetched from the origin (or the shared tier), by origin",
+                "Read windows fetched from the origin, by origin",
                 |c| &c.misses,
             ),
             (
@@ -198,7 +198,7 @@ impl Collector for Metrics {
             ),
             (
                 "cache_tier_hits",
-                "Of the misses, windows the shared tier answered, by origin",
+                "Windows the cache lacked that the shared tier answered, by origin",
                 |c| &c.tier_hits,
             ),
             (
