@@ -12,7 +12,9 @@
 //! - **metadata** ([`MetadataV1`]): given a track's tags, suggest tags. The daemon stores
 //!   suggestions as proposals that `musicfs tag apply` turns into edits: nothing changes
 //!   silently.
-//! - origin and format kinds are reserved (null in version 1.0).
+//! - **origin** ([`OriginV1`]): serves files the daemon lists, stats and reads, as an
+//!   origin named `plugin://NAME/ROOT` (ROOT is the plugin's: an archive's path, a URL).
+//! - the format kind is reserved (null in version 1.0).
 //!
 //! Strings cross the boundary as [`Str`] (pointer + length, UTF-8, borrowed for the call);
 //! a plugin hands results back through the host's `emit` callback, so no allocation ever
@@ -109,8 +111,8 @@ pub struct PluginV1 {
     pub version: Str,
     /// The metadata kind, or null.
     pub metadata: *const MetadataV1,
-    /// Reserved for the origin kind (null in 1.0).
-    pub origin: *const c_void,
+    /// The origin kind, or null.
+    pub origin: *const OriginV1,
     /// Reserved for the format kind (null in 1.0).
     pub format: *const c_void,
 }
@@ -119,6 +121,242 @@ pub struct PluginV1 {
 unsafe impl Sync for PluginV1 {}
 // SAFETY: as above.
 unsafe impl Sync for MetadataV1 {}
+// SAFETY: as above.
+unsafe impl Sync for OriginV1 {}
+
+/// Call result: no such file or directory.
+pub const NOT_FOUND: i32 = 3;
+
+/// One name of an origin's directory, or a stat.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    /// The name (in a listing) or the path (in a stat).
+    pub name: Str,
+    /// 1 for a directory.
+    pub is_dir: u8,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the Unix epoch.
+    pub mtime_ns: i64,
+    /// What changes when the file does (a hash, a version): the daemon's change token.
+    pub token: Str,
+}
+
+/// The host's callback for an entry.
+pub type EmitEntry = unsafe extern "C" fn(ctx: *mut c_void, entry: Entry);
+/// The host's callback for a message (an error's text).
+pub type EmitStr = unsafe extern "C" fn(ctx: *mut c_void, text: Str);
+
+/// The origin kind: an opened origin is an opaque handle the plugin made.
+#[repr(C)]
+pub struct OriginV1 {
+    /// Opens the origin at `root`: a handle, or null with the reason through `err`.
+    pub open: unsafe extern "C" fn(root: Str, err: EmitStr, ctx: *mut c_void) -> *mut c_void,
+    /// Closes a handle.
+    pub close: unsafe extern "C" fn(handle: *mut c_void),
+    /// Lists directory `dir` (relative, `/`-separated, empty for the root): `emit` per name.
+    pub list: unsafe extern "C" fn(
+        handle: *mut c_void,
+        dir: Str,
+        emit: EmitEntry,
+        ctx: *mut c_void,
+    ) -> i32,
+    /// Stats `path`: `emit` once. [`NOT_FOUND`] when there is nothing.
+    pub stat: unsafe extern "C" fn(
+        handle: *mut c_void,
+        path: Str,
+        emit: EmitEntry,
+        ctx: *mut c_void,
+    ) -> i32,
+    /// Reads up to `len` bytes of file `path` at `offset` into `buf`, the count into
+    /// `got` (short only at the end of the file).
+    pub read: unsafe extern "C" fn(
+        handle: *mut c_void,
+        path: Str,
+        offset: u64,
+        buf: *mut u8,
+        len: usize,
+        got: *mut usize,
+    ) -> i32,
+}
+
+/// An entry, as an origin plugin written in Rust returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// The name (in a listing) or the path (in a stat).
+    pub name: String,
+    /// A directory.
+    pub is_dir: bool,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Changes when the file does.
+    pub token: String,
+}
+
+/// Why an origin call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginError {
+    /// No such file or directory.
+    NotFound,
+    /// Anything else.
+    Failed(String),
+}
+
+/// An origin plugin, written in Rust.
+pub trait Origin: Sized + Send + Sync {
+    /// Opens the origin at `root`.
+    fn open(root: &str) -> Result<Self, String>;
+    /// The names in directory `dir` (empty: the root).
+    fn list(&self, dir: &str) -> Result<Vec<EntryInfo>, OriginError>;
+    /// `path`'s entry.
+    fn stat(&self, path: &str) -> Result<EntryInfo, OriginError>;
+    /// Reads file `path` at `offset` into `buf`; how much (short only at its end).
+    fn read(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, OriginError>;
+}
+
+fn code(e: &OriginError) -> i32 {
+    match e {
+        OriginError::NotFound => NOT_FOUND,
+        OriginError::Failed(_) => FAILED,
+    }
+}
+
+fn emit_entry(emit: EmitEntry, ctx: *mut c_void, e: &EntryInfo) {
+    let entry = Entry {
+        name: Str::new(&e.name),
+        is_dir: u8::from(e.is_dir),
+        size: e.size,
+        mtime_ns: e.mtime_ns,
+        token: Str::new(&e.token),
+    };
+    // SAFETY: the host's callback with its context; the strings live for the call.
+    unsafe { emit(ctx, entry) };
+}
+
+/// [`Origin::open`] for the C ABI.
+///
+/// # Safety
+/// `root` must be valid for the call; `err` safe to call with `ctx`.
+pub unsafe fn run_open<O: Origin>(root: Str, err: EmitStr, ctx: *mut c_void) -> *mut c_void {
+    let opened = std::panic::catch_unwind(|| {
+        // SAFETY: the host's string lives for the call.
+        let root = unsafe { root.as_str() }.ok_or_else(|| "root is not UTF-8".to_string())?;
+        O::open(root)
+    });
+    match opened {
+        Ok(Ok(o)) => Box::into_raw(Box::new(o)).cast(),
+        Ok(Err(why)) => {
+            // SAFETY: the host's callback.
+            unsafe { err(ctx, Str::new(&why)) };
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            // SAFETY: the host's callback.
+            unsafe { err(ctx, Str::new("the plugin panicked")) };
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// [`Origin`]'s handle dropped, for the C ABI.
+///
+/// # Safety
+/// `h` must come from [`run_open`] with the same `O`, and not be used after.
+pub unsafe fn run_close<O: Origin>(h: *mut c_void) {
+    if !h.is_null() {
+        // SAFETY: made by Box::into_raw in run_open.
+        drop(unsafe { Box::from_raw(h.cast::<O>()) });
+    }
+}
+
+/// [`Origin::list`] for the C ABI.
+///
+/// # Safety
+/// `h` from [`run_open`] with `O`; `dir` valid for the call; `emit` safe with `ctx`.
+pub unsafe fn run_list<O: Origin>(
+    h: *mut c_void,
+    dir: Str,
+    emit: EmitEntry,
+    ctx: *mut c_void,
+) -> i32 {
+    std::panic::catch_unwind(|| {
+        // SAFETY: a live handle of O; the host's string.
+        let (o, dir) = unsafe { (&*h.cast::<O>(), dir.as_str()) };
+        let Some(dir) = dir else { return FAILED };
+        match o.list(dir) {
+            Ok(entries) => {
+                for e in &entries {
+                    emit_entry(emit, ctx, e);
+                }
+                OK
+            }
+            Err(e) => code(&e),
+        }
+    })
+    .unwrap_or(PANICKED)
+}
+
+/// [`Origin::stat`] for the C ABI.
+///
+/// # Safety
+/// As [`run_list`].
+pub unsafe fn run_stat<O: Origin>(
+    h: *mut c_void,
+    path: Str,
+    emit: EmitEntry,
+    ctx: *mut c_void,
+) -> i32 {
+    std::panic::catch_unwind(|| {
+        // SAFETY: a live handle of O; the host's string.
+        let (o, path) = unsafe { (&*h.cast::<O>(), path.as_str()) };
+        let Some(path) = path else { return FAILED };
+        match o.stat(path) {
+            Ok(e) => {
+                emit_entry(emit, ctx, &e);
+                OK
+            }
+            Err(e) => code(&e),
+        }
+    })
+    .unwrap_or(PANICKED)
+}
+
+/// [`Origin::read`] for the C ABI.
+///
+/// # Safety
+/// As [`run_list`]; `buf` must hold `len` writable bytes and `got` be writable.
+pub unsafe fn run_read<O: Origin>(
+    h: *mut c_void,
+    path: Str,
+    offset: u64,
+    buf: *mut u8,
+    len: usize,
+    got: *mut usize,
+) -> i32 {
+    std::panic::catch_unwind(|| {
+        // SAFETY: a live handle of O; the host's string and buffer.
+        let (o, path) = unsafe { (&*h.cast::<O>(), path.as_str()) };
+        let Some(path) = path else { return FAILED };
+        let buf = if len == 0 {
+            &mut [][..]
+        } else {
+            // SAFETY: the host passes len writable bytes.
+            unsafe { std::slice::from_raw_parts_mut(buf, len) }
+        };
+        match o.read(path, offset, buf) {
+            Ok(n) => {
+                // SAFETY: the host's out parameter.
+                unsafe { *got = n.min(len) };
+                OK
+            }
+            Err(e) => code(&e),
+        }
+    })
+    .unwrap_or(PANICKED)
+}
 
 /// A metadata plugin, written in Rust.
 pub trait Metadata {
@@ -172,9 +410,81 @@ pub unsafe fn run_suggest<M: Metadata>(
 }
 
 /// Exports a plugin: `export_plugin!(name = "titlecase", version = "1.0.0", metadata = T);`
-/// where `T: Metadata`.
+/// where `T: Metadata`, or `export_plugin!(name = "tar", version = "1.0.0", origin = T);`
+/// where `T: Origin`.
 #[macro_export]
 macro_rules! export_plugin {
+    (name = $name:literal, version = $version:literal, origin = $origin:ty) => {
+        unsafe extern "C" fn __musicfs_open(
+            root: $crate::Str,
+            err: $crate::EmitStr,
+            ctx: *mut ::std::ffi::c_void,
+        ) -> *mut ::std::ffi::c_void {
+            // SAFETY: forwarded from the host.
+            unsafe { $crate::run_open::<$origin>(root, err, ctx) }
+        }
+        unsafe extern "C" fn __musicfs_close(h: *mut ::std::ffi::c_void) {
+            // SAFETY: forwarded from the host.
+            unsafe { $crate::run_close::<$origin>(h) }
+        }
+        unsafe extern "C" fn __musicfs_list(
+            h: *mut ::std::ffi::c_void,
+            dir: $crate::Str,
+            emit: $crate::EmitEntry,
+            ctx: *mut ::std::ffi::c_void,
+        ) -> i32 {
+            // SAFETY: forwarded from the host.
+            unsafe { $crate::run_list::<$origin>(h, dir, emit, ctx) }
+        }
+        unsafe extern "C" fn __musicfs_stat(
+            h: *mut ::std::ffi::c_void,
+            path: $crate::Str,
+            emit: $crate::EmitEntry,
+            ctx: *mut ::std::ffi::c_void,
+        ) -> i32 {
+            // SAFETY: forwarded from the host.
+            unsafe { $crate::run_stat::<$origin>(h, path, emit, ctx) }
+        }
+        unsafe extern "C" fn __musicfs_read(
+            h: *mut ::std::ffi::c_void,
+            path: $crate::Str,
+            offset: u64,
+            buf: *mut u8,
+            len: usize,
+            got: *mut usize,
+        ) -> i32 {
+            // SAFETY: forwarded from the host.
+            unsafe { $crate::run_read::<$origin>(h, path, offset, buf, len, got) }
+        }
+        static __MUSICFS_ORIGIN: $crate::OriginV1 = $crate::OriginV1 {
+            open: __musicfs_open,
+            close: __musicfs_close,
+            list: __musicfs_list,
+            stat: __musicfs_stat,
+            read: __musicfs_read,
+        };
+        static __MUSICFS_PLUGIN: $crate::PluginV1 = $crate::PluginV1 {
+            size: ::std::mem::size_of::<$crate::PluginV1>(),
+            api_major: $crate::API_MAJOR,
+            api_minor: $crate::API_MINOR,
+            name: $crate::Str {
+                ptr: $name.as_ptr(),
+                len: $name.len(),
+            },
+            version: $crate::Str {
+                ptr: $version.as_ptr(),
+                len: $version.len(),
+            },
+            metadata: ::std::ptr::null(),
+            origin: &__MUSICFS_ORIGIN,
+            format: ::std::ptr::null(),
+        };
+        /// The plugin's entry point.
+        #[no_mangle]
+        pub extern "C" fn musicfs_plugin_v1() -> *const $crate::PluginV1 {
+            &__MUSICFS_PLUGIN
+        }
+    };
     (name = $name:literal, version = $version:literal, metadata = $meta:ty) => {
         unsafe extern "C" fn __musicfs_suggest(
             tags: *const $crate::Tag,

@@ -313,3 +313,80 @@ fn wasm_plugins_run_sandboxed_and_misbehaving_ones_are_stopped() -> Result<()> {
     ensure!(checksum_tree(&origin)? == sums, "the origin changed");
     Ok(())
 }
+
+#[test]
+fn an_origin_plugin_serves_the_tracks_of_a_tar_archive_bit_exact() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let src = work.path().join("src");
+    generate(
+        &src,
+        &[
+            tone("Archive Artist/Packed Album/first.flac", "Packed One"),
+            tone("Archive Artist/Packed Album/second.flac", "Packed Two"),
+        ],
+    )?;
+    let archive = work.path().join("music.tar");
+    let mut tar = std::process::Command::new("tar");
+    tar.args(["--format=ustar", "-cf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&src)
+        .arg(".");
+    musicfs_tests::harness::run_ok(&mut tar)?;
+    let before = fs::read(&archive)?;
+
+    let plugins = work.path().join("plugins");
+    fs::create_dir(&plugins)?;
+    fs::set_permissions(&plugins, fs::Permissions::from_mode(0o755))?;
+    let lib = "libmusicfs_plugin_tar.so";
+    let built = binary(lib).context(
+        "the tar plugin is not built: `cargo build -p musicfs-plugin-tar` (tools/run-tests.sh does)",
+    )?;
+    fs::copy(&built, plugins.join(lib))?;
+    fs::set_permissions(plugins.join(lib), fs::Permissions::from_mode(0o644))?;
+    let config = work.path().join("musicfs.toml");
+    fs::write(
+        &config,
+        format!(
+            "plugin_dir = {:?}\nplugins = [\"tar\"]\n[[origin]]\npath = \"plugin://tar/{}\"\n",
+            plugins,
+            archive.display()
+        ),
+    )?;
+    let state = work.path().join("state");
+    let mut opts = MountOptions::new(Vec::<std::path::PathBuf>::new());
+    opts.state_dir = Some(state.clone());
+    opts.config = Some(config.clone());
+    opts.log_level = Some("info,musicfs_index::refresh=debug".into());
+    let (mount, _) = MountedFs::start_watching(opts, Duration::from_secs(60))?;
+    let listed = musicfs_cmd_ok(
+        &state,
+        &[
+            "plugin",
+            "list",
+            "--config",
+            config.to_str().unwrap_or_default(),
+        ],
+    )?;
+    ensure!(listed.contains("tar\t1.0.0\tapi 1.0\torigin"), "{listed}");
+    let files = shown(&mount)?;
+    ensure!(
+        files.len() == 2,
+        "the archive's tracks are not shown: {files:?}"
+    );
+    for (title, file) in [("Packed One", "first.flac"), ("Packed Two", "second.flac")] {
+        let path = files
+            .iter()
+            .find(|p| p.contains(title))
+            .with_context(|| format!("no {title} in {files:?}"))?;
+        let got = fs::read(mount.mountpoint().join(path))?;
+        let want = fs::read(src.join("Archive Artist/Packed Album").join(file))?;
+        ensure!(
+            got == want,
+            "{title} reads differently from the archive's member"
+        );
+    }
+    drop(mount);
+    ensure!(fs::read(&archive)? == before, "the archive changed");
+    Ok(())
+}

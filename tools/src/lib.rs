@@ -177,6 +177,21 @@ impl ResolvedOrigins {
     }
 }
 
+/// The plugins `cfg` names, loaded from its plugin dir, with `plugin://` origins opened
+/// through them (so every way of opening an origin knows them).
+pub fn start_plugins(cfg: &Config) -> anyhow::Result<Arc<plugins::Plugins>> {
+    use anyhow::Context;
+    let loaded = Arc::new(plugins::Plugins::new(Some(cfg.plugin_dir())));
+    for name in &cfg.plugins {
+        loaded
+            .load(name)
+            .with_context(|| format!("plugin {name:?} (in `plugins`)"))?;
+    }
+    let opener = loaded.clone();
+    musicfs_storage::origin::set_plugin_opener(Arc::new(move |spec| opener.open_origin(spec)));
+    Ok(loaded)
+}
+
 /// Opens the state directory's chunk cache (`<state>/cas`) with the configured budget (a
 /// smaller budget than before evicts down to it). One process holds it at a time.
 pub fn open_cache(cfg: &Config) -> anyhow::Result<Cas> {

@@ -24,6 +24,7 @@ use anyhow::{bail, ensure, Context, Result};
 use musicfs_plugin_api::{Emit, MetadataV1, PluginV1, Str, Tag, API_MAJOR, ENTRY_SYMBOL, OK};
 use serde::{Deserialize, Serialize};
 
+pub mod origin;
 pub mod wasm;
 
 /// One loaded plugin.
@@ -36,8 +37,10 @@ pub struct Loaded {
     pub api: (u32, u32),
     /// Where it was loaded from.
     pub path: PathBuf,
-    /// Its kinds (`metadata`, ...).
+    /// Its kinds (`metadata`, `origin`).
     pub kinds: Vec<&'static str>,
+    /// Its origin table (native plugins with the origin kind); points into the library.
+    origin: Option<&'static musicfs_plugin_api::OriginV1>,
     code: Code,
 }
 
@@ -204,6 +207,7 @@ impl Plugins {
                 api: (API_MAJOR, 0),
                 path: path.clone(),
                 kinds: vec!["metadata"],
+                origin: None,
                 code: Code::Wasm(plugin),
             })
         } else {
@@ -258,12 +262,21 @@ impl Plugins {
             unsafe { &*info.metadata }
         });
         let suggest = metadata.map(|m| m.suggest);
+        let origin: Option<&'static musicfs_plugin_api::OriginV1> =
+            (!info.origin.is_null()).then(|| {
+                // SAFETY: non-null: the plugin's static table, valid while the library is
+                // loaded, which every user of it keeps (they hold the Loaded).
+                unsafe { &*info.origin }
+            });
+        let mut kinds: Vec<&'static str> = metadata.iter().map(|_| "metadata").collect();
+        kinds.extend(origin.iter().map(|_| "origin"));
         Ok(Arc::new(Loaded {
             name: name_in,
             version: text(info.version),
             api: (info.api_major, info.api_minor),
             path: path.to_path_buf(),
-            kinds: metadata.iter().map(|_| "metadata").collect(),
+            kinds,
+            origin,
             code: Code::Native { suggest, _lib: lib },
         }))
     }
@@ -323,6 +336,29 @@ impl Plugins {
             }
         }
         out
+    }
+
+    /// Opens origin `spec` (`plugin://NAME/ROOT`) with loaded plugin NAME.
+    pub fn open_origin(
+        &self,
+        spec: &musicfs_storage::origin::PluginSpec,
+    ) -> std::result::Result<
+        Arc<dyn musicfs_storage::origin::Origin>,
+        musicfs_storage::origin::OriginError,
+    > {
+        let whole = musicfs_storage::origin::OriginSpec::Plugin(spec.clone());
+        let plugin = self
+            .list()
+            .into_iter()
+            .find(|p| p.name == spec.name)
+            .ok_or_else(|| musicfs_storage::origin::OriginError::BadSpec {
+                spec: whole.to_string(),
+                reason: format!(
+                    "no plugin {:?} is loaded (add it to `plugins` in the configuration)",
+                    spec.name
+                ),
+            })?;
+        Ok(Arc::new(origin::PluginOrigin::open(&whole, plugin)?))
     }
 
     /// Plugins stopped for misbehaving since start, with why (newest last).

@@ -61,7 +61,7 @@ pub use local::{LocalOrigin, LocalSource};
 pub use s3::tier::{S3Tier, TierCounters};
 pub use s3::{S3Origin, S3Source};
 pub use sftp::{SftpOrigin, SftpSource};
-pub use spec::{LocalSpec, OriginSpec, S3Spec, Secret, Server, SftpSpec, SmbSpec};
+pub use spec::{LocalSpec, OriginSpec, PluginSpec, S3Spec, Secret, Server, SftpSpec, SmbSpec};
 pub use table::OriginTable;
 
 /// What kind of thing a path is (after following a symlink, for listed symlinks).
@@ -443,7 +443,32 @@ pub fn open_origin_with(
         OriginSpec::Sftp(_) => Ok(Arc::new(SftpOrigin::open(spec, settings)?)),
         OriginSpec::S3(_) => Ok(Arc::new(S3Origin::open(spec, settings)?)),
         OriginSpec::Smb(_) => Ok(Arc::new(SmbOrigin::open(spec, settings)?)),
+        OriginSpec::Plugin(p) => {
+            let opener = PLUGIN_OPENER
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            match opener {
+                Some(open) => open(p),
+                None => Err(OriginError::BadSpec {
+                    spec: spec.to_string(),
+                    reason: "plugin origins are served by a daemon or CLI with plugins loaded"
+                        .into(),
+                }),
+            }
+        }
     }
+}
+
+/// Opens a plugin's origin (registered by the program that loads plugins).
+pub type PluginOpener =
+    Arc<dyn Fn(&PluginSpec) -> Result<Arc<dyn Origin>, OriginError> + Send + Sync>;
+
+static PLUGIN_OPENER: std::sync::RwLock<Option<PluginOpener>> = std::sync::RwLock::new(None);
+
+/// Makes `plugin://` origins open through `opener` (the plugin host).
+pub fn set_plugin_opener(opener: PluginOpener) {
+    *PLUGIN_OPENER.write().unwrap_or_else(|e| e.into_inner()) = Some(opener);
 }
 
 /// [`Origin::probe`] on a helper thread, reporting [`Offline::Unresponsive`] if it does

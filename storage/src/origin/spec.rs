@@ -56,6 +56,18 @@ pub enum OriginSpec {
     Sftp(SftpSpec),
     /// A directory in an SMB share.
     Smb(SmbSpec),
+    /// An origin a plugin serves: `plugin://NAME/ROOT` (ROOT is the plugin's to read, e.g.
+    /// an archive's path).
+    Plugin(PluginSpec),
+}
+
+/// An origin served by a plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginSpec {
+    /// The plugin's name.
+    pub name: String,
+    /// What the plugin is given to open (everything after `plugin://NAME/`).
+    pub root: String,
 }
 
 /// A local origin.
@@ -145,6 +157,16 @@ impl OriginSpec {
             "s3" => parse_s3(s, rest),
             "sftp" => parse_sftp(s, rest),
             "smb" => parse_smb(s, rest),
+            "plugin" => {
+                let (name, root) = rest.split_once('/').unwrap_or((rest, ""));
+                if name.is_empty() {
+                    return Err(bad(s, "no plugin name: plugin://NAME/ROOT"));
+                }
+                Ok(OriginSpec::Plugin(PluginSpec {
+                    name: name.to_owned(),
+                    root: root.to_owned(),
+                }))
+            }
             _ => Err(OriginError::UnknownScheme {
                 spec: redact_raw(s),
                 scheme: scheme.to_owned(),
@@ -173,13 +195,14 @@ impl OriginSpec {
         OriginSpec::Local(LocalSpec { root: root.into() })
     }
 
-    /// `file`, `s3`, `sftp` or `smb`.
+    /// `file`, `s3`, `sftp`, `smb` or `plugin`.
     pub fn scheme(&self) -> &'static str {
         match self {
             OriginSpec::Local(_) => "file",
             OriginSpec::S3(_) => "s3",
             OriginSpec::Sftp(_) => "sftp",
             OriginSpec::Smb(_) => "smb",
+            OriginSpec::Plugin(_) => "plugin",
         }
     }
 
@@ -560,6 +583,7 @@ impl fmt::Display for OriginSpec {
                 write!(f, "sftp://{}", sftp.server)?;
                 escaped(f, &sftp.path, Part::Path)
             }
+            OriginSpec::Plugin(p) => write!(f, "plugin://{}/{}", p.name, p.root),
             OriginSpec::Smb(smb) => {
                 write!(f, "smb://{}/", smb.server)?;
                 escaped(f, &smb.share, Part::Segment)?;

@@ -288,7 +288,7 @@ proptest! {
                 server.user.get_or_insert_with(|| "u".into());
                 server.password = Some(Secret(password.clone()));
             }
-            OriginSpec::Local(_) => {}
+            OriginSpec::Local(_) | OriginSpec::Plugin(_) => {}
         }
         let back = OriginSpec::parse(&with.to_string()).map_err(|e| e.to_string());
         let mut want = with.clone();
@@ -297,8 +297,27 @@ proptest! {
             OriginSpec::Sftp(SftpSpec { server, .. }) | OriginSpec::Smb(SmbSpec { server, .. }) => {
                 server.password = None;
             }
-            OriginSpec::Local(_) => {}
+            OriginSpec::Local(_) | OriginSpec::Plugin(_) => {}
         }
         prop_assert_eq!(back, Ok(want));
     }
+}
+
+#[test]
+fn plugin_specs_name_the_plugin_and_keep_the_rest_for_it() {
+    let spec = OriginSpec::parse("plugin://tar//srv/music.tar").unwrap();
+    let OriginSpec::Plugin(p) = &spec else {
+        panic!("{spec:?}");
+    };
+    assert_eq!(
+        (p.name.as_str(), p.root.as_str()),
+        ("tar", "/srv/music.tar")
+    );
+    assert_eq!(spec.to_string(), "plugin://tar//srv/music.tar");
+    assert_eq!(OriginSpec::parse(&spec.to_string()).unwrap(), spec);
+    assert_eq!(spec.scheme(), "plugin");
+    assert!(OriginSpec::parse("plugin:///x").is_err());
+    // Without a plugin host, opening one says why.
+    let err = crate::origin::open_origin(&spec).unwrap_err().to_string();
+    assert!(err.contains("plugins loaded"), "{err}");
 }

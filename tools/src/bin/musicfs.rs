@@ -636,6 +636,8 @@ fn scan(
         cfg.template = t;
     }
     let template = Template::parse(&cfg.template).context("bad template")?;
+    // A plugin may serve an origin.
+    let _plugins = musicfs_tools::start_plugins(&cfg)?;
     let origins: Vec<OriginConfig> = if origins.is_empty() {
         cfg.origins.clone()
     } else {

@@ -52,11 +52,16 @@ fn main() -> ExitCode {
     if let Err(e) = check_mountpoint(&cli.mountpoint) {
         return usage_error(e.into());
     }
+    // Before the origins: a plugin may serve one.
+    let plugins = match musicfs_tools::start_plugins(&cfg) {
+        Ok(p) => p,
+        Err(e) => return usage_error(e),
+    };
     let origins = match usable_origins(&cfg) {
         Ok(o) => o,
         Err(e) => return usage_error(e),
     };
-    match run(&cli, &cfg, &origins) {
+    match run(&cli, &cfg, &origins, plugins) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -173,7 +178,12 @@ fn merge_config(cli: &Cli) -> Result<Config> {
     Ok(cfg)
 }
 
-fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
+fn run(
+    cli: &Cli,
+    cfg: &Config,
+    origins: &[Arc<dyn Origin>],
+    plugins: Arc<musicfs_tools::plugins::Plugins>,
+) -> Result<()> {
     // Registered before anything slow so an early SIGTERM is queued, not fatal: it unmounts
     // as soon as the mount is up.
     let mut signals =
@@ -185,12 +195,6 @@ fn run(cli: &Cli, cfg: &Config, origins: &[Arc<dyn Origin>]) -> Result<()> {
         counters: cache_counters,
         tier,
     } = read_path(cfg, origins)?;
-    let plugins = Arc::new(musicfs_tools::plugins::Plugins::new(Some(cfg.plugin_dir())));
-    for name in &cfg.plugins {
-        plugins
-            .load(name)
-            .with_context(|| format!("plugin {name:?} (in `plugins`)"))?;
-    }
     if cli.from_shared {
         let tier = match &tier {
             Some(t) => t.clone(),
