@@ -67,6 +67,14 @@ pub enum Event {
         /// Why (empty when up).
         reason: String,
     },
+    /// A plugin misbehaved (trapped, ran out of fuel or memory) and was stopped and
+    /// unloaded.
+    PluginStopped {
+        /// Its name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// The chunk cache evicted chunks to keep within its budget (or was cleared).
     CacheEvicted {
         /// Chunks evicted since the last such event.
@@ -87,6 +95,7 @@ impl Event {
             Event::LibraryChanged { .. } => "library.changed",
             Event::OriginHealth { .. } => "origin.health",
             Event::CacheEvicted { .. } => "cache.evicted",
+            Event::PluginStopped { .. } => "plugin.stopped",
         }
     }
 }

@@ -161,8 +161,17 @@ fn a_metadata_plugin_proposes_and_nothing_changes_until_applied() -> Result<()> 
     Ok(())
 }
 
-/// WASM plugins written in the text format: one that works, and three that misbehave.
-const WAT: [(&str, &str); 4] = [
+/// WASM plugins written in the text format: one that works, three that misbehave, and one
+/// built for a plugin API to come.
+const WAT: [(&str, &str); 5] = [
+    (
+        "future.wat",
+        r#"(module
+  (memory (export "memory") 1)
+  (func (export "musicfs_api_major") (result i32) i32.const 2)
+  (func (export "musicfs_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "musicfs_suggest") (param i32 i32) (result i64) i64.const 0))"#,
+    ),
     (
         "genre.wat",
         r#"(module
@@ -256,6 +265,22 @@ fn wasm_plugins_run_sandboxed_and_misbehaving_ones_are_stopped() -> Result<()> {
         listed.contains("genre\twasm\tapi 1.0\tmetadata"),
         "{listed}"
     );
+    // Another major version of the API: refused, both versions named.
+    let out = musicfs_cmd(
+        &state,
+        &[
+            "plugin",
+            "load",
+            "future",
+            "--config",
+            config.to_str().unwrap_or_default(),
+        ],
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("speaks plugin API 2") && err.contains("1.x"),
+        "a plugin for API 2 loaded, or the refusal does not say why: {err}"
+    );
     let proposed = cli(&["tag", "suggest", "Band"])?;
     ensure!(proposed.contains("?genre\tJazz"), "{proposed}");
 
@@ -300,6 +325,22 @@ fn wasm_plugins_run_sandboxed_and_misbehaving_ones_are_stopped() -> Result<()> {
             "no log line for {bad}:\n{}",
             mount.log()
         );
+        // And an event, in the access log as everywhere else (written by the events
+        // thread: looked for until it shows).
+        let waited = std::time::Instant::now();
+        loop {
+            let log = fs::read_to_string(state.join("access.log")).unwrap_or_default();
+            if log.lines().any(|l| {
+                l.contains("\"plugin.stopped\"") && l.contains(&format!("\"plugin\":\"{bad}\""))
+            }) {
+                break;
+            }
+            ensure!(
+                waited.elapsed() < Duration::from_secs(10),
+                "no plugin.stopped event for {bad} in the access log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         println!(
             "{bad}: stopped in {:.0} ms; getxattr p50/p99 before {:.3}/{:.3} ms, during {:.3}/{:.3} ms",
             took.as_secs_f64() * 1e3,

@@ -108,6 +108,8 @@ pub struct Plugins {
     dir: Option<PathBuf>,
     loaded: RwLock<Vec<Arc<Loaded>>>,
     disabled: RwLock<Vec<(String, String)>>,
+    /// Where a stopped plugin is reported (the daemon's event hub).
+    events: RwLock<Option<musicfs_core::events::Events>>,
 }
 
 /// A file's name for plugin `name`: `name` itself when it names a file, else the usual
@@ -150,7 +152,13 @@ impl Plugins {
             dir,
             loaded: RwLock::default(),
             disabled: RwLock::default(),
+            events: RwLock::default(),
         }
+    }
+
+    /// Reports plugins stopped for misbehaving to `events` from now on.
+    pub fn report_to(&self, events: musicfs_core::events::Events) {
+        *self.events.write().unwrap_or_else(|p| p.into_inner()) = Some(events);
     }
 
     /// The loaded plugins.
@@ -330,6 +338,12 @@ impl Plugins {
                         .write()
                         .unwrap_or_else(|p| p.into_inner())
                         .push((p.name.clone(), format!("{e:#}")));
+                    if let Some(events) = &*self.events.read().unwrap_or_else(|p| p.into_inner()) {
+                        events.emit(musicfs_core::events::Event::PluginStopped {
+                            name: p.name.clone(),
+                            reason: format!("{e:#}"),
+                        });
+                    }
                 }
                 Err(e) => tracing::warn!(plugin = %p.name, error = %format!("{e:#}"),
                     "metadata plugin failed on a track"),

@@ -207,6 +207,7 @@ fn run(
     }
     // Events: the FUSE workers, the refresh loop and origin health changes report here.
     let hub = Arc::new(Hub::new());
+    plugins.report_to(hub.clone());
     let webhooks = cfg
         .webhooks
         .iter()

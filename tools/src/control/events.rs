@@ -281,6 +281,7 @@ pub fn render(seq: u64, at: SystemTime, event: &Event, snap: &Snapshot) -> Deliv
             chunks,
             cached_chunks,
         } => json!({ "chunks": chunks, "cached_chunks": cached_chunks }),
+        Event::PluginStopped { name, reason } => json!({ "plugin": name, "reason": reason }),
     };
     if let (Value::Object(v), Value::Object(extra)) = (&mut v, extra) {
         v.extend(extra);
