@@ -463,27 +463,7 @@ macro_rules! export_plugin {
             stat: __musicfs_stat,
             read: __musicfs_read,
         };
-        static __MUSICFS_PLUGIN: $crate::PluginV1 = $crate::PluginV1 {
-            size: ::std::mem::size_of::<$crate::PluginV1>(),
-            api_major: $crate::API_MAJOR,
-            api_minor: $crate::API_MINOR,
-            name: $crate::Str {
-                ptr: $name.as_ptr(),
-                len: $name.len(),
-            },
-            version: $crate::Str {
-                ptr: $version.as_ptr(),
-                len: $version.len(),
-            },
-            metadata: ::std::ptr::null(),
-            origin: &__MUSICFS_ORIGIN,
-            format: ::std::ptr::null(),
-        };
-        /// The plugin's entry point.
-        #[no_mangle]
-        pub extern "C" fn musicfs_plugin_v1() -> *const $crate::PluginV1 {
-            &__MUSICFS_PLUGIN
-        }
+        $crate::export_plugin!(@record $name, $version, ::std::ptr::null(), &__MUSICFS_ORIGIN);
     };
     (name = $name:literal, version = $version:literal, metadata = $meta:ty) => {
         unsafe extern "C" fn __musicfs_suggest(
@@ -498,6 +478,9 @@ macro_rules! export_plugin {
         static __MUSICFS_METADATA: $crate::MetadataV1 = $crate::MetadataV1 {
             suggest: __musicfs_suggest,
         };
+        $crate::export_plugin!(@record $name, $version, &__MUSICFS_METADATA, ::std::ptr::null());
+    };
+    (@record $name:literal, $version:literal, $metadata:expr, $origin:expr) => {
         static __MUSICFS_PLUGIN: $crate::PluginV1 = $crate::PluginV1 {
             size: ::std::mem::size_of::<$crate::PluginV1>(),
             api_major: $crate::API_MAJOR,
@@ -510,8 +493,8 @@ macro_rules! export_plugin {
                 ptr: $version.as_ptr(),
                 len: $version.len(),
             },
-            metadata: &__MUSICFS_METADATA,
-            origin: ::std::ptr::null(),
+            metadata: $metadata,
+            origin: $origin,
             format: ::std::ptr::null(),
         };
         /// The plugin's entry point.

@@ -36,6 +36,62 @@ fn shown(mount: &MountedFs) -> Result<Vec<String>> {
         .collect())
 }
 
+/// A plugin dir under `work` (owned by us, writable by no one else) holding `files`
+/// (name, bytes), each 0644, and a configuration using it plus `more` lines.
+fn plugin_setup(
+    work: &std::path::Path,
+    files: &[(&str, Vec<u8>)],
+    more: &str,
+) -> Result<std::path::PathBuf> {
+    let plugins = work.join("plugins");
+    fs::create_dir(&plugins)?;
+    fs::set_permissions(&plugins, fs::Permissions::from_mode(0o755))?;
+    for (name, bytes) in files {
+        fs::write(plugins.join(name), bytes)?;
+        fs::set_permissions(plugins.join(name), fs::Permissions::from_mode(0o644))?;
+    }
+    let config = work.join("musicfs.toml");
+    fs::write(&config, format!("plugin_dir = {plugins:?}\n{more}"))?;
+    Ok(config)
+}
+
+/// A daemon serving `origin` with `config`, its state in `state`.
+fn daemon(
+    origin: &std::path::Path,
+    state: &std::path::Path,
+    config: &std::path::Path,
+) -> Result<MountedFs> {
+    let mut opts = MountOptions::live(origin, state);
+    opts.config = Some(config.to_path_buf());
+    Ok(MountedFs::start_watching(opts, Duration::from_secs(60))?.0)
+}
+
+/// The built example plugin `lib`, with how to build it when it is not.
+fn built(lib: &str, package: &str) -> Result<Vec<u8>> {
+    let path = binary(lib).with_context(|| {
+        format!("{lib} is not built: `cargo build -p {package}` (tools/run-tests.sh does)")
+    })?;
+    Ok(fs::read(path)?)
+}
+
+/// `musicfs ARGS --config CONFIG` on `state` fails, saying `why` on stderr.
+fn refused(
+    state: &std::path::Path,
+    config: &std::path::Path,
+    args: &[&str],
+    why: &str,
+) -> Result<()> {
+    let mut all = args.to_vec();
+    all.extend(["--config", config.to_str().unwrap_or_default()]);
+    let out = musicfs_cmd(state, &all)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains(why),
+        "musicfs {args:?} was not refused with {why:?}: {out:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_metadata_plugin_proposes_and_nothing_changes_until_applied() -> Result<()> {
     let work = tempfile::tempdir()?;
@@ -52,23 +108,14 @@ fn a_metadata_plugin_proposes_and_nothing_changes_until_applied() -> Result<()> 
     )?;
     let sums = checksum_tree(&origin)?;
 
-    // The plugin dir: owned by us, writable by no one else; the built plugin copied in.
-    let plugins = work.path().join("plugins");
-    fs::create_dir(&plugins)?;
-    fs::set_permissions(&plugins, fs::Permissions::from_mode(0o755))?;
-    let built = binary(LIBRARY).context(
-        "the example plugin is not built: `cargo build -p musicfs-plugin-titlecase` \
-         (tools/run-tests.sh does)",
+    let config = plugin_setup(
+        work.path(),
+        &[(LIBRARY, built(LIBRARY, "musicfs-plugin-titlecase")?)],
+        "",
     )?;
-    fs::copy(&built, plugins.join(LIBRARY))?;
-    fs::set_permissions(plugins.join(LIBRARY), fs::Permissions::from_mode(0o644))?;
-    let config = work.path().join("musicfs.toml");
-    fs::write(&config, format!("plugin_dir = {:?}\n", plugins))?;
-
+    let plugins = work.path().join("plugins");
     let state = work.path().join("state");
-    let mut opts = MountOptions::live(&origin, &state);
-    opts.config = Some(config.clone());
-    let (mount, _) = MountedFs::start_watching(opts, Duration::from_secs(60))?;
+    let mount = daemon(&origin, &state, &config)?;
     let cli = |args: &[&str]| {
         let mut all = args.to_vec();
         all.extend(["--config", config.to_str().unwrap_or_default()]);
@@ -123,39 +170,21 @@ fn a_metadata_plugin_proposes_and_nothing_changes_until_applied() -> Result<()> 
 
     // Unloaded: listed no more, and suggest says why it cannot.
     ensure!(cli(&["plugin", "unload", "titlecase"])?.contains("no plugin loaded"));
-    let out = musicfs_cmd(
+    refused(
         &state,
-        &[
-            "tag",
-            "suggest",
-            "Miles Davis",
-            "--config",
-            config.to_str().unwrap_or_default(),
-        ],
+        &config,
+        &["tag", "suggest", "Miles Davis"],
+        "no metadata plugin is loaded",
     )?;
-    ensure!(
-        !out.status.success()
-            && String::from_utf8_lossy(&out.stderr).contains("no metadata plugin is loaded"),
-        "suggest without a plugin: {out:?}"
-    );
 
     // A plugin file others may write is refused, by name and reason.
     fs::set_permissions(plugins.join(LIBRARY), fs::Permissions::from_mode(0o666))?;
-    let out = musicfs_cmd(
+    refused(
         &state,
-        &[
-            "plugin",
-            "load",
-            "titlecase",
-            "--config",
-            config.to_str().unwrap_or_default(),
-        ],
+        &config,
+        &["plugin", "load", "titlecase"],
+        "writable by others",
     )?;
-    ensure!(
-        !out.status.success()
-            && String::from_utf8_lossy(&out.stderr).contains("writable by others"),
-        "a world-writable plugin loaded: {out:?}"
-    );
     drop(mount);
     ensure!(checksum_tree(&origin)? == sums, "the origin changed");
     Ok(())
@@ -242,19 +271,13 @@ fn wasm_plugins_run_sandboxed_and_misbehaving_ones_are_stopped() -> Result<()> {
     let origin = work.path().join("origin");
     generate(&origin, &[tone("Band/Record/one.flac", "One")])?;
     let sums = checksum_tree(&origin)?;
-    let plugins = work.path().join("plugins");
-    fs::create_dir(&plugins)?;
-    fs::set_permissions(&plugins, fs::Permissions::from_mode(0o755))?;
-    for (name, text) in WAT {
-        fs::write(plugins.join(name), text)?;
-        fs::set_permissions(plugins.join(name), fs::Permissions::from_mode(0o644))?;
-    }
-    let config = work.path().join("musicfs.toml");
-    fs::write(&config, format!("plugin_dir = {:?}\n", plugins))?;
+    let files: Vec<(&str, Vec<u8>)> = WAT
+        .iter()
+        .map(|(n, t)| (*n, t.as_bytes().to_vec()))
+        .collect();
+    let config = plugin_setup(work.path(), &files, "")?;
     let state = work.path().join("state");
-    let mut opts = MountOptions::live(&origin, &state);
-    opts.config = Some(config.clone());
-    let (mount, _) = MountedFs::start_watching(opts, Duration::from_secs(60))?;
+    let mount = daemon(&origin, &state, &config)?;
     let cli = |args: &[&str]| {
         let mut all = args.to_vec();
         all.extend(["--config", config.to_str().unwrap_or_default()]);
@@ -266,21 +289,12 @@ fn wasm_plugins_run_sandboxed_and_misbehaving_ones_are_stopped() -> Result<()> {
         "{listed}"
     );
     // Another major version of the API: refused, both versions named.
-    let out = musicfs_cmd(
+    refused(
         &state,
-        &[
-            "plugin",
-            "load",
-            "future",
-            "--config",
-            config.to_str().unwrap_or_default(),
-        ],
+        &config,
+        &["plugin", "load", "future"],
+        "speaks plugin API 2; this daemon speaks 1.x",
     )?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        !out.status.success() && err.contains("speaks plugin API 2") && err.contains("1.x"),
-        "a plugin for API 2 loaded, or the refusal does not say why: {err}"
-    );
     let proposed = cli(&["tag", "suggest", "Band"])?;
     ensure!(proposed.contains("?genre\tJazz"), "{proposed}");
 
@@ -376,21 +390,12 @@ fn an_origin_plugin_serves_the_tracks_of_a_tar_archive_bit_exact() -> Result<()>
     musicfs_tests::harness::run_ok(&mut tar)?;
     let before = fs::read(&archive)?;
 
-    let plugins = work.path().join("plugins");
-    fs::create_dir(&plugins)?;
-    fs::set_permissions(&plugins, fs::Permissions::from_mode(0o755))?;
     let lib = "libmusicfs_plugin_tar.so";
-    let built = binary(lib).context(
-        "the tar plugin is not built: `cargo build -p musicfs-plugin-tar` (tools/run-tests.sh does)",
-    )?;
-    fs::copy(&built, plugins.join(lib))?;
-    fs::set_permissions(plugins.join(lib), fs::Permissions::from_mode(0o644))?;
-    let config = work.path().join("musicfs.toml");
-    fs::write(
-        &config,
-        format!(
-            "plugin_dir = {:?}\nplugins = [\"tar\"]\n[[origin]]\npath = \"plugin://tar/{}\"\n",
-            plugins,
+    let config = plugin_setup(
+        work.path(),
+        &[(lib, built(lib, "musicfs-plugin-tar")?)],
+        &format!(
+            "plugins = [\"tar\"]\n[[origin]]\npath = \"plugin://tar/{}\"\n",
             archive.display()
         ),
     )?;
