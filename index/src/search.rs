@@ -495,6 +495,33 @@ impl SearchIndex {
     }
 }
 
+/// The first `limit` live matches of `q`, in index order, without scoring.
+fn first_matches(
+    searcher: &tantivy::Searcher,
+    q: &dyn tantivy::query::Query,
+    limit: usize,
+) -> tantivy::Result<Vec<(f32, DocAddress)>> {
+    use tantivy::query::EnableScoring;
+    use tantivy::{DocSet, TERMINATED};
+    let weight = q.weight(EnableScoring::disabled_from_searcher(searcher))?;
+    let mut out = Vec::with_capacity(limit.min(1024));
+    for (ord, segment) in searcher.segment_readers().iter().enumerate() {
+        let alive = segment.alive_bitset();
+        let mut scorer = weight.scorer(segment, 1.0)?;
+        let mut doc = scorer.doc();
+        while doc != TERMINATED {
+            if out.len() >= limit {
+                return Ok(out);
+            }
+            if alive.is_none_or(|a| a.is_alive(doc)) {
+                out.push((1.0, DocAddress::new(ord as u32, doc)));
+            }
+            doc = scorer.advance();
+        }
+    }
+    Ok(out)
+}
+
 /// Checks that `query` parses, without an index (configuration checks at start-up).
 pub fn check_query(query: &str) -> Result<(), QueryError> {
     let (_, fields) = Fields::schema();
@@ -505,14 +532,21 @@ impl SearchIndex {
     /// The tracks matching `query`, best first (equal scores in track-id order), at most
     /// `limit`.
     pub fn search(&self, query: &str, limit: usize) -> Result<Vec<Hit>, SearchError> {
-        let q = query::parse(query, &self.fields, &self.analyzer)?;
+        let (q, constant) = query::parse_ranked(query, &self.fields, &self.analyzer)?;
         let searcher = self.reader.searcher();
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let top: Vec<(f32, DocAddress)> = searcher
-            .search(&q, &TopDocs::with_limit(limit))
-            .map_err(tantivy_err(&self.dir))?;
+        let top: Vec<(f32, DocAddress)> = if constant {
+            // Every match scores the same: the first `limit` are as good as any, and
+            // there is no need to visit the others (a range can match most of the
+            // library).
+            first_matches(&searcher, q.as_ref(), limit).map_err(tantivy_err(&self.dir))?
+        } else {
+            searcher
+                .search(&q, &TopDocs::with_limit(limit))
+                .map_err(tantivy_err(&self.dir))?
+        };
         // The id column of each segment, opened once (not once per hit).
         let columns = searcher
             .segment_readers()

@@ -46,11 +46,23 @@ pub(crate) fn parse(
     fields: &Fields,
     analyzer: &TextAnalyzer,
 ) -> Result<Box<dyn Query>, QueryError> {
+    parse_ranked(text, fields, analyzer).map(|(q, _)| q)
+}
+
+/// [`parse`], and whether every match scores the same (only ranges and `*`, combined
+/// with AND and NOT: no term to weigh, no alternatives to count), so that any `limit`
+/// matches are the best ones.
+pub(crate) fn parse_ranked(
+    text: &str,
+    fields: &Fields,
+    analyzer: &TextAnalyzer,
+) -> Result<(Box<dyn Query>, bool), QueryError> {
     let mut p = Parser {
         s: text,
         at: 0,
         fields,
         analyzer: analyzer.clone(),
+        weighed: false,
     };
     p.skip_space();
     if p.at == p.s.len() {
@@ -61,7 +73,7 @@ pub(crate) fn parse(
     if p.at < p.s.len() {
         return Err(p.error(&format!("unexpected `{}`", p.rest_word())));
     }
-    Ok(q)
+    Ok((q, !p.weighed))
 }
 
 struct Parser<'a> {
@@ -69,6 +81,8 @@ struct Parser<'a> {
     at: usize,
     fields: &'a Fields,
     analyzer: TextAnalyzer,
+    /// A term, phrase, fuzzy word or alternative was parsed: matches score differently.
+    weighed: bool,
 }
 
 /// What a clause contributes to the conjunction around it.
@@ -137,6 +151,7 @@ impl Parser<'_> {
         Ok(if alts.len() == 1 {
             alts.pop().expect("one")
         } else {
+            self.weighed = true;
             Box::new(BooleanQuery::new(
                 alts.into_iter().map(|q| (Occur::Should, q)).collect(),
             ))
@@ -240,6 +255,7 @@ impl Parser<'_> {
             let n: u64 = word
                 .parse()
                 .map_err(|_| self.error(&format!("`{word}` is not a number")))?;
+            self.weighed = true;
             return Ok(Box::new(TermQuery::new(
                 Term::from_field_u64(f, n),
                 IndexRecordOption::Basic,
@@ -369,6 +385,7 @@ impl Parser<'_> {
         text: &str,
         fuzzy: Option<Option<u8>>,
     ) -> Result<Box<dyn Query>, QueryError> {
+        self.weighed = true;
         let words = self.fold(text);
         let fields: Vec<Field> = match field {
             Some(FieldRef::Text(f)) => vec![f],

@@ -188,6 +188,21 @@ fn numeric_ranges_and_values() {
     assert_eq!(r.find_sorted("year:1959"), ["a.flac", "e.flac"]);
     assert_eq!(r.find_sorted("genre:jazz year:[1960 TO 1969]"), ["b.flac"]);
     assert_eq!(r.find("duration:300").len(), 6);
+    // Ranges alone (and with NOT) take the first matches without scoring: the same
+    // tracks, and a limit cuts them to any that many of the matches.
+    assert_eq!(
+        r.find_sorted("year:[1960 TO 1969] NOT year:1969"),
+        r.find_sorted("year:[1960 TO 1968]")
+    );
+    assert_eq!(r.find_sorted("*"), {
+        let mut all: Vec<&str> = SONGS.iter().map(|s| s.path).collect();
+        all.sort_unstable();
+        all
+    });
+    let two = r.index.search("year:[1900 TO 2100]", 2).unwrap();
+    assert_eq!(two.len(), 2);
+    let all = r.find("year:[1900 TO 2100]");
+    assert!(two.iter().all(|h| r.ids.contains(&h.id)) && all.len() > 2);
 }
 
 #[test]
