@@ -459,23 +459,17 @@ impl FsModel {
     }
 
     /// Attributes of `/.prefetch` node `ino`, which stands for tree node `tree`: an empty
-    /// file or a folder.
+    /// file or a folder with the tree node's owner and mode, so the kernel lets through
+    /// `/.prefetch` exactly who may look there in the tree.
     fn hint_attr(&self, snap: &Snapshot, ino: u64, tree: u64) -> Result<Attr, FsError> {
-        let dir = snap.node(tree).ok_or(FsError::StaleInode(ino))?.is_dir();
+        let node = snap.node(tree).ok_or(FsError::StaleInode(ino))?;
+        let of_tree = self.attr_of(&node);
         Ok(Attr {
             ino,
             generation: 0,
-            kind: if dir { Kind::Dir } else { Kind::File },
             size: 0,
             mtime_ns: root_mtime(snap),
-            nlink: if dir { 2 } else { 1 },
-            perm: if dir {
-                DEFAULT_DIR_PERM
-            } else {
-                DEFAULT_FILE_PERM
-            } & !self.cfg.umask,
-            uid: self.cfg.uid.unwrap_or(self.cfg.default_uid),
-            gid: self.cfg.gid.unwrap_or(self.cfg.default_gid),
+            ..of_tree
         })
     }
 

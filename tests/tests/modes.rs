@@ -93,6 +93,13 @@ fn another_user_reads_a_world_readable_track_but_gets_eacces_on_an_owner_only_on
         "0600 root → r-------- root"
     );
     assert_eq!(mode_owner(&open), (0o444, 1234, 4321), "0644 → r--r--r--");
+    // Its mirror under /.prefetch carries the same owner and mode: the kernel lets through
+    // there exactly who may look in the tree.
+    let mirror = fs
+        .mountpoint()
+        .join(".prefetch")
+        .join(secret.strip_prefix(fs.mountpoint()).expect("in the mount"));
+    assert_eq!(mode_owner(&mirror), (0o400, 0, 0), "the /.prefetch mirror");
     let (root_mode, root_uid, _) = mode_owner(fs.mountpoint());
     assert_eq!(root_mode, 0o555, "read bits of the files below, as r-x");
     assert_eq!(root_uid, 0, "mixed owners: the daemon's user");
