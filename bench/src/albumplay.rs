@@ -130,12 +130,8 @@ impl AlbumPlayReport {
 
 /// Nearest-rank percentile of `v` (sorted here), ms.
 fn pct(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
     v.sort_by(f64::total_cmp);
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
+    crate::remote::probe::percentile(v, q)
 }
 
 fn ms(d: Duration) -> f64 {

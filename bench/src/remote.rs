@@ -28,7 +28,7 @@
 //! figures, their rendering and the goals checked; this file runs the steps in order.
 
 mod library;
-mod probe;
+pub(crate) mod probe;
 mod report;
 
 use std::collections::BTreeMap;

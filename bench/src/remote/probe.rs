@@ -70,7 +70,7 @@ pub(super) fn first_block(p: &Path) -> Result<Duration> {
 }
 
 /// Nearest-rank percentile of sorted samples.
-pub(super) fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -230,20 +230,24 @@ impl S3Tier {
     /// `rec`'s body when its signature (over `about` and the body) checks out.
     fn verified<'r>(&self, about: &[u8], rec: &'r [u8]) -> Option<&'r [u8]> {
         let body = rec.get(..rec.len().checked_sub(32)?)?;
-        let mut check = Hmac::<Sha256>::new_from_slice(&self.key).ok()?;
-        check.update(&(about.len() as u64).to_be_bytes());
-        check.update(about);
-        check.update(body);
-        check.verify_slice(&rec[body.len()..]).ok()?;
+        self.hmac(about, body)
+            .verify_slice(&rec[body.len()..])
+            .ok()?;
         Some(body)
     }
 
-    fn mac(&self, version: &[u8], body: &[u8]) -> [u8; 32] {
+    /// The signature of `body` about `about` (a version key, a recorded key, a name).
+    fn mac(&self, about: &[u8], body: &[u8]) -> [u8; 32] {
+        self.hmac(about, body).finalize().into_bytes().into()
+    }
+
+    /// The site key's HMAC over `about` (length first) and `body`.
+    fn hmac(&self, about: &[u8], body: &[u8]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(&(version.len() as u64).to_be_bytes());
-        mac.update(version);
+        mac.update(&(about.len() as u64).to_be_bytes());
+        mac.update(about);
         mac.update(body);
-        mac.finalize().into_bytes().into()
+        mac
     }
 
     /// The signed record of a window.
