@@ -422,6 +422,7 @@ pub fn template(format: Format, size: TrackSize) -> Result<Vec<u8>> {
         Format::Ogg => &["-c:a", "libvorbis", "-q:a", "0"],
         Format::Opus => &["-c:a", "libopus", "-b:a", "32k"],
         Format::Wav => &["-c:a", "pcm_s16le"],
+        Format::Other => anyhow::bail!("plugin-read formats are not generated"),
     };
     // Named by process and thread: two tests (or two runs) making the same template at
     // once each write their own file and rename it into place, never one another's.
@@ -512,7 +513,7 @@ fn tag_type(format: Format) -> TagType {
         Format::Mp3 => TagType::Id3v2,
         Format::M4a => TagType::Mp4Ilst,
         Format::Wav => TagType::RiffInfo,
-        Format::Flac | Format::Ogg | Format::Opus => TagType::VorbisComments,
+        Format::Flac | Format::Ogg | Format::Opus | Format::Other => TagType::VorbisComments,
     }
 }
 

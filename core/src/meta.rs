@@ -26,20 +26,26 @@ pub enum Format {
     Opus,
     /// RIFF WAVE (INFO chunk).
     Wav,
+    /// A container a format plugin reads (`musicfs-plugin-api`'s format kind): the tree
+    /// keeps the source's extension ([`TrackRecord::format_ext`]) and serves its bytes
+    /// unchanged.
+    Other,
 }
 
 impl Format {
     /// Every format, in a fixed order.
-    pub const ALL: [Format; 6] = [
+    pub const ALL: [Format; 7] = [
         Format::Flac,
         Format::Mp3,
         Format::M4a,
         Format::Ogg,
         Format::Opus,
         Format::Wav,
+        Format::Other,
     ];
 
-    /// The extension used in the virtual tree (`$format`), lower case.
+    /// The extension used in the virtual tree (`$format`), lower case; `other` for
+    /// [`Format::Other`], whose tracks keep their source's ([`TrackRecord::format_ext`]).
     pub fn ext(self) -> &'static str {
         match self {
             Format::Flac => "flac",
@@ -48,6 +54,7 @@ impl Format {
             Format::Ogg => "ogg",
             Format::Opus => "opus",
             Format::Wav => "wav",
+            Format::Other => "other",
         }
     }
 
@@ -172,6 +179,32 @@ impl TrackRecord {
             Some(dot) => &name[..dot],
         };
         String::from_utf8_lossy(stem).into_owned()
+    }
+
+    /// The extension the tree shows (`$format`): the format's, or for [`Format::Other`]
+    /// the source file's own, lower case.
+    pub fn format_ext(&self) -> std::borrow::Cow<'static, str> {
+        if self.format != Format::Other {
+            return std::borrow::Cow::Borrowed(self.format.ext());
+        }
+        let name = self
+            .rel_path
+            .rsplit(|b| *b == b'/')
+            .next()
+            .unwrap_or(&self.rel_path);
+        // Only a short alphanumeric extension is shown as it is (plugins register such).
+        match name.iter().rposition(|b| *b == b'.') {
+            Some(dot)
+                if dot > 0
+                    && (1..=8).contains(&(name.len() - dot - 1))
+                    && name[dot + 1..].iter().all(u8::is_ascii_alphanumeric) =>
+            {
+                std::borrow::Cow::Owned(
+                    String::from_utf8_lossy(&name[dot + 1..]).to_ascii_lowercase(),
+                )
+            }
+            _ => std::borrow::Cow::Borrowed(Format::Other.ext()),
+        }
     }
 }
 

@@ -41,7 +41,8 @@ pub use diff::{invalidate_changes, Invalidated, InvalidationSink};
 const MAGIC: &[u8; 8] = b"MFSSNAP\0";
 /// Version of the snapshot layout; a snapshot of another version is refused and rebuilt.
 /// 3: nodes carry owner, group and permission bits. 4: album format counts; delta segments.
-pub const FORMAT_VERSION: u32 = 5;
+/// 6: a seventh format (plugin-read containers) in the album counts.
+pub const FORMAT_VERSION: u32 = 6;
 const HEADER_LEN: usize = 64;
 /// Deepest level [`Snapshot::for_each_node`] visits: a path of single-byte names this deep
 /// would already exceed PATH_MAX.

@@ -190,8 +190,11 @@ impl Variable {
             Variable::Year => Cow::Borrowed(m.date.as_deref().and_then(year).unwrap_or("")),
             Variable::Genre => joined(&m.genre).unwrap_or(Cow::Borrowed(UNKNOWN_GENRE)),
             Variable::Composer => joined(&m.composer).unwrap_or(Cow::Borrowed("")),
-            Variable::Format => Cow::Borrowed(rec.format.ext()),
-            Variable::FormatUpper => Cow::Borrowed(format_upper(rec.format)),
+            Variable::Format => rec.format_ext(),
+            Variable::FormatUpper => match rec.format {
+                Format::Other => Cow::Owned(rec.format_ext().to_ascii_uppercase()),
+                f => Cow::Borrowed(format_upper(f)),
+            },
         }
     }
 }
@@ -210,6 +213,7 @@ fn format_upper(f: Format) -> &'static str {
         Format::Ogg => "OGG",
         Format::Opus => "OPUS",
         Format::Wav => "WAV",
+        Format::Other => "OTHER",
     }
 }
 

@@ -98,7 +98,7 @@ pub fn tag_value<'a>(rec: &'a TrackRecord, field: &str) -> Option<Cow<'a, str>> 
         "bitrate" => num(m.bitrate.map(|v| v.to_string())),
         "sample_rate" => num(m.sample_rate.map(|v| v.to_string())),
         "channels" => num(m.channels.map(|v| v.to_string())),
-        "format" => Some(Cow::Borrowed(rec.format.ext())),
+        "format" => Some(rec.format_ext()),
         _ => None,
     }
     .filter(|v| !v.is_empty())

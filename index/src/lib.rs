@@ -28,6 +28,7 @@
 
 mod blocks;
 mod fields;
+pub mod formats;
 pub mod fsio;
 pub mod health;
 pub mod identity;

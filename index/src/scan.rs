@@ -710,7 +710,10 @@ fn read_worker(origin: &dyn Origin, jobs: Receiver<Job>, done: Sender<Done>) {
         let result = origin
             .open(Path::new(OsStr::from_bytes(&job.rel)))
             .map_err(TagError::from)
-            .and_then(|source| read_track_identity(source, Some(job.expected)));
+            .and_then(|source| match job.expected {
+                Format::Other => crate::tags::read_plugin_track(source, &job.rel),
+                expected => read_track_identity(source, Some(expected)),
+            });
         if done.send(Done { job, result }).is_err() {
             return;
         }

@@ -243,7 +243,7 @@ impl Fields {
             d.add_text(self.title, &stem);
             d.add_text(self.all, &stem);
         }
-        d.add_text(self.format, t.format.ext());
+        d.add_text(self.format, t.format_ext());
         let numbers = [
             (self.year, m.date.as_deref().and_then(leading_number)),
             (self.track, m.track.as_deref().and_then(leading_number)),

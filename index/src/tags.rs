@@ -217,6 +217,39 @@ pub fn read_track_identity(
     })
 }
 
+/// Reads a track of a container a format plugin registered (see [`crate::formats`]): its
+/// tags and facts from the plugin, its identity over the whole file. A plugin that fails or
+/// panics makes the file a logged skip.
+pub fn read_plugin_track(source: Arc<dyn Source>, rel: &[u8]) -> Result<TrackRead, TagError> {
+    let len = source.len();
+    if len == 0 {
+        return Err(TagError::Empty);
+    }
+    let reader = crate::formats::reader_for_path(rel).ok_or_else(|| {
+        TagError::Unrecognised("no format plugin reads this extension any more".into())
+    })?;
+    let raw = source.clone();
+    let source = blocked(source);
+    let pairs = catch_unwind(AssertUnwindSafe(|| reader.read(source.as_ref())))
+        .map_err(|_| TagError::Panicked(format!("format plugin {} panicked", reader.name())))?
+        .map_err(|why| TagError::Malformed(format!("format plugin {}: {why}", reader.name())))?;
+    let meta = crate::formats::meta_from_pairs(&pairs);
+    let identity =
+        match crate::identity::identity_split(source.as_ref(), raw.as_ref(), Format::Other) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the file for its identity");
+                None
+            }
+        };
+    Ok(TrackRead {
+        format: Format::Other,
+        meta,
+        picture: None,
+        identity,
+    })
+}
+
 /// A [`Source`] as the `Read + Seek` stream symphonia probes: every read is a
 /// [`Source::read_at`] at the stream's position, so a local file and a remote object are
 /// read alike (and no `fstat` is needed to learn the length: the source knows it).
@@ -392,6 +425,7 @@ fn format_name(f: Format) -> &'static str {
         Format::Ogg => "Ogg Vorbis",
         Format::Opus => "Ogg Opus",
         Format::Wav => "WAV",
+        Format::Other => "a plugin's format",
     }
 }
 

@@ -443,11 +443,11 @@ fn join_rel(dir: &[u8], name: &OsStr) -> Vec<u8> {
     rel
 }
 
-/// The format an audio file's extension promises (case-insensitive), if any.
+/// The format an audio file's extension promises (case-insensitive), if any:
+/// [`Format::Other`] for an extension a format plugin reads.
 pub(crate) fn audio_format(path: &Path) -> Option<Format> {
-    path.extension()
-        .and_then(OsStr::to_str)
-        .and_then(Format::from_ext)
+    let ext = path.extension().and_then(OsStr::to_str)?;
+    Format::from_ext(ext).or_else(|| crate::formats::reader_for(ext).map(|_| Format::Other))
 }
 
 #[cfg(test)]

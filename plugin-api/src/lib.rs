@@ -14,21 +14,24 @@
 //!   silently.
 //! - **origin** ([`OriginV1`]): serves files the daemon lists, stats and reads, as an
 //!   origin named `plugin://NAME/ROOT` (ROOT is the plugin's: an archive's path, a URL).
-//! - the format kind is reserved (null in version 1.0).
+//! - **format** ([`FormatV1`], since 1.1): the extensions of a container the daemon's own
+//!   reader does not know, and a tag reader for it; the daemon scans such files with it
+//!   and serves their bytes unchanged.
 //!
 //! Strings cross the boundary as [`Str`] (pointer + length, UTF-8, borrowed for the call);
 //! a plugin hands results back through the host's `emit` callback, so no allocation ever
 //! crosses it. Calls must not unwind: [`export_plugin!`] catches a panic and reports it as
 //! an error code.
 //!
-//! Writing one in Rust: implement [`Metadata`] and call [`export_plugin!`].
+//! Writing one in Rust: implement [`Metadata`], [`Origin`] or [`Format`] and call
+//! [`export_plugin!`].
 
 use std::ffi::c_void;
 
 /// The API's major version: a plugin built for another one is refused.
 pub const API_MAJOR: u32 = 1;
 /// The API's minor version: additions that older daemons ignore.
-pub const API_MINOR: u32 = 0;
+pub const API_MINOR: u32 = 1;
 /// The symbol a plugin exports.
 pub const ENTRY_SYMBOL: &[u8] = b"musicfs_plugin_v1\0";
 
@@ -113,8 +116,32 @@ pub struct PluginV1 {
     pub metadata: *const MetadataV1,
     /// The origin kind, or null.
     pub origin: *const OriginV1,
-    /// Reserved for the format kind (null in 1.0).
-    pub format: *const c_void,
+    /// The format kind, or null (API 1.1; a 1.0 plugin has null here).
+    pub format: *const FormatV1,
+}
+
+/// The host's callback that reads the file being scanned: up to `len` bytes at `offset`
+/// into `buf`, the count into `got` (short only at the end of the file). Returns [`OK`] or
+/// [`FAILED`].
+pub type ReadAt = unsafe extern "C" fn(
+    ctx: *mut c_void,
+    offset: u64,
+    buf: *mut u8,
+    len: usize,
+    got: *mut usize,
+) -> i32;
+
+/// The format kind (API 1.1).
+#[repr(C)]
+pub struct FormatV1 {
+    /// The extensions it reads, without dots, comma-separated (`wv,wvc`; static).
+    pub extensions: Str,
+    /// Reads the tags of a file of `len` bytes through `read(ctx, ..)`, calling
+    /// `emit(ctx, tag)` per tag: names as in Vorbis comments (`title`, `artist`,
+    /// `albumartist`, `album`, `date`, `tracknumber`, `discnumber`, `genre`, `composer`)
+    /// and the stream facts `duration_ms`, `sample_rate`, `channels`, `bitrate`.
+    /// Returns [`OK`] or an error code (a file it cannot read: [`FAILED`]).
+    pub read: unsafe extern "C" fn(read: ReadAt, len: u64, emit: Emit, ctx: *mut c_void) -> i32,
 }
 
 // SAFETY: a PluginV1 is static, immutable data (pointers to static strings and tables).
@@ -123,6 +150,85 @@ unsafe impl Sync for PluginV1 {}
 unsafe impl Sync for MetadataV1 {}
 // SAFETY: as above.
 unsafe impl Sync for OriginV1 {}
+// SAFETY: as above.
+unsafe impl Sync for FormatV1 {}
+
+/// The file a [`Format`] plugin is asked to read.
+pub struct File {
+    read: ReadAt,
+    ctx: *mut c_void,
+    len: u64,
+}
+
+impl File {
+    /// Its size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads into `buf` at `offset`: how many bytes (short only at the end of the file).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, String> {
+        let mut got = 0usize;
+        // SAFETY: the host's callback with its context; `buf` is writable for its length.
+        let rc = unsafe { (self.read)(self.ctx, offset, buf.as_mut_ptr(), buf.len(), &mut got) };
+        if rc == OK {
+            Ok(got.min(buf.len()))
+        } else {
+            Err(format!("the host could not read at {offset}"))
+        }
+    }
+
+    /// Exactly `n` bytes at `offset`, or an error when the file ends first.
+    pub fn read_exact_at(&self, offset: u64, n: usize) -> Result<Vec<u8>, String> {
+        let mut buf = vec![0u8; n];
+        let got = self.read_at(offset, &mut buf)?;
+        if got < n {
+            return Err(format!(
+                "the file ends at {} (wanted {n} bytes at {offset})",
+                offset + got as u64
+            ));
+        }
+        Ok(buf)
+    }
+}
+
+/// A format plugin, written in Rust.
+pub trait Format {
+    /// The extensions it reads, without dots, comma-separated (`wv` or `wv,wvc`).
+    const EXTENSIONS: &'static str;
+    /// The tags and stream facts of `file` (see [`FormatV1::read`] for the names).
+    fn read(file: &File) -> Result<Vec<(String, String)>, String>;
+}
+
+/// Runs [`Format::read`] of `F` for the C ABI (what [`export_plugin!`] exports).
+///
+/// # Safety
+/// `read` and `emit` must be safe to call with `ctx` for the call's duration.
+pub unsafe fn run_format<F: Format>(read: ReadAt, len: u64, emit: Emit, ctx: *mut c_void) -> i32 {
+    std::panic::catch_unwind(|| {
+        let file = File { read, ctx, len };
+        match F::read(&file) {
+            Ok(tags) => {
+                for (k, v) in &tags {
+                    let tag = Tag {
+                        key: Str::new(k),
+                        value: Str::new(v),
+                    };
+                    // SAFETY: the host's callback, with its context.
+                    unsafe { emit(ctx, tag) };
+                }
+                OK
+            }
+            Err(_) => FAILED,
+        }
+    })
+    .unwrap_or(PANICKED)
+}
 
 /// Call result: no such file or directory.
 pub const NOT_FOUND: i32 = 3;
@@ -410,8 +516,9 @@ pub unsafe fn run_suggest<M: Metadata>(
 }
 
 /// Exports a plugin: `export_plugin!(name = "titlecase", version = "1.0.0", metadata = T);`
-/// where `T: Metadata`, or `export_plugin!(name = "tar", version = "1.0.0", origin = T);`
-/// where `T: Origin`.
+/// where `T: Metadata`, `export_plugin!(name = "tar", version = "1.0.0", origin = T);`
+/// where `T: Origin`, or `export_plugin!(name = "wavpack", version = "1.0.0", format = T);`
+/// where `T: Format`.
 #[macro_export]
 macro_rules! export_plugin {
     (name = $name:literal, version = $version:literal, origin = $origin:ty) => {
@@ -463,7 +570,27 @@ macro_rules! export_plugin {
             stat: __musicfs_stat,
             read: __musicfs_read,
         };
-        $crate::export_plugin!(@record $name, $version, ::std::ptr::null(), &__MUSICFS_ORIGIN);
+        $crate::export_plugin!(@record $name, $version, ::std::ptr::null(), &__MUSICFS_ORIGIN, ::std::ptr::null());
+    };
+    (name = $name:literal, version = $version:literal, format = $format:ty) => {
+        unsafe extern "C" fn __musicfs_read_format(
+            read: $crate::ReadAt,
+            len: u64,
+            emit: $crate::Emit,
+            ctx: *mut ::std::ffi::c_void,
+        ) -> i32 {
+            // SAFETY: forwarded from the host, which upholds run_format's contract.
+            unsafe { $crate::run_format::<$format>(read, len, emit, ctx) }
+        }
+        const __MUSICFS_EXT: &str = <$format as $crate::Format>::EXTENSIONS;
+        static __MUSICFS_FORMAT: $crate::FormatV1 = $crate::FormatV1 {
+            extensions: $crate::Str {
+                ptr: __MUSICFS_EXT.as_ptr(),
+                len: __MUSICFS_EXT.len(),
+            },
+            read: __musicfs_read_format,
+        };
+        $crate::export_plugin!(@record $name, $version, ::std::ptr::null(), ::std::ptr::null(), &__MUSICFS_FORMAT);
     };
     (name = $name:literal, version = $version:literal, metadata = $meta:ty) => {
         unsafe extern "C" fn __musicfs_suggest(
@@ -478,9 +605,9 @@ macro_rules! export_plugin {
         static __MUSICFS_METADATA: $crate::MetadataV1 = $crate::MetadataV1 {
             suggest: __musicfs_suggest,
         };
-        $crate::export_plugin!(@record $name, $version, &__MUSICFS_METADATA, ::std::ptr::null());
+        $crate::export_plugin!(@record $name, $version, &__MUSICFS_METADATA, ::std::ptr::null(), ::std::ptr::null());
     };
-    (@record $name:literal, $version:literal, $metadata:expr, $origin:expr) => {
+    (@record $name:literal, $version:literal, $metadata:expr, $origin:expr, $format:expr) => {
         static __MUSICFS_PLUGIN: $crate::PluginV1 = $crate::PluginV1 {
             size: ::std::mem::size_of::<$crate::PluginV1>(),
             api_major: $crate::API_MAJOR,
@@ -495,7 +622,7 @@ macro_rules! export_plugin {
             },
             metadata: $metadata,
             origin: $origin,
-            format: ::std::ptr::null(),
+            format: $format,
         };
         /// The plugin's entry point.
         #[no_mangle]

@@ -288,7 +288,7 @@ pub fn export(catalog: &Catalog) -> Result<Export> {
         match source.to_str() {
             Some(s) => tracks.push(ExportTrack {
                 source: s.to_string(),
-                format: rec.format.ext().to_string(),
+                format: rec.format_ext().into_owned(),
                 tags,
                 edited: ov.edits.keys().map(|f| f.name().to_string()).collect(),
                 plays: p.map_or(0, |p| p.count),

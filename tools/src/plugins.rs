@@ -41,6 +41,8 @@ pub struct Loaded {
     pub kinds: Vec<&'static str>,
     /// Its origin table (native plugins with the origin kind); points into the library.
     origin: Option<&'static musicfs_plugin_api::OriginV1>,
+    /// Its format table (native plugins with the format kind, API 1.1).
+    format: Option<&'static musicfs_plugin_api::FormatV1>,
     code: Code,
 }
 
@@ -216,6 +218,7 @@ impl Plugins {
                 path: path.clone(),
                 kinds: vec!["metadata"],
                 origin: None,
+                format: None,
                 code: Code::Wasm(plugin),
             })
         } else {
@@ -223,6 +226,20 @@ impl Plugins {
         };
         let mut all = self.loaded.write().unwrap_or_else(|p| p.into_inner());
         all.retain(|p| p.name != loaded.name);
+        musicfs_index::formats::unregister(&loaded.name);
+        if let Some(table) = loaded.format {
+            // SAFETY: the plugin's static string.
+            let exts = unsafe { table.extensions.as_str() }.unwrap_or("");
+            let exts: Vec<&str> = exts.split(',').collect();
+            let took = musicfs_index::formats::register(
+                &exts,
+                Arc::new(PluginFormat {
+                    plugin: loaded.clone(),
+                    table,
+                }),
+            );
+            tracing::info!(plugin = %loaded.name, extensions = ?took, "format plugin reads these files");
+        }
         all.push(loaded.clone());
         tracing::info!(plugin = %loaded.name, version = %loaded.version, path = %path.display(), "plugin loaded");
         Ok(loaded)
@@ -276,8 +293,16 @@ impl Plugins {
                 // loaded, which every user of it keeps (they hold the Loaded).
                 unsafe { &*info.origin }
             });
+        // The format table exists from API 1.1 on (1.0 plugins leave the field null).
+        let format: Option<&'static musicfs_plugin_api::FormatV1> =
+            (info.api_minor >= 1 && !info.format.is_null()).then(|| {
+                // SAFETY: non-null: the plugin's static table, valid while the library is
+                // loaded (the registered reader holds the Loaded).
+                unsafe { &*info.format }
+            });
         let mut kinds: Vec<&'static str> = metadata.iter().map(|_| "metadata").collect();
         kinds.extend(origin.iter().map(|_| "origin"));
+        kinds.extend(format.iter().map(|_| "format"));
         Ok(Arc::new(Loaded {
             name: name_in,
             version: text(info.version),
@@ -285,6 +310,7 @@ impl Plugins {
             path: path.to_path_buf(),
             kinds,
             origin,
+            format,
             code: Code::Native { suggest, _lib: lib },
         }))
     }
@@ -295,6 +321,7 @@ impl Plugins {
         let before = all.len();
         all.retain(|p| p.name != name);
         ensure!(all.len() < before, "no plugin {name:?} is loaded");
+        musicfs_index::formats::unregister(name);
         tracing::info!(plugin = name, "plugin unloaded");
         Ok(())
     }
@@ -381,6 +408,91 @@ impl Plugins {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+/// A format plugin as the scanner's reader (see `musicfs_index::formats`).
+struct PluginFormat {
+    plugin: Arc<Loaded>,
+    table: &'static musicfs_plugin_api::FormatV1,
+}
+
+/// What a format plugin's call reads from and writes to.
+struct FormatCall<'a> {
+    source: &'a dyn musicfs_storage::origin::Source,
+    out: Vec<(String, String)>,
+    failed: Option<std::io::Error>,
+}
+
+/// The host's `read` for a format plugin: a read of the source behind `ctx`.
+unsafe extern "C" fn format_read(
+    ctx: *mut c_void,
+    offset: u64,
+    buf: *mut u8,
+    len: usize,
+    got: *mut usize,
+) -> i32 {
+    // SAFETY: `ctx` is the FormatCall `PluginFormat::read` passed, alive for the call.
+    let call = unsafe { &mut *(ctx as *mut FormatCall<'_>) };
+    let buf = if len == 0 {
+        &mut [][..]
+    } else {
+        // SAFETY: the plugin passes `len` writable bytes.
+        unsafe { std::slice::from_raw_parts_mut(buf, len) }
+    };
+    match call.source.read_at(buf, offset) {
+        Ok(n) => {
+            // SAFETY: the plugin's out parameter.
+            unsafe { *got = n };
+            OK
+        }
+        Err(e) => {
+            call.failed = Some(e);
+            musicfs_plugin_api::FAILED
+        }
+    }
+}
+
+/// The host's `emit` for a format plugin.
+unsafe extern "C" fn format_emit(ctx: *mut c_void, tag: Tag) {
+    // SAFETY: as in `format_read`.
+    let call = unsafe { &mut *(ctx as *mut FormatCall<'_>) };
+    // SAFETY: the plugin's strings live for the call.
+    if let (Some(k), Some(v)) = unsafe { (tag.key.as_str(), tag.value.as_str()) } {
+        call.out.push((k.to_string(), v.to_string()));
+    }
+}
+
+impl musicfs_index::formats::FormatReader for PluginFormat {
+    fn name(&self) -> &str {
+        &self.plugin.name
+    }
+
+    fn read(
+        &self,
+        source: &dyn musicfs_storage::origin::Source,
+    ) -> std::result::Result<Vec<(String, String)>, String> {
+        let mut call = FormatCall {
+            source,
+            out: Vec::new(),
+            failed: None,
+        };
+        // SAFETY: the table points into the library `self.plugin` keeps loaded; `call`
+        // outlives the call and is what both callbacks expect behind `ctx`.
+        let rc = unsafe {
+            (self.table.read)(
+                format_read,
+                source.len(),
+                format_emit,
+                &mut call as *mut FormatCall<'_> as *mut c_void,
+            )
+        };
+        match (rc, call.failed) {
+            (OK, _) => Ok(call.out),
+            (_, Some(e)) => Err(format!("reading the file failed: {e}")),
+            (musicfs_plugin_api::PANICKED, None) => Err("the plugin panicked".into()),
+            (rc, None) => Err(format!("the plugin cannot read this file (code {rc})")),
+        }
     }
 }
 

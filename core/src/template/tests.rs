@@ -312,7 +312,7 @@ fn title_falls_back_to_unknown_when_there_is_no_stem() {
 #[test]
 fn format_upper_is_the_extension_in_capitals() {
     let mut r = rec(TrackMeta::default());
-    for f in Format::ALL {
+    for f in Format::ALL.into_iter().filter(|f| *f != Format::Other) {
         r.format = f;
         assert_eq!(Variable::Format.value(&r), f.ext());
         assert_eq!(
@@ -320,6 +320,17 @@ fn format_upper_is_the_extension_in_capitals() {
             f.ext().to_ascii_uppercase()
         );
     }
+}
+
+#[test]
+fn plugin_formats_show_the_source_extension() {
+    let mut r = rec(TrackMeta::default());
+    r.format = Format::Other;
+    r.rel_path = b"dir/01 - a.WV".to_vec();
+    assert_eq!(Variable::Format.value(&r), "wv");
+    assert_eq!(Variable::FormatUpper.value(&r), "WV");
+    r.rel_path = b"dir/noext".to_vec();
+    assert_eq!(Variable::Format.value(&r), "other");
 }
 
 #[test]
@@ -522,7 +533,7 @@ proptest! {
     fn rendered_file_name_keeps_the_extension(r in record()) {
         let out = Template::default().render(&r);
         let name = out.last().unwrap();
-        let suffix = format!(".{}", r.format.ext());
+        let suffix = format!(".{}", r.format_ext());
         prop_assert!(name.ends_with(&suffix));
     }
 

@@ -71,6 +71,12 @@ pub fn synthesise(format: Format, src: &dyn Source, edits: &Edits) -> Result<Seg
             format,
             why: "tag edits of WAV files are not supported".into(),
         }),
+        Format::Other => Err(SynthError::Unsupported {
+            format,
+            why: "tag edits of files a format plugin reads are not supported (a plugin \
+                  reads tags, it does not write them)"
+                .into(),
+        }),
     }
 }
 

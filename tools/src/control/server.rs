@@ -350,6 +350,9 @@ impl Control for Service {
         let d = self.0.clone();
         blocking(move || {
             let p = &d.plugins;
+            let reads_files =
+                |l: &crate::plugins::Loaded| l.name == r.name && l.kinds.contains(&"format");
+            let had_format = p.list().iter().any(|l| reads_files(l));
             let done = match r.action.as_str() {
                 "list" => Ok(()),
                 "load" => p.load(&r.name).map(drop),
@@ -362,6 +365,10 @@ impl Control for Service {
                 }
             };
             done.map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+            // Files a format plugin reads appear (or leave) at the next walk: start one.
+            if had_format || p.list().iter().any(|l| reads_files(l)) {
+                let _ = d.trigger.send(Trigger::Rescan("format plugin changed"));
+            }
             Ok(proto::PluginReply {
                 plugins: p
                     .list()
