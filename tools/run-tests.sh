@@ -18,7 +18,7 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo build --workspace --bins
 # The example plugins are libraries the plugin tests load.
-cargo build -p musicfs-plugin-titlecase -p musicfs-plugin-tar -p musicfs-plugin-wavpack
+cargo build -p musicfs-plugin-titlecase -p musicfs-plugin-tar -p musicfs-plugin-wavpack -p musicfs-plugin-musicbrainz
 
 features=()
 if [ -e /dev/fuse ] && [ "$(id -u)" -eq 0 ]; then

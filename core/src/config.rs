@@ -284,6 +284,28 @@ pub struct Config {
     /// Plugins loaded at start (file names in `plugin_dir`, or plugin crate names:
     /// `titlecase` finds `libmusicfs_plugin_titlecase.so`).
     pub plugins: Vec<String>,
+    /// What each plugin may reach (`[plugin_grants.NAME]`, NAME as the plugin names
+    /// itself): nothing unless granted here.
+    pub plugin_grants: BTreeMap<String, PluginGrant>,
+    /// Each plugin's settings (`[plugin_settings.NAME]`: strings it reads by key; an API
+    /// key, a server's URL).
+    pub plugin_settings: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// One `[plugin_grants.NAME]` table: the network a plugin may reach through the host.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginGrant {
+    /// Hosts it may GET from: `host` (any port) or `host:port`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Requests per second to any one host, at most (MusicBrainz asks for 1).
+    #[serde(default = "default_plugin_rate")]
+    pub requests_per_second: f64,
+}
+
+fn default_plugin_rate() -> f64 {
+    1.0
 }
 
 /// One `[[webhook]]` table: events posted as JSON to a URL.
@@ -441,6 +463,8 @@ impl Default for Config {
             shared_tier_key_file: None,
             plugin_dir: None,
             plugins: Vec::new(),
+            plugin_grants: BTreeMap::new(),
+            plugin_settings: BTreeMap::new(),
         }
     }
 }
@@ -555,6 +579,27 @@ impl Config {
                           shares it), so that records another party wrote are never trusted"
                     .into(),
             });
+        }
+        for (name, g) in &self.plugin_grants {
+            if !(g.requests_per_second > 0.0 && g.requests_per_second <= 100.0) {
+                return Err(ConfigError::Invalid {
+                    key: "plugin_grants",
+                    message: format!(
+                        "{name}: requests_per_second must be above 0 and at most 100, not {}",
+                        g.requests_per_second
+                    ),
+                });
+            }
+            if let Some(bad) = g
+                .hosts
+                .iter()
+                .find(|h| h.is_empty() || h.contains(['/', '@', '*', ' ']))
+            {
+                return Err(ConfigError::Invalid {
+                    key: "plugin_grants",
+                    message: format!("{name}: {bad:?} is not a host or host:port"),
+                });
+            }
         }
         if self.umask > 0o777 {
             return Err(ConfigError::Invalid {
@@ -795,6 +840,33 @@ mod tests {
         let c = Config::parse("readahead_kb = 0\n").unwrap();
         assert!(c.validate().is_err());
         assert_eq!(Config::default().readahead_kb, 1024);
+    }
+
+    #[test]
+    fn plugin_grants_and_settings_parse_and_are_checked() {
+        let c = Config::parse(
+            "[plugin_grants.mb]\nhosts = [\"musicbrainz.org\", \"127.0.0.1:8080\"]\n\
+             [plugin_settings.mb]\nacoustid_key = \"k\"\n",
+        )
+        .unwrap();
+        let g = &c.plugin_grants["mb"];
+        assert_eq!(g.hosts, ["musicbrainz.org", "127.0.0.1:8080"]);
+        assert_eq!(g.requests_per_second, 1.0);
+        assert_eq!(c.plugin_settings["mb"]["acoustid_key"], "k");
+        for bad in [
+            "[plugin_grants.mb]\nhosts = [\"http://x/\"]",
+            "[plugin_grants.mb]\nhosts = [\"*\"]",
+            "[plugin_grants.mb]\nrequests_per_second = 0",
+            "[plugin_grants.mb]\nport = 1",
+        ] {
+            let parsed = Config::parse(bad).map_err(|e| e.to_string());
+            assert!(
+                parsed
+                    .and_then(|c| c.validate().map_err(|e| e.to_string()))
+                    .is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

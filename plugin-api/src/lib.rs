@@ -14,6 +14,9 @@
 //!   silently.
 //! - **origin** ([`OriginV1`]): serves files the daemon lists, stats and reads, as an
 //!   origin named `plugin://NAME/ROOT` (ROOT is the plugin's: an archive's path, a URL).
+//! - **enricher** ([`EnrichV1`], since 1.1): the metadata kind with the host's services
+//!   ([`HostV1`]: HTTP GET to the hosts the operator granted it, rate limited, and its
+//!   settings), given the track's Chromaprint fingerprint; its suggestions are proposals too.
 //! - **format** ([`FormatV1`], since 1.1): the extensions of a container the daemon's own
 //!   reader does not know, and a tag reader for it; the daemon scans such files with it
 //!   and serves their bytes unchanged.
@@ -118,6 +121,184 @@ pub struct PluginV1 {
     pub origin: *const OriginV1,
     /// The format kind, or null (API 1.1; a 1.0 plugin has null here).
     pub format: *const FormatV1,
+    /// The enricher kind, or null (API 1.1: absent from a 1.0 plugin's shorter record).
+    pub enrich: *const EnrichV1,
+}
+
+/// The size of API 1.0's [`PluginV1`] (up to and including `format`): the shortest record
+/// a daemon of this major accepts.
+pub const PLUGIN_V1_0_SIZE: usize = std::mem::offset_of!(PluginV1, enrich);
+
+/// The host's callback for bytes (an HTTP response's body).
+pub type EmitBytes = unsafe extern "C" fn(ctx: *mut c_void, bytes: *const u8, len: usize);
+
+/// `http_get`'s answer when the plugin's grants do not name the URL's host.
+pub const HOST_DENIED: i32 = -1;
+/// `http_get`'s answer when the request failed (no connection, timeout, too large).
+pub const HOST_FAILED: i32 = -2;
+
+/// What the host offers a plugin during a call (API 1.1). Network access is granted per
+/// plugin by the operator (`[plugin_grants.NAME] hosts = [...]`); the host enforces the
+/// grant, the rate limit and the User-Agent, whatever the plugin asks.
+#[repr(C)]
+pub struct HostV1 {
+    /// `size_of::<HostV1>()` as the host was built.
+    pub size: usize,
+    /// The host's context for the calls below.
+    pub ctx: *mut c_void,
+    /// GETs `url` (http or https): the body goes to `body(body_ctx, ..)` once; returns the
+    /// HTTP status, [`HOST_DENIED`] or [`HOST_FAILED`].
+    pub http_get: unsafe extern "C" fn(
+        ctx: *mut c_void,
+        url: Str,
+        body: EmitBytes,
+        body_ctx: *mut c_void,
+    ) -> i32,
+    /// The plugin's setting `key` (`[plugin_settings.NAME]`) through `value(value_ctx, ..)`;
+    /// returns 1 when it is set, 0 when not.
+    pub setting: unsafe extern "C" fn(
+        ctx: *mut c_void,
+        key: Str,
+        value: EmitStr,
+        value_ctx: *mut c_void,
+    ) -> i32,
+}
+
+/// The enricher kind (API 1.1).
+#[repr(C)]
+pub struct EnrichV1 {
+    /// As [`MetadataV1::suggest`], with the host's services. Beside the shown tags, `tags`
+    /// carries `fingerprint` (Chromaprint, compressed and base64url-encoded as AcoustID
+    /// takes it) and `duration_s` when the host could compute them.
+    pub suggest: unsafe extern "C" fn(
+        tags: *const Tag,
+        n: usize,
+        host: *const HostV1,
+        emit: Emit,
+        ctx: *mut c_void,
+    ) -> i32,
+}
+
+/// The host's services, as an enricher written in Rust uses them.
+pub struct Host<'a> {
+    raw: &'a HostV1,
+}
+
+unsafe extern "C" fn collect_bytes(ctx: *mut c_void, bytes: *const u8, len: usize) {
+    // SAFETY: ctx is the Vec `Host::get` passed; the host's bytes live for the call.
+    let out = unsafe { &mut *(ctx as *mut Vec<u8>) };
+    if len > 0 {
+        out.extend_from_slice(unsafe { std::slice::from_raw_parts(bytes, len) });
+    }
+}
+
+unsafe extern "C" fn collect_str(ctx: *mut c_void, s: Str) {
+    // SAFETY: ctx is the Option `Host::setting` passed; the host's string lives for the call.
+    let out = unsafe { &mut *(ctx as *mut Option<String>) };
+    *out = unsafe { s.as_str() }.map(str::to_string);
+}
+
+impl Host<'_> {
+    /// GETs `url`: the status and body, or why not (not granted, failed).
+    pub fn get(&self, url: &str) -> Result<(u16, Vec<u8>), String> {
+        let mut body: Vec<u8> = Vec::new();
+        // SAFETY: the host's callback and context; `body` outlives the call.
+        let rc = unsafe {
+            (self.raw.http_get)(
+                self.raw.ctx,
+                Str::new(url),
+                collect_bytes,
+                &mut body as *mut Vec<u8> as *mut c_void,
+            )
+        };
+        match rc {
+            HOST_DENIED => Err(format!("not granted: {url}")),
+            rc if rc < 0 => Err(format!("request failed: {url}")),
+            rc => Ok((rc as u16, body)),
+        }
+    }
+
+    /// The plugin's setting `key`, when the operator set one.
+    pub fn setting(&self, key: &str) -> Option<String> {
+        let mut out: Option<String> = None;
+        // SAFETY: as in `get`.
+        let rc = unsafe {
+            (self.raw.setting)(
+                self.raw.ctx,
+                Str::new(key),
+                collect_str,
+                &mut out as *mut Option<String> as *mut c_void,
+            )
+        };
+        if rc == 1 {
+            out
+        } else {
+            None
+        }
+    }
+}
+
+/// An enricher, written in Rust.
+pub trait Enricher {
+    /// Suggested tags for a track with `tags` (see [`EnrichV1::suggest`]), using `host`.
+    fn suggest(tags: &[(&str, &str)], host: &Host<'_>) -> Result<Vec<(String, String)>, String>;
+}
+
+/// Runs [`Enricher::suggest`] of `E` for the C ABI (what [`export_plugin!`] exports).
+///
+/// # Safety
+/// As [`run_suggest`]; `host` must point to a valid [`HostV1`] for the call.
+pub unsafe fn run_enrich<E: Enricher>(
+    tags: *const Tag,
+    n: usize,
+    host: *const HostV1,
+    emit: Emit,
+    ctx: *mut c_void,
+) -> i32 {
+    std::panic::catch_unwind(|| {
+        // SAFETY: the host passes n valid tags and a valid host table.
+        let (tags, host) = unsafe {
+            (
+                if n == 0 {
+                    &[][..]
+                } else {
+                    std::slice::from_raw_parts(tags, n)
+                },
+                &*host,
+            )
+        };
+        let Some(pairs) = tag_pairs(tags) else {
+            return FAILED;
+        };
+        match E::suggest(&pairs, &Host { raw: host }) {
+            Ok(out) => {
+                emit_tags(emit, ctx, &out);
+                OK
+            }
+            Err(_) => FAILED,
+        }
+    })
+    .unwrap_or(PANICKED)
+}
+
+/// The tags as string pairs, or `None` when one is not UTF-8.
+fn tag_pairs(tags: &[Tag]) -> Option<Vec<(&str, &str)>> {
+    tags.iter()
+        // SAFETY: the host's strings live for the call.
+        .map(|t| unsafe { Some((t.key.as_str()?, t.value.as_str()?)) })
+        .collect()
+}
+
+/// Hands `out` to the host, one tag at a time.
+fn emit_tags(emit: Emit, ctx: *mut c_void, out: &[(String, String)]) {
+    for (k, v) in out {
+        let tag = Tag {
+            key: Str::new(k),
+            value: Str::new(v),
+        };
+        // SAFETY: the host's callback, with its context.
+        unsafe { emit(ctx, tag) };
+    }
 }
 
 /// The host's callback that reads the file being scanned: up to `len` bytes at `offset`
@@ -152,6 +333,8 @@ unsafe impl Sync for MetadataV1 {}
 unsafe impl Sync for OriginV1 {}
 // SAFETY: as above.
 unsafe impl Sync for FormatV1 {}
+// SAFETY: as above.
+unsafe impl Sync for EnrichV1 {}
 
 /// The file a [`Format`] plugin is asked to read.
 pub struct File {
@@ -214,14 +397,7 @@ pub unsafe fn run_format<F: Format>(read: ReadAt, len: u64, emit: Emit, ctx: *mu
         let file = File { read, ctx, len };
         match F::read(&file) {
             Ok(tags) => {
-                for (k, v) in &tags {
-                    let tag = Tag {
-                        key: Str::new(k),
-                        value: Str::new(v),
-                    };
-                    // SAFETY: the host's callback, with its context.
-                    unsafe { emit(ctx, tag) };
-                }
+                emit_tags(emit, ctx, &tags);
                 OK
             }
             Err(_) => FAILED,
@@ -489,24 +665,12 @@ pub unsafe fn run_suggest<M: Metadata>(
             // SAFETY: the host passes n valid tags.
             unsafe { std::slice::from_raw_parts(tags, n) }
         };
-        let mut pairs = Vec::with_capacity(n);
-        for t in tags {
-            // SAFETY: the host's strings live for the call.
-            match unsafe { (t.key.as_str(), t.value.as_str()) } {
-                (Some(k), Some(v)) => pairs.push((k, v)),
-                _ => return FAILED,
-            }
-        }
+        let Some(pairs) = tag_pairs(tags) else {
+            return FAILED;
+        };
         match M::suggest(&pairs) {
             Ok(out) => {
-                for (k, v) in &out {
-                    let tag = Tag {
-                        key: Str::new(k),
-                        value: Str::new(v),
-                    };
-                    // SAFETY: the host's callback, with its context.
-                    unsafe { emit(ctx, tag) };
-                }
+                emit_tags(emit, ctx, &out);
                 OK
             }
             Err(_) => FAILED,
@@ -570,7 +734,7 @@ macro_rules! export_plugin {
             stat: __musicfs_stat,
             read: __musicfs_read,
         };
-        $crate::export_plugin!(@record $name, $version, ::std::ptr::null(), &__MUSICFS_ORIGIN, ::std::ptr::null());
+        $crate::export_plugin!(@record $name, $version, ::std::ptr::null(), &__MUSICFS_ORIGIN, ::std::ptr::null(), ::std::ptr::null());
     };
     (name = $name:literal, version = $version:literal, format = $format:ty) => {
         unsafe extern "C" fn __musicfs_read_format(
@@ -590,7 +754,7 @@ macro_rules! export_plugin {
             },
             read: __musicfs_read_format,
         };
-        $crate::export_plugin!(@record $name, $version, ::std::ptr::null(), ::std::ptr::null(), &__MUSICFS_FORMAT);
+        $crate::export_plugin!(@record $name, $version, ::std::ptr::null(), ::std::ptr::null(), &__MUSICFS_FORMAT, ::std::ptr::null());
     };
     (name = $name:literal, version = $version:literal, metadata = $meta:ty) => {
         unsafe extern "C" fn __musicfs_suggest(
@@ -605,9 +769,25 @@ macro_rules! export_plugin {
         static __MUSICFS_METADATA: $crate::MetadataV1 = $crate::MetadataV1 {
             suggest: __musicfs_suggest,
         };
-        $crate::export_plugin!(@record $name, $version, &__MUSICFS_METADATA, ::std::ptr::null(), ::std::ptr::null());
+        $crate::export_plugin!(@record $name, $version, &__MUSICFS_METADATA, ::std::ptr::null(), ::std::ptr::null(), ::std::ptr::null());
     };
-    (@record $name:literal, $version:literal, $metadata:expr, $origin:expr, $format:expr) => {
+    (name = $name:literal, version = $version:literal, enricher = $enricher:ty) => {
+        unsafe extern "C" fn __musicfs_enrich(
+            tags: *const $crate::Tag,
+            n: usize,
+            host: *const $crate::HostV1,
+            emit: $crate::Emit,
+            ctx: *mut ::std::ffi::c_void,
+        ) -> i32 {
+            // SAFETY: forwarded from the host, which upholds run_enrich's contract.
+            unsafe { $crate::run_enrich::<$enricher>(tags, n, host, emit, ctx) }
+        }
+        static __MUSICFS_ENRICH: $crate::EnrichV1 = $crate::EnrichV1 {
+            suggest: __musicfs_enrich,
+        };
+        $crate::export_plugin!(@record $name, $version, ::std::ptr::null(), ::std::ptr::null(), ::std::ptr::null(), &__MUSICFS_ENRICH);
+    };
+    (@record $name:literal, $version:literal, $metadata:expr, $origin:expr, $format:expr, $enrich:expr) => {
         static __MUSICFS_PLUGIN: $crate::PluginV1 = $crate::PluginV1 {
             size: ::std::mem::size_of::<$crate::PluginV1>(),
             api_major: $crate::API_MAJOR,
@@ -623,6 +803,7 @@ macro_rules! export_plugin {
             metadata: $metadata,
             origin: $origin,
             format: $format,
+            enrich: $enrich,
         };
         /// The plugin's entry point.
         #[no_mangle]

@@ -4,4 +4,5 @@ pub mod fixtures;
 pub mod harness;
 pub mod player;
 pub mod remote;
+pub mod replay;
 pub mod servers;

@@ -570,3 +570,149 @@ fn xattr(path: &std::path::Path, name: &str) -> Result<String> {
     );
     Ok(String::from_utf8_lossy(&buf[..got as usize]).into_owned())
 }
+
+/// A FLAC tagged with only `title` and `artist` (no album, album artist, date, numbers).
+fn untagged(path: &std::path::Path, seconds: u32, title: &str) -> Result<()> {
+    fs::create_dir_all(path.parent().context("parent")?)?;
+    let mut cmd = std::process::Command::new("ffmpeg");
+    cmd.args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!(
+            "sine=frequency={}:sample_rate=44100:duration={seconds}",
+            220 * seconds
+        ))
+        .args(["-ac", "2", "-c:a", "flac"])
+        .args(["-metadata", &format!("title={title}")])
+        .args(["-metadata", "artist=Miles Davis"])
+        .arg(path);
+    musicfs_tests::harness::run_ok(&mut cmd).map(drop)
+}
+
+#[test]
+fn the_musicbrainz_enricher_fills_untagged_tracks_from_a_replay_server() -> Result<()> {
+    use musicfs_tests::replay::{Replay, Route};
+    let fixture = |name: &str| -> Result<Vec<u8>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/enricher");
+        Ok(fs::read(dir.join(name))?)
+    };
+    let route = |path: &str, query: &str, file: &str| -> Result<Route> {
+        Ok(Route {
+            path: path.into(),
+            query: query.into(),
+            body: fixture(file)?,
+        })
+    };
+    let replay = Replay::start(vec![
+        route(
+            "/acoustid/v2/lookup",
+            "duration=3&",
+            "acoustid-so-what.json",
+        )?,
+        route(
+            "/acoustid/v2/lookup",
+            "duration=5&",
+            "acoustid-freddie.json",
+        )?,
+        route(
+            "/mb/ws/2/recording/a1f0c2d4-1111-4a5b-9c6d-000000000001",
+            "",
+            "recording-so-what.json",
+        )?,
+        route(
+            "/mb/ws/2/recording/a1f0c2d4-1111-4a5b-9c6d-000000000002",
+            "",
+            "recording-freddie.json",
+        )?,
+    ])?;
+
+    let work = tempfile::tempdir()?;
+    let origin = work.path().join("origin");
+    untagged(&origin.join("rips/track1.flac"), 3, "So What")?;
+    untagged(&origin.join("rips/track2.flac"), 5, "Freddie Freeloader")?;
+    let sums = checksum_tree(&origin)?;
+    let lib = "libmusicfs_plugin_musicbrainz.so";
+    let config = plugin_setup(
+        work.path(),
+        &[(lib, built(lib, "musicfs-plugin-musicbrainz")?)],
+        &format!(
+            "plugins = [\"musicbrainz\"]\n\
+             [plugin_grants.musicbrainz]\nhosts = [\"{host}\"]\n\
+             [plugin_settings.musicbrainz]\nacoustid_key = \"testkey\"\n\
+             acoustid_url = \"{url}/acoustid\"\nmusicbrainz_url = \"{url}/mb\"\n",
+            host = replay.host(),
+            url = replay.url()
+        ),
+    )?;
+    let state = work.path().join("state");
+    let mount = daemon(&origin, &state, &config)?;
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--config", config.to_str().unwrap_or_default()]);
+        musicfs_cmd_ok(&state, &all)
+    };
+    let listed = cli(&["plugin", "list"])?;
+    ensure!(
+        listed.contains("musicbrainz\t1.0.0\tapi 1.1\tenricher"),
+        "{listed}"
+    );
+    let before = shown(&mount)?;
+
+    let proposed = cli(&["tag", "suggest", "Miles Davis"])?;
+    for want in [
+        "?album\tKind of Blue",
+        "?albumartist\tMiles Davis",
+        "?date\t1959-08-17",
+        "?track\t1",
+        "?track\t2",
+        "?disc\t1",
+    ] {
+        ensure!(proposed.contains(want), "no {want:?} in:\n{proposed}");
+    }
+    // Fields the tracks have are never proposed; the bootleg release is passed over.
+    ensure!(
+        !proposed.contains("?title")
+            && !proposed.contains("?artist\t")
+            && !proposed.contains("bootleg"),
+        "proposed a field the track has, or the wrong release:\n{proposed}"
+    );
+    ensure!(shown(&mount)? == before, "a proposal changed the tree");
+
+    // What the server saw: both lookups with the key and a Chromaprint fingerprint, both
+    // recordings, the daemon's User-Agent, and no two requests within a second.
+    let seen = replay.seen();
+    ensure!(seen.len() == 4, "requests: {seen:#?}");
+    for s in &seen {
+        ensure!(s.user_agent.starts_with("MusicFS/"), "User-Agent: {s:?}");
+    }
+    for s in seen.iter().filter(|s| s.path.starts_with("/acoustid")) {
+        // A compressed fingerprint of algorithm 1 (`test2`), base64url: "AQ...".
+        ensure!(
+            s.query.contains("client=testkey") && s.query.contains("&fingerprint=AQ"),
+            "lookup without key or fingerprint: {}",
+            s.query
+        );
+    }
+    for pair in seen.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        // The host paces its requests 1 s apart; arrival times may lose a little of that
+        // to connection set-up, never most of it.
+        ensure!(
+            gap >= Duration::from_millis(800),
+            "two requests {gap:?} apart: the rate limit was not kept"
+        );
+    }
+
+    let applied = cli(&["tag", "apply", "Miles Davis"])?;
+    ensure!(applied.contains("track(s) changed"), "{applied}");
+    let after = shown(&mount)?;
+    for want in ["01 - So What.flac", "02 - Freddie Freeloader.flac"] {
+        ensure!(
+            after
+                .iter()
+                .any(|p| p.starts_with("Miles Davis/Kind of Blue (1959)") && p.ends_with(want)),
+            "{want} is not filed by the applied proposals: {after:?}"
+        );
+    }
+    drop(mount);
+    ensure!(checksum_tree(&origin)? == sums, "the origin changed");
+    Ok(())
+}

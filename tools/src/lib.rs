@@ -181,7 +181,7 @@ impl ResolvedOrigins {
 /// through them (so every way of opening an origin knows them).
 pub fn start_plugins(cfg: &Config) -> anyhow::Result<Arc<plugins::Plugins>> {
     use anyhow::Context;
-    let loaded = Arc::new(plugins::Plugins::new(Some(cfg.plugin_dir())));
+    let loaded = Arc::new(plugins::Plugins::configured(cfg));
     for name in &cfg.plugins {
         loaded
             .load(name)

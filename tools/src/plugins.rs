@@ -21,9 +21,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use anyhow::{bail, ensure, Context, Result};
-use musicfs_plugin_api::{Emit, MetadataV1, PluginV1, Str, Tag, API_MAJOR, ENTRY_SYMBOL, OK};
+use musicfs_plugin_api::{
+    Emit, HostV1, MetadataV1, PluginV1, Str, Tag, API_MAJOR, ENTRY_SYMBOL, OK, PLUGIN_V1_0_SIZE,
+};
 use serde::{Deserialize, Serialize};
 
+pub mod fingerprint;
+pub mod host;
 pub mod origin;
 pub mod wasm;
 
@@ -46,11 +50,15 @@ pub struct Loaded {
     code: Code,
 }
 
+/// An enricher's entry point.
+type Enrich = unsafe extern "C" fn(*const Tag, usize, *const HostV1, Emit, *mut c_void) -> i32;
+
 /// How a plugin runs.
 enum Code {
     /// A shared library; `suggest` points into it.
     Native {
         suggest: Option<unsafe extern "C" fn(*const Tag, usize, Emit, *mut c_void) -> i32>,
+        enrich: Option<Enrich>,
         // Last: dropped (dlclose) after everything that points into it.
         _lib: libloading::Library,
     },
@@ -59,9 +67,65 @@ enum Code {
 }
 
 impl Loaded {
-    /// Its suggestions for a track with `tags`.
-    fn suggest(&self, tags: &[(String, String)], raw: &[Tag]) -> Result<Vec<(String, String)>> {
+    /// Whether it suggests tags (the metadata kind, or an enricher).
+    pub fn suggests(&self) -> bool {
+        self.kinds
+            .iter()
+            .any(|k| *k == "metadata" || *k == "enricher")
+    }
+
+    /// Its suggestions for a track with `tags` (`enriched`: the tags plus the fingerprint,
+    /// for enrichers).
+    fn suggest(
+        &self,
+        tags: &[(String, String)],
+        raw: &[Tag],
+        enriched: &dyn Fn() -> Vec<(String, String)>,
+        grants: &host::Grants,
+    ) -> Result<Vec<(String, String)>> {
         match &self.code {
+            Code::Native {
+                enrich: Some(enrich),
+                ..
+            } => {
+                let input = enriched();
+                let name = self.name.as_str();
+                let enrich = *enrich;
+                // A thread with no async runtime: the host's HTTP client blocks.
+                let (rc, got) = std::thread::scope(|s| {
+                    s.spawn(move || {
+                        let raw: Vec<Tag> = input
+                            .iter()
+                            .map(|(k, v)| Tag {
+                                key: Str::new(k),
+                                value: Str::new(v),
+                            })
+                            .collect();
+                        let call = host::CallHost {
+                            grants,
+                            plugin: name,
+                        };
+                        let table = call.table();
+                        let mut got: Vec<(String, String)> = Vec::new();
+                        // SAFETY: `raw` borrows `input`, `table` points at `call`, and
+                        // `collect` is called with `got`: all outlive the call.
+                        let rc = unsafe {
+                            enrich(
+                                raw.as_ptr(),
+                                raw.len(),
+                                &table,
+                                collect,
+                                &mut got as *mut Vec<(String, String)> as *mut c_void,
+                            )
+                        };
+                        (rc, got)
+                    })
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the plugin call panicked"))
+                })?;
+                ensure!(rc == OK, "it failed (code {rc})");
+                Ok(got)
+            }
             Code::Native { suggest: None, .. } => Ok(Vec::new()),
             Code::Native {
                 suggest: Some(suggest),
@@ -112,6 +176,8 @@ pub struct Plugins {
     disabled: RwLock<Vec<(String, String)>>,
     /// Where a stopped plugin is reported (the daemon's event hub).
     events: RwLock<Option<musicfs_core::events::Events>>,
+    /// What the operator granted each plugin, and its settings.
+    grants: host::Grants,
 }
 
 /// A file's name for plugin `name`: `name` itself when it names a file, else the usual
@@ -148,13 +214,23 @@ fn check_owner(path: &Path, what: &str) -> Result<()> {
 }
 
 impl Plugins {
-    /// Plugins loaded from `dir` (none can be without one).
+    /// Plugins loaded from `dir` (none can be without one), granted nothing.
     pub fn new(dir: Option<PathBuf>) -> Plugins {
         Plugins {
             dir,
             loaded: RwLock::default(),
             disabled: RwLock::default(),
             events: RwLock::default(),
+            grants: host::Grants::default(),
+        }
+    }
+
+    /// Plugins as `cfg` sets them up: its `plugin_dir`, `plugin_grants` and
+    /// `plugin_settings` (nothing is loaded yet).
+    pub fn configured(cfg: &musicfs_core::config::Config) -> Plugins {
+        Plugins {
+            grants: host::Grants::new(cfg.plugin_grants.clone(), cfg.plugin_settings.clone()),
+            ..Plugins::new(Some(cfg.plugin_dir()))
         }
     }
 
@@ -275,7 +351,7 @@ impl Plugins {
             info.api_minor
         );
         ensure!(
-            info.size >= std::mem::size_of::<PluginV1>(),
+            info.size >= PLUGIN_V1_0_SIZE,
             "{}: its plugin record is shorter than API 1.0's",
             path.display()
         );
@@ -300,7 +376,16 @@ impl Plugins {
                 // loaded (the registered reader holds the Loaded).
                 unsafe { &*info.format }
             });
+        // So is the enricher table, past the end of a 1.0 record.
+        let enrich: Option<Enrich> = (info.api_minor >= 1
+            && info.size >= std::mem::size_of::<PluginV1>()
+            && !info.enrich.is_null())
+        .then(|| {
+            // SAFETY: non-null, inside the record the plugin says it has: its static table.
+            unsafe { (*info.enrich).suggest }
+        });
         let mut kinds: Vec<&'static str> = metadata.iter().map(|_| "metadata").collect();
+        kinds.extend(enrich.iter().map(|_| "enricher"));
         kinds.extend(origin.iter().map(|_| "origin"));
         kinds.extend(format.iter().map(|_| "format"));
         Ok(Arc::new(Loaded {
@@ -311,7 +396,11 @@ impl Plugins {
             kinds,
             origin,
             format,
-            code: Code::Native { suggest, _lib: lib },
+            code: Code::Native {
+                suggest,
+                enrich,
+                _lib: lib,
+            },
         }))
     }
 
@@ -341,10 +430,25 @@ impl Plugins {
         self.load(&file)
     }
 
-    /// What the metadata plugins suggest for a track with `tags`: (plugin, field, value),
-    /// each plugin's in its order. A native plugin that fails is logged and skipped; a
-    /// WASM plugin that fails (trapped, out of fuel or memory) is stopped and unloaded.
-    pub fn suggest(&self, tags: &[(String, String)]) -> Vec<(String, String, String)> {
+    /// What the metadata plugins and enrichers suggest for a track with `tags`: (plugin,
+    /// field, value), each plugin's in its order. `fingerprint` (asked at most once, and
+    /// only when an enricher is loaded) gives the track's Chromaprint fingerprint and
+    /// duration in seconds. A native plugin that fails is logged and skipped; a WASM plugin
+    /// that fails (trapped, out of fuel or memory) is stopped and unloaded.
+    pub fn suggest(
+        &self,
+        tags: &[(String, String)],
+        fingerprint: &dyn Fn() -> Option<(String, u64)>,
+    ) -> Vec<(String, String, String)> {
+        let printed = std::sync::OnceLock::new();
+        let enriched = || {
+            let mut all = tags.to_vec();
+            if let Some((fp, secs)) = printed.get_or_init(fingerprint) {
+                all.push(("fingerprint".to_string(), fp.clone()));
+                all.push(("duration_s".to_string(), secs.to_string()));
+            }
+            all
+        };
         let raw: Vec<Tag> = tags
             .iter()
             .map(|(k, v)| Tag {
@@ -354,7 +458,7 @@ impl Plugins {
             .collect();
         let mut out = Vec::new();
         for p in self.list() {
-            match p.suggest(tags, &raw) {
+            match p.suggest(tags, &raw, &enriched, &self.grants) {
                 Ok(got) => out.extend(got.into_iter().map(|(k, v)| (p.name.clone(), k, v))),
                 Err(e) if matches!(p.code, Code::Wasm(_)) => {
                     tracing::error!(plugin = %p.name, error = %format!("{e:#}"),

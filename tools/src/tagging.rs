@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use musicfs_core::meta::TrackId;
@@ -44,6 +45,9 @@ pub struct TagContext<'a> {
     pub plugins: Option<&'a crate::plugins::Plugins>,
     /// The state dir's proposals.
     pub proposals: &'a crate::plugins::Proposals,
+    /// Opens a track's source file (for an enricher's fingerprint), where the origins
+    /// are at hand.
+    pub open: Option<&'a dyn Fn(TrackId) -> Option<Arc<dyn musicfs_storage::origin::Source>>>,
 }
 
 impl Action {
@@ -239,13 +243,24 @@ pub fn apply(
         Action::Suggest => {
             let plugins = ctx
                 .plugins
-                .filter(|p| p.list().iter().any(|l| l.kinds.contains(&"metadata")))
+                .filter(|p| p.list().iter().any(|l| l.suggests()))
                 .context("no metadata plugin is loaded (`musicfs plugin load NAME`)")?;
             let mut all = ctx.proposals.load()?;
             for &id in ids {
                 let tags = shown_tags(catalog, id)?;
                 let mut proposal = crate::plugins::Proposal::default();
-                for (plugin, field, value) in plugins.suggest(&tags) {
+                let fingerprint = || {
+                    let source = ctx.open.and_then(|open| open(id))?;
+                    match crate::plugins::fingerprint::fingerprint(source) {
+                        Ok(fp) => Some(fp),
+                        Err(e) => {
+                            tracing::warn!(track = id.0, error = %format!("{e:#}"),
+                                "cannot fingerprint the track");
+                            None
+                        }
+                    }
+                };
+                for (plugin, field, value) in plugins.suggest(&tags, &fingerprint) {
                     let same = tags.iter().any(|(k, v)| *k == field && *v == value);
                     let assignment = format!("{field}={value}");
                     // Only fields tag set takes, with values it accepts.

@@ -772,7 +772,7 @@ fn tag_offline(
     };
     let ids = tagging::resolve(&snap, &catalog, index.as_ref(), None, paths, query)?;
     // Offline, `suggest` runs the configured plugins in this process.
-    let plugins = musicfs_tools::plugins::Plugins::new(Some(cfg.plugin_dir()));
+    let plugins = musicfs_tools::plugins::Plugins::configured(cfg);
     if action == tagging::Action::Suggest {
         for name in &cfg.plugins {
             plugins.load(name)?;
@@ -782,6 +782,8 @@ fn tag_offline(
     let ctx = tagging::TagContext {
         plugins: Some(&plugins),
         proposals: &proposals,
+        // Offline: no origins opened, so an enricher gets no fingerprint.
+        open: None,
     };
     let changed = tagging::apply(&catalog, &ids, action, args, &ctx)?;
     let tracks = tagging::report(

@@ -461,9 +461,20 @@ impl Control for Service {
                 .map_err(bad)?;
                 let before = d.catalog.change_counter().map_err(|e| bad(e.into()))?;
                 let shown = tagging::shown_albums(&d.catalog, &ids).map_err(bad)?;
+                let table = d.readers.load();
+                let open = |id: musicfs_core::meta::TrackId| {
+                    let rec = d.catalog.get(id).ok().flatten()?;
+                    use std::os::unix::ffi::OsStrExt as _;
+                    let rel = std::ffi::OsStr::from_bytes(&rec.rel_path);
+                    table
+                        .get(rec.origin.0)?
+                        .open(std::path::Path::new(rel))
+                        .ok()
+                };
                 let ctx = tagging::TagContext {
                     plugins: Some(&d.plugins),
                     proposals: &d.proposals,
+                    open: Some(&open),
                 };
                 let changed =
                     tagging::apply(&d.catalog, &ids, action, &r.args, &ctx).map_err(bad)?;
