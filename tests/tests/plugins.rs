@@ -391,31 +391,37 @@ fn an_origin_plugin_serves_the_tracks_of_a_tar_archive_bit_exact() -> Result<()>
     let before = fs::read(&archive)?;
 
     let lib = "libmusicfs_plugin_tar.so";
-    let config = plugin_setup(
-        work.path(),
-        &[(lib, built(lib, "musicfs-plugin-tar")?)],
-        &format!(
-            "plugins = [\"tar\"]\n[[origin]]\npath = \"plugin://tar/{}\"\n",
-            archive.display()
-        ),
-    )?;
+    // A local origin with one track and no plugin at start: the archive comes at run time.
+    let local = work.path().join("local");
+    generate(&local, &[tone("Band/Record/local.flac", "Local")])?;
+    let config = plugin_setup(work.path(), &[(lib, built(lib, "musicfs-plugin-tar")?)], "")?;
     let state = work.path().join("state");
-    let mut opts = MountOptions::new(Vec::<std::path::PathBuf>::new());
+    let mut opts = MountOptions::new(vec![local.clone()]);
     opts.state_dir = Some(state.clone());
     opts.config = Some(config.clone());
     opts.log_level = Some("info,musicfs_index::refresh=debug".into());
     let (mount, _) = MountedFs::start_watching(opts, Duration::from_secs(60))?;
-    let listed = musicfs_cmd_ok(
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--config", config.to_str().unwrap_or_default()]);
+        musicfs_cmd_ok(&state, &all)
+    };
+    // An origin of a plugin that is not loaded: refused, saying so.
+    let spec = format!("plugin://tar/{}", archive.display());
+    refused(
         &state,
-        &[
-            "plugin",
-            "list",
-            "--config",
-            config.to_str().unwrap_or_default(),
-        ],
+        &config,
+        &["origin", "add", &spec],
+        "no plugin \"tar\" is loaded",
     )?;
+    let listed = cli(&["plugin", "load", "tar"])?;
     ensure!(listed.contains("tar\t1.0.0\tapi 1.1\torigin"), "{listed}");
-    let files = shown(&mount)?;
+    // `origin add` returns once the origin's tracks are served.
+    cli(&["origin", "add", &spec, "--name", "archive"])?;
+    let files: Vec<String> = shown(&mount)?
+        .into_iter()
+        .filter(|p| p.starts_with("Archive Artist/"))
+        .collect();
     ensure!(
         files.len() == 2,
         "the archive's tracks are not shown: {files:?}"

@@ -373,7 +373,7 @@ fn run(
                 })
                 .collect(),
         ),
-        cas,
+        cas: cas.map(std::sync::OnceLock::from).unwrap_or_default(),
         tier,
         plugins: plugins.clone(),
         proposals: musicfs_tools::plugins::Proposals::at(&cfg.state_dir()),

@@ -165,7 +165,7 @@ impl Collector for Metrics {
             "Origins offline",
             offline as i64,
         )?;
-        if let Some(cas) = &d.cas {
+        if let Some(cas) = d.cas.get() {
             counter(
                 &mut enc,
                 "cache_evicted_chunks",

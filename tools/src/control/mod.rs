@@ -160,7 +160,7 @@ impl ControlPlane {
                     for w in &webhooks {
                         tokio::spawn(w.clone().run());
                     }
-                    if let Some(cas) = daemon.cas.clone() {
+                    if let Some(cas) = daemon.cas.get().cloned() {
                         tokio::spawn(watch_evictions(cas, daemon.hub.clone()));
                     }
                     if let Some(l) = http {

@@ -62,7 +62,7 @@ pub struct Daemon {
     /// marked).
     pub origins: std::sync::RwLock<Vec<OriginInfo>>,
     /// The chunk cache, when some origin is remote.
-    pub cas: Option<Arc<Cas>>,
+    pub cas: std::sync::OnceLock<Arc<Cas>>,
     /// The shared chunk tier, when configured.
     pub tier: Option<Arc<musicfs_storage::origin::S3Tier>>,
     /// Native plugins.
@@ -293,7 +293,7 @@ impl Control for Service {
         authorize(&req)?;
         let d = self.0.clone();
         blocking(move || {
-            let Some(cas) = &d.cas else {
+            let Some(cas) = d.cas.get() else {
                 return Ok(proto::CacheStatsReply::default());
             };
             super::cache_stats_reply(cas).map_err(internal)
@@ -309,7 +309,7 @@ impl Control for Service {
         authorize(&req)?;
         let d = self.0.clone();
         blocking(move || {
-            let cas = d.cas.as_ref().ok_or_else(no_cache)?;
+            let cas = d.cas.get().ok_or_else(no_cache)?;
             let evicted = cas.clear().map_err(internal)?;
             let left = cas.stats().map_err(internal)?.chunks;
             info!(evicted, left, "chunk cache cleared on request");
@@ -329,7 +329,7 @@ impl Control for Service {
         authorize(&req)?;
         let d = self.0.clone();
         blocking(move || {
-            let cas = d.cas.as_ref().ok_or_else(no_cache)?;
+            let cas = d.cas.get().ok_or_else(no_cache)?;
             let r = cas.verify().map_err(internal)?;
             Ok(proto::CacheVerifyReply {
                 ok: r.is_ok(),
@@ -664,24 +664,30 @@ fn add_origin(d: &Daemon, spec: &str, name: &str) -> Result<u64, Status> {
             "origin {spec} is served already"
         )));
     }
-    let reader = match (origin.local_root(), &d.cas) {
+    // The first remote origin of a daemon that had only local ones opens the cache now.
+    let cas = match (origin.local_root(), d.cas.get()) {
         (Some(_), _) => None,
-        (None, Some(cas)) => Some(Arc::new(musicfs_storage::origin::CachedOrigin::with_tier(
+        (None, Some(cas)) => Some(cas.clone()),
+        (None, None) => {
+            let cfg = d.config.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let opened = Arc::new(crate::open_cache(&cfg).map_err(|e| {
+                Status::failed_precondition(format!("cannot open the chunk cache: {e:#}"))
+            })?);
+            info!("chunk cache opened for the first remote origin");
+            Some(d.cas.get_or_init(|| opened).clone())
+        }
+    };
+    let reader = cas.map(|cas| {
+        Arc::new(musicfs_storage::origin::CachedOrigin::with_tier(
             origin.clone(),
-            cas.clone(),
+            cas,
             Arc::new(musicfs_storage::origin::AudioChunking::default()),
             musicfs_storage::origin::CacheOptions::default(),
             d.tier
                 .clone()
                 .map(|t| t as Arc<dyn musicfs_storage::origin::ChunkTier>),
-        )) as Arc<dyn musicfs_storage::origin::Origin>),
-        (None, None) => {
-            return Err(Status::failed_precondition(
-                "the first remote origin needs a restart: the chunk cache is opened at start \
-                 (add it to the configuration)",
-            ))
-        }
-    };
+        )) as Arc<dyn musicfs_storage::origin::Origin>
+    });
     let ticket = d.refresh.change_origin(OriginChange::Add {
         origin,
         reader,
@@ -744,7 +750,7 @@ fn status_of(d: &Daemon) -> proto::StatusReply {
             }
         })
         .collect();
-    let (cache_bytes, cache_budget) = match &d.cas {
+    let (cache_bytes, cache_budget) = match d.cas.get() {
         Some(cas) => (
             cas.stats().map(|s| s.stored_bytes).unwrap_or(0),
             cas.budget(),
@@ -769,7 +775,7 @@ fn status_of(d: &Daemon) -> proto::StatusReply {
             })
             .collect(),
         origins,
-        cache_enabled: d.cas.is_some(),
+        cache_enabled: d.cas.get().is_some(),
         cache_bytes,
         cache_budget,
         open_files: d.model.open_handles().0 as u64,
@@ -807,7 +813,7 @@ fn set_config(d: &Daemon, key: &str, value: &str) -> Result<proto::ConfigSetRepl
                     musicfs_core::config::MIN_CACHE_BUDGET >> 20
                 )));
             }
-            if let Some(cas) = &d.cas {
+            if let Some(cas) = d.cas.get() {
                 let evicted = cas.set_budget(bytes).map_err(internal)?;
                 info!(bytes, evicted, "cache budget changed");
             }
