@@ -722,3 +722,86 @@ fn the_musicbrainz_enricher_fills_untagged_tracks_from_a_replay_server() -> Resu
     ensure!(checksum_tree(&origin)? == sums, "the origin changed");
     Ok(())
 }
+
+/// A WASM plugin that GETs its `url` setting through the host and proposes what it got
+/// (lines `field<TAB>value`), or `genre=Denied` when the host refuses.
+const FETCH_WAT: &str = r#"(module
+  (import "musicfs" "setting" (func $setting (param i32 i32 i32 i32) (result i32)))
+  (import "musicfs" "http_get" (func $get (param i32 i32 i32 i32) (result i64)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "url")
+  (data (i32.const 16) "genre\09Denied\0a")
+  (func (export "musicfs_api_major") (result i32) i32.const 1)
+  (func (export "musicfs_alloc") (param i32) (result i32) i32.const 8192)
+  (func (export "musicfs_suggest") (param i32 i32) (result i64)
+    (local $n i32) (local $r i64)
+    (local.set $n (call $setting (i32.const 0) (i32.const 3) (i32.const 1024) (i32.const 512)))
+    (if (i32.lt_s (local.get $n) (i32.const 0)) (then (return (i64.const -1))))
+    (local.set $r (call $get (i32.const 1024) (local.get $n) (i32.const 4096) (i32.const 1024)))
+    (if (i64.lt_s (local.get $r) (i64.const 0))
+      (then (return (i64.or (i64.shl (i64.const 16) (i64.const 32)) (i64.const 13)))))
+    (i64.or (i64.shl (i64.const 4096) (i64.const 32))
+            (i64.and (local.get $r) (i64.const 0xffffffff)))))"#;
+
+#[test]
+fn a_wasm_plugin_reaches_the_network_only_where_granted() -> Result<()> {
+    use musicfs_tests::replay::{Replay, Route};
+    let replay = Replay::start(vec![Route {
+        path: "/genre".into(),
+        query: String::new(),
+        body: b"genre\tFetched\n".to_vec(),
+    }])?;
+    let work = tempfile::tempdir()?;
+    let origin = work.path().join("origin");
+    generate(&origin, &[tone("Band/Record/one.flac", "One")])?;
+    let url = format!("{}/genre", replay.url());
+    let config = plugin_setup(
+        work.path(),
+        &[
+            ("fetch.wat", FETCH_WAT.as_bytes().to_vec()),
+            ("nonet.wat", FETCH_WAT.as_bytes().to_vec()),
+            (
+                "sneaky.wat",
+                br#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))))"#.to_vec(),
+            ),
+        ],
+        &format!(
+            "[plugin_grants.fetch]\nhosts = [\"{host}\"]\n\
+             [plugin_settings.fetch]\nurl = \"{url}\"\n\
+             [plugin_settings.nonet]\nurl = \"{url}\"\n",
+            host = replay.host()
+        ),
+    )?;
+    let state = work.path().join("state");
+    let _mount = daemon(&origin, &state, &config)?;
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--config", config.to_str().unwrap_or_default()]);
+        musicfs_cmd_ok(&state, &all)
+    };
+    // Anything but the host's two imports is refused at load.
+    refused(
+        &state,
+        &config,
+        &["plugin", "load", "sneaky"],
+        "imports wasi_snapshot_preview1.fd_write",
+    )?;
+    cli(&["plugin", "load", "nonet"])?;
+    let denied = cli(&["tag", "suggest", "Band"])?;
+    ensure!(denied.contains("?genre\tDenied"), "{denied}");
+    ensure!(
+        replay.seen().is_empty(),
+        "a plugin without a grant reached the server: {:?}",
+        replay.seen()
+    );
+    cli(&["plugin", "unload", "nonet"])?;
+    cli(&["plugin", "load", "fetch"])?;
+    let fetched = cli(&["tag", "suggest", "Band"])?;
+    ensure!(fetched.contains("?genre\tFetched"), "{fetched}");
+    let seen = replay.seen();
+    ensure!(
+        seen.len() == 1 && seen[0].user_agent.starts_with("MusicFS/"),
+        "{seen:?}"
+    );
+    Ok(())
+}

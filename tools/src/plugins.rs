@@ -81,7 +81,7 @@ impl Loaded {
         tags: &[(String, String)],
         raw: &[Tag],
         enriched: &dyn Fn() -> Vec<(String, String)>,
-        grants: &host::Grants,
+        grants: &Arc<host::Grants>,
     ) -> Result<Vec<(String, String)>> {
         match &self.code {
             Code::Native {
@@ -102,7 +102,7 @@ impl Loaded {
                             })
                             .collect();
                         let call = host::CallHost {
-                            grants,
+                            grants: grants.as_ref(),
                             plugin: name,
                         };
                         let table = call.table();
@@ -149,7 +149,7 @@ impl Loaded {
             Code::Wasm(w) => std::thread::scope(|s| {
                 s.spawn(|| {
                     wasm::idle_priority();
-                    w.suggest(tags)
+                    w.suggest(tags, grants, &self.name)
                 })
                 .join()
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("the plugin call panicked")))
@@ -177,7 +177,7 @@ pub struct Plugins {
     /// Where a stopped plugin is reported (the daemon's event hub).
     events: RwLock<Option<musicfs_core::events::Events>>,
     /// What the operator granted each plugin, and its settings.
-    grants: host::Grants,
+    grants: Arc<host::Grants>,
 }
 
 /// A file's name for plugin `name`: `name` itself when it names a file, else the usual
@@ -221,7 +221,7 @@ impl Plugins {
             loaded: RwLock::default(),
             disabled: RwLock::default(),
             events: RwLock::default(),
-            grants: host::Grants::default(),
+            grants: Arc::default(),
         }
     }
 
@@ -229,7 +229,10 @@ impl Plugins {
     /// `plugin_settings` (nothing is loaded yet).
     pub fn configured(cfg: &musicfs_core::config::Config) -> Plugins {
         Plugins {
-            grants: host::Grants::new(cfg.plugin_grants.clone(), cfg.plugin_settings.clone()),
+            grants: Arc::new(host::Grants::new(
+                cfg.plugin_grants.clone(),
+                cfg.plugin_settings.clone(),
+            )),
             ..Plugins::new(Some(cfg.plugin_dir()))
         }
     }

@@ -1,5 +1,6 @@
 //! WASM plugins: a core WebAssembly module (`.wasm`, or `.wat` text) run by an interpreter
-//! (wasmi) in a sandbox — no imports at all, so no filesystem, network or clock — with a
+//! (wasmi) in a sandbox — no filesystem or clock, and the network only as the host grants
+//! it (the two imports below; a module importing anything else is refused) — with a
 //! fuel budget per call (the time limit: an endless loop runs out of fuel), a memory limit
 //! (growing past it traps) and a fresh instance per call (nothing leaks from one track to
 //! the next). A plugin that traps, runs out of fuel or exceeds its memory is stopped; the
@@ -14,13 +15,31 @@
 //!   `(out_ptr << 32) | out_len` of its suggestions in the same format, or a negative
 //!   number on failure.
 //!
+//! Imports a plugin may use (module `musicfs`):
+//! - `setting(key_ptr, key_len, out_ptr, out_cap: i32) -> i32`: the plugin's setting
+//!   (`[plugin_settings.NAME]`) written at `out_ptr`: its length, -1 when unset, -3 when it
+//!   does not fit;
+//! - `http_get(url_ptr, url_len, out_ptr, out_cap: i32) -> i64`: GETs the URL through the
+//!   host (only hosts `[plugin_grants.NAME]` names, paced, the daemon's User-Agent), the
+//!   body written at `out_ptr`: `(status << 32) | length`, or -1 (not granted), -2 (failed),
+//!   -3 (the body does not fit).
+//!
 //! Rust here has no wasm32 target, so the module ABI is core WebAssembly rather than the
 //! component model; a plugin in any language that compiles to it loads.
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use anyhow::{bail, ensure, Context, Result};
-use wasmi::{Config, Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder};
+use wasmi::{
+    Caller, Config, Engine, Extern, Linker, Module, Store, StoreLimits, StoreLimitsBuilder,
+};
+
+use super::host::Grants;
+
+/// What an import answers when the output does not fit the plugin's buffer.
+const TOO_SMALL: i32 = -3;
 
 /// Fuel per call (about one per instruction executed).
 pub const FUEL: u64 = 200_000_000;
@@ -48,6 +67,67 @@ pub struct WasmPlugin {
 
 struct Host {
     limits: StoreLimits,
+    /// The grants, and the plugin's name (for its grant and settings).
+    grants: Arc<Grants>,
+    name: String,
+}
+
+/// `len` bytes of the caller's memory at `ptr`.
+fn read_mem(caller: &Caller<'_, Host>, ptr: i32, len: i32) -> Option<Vec<u8>> {
+    let memory = caller.get_export("memory").and_then(Extern::into_memory)?;
+    let len = usize::try_from(len).ok().filter(|l| *l <= MAX_IO)?;
+    let mut buf = vec![0u8; len];
+    memory.read(caller, ptr as u32 as usize, &mut buf).ok()?;
+    Some(buf)
+}
+
+/// Writes `data` at `ptr` of the caller's memory, if it fits in `cap`.
+fn write_mem(caller: &mut Caller<'_, Host>, ptr: i32, cap: i32, data: &[u8]) -> bool {
+    let Some(memory) = caller.get_export("memory").and_then(Extern::into_memory) else {
+        return false;
+    };
+    usize::try_from(cap).is_ok_and(|c| data.len() <= c)
+        && memory.write(caller, ptr as u32 as usize, data).is_ok()
+}
+
+/// The host functions a plugin may import.
+fn linker(engine: &Engine) -> Result<Linker<Host>> {
+    let mut linker = Linker::<Host>::new(engine);
+    linker.func_wrap(
+        "musicfs",
+        "setting",
+        |mut caller: Caller<'_, Host>, kp: i32, kl: i32, op: i32, oc: i32| -> i32 {
+            let Some(key) = read_mem(&caller, kp, kl) else {
+                return -1;
+            };
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let (grants, name) = (caller.data().grants.clone(), caller.data().name.clone());
+            match grants.setting(&name, &key) {
+                Some(v) if write_mem(&mut caller, op, oc, v.as_bytes()) => v.len() as i32,
+                Some(_) => TOO_SMALL,
+                None => -1,
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "musicfs",
+        "http_get",
+        |mut caller: Caller<'_, Host>, up: i32, ul: i32, op: i32, oc: i32| -> i64 {
+            let Some(url) = read_mem(&caller, up, ul) else {
+                return i64::from(musicfs_plugin_api::HOST_FAILED);
+            };
+            let url = String::from_utf8_lossy(&url).into_owned();
+            let (grants, name) = (caller.data().grants.clone(), caller.data().name.clone());
+            match grants.get(&name, &url) {
+                Ok((status, body)) if write_mem(&mut caller, op, oc, &body) => {
+                    (i64::from(status) << 32) | body.len() as i64
+                }
+                Ok(_) => i64::from(TOO_SMALL),
+                Err(code) => i64::from(code),
+            }
+        },
+    )?;
+    Ok(linker)
 }
 
 impl WasmPlugin {
@@ -67,14 +147,21 @@ impl WasmPlugin {
         let engine = Engine::new(&config);
         let module = Module::new(&engine, &wasm[..])
             .with_context(|| format!("{} is not a valid WebAssembly module", path.display()))?;
-        ensure!(
-            module.imports().next().is_none(),
-            "{}: a plugin may import nothing (it runs sandboxed)",
-            path.display()
-        );
+        if let Some(other) = module
+            .imports()
+            .find(|i| i.module() != "musicfs" || !matches!(i.name(), "setting" | "http_get"))
+        {
+            bail!(
+                "{}: imports {}.{}; a plugin may import only musicfs.setting and \
+                 musicfs.http_get (it runs sandboxed)",
+                path.display(),
+                other.module(),
+                other.name()
+            );
+        }
         let plugin = WasmPlugin { engine, module };
         let major = plugin
-            .with_instance(|store, instance| {
+            .with_instance(&Arc::default(), "", |store, instance| {
                 let f = instance
                     .get_typed_func::<(), i32>(&*store, "musicfs_api_major")
                     .context("no musicfs_api_major export")?;
@@ -90,9 +177,11 @@ impl WasmPlugin {
         Ok(plugin)
     }
 
-    /// Runs `f` on a fresh instance, with the limits.
+    /// Runs `f` on a fresh instance, with the limits, as plugin `name` with `grants`.
     fn with_instance<R>(
         &self,
+        grants: &Arc<Grants>,
+        name: &str,
         f: impl FnOnce(&mut Store<Host>, &wasmi::Instance) -> Result<R>,
     ) -> Result<R> {
         let limits = StoreLimitsBuilder::new()
@@ -100,16 +189,26 @@ impl WasmPlugin {
             .instances(1)
             .trap_on_grow_failure(true)
             .build();
-        let mut store = Store::new(&self.engine, Host { limits });
+        let host = Host {
+            limits,
+            grants: grants.clone(),
+            name: name.to_string(),
+        };
+        let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limits);
         store.set_fuel(FUEL)?;
-        let linker = Linker::<Host>::new(&self.engine);
+        let linker = linker(&self.engine)?;
         let instance = linker.instantiate_and_start(&mut store, &self.module)?;
         f(&mut store, &instance)
     }
 
-    /// What the plugin suggests for `tags` (field, value).
-    pub fn suggest(&self, tags: &[(String, String)]) -> Result<Vec<(String, String)>> {
+    /// What the plugin (named `name`, with `grants`) suggests for `tags` (field, value).
+    pub fn suggest(
+        &self,
+        tags: &[(String, String)],
+        grants: &Arc<Grants>,
+        name: &str,
+    ) -> Result<Vec<(String, String)>> {
         let clean = |s: &str| s.replace(['\t', '\n'], " ");
         let input: String = tags
             .iter()
@@ -119,7 +218,7 @@ impl WasmPlugin {
             input.len() <= MAX_IO,
             "a track's tags are too large for a plugin call"
         );
-        let output = self.with_instance(|store, instance| {
+        let output = self.with_instance(grants, name, |store, instance| {
             let memory = instance
                 .get_memory(&*store, "memory")
                 .context("the plugin exports no memory")?;
