@@ -241,13 +241,25 @@ const WAT: [(&str, &str); 5] = [
 ];
 
 /// p50 and p99 (ms) of reading the title xattr of `path` (answered by the daemon every
-/// time: the kernel caches no xattrs), `n` times.
-fn xattr_times(path: &std::path::Path, n: usize) -> Result<(f64, f64)> {
+/// time: the kernel caches no xattrs), `n` times, or until `until` is set (then at least
+/// once).
+fn xattr_times(
+    path: &std::path::Path,
+    n: usize,
+    until: Option<&std::sync::atomic::AtomicBool>,
+) -> Result<(f64, f64, usize)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     let mut buf = [0u8; 256];
     let mut t = Vec::with_capacity(n);
-    for _ in 0..n {
+    loop {
+        let done = match until {
+            Some(flag) => flag.load(std::sync::atomic::Ordering::SeqCst) && !t.is_empty(),
+            None => t.len() >= n,
+        };
+        if done {
+            break;
+        }
         let started = std::time::Instant::now();
         // SAFETY: NUL-terminated strings and a buffer of the length given.
         let got = unsafe {
@@ -262,7 +274,8 @@ fn xattr_times(path: &std::path::Path, n: usize) -> Result<(f64, f64)> {
         t.push(started.elapsed().as_secs_f64() * 1e3);
     }
     t.sort_by(f64::total_cmp);
-    Ok((t[n / 2], t[(n * 99 / 100).min(n - 1)]))
+    let n = t.len();
+    Ok((t[n / 2], t[(n * 99 / 100).min(n - 1)], n))
 }
 
 #[test]
@@ -302,22 +315,39 @@ fn wasm_plugins_run_sandboxed_and_misbehaving_ones_are_stopped() -> Result<()> {
         .into_iter()
         .find(|p| p.extension().is_some_and(|e| e == "flac"))
         .context("no track shown")?;
-    let before = xattr_times(&track, 2000)?;
+    let before = xattr_times(&track, 2000, None)?;
     for (bad, why) in [
         ("spin", "fuel"),
         ("crash", "unreachable"),
         ("hog", "growth"),
     ] {
         cli(&["plugin", "load", bad])?;
-        // The daemon answers all through the incident.
+        // The daemon answers all through the incident: measured from before the call
+        // starts until it returns.
         let path = track.clone();
-        let during = std::thread::spawn(move || xattr_times(&path, 2000));
+        let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = over.clone();
+        let during = std::thread::spawn(move || xattr_times(&path, 0, Some(&flag)));
         let started = std::time::Instant::now();
-        let out = cli(&["tag", "suggest", "Band"])?;
+        // The client at nice 19: its own start (the exec of a large binary) is not the
+        // incident being measured, and must not take the cores from the daemon either.
+        let out = std::process::Command::new("nice")
+            .args(["-n", "19"])
+            .arg(binary("musicfs")?)
+            .args(["tag", "suggest", "Band", "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .stdin(std::process::Stdio::null())
+            .output();
         let took = started.elapsed();
+        over.store(true, std::sync::atomic::Ordering::SeqCst);
         let during = during
             .join()
             .map_err(|_| anyhow::anyhow!("stat thread"))??;
+        let out = out?;
+        ensure!(out.status.success(), "tag suggest failed: {out:?}");
+        let out = String::from_utf8_lossy(&out.stdout);
         ensure!(
             out.contains("?genre\tJazz"),
             "the good plugin's answer was lost while {bad} misbehaved:\n{out}"
@@ -356,12 +386,13 @@ fn wasm_plugins_run_sandboxed_and_misbehaving_ones_are_stopped() -> Result<()> {
             std::thread::sleep(Duration::from_millis(20));
         }
         println!(
-            "{bad}: stopped in {:.0} ms; getxattr p50/p99 before {:.3}/{:.3} ms, during {:.3}/{:.3} ms",
+            "{bad}: stopped in {:.0} ms; getxattr p50/p99 before {:.3}/{:.3} ms, during {:.3}/{:.3} ms ({} answers during)",
             took.as_secs_f64() * 1e3,
             before.0,
             before.1,
             during.0,
-            during.1
+            during.1,
+            during.2
         );
     }
     drop(mount);
