@@ -644,3 +644,61 @@ fn a_listing_restarted_after_a_republish_shows_the_new_tree_and_a_continued_one_
     let third = abi::EntryOut::read_from(&r.out[third_at..n]).expect("entry");
     assert_eq!(third.entry_valid, 3600);
 }
+
+mod fuzz {
+    //! Requests as a hostile or buggy kernel could send them: any opcode on any inode with
+    //! any bytes, in both layouts. The dispatcher must answer (an error is fine), never
+    //! panic. Part of `tools/fuzz.sh` (named `fuzz_*`; `PROPTEST_CASES` sets the count).
+    use super::*;
+    use proptest::prelude::*;
+    use std::cell::RefCell;
+
+    thread_local! {
+        static RIG: RefCell<Option<Rig>> = const { RefCell::new(None) };
+    }
+
+    fn opcode() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            4 => prop::sample::select(vec![
+                abi::FUSE_LOOKUP, abi::FUSE_FORGET, abi::FUSE_GETATTR, abi::FUSE_SETATTR,
+                abi::FUSE_READLINK, abi::FUSE_OPEN, abi::FUSE_READ, abi::FUSE_WRITE,
+                abi::FUSE_STATFS, abi::FUSE_RELEASE, abi::FUSE_GETXATTR, abi::FUSE_LISTXATTR,
+                abi::FUSE_SETXATTR, abi::FUSE_REMOVEXATTR, abi::FUSE_FLUSH, abi::FUSE_INIT,
+                abi::FUSE_OPENDIR, abi::FUSE_READDIR, abi::FUSE_RELEASEDIR,
+                abi::FUSE_ACCESS, abi::FUSE_CREATE, abi::FUSE_INTERRUPT,
+                abi::FUSE_BATCH_FORGET, abi::FUSE_READDIRPLUS, abi::FUSE_MKDIR,
+                abi::FUSE_UNLINK, abi::FUSE_RENAME, abi::FUSE_COPY_FILE_RANGE,
+            ]),
+            1 => any::<u32>(),
+        ]
+    }
+
+    fn nodeid() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            3 => prop::sample::select(vec![0u64, ROOT_INO, 2, 3, u64::MAX]),
+            3 => (0u64..64).prop_map(|i| musicfs_core::tree::FILE_INO_BASE + i),
+            1 => any::<u64>(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_dispatcher_answers_any_request(
+            op in opcode(),
+            node in nodeid(),
+            body in prop::collection::vec(any::<u8>(), 0..160),
+            data in prop::collection::vec(any::<u8>(), 0..48),
+            split in any::<bool>(),
+        ) {
+            RIG.with(|rig| {
+                let mut rig = rig.borrow_mut();
+                let rig = rig.get_or_insert_with(Rig::standard);
+                let _ = if split {
+                    rig.call_split(op, node, &body, &data)
+                } else {
+                    rig.call(op, node, &body)
+                };
+            });
+        }
+    }
+}
