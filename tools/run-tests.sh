@@ -54,3 +54,11 @@ if [ ${#features[@]} -gt 0 ]; then
       -- --test-threads 2
   done
 fi
+
+# The soak's short form (issue 20): one minute of 64 checked readers and a changing
+# origin against the debug daemon (tools/soak.sh MINUTES runs the long one).
+if [ ${#features[@]} -gt 0 ]; then
+  soak_out=$(mktemp -d /tmp/musicfs-soak.XXXXXX)
+  target/debug/musicfs-bench soak --minutes 1 --out "$soak_out" --bin-dir target/debug
+  rm -rf "$soak_out"
+fi

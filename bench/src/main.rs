@@ -17,6 +17,7 @@ mod run;
 mod scale;
 mod scanners;
 mod search;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -150,6 +151,26 @@ enum Cmd {
         /// How long each track is read for, ms.
         #[arg(long, default_value_t = 1000)]
         track_ms: u64,
+        /// Directory holding musicfsd and musicfs.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// The soak (issue 20): readers streaming and seeking with every byte checked, a writer
+    /// changing the origin, refreshes; the daemon's RSS, fds, threads and state dir
+    /// sampled. Fails on a wrong read or on growth without bound.
+    Soak {
+        /// How long, minutes.
+        #[arg(long, default_value_t = 1.0)]
+        minutes: f64,
+        /// Reader threads.
+        #[arg(long, default_value_t = 64)]
+        readers: usize,
+        /// Tracks the origin starts with.
+        #[arg(long, default_value_t = 200)]
+        tracks: usize,
+        /// Work and output directory (soak.json, soak.md, the daemon's log).
+        #[arg(long)]
+        out: PathBuf,
         /// Directory holding musicfsd and musicfs.
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -350,6 +371,36 @@ fn real_main(cli: Cli) -> Result<()> {
             let report = albumplay::run(&opts)?;
             println!("{}", report.markdown());
             println!("report: {}", out.join("albumplay.json").display());
+        }
+        Cmd::Soak {
+            minutes,
+            readers,
+            tracks,
+            out,
+            bin_dir,
+        } => {
+            let opts = soak::SoakOpts {
+                duration: std::time::Duration::from_secs_f64(minutes * 60.0),
+                readers,
+                tracks,
+                out: out.clone(),
+                bin_dir,
+            };
+            let report = soak::run(&opts)?;
+            println!("{}", report.markdown());
+            println!("report: {}", out.join("soak.json").display());
+            if report.wrong_reads > 0 || report.read_errors > 0 || !report.growth.is_empty() {
+                for w in &report.wrong {
+                    eprintln!("wrong read: {w}");
+                }
+                bail!(
+                    "soak failed: {} wrong reads, {} read errors ({:?}); grew: {:?}",
+                    report.wrong_reads,
+                    report.read_errors,
+                    report.errors,
+                    report.growth
+                );
+            }
         }
         Cmd::Search {
             tracks: _,

@@ -1,0 +1,681 @@
+//! The soak (issue 20): a daemon under readers and a changing origin for a given time.
+//!
+//! 64 readers stream and seek through the mount's tracks and check every byte they read
+//! against the versions the origin has held of that file; a writer adds, re-tags (a new
+//! file renamed over the old, as tag editors do), deletes and renames origin files; a
+//! refresh is requested now and then. The daemon's RSS, open fds, threads and state dir
+//! size are sampled. The run fails when a read is wrong or when one of those keeps growing:
+//! the mean of the last quarter of the samples against the second quarter (the first is
+//! warm-up), beyond a margin.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use musicfs_core::Format;
+use serde::Serialize;
+
+use crate::gen::{self, Rng, TrackPlan, TrackSize};
+
+/// What the soak is asked for.
+#[derive(Debug, Clone)]
+pub struct SoakOpts {
+    /// How long.
+    pub duration: Duration,
+    /// Reader threads.
+    pub readers: usize,
+    /// Tracks the origin starts with.
+    pub tracks: usize,
+    /// Work dir (origin, state, mount, log, soak.json).
+    pub out: PathBuf,
+    /// Where musicfsd and musicfs are.
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// One sample of the daemon.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sample {
+    /// Seconds since the start.
+    pub at_s: f64,
+    /// Resident set, KiB.
+    pub rss_kib: u64,
+    /// Open file descriptors.
+    pub fds: u64,
+    /// Threads.
+    pub threads: u64,
+    /// Bytes in the state dir.
+    pub state_bytes: u64,
+}
+
+/// What a soak found.
+#[derive(Debug, Serialize)]
+pub struct SoakReport {
+    /// Seconds it ran.
+    pub seconds: f64,
+    /// Files read whole and checked.
+    pub files_checked: u64,
+    /// Bytes read.
+    pub bytes_read: u64,
+    /// Of those, files read while the tree still showed an older version's size.
+    pub stale_size: u64,
+    /// Reads whose bytes matched no version of their source.
+    pub wrong_reads: u64,
+    /// Opens or reads that failed because the writer had moved the file (expected).
+    pub vanished: u64,
+    /// Other read errors.
+    pub read_errors: u64,
+    /// Origin changes made (adds, re-tags, deletes, renames).
+    pub changes: u64,
+    /// Refreshes requested.
+    pub refreshes: u64,
+    /// The samples.
+    pub samples: Vec<Sample>,
+    /// What grew without bound (empty: nothing).
+    pub growth: Vec<String>,
+    /// The first wrong reads, described.
+    pub wrong: Vec<String>,
+    /// The kinds of the other errors (the first of each).
+    pub errors: Vec<String>,
+}
+
+impl SoakReport {
+    /// A markdown summary.
+    pub fn markdown(&self) -> String {
+        let first = self.samples.get(self.samples.len() / 4);
+        let last = self.samples.last();
+        let row = |s: Option<&Sample>| {
+            s.map_or("-".to_string(), |s| {
+                format!(
+                    "{:.0} s: RSS {} MiB, {} fds, {} threads, state {} MiB",
+                    s.at_s,
+                    s.rss_kib / 1024,
+                    s.fds,
+                    s.threads,
+                    s.state_bytes >> 20
+                )
+            })
+        };
+        format!(
+            "Soak {:.0} s: {} files read whole and checked ({} MiB; {} while the tree showed an \
+             older size), {} wrong, {} vanished under the reader, {} other errors; {} origin \
+             changes, {} refreshes.\n\n\
+             - after warm-up: {}\n- at the end: {}\n- grew without bound: {}\n",
+            self.seconds,
+            self.files_checked,
+            self.bytes_read >> 20,
+            self.stale_size,
+            self.wrong_reads,
+            self.vanished,
+            self.read_errors,
+            self.changes,
+            self.refreshes,
+            row(first),
+            row(last),
+            if self.growth.is_empty() {
+                "nothing".to_string()
+            } else {
+                self.growth.join("; ")
+            }
+        )
+    }
+}
+
+/// Every version each origin file (by its path) has had.
+type Versions = Arc<Mutex<HashMap<PathBuf, Vec<Arc<Vec<u8>>>>>>;
+
+/// The daemon, unmounted and stopped on drop.
+struct Daemon {
+    child: Child,
+    mnt: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| m == want))
+}
+
+/// Runs the soak.
+pub fn run(opts: &SoakOpts) -> Result<SoakReport> {
+    let bins = crate::peers::find_bins(opts.bin_dir.as_deref())?;
+    let out = &opts.out;
+    if out.exists() {
+        fs::remove_dir_all(out).with_context(|| format!("cannot clear {}", out.display()))?;
+    }
+    let (origin, state, mnt) = (out.join("origin"), out.join("state"), out.join("mnt"));
+    for d in [&origin, &state, &mnt] {
+        fs::create_dir_all(d)?;
+    }
+    let mnt = mnt.canonicalize()?;
+    let versions: Versions = Arc::default();
+    let mut plans = gen::plan(opts.tracks as u64, 7, &[Format::Flac, Format::Mp3]);
+    let templates = Templates::load()?;
+    for p in &mut plans {
+        write_track(&origin, p, &templates, &versions)?;
+    }
+    let log = fs::File::create(out.join("musicfsd.log"))?;
+    let child = Command::new(&bins.musicfsd)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--origin")
+        .arg(&origin)
+        .arg(&mnt)
+        .env("RUST_LOG", "info,tantivy=warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start musicfsd")?;
+    let mut daemon = Daemon {
+        child,
+        mnt: mnt.clone(),
+    };
+    let up = Instant::now();
+    while !is_mounted(&mnt) {
+        if let Some(status) = daemon.child.try_wait()? {
+            bail!(
+                "musicfsd exited ({status}) before mounting; see its log in {}",
+                out.display()
+            );
+        }
+        ensure!(
+            up.elapsed() < Duration::from_secs(60),
+            "musicfsd did not mount in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = daemon.child.id();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(Counters::default());
+    let wrong: Arc<Mutex<Vec<String>>> = Arc::default();
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let started = Instant::now();
+    let mut threads = Vec::new();
+    for i in 0..opts.readers {
+        let (stop, counters, wrong, errors, versions, mnt) = (
+            stop.clone(),
+            counters.clone(),
+            wrong.clone(),
+            errors.clone(),
+            versions.clone(),
+            mnt.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            reader(
+                i as u64,
+                &mnt,
+                &versions,
+                &counters,
+                (&wrong, &errors),
+                &stop,
+            )
+        }));
+    }
+    let writer = {
+        let (stop, counters, versions, origin) = (
+            stop.clone(),
+            counters.clone(),
+            versions.clone(),
+            origin.clone(),
+        );
+        std::thread::spawn(move || writer(&origin, plans, &templates, &versions, &counters, &stop))
+    };
+    let mut samples = Vec::new();
+    let mut last_refresh = Instant::now();
+    while started.elapsed() < opts.duration {
+        std::thread::sleep(Duration::from_secs(1).min(opts.duration / 20));
+        samples.push(sample(pid, &state, started)?);
+        if last_refresh.elapsed() > Duration::from_secs(10) {
+            let status = Command::new(&bins.musicfs)
+                .args(["refresh", "--no-wait", "--state-dir"])
+                .arg(&state)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?;
+            if status.success() {
+                counters.refreshes.fetch_add(1, Ordering::Relaxed);
+            }
+            last_refresh = Instant::now();
+        }
+        if let Some(status) = daemon.child.try_wait()? {
+            bail!(
+                "musicfsd exited during the soak ({status}); see {}",
+                out.display()
+            );
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("a reader panicked"))?;
+    }
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer panicked"))??;
+    let seconds = started.elapsed().as_secs_f64();
+    drop(daemon);
+    let report = SoakReport {
+        seconds,
+        files_checked: counters.files.load(Ordering::Relaxed),
+        stale_size: counters.stale.load(Ordering::Relaxed),
+        bytes_read: counters.bytes.load(Ordering::Relaxed),
+        wrong_reads: counters.wrong.load(Ordering::Relaxed),
+        vanished: counters.vanished.load(Ordering::Relaxed),
+        read_errors: counters.errors.load(Ordering::Relaxed),
+        changes: counters.changes.load(Ordering::Relaxed),
+        refreshes: counters.refreshes.load(Ordering::Relaxed),
+        growth: growth(&samples),
+        samples,
+        wrong: wrong.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        errors: errors.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+    };
+    fs::write(out.join("soak.json"), serde_json::to_vec_pretty(&report)?)?;
+    fs::write(out.join("soak.md"), report.markdown())?;
+    Ok(report)
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    files: AtomicU64,
+    stale: AtomicU64,
+    bytes: AtomicU64,
+    wrong: AtomicU64,
+    vanished: AtomicU64,
+    errors: AtomicU64,
+    changes: AtomicU64,
+    refreshes: AtomicU64,
+}
+
+/// The generator's template bytes per format.
+struct Templates(HashMap<Format, Vec<u8>>);
+
+impl Templates {
+    fn load() -> Result<Templates> {
+        let mut m = HashMap::new();
+        for f in [Format::Flac, Format::Mp3] {
+            m.insert(f, gen::template(f, TrackSize::Normal)?);
+        }
+        Ok(Templates(m))
+    }
+}
+
+/// Writes `plan`'s file (a new file renamed into place) and records the version.
+fn write_track(
+    origin: &Path,
+    plan: &TrackPlan,
+    templates: &Templates,
+    versions: &Versions,
+) -> Result<()> {
+    let template = templates.0.get(&plan.format).context("no template")?;
+    let bytes = gen::tagged_bytes(template, plan, TrackSize::Normal)?;
+    let path = origin.join(&plan.rel_path);
+    fs::create_dir_all(path.parent().context("no parent")?)?;
+    let tmp = path.with_extension("part");
+    fs::write(&tmp, &bytes)?;
+    // Recorded before it can be seen.
+    versions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(path.clone())
+        .or_default()
+        .push(Arc::new(bytes));
+    fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+fn writer(
+    origin: &Path,
+    mut plans: Vec<TrackPlan>,
+    templates: &Templates,
+    versions: &Versions,
+    counters: &Counters,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let mut rng = Rng::new(99);
+    let mut next = plans.len() as u64;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(150));
+        let i = rng.below(plans.len() as u64) as usize;
+        match rng.below(4) {
+            // Add a track.
+            0 => {
+                let mut p = plans[i].clone();
+                next += 1;
+                p.title = Some(format!("Added {next}"));
+                p.rel_path = format!("added/{next}.{}", p.format.ext());
+                write_track(origin, &p, templates, versions)?;
+                plans.push(p);
+            }
+            // Re-tag.
+            1 => {
+                let p = &mut plans[i];
+                p.title = Some(format!("Retagged {}", rng.below(1_000_000)));
+                write_track(origin, p, templates, versions)?;
+            }
+            // Delete (keep a few).
+            2 if plans.len() > 8 => {
+                let p = plans.swap_remove(i);
+                let _ = fs::remove_file(origin.join(&p.rel_path));
+            }
+            // Rename within the origin.
+            _ => {
+                let p = &mut plans[i];
+                let from = origin.join(&p.rel_path);
+                next += 1;
+                let to_rel = format!("moved/{next}.{}", p.format.ext());
+                let to = origin.join(&to_rel);
+                fs::create_dir_all(to.parent().context("no parent")?)?;
+                let bytes = versions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&from)
+                    .cloned()
+                    .unwrap_or_default();
+                versions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(to.clone())
+                    .or_default()
+                    .extend(bytes);
+                fs::rename(&from, &to)?;
+                p.rel_path = to_rel;
+            }
+        }
+        counters.changes.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// The audio files under `dir`.
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => files_under(&p, out),
+            Ok(t) if t.is_file() => out.push(p),
+            _ => {}
+        }
+    }
+}
+
+fn reader(
+    seed: u64,
+    mnt: &Path,
+    versions: &Versions,
+    counters: &Counters,
+    (wrong, errors): (&Mutex<Vec<String>>, &Mutex<Vec<String>>),
+    stop: &AtomicBool,
+) {
+    let mut rng = Rng::new(1000 + seed);
+    let mut files = Vec::new();
+    let mut listed = Instant::now() - Duration::from_secs(60);
+    while !stop.load(Ordering::SeqCst) {
+        if listed.elapsed() > Duration::from_secs(3) || files.is_empty() {
+            files.clear();
+            files_under(mnt, &mut files);
+            listed = Instant::now();
+            if files.is_empty() {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        }
+        let path = &files[rng.below(files.len() as u64) as usize];
+        match check_one(path, &mut rng, versions) {
+            Ok(Check::Good(n)) => {
+                counters.files.fetch_add(1, Ordering::Relaxed);
+                counters.bytes.fetch_add(n, Ordering::Relaxed);
+            }
+            Ok(Check::Stale(n)) => {
+                counters.files.fetch_add(1, Ordering::Relaxed);
+                counters.stale.fetch_add(1, Ordering::Relaxed);
+                counters.bytes.fetch_add(n, Ordering::Relaxed);
+            }
+            Ok(Check::Vanished) => {
+                counters.vanished.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Check::Wrong(why)) => {
+                counters.wrong.fetch_add(1, Ordering::Relaxed);
+                let mut w = wrong.lock().unwrap_or_else(|p| p.into_inner());
+                if w.len() < 20 {
+                    w.push(why);
+                }
+            }
+            Err(e) => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                let mut w = errors.lock().unwrap_or_else(|p| p.into_inner());
+                let text = e.to_string();
+                if w.len() < 20 && !w.contains(&text) {
+                    w.push(text);
+                }
+            }
+        }
+    }
+}
+
+enum Check {
+    Good(u64),
+    /// Right bytes of a version whose size the tree did not show yet.
+    Stale(u64),
+    Vanished,
+    Wrong(String),
+}
+
+fn gone(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESTALE))
+}
+
+/// Reads `path` whole, in chunks of random sizes, from a random offset to its end and then
+/// from its start (a seek, then streaming), and checks it against its source's versions.
+///
+/// The size the tree shows can lag the origin by a refresh (a file re-tagged a moment ago
+/// still has its old size): the file's end is where a read returns nothing, and bytes that
+/// are a whole version, or a version cut at the size shown, are right (the latter counted
+/// as stale). Anything else is wrong.
+fn check_one(path: &Path, rng: &mut Rng, versions: &Versions) -> std::io::Result<Check> {
+    let source = match xattr_source(path) {
+        Ok(s) => s,
+        Err(e) if gone(&e) || e.raw_os_error() == Some(libc::ENODATA) => {
+            return Ok(Check::Vanished)
+        }
+        Err(e) => return Err(e),
+    };
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if gone(&e) => return Ok(Check::Vanished),
+        // A name the tree still shows whose source the writer removed or moved: the
+        // daemon answers EIO (docs/SEMANTICS.md) until the refresh drops the name.
+        Err(e) if e.raw_os_error() == Some(libc::EIO) && !source.exists() => {
+            return Ok(Check::Vanished)
+        }
+        Err(e) => return Err(e),
+    };
+    let shown = file.metadata()?.len() as usize;
+    let start = if shown == 0 {
+        0
+    } else {
+        rng.below(shown as u64) as usize
+    };
+    // Past the size shown: a longer file is read whole, within reason.
+    let mut got = vec![0u8; shown + (256 << 10)];
+    let read_span = |got: &mut [u8], from: usize, to: usize, rng: &mut Rng| {
+        let mut at = from;
+        while at < to {
+            let n = (1 + rng.below(64 << 10) as usize).min(to - at);
+            match file.read_at(&mut got[at..at + n], at as u64) {
+                Ok(0) => return Ok(at),
+                Ok(r) => at += r,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(at)
+    };
+    let end = match read_span(&mut got, start, shown + (256 << 10), rng) {
+        Ok(end) => end,
+        Err(e) if gone(&e) => return Ok(Check::Vanished),
+        Err(e) => return Err(e),
+    };
+    match read_span(&mut got, 0, start.min(end), rng) {
+        Ok(_) => {}
+        Err(e) if gone(&e) => return Ok(Check::Vanished),
+        Err(e) => return Err(e),
+    }
+    let got = &got[..end];
+    let known = versions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&source)
+        .cloned()
+        .unwrap_or_default();
+    if known.iter().any(|v| v.as_slice() == got) {
+        return Ok(if end == shown {
+            Check::Good(end as u64)
+        } else {
+            Check::Stale(end as u64)
+        });
+    }
+    if end == shown && known.iter().any(|v| v.len() > end && &v[..end] == got) {
+        return Ok(Check::Stale(end as u64));
+    }
+    Ok(Check::Wrong(format!(
+        "{} (source {}): {end} bytes (shown {shown}) match none of its {} versions",
+        path.display(),
+        source.display(),
+        known.len()
+    )))
+}
+
+fn xattr_source(path: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: NUL-terminated strings and a buffer of the length given.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            c"user.musicfs.source".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&buf)))
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut files = Vec::new();
+    files_under(dir, &mut files);
+    files
+        .iter()
+        .filter_map(|f| fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn sample(pid: u32, state: &Path, started: Instant) -> Result<Sample> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let fds = fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
+    Ok(Sample {
+        at_s: started.elapsed().as_secs_f64(),
+        rss_kib: field("VmRSS:"),
+        fds,
+        threads: field("Threads:"),
+        state_bytes: dir_bytes(state),
+    })
+}
+
+/// What grew from the second quarter of the samples to the last, beyond a margin.
+fn growth(samples: &[Sample]) -> Vec<String> {
+    let n = samples.len();
+    if n < 8 {
+        return Vec::new();
+    }
+    let mean = |part: &[Sample], f: fn(&Sample) -> u64| {
+        part.iter().map(f).sum::<u64>() as f64 / part.len().max(1) as f64
+    };
+    let (early, late) = (&samples[n / 4..n / 2], &samples[n * 3 / 4..]);
+    let mut out = Vec::new();
+    // (what, its value, the ratio and the absolute rise that together count as growth)
+    type Check = (&'static str, fn(&Sample) -> u64, f64, f64);
+    let checks: [Check; 4] = [
+        ("RSS (KiB)", |s| s.rss_kib, 1.5, 64.0 * 1024.0),
+        ("open fds", |s| s.fds, 1.2, 32.0),
+        ("threads", |s| s.threads, 1.2, 8.0),
+        (
+            "state dir (bytes)",
+            |s| s.state_bytes,
+            2.0,
+            256.0 * 1024.0 * 1024.0,
+        ),
+    ];
+    for (name, f, ratio, slack) in checks {
+        let (a, b) = (mean(early, f), mean(late, f));
+        if b > a * ratio && b - a > slack {
+            out.push(format!("{name}: {a:.0} -> {b:.0}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(at: f64, rss: u64, fds: u64) -> Sample {
+        Sample {
+            at_s: at,
+            rss_kib: rss,
+            fds,
+            threads: 10,
+            state_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn flat_series_pass_and_growing_ones_fail() {
+        let flat: Vec<Sample> = (0..40).map(|i| s(i as f64, 100_000 + i % 3, 30)).collect();
+        assert!(growth(&flat).is_empty());
+        let leak: Vec<Sample> = (0..40)
+            .map(|i| s(i as f64, 100_000 + i * 10_000, 30 + i * 3))
+            .collect();
+        let g = growth(&leak);
+        assert_eq!(g.len(), 2, "{g:?}");
+    }
+}
