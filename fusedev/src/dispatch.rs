@@ -572,15 +572,86 @@ fn xattr_reply(r: XattrReply, out: &mut [u8]) -> Outcome {
 }
 
 /// The errno for `e`, logged once here: expected answers (a missing name, a refused write)
-/// at debug level, faults as warnings.
+/// at debug level, faults as warnings — at most [`WARNINGS_PER_SECOND`] a second: a player
+/// retrying a file whose source just vanished must not flood the log (the rest go to debug
+/// and are counted in one warning the next second).
 pub(crate) fn fail(op: &'static str, ino: u64, e: FsError) -> i32 {
     let errno = e.to_errno();
     if e.is_expected() {
         tracing::debug!(op, ino, errno, error = %e, "fuse op refused");
-    } else {
+    } else if WARNINGS.admit() {
         tracing::warn!(op, ino, errno, error = %e, "fuse op failed");
+    } else {
+        tracing::debug!(op, ino, errno, error = %e, "fuse op failed");
     }
     errno
+}
+
+/// Most failure warnings logged in one second.
+pub const WARNINGS_PER_SECOND: u64 = 20;
+
+static WARNINGS: WarnBudget = WarnBudget::new();
+
+/// A per-second budget of warnings, shared by every worker (lock-free).
+pub(crate) struct WarnBudget {
+    /// The second (since the process started) the count is for, and the count, packed
+    /// as `second << 32 | count`.
+    state: std::sync::atomic::AtomicU64,
+    /// Warnings left out since the last report.
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl WarnBudget {
+    pub(crate) const fn new() -> WarnBudget {
+        WarnBudget {
+            state: std::sync::atomic::AtomicU64::new(0),
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether one more warning may be logged now.
+    pub(crate) fn admit(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs()
+            & 0xffff_ffff;
+        let mut cur = self.state.load(Relaxed);
+        loop {
+            let (second, count) = (cur >> 32, cur & 0xffff_ffff);
+            let (next, ok) = if second != now {
+                ((now << 32) | 1, true)
+            } else if count < WARNINGS_PER_SECOND {
+                (cur + 1, true)
+            } else {
+                (cur, false)
+            };
+            if !ok {
+                self.dropped.fetch_add(1, Relaxed);
+                return false;
+            }
+            match self
+                .state
+                .compare_exchange_weak(cur, next, Relaxed, Relaxed)
+            {
+                Ok(_) => {
+                    if second != now {
+                        let dropped = self.dropped.swap(0, Relaxed);
+                        if dropped > 0 {
+                            tracing::warn!(
+                                dropped,
+                                "fuse op failures not logged (over {WARNINGS_PER_SECOND} a second)"
+                            );
+                        }
+                    }
+                    return true;
+                }
+                Err(seen) => cur = seen,
+            }
+        }
+    }
 }
 
 fn op_name(opcode: u32) -> &'static str {

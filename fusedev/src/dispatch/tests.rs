@@ -702,3 +702,15 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn failure_warnings_are_capped_per_second() {
+    let budget = super::WarnBudget::new();
+    let admitted = (0..1000).filter(|_| budget.admit()).count() as u64;
+    // All within one second (or, rarely, across one boundary).
+    assert!(
+        (super::WARNINGS_PER_SECOND..=2 * super::WARNINGS_PER_SECOND).contains(&admitted),
+        "{admitted}"
+    );
+    assert!(budget.dropped.load(std::sync::atomic::Ordering::Relaxed) > 0);
+}
