@@ -144,36 +144,5 @@ fn snapshot_seed() -> Vec<u8> {
 }
 
 fn read_with_plugin(input: Vec<u8>) -> i32 {
-    use musicfs_plugin_api::{Tag, OK};
-    use std::ffi::c_void;
-    unsafe extern "C" fn read(
-        ctx: *mut c_void,
-        offset: u64,
-        buf: *mut u8,
-        len: usize,
-        got: *mut usize,
-    ) -> i32 {
-        // SAFETY: ctx is the Vec below; buf holds len bytes.
-        let data = unsafe { &*(ctx as *const Vec<u8>) };
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(data.len());
-        let n = len.min(data.len() - start);
-        unsafe {
-            std::ptr::copy_nonoverlapping(data[start..].as_ptr(), buf, n);
-            *got = n;
-        }
-        OK
-    }
-    unsafe extern "C" fn emit(_: *mut c_void, _: Tag) {}
-    let len = input.len() as u64;
-    // SAFETY: the callbacks above with `input` as their context, alive for the call.
-    unsafe {
-        musicfs_plugin_api::run_format::<musicfs_plugin_wavpack::WavPack>(
-            read,
-            len,
-            emit,
-            &input as *const Vec<u8> as *mut c_void,
-        )
-    }
+    musicfs_plugin_api::read_format_bytes::<musicfs_plugin_wavpack::WavPack>(&input).0
 }

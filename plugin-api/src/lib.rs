@@ -388,6 +388,51 @@ pub trait Format {
     fn read(file: &File) -> Result<Vec<(String, String)>, String>;
 }
 
+/// Runs format plugin `F` over `bytes` held in memory, through the C ABI as the daemon
+/// calls it: the return code and the tags it emitted. For a plugin's own tests (and
+/// fuzzing).
+pub fn read_format_bytes<F: Format>(bytes: &[u8]) -> (i32, Vec<(String, String)>) {
+    struct Memory<'a> {
+        bytes: &'a [u8],
+        out: Vec<(String, String)>,
+    }
+    unsafe extern "C" fn read(
+        ctx: *mut c_void,
+        offset: u64,
+        buf: *mut u8,
+        len: usize,
+        got: *mut usize,
+    ) -> i32 {
+        // SAFETY: ctx is the Memory below, alive for the call; buf holds len bytes.
+        let m = unsafe { &*(ctx as *const Memory<'_>) };
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(m.bytes.len());
+        let n = len.min(m.bytes.len() - start);
+        // SAFETY: n bytes fit in both.
+        unsafe {
+            std::ptr::copy_nonoverlapping(m.bytes[start..].as_ptr(), buf, n);
+            *got = n;
+        }
+        OK
+    }
+    unsafe extern "C" fn emit(ctx: *mut c_void, tag: Tag) {
+        // SAFETY: as above; the plugin's strings live for the call.
+        let m = unsafe { &mut *(ctx as *mut Memory<'_>) };
+        if let (Some(k), Some(v)) = unsafe { (tag.key.as_str(), tag.value.as_str()) } {
+            m.out.push((k.to_string(), v.to_string()));
+        }
+    }
+    let mut m = Memory {
+        bytes,
+        out: Vec::new(),
+    };
+    let len = bytes.len() as u64;
+    // SAFETY: the callbacks above with `m` as their context, alive for the call.
+    let rc = unsafe { run_format::<F>(read, len, emit, &mut m as *mut Memory<'_> as *mut c_void) };
+    (rc, m.out)
+}
+
 /// Runs [`Format::read`] of `F` for the C ABI (what [`export_plugin!`] exports).
 ///
 /// # Safety

@@ -55,6 +55,18 @@ fn plugin_setup(
     Ok(config)
 }
 
+/// `musicfs ARGS --config CONFIG --state-dir STATE`, which must succeed: its stdout.
+fn cli_for<'a>(
+    state: &'a std::path::Path,
+    config: &'a std::path::Path,
+) -> impl Fn(&[&str]) -> Result<String> + 'a {
+    move |args| {
+        let mut all = args.to_vec();
+        all.extend(["--config", config.to_str().unwrap_or_default()]);
+        musicfs_cmd_ok(state, &all)
+    }
+}
+
 /// A daemon serving `origin` with `config`, its state in `state`.
 fn daemon(
     origin: &std::path::Path,
@@ -116,11 +128,7 @@ fn a_metadata_plugin_proposes_and_nothing_changes_until_applied() -> Result<()> 
     let plugins = work.path().join("plugins");
     let state = work.path().join("state");
     let mount = daemon(&origin, &state, &config)?;
-    let cli = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--config", config.to_str().unwrap_or_default()]);
-        musicfs_cmd_ok(&state, &all)
-    };
+    let cli = cli_for(&state, &config);
     let before = shown(&mount)?;
     ensure!(
         before.iter().any(|p| p.contains("SO WHAT")),
@@ -291,11 +299,7 @@ fn wasm_plugins_run_sandboxed_and_misbehaving_ones_are_stopped() -> Result<()> {
     let config = plugin_setup(work.path(), &files, "")?;
     let state = work.path().join("state");
     let mount = daemon(&origin, &state, &config)?;
-    let cli = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--config", config.to_str().unwrap_or_default()]);
-        musicfs_cmd_ok(&state, &all)
-    };
+    let cli = cli_for(&state, &config);
     let listed = cli(&["plugin", "load", "genre"])?;
     ensure!(
         listed.contains("genre\twasm\tapi 1.0\tmetadata"),
@@ -432,11 +436,7 @@ fn an_origin_plugin_serves_the_tracks_of_a_tar_archive_bit_exact() -> Result<()>
     opts.config = Some(config.clone());
     opts.log_level = Some("info,musicfs_index::refresh=debug".into());
     let (mount, _) = MountedFs::start_watching(opts, Duration::from_secs(60))?;
-    let cli = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--config", config.to_str().unwrap_or_default()]);
-        musicfs_cmd_ok(&state, &all)
-    };
+    let cli = cli_for(&state, &config);
     // An origin of a plugin that is not loaded: refused, saying so.
     let spec = format!("plugin://tar/{}", archive.display());
     refused(
@@ -508,11 +508,7 @@ fn a_format_plugin_makes_a_container_scanned_and_served() -> Result<()> {
     )?;
     let state = work.path().join("state");
     let mount = daemon(&origin, &state, &config)?;
-    let cli = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--config", config.to_str().unwrap_or_default()]);
-        musicfs_cmd_ok(&state, &all)
-    };
+    let cli = cli_for(&state, &config);
     let wv_files = || -> Result<Vec<String>> {
         Ok(walk_files(mount.mountpoint())?
             .iter()
@@ -681,11 +677,7 @@ fn the_musicbrainz_enricher_fills_untagged_tracks_from_a_replay_server() -> Resu
     )?;
     let state = work.path().join("state");
     let mount = daemon(&origin, &state, &config)?;
-    let cli = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--config", config.to_str().unwrap_or_default()]);
-        musicfs_cmd_ok(&state, &all)
-    };
+    let cli = cli_for(&state, &config);
     let listed = cli(&["plugin", "list"])?;
     ensure!(
         listed.contains("musicbrainz\t1.0.0\tapi 1.1\tenricher"),
@@ -805,11 +797,7 @@ fn a_wasm_plugin_reaches_the_network_only_where_granted() -> Result<()> {
     )?;
     let state = work.path().join("state");
     let _mount = daemon(&origin, &state, &config)?;
-    let cli = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--config", config.to_str().unwrap_or_default()]);
-        musicfs_cmd_ok(&state, &all)
-    };
+    let cli = cli_for(&state, &config);
     // Anything but the host's two imports is refused at load.
     refused(
         &state,

@@ -134,52 +134,10 @@ export_plugin!(name = "wavpack", version = "1.0.0", format = WavPack);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use musicfs_plugin_api::{Tag, OK};
-    use std::ffi::c_void;
-
-    struct Ctx {
-        bytes: Vec<u8>,
-        out: Vec<(String, String)>,
-    }
-
-    unsafe extern "C" fn read(
-        ctx: *mut c_void,
-        offset: u64,
-        buf: *mut u8,
-        len: usize,
-        got: *mut usize,
-    ) -> i32 {
-        let c = unsafe { &*(ctx as *const Ctx) };
-        let start = (offset as usize).min(c.bytes.len());
-        let n = len.min(c.bytes.len() - start);
-        unsafe {
-            std::ptr::copy_nonoverlapping(c.bytes[start..].as_ptr(), buf, n);
-            *got = n;
-        }
-        OK
-    }
-
-    unsafe extern "C" fn emit(ctx: *mut c_void, tag: Tag) {
-        let c = unsafe { &mut *(ctx as *mut Ctx) };
-        let (k, v) = unsafe { (tag.key.as_str().unwrap(), tag.value.as_str().unwrap()) };
-        c.out.push((k.into(), v.into()));
-    }
+    use musicfs_plugin_api::OK;
 
     fn run(bytes: Vec<u8>) -> (i32, Vec<(String, String)>) {
-        let mut c = Ctx {
-            bytes,
-            out: Vec::new(),
-        };
-        let len = c.bytes.len() as u64;
-        let rc = unsafe {
-            musicfs_plugin_api::run_format::<WavPack>(
-                read,
-                len,
-                emit,
-                &mut c as *mut Ctx as *mut c_void,
-            )
-        };
-        (rc, c.out)
+        musicfs_plugin_api::read_format_bytes::<WavPack>(&bytes)
     }
 
     fn block(flags: u32, total: u32) -> Vec<u8> {
