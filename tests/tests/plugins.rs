@@ -814,7 +814,12 @@ fn a_wasm_plugin_reaches_the_network_only_where_granted() -> Result<()> {
         replay.seen()
     );
     cli(&["plugin", "unload", "nonet"])?;
-    cli(&["plugin", "load", "fetch"])?;
+    let listed = cli(&["plugin", "load", "fetch"])?;
+    // It imports http_get: an enricher (given the track's fingerprint too).
+    ensure!(
+        listed.contains("fetch\twasm\tapi 1.0\tenricher"),
+        "{listed}"
+    );
     let fetched = cli(&["tag", "suggest", "Band"])?;
     ensure!(fetched.contains("?genre\tFetched"), "{fetched}");
     let seen = replay.seen();

@@ -146,10 +146,17 @@ impl Loaded {
             }
             // On a thread of its own at idle priority: a plugin burning its fuel takes only
             // CPU time nothing else wants (the FUSE workers go first).
+            // A WASM plugin that may reach the network is an enricher: it gets the
+            // fingerprint too (computed only for such plugins).
             Code::Wasm(w) => std::thread::scope(|s| {
-                s.spawn(|| {
+                let input = if w.networked() {
+                    enriched()
+                } else {
+                    tags.to_vec()
+                };
+                s.spawn(move || {
                     wasm::idle_priority();
-                    w.suggest(tags, grants, &self.name)
+                    w.suggest(&input, grants, &self.name)
                 })
                 .join()
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("the plugin call panicked")))
@@ -295,7 +302,11 @@ impl Plugins {
                 version: "wasm".into(),
                 api: (API_MAJOR, 0),
                 path: path.clone(),
-                kinds: vec!["metadata"],
+                kinds: vec![if plugin.networked() {
+                    "enricher"
+                } else {
+                    "metadata"
+                }],
                 origin: None,
                 format: None,
                 code: Code::Wasm(plugin),

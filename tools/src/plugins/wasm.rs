@@ -131,6 +131,14 @@ fn linker(engine: &Engine) -> Result<Linker<Host>> {
 }
 
 impl WasmPlugin {
+    /// Whether it imports `musicfs.http_get` (an enricher: it is given the track's
+    /// fingerprint as well).
+    pub fn networked(&self) -> bool {
+        self.module
+            .imports()
+            .any(|i| i.module() == "musicfs" && i.name() == "http_get")
+    }
+
     /// Compiles the module at `path` and checks its exports.
     pub fn load(path: &Path) -> Result<WasmPlugin> {
         let bytes =
