@@ -174,6 +174,9 @@ enum Cmd {
         /// Directory holding musicfsd and musicfs.
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// More musicfsd arguments, space-separated (`--passthrough off`).
+        #[arg(long, default_value = "")]
+        daemon_args: String,
     },
     /// Prints the `scale.json` of several `scale --out` directories side by side (one
     /// column each, e.g. before/after at 100k and 1M) as a markdown table.
@@ -378,6 +381,7 @@ fn real_main(cli: Cli) -> Result<()> {
             tracks,
             out,
             bin_dir,
+            daemon_args,
         } => {
             let opts = soak::SoakOpts {
                 duration: std::time::Duration::from_secs_f64(minutes * 60.0),
@@ -385,6 +389,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 tracks,
                 out: out.clone(),
                 bin_dir,
+                daemon_args: daemon_args.split_whitespace().map(String::from).collect(),
             };
             let report = soak::run(&opts)?;
             println!("{}", report.markdown());

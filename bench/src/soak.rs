@@ -36,6 +36,8 @@ pub struct SoakOpts {
     pub out: PathBuf,
     /// Where musicfsd and musicfs are.
     pub bin_dir: Option<PathBuf>,
+    /// More arguments for musicfsd (`--passthrough off`, ...).
+    pub daemon_args: Vec<String>,
 }
 
 /// One sample of the daemon.
@@ -185,6 +187,7 @@ pub fn run(opts: &SoakOpts) -> Result<SoakReport> {
         .arg(&state)
         .arg("--origin")
         .arg(&origin)
+        .args(&opts.daemon_args)
         .arg(&mnt)
         .env("RUST_LOG", "info,tantivy=warn")
         .stdin(Stdio::null())
@@ -499,19 +502,31 @@ fn gone(e: &std::io::Error) -> bool {
 /// are a whole version, or a version cut at the size shown, are right (the latter counted
 /// as stale). Anything else is wrong.
 fn check_one(path: &Path, rng: &mut Rng, versions: &Versions) -> std::io::Result<Check> {
-    let source = match xattr_source(path) {
-        Ok(s) => s,
-        Err(e) if gone(&e) || e.raw_os_error() == Some(libc::ENODATA) => {
-            return Ok(Check::Vanished)
-        }
-        Err(e) => return Err(e),
-    };
+    // The source the daemon would open (asked before, and again after a failure: a
+    // refresh may come between).
+    let before = xattr_source(path, None).ok();
     let file = match fs::File::open(path) {
         Ok(f) => f,
         Err(e) if gone(&e) => return Ok(Check::Vanished),
         // A name the tree still shows whose source the writer removed or moved: the
-        // daemon answers EIO (docs/SEMANTICS.md) until the refresh drops the name.
-        Err(e) if e.raw_os_error() == Some(libc::EIO) && !source.exists() => {
+        // daemon answers EIO (docs/SEMANTICS.md) until the refresh drops the name. Only
+        // an EIO while the source is there, before and after, is an error.
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+            let after = xattr_source(path, None).ok();
+            let there = |s: &Option<PathBuf>| s.as_ref().is_some_and(|s| s.exists());
+            return if there(&before) && there(&after) {
+                Err(e)
+            } else {
+                Ok(Check::Vanished)
+            };
+        }
+        Err(e) => return Err(e),
+    };
+    // The source of the track this handle opened (asked through the handle: a name can
+    // pass to another track when a refresh moves the one that had it).
+    let source = match xattr_source(path, Some(&file)) {
+        Ok(s) => s,
+        Err(e) if gone(&e) || e.raw_os_error() == Some(libc::ENODATA) => {
             return Ok(Check::Vanished)
         }
         Err(e) => return Err(e),
@@ -536,11 +551,20 @@ fn check_one(path: &Path, rng: &mut Rng, versions: &Versions) -> std::io::Result
         }
         Ok(at)
     };
-    let end = match read_span(&mut got, start, shown + (256 << 10), rng) {
+    let mut end = match read_span(&mut got, start, shown + (256 << 10), rng) {
         Ok(end) => end,
         Err(e) if gone(&e) => return Ok(Check::Vanished),
         Err(e) => return Err(e),
     };
+    // Nothing at `start`: the file (a newer, shorter version) ends before it; read it from
+    // its start instead.
+    if end == start && start > 0 {
+        end = match read_span(&mut got, 0, shown + (256 << 10), rng) {
+            Ok(end) => end,
+            Err(e) if gone(&e) => return Ok(Check::Vanished),
+            Err(e) => return Err(e),
+        };
+    }
     match read_span(&mut got, 0, start.min(end), rng) {
         Ok(_) => {}
         Err(e) if gone(&e) => return Ok(Check::Vanished),
@@ -563,26 +587,45 @@ fn check_one(path: &Path, rng: &mut Rng, versions: &Versions) -> std::io::Result
     if end == shown && known.iter().any(|v| v.len() > end && &v[..end] == got) {
         return Ok(Check::Stale(end as u64));
     }
+    let differs: Vec<String> = known
+        .iter()
+        .map(|v| {
+            let at = v.iter().zip(got).position(|(a, b)| a != b);
+            format!("{} bytes, first difference at {at:?}", v.len())
+        })
+        .collect();
     Ok(Check::Wrong(format!(
-        "{} (source {}): {end} bytes (shown {shown}) match none of its {} versions",
+        "{} (source {}): {end} bytes (shown {shown}) match none of its {} versions ({})",
         path.display(),
         source.display(),
-        known.len()
+        known.len(),
+        differs.join("; ")
     )))
 }
 
-fn xattr_source(path: &Path) -> std::io::Result<PathBuf> {
+/// `user.musicfs.source` of the open `file`, or of `path` when there is none.
+fn xattr_source(path: &Path, file: Option<&fs::File>) -> std::io::Result<PathBuf> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     let mut buf = vec![0u8; 4096];
-    // SAFETY: NUL-terminated strings and a buffer of the length given.
+    let name = c"user.musicfs.source";
+    // SAFETY: NUL-terminated strings, an open descriptor, and a buffer of the length given.
     let n = unsafe {
-        libc::getxattr(
-            c.as_ptr(),
-            c"user.musicfs.source".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
+        match file {
+            Some(f) => libc::fgetxattr(
+                f.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            ),
+            None => libc::getxattr(
+                c.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            ),
+        }
     };
     if n < 0 {
         return Err(std::io::Error::last_os_error());
