@@ -34,6 +34,7 @@ pub const FUSE_NO_EXPORT_SUPPORT: u64 = 1 << 38; // 7.40 (flags2 bit 6)
 pub const FUSE_OVER_IO_URING: u64 = 1 << 41; // 7.42 (flags2 bit 9)
 
 // OPEN reply flags.
+pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
 pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 pub const FOPEN_CACHE_DIR: u32 = 1 << 3; // 7.28
 pub const FOPEN_PASSTHROUGH: u32 = 1 << 7; // 7.40

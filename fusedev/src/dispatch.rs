@@ -22,7 +22,7 @@ use crate::abi::{self, Pod};
 use crate::fs::{Attr, DirItem, FsModel, Kind};
 use crate::negotiate::{self, InitAnswer, Negotiated, Wants};
 use crate::opstats::OpStats;
-use crate::passthrough::Backing;
+use crate::passthrough::{Backing, Opened};
 use crate::ring::{pread_full, ReadRing};
 use crate::sources::Source;
 use crate::xattr::XattrReply;
@@ -433,6 +433,29 @@ impl Dispatcher {
         put(out, &entry)
     }
 
+    /// Whether handle `fh`'s source differs in size or mtime from what the tree shows for
+    /// `ino` (the origin replaced it and no refresh has followed yet).
+    fn source_changed(&self, ino: u64, fh: u64) -> bool {
+        let Ok(shown) = self.model.getattr(ino) else {
+            return false;
+        };
+        self.model
+            .with_source(fh, |s| {
+                // Local sources (a descriptor): remote ones are read by pinned version.
+                let Some(fd) = s.raw_fd() else {
+                    return Ok(false);
+                };
+                // SAFETY: fstat of an open descriptor into a zeroed local struct.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                if unsafe { libc::fstat(fd, &mut st) } != 0 {
+                    return Ok(false);
+                }
+                let mtime = st.st_mtime * 1_000_000_000 + st.st_mtime_nsec;
+                Ok(st.st_size as u64 != shown.size || mtime != shown.mtime_ns)
+            })
+            .unwrap_or(false)
+    }
+
     fn open(&self, io: &mut WorkerIo, req: &Req<'_>, out: &mut [u8]) -> Result<Outcome, FsError> {
         let ino = req.h.nodeid;
         if self.model.config().skip_open && !self.backing.enabled() {
@@ -443,32 +466,43 @@ impl Dispatcher {
         }
         let o = abi::OpenIn::read_prefix(req.op);
         let fh = self.model.open(ino, o.flags)?;
+        let generation = self.model.getattr(ino).map_or(0, |a| a.generation);
         let backing = if self.backing.enabled() {
             self.model
                 .with_source(fh, |s| {
                     Ok(s.raw_fd()
-                        .and_then(|fd| self.backing.open(io.dev_fd, ino, fh, fd)))
+                        .map(|fd| self.backing.open(io.dev_fd, (ino, generation), fh, fd)))
                 })
                 .ok()
                 .flatten()
+                .unwrap_or(Opened::Plain)
         } else {
-            None
+            Opened::Plain
         };
         let reply = match backing {
             // The page cache is the source file's own: FOPEN_KEEP_CACHE has nothing to keep.
-            Some(id) => abi::OpenOut {
+            Opened::Backing(id) => abi::OpenOut {
                 fh,
                 open_flags: abi::FOPEN_PASSTHROUGH,
                 backing_id: id,
             },
+            // Without passthrough, when the source just opened is not the version the tree
+            // shows (replaced since the last refresh): the inode's cached pages may hold
+            // the old version's bytes, which must not mix with this handle's. Direct I/O
+            // uses no page cache: its reads come from its own source through the daemon.
+            Opened::Plain if self.source_changed(ino, fh) => abi::OpenOut {
+                fh,
+                open_flags: abi::FOPEN_DIRECT_IO,
+                backing_id: 0,
+            },
             // An extra entry's inode keeps its name, not its content (a new cover under
             // the same name): its pages are not kept across opens.
-            None if crate::album::is_extra(ino) => abi::OpenOut {
+            Opened::Plain if crate::album::is_extra(ino) => abi::OpenOut {
                 fh,
                 open_flags: 0,
                 backing_id: 0,
             },
-            None => abi::OpenOut {
+            Opened::Plain => abi::OpenOut {
                 fh,
                 open_flags: abi::FOPEN_KEEP_CACHE,
                 backing_id: 0,

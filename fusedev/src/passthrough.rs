@@ -9,6 +9,12 @@
 //! never lends the old file's id to a new open: the new open registers the new file (and the
 //! kernel, told of the new generation, gives it a new inode).
 //!
+//! Until the refresh that follows a source's replacement, the old inode is still the one
+//! the kernel knows: a new open then reaches the new file while a handle may still hold the
+//! old one in passthrough, and the kernel fails an open with another backing file, or a
+//! plain one, with EIO. Such an open shares the backing of the version already open (the
+//! one the tree still shows) until the refresh gives the new version its own inode.
+//!
 //! Any refusal falls back to the plain read path for that open: EPERM (no `CAP_SYS_ADMIN`,
 //! or the connection did not negotiate passthrough) turns passthrough off for the whole
 //! mount; other errors (ELOOP for a source on a stacked filesystem, ...) only for that file.
@@ -20,6 +26,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use crate::abi::{self, FuseBackingMap};
+
+/// What [`Backing::open`] decided for an open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// Passthrough with this backing id.
+    Backing(i32),
+    /// The plain read path.
+    Plain,
+}
 
 /// Backing ids of the files open in passthrough mode.
 pub struct Backing {
@@ -36,8 +51,9 @@ struct Inner {
     by_fh: HashMap<u64, Key>,
 }
 
-/// An inode of ours and the identity (device, inode) of the source file behind it.
-type Key = (u64, u64, u64);
+/// An inode of ours (number and generation: a republished new version is a new inode to
+/// the kernel) and the identity (device, inode) of the source file behind it.
+type Key = (u64, u64, u64, u64);
 
 fn source_identity(fd: RawFd) -> io::Result<(u64, u64)> {
     // SAFETY: fstat writes into a zeroed local struct; fd is a valid open descriptor.
@@ -79,18 +95,41 @@ impl Backing {
     /// Registers `file_fd` (the source of `ino`, opened as handle `fh`) through the FUSE
     /// device `dev_fd`; returns the backing id for the OPEN reply, or `None` to serve this
     /// open on the plain path.
-    pub fn open(&self, dev_fd: RawFd, ino: u64, fh: u64, file_fd: RawFd) -> Option<i32> {
+    pub fn open(
+        &self,
+        dev_fd: RawFd,
+        (ino, generation): (u64, u64),
+        fh: u64,
+        file_fd: RawFd,
+    ) -> Opened {
         if !self.enabled() {
-            return None;
+            return Opened::Plain;
         }
         let key = match source_identity(file_fd) {
-            Ok((dev, src)) => (ino, dev, src),
+            Ok((dev, src)) => (ino, generation, dev, src),
             Err(e) => {
                 self.refused(ino, &e);
-                return None;
+                return Opened::Plain;
             }
         };
         let mut inner = self.lock();
+        // The kernel takes no second backing file for an inode (EIO), nor a plain open of
+        // one in passthrough: a new open of a replaced source, before the refresh gives it
+        // an inode of its own, shares the version the other handles (and the tree) have.
+        let key = match inner
+            .by_ino
+            .keys()
+            .find(|k| (k.0, k.1) == (ino, generation) && **k != key)
+        {
+            Some(held) => {
+                tracing::debug!(
+                    ino,
+                    "source replaced while open in passthrough: the open shares the version held"
+                );
+                *held
+            }
+            None => key,
+        };
         let id = match inner.by_ino.get_mut(&key) {
             Some((id, refs)) => {
                 *refs += 1;
@@ -104,12 +143,12 @@ impl Backing {
                 Err(e) => {
                     drop(inner);
                     self.refused(ino, &e);
-                    return None;
+                    return Opened::Plain;
                 }
             },
         };
         inner.by_fh.insert(fh, key);
-        Some(id)
+        Opened::Backing(id)
     }
 
     fn refused(&self, ino: u64, e: &io::Error) {
@@ -211,7 +250,10 @@ mod tests {
         let null = std::fs::File::open("/dev/null").expect("null");
         use std::os::unix::io::AsRawFd;
         let b = Backing::new(false);
-        assert_eq!(b.open(null.as_raw_fd(), 5, 1, null.as_raw_fd()), None);
+        assert_eq!(
+            b.open(null.as_raw_fd(), (5, 0), 1, null.as_raw_fd()),
+            Opened::Plain
+        );
         assert!(b.enabled());
         assert_eq!(b.registered(), 0);
         // Releasing a handle that never had a backing id does nothing.

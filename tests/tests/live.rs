@@ -1002,3 +1002,90 @@ fn a_change_deep_in_a_large_tree_rescans_only_its_directory() {
     let other = live.virt("Crowd 3/Album 23 (2003) [FLAC]");
     assert_eq!(names(&other).len(), 2, "the other albums are as they were");
 }
+
+#[test]
+fn before_the_refresh_an_open_of_the_new_version_works_beside_a_handle_on_the_old() {
+    two_versions_before_the_refresh(true);
+}
+
+#[test]
+fn without_passthrough_before_the_refresh_an_open_of_the_new_version_works_beside_a_handle_on_the_old(
+) {
+    two_versions_before_the_refresh(false);
+}
+
+/// An origin polled once an hour: after its source is replaced (same size, other bytes),
+/// the tree still shows the old version, while a handle on the old version is open and a
+/// new open reaches the new file. The new open must succeed (with passthrough, the kernel
+/// refuses a second backing file for one inode with EIO: it shares the held one) and read
+/// one version whole, never a mix (without passthrough: the old one's cached pages).
+fn two_versions_before_the_refresh(passthrough: bool) {
+    let work = TempDir::new().unwrap();
+    let origin = work.path().join("origin");
+    musicfs_tests::remote::generate(
+        &origin,
+        &[musicfs_tests::remote::Track {
+            rel: "Band/Record/one.flac",
+            input: "sine=frequency=440:sample_rate=44100:duration=4",
+            codec: &["-c:a", "flac"],
+            title: "One",
+        }],
+    )
+    .unwrap();
+    let src = origin.join("Band/Record/one.flac");
+    let config = work.path().join("musicfs.toml");
+    fs::write(
+        &config,
+        format!(
+            "[[origin]]\npath = {:?}\nwatch = \"poll\"\npoll_interval_secs = 3600\n",
+            origin
+        ),
+    )
+    .unwrap();
+    let mut opts = MountOptions::new(Vec::<PathBuf>::new());
+    opts.config = Some(config);
+    opts.state_dir = Some(work.path().join("state"));
+    if !passthrough {
+        opts.extra_args = vec!["--passthrough".into(), "off".into()];
+    }
+    let fs_ = MountedFs::start(opts).unwrap();
+    let virt = harness::walk_files(fs_.mountpoint())
+        .unwrap()
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "flac"))
+        .expect("the track is shown");
+    let old = fs::read(&src).unwrap();
+    let held = File::open(&virt).unwrap();
+    let mut head = vec![0u8; old.len() / 2];
+    held.read_exact_at(&mut head, 0).unwrap();
+    assert!(
+        head[..] == old[..head.len()],
+        "the first handle reads its version"
+    );
+
+    let new = flipped_tail(old.clone());
+    replace_by_rename(&src, &new);
+    // No refresh comes for an hour: the tree still shows the old version.
+    let mut fresh = File::open(&virt).unwrap_or_else(|e| {
+        panic!("an open of the replaced source failed while a handle on the old one is open: {e}")
+    });
+    let mut got = Vec::new();
+    fresh.read_to_end(&mut got).unwrap();
+    // With passthrough it shares the version held open (the one the tree still shows) until
+    // the refresh; without, it reads the new file. Either whole: never a mix.
+    let want = if passthrough { &old } else { &new };
+    assert!(
+        &got == want,
+        "the new open read {} bytes that are not the {} version",
+        got.len(),
+        if passthrough { "held" } else { "new" }
+    );
+    let mut rest = vec![0u8; old.len() - head.len()];
+    held.read_exact_at(&mut rest, head.len() as u64).unwrap();
+    head.extend(rest);
+    assert!(
+        head == old,
+        "the handle opened before read a mix of versions"
+    );
+    drop(fs_);
+}

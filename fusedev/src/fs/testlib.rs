@@ -66,6 +66,14 @@ impl Library {
         let src = self.origin.join(&rel);
         std::fs::create_dir_all(src.parent().expect("parent")).expect("mkdir");
         std::fs::write(&src, content(id, len)).expect("write");
+        let mtime_ns = 1_700_000_000_123_456_789 + id as i64;
+        // The file carries the mtime its scan records, as a scanned source does.
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(mtime_ns as u64);
+        std::fs::File::options()
+            .write(true)
+            .open(&src)
+            .and_then(|f| f.set_modified(when))
+            .expect("set mtime");
         let rec = TrackRecord {
             id: TrackId(id),
             origin: OriginId(0),
@@ -73,7 +81,7 @@ impl Library {
             format: Format::Flac,
             scan: ScanState {
                 size: len as u64,
-                mtime_ns: 1_700_000_000_123_456_789 + id as i64,
+                mtime_ns,
                 ino: 0,
                 ctime_ns: 0,
                 perm,

@@ -923,6 +923,7 @@ pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
+    remove_dead_temps(path);
     let listener = std::os::unix::net::UnixListener::bind(&tmp)
         .with_context(|| format!("cannot bind the control socket {}", tmp.display()))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
@@ -931,6 +932,43 @@ pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         .with_context(|| format!("cannot move the control socket to {}", path.display()))?;
     listener.set_nonblocking(true)?;
     Ok(tokio::net::UnixListener::from_std(listener)?)
+}
+
+/// Removes the temporary sockets (`NAME.tmpPID`, bound before the rename into place) that
+/// daemons killed between the bind and the rename left beside `path`, when no process of
+/// that pid is alive.
+fn remove_dead_temps(path: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let (Some(dir), Some(stem)) = (path.parent(), path.file_stem()) else {
+        return;
+    };
+    let prefix = format!("{}.tmp", stem.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let socket = e.file_type().is_ok_and(|t| t.is_socket());
+        // SAFETY: signal 0 only checks whether the process exists.
+        let dead = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if socket && dead {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    info!(file = %e.path().display(), "removed a dead daemon's temporary socket")
+                }
+                Err(err) => {
+                    warn!(file = %e.path().display(), "cannot remove a dead daemon's temporary socket: {err}")
+                }
+            }
+        }
+    }
 }
 
 /// Serves the API on `listener` until `stop` resolves and the calls in flight end.
@@ -946,5 +984,31 @@ pub async fn serve(
         .await;
     if let Err(e) = served {
         warn!("control API stopped: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn temporary_sockets_of_dead_daemons_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let dead_tmp = dir.path().join(format!("control.tmp{dead}"));
+        let live_tmp = dir
+            .path()
+            .join(format!("control.tmp{}", std::process::id()));
+        let _a = std::os::unix::net::UnixListener::bind(&dead_tmp).unwrap();
+        let _b = std::os::unix::net::UnixListener::bind(&live_tmp).unwrap();
+        let other = dir.path().join("control.tmpnotapid");
+        std::fs::write(&other, b"").unwrap();
+        super::remove_dead_temps(&dir.path().join("control.sock"));
+        assert!(!dead_tmp.exists(), "a dead daemon's socket stayed");
+        assert!(live_tmp.exists(), "a live daemon's socket was removed");
+        assert!(
+            other.exists(),
+            "a file that is not a daemon's socket was removed"
+        );
     }
 }
