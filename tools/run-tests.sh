@@ -58,7 +58,8 @@ fi
 # The soak's short form (issue 20): one minute of 64 checked readers and a changing
 # origin against the debug daemon (tools/soak.sh MINUTES runs the long one).
 if [ ${#features[@]} -gt 0 ]; then
+  bins="${CARGO_TARGET_DIR:-target}/debug"
   soak_out=$(mktemp -d /tmp/musicfs-soak.XXXXXX)
-  target/debug/musicfs-bench soak --minutes 1 --out "$soak_out" --bin-dir target/debug
+  "$bins/musicfs-bench" soak --minutes 1 --out "$soak_out" --bin-dir "$bins"
   rm -rf "$soak_out"
 fi
