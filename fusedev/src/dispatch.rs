@@ -433,10 +433,10 @@ impl Dispatcher {
         put(out, &entry)
     }
 
-    /// Whether handle `fh`'s source differs in size or mtime from what the tree shows for
-    /// `ino` (the origin replaced it and no refresh has followed yet).
-    fn source_changed(&self, ino: u64, fh: u64) -> bool {
-        let Ok(shown) = self.model.getattr(ino) else {
+    /// Whether handle `fh`'s source differs in size or mtime from `shown`, what the tree
+    /// shows for it (the origin replaced it and no refresh has followed yet).
+    fn source_changed(&self, shown: Option<&crate::fs::Attr>, fh: u64) -> bool {
+        let Some(shown) = shown else {
             return false;
         };
         self.model
@@ -466,7 +466,10 @@ impl Dispatcher {
         }
         let o = abi::OpenIn::read_prefix(req.op);
         let fh = self.model.open(ino, o.flags)?;
-        let generation = self.model.getattr(ino).map_or(0, |a| a.generation);
+        // The node's attributes, looked up once: its generation keys the backing file, its
+        // size and mtime tell a replaced source.
+        let shown = self.model.getattr(ino).ok();
+        let generation = shown.as_ref().map_or(0, |a| a.generation);
         let backing = if self.backing.enabled() {
             self.model
                 .with_source(fh, |s| {
@@ -490,7 +493,7 @@ impl Dispatcher {
             // shows (replaced since the last refresh): the inode's cached pages may hold
             // the old version's bytes, which must not mix with this handle's. Direct I/O
             // uses no page cache: its reads come from its own source through the daemon.
-            Opened::Plain if self.source_changed(ino, fh) => abi::OpenOut {
+            Opened::Plain if self.source_changed(shown.as_ref(), fh) => abi::OpenOut {
                 fh,
                 open_flags: abi::FOPEN_DIRECT_IO,
                 backing_id: 0,

@@ -125,26 +125,18 @@ fn the_secret_key_is_in_no_output_log_xattr_or_state_file() -> Result<()> {
             .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
             .collect()
     };
-    ensure!(
-        text("[\"status\"] stdout").contains("s3://"),
-        "status: {}",
-        text("[\"status\"]")
-    );
-    ensure!(
-        text("\"add\"").contains("nobucket"),
-        "origin add: {}",
-        text("\"add\"")
-    );
-    ensure!(
-        text("/metrics").contains("musicfs_"),
-        "metrics: {}",
-        text("/metrics")
-    );
-    ensure!(
-        text("daemon's log").contains("s3://"),
-        "log: {}",
-        text("daemon's log")
-    );
+    for (what, want) in [
+        ("[\"status\"] stdout", "s3://"),
+        ("\"add\"", "nobucket"),
+        ("/metrics", "musicfs_"),
+        ("daemon's log", "s3://"),
+    ] {
+        ensure!(
+            text(what).contains(want),
+            "{what} lacks {want:?}: {}",
+            text(what)
+        );
+    }
     let secret = SECRET_KEY.as_bytes();
     for (what, bytes) in &seen {
         ensure!(
