@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use hmac::{Hmac, Mac};
 use musicfs_tests::harness::{
-    binary, checksum_tree, flac_with_comments, force_unmount, one_second_flac, MountOptions,
-    MountedFs, RunAs,
+    binary, checksum_tree, flac_with_comments, force_unmount, one_second_flac, wait_child,
+    MountOptions, MountedFs, RunAs,
 };
 use musicfs_tests::harness::{musicfs_cmd as musicfs, musicfs_cmd_ok as musicfs_ok};
 use serde_json::Value;
@@ -793,14 +793,30 @@ fn the_daemon_speaks_the_systemd_notify_protocol_and_the_units_verify() -> Resul
         while !got.iter().any(|m| m == "WATCHDOG=1") {
             recv(&mut got)?;
         }
-        ensure!(got[0] == "READY=1", "{got:?}");
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         while !got.iter().any(|m| m == "STOPPING=1") {
             recv(&mut got)?;
         }
+        ensure!(got[0] == "READY=1", "READY=1 must come first: {got:?}");
         Ok(got)
     })();
-    let status = child.wait()?;
+    // Whatever happened above, the daemon is stopped and waited for within a deadline: a
+    // failed check must fail the test, not leave it waiting on a daemon that runs on.
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let status = match wait_child(&mut child, WITHIN)? {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = force_unmount(&mnt);
+            bail!(
+                "musicfsd did not exit within {WITHIN:?} of SIGTERM ({result:?}); log:\n{}",
+                fs::read_to_string(work.path().join("daemon.log")).unwrap_or_default()
+            );
+        }
+    };
     if result.is_err() {
         let _ = force_unmount(&mnt);
     }
@@ -821,8 +837,9 @@ fn the_daemon_speaks_the_systemd_notify_protocol_and_the_units_verify() -> Resul
         let dir = work.path().join("units");
         fs::create_dir_all(&dir)?;
         fs::write(dir.join(file), text)?;
-        let out = Command::new("systemd-analyze")
-            .arg("verify")
+        // Bounded: a systemd-analyze that hangs (no service manager to ask) fails the test.
+        let out = Command::new("timeout")
+            .args(["120", "systemd-analyze", "verify"])
             .arg(dir.join(verify_as))
             .output()
             .context("systemd-analyze (package systemd) is needed to check the unit files")?;

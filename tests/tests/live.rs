@@ -71,12 +71,14 @@ fn tags<'a>(album: &'a str, year: &'a str, n: &'a str, title: &'a str) -> Vec<(&
 /// An origin of its own, a state dir outside the mount's temp dir (so it survives a
 /// restart), and the daemon serving them.
 struct Live {
-    _work: TempDir,
+    /// Dropped first (fields drop in order): a daemon still running while `_work` is
+    /// removed writes its state dir back on exit and leaves it in /tmp.
+    fs: Option<MountedFs>,
     origin: PathBuf,
     state: PathBuf,
-    fs: Option<MountedFs>,
     /// Further daemon arguments.
     extra_args: Vec<String>,
+    _work: TempDir,
 }
 
 impl Live {
