@@ -18,6 +18,7 @@ use crate::fixtures::ffmpeg_available;
 use crate::harness::{
     binary, checksum_tree, run_ok, walk_files, Checksum, MountOptions, MountedFs,
 };
+use crate::servers::faulty::FaultyHttpProxy;
 use crate::servers::proxy::CountingProxy;
 use crate::servers::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
 
@@ -70,6 +71,8 @@ pub fn generate(dir: &Path, tracks: &[Track]) -> Result<()> {
 pub struct S3Library {
     /// Counts the daemon's S3 traffic.
     pub proxy: CountingProxy,
+    /// Injects faults between the daemon and the counting proxy (`start_faulty`).
+    pub faulty: Option<FaultyHttpProxy>,
     server: S3Server,
     /// The origin spec reaching the bucket through the proxy.
     pub spec: String,
@@ -83,6 +86,20 @@ pub struct S3Library {
 impl S3Library {
     /// Lets `fill` write the library (a fresh dir), serves it and scans it.
     pub fn start(fill: impl FnOnce(&Path) -> Result<()>) -> Result<S3Library> {
+        Self::start_with(fill, None)
+    }
+
+    /// [`S3Library::start`] with a [`FaultyHttpProxy`] (its draws seeded by `seed`) in front
+    /// of the counting proxy: the spec reaches the bucket through both. It injects nothing
+    /// until the test sets faults, so the scan here is clean.
+    pub fn start_faulty(fill: impl FnOnce(&Path) -> Result<()>, seed: u64) -> Result<S3Library> {
+        Self::start_with(fill, Some(seed))
+    }
+
+    fn start_with(
+        fill: impl FnOnce(&Path) -> Result<()>,
+        faulty: Option<u64>,
+    ) -> Result<S3Library> {
         S3Server::binary()?;
         let work = tempfile::tempdir()?;
         let root = work.path().join("s3");
@@ -91,14 +108,18 @@ impl S3Library {
         fill(&library)?;
         let server = S3Server::start(&root, &work.path().join("s3s-fs.log"))?;
         let proxy = CountingProxy::start(server.port())?;
+        let faulty = faulty
+            .map(|seed| FaultyHttpProxy::start(proxy.port(), seed))
+            .transpose()?;
+        let front = faulty.as_ref().map_or(proxy.port(), |f| f.port());
         let spec = format!(
-            "s3://{BUCKET}/lib?endpoint=http://127.0.0.1:{}&region=us-east-1&path_style=true",
-            proxy.port()
+            "s3://{BUCKET}/lib?endpoint=http://127.0.0.1:{front}&region=us-east-1&path_style=true"
         );
         std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
         std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
         let lib = S3Library {
             proxy,
+            faulty,
             server,
             spec,
             library,

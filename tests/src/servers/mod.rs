@@ -1,8 +1,10 @@
 //! Test servers for the remote origins, run on 127.0.0.1 by the tests themselves: started
 //! on a free port, ready once the port accepts connections (polled, never a fixed sleep),
 //! stopped on `Drop`. [`proxy::CountingProxy`] sits in front of any of them to measure the
-//! bytes a protocol moved.
+//! bytes a protocol moved; [`faulty::FaultyHttpProxy`] in front of an HTTP one injects
+//! faults.
 
+pub mod faulty;
 pub mod proxy;
 pub mod s3;
 pub mod sftp;
