@@ -12,7 +12,61 @@ const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
 /// `stat`s the mount root (which waits for INIT and a GETATTR round trip) and checks that a
 /// FUSE filesystem now sits there.
+///
+/// This process's own workers answer those requests, so the probe runs on a thread of its
+/// own whose file table holds none of the process's fds. The kernel waits for the answer
+/// to a request a worker has already read uninterruptibly, even for a SIGKILLed process: a
+/// thread stuck so keeps its file table, and had that table held the `/dev/fuse` fds, the
+/// connection could never abort and the killed daemon would hang (in D state, its mount
+/// dead) for good. With a private table, the other threads' exit closes `/dev/fuse`, the
+/// kernel aborts the connection, and the probe fails and exits too.
 pub(super) fn probe(mp: &Path) -> Result<std::fs::Metadata, FuseError> {
+    let err = |source| FuseError::NotAnswering {
+        path: mp.to_path_buf(),
+        source,
+    };
+    let path = mp.to_path_buf();
+    std::thread::Builder::new()
+        .name("mount-probe".into())
+        .spawn(move || {
+            without_inherited_fds()?;
+            probe_here(&path)
+        })
+        .map_err(err)?
+        .join()
+        .map_err(|_| err(io::Error::other("the mount probe panicked")))?
+}
+
+/// Gives the calling thread a private file table with every fd but stdin, stdout and
+/// stderr closed (the rest of the process keeps them).
+fn without_inherited_fds() -> Result<(), FuseError> {
+    let fail = |source| FuseError::NotAnswering {
+        path: PathBuf::from("/proc/thread-self/fd"),
+        source,
+    };
+    // SAFETY: unshare(CLONE_FILES) only replaces this thread's file table with a copy.
+    if unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
+        return Err(fail(io::Error::last_os_error()));
+    }
+    // SAFETY: closes fds of the private copy only; no other thread uses that table, and
+    // this thread holds no File or other owner of them.
+    if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.9: close what the table lists.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/thread-self/fd")
+        .map_err(fail)?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: as above; an fd already gone (the directory's own) gives EBADF.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+fn probe_here(mp: &Path) -> Result<std::fs::Metadata, FuseError> {
     let err = |source| FuseError::NotAnswering {
         path: mp.to_path_buf(),
         source,

@@ -179,8 +179,9 @@ impl Library {
     /// The published snapshot is served as is when it matches the configuration: start-up
     /// is O(1) and the caller reconciles in the background. A snapshot that is stale but
     /// whose origins the catalog knows is rebuilt from the catalog without touching the
-    /// origins; only origins the catalog has never seen are scanned first. A corrupt or
-    /// incompatible snapshot is reported and rebuilt, never trusted.
+    /// origins; only origins no published tree has shown (never seen, or a first scan cut
+    /// short) are scanned first. A corrupt or incompatible snapshot is reported and rebuilt,
+    /// never trusted.
     pub fn load_or_build(&self) -> Result<Snapshot> {
         let path = self.state.snapshot_path();
         // The served tree's tag edits read through the renditions its publish stored.
@@ -194,6 +195,13 @@ impl Library {
                 .store(Arc::new(self.renditions.load().next(set)));
         }
         match Snapshot::open(&path) {
+            // Its tracks are named by catalog ids; a catalog that never saw its origins
+            // (lost and started anew, moved away by the operator) cannot serve them, and
+            // its change counter may even match the old one's by chance.
+            Ok(snap) if !self.knows_origins_of(&snap)? => warn!(
+                "the catalog does not know the origins the snapshot shows (a new or \
+                 replaced catalog): rescanning them and rebuilding the tree"
+            ),
             Ok(snap) if self.is_current(&snap)? => return Ok(snap),
             Ok(snap) if self.serves_same_origins(&snap)? => {
                 // The catalog moved on (an interrupted publish): serve the old tree now,
@@ -208,18 +216,25 @@ impl Library {
         if self.origins.is_empty() {
             return Err(RefreshError::NoOrigin);
         }
+        // Only an origin a published tree showed had a scan complete: the catalog registers
+        // an origin when its first scan starts and commits the tracks in batches, so one it
+        // knows but no tree showed may hold part of a scan a kill cut short.
+        let published: Vec<PathBuf> = Snapshot::open(&path)
+            .map(|snap| snap.origin_roots().map(Path::to_path_buf).collect())
+            .unwrap_or_default();
         let known: Vec<PathBuf> = self
             .catalog
             .origins()?
             .into_iter()
             .map(|(_, p)| p)
+            .filter(|p| published.contains(p))
             .collect();
         if self
             .origins
             .iter()
             .any(|o| !known.iter().any(|k| k.as_os_str() == o.key()))
         {
-            info!("scanning origins the catalog has not seen");
+            info!("scanning origins no published tree has shown (new, or cut short)");
             let report = self.scan()?;
             info!("{}", scan_summary(&report));
             self.record_health(&(0..self.origins.len()).collect::<Vec<_>>(), &report)?;
@@ -232,6 +247,14 @@ impl Library {
             "published snapshot"
         );
         Ok(Snapshot::open(&path)?)
+    }
+
+    /// Whether the catalog has registered every origin `snap` shows.
+    fn knows_origins_of(&self, snap: &Snapshot) -> Result<bool> {
+        let known = self.catalog.origins()?;
+        Ok(snap
+            .origin_roots()
+            .all(|root| known.iter().any(|(_, k)| k == root)))
     }
 
     fn serves_same_origins(&self, snap: &Snapshot) -> Result<bool> {
@@ -455,8 +478,13 @@ pub struct Refresher {
 impl Refresher {
     /// Runs until a [`Trigger::Stop`] arrives or every sender is gone.
     pub fn run(mut self, rx: Receiver<Trigger>) {
-        self.verify_served();
-        self.sync_search(None);
+        // Nothing here reads the catalog whole before its out-of-process check passed: a
+        // damaged page would kill the daemon. Damaged, it is never read again (every
+        // round is refused, saying why) and the published tree stays served.
+        if self.library.catalog.wait_for_check().is_ok() {
+            self.verify_served();
+            self.sync_search(None);
+        }
         let mut timers = Timers::new(self.refresh_interval, &self.polled);
         let mut unwatched: Vec<usize> = Vec::new();
         // Consecutive failed refreshes: each is retried, after 1 s, 2 s, ... at most 60 s.
@@ -869,6 +897,12 @@ impl Refresher {
             removed: 0,
             error: None,
         };
+        if let Err(e) = self.library.catalog.wait_for_check() {
+            // Not retried: nothing changes until the catalog is replaced.
+            tracing::debug!(why, "refresh refused: {e}");
+            outcome.error = Some(format!("refresh refused: {e}"));
+            return (Some(Vec::new()), outcome);
+        }
         let since = self.library.catalog.change_counter().ok();
         let hook = self.watches.as_ref().map(OriginWatches::hook);
         let refreshed = self.library.refresh(which, &current, hook);

@@ -124,6 +124,52 @@ mod tests {
         assert!(seen.last().expect("an end report").done);
     }
 
+    /// A mono 8 kHz PCM WAV of `frames` silent frames.
+    fn wav(frames: u32) -> Vec<u8> {
+        let data = frames * 2;
+        let mut v = b"RIFF".to_vec();
+        v.extend_from_slice(&(36 + data).to_le_bytes());
+        v.extend_from_slice(b"WAVEfmt ");
+        v.extend_from_slice(&16u32.to_le_bytes());
+        v.extend_from_slice(&1u16.to_le_bytes());
+        v.extend_from_slice(&1u16.to_le_bytes());
+        v.extend_from_slice(&8000u32.to_le_bytes());
+        v.extend_from_slice(&16000u32.to_le_bytes());
+        v.extend_from_slice(&2u16.to_le_bytes());
+        v.extend_from_slice(&16u16.to_le_bytes());
+        v.extend_from_slice(b"data");
+        v.extend_from_slice(&data.to_le_bytes());
+        v.resize(v.len() + data as usize, 0);
+        v
+    }
+
+    #[test]
+    fn a_first_scan_cut_short_is_finished_before_the_first_tree_is_published() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let origin = dir.path().join("origin");
+        std::fs::create_dir(&origin).expect("origin");
+        for i in 0..3 {
+            std::fs::write(origin.join(format!("{i}.wav")), wav(800 * (i + 1))).expect("write");
+        }
+        let state = StateDir::create(&dir.path().join("state")).expect("state dir");
+        let library = Library {
+            catalog: Arc::new(state.open_catalog().expect("catalog")),
+            template: Template::parse(DEFAULT_TEMPLATE).expect("template"),
+            origins: vec![crate::testorigin::local(&origin)],
+            readers: Vec::new(),
+            state,
+            progress: None,
+            renditions: crate::refresh::no_renditions(),
+            mass_removal_threshold: 0.5,
+            health: Arc::default(),
+        };
+        // What a daemon killed early in its first scan leaves: the origin registered, none
+        // of its tracks committed, no tree.
+        library.catalog.origin_id(&origin).expect("register");
+        let snap = library.load_or_build().expect("load or build");
+        assert_eq!(snap.track_count(), 3, "the first tree lacks tracks");
+    }
+
     #[test]
     fn the_origin_table_holds_the_scanned_origins_by_catalog_id_as_the_same_objects() {
         let dir = tempfile::tempdir().expect("tempdir");
