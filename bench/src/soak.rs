@@ -70,6 +70,10 @@ pub struct SoakReport {
     pub wrong_reads: u64,
     /// Opens or reads that failed because the writer had moved the file (expected).
     pub vanished: u64,
+    /// Opens or reads that failed with EIO because the origin replaced the version they
+    /// had reached (a re-tag) and the tree moved on: the kernel retires the old inode
+    /// (docs/SEMANTICS.md, "Generation numbers"). Expected; counted apart.
+    pub retired: u64,
     /// Other read errors.
     pub read_errors: u64,
     /// Origin changes made (adds, re-tags, deletes, renames).
@@ -105,7 +109,8 @@ impl SoakReport {
         };
         format!(
             "Soak {:.0} s: {} files read whole and checked ({} MiB; {} while the tree showed an \
-             older size), {} wrong, {} vanished under the reader, {} other errors; {} origin \
+             older size), {} wrong, {} vanished under the reader, {} retired versions, {} other \
+             errors; {} origin \
              changes, {} refreshes.\n\n\
              - after warm-up: {}\n- at the end: {}\n- grew without bound: {}\n",
             self.seconds,
@@ -114,6 +119,7 @@ impl SoakReport {
             self.stale_size,
             self.wrong_reads,
             self.vanished,
+            self.retired,
             self.read_errors,
             self.changes,
             self.refreshes,
@@ -290,6 +296,7 @@ pub fn run(opts: &SoakOpts) -> Result<SoakReport> {
         bytes_read: counters.bytes.load(Ordering::Relaxed),
         wrong_reads: counters.wrong.load(Ordering::Relaxed),
         vanished: counters.vanished.load(Ordering::Relaxed),
+        retired: counters.retired.load(Ordering::Relaxed),
         read_errors: counters.errors.load(Ordering::Relaxed),
         changes: counters.changes.load(Ordering::Relaxed),
         refreshes: counters.refreshes.load(Ordering::Relaxed),
@@ -310,6 +317,7 @@ struct Counters {
     bytes: AtomicU64,
     wrong: AtomicU64,
     vanished: AtomicU64,
+    retired: AtomicU64,
     errors: AtomicU64,
     changes: AtomicU64,
     refreshes: AtomicU64,
@@ -463,6 +471,9 @@ fn reader(
             Ok(Check::Vanished) => {
                 counters.vanished.fetch_add(1, Ordering::Relaxed);
             }
+            Ok(Check::Retired) => {
+                counters.retired.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(Check::Wrong(why)) => {
                 counters.wrong.fetch_add(1, Ordering::Relaxed);
                 let mut w = wrong.lock().unwrap_or_else(|p| p.into_inner());
@@ -487,7 +498,20 @@ enum Check {
     /// Right bytes of a version whose size the tree did not show yet.
     Stale(u64),
     Vanished,
+    /// EIO on a version the origin replaced (its source file is another one now).
+    Retired,
     Wrong(String),
+}
+
+/// An origin file's identity: a re-tag writes a new file and renames it over the old one,
+/// so a new version has a new inode number.
+fn identity(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn eio(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EIO)
 }
 
 fn gone(e: &std::io::Error) -> bool {
@@ -505,6 +529,10 @@ fn check_one(path: &Path, rng: &mut Rng, versions: &Versions) -> std::io::Result
     // The source the daemon would open (asked before, and again after a failure: a
     // refresh may come between).
     let before = xattr_source(path, None).ok();
+    let before_id = before.as_deref().and_then(identity);
+    // An EIO is expected when the version reached was replaced since (the tree moved on
+    // and the kernel retired its inode): the source is another file now.
+    let replaced = |now: Option<&Path>| now.and_then(identity) != before_id;
     let file = match fs::File::open(path) {
         Ok(f) => f,
         Err(e) if gone(&e) => return Ok(Check::Vanished),
@@ -514,10 +542,12 @@ fn check_one(path: &Path, rng: &mut Rng, versions: &Versions) -> std::io::Result
         Err(e) if e.raw_os_error() == Some(libc::EIO) => {
             let after = xattr_source(path, None).ok();
             let there = |s: &Option<PathBuf>| s.as_ref().is_some_and(|s| s.exists());
-            return if there(&before) && there(&after) {
-                Err(e)
-            } else {
+            return if !(there(&before) && there(&after)) {
                 Ok(Check::Vanished)
+            } else if replaced(after.as_deref()) {
+                Ok(Check::Retired)
+            } else {
+                Err(e)
             };
         }
         Err(e) => return Err(e),
@@ -531,6 +561,12 @@ fn check_one(path: &Path, rng: &mut Rng, versions: &Versions) -> std::io::Result
         }
         Err(e) => return Err(e),
     };
+    // The identity of the version this handle reached, to tell a retired one by.
+    let open_id = match before.as_deref() == Some(source.as_path()) {
+        true => before_id,
+        false => identity(&source),
+    };
+    let retired = |e: &std::io::Error| eio(e) && identity(&source) != open_id;
     let shown = file.metadata()?.len() as usize;
     let start = if shown == 0 {
         0
@@ -554,6 +590,7 @@ fn check_one(path: &Path, rng: &mut Rng, versions: &Versions) -> std::io::Result
     let mut end = match read_span(&mut got, start, shown + (256 << 10), rng) {
         Ok(end) => end,
         Err(e) if gone(&e) => return Ok(Check::Vanished),
+        Err(e) if retired(&e) => return Ok(Check::Retired),
         Err(e) => return Err(e),
     };
     // Nothing at `start`: the file (a newer, shorter version) ends before it; read it from
@@ -562,12 +599,14 @@ fn check_one(path: &Path, rng: &mut Rng, versions: &Versions) -> std::io::Result
         end = match read_span(&mut got, 0, shown + (256 << 10), rng) {
             Ok(end) => end,
             Err(e) if gone(&e) => return Ok(Check::Vanished),
+            Err(e) if retired(&e) => return Ok(Check::Retired),
             Err(e) => return Err(e),
         };
     }
     match read_span(&mut got, 0, start.min(end), rng) {
         Ok(_) => {}
         Err(e) if gone(&e) => return Ok(Check::Vanished),
+        Err(e) if retired(&e) => return Ok(Check::Retired),
         Err(e) => return Err(e),
     }
     let got = &got[..end];
