@@ -3,7 +3,8 @@
 # (default 100000), release build, on the stable toolchain (proptest; see fuzz/src/lib.rs).
 # Targets: the tag readers of every container, the overlay's tag synthesiser, the snapshot
 # loader, the configuration and template parsers, the WavPack format plugin (APEv2), and
-# the FUSE dispatcher's request decoding. CI runs the same targets with proptest's default
+# the FUSE dispatcher's request decoding, the chunk index's records and manifests, and
+# origin listings (any names a hostile S3/SFTP/SMB server or origin plugin lists). CI runs the same targets with proptest's default
 # 256 cases in the workspace test pass. A failure prints the smallest input found; it then
 # becomes a regression test in the crate whose parser failed.
 set -euo pipefail
@@ -21,4 +22,6 @@ run() {
 }
 run -p musicfs-fuzz --test targets
 run -p musicfs-fusedev --lib
+run -p musicfs-storage --lib
+run -p musicfs-index --lib
 echo "fuzz: all targets clean, $cases cases each, $(( $(date +%s) - started )) s"

@@ -65,6 +65,15 @@ pub(crate) fn walk_listed(
         let mut subdirs = Vec::new();
         let mut skipped = Vec::new();
         let listed = origin.list(rel, &mut |listed| match listed {
+            // A server's or a plugin's listing may hold anything; a name that is not one
+            // path component would leave the directory, or the origin, once joined.
+            Listed::Entry(entry) if !is_component(&entry.name) => skipped.push(Skipped {
+                path: shown(origin, &dir.rel),
+                reason: format!(
+                    "the origin listed an entry named {:?}, which is not a file name: left out",
+                    entry.name
+                ),
+            }),
             Listed::Entry(entry) => {
                 let mut sorted = Sorted {
                     found: &mut found,
@@ -156,6 +165,13 @@ fn sort_entry(origin: &dyn Origin, dir: &Arc<Pending>, entry: Entry, to: &mut So
     }
 }
 
+/// Whether `name` can be an entry of a directory: one normal path component (not empty,
+/// `.` or `..`, without `/` or NUL).
+pub(crate) fn is_component(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty() && b != b"." && b != b".." && !b.contains(&b'/') && !b.contains(&0)
+}
+
 /// Whether a listing failed because the directory was removed (ENOENT). A directory
 /// replaced by a file (ENOTDIR) counts as unreadable, as in the local walk: its tracks are
 /// kept rather than guessed gone.
@@ -190,6 +206,113 @@ mod tests {
 
     use super::*;
     use crate::testorigin::listed;
+
+    /// An origin whose listings are whatever the fuzzer gives: any bytes as names (`/`,
+    /// `..`, NUL, empty included), files or directories, the same at every depth. What a
+    /// hostile S3, SFTP or SMB server, or an origin plugin, could answer.
+    #[derive(Debug)]
+    struct Hostile {
+        inner: Arc<dyn Origin>,
+        entries: Vec<(Vec<u8>, bool)>,
+    }
+
+    impl Origin for Hostile {
+        fn spec(&self) -> &musicfs_storage::origin::OriginSpec {
+            self.inner.spec()
+        }
+        fn key(&self) -> &OsStr {
+            self.inner.key()
+        }
+        fn list(&self, dir: &Path, each: &mut dyn FnMut(Listed)) -> Result<(), OriginError> {
+            // Deep enough to nest, bounded so the walk ends.
+            if dir.components().count() >= 3 {
+                return Ok(());
+            }
+            for (name, is_dir) in &self.entries {
+                let mut stat = self.inner.stat(Path::new(""))?;
+                if !is_dir {
+                    stat.kind = EntryKind::File;
+                    stat.token = ChangeToken::ETag("x".into());
+                }
+                each(Listed::Entry(Entry {
+                    name: OsStr::from_bytes(name).to_os_string(),
+                    via_symlink: false,
+                    stat,
+                }));
+            }
+            Ok(())
+        }
+        fn stat(&self, rel: &Path) -> Result<musicfs_storage::origin::Stat, OriginError> {
+            self.inner.stat(rel)
+        }
+        fn open(
+            &self,
+            rel: &Path,
+        ) -> Result<Arc<dyn musicfs_storage::origin::Source>, OriginError> {
+            self.inner.open(rel)
+        }
+        fn change_detection(&self) -> musicfs_storage::origin::ChangeDetection {
+            musicfs_storage::origin::ChangeDetection::Poll
+        }
+        fn probe(
+            &self,
+            recorded: Option<&musicfs_storage::origin::RootIdentity>,
+        ) -> musicfs_storage::origin::Health {
+            self.inner.probe(recorded)
+        }
+        fn root_identity(&self) -> Option<musicfs_storage::origin::RootIdentity> {
+            None
+        }
+    }
+
+    proptest::proptest! {
+        /// Origin listings (issue 20's fuzz target for S3, SFTP and plugin listings, at the
+        /// seam they all pass through): any names a listing holds, the walk ends, panics
+        /// never, and every path it files or descends into is made of normal components.
+        #[test]
+        fn fuzz_hostile_listings(
+            entries in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![
+                        proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+                        proptest::sample::select(vec![
+                            b"..".to_vec(), b".".to_vec(), b"../x.flac".to_vec(),
+                            b"a/b.flac".to_vec(), b"/abs.mp3".to_vec(), b"x\0y.flac".to_vec(),
+                            b"ok.flac".to_vec(), b"dir".to_vec(), Vec::new(),
+                        ]),
+                    ],
+                    proptest::bool::ANY,
+                ),
+                0..6,
+            )
+        ) {
+            let t = tempfile::tempdir().unwrap();
+            let origin = Hostile { inner: listed(t.path()), entries };
+            let paths = std::sync::Mutex::new(Vec::new());
+            let out = walk_listed(
+                &origin,
+                &|rel| paths.lock().unwrap().push(rel.as_os_str().as_bytes().to_vec()),
+                &|listing| {
+                    let mut p = paths.lock().unwrap();
+                    p.extend(listing.audio.iter().map(|f| f.rel.clone()));
+                    true
+                },
+            );
+            proptest::prop_assert!(!out.aborted);
+            for p in paths.into_inner().unwrap() {
+                if p.is_empty() {
+                    continue; // the root itself
+                }
+                for c in p.split(|&b| b == b'/') {
+                    proptest::prop_assert!(
+                        !c.is_empty() && c != b"." && c != b".." && !c.contains(&0),
+                        "walked into {:?}",
+                        String::from_utf8_lossy(&p)
+                    );
+                }
+            }
+        }
+    }
 
     fn walk_all(root: &Path) -> (BTreeSet<String>, Outcome, BTreeSet<String>) {
         let origin = listed(root);

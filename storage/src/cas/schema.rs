@@ -145,7 +145,7 @@ pub struct ManifestEntry {
 impl ManifestEntry {
     /// The offset just past the chunk.
     pub fn end(&self) -> u64 {
-        self.offset + u64::from(self.len)
+        self.offset.saturating_add(u64::from(self.len))
     }
 }
 
@@ -161,11 +161,15 @@ pub(crate) fn encode_manifest(entries: &[ManifestEntry]) -> Vec<u8> {
     out
 }
 
+/// The manifest stored in `b`, or `None` when it is not one: a length that is not a whole
+/// number of entries, or entries that are out of order, overlap, or end past `u64::MAX` (a
+/// damaged index). The read path's search and the edit path's overlap checks rely on it.
 pub(crate) fn decode_manifest(b: &[u8]) -> Option<Vec<ManifestEntry>> {
     if !b.len().is_multiple_of(MANIFEST_ENTRY_LEN) {
         return None;
     }
-    b.chunks_exact(MANIFEST_ENTRY_LEN)
+    let entries: Vec<ManifestEntry> = b
+        .chunks_exact(MANIFEST_ENTRY_LEN)
         .map(|e| {
             Some(ManifestEntry {
                 offset: u64::from_le_bytes(e[0..8].try_into().ok()?),
@@ -173,7 +177,12 @@ pub(crate) fn decode_manifest(b: &[u8]) -> Option<Vec<ManifestEntry>> {
                 hash: u128::from_le_bytes(e[12..28].try_into().ok()?),
             })
         })
-        .collect()
+        .collect::<Option<_>>()?;
+    let sound = entries
+        .iter()
+        .all(|e| e.offset.checked_add(u64::from(e.len)).is_some())
+        && entries.windows(2).all(|w| w[0].end() <= w[1].offset);
+    sound.then_some(entries)
 }
 
 pub(crate) fn hash_key(hash: u128) -> [u8; 16] {
@@ -238,5 +247,50 @@ mod tests {
         }];
         assert_eq!(decode_manifest(&encode_manifest(&m)), Some(m));
         assert_eq!(decode_manifest(&[0; 27]), None);
+    }
+
+    proptest::proptest! {
+        /// The chunk index's records and manifests (issue 20's fuzz target): any stored
+        /// bytes decode to nothing or to a record that encodes back to the same bytes, and a
+        /// manifest that decodes is in order, without overlaps or overflow.
+        #[test]
+        fn fuzz_chunk_index_records(
+            raw in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            seed in proptest::collection::vec((0u64..1 << 20, 0u32..1 << 16), 0..6),
+            flip in proptest::option::of((0usize..200, proptest::num::u8::ANY)),
+        ) {
+            if let Some(c) = ChunkEntry::decode(&raw) {
+                proptest::prop_assert_eq!(c.encode().to_vec(), raw.clone());
+            }
+            if let Some(p) = PackEntry::decode(&raw) {
+                proptest::prop_assert_eq!(p.encode().to_vec(), raw.clone());
+            }
+            // A sound manifest (chunks tiling a file), then damaged by one byte.
+            let mut at = 0u64;
+            let tiled: Vec<ManifestEntry> = seed
+                .iter()
+                .map(|&(gap, len)| {
+                    let e = ManifestEntry { offset: at + gap, len, hash: u128::from(len) };
+                    at = e.end();
+                    e
+                })
+                .collect();
+            let mut bytes = encode_manifest(&tiled);
+            proptest::prop_assert_eq!(decode_manifest(&bytes), Some(tiled));
+            if let Some((i, b)) = flip.filter(|(i, _)| *i < bytes.len()) {
+                bytes[i] ^= b;
+            }
+            for input in [&bytes, &raw] {
+                if let Some(m) = decode_manifest(input) {
+                    proptest::prop_assert_eq!(&encode_manifest(&m), input);
+                    for w in m.windows(2) {
+                        proptest::prop_assert!(w[0].end() <= w[1].offset);
+                    }
+                    for e in &m {
+                        proptest::prop_assert!(e.offset.checked_add(u64::from(e.len)).is_some());
+                    }
+                }
+            }
+        }
     }
 }
