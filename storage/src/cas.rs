@@ -218,6 +218,16 @@ impl Cas {
         // LMDB's own locking stays on, and the `lock` file keeps other MusicFS processes
         // out. heed refuses a second handle on the same environment in this process.
         let env = unsafe { options.open(&index_dir) }.map_err(|e| lmdb(&index_dir, "open", e))?;
+        if let Some((len, needed)) = crate::catalog::cut_short(&index_dir, &env) {
+            return Err(CasError::Format {
+                path: index_dir,
+                what: format!(
+                    "data.mdb holds {len} bytes, fewer than the {needed} its last transaction \
+                     committed (the file was cut short); remove {} to start an empty cache",
+                    dir.display()
+                ),
+            });
+        }
         let dbs = open_dbs(&env, &index_dir)?;
         let packs = Packs::open(dir.join("packs"), opts.io_uring)?;
         let budget = opts.budget;

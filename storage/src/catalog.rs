@@ -16,7 +16,14 @@
 //! A catalog directory may be open once per process (LMDB's rule): share the [`Catalog`]
 //! (it is `Send + Sync`; reads run concurrently with each other and with a write). It must
 //! live on a local filesystem.
+//!
+//! LMDB trusts its pages: a damaged one can kill the process reading it. [`walk`] reads
+//! every page, to be run in a child process and judged by [`run_check`]; a daemon marks
+//! the catalog being checked ([`Catalog::begin_check`]), waits for the verdict before work
+//! that reads it whole ([`Catalog::wait_for_check`]), and after a damaged verdict every
+//! call fails with [`CatalogError::Damaged`] without reading a page.
 
+mod check;
 mod error;
 mod extras;
 mod identity;
@@ -35,6 +42,7 @@ use std::path::{Path, PathBuf};
 use heed::{CommitOrAbort, RoTxn, RwTxn};
 use musicfs_core::meta::{Format, OriginId, ScanState, TrackId, TrackMeta, TrackRecord};
 
+pub use self::check::{run_check, walk, CheckState, Verdict, WalkSummary};
 pub use self::error::CatalogError;
 pub use self::extras::{ArtSet, DirExtras, ExtraFile, ExtrasChanged};
 pub use self::identity::IdentitySet;
@@ -44,6 +52,7 @@ pub use self::plays::Plays;
 use self::schema::{path_key, rel_path_in_key, Counter, Dbs, PathEntry, TrackValue};
 pub use self::schema::{ArtRef, SCHEMA_VERSION};
 pub use self::skipped::SkipRecord;
+pub(crate) use self::store::cut_short;
 use self::store::Store;
 
 /// The map size a catalog starts with; it grows on demand.
@@ -97,6 +106,34 @@ impl Catalog {
     /// file, named `data.mdb` to be opened as a catalog directory), e.g. to share it.
     pub fn copy_to(&self, dest: &Path) -> Result<(), CatalogError> {
         self.store.copy_to(dest)
+    }
+
+    /// Where this catalog stands with its out-of-process check (see [`walk`]).
+    pub fn check_state(&self) -> CheckState {
+        self.store.check.state()
+    }
+
+    /// Marks the check begun: [`Catalog::wait_for_check`] blocks until
+    /// [`Catalog::set_verdict`].
+    pub fn begin_check(&self) {
+        self.store.check.set(CheckState::Checking);
+    }
+
+    /// Records the check's verdict. After [`Verdict::Damaged`] every operation fails with
+    /// [`CatalogError::Damaged`] without reading a page.
+    pub fn set_verdict(&self, verdict: &Verdict) {
+        self.store.check.set(match verdict {
+            Verdict::Sound(_) => CheckState::Sound,
+            Verdict::Damaged(why) => CheckState::Damaged(why.clone()),
+        });
+    }
+
+    /// Waits for a running check's verdict (at once when none runs); fails with
+    /// [`CatalogError::Damaged`] when it found damage. Work that reads many rows (a
+    /// reconcile, a refresh, a rebuild) calls this first.
+    pub fn wait_for_check(&self) -> Result<(), CatalogError> {
+        self.store.check.wait();
+        self.store.refuse_if_damaged()
     }
 
     /// Opens the catalog in `dir`, creating the directory and an empty catalog if missing.

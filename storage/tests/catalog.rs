@@ -422,6 +422,45 @@ fn a_directory_holding_a_non_lmdb_file_is_a_clear_error_not_a_panic() {
 }
 
 #[test]
+fn a_data_file_cut_shorter_than_committed_is_a_clear_error_not_a_sigbus() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let origin = catalog.origin_id(Path::new("/music")).unwrap();
+        let upserts: Vec<Upsert> = (0..400)
+            .map(|i| {
+                upsert(
+                    origin,
+                    format!("a/{i:04}.flac").as_bytes(),
+                    &"t".repeat(200),
+                )
+            })
+            .collect();
+        catalog.apply(&upserts, &[]).unwrap();
+    }
+    let data = dir.path().join("data.mdb");
+    let len = std::fs::metadata(&data).unwrap().len();
+    assert!(len > 8 * 4096, "{len}");
+    // Two pages: the meta pages survive, every other page is gone. LMDB alone would map
+    // the file and fault on the first page past its end.
+    for keep in [len / 2, 2 * 4096] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&data)
+            .unwrap()
+            .set_len(keep)
+            .unwrap();
+
+        let err = Catalog::open(dir.path())
+            .err()
+            .expect("a cut catalog must not open");
+
+        assert!(matches!(err, CatalogError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("cut short"), "{err}");
+    }
+}
+
+#[test]
 fn a_catalog_path_that_is_a_regular_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("catalog");

@@ -100,8 +100,17 @@ impl PlayRecorder {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
-                    if let Err(e) = catalog.record_plays(&batch) {
-                        tracing::warn!("cannot record {} plays: {e}", batch.len());
+                    match catalog.record_plays(&batch) {
+                        Ok(()) => {}
+                        // Said once, by the catalog check: plays are not counted until the
+                        // catalog is replaced.
+                        Err(musicfs_storage::CatalogError::Damaged { .. }) => {
+                            tracing::debug!(
+                                "{} plays not recorded: the catalog is damaged",
+                                batch.len()
+                            );
+                        }
+                        Err(e) => tracing::warn!("cannot record {} plays: {e}", batch.len()),
                     }
                 }
             })

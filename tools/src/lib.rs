@@ -11,6 +11,7 @@
 //! and the kernel's invalidation sink in `musicfs-fusedev`.
 
 pub mod albums;
+pub mod catalog_check;
 pub mod control;
 pub mod daemon_cli;
 pub mod finder;

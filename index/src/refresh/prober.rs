@@ -79,8 +79,20 @@ impl Prober {
 
     /// One probe of every origin; `mine`: the origins this prober took offline.
     fn round(&self, mine: &mut HashSet<u32>) {
-        let known = match self.catalog.origins() {
+        // Not before the catalog's check; a damaged catalog is not read again, and the
+        // served tree names the origins too.
+        let known = match self
+            .catalog
+            .wait_for_check()
+            .and_then(|()| self.catalog.origins())
+        {
             Ok(k) => k,
+            Err(musicfs_storage::CatalogError::Damaged { .. }) => self
+                .shared
+                .load()
+                .origins()
+                .map(|(id, root)| (musicfs_core::meta::OriginId(id), root.to_path_buf()))
+                .collect(),
             Err(e) => {
                 warn!("health probe: cannot read the catalog's origins: {e}");
                 return;

@@ -277,3 +277,30 @@ fn a_lowered_budget_and_a_clear_take_effect_at_once_sparing_pinned_versions() {
     assert_eq!(cas.stats().unwrap().chunks, 0);
     assert!(cas.evicted_total() >= evicted + cleared.chunks);
 }
+
+#[test]
+fn an_index_cut_shorter_than_committed_is_refused_not_a_sigbus() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let cas = Cas::open(dir.path(), opts()).unwrap();
+        for i in 0..8 {
+            put_file(&cas, format!("v{i}").as_bytes(), &noise(400_000, i));
+        }
+    }
+    let data = dir.path().join("index").join("data.mdb");
+    let len = std::fs::metadata(&data).unwrap().len();
+    assert!(len > 4 * 4096, "{len}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+
+    let Err(err) = Cas::open(dir.path(), opts()) else {
+        panic!("a cut index must not open");
+    };
+
+    assert!(matches!(err, CasError::Format { .. }), "{err:?}");
+    assert!(err.to_string().contains("cut short"), "{err}");
+}

@@ -99,6 +99,21 @@ pub enum CatalogError {
         detail: String,
     },
 
+    /// The out-of-process check found a page it could not read: the catalog is no longer
+    /// read or written by this process (a damaged page can kill it).
+    #[error(
+        "the catalog at {path} is damaged ({detail}); it is not read or written again until \
+         the daemon restarts. Stop the daemon, move {path} away (it holds tag edits and play \
+         counts that a rebuild from the origins does not bring back) and start it again: it \
+         rescans the origins into a new catalog"
+    )]
+    Damaged {
+        /// The catalog directory.
+        path: PathBuf,
+        /// How the check failed.
+        detail: String,
+    },
+
     /// An [`Upsert`](super::Upsert) names an origin that
     /// [`Catalog::origin_id`](super::Catalog::origin_id) never returned.
     #[error("origin {} is not registered in the catalog at {path}", origin.0)]

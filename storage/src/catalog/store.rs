@@ -11,6 +11,7 @@ use std::sync::{PoisonError, RwLock};
 
 use heed::{Env, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
 
+use super::check::CheckGate;
 use super::error::CatalogError;
 
 /// Maps are sized in multiples of this, which is a multiple of every page size LMDB runs
@@ -29,12 +30,15 @@ pub(crate) struct Store {
     env: Env<WithoutTls>,
     gate: RwLock<()>,
     dir: PathBuf,
+    /// The out-of-process check's verdict: once it found damage, no transaction starts.
+    pub(crate) check: CheckGate,
 }
 
 impl Store {
     /// Writes a compacted copy of the environment (a consistent view: LMDB copies under a
     /// read transaction) to the file `dest`, which must not exist.
     pub(crate) fn copy_to(&self, dest: &Path) -> Result<(), CatalogError> {
+        self.refuse_if_damaged()?;
         let _shared = self.gate.read().unwrap_or_else(PoisonError::into_inner);
         self.env
             .copy_to_path(dest, heed::CompactionOption::Enabled)
@@ -66,10 +70,21 @@ impl Store {
         // processes opening the same catalog coordinate through it. heed refuses a second
         // handle on the same environment in this process (EnvAlreadyOpened).
         let env = unsafe { options.open(dir) }.map_err(|source| open_error(dir, source))?;
+        if let Some((len, needed)) = cut_short(dir, &env) {
+            return Err(CatalogError::Corrupt {
+                path: dir.to_path_buf(),
+                detail: format!(
+                    "data.mdb holds {len} bytes, fewer than the {needed} its last transaction \
+                     committed (the file was cut short); move the directory away to start a \
+                     new catalog"
+                ),
+            });
+        }
         Ok(Store {
             env,
             gate: RwLock::new(()),
             dir: dir.to_path_buf(),
+            check: CheckGate::new(),
         })
     }
 
@@ -119,6 +134,18 @@ impl Store {
         }
     }
 
+    /// The damaged-catalog error, once the check found damage: from then on no page of
+    /// the catalog is read, as a damaged one could kill the process.
+    pub(crate) fn refuse_if_damaged(&self) -> Result<(), CatalogError> {
+        match self.check.damage() {
+            Some(detail) => Err(CatalogError::Damaged {
+                path: self.dir.clone(),
+                detail,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Wraps a heed error with the catalog's path and the operation that failed.
     pub(crate) fn lmdb(&self, op: &'static str, source: heed::Error) -> CatalogError {
         CatalogError::Lmdb {
@@ -137,6 +164,7 @@ impl Store {
         op: &'static str,
         f: impl FnOnce(&RoTxn<'_, WithoutTls>) -> Result<R, CatalogError>,
     ) -> Result<R, CatalogError> {
+        self.refuse_if_damaged()?;
         loop {
             let shared = self.gate.read().unwrap_or_else(PoisonError::into_inner);
             match self.env.read_txn() {
@@ -173,6 +201,7 @@ impl Store {
         op: &'static str,
         mut f: impl FnMut(&Env<WithoutTls>) -> Result<R, CatalogError>,
     ) -> Result<R, CatalogError> {
+        self.refuse_if_damaged()?;
         loop {
             let full_at = {
                 let _shared = self.gate.read().unwrap_or_else(PoisonError::into_inner);
@@ -234,6 +263,19 @@ impl Store {
         tracing::debug!(catalog = %self.dir.display(), "catalog map resized by another process");
         Ok(())
     }
+}
+
+/// The data file's length and the length its meta page says was committed, when the file
+/// is shorter: LMDB maps the file and trusts the meta page, so reading a page past the end
+/// of a cut file would fault (SIGBUS) instead of failing. Only the meta pages, which
+/// opening has already read and checked, are looked at.
+pub(crate) fn cut_short(dir: &Path, env: &Env<WithoutTls>) -> Option<(u64, u64)> {
+    let len = std::fs::metadata(dir.join("data.mdb")).ok()?.len();
+    let pages = u64::try_from(env.info().last_page_number)
+        .ok()?
+        .checked_add(1)?;
+    let needed = pages.checked_mul(u64::from(env.unnamed_database_stat().page_size))?;
+    (len < needed).then_some((len, needed))
 }
 
 /// Rounds up to a whole number of granules, within the bound.

@@ -97,6 +97,11 @@ enum Command {
         #[command(subcommand)]
         action: OriginAction,
     },
+    /// Check the catalog (`<state>/catalog`).
+    Catalog {
+        #[command(subcommand)]
+        action: CatalogAction,
+    },
     /// Inspect the chunk cache (`<state>/cas`) remote files are read through.
     Cache {
         #[command(subcommand)]
@@ -217,6 +222,14 @@ enum Command {
         #[arg(long)]
         long: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum CatalogAction {
+    /// Read every page of the catalog, in a child process (a damaged page can crash the
+    /// reader): exit status 0 when it is sound, 1 saying what is wrong. Safe while the
+    /// daemon runs.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -377,6 +390,9 @@ enum OriginAction {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = musicfs_tools::catalog_check::run_if_asked() {
+        return code;
+    }
     musicfs_tools::disable_transparent_huge_pages();
     musicfs_tools::release_memory_after_big_jobs();
     let cli = Cli::parse();
@@ -501,6 +517,9 @@ fn main() -> ExitCode {
         },
         Command::Tree { long } => tree(&cfg, long),
         Command::Stats => stats(&cfg),
+        Command::Catalog {
+            action: CatalogAction::Check,
+        } => catalog_check(&cfg),
         Command::Import {
             file,
             fields,
@@ -987,6 +1006,28 @@ fn origin_forget(cfg: &Config, origin: &std::path::Path) -> Result<()> {
     };
     drop(snap);
     publish_if_changed(&library)
+}
+
+fn catalog_check(cfg: &Config) -> Result<()> {
+    let dir = cfg.state_dir().join("catalog");
+    anyhow::ensure!(
+        dir.join("data.mdb").is_file(),
+        "no catalog at {}",
+        dir.display()
+    );
+    match musicfs_tools::catalog_check::check(&dir).context("cannot run the catalog check")? {
+        musicfs_storage::catalog::Verdict::Sound(summary) => {
+            println!("{summary}");
+            println!("ok");
+            Ok(())
+        }
+        musicfs_storage::catalog::Verdict::Damaged(why) => anyhow::bail!(
+            "the catalog {} is damaged: {why}. Stop the daemon, move the directory away (it \
+             keeps tag edits and play counts, which a rebuild loses) and start the daemon \
+             again: it rescans the origins into a new catalog",
+            dir.display()
+        ),
+    }
 }
 
 fn cache_verify(cfg: &Config) -> Result<()> {

@@ -41,6 +41,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    if let Some(code) = musicfs_tools::catalog_check::run_if_asked() {
+        return code;
+    }
     musicfs_tools::disable_transparent_huge_pages();
     musicfs_tools::release_memory_after_big_jobs();
     let cli = Cli::parse();
@@ -310,6 +313,14 @@ fn run(
             }
         };
     info!(mountpoint = %cli.mountpoint.display(), "mounted");
+    // Served from the snapshot already; the catalog is walked in a child process before
+    // anything reads it whole (a damaged page kills the reader, see catalog_check).
+    if let Err(e) = musicfs_tools::catalog_check::check_in_background(
+        library.catalog.clone(),
+        &library.state.catalog_dir(),
+    ) {
+        warn!("cannot start the catalog check, using the catalog unchecked: {e}");
+    }
     let _events_thread = hub.start(shared.clone(), access_log, webhooks.clone())?;
 
     // Serve first; then catch up with what changed while we were down: the start-up
@@ -388,8 +399,10 @@ fn run(
         cache_counters,
     });
     let control = ControlPlane::start(bound, daemon.clone(), op_stats, webhooks)?;
-    let _watchdog = musicfs_tools::systemd_watchdog(daemon.clone());
+    // READY before the first watchdog ping: a service manager (and the test that plays
+    // one) sees the start finish before any keep-alive.
     sd_notify("READY=1");
+    let _watchdog = musicfs_tools::systemd_watchdog(daemon.clone());
     let refresher = Refresher {
         library,
         shared,

@@ -69,6 +69,7 @@ pub async fn status(c: &mut Client, as_json: bool) -> Result<()> {
             "cache": {"enabled": s.cache_enabled, "bytes": s.cache_bytes, "budget": s.cache_budget},
             "open_files": s.open_files,
             "draining": s.draining,
+            "catalog": {"state": s.catalog, "problem": s.catalog_problem},
         }));
     }
     println!(
@@ -86,6 +87,11 @@ pub async fn status(c: &mut Client, as_json: bool) -> Result<()> {
     println!("open files\t{}", s.open_files);
     if s.draining {
         println!("draining\tyes");
+    }
+    if s.catalog_problem.is_empty() {
+        println!("catalog\t{}", s.catalog);
+    } else {
+        println!("catalog\t{}: {}", s.catalog, s.catalog_problem);
     }
     if s.cache_enabled {
         println!("cache\t{} of {} bytes", s.cache_bytes, s.cache_budget);

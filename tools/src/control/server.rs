@@ -757,7 +757,18 @@ fn status_of(d: &Daemon) -> proto::StatusReply {
         ),
         None => (0, 0),
     };
+    let check = d.catalog.check_state();
+    let catalog_problem = match &check {
+        musicfs_storage::catalog::CheckState::Damaged(why) => d
+            .catalog
+            .len()
+            .err()
+            .map_or_else(|| why.clone(), |e| e.to_string()),
+        _ => String::new(),
+    };
     proto::StatusReply {
+        catalog: check.name().into(),
+        catalog_problem,
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_ms: d.started.elapsed().as_millis() as u64,
         generation: snap.generation(),
