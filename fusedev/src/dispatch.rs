@@ -441,9 +441,19 @@ impl Dispatcher {
         };
         self.model
             .with_source(fh, |s| {
-                // Local sources (a descriptor): remote ones are read by pinned version.
+                // A remote source is read by the version it opened (pinned by its ETag),
+                // which may already be a newer one than the tree shows: its size, and its
+                // mtime to the second (a listing's and a HEAD's precision differ), tell.
                 let Some(fd) = s.raw_fd() else {
-                    return Ok(false);
+                    let crate::sources::Source::Other(o) = s else {
+                        // A rendition: its bytes are the tree's own.
+                        return Ok(false);
+                    };
+                    let secs = |ns: i64| ns.div_euclid(1_000_000_000);
+                    let mtime_differs = o
+                        .mtime_ns()
+                        .is_some_and(|m| m != 0 && secs(m) != secs(shown.mtime_ns));
+                    return Ok(o.len() != shown.size || mtime_differs);
                 };
                 // SAFETY: fstat of an open descriptor into a zeroed local struct.
                 let mut st: libc::stat = unsafe { std::mem::zeroed() };
