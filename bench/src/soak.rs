@@ -7,6 +7,14 @@
 //! size are sampled. The run fails when a read is wrong or when one of those keeps growing:
 //! the mean of the last quarter of the samples against the second quarter (the first is
 //! warm-up), beyond a margin.
+//!
+//! With `remote`, the origin is a bucket directory served by `s3s-fs` on 127.0.0.1 (the
+//! writer keeps writing into that directory; the server serves what is on disk), mounted as
+//! an `s3://` origin read through a chunk cache of the smallest budget, and the FLAC tracks
+//! carry an APPLICATION block of incompressible filler so the library is several times the
+//! budget: reading it cycles the cache and evictions run all along. The cache's disk use is
+//! sampled too, and must stay within the budget plus one pack; a run without evictions
+//! fails (it would prove nothing).
 
 use std::collections::HashMap;
 use std::fs;
@@ -19,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use musicfs_core::Format;
+use musicfs_tests::servers::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
 use serde::Serialize;
 
 use crate::gen::{self, Rng, TrackPlan, TrackSize};
@@ -38,7 +47,22 @@ pub struct SoakOpts {
     pub bin_dir: Option<PathBuf>,
     /// More arguments for musicfsd (`--passthrough off`, ...).
     pub daemon_args: Vec<String>,
+    /// Serve the origin over S3 (`s3s-fs`) through a chunk cache that must evict.
+    pub remote: bool,
 }
+
+/// The remote form's bucket and prefix (the origin dir is `OUT/s3/BUCKET/PREFIX`).
+const BUCKET: &str = "soak";
+const PREFIX: &str = "lib";
+/// The remote form's chunk cache budget: the smallest allowed (docs/CONFIG.md).
+const CACHE_BUDGET: u64 = 64 << 20;
+/// What the cache may hold beyond its budget: one pack file (docs/CONFIG.md).
+const PACK: u64 = 64 << 20;
+/// Filler per FLAC track in the remote form, and how many distinct fillers there are (the
+/// library's unique bytes stay bounded, about 2-3 times the budget, however many tracks
+/// the writer adds; tracks sharing a filler share its chunks).
+const FILLER: usize = 2 << 20;
+const FILLERS: u64 = 128;
 
 /// One sample of the daemon.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -53,6 +77,10 @@ pub struct Sample {
     pub threads: u64,
     /// Bytes in the state dir.
     pub state_bytes: u64,
+    /// The chunk cache's bytes on disk (`musicfs cache stats`: `disk_bytes`; remote form).
+    pub cache_bytes: u64,
+    /// Chunks evicted since the cache was opened (`evicted_total`; remote form).
+    pub evicted: u64,
 }
 
 /// What a soak found.
@@ -74,12 +102,25 @@ pub struct SoakReport {
     /// had reached (a re-tag) and the tree moved on: the kernel retires the old inode
     /// (docs/SEMANTICS.md, "Generation numbers"). Expected; counted apart.
     pub retired: u64,
+    /// Remote form: reads that failed with EIO because the daemon's version of the file
+    /// (pinned by ETag at the last listing) had been replaced in the bucket since, and no
+    /// refresh had caught up yet: the tree still shows the older title. Expected; counted
+    /// apart.
+    pub superseded: u64,
     /// Other read errors.
     pub read_errors: u64,
     /// Origin changes made (adds, re-tags, deletes, renames).
     pub changes: u64,
     /// Refreshes requested.
     pub refreshes: u64,
+    /// Whether the origin was remote (S3) with a small chunk cache.
+    pub remote: bool,
+    /// Remote form: the chunk cache budget, bytes.
+    pub cache_budget: u64,
+    /// Remote form: chunks evicted during the run (the last sample's `evicted_total`).
+    pub evictions: u64,
+    /// Remote form: the most the cache held on disk, bytes.
+    pub cache_max_bytes: u64,
     /// The samples.
     pub samples: Vec<Sample>,
     /// What grew without bound (empty: nothing).
@@ -107,12 +148,25 @@ impl SoakReport {
                 )
             })
         };
+        let remote = if self.remote {
+            format!(
+                "- remote origin (s3s-fs): {} reads of a superseded version (EIO before the \
+                 refresh); chunk cache budget {} MiB, at most {} MiB on disk, {} chunks \
+                 evicted\n",
+                self.superseded,
+                self.cache_budget >> 20,
+                self.cache_max_bytes >> 20,
+                self.evictions
+            )
+        } else {
+            String::new()
+        };
         format!(
             "Soak {:.0} s: {} files read whole and checked ({} MiB; {} while the tree showed an \
              older size), {} wrong, {} vanished under the reader, {} retired versions, {} other \
              errors; {} origin \
              changes, {} refreshes.\n\n\
-             - after warm-up: {}\n- at the end: {}\n- grew without bound: {}\n",
+             - after warm-up: {}\n- at the end: {}\n- grew without bound: {}\n{remote}",
             self.seconds,
             self.files_checked,
             self.bytes_read >> 20,
@@ -134,8 +188,73 @@ impl SoakReport {
     }
 }
 
+/// One version of an origin file: its bytes, as parts (a filler is shared between
+/// versions and files), and its title.
+#[derive(Debug)]
+struct Version {
+    parts: Vec<Arc<Vec<u8>>>,
+    title: Option<String>,
+}
+
+impl Version {
+    fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.len()).sum()
+    }
+
+    /// Where `got` first differs from this version, within the shorter of the two.
+    fn first_diff(&self, got: &[u8]) -> Option<usize> {
+        let mut at = 0;
+        for p in &self.parts {
+            let rest = got.get(at..)?;
+            let n = p.len().min(rest.len());
+            if let Some(i) = p[..n].iter().zip(&rest[..n]).position(|(a, b)| a != b) {
+                return Some(at + i);
+            }
+            at += n;
+            if n < p.len() {
+                return None;
+            }
+        }
+        None
+    }
+
+    fn is(&self, got: &[u8]) -> bool {
+        self.len() == got.len() && self.first_diff(got).is_none()
+    }
+}
+
 /// Every version each origin file (by its path) has had.
-type Versions = Arc<Mutex<HashMap<PathBuf, Vec<Arc<Vec<u8>>>>>>;
+type Versions = Arc<Mutex<HashMap<PathBuf, Vec<Arc<Version>>>>>;
+
+/// How a `user.musicfs.source` maps to the origin file on disk.
+#[derive(Debug, Clone)]
+struct SourceMap {
+    /// Remote form: what precedes the key in a source (`...127.0.0.1:PORT/`), and the
+    /// bucket prefix's directory.
+    remote: Option<(String, PathBuf)>,
+}
+
+impl SourceMap {
+    /// The origin file a source names. A remote source is
+    /// `s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:PORT/KEY` (the spec, then the key
+    /// under the prefix); one not of that form is returned as it is (and matches nothing).
+    fn path(&self, source: PathBuf) -> PathBuf {
+        let Some((marker, dir)) = &self.remote else {
+            return source;
+        };
+        let text = source.to_string_lossy();
+        match text.find(marker.as_str()) {
+            Some(i) if text.starts_with("s3://") => dir.join(&text[i + marker.len()..]),
+            _ => source,
+        }
+    }
+}
+
+/// The S3 server of the remote form, stopped on drop (after the daemon).
+struct Remote {
+    _server: S3Server,
+    config: PathBuf,
+}
 
 /// The daemon, unmounted and stopped on drop.
 struct Daemon {
@@ -176,23 +295,67 @@ pub fn run(opts: &SoakOpts) -> Result<SoakReport> {
     if out.exists() {
         fs::remove_dir_all(out).with_context(|| format!("cannot clear {}", out.display()))?;
     }
-    let (origin, state, mnt) = (out.join("origin"), out.join("state"), out.join("mnt"));
+    let origin = match opts.remote {
+        true => out.join("s3").join(BUCKET).join(PREFIX),
+        false => out.join("origin"),
+    };
+    let (state, mnt) = (out.join("state"), out.join("mnt"));
     for d in [&origin, &state, &mnt] {
         fs::create_dir_all(d)?;
     }
     let mnt = mnt.canonicalize()?;
+    let origin = origin.canonicalize()?;
     let versions: Versions = Arc::default();
     let mut plans = gen::plan(opts.tracks as u64, 7, &[Format::Flac, Format::Mp3]);
-    let templates = Templates::load()?;
+    let templates = Templates::load(opts.remote)?;
     for p in &mut plans {
         write_track(&origin, p, &templates, &versions)?;
     }
+    // The remote form: s3s-fs over the bucket dir, and a config naming the s3:// origin and
+    // the smallest cache budget (there is no flag for either); a request deadline of 30 s,
+    // not 5: the soak checks bytes and bounds, not latency, and a loaded CI machine with 64
+    // readers on a debug daemon can stall a GET past 5 s (an EIO that proves nothing).
+    let remote = match opts.remote {
+        false => None,
+        true => {
+            let server = S3Server::start(&out.join("s3"), &out.join("s3s-fs.log"))?;
+            let spec = format!(
+                "s3://{BUCKET}/{PREFIX}?endpoint=http://127.0.0.1:{}&region=us-east-1&path_style=true",
+                server.port()
+            );
+            let config = out.join("musicfsd.toml");
+            fs::write(
+                &config,
+                format!(
+                    "cache_budget = \"{}M\"\n\n[[origin]]\npath = \"{spec}\"\npoll_interval_secs = 15\n\
+                     timeout_secs = 30\n",
+                    CACHE_BUDGET >> 20
+                ),
+            )?;
+            Some(Remote {
+                _server: server,
+                config,
+            })
+        }
+    };
+    let map = SourceMap {
+        remote: remote.as_ref().map(|r| {
+            let port = r._server.port();
+            (format!("127.0.0.1:{port}/"), origin.clone())
+        }),
+    };
     let log = fs::File::create(out.join("musicfsd.log"))?;
-    let child = Command::new(&bins.musicfsd)
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--origin")
-        .arg(&origin)
+    let mut cmd = Command::new(&bins.musicfsd);
+    cmd.arg("--state-dir").arg(&state);
+    match &remote {
+        Some(r) => cmd
+            .arg("--config")
+            .arg(&r.config)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        None => cmd.arg("--origin").arg(&origin),
+    };
+    let child = cmd
         .args(&opts.daemon_args)
         .arg(&mnt)
         .env("RUST_LOG", "info,tantivy=warn")
@@ -228,18 +391,19 @@ pub fn run(opts: &SoakOpts) -> Result<SoakReport> {
     let started = Instant::now();
     let mut threads = Vec::new();
     for i in 0..opts.readers {
-        let (stop, counters, wrong, errors, versions, mnt) = (
+        let (stop, counters, wrong, errors, versions, mnt, map) = (
             stop.clone(),
             counters.clone(),
             wrong.clone(),
             errors.clone(),
             versions.clone(),
             mnt.clone(),
+            map.clone(),
         );
         threads.push(std::thread::spawn(move || {
             reader(
                 i as u64,
-                &mnt,
+                (&mnt, &map),
                 &versions,
                 &counters,
                 (&wrong, &errors),
@@ -260,7 +424,12 @@ pub fn run(opts: &SoakOpts) -> Result<SoakReport> {
     let mut last_refresh = Instant::now();
     while started.elapsed() < opts.duration {
         std::thread::sleep(Duration::from_secs(1).min(opts.duration / 20));
-        samples.push(sample(pid, &state, started)?);
+        samples.push(sample(
+            pid,
+            &state,
+            started,
+            opts.remote.then_some(&bins.musicfs),
+        )?);
         if last_refresh.elapsed() > Duration::from_secs(10) {
             let status = Command::new(&bins.musicfs)
                 .args(["refresh", "--no-wait", "--state-dir"])
@@ -289,6 +458,21 @@ pub fn run(opts: &SoakOpts) -> Result<SoakReport> {
         .map_err(|_| anyhow::anyhow!("the writer panicked"))??;
     let seconds = started.elapsed().as_secs_f64();
     drop(daemon);
+    drop(remote);
+    let mut growth = growth(&samples);
+    let cache_max_bytes = samples.iter().map(|s| s.cache_bytes).max().unwrap_or(0);
+    // The cache keeps the chunks of open files beyond its budget (docs/CONFIG.md): each
+    // reader holds one file open at a time.
+    let open_bytes = opts.readers as u64 * (FILLER as u64 + (256 << 10));
+    if opts.remote && cache_max_bytes > CACHE_BUDGET + PACK + open_bytes {
+        growth.push(format!(
+            "chunk cache: {} MiB on disk, over the budget ({} MiB), a pack and the files open \
+             ({} MiB)",
+            cache_max_bytes >> 20,
+            CACHE_BUDGET >> 20,
+            open_bytes >> 20
+        ));
+    }
     let report = SoakReport {
         seconds,
         files_checked: counters.files.load(Ordering::Relaxed),
@@ -297,10 +481,15 @@ pub fn run(opts: &SoakOpts) -> Result<SoakReport> {
         wrong_reads: counters.wrong.load(Ordering::Relaxed),
         vanished: counters.vanished.load(Ordering::Relaxed),
         retired: counters.retired.load(Ordering::Relaxed),
+        superseded: counters.superseded.load(Ordering::Relaxed),
         read_errors: counters.errors.load(Ordering::Relaxed),
         changes: counters.changes.load(Ordering::Relaxed),
         refreshes: counters.refreshes.load(Ordering::Relaxed),
-        growth: growth(&samples),
+        remote: opts.remote,
+        cache_budget: if opts.remote { CACHE_BUDGET } else { 0 },
+        evictions: samples.last().map_or(0, |s| s.evicted),
+        cache_max_bytes,
+        growth,
         samples,
         wrong: wrong.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         errors: errors.lock().unwrap_or_else(|p| p.into_inner()).clone(),
@@ -318,22 +507,85 @@ struct Counters {
     wrong: AtomicU64,
     vanished: AtomicU64,
     retired: AtomicU64,
+    superseded: AtomicU64,
     errors: AtomicU64,
     changes: AtomicU64,
     refreshes: AtomicU64,
 }
 
-/// The generator's template bytes per format.
-struct Templates(HashMap<Format, Vec<u8>>);
+/// The generator's template bytes per format, and (remote form) the FLAC fillers.
+struct Templates {
+    bytes: HashMap<Format, Vec<u8>>,
+    /// Whether FLAC tracks get a filler.
+    pad: bool,
+    fillers: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
+}
 
 impl Templates {
-    fn load() -> Result<Templates> {
+    fn load(pad: bool) -> Result<Templates> {
         let mut m = HashMap::new();
         for f in [Format::Flac, Format::Mp3] {
             m.insert(f, gen::template(f, TrackSize::Normal)?);
         }
-        Ok(Templates(m))
+        Ok(Templates {
+            bytes: m,
+            pad,
+            fillers: Mutex::default(),
+        })
     }
+
+    /// The filler of a track at `rel_path`: one of [`FILLERS`], incompressible, chosen by
+    /// the path (a re-tag keeps it, as a tag editor keeps the audio).
+    fn filler(&self, rel_path: &str) -> Arc<Vec<u8>> {
+        let slot = rel_path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        }) % FILLERS;
+        let mut fillers = self.fillers.lock().unwrap_or_else(|p| p.into_inner());
+        fillers
+            .entry(slot)
+            .or_insert_with(|| {
+                let mut rng = Rng::new(0xf111 + slot);
+                let mut v = vec![0u8; FILLER];
+                for c in v.chunks_mut(8) {
+                    c.copy_from_slice(&rng.next_u64().to_le_bytes()[..c.len()]);
+                }
+                Arc::new(v)
+            })
+            .clone()
+    }
+}
+
+/// `flac` with an APPLICATION metadata block holding `filler` after its last metadata
+/// block (the tags stay at the head), as parts: head, filler, audio frames.
+fn pad_flac(flac: Vec<u8>, filler: Arc<Vec<u8>>) -> Result<Vec<Arc<Vec<u8>>>> {
+    ensure!(
+        flac.len() >= 42 && &flac[..4] == b"fLaC",
+        "not a FLAC stream"
+    );
+    let mut pos = 4usize;
+    let last = loop {
+        let hdr = flac
+            .get(pos..pos + 4)
+            .context("FLAC metadata is truncated")?;
+        if hdr[0] & 0x80 != 0 {
+            break pos;
+        }
+        pos += 4 + u32::from_be_bytes([0, hdr[1], hdr[2], hdr[3]]) as usize;
+    };
+    let hdr = &flac[last..last + 4];
+    let audio = last + 4 + u32::from_be_bytes([0, hdr[1], hdr[2], hdr[3]]) as usize;
+    ensure!(audio <= flac.len(), "FLAC metadata runs past the end");
+    let mut head = flac[..audio].to_vec();
+    head[last] &= 0x7f;
+    // The last block now: type 2 (APPLICATION), its length, an application id.
+    head.push(0x80 | 2);
+    head.extend_from_slice(&((filler.len() + 4) as u32).to_be_bytes()[1..]);
+    head.extend_from_slice(b"mfsS");
+    Ok(vec![
+        Arc::new(head),
+        filler,
+        Arc::new(flac[audio..].to_vec()),
+    ])
 }
 
 /// Writes `plan`'s file (a new file renamed into place) and records the version.
@@ -343,19 +595,33 @@ fn write_track(
     templates: &Templates,
     versions: &Versions,
 ) -> Result<()> {
-    let template = templates.0.get(&plan.format).context("no template")?;
+    let template = templates.bytes.get(&plan.format).context("no template")?;
     let bytes = gen::tagged_bytes(template, plan, TrackSize::Normal)?;
+    let parts = match templates.pad && plan.format == Format::Flac {
+        true => pad_flac(bytes, templates.filler(&plan.rel_path))?,
+        false => vec![Arc::new(bytes)],
+    };
     let path = origin.join(&plan.rel_path);
     fs::create_dir_all(path.parent().context("no parent")?)?;
     let tmp = path.with_extension("part");
-    fs::write(&tmp, &bytes)?;
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(fs::File::create(&tmp)?);
+        for p in &parts {
+            f.write_all(p)?;
+        }
+        f.into_inner().map_err(|e| e.into_error())?;
+    }
     // Recorded before it can be seen.
     versions
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .entry(path.clone())
         .or_default()
-        .push(Arc::new(bytes));
+        .push(Arc::new(Version {
+            parts,
+            title: plan.title.clone(),
+        }));
     fs::rename(&tmp, &path)?;
     Ok(())
 }
@@ -438,7 +704,7 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 
 fn reader(
     seed: u64,
-    mnt: &Path,
+    (mnt, map): (&Path, &SourceMap),
     versions: &Versions,
     counters: &Counters,
     (wrong, errors): (&Mutex<Vec<String>>, &Mutex<Vec<String>>),
@@ -458,7 +724,7 @@ fn reader(
             }
         }
         let path = &files[rng.below(files.len() as u64) as usize];
-        match check_one(path, &mut rng, versions) {
+        match check_one(path, &mut rng, versions, map) {
             Ok(Check::Good(n)) => {
                 counters.files.fetch_add(1, Ordering::Relaxed);
                 counters.bytes.fetch_add(n, Ordering::Relaxed);
@@ -473,6 +739,9 @@ fn reader(
             }
             Ok(Check::Retired) => {
                 counters.retired.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Check::Superseded) => {
+                counters.superseded.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Check::Wrong(why)) => {
                 counters.wrong.fetch_add(1, Ordering::Relaxed);
@@ -500,6 +769,8 @@ enum Check {
     Vanished,
     /// EIO on a version the origin replaced (its source file is another one now).
     Retired,
+    /// Remote form: EIO on a version the bucket replaced before the tree caught up.
+    Superseded,
     Wrong(String),
 }
 
@@ -525,14 +796,30 @@ fn gone(e: &std::io::Error) -> bool {
 /// still has its old size): the file's end is where a read returns nothing, and bytes that
 /// are a whole version, or a version cut at the size shown, are right (the latter counted
 /// as stale). Anything else is wrong.
-fn check_one(path: &Path, rng: &mut Rng, versions: &Versions) -> std::io::Result<Check> {
+fn check_one(
+    path: &Path,
+    rng: &mut Rng,
+    versions: &Versions,
+    map: &SourceMap,
+) -> std::io::Result<Check> {
     // The source the daemon would open (asked before, and again after a failure: a
     // refresh may come between).
-    let before = xattr_source(path, None).ok();
+    let before = xattr_source(path, None, map).ok();
     let before_id = before.as_deref().and_then(identity);
     // An EIO is expected when the version reached was replaced since (the tree moved on
     // and the kernel retired its inode): the source is another file now.
-    let replaced = |now: Option<&Path>| now.and_then(identity) != before_id;
+    // The tree's attributes of the name (the version the kernel inode stands for): when
+    // they change, a refresh published another version under it and the kernel retires the
+    // inode the open or the handle had reached, failing its I/O with EIO.
+    let shown_attrs = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(p)
+            .ok()
+            .map(|m| (m.len(), m.mtime(), m.mtime_nsec()))
+    };
+    let tree_before = shown_attrs(path);
+    let moved_on = || shown_attrs(path) != tree_before;
+    let replaced = |now: Option<&Path>| now.and_then(identity) != before_id || moved_on();
     let file = match fs::File::open(path) {
         Ok(f) => f,
         Err(e) if gone(&e) => return Ok(Check::Vanished),
@@ -540,12 +827,17 @@ fn check_one(path: &Path, rng: &mut Rng, versions: &Versions) -> std::io::Result
         // daemon answers EIO (docs/SEMANTICS.md) until the refresh drops the name. Only
         // an EIO while the source is there, before and after, is an error.
         Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-            let after = xattr_source(path, None).ok();
+            let after = xattr_source(path, None, map).ok();
             let there = |s: &Option<PathBuf>| s.as_ref().is_some_and(|s| s.exists());
             return if !(there(&before) && there(&after)) {
                 Ok(Check::Vanished)
             } else if replaced(after.as_deref()) {
                 Ok(Check::Retired)
+            } else if after
+                .as_deref()
+                .is_some_and(|s| superseded(path, None, s, versions, map))
+            {
+                Ok(Check::Superseded)
             } else {
                 Err(e)
             };
@@ -554,7 +846,7 @@ fn check_one(path: &Path, rng: &mut Rng, versions: &Versions) -> std::io::Result
     };
     // The source of the track this handle opened (asked through the handle: a name can
     // pass to another track when a refresh moves the one that had it).
-    let source = match xattr_source(path, Some(&file)) {
+    let source = match xattr_source(path, Some(&file), map) {
         Ok(s) => s,
         Err(e) if gone(&e) || e.raw_os_error() == Some(libc::ENODATA) => {
             return Ok(Check::Vanished)
@@ -566,7 +858,36 @@ fn check_one(path: &Path, rng: &mut Rng, versions: &Versions) -> std::io::Result
         true => before_id,
         false => identity(&source),
     };
-    let retired = |e: &std::io::Error| eio(e) && identity(&source) != open_id;
+    let retired = |e: &std::io::Error| eio(e) && (identity(&source) != open_id || moved_on());
+    // Remote form: a handle does not keep a deleted or moved object readable as an open
+    // local file does; an EIO once the source is gone from the bucket is the writer's doing.
+    let removed = |e: &std::io::Error| eio(e) && map.remote.is_some() && !source.exists();
+    let superseded =
+        |e: &std::io::Error| eio(e) && superseded(path, Some(&file), &source, versions, map);
+    // An unexpected read error, with what the checker knew.
+    let explain = |e: std::io::Error| {
+        let title = xattr(path, Some(&file), c"user.musicfs.title")
+            .map(|t| String::from_utf8_lossy(&t).into_owned());
+        let known = versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&source)
+            .cloned()
+            .unwrap_or_default();
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "{e}: {} (source {}, there: {}, replaced since the open: {}; {} versions, \
+                 the newest titled {:?}; the tree's title {title:?})",
+                path.display(),
+                source.display(),
+                source.exists(),
+                identity(&source) != open_id,
+                known.len(),
+                known.last().and_then(|v| v.title.clone()),
+            ),
+        )
+    };
     let shown = file.metadata()?.len() as usize;
     let start = if shown == 0 {
         0
@@ -589,25 +910,28 @@ fn check_one(path: &Path, rng: &mut Rng, versions: &Versions) -> std::io::Result
     };
     let mut end = match read_span(&mut got, start, shown + (256 << 10), rng) {
         Ok(end) => end,
-        Err(e) if gone(&e) => return Ok(Check::Vanished),
+        Err(e) if gone(&e) || removed(&e) => return Ok(Check::Vanished),
         Err(e) if retired(&e) => return Ok(Check::Retired),
-        Err(e) => return Err(e),
+        Err(e) if superseded(&e) => return Ok(Check::Superseded),
+        Err(e) => return Err(explain(e)),
     };
     // Nothing at `start`: the file (a newer, shorter version) ends before it; read it from
     // its start instead.
     if end == start && start > 0 {
         end = match read_span(&mut got, 0, shown + (256 << 10), rng) {
             Ok(end) => end,
-            Err(e) if gone(&e) => return Ok(Check::Vanished),
+            Err(e) if gone(&e) || removed(&e) => return Ok(Check::Vanished),
             Err(e) if retired(&e) => return Ok(Check::Retired),
-            Err(e) => return Err(e),
+            Err(e) if superseded(&e) => return Ok(Check::Superseded),
+            Err(e) => return Err(explain(e)),
         };
     }
     match read_span(&mut got, 0, start.min(end), rng) {
         Ok(_) => {}
-        Err(e) if gone(&e) => return Ok(Check::Vanished),
+        Err(e) if gone(&e) || removed(&e) => return Ok(Check::Vanished),
         Err(e) if retired(&e) => return Ok(Check::Retired),
-        Err(e) => return Err(e),
+        Err(e) if superseded(&e) => return Ok(Check::Superseded),
+        Err(e) => return Err(explain(e)),
     }
     let got = &got[..end];
     let known = versions
@@ -616,39 +940,106 @@ fn check_one(path: &Path, rng: &mut Rng, versions: &Versions) -> std::io::Result
         .get(&source)
         .cloned()
         .unwrap_or_default();
-    if known.iter().any(|v| v.as_slice() == got) {
+    if known.iter().any(|v| v.is(got)) {
         return Ok(if end == shown {
             Check::Good(end as u64)
         } else {
             Check::Stale(end as u64)
         });
     }
-    if end == shown && known.iter().any(|v| v.len() > end && &v[..end] == got) {
+    if end == shown
+        && known
+            .iter()
+            .any(|v| v.len() > end && v.first_diff(got).is_none())
+    {
         return Ok(Check::Stale(end as u64));
     }
     let differs: Vec<String> = known
         .iter()
         .map(|v| {
-            let at = v.iter().zip(got).position(|(a, b)| a != b);
+            let at = v.first_diff(got);
             format!("{} bytes, first difference at {at:?}", v.len())
         })
         .collect();
+    // Where the bytes that differ from the version read furthest come from, if from one.
+    let origin_of = known
+        .iter()
+        .filter_map(|v| v.first_diff(got))
+        .max()
+        .map(|at| {
+            let probe = &got[at..(at + 64).min(got.len())];
+            let found: Vec<String> = known
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| {
+                    let whole: Vec<u8> = v.parts.iter().flat_map(|p| p.iter().copied()).collect();
+                    whole
+                        .windows(probe.len())
+                        .position(|w| w == probe)
+                        .map(|o| format!("version {i} at {o}"))
+                })
+                .collect();
+            format!(
+                "; the bytes at {at} are {}",
+                match found.is_empty() {
+                    true => "in no version".to_string(),
+                    false => found.join(", "),
+                }
+            )
+        });
     Ok(Check::Wrong(format!(
-        "{} (source {}): {end} bytes (shown {shown}) match none of its {} versions ({})",
+        "{} (source {}): {end} bytes (shown {shown}, read from {start}) match none of its {} \
+         versions ({}){}",
         path.display(),
         source.display(),
         known.len(),
-        differs.join("; ")
+        differs.join("; "),
+        origin_of.unwrap_or_default()
     )))
 }
 
-/// `user.musicfs.source` of the open `file`, or of `path` when there is none.
-fn xattr_source(path: &Path, file: Option<&fs::File>) -> std::io::Result<PathBuf> {
+/// Remote form: whether an EIO on `path` (through `file` when open) is the daemon refusing
+/// a version the bucket has replaced since the tree was built — the ranged GET is pinned
+/// to the ETag the listing saw (docs/SEMANTICS.md) — and no refresh has caught up yet: the
+/// title the tree shows is not the title of the source's newest version. A version whose
+/// title the tree does show is the current one, and an EIO on it stays an error.
+fn superseded(
+    path: &Path,
+    file: Option<&fs::File>,
+    source: &Path,
+    versions: &Versions,
+    map: &SourceMap,
+) -> bool {
+    if map.remote.is_none() {
+        return false;
+    }
+    let shown = match xattr(path, file, c"user.musicfs.title") {
+        Ok(t) => Some(String::from_utf8_lossy(&t).into_owned()),
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => None,
+        Err(_) => return false,
+    };
+    let newest = versions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(source)
+        .and_then(|v| v.last().cloned());
+    newest.is_some_and(|v| v.title != shown)
+}
+
+/// `user.musicfs.source` of the open `file`, or of `path` when there is none, as the
+/// origin file it names.
+fn xattr_source(path: &Path, file: Option<&fs::File>, map: &SourceMap) -> std::io::Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let buf = xattr(path, file, c"user.musicfs.source")?;
+    Ok(map.path(PathBuf::from(std::ffi::OsStr::from_bytes(&buf))))
+}
+
+/// The attribute `name` of the open `file`, or of `path` when there is none.
+fn xattr(path: &Path, file: Option<&fs::File>, name: &std::ffi::CStr) -> std::io::Result<Vec<u8>> {
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     let mut buf = vec![0u8; 4096];
-    let name = c"user.musicfs.source";
     // SAFETY: NUL-terminated strings, an open descriptor, and a buffer of the length given.
     let n = unsafe {
         match file {
@@ -670,7 +1061,7 @@ fn xattr_source(path: &Path, file: Option<&fs::File>) -> std::io::Result<PathBuf
         return Err(std::io::Error::last_os_error());
     }
     buf.truncate(n as usize);
-    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&buf)))
+    Ok(buf)
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -683,7 +1074,20 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-fn sample(pid: u32, state: &Path, started: Instant) -> Result<Sample> {
+/// `musicfs cache stats --json`: (`disk_bytes`, `evicted_total`).
+fn cache_stats(musicfs: &Path, state: &Path) -> Result<(u64, u64)> {
+    let out = Command::new(musicfs)
+        .args(["cache", "stats", "--json", "--state-dir"])
+        .arg(state)
+        .stderr(Stdio::null())
+        .output()?;
+    ensure!(out.status.success(), "musicfs cache stats failed");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let field = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    Ok((field("disk_bytes"), field("evicted_total")))
+}
+
+fn sample(pid: u32, state: &Path, started: Instant, musicfs: Option<&PathBuf>) -> Result<Sample> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> u64 {
         status
@@ -694,12 +1098,18 @@ fn sample(pid: u32, state: &Path, started: Instant) -> Result<Sample> {
             .unwrap_or(0)
     };
     let fds = fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
+    let (cache_bytes, evicted) = match musicfs {
+        Some(m) => cache_stats(m, state)?,
+        None => (0, 0),
+    };
     Ok(Sample {
         at_s: started.elapsed().as_secs_f64(),
         rss_kib: field("VmRSS:"),
         fds,
         threads: field("Threads:"),
         state_bytes: dir_bytes(state),
+        cache_bytes,
+        evicted,
     })
 }
 
@@ -716,7 +1126,7 @@ fn growth(samples: &[Sample]) -> Vec<String> {
     let mut out = Vec::new();
     // (what, its value, the ratio and the absolute rise that together count as growth)
     type Check = (&'static str, fn(&Sample) -> u64, f64, f64);
-    let checks: [Check; 4] = [
+    let checks: [Check; 5] = [
         ("RSS (KiB)", |s| s.rss_kib, 1.5, 64.0 * 1024.0),
         ("open fds", |s| s.fds, 1.2, 32.0),
         ("threads", |s| s.threads, 1.2, 8.0),
@@ -725,6 +1135,13 @@ fn growth(samples: &[Sample]) -> Vec<String> {
             |s| s.state_bytes,
             2.0,
             256.0 * 1024.0 * 1024.0,
+        ),
+        // Remote form (0 otherwise): bounded above too, in `run`.
+        (
+            "chunk cache (bytes)",
+            |s| s.cache_bytes,
+            2.0,
+            128.0 * 1024.0 * 1024.0,
         ),
     ];
     for (name, f, ratio, slack) in checks {
@@ -747,6 +1164,8 @@ mod tests {
             fds,
             threads: 10,
             state_bytes: 1 << 20,
+            cache_bytes: 0,
+            evicted: 0,
         }
     }
 
