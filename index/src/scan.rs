@@ -964,7 +964,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::testorigin::KINDS;
+    use crate::testorigin::{wav, KINDS};
 
     #[test]
     fn is_under_matches_whole_path_components_only() {
@@ -1043,26 +1043,6 @@ mod tests {
             decide(&known(), b"new.ogg", state(1), false),
             Decision::Read(None)
         );
-    }
-
-    /// A valid 16-bit mono PCM WAV of `frames` silent frames.
-    fn wav(frames: u32) -> Vec<u8> {
-        let data = frames * 2;
-        let mut v = Vec::new();
-        v.extend_from_slice(b"RIFF");
-        v.extend_from_slice(&(36 + data).to_le_bytes());
-        v.extend_from_slice(b"WAVEfmt ");
-        v.extend_from_slice(&16u32.to_le_bytes());
-        v.extend_from_slice(&1u16.to_le_bytes()); // PCM
-        v.extend_from_slice(&1u16.to_le_bytes()); // mono
-        v.extend_from_slice(&8000u32.to_le_bytes());
-        v.extend_from_slice(&16000u32.to_le_bytes());
-        v.extend_from_slice(&2u16.to_le_bytes());
-        v.extend_from_slice(&16u16.to_le_bytes());
-        v.extend_from_slice(b"data");
-        v.extend_from_slice(&data.to_le_bytes());
-        v.resize(v.len() + data as usize, 0);
-        v
     }
 
     #[test]

@@ -11,6 +11,26 @@ use musicfs_storage::origin::{
 };
 use xxhash_rust::xxh3::xxh3_128;
 
+/// A valid 16-bit mono 8 kHz PCM WAV of `frames` silent frames.
+pub(crate) fn wav(frames: u32) -> Vec<u8> {
+    let data = frames * 2;
+    let mut v = Vec::new();
+    v.extend_from_slice(b"RIFF");
+    v.extend_from_slice(&(36 + data).to_le_bytes());
+    v.extend_from_slice(b"WAVEfmt ");
+    v.extend_from_slice(&16u32.to_le_bytes());
+    v.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    v.extend_from_slice(&1u16.to_le_bytes()); // mono
+    v.extend_from_slice(&8000u32.to_le_bytes());
+    v.extend_from_slice(&16000u32.to_le_bytes());
+    v.extend_from_slice(&2u16.to_le_bytes());
+    v.extend_from_slice(&16u16.to_le_bytes());
+    v.extend_from_slice(b"data");
+    v.extend_from_slice(&data.to_le_bytes());
+    v.resize(v.len() + data as usize, 0);
+    v
+}
+
 /// The local origin rooted at `root`.
 pub(crate) fn local(root: &Path) -> Arc<dyn Origin> {
     open_origin(&OriginSpec::local(root)).expect("open a local origin")

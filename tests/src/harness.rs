@@ -1272,6 +1272,49 @@ pub fn one_second_flac() -> &'static [u8] {
     })
 }
 
+/// Four short FLAC files with different audio, made once per test process with ffmpeg:
+/// every track of [`generated_track`]'s libraries is one of them with its own comments.
+pub fn generated_track_templates() -> &'static [Vec<u8>] {
+    static T: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        [220, 330, 440, 550]
+            .iter()
+            .map(|&freq| {
+                let path = dir.path().join(format!("{freq}.flac"));
+                encode_flac(&path, 0.25, freq, false, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+                fs::read(&path).expect("reading a template")
+            })
+            .collect()
+    })
+}
+
+/// Track `i` (version `v`) of a generated library: one of 25 artists, 100 albums, its own
+/// title (a later version a new take of it).
+pub fn generated_track(i: u64, v: u32) -> Result<Vec<u8>> {
+    let t = generated_track_templates();
+    let title = if v == 0 {
+        format!("Song {i}")
+    } else {
+        format!("Song {i} (take {v})")
+    };
+    flac_with_comments(
+        &t[(i % t.len() as u64) as usize],
+        &[
+            ("TITLE", &title),
+            ("ARTIST", &format!("Artist {:02}", i % 25)),
+            ("ALBUM", &format!("Album {:03}", i % 100)),
+            ("DATE", &(1980 + i % 40).to_string()),
+            ("TRACKNUMBER", &(i % 15 + 1).to_string()),
+        ],
+    )
+}
+
+/// Where track `i` of a generated library goes under `origin` (30 folders).
+pub fn generated_track_path(origin: &Path, i: u64) -> PathBuf {
+    origin.join(format!("d{:02}/t{i:05}.flac", i % 30))
+}
+
 /// `flac` (a whole FLAC file) with its Vorbis comment block replaced by `comments`; every
 /// other block and the audio frames are kept byte for byte. Lets a test make thousands of
 /// differently tagged files without running ffmpeg for each.

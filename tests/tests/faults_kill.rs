@@ -32,10 +32,11 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use musicfs_core::config::MIN_CACHE_BUDGET;
 use musicfs_storage::CasOptions;
 use musicfs_tests::harness::{
-    clean_scan_shape, describe_status, encode_flac, first_shape_difference, flac_with_comments,
-    force_unmount, musicfs_cmd_ok, musicfs_scan, send_signal, spawn_musicfsd, tree_shape,
-    wait_child, wait_for_log_line, wait_unmounted, walk_files, walk_tree, MountOptions, MountedFs,
-    SplitMix64, TreeShape, EXIT_DEADLINE, REFRESH_DONE,
+    clean_scan_shape, describe_status, first_shape_difference, force_unmount,
+    generated_track as track_bytes, generated_track_path as track_path, musicfs_cmd_ok,
+    musicfs_scan, send_signal, spawn_musicfsd, tree_shape, wait_child, wait_for_log_line,
+    wait_unmounted, walk_files, walk_tree, MountOptions, MountedFs, SplitMix64, TreeShape,
+    EXIT_DEADLINE, REFRESH_DONE,
 };
 use musicfs_tests::remote::{cache_verify, generate, read_all, S3Library, Track};
 use tempfile::TempDir;
@@ -139,47 +140,6 @@ fn random_delay(trail: &mut Trail, window: Duration) -> Duration {
 // ---------------------------------------------------------------------------------------
 // A local library of generated FLAC tracks, and a daemon killed during its start-up.
 // ---------------------------------------------------------------------------------------
-
-/// Four short FLAC files with different audio, made once with ffmpeg; every track of the
-/// generated libraries is one of them with its own Vorbis comments.
-fn templates() -> &'static [Vec<u8>] {
-    static T: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
-    T.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        [220, 330, 440, 550]
-            .iter()
-            .map(|&freq| {
-                let path = dir.path().join(format!("{freq}.flac"));
-                encode_flac(&path, 0.25, freq, false, &[]).unwrap_or_else(|e| panic!("{e:#}"));
-                fs::read(&path).expect("reading a template")
-            })
-            .collect()
-    })
-}
-
-/// Track `i` (version `v`): one of 25 artists, 100 albums, its own title.
-fn track_bytes(i: u64, v: u32) -> Result<Vec<u8>> {
-    let t = templates();
-    let title = if v == 0 {
-        format!("Song {i}")
-    } else {
-        format!("Song {i} (take {v})")
-    };
-    flac_with_comments(
-        &t[(i % t.len() as u64) as usize],
-        &[
-            ("TITLE", &title),
-            ("ARTIST", &format!("Artist {:02}", i % 25)),
-            ("ALBUM", &format!("Album {:03}", i % 100)),
-            ("DATE", &(1980 + i % 40).to_string()),
-            ("TRACKNUMBER", &(i % 15 + 1).to_string()),
-        ],
-    )
-}
-
-fn track_path(origin: &Path, i: u64) -> PathBuf {
-    origin.join(format!("d{:02}/t{i:05}.flac", i % 30))
-}
 
 /// A temp dir holding `origin/` (`tracks` generated tracks), a mountpoint `mnt/` for the
 /// daemons killed during their start-up, and room for state dirs and logs.

@@ -6,11 +6,11 @@
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use musicfs_tests::harness::{
-    clean_scan_shape, encode_flac, first_shape_difference, flac_with_comments, spawn_musicfsd,
+    clean_scan_shape, first_shape_difference, generated_track_path as track_path, spawn_musicfsd,
     tree_shape, wait_child, wait_for_log_line, wait_unmounted, walk_tree, MountOptions, MountedFs,
     SplitMix64, EXIT_DEADLINE,
 };
@@ -24,50 +24,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Four short FLAC files with different audio, made once with ffmpeg; every track of the
-/// generated libraries is one of them with its own Vorbis comments.
-fn templates() -> &'static [Vec<u8>] {
-    static T: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
-    T.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        [220, 330, 440, 550]
-            .iter()
-            .map(|&freq| {
-                let path = dir.path().join(format!("{freq}.flac"));
-                encode_flac(&path, 0.25, freq, false, &[]).unwrap_or_else(|e| panic!("{e:#}"));
-                fs::read(&path).expect("reading a template")
-            })
-            .collect()
-    })
-}
-
-/// Track `i` (version `v`): one of 25 artists, 100 albums, its own title.
+/// Track `i` (version `v`) of the generated library.
 fn track_bytes(i: u64, v: u32) -> Vec<u8> {
-    let t = templates();
-    let title = if v == 0 {
-        format!("Song {i}")
-    } else {
-        format!("Song {i} (take {v})")
-    };
-    let artist = format!("Artist {:02}", i % 25);
-    let album = format!("Album {:03}", i % 100);
-    let year = (1980 + i % 40).to_string();
-    let track = (i % 15 + 1).to_string();
-    flac_with_comments(
-        &t[(i % t.len() as u64) as usize],
-        &[
-            ("TITLE", &title),
-            ("ARTIST", &artist),
-            ("ALBUM", &album),
-            ("DATE", &year),
-            ("TRACKNUMBER", &track),
-        ],
-    )
-    .unwrap()
-}
-
-fn track_path(origin: &Path, i: u64) -> PathBuf {
-    origin.join(format!("d{:02}/t{i:05}.flac", i % 30))
+    musicfs_tests::harness::generated_track(i, v).expect("a generated track")
 }
 
 /// A temp dir holding `origin/` and `state/`.

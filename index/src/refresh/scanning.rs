@@ -69,6 +69,7 @@ mod tests {
     use super::*;
     use crate::refresh::StateDir;
     use crate::scan::Skipped;
+    use crate::testorigin::wav;
 
     #[test]
     fn the_summary_names_each_skipped_file_on_a_line_of_its_own() {
@@ -122,25 +123,6 @@ mod tests {
         let first = seen.first().expect("a start report");
         assert_eq!((first.seen, first.opened, first.done), (0, 0, false));
         assert!(seen.last().expect("an end report").done);
-    }
-
-    /// A mono 8 kHz PCM WAV of `frames` silent frames.
-    fn wav(frames: u32) -> Vec<u8> {
-        let data = frames * 2;
-        let mut v = b"RIFF".to_vec();
-        v.extend_from_slice(&(36 + data).to_le_bytes());
-        v.extend_from_slice(b"WAVEfmt ");
-        v.extend_from_slice(&16u32.to_le_bytes());
-        v.extend_from_slice(&1u16.to_le_bytes());
-        v.extend_from_slice(&1u16.to_le_bytes());
-        v.extend_from_slice(&8000u32.to_le_bytes());
-        v.extend_from_slice(&16000u32.to_le_bytes());
-        v.extend_from_slice(&2u16.to_le_bytes());
-        v.extend_from_slice(&16u16.to_le_bytes());
-        v.extend_from_slice(b"data");
-        v.extend_from_slice(&data.to_le_bytes());
-        v.resize(v.len() + data as usize, 0);
-        v
     }
 
     #[test]
