@@ -150,11 +150,20 @@ impl Packs {
     /// Gives the disk blocks of `len` bytes at `offset` back (the bytes read as zeros).
     /// Best effort: a file system without hole punching keeps the space until the pack
     /// empties and is deleted.
+    ///
+    /// Chunks are not block-aligned, so a block the range only partly covers would stay
+    /// allocated even once every chunk in it is gone (small tag-region chunks would keep
+    /// most of a pack's blocks so: the remote soak saw 309 MiB on disk for a 64 MiB
+    /// budget). Such an edge block is punched whole when the rest of it reads as zeros:
+    /// a hole reads as zeros too, so no reader can tell, whether those bytes were punched
+    /// before or are zeros of a live chunk. Called with the writer held (no append runs),
+    /// and only for blocks the file already holds whole.
     pub(crate) fn punch(&self, id: u32, offset: u64, len: u64) {
         let path = self.path(id);
-        let Ok(file) = OpenOptions::new().write(true).open(&path) else {
+        let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
             return;
         };
+        let (offset, len) = widen_to_zero_blocks(&file, offset, len);
         let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
             return;
         };
@@ -212,5 +221,67 @@ impl Packs {
             }
         }
         file.read_exact_at(buf, offset)
+    }
+}
+
+/// The block size edge blocks are widened to (the common file-system block).
+const BLOCK: u64 = 4096;
+
+/// `offset..offset + len` widened outward to whole blocks where the rest of an edge block
+/// reads as zeros (see [`Packs::punch`]); unchanged where it does not, or cannot be read.
+fn widen_to_zero_blocks(file: &File, offset: u64, len: u64) -> (u64, u64) {
+    let zeros = |from: u64, to: u64| {
+        let mut buf = vec![0u8; (to - from) as usize];
+        file.read_exact_at(&mut buf, from).is_ok() && buf.iter().all(|&b| b == 0)
+    };
+    let Some(end) = offset.checked_add(len) else {
+        return (offset, len);
+    };
+    let file_len = file.metadata().map_or(0, |m| m.len());
+    let head = offset - offset % BLOCK;
+    let start = if head < offset && zeros(head, offset) {
+        head
+    } else {
+        offset
+    };
+    let tail = end.div_ceil(BLOCK) * BLOCK;
+    let end = if tail > end && tail <= file_len && zeros(end, tail) {
+        tail
+    } else {
+        end
+    };
+    (start, end - start)
+}
+
+#[cfg(test)]
+mod widen_tests {
+    use super::*;
+
+    #[test]
+    fn an_edge_block_is_widened_to_only_when_the_rest_of_it_reads_as_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        // Chunks A 0..3000, B 3000..6000, C 6000..12288, all non-zero.
+        std::fs::write(&path, vec![7u8; 12288]).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        // B freed first: A and C still hold the edge blocks' other bytes.
+        assert_eq!(widen_to_zero_blocks(&file, 3000, 3000), (3000, 3000));
+        // A gone (its bytes read as zeros): B's head edge widens to the block start.
+        file.write_all_at(&[0u8; 3000], 0).unwrap();
+        assert_eq!(widen_to_zero_blocks(&file, 3000, 3000), (0, 6000));
+        // C freed once B's bytes read as zeros: its head edge widens; the tail is the file's
+        // end, already a block boundary.
+        file.write_all_at(&[0u8; 3000], 3000).unwrap();
+        assert_eq!(widen_to_zero_blocks(&file, 6000, 6288), (4096, 8192));
+        // Never past the end of the file, nor for a range that overflows.
+        assert_eq!(widen_to_zero_blocks(&file, 12000, 200), (12000, 200));
+        assert_eq!(
+            widen_to_zero_blocks(&file, u64::MAX - 1, 10),
+            (u64::MAX - 1, 10)
+        );
     }
 }
