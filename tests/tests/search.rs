@@ -382,29 +382,30 @@ fn plays_fill_recently_played_and_most_played() {
         r.fs.mountpoint().join(rel)
     };
     let (so_what, supreme, joga) = (track("So What"), track("A Love Supreme"), track("Jóga"));
-    let play = |p: &Path| {
+    // A play is counted when the kernel releases the file, which it does after close
+    // returns, on any worker: each play is waited for before the next, so their order is
+    // the one played (the recorder writes in the background).
+    let play_and_wait = |p: &Path, shown: &dyn Fn() -> bool| {
         fs::read(p).unwrap();
-    };
-    play(&supreme);
-    play(&so_what);
-    play(&so_what);
-    play(&joga);
-    // The recorder writes in the background: wait for all four plays to show.
-    let deadline = std::time::Instant::now() + CAUGHT_UP;
-    loop {
-        let recent = titles(&r, "Recently Played");
-        if recent.len() == 3
-            && titles(&r, "Most Played").first().map(String::as_str) == Some("So What")
-        {
-            break;
+        let deadline = std::time::Instant::now() + CAUGHT_UP;
+        while !shown() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}\n{}",
+                titles(&r, "Recently Played"),
+                r.fs.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{recent:?}\n{}",
-            r.fs.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    let first_of = |collection: &str, title: &str| {
+        titles(&r, collection).first().map(String::as_str) == Some(title)
+    };
+    // Each wait only passes once its own play is recorded (the title moves to the front).
+    play_and_wait(&so_what, &|| first_of("Recently Played", "So What"));
+    play_and_wait(&supreme, &|| first_of("Recently Played", "A Love Supreme"));
+    play_and_wait(&so_what, &|| first_of("Recently Played", "So What"));
+    play_and_wait(&joga, &|| first_of("Recently Played", "Jóga"));
     assert_eq!(
         titles(&r, "Recently Played"),
         ["Jóga", "So What", "A Love Supreme"]
