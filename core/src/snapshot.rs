@@ -593,8 +593,14 @@ fn position_of(n: usize, key: impl Fn(usize) -> u64, ino: u64) -> Option<usize> 
     if b == ino {
         return Some(from_bottom);
     }
+    if a > ino || b < ino {
+        // Not sorted and distinct after all (a damaged snapshot): the bounds do not hold,
+        // and widening from them might never stop. Bisect the whole range instead; it
+        // ends whatever the keys are.
+        return bisect(0, last, &key, ino);
+    }
     // Widen from the bound whose inode is nearer, then bisect the bracket found.
-    let (mut left, mut right) = if ino - a <= b - ino {
+    let (left, right) = if ino - a <= b - ino {
         let mut step = 1usize;
         let mut prev = from_top;
         loop {
@@ -618,6 +624,16 @@ fn position_of(n: usize, key: impl Fn(usize) -> u64, ino: u64) -> Option<usize> 
         }
     };
     // key(left) <= ino <= key(right).
+    bisect(left, right, &key, ino)
+}
+
+/// Where `ino` is in `left..=right` of ascending keys, by bisection (ends on any keys).
+fn bisect(
+    mut left: usize,
+    mut right: usize,
+    key: &impl Fn(usize) -> u64,
+    ino: u64,
+) -> Option<usize> {
     while left < right {
         let mid = left + (right - left) / 2;
         match key(mid).cmp(&ino) {
@@ -984,5 +1000,25 @@ mod position_tests {
                 prop_assert_eq!(position_of(keys.len(), key, *k), Some(i));
             }
         }
+
+        /// A damaged snapshot's index need not be sorted: the search ends, without a panic
+        /// (it overflowed once, found by the damaged-snapshot fuzz test).
+        #[test]
+        fn ends_on_unsorted_keys(
+            keys in prop::collection::vec(0u64..1_000, 1..64),
+            probe in 0u64..1_000,
+        ) {
+            let found = position_of(keys.len(), |i| keys[i], probe);
+            prop_assert!(found.is_none_or(|i| keys[i] == probe));
+        }
+    }
+
+    #[test]
+    fn bounds_that_do_not_hold_fall_back_to_bisection() {
+        // The bound from the top (place 2) holds 40, above the inode 30 it should not pass:
+        // the widening subtracted past zero there.
+        let keys = [10u64, 45, 40, 31];
+        assert_eq!(position_of(keys.len(), |i| keys[i], 30), None);
+        assert_eq!(position_of(keys.len(), |i| keys[i], 10), Some(0));
     }
 }
