@@ -226,6 +226,16 @@ impl Version {
 /// Every version each origin file (by its path) has had.
 type Versions = Arc<Mutex<HashMap<PathBuf, Vec<Arc<Version>>>>>;
 
+/// Every version the origin file `path` has had, oldest first (none for an unknown path).
+fn versions_of(versions: &Versions, path: &Path) -> Vec<Arc<Version>> {
+    versions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(path)
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// How a `user.musicfs.source` maps to the origin file on disk.
 #[derive(Debug, Clone)]
 struct SourceMap {
@@ -668,12 +678,7 @@ fn writer(
                 let to_rel = format!("moved/{next}.{}", p.format.ext());
                 let to = origin.join(&to_rel);
                 fs::create_dir_all(to.parent().context("no parent")?)?;
-                let bytes = versions
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&from)
-                    .cloned()
-                    .unwrap_or_default();
+                let bytes = versions_of(versions, &from);
                 versions
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -868,12 +873,7 @@ fn check_one(
     let explain = |e: std::io::Error| {
         let title = xattr(path, Some(&file), c"user.musicfs.title")
             .map(|t| String::from_utf8_lossy(&t).into_owned());
-        let known = versions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&source)
-            .cloned()
-            .unwrap_or_default();
+        let known = versions_of(versions, &source);
         std::io::Error::new(
             e.kind(),
             format!(
@@ -934,12 +934,7 @@ fn check_one(
         Err(e) => return Err(explain(e)),
     }
     let got = &got[..end];
-    let known = versions
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&source)
-        .cloned()
-        .unwrap_or_default();
+    let known = versions_of(versions, &source);
     if known.iter().any(|v| v.is(got)) {
         return Ok(if end == shown {
             Check::Good(end as u64)
@@ -1018,11 +1013,7 @@ fn superseded(
         Err(e) if e.raw_os_error() == Some(libc::ENODATA) => None,
         Err(_) => return false,
     };
-    let newest = versions
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(source)
-        .and_then(|v| v.last().cloned());
+    let newest = versions_of(versions, source).pop();
     newest.is_some_and(|v| v.title != shown)
 }
 
