@@ -75,7 +75,8 @@ pub struct Sample {
     pub fds: u64,
     /// Threads.
     pub threads: u64,
-    /// Bytes in the state dir.
+    /// Bytes the state dir takes on disk (allocated blocks: the packs are sparse once
+    /// evicted chunks are punched out, and their apparent size says nothing of the disk).
     pub state_bytes: u64,
     /// The chunk cache's bytes on disk (`musicfs cache stats`: `disk_bytes`; remote form).
     pub cache_bytes: u64,
@@ -1056,12 +1057,13 @@ fn xattr(path: &Path, file: Option<&fs::File>, name: &std::ffi::CStr) -> std::io
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let mut files = Vec::new();
     files_under(dir, &mut files);
     files
         .iter()
         .filter_map(|f| fs::metadata(f).ok())
-        .map(|m| m.len())
+        .map(|m| m.blocks() * 512)
         .sum()
 }
 

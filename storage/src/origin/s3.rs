@@ -359,6 +359,13 @@ fn classify(e: object_store::Error) -> Attempt {
     use object_store::Error as E;
     match &e {
         E::NotFound { .. } => return Attempt::Fatal(io::Error::from_raw_os_error(libc::ENOENT)),
+        // `If-Match` refused: the object was replaced since it was opened.
+        E::Precondition { .. } => {
+            return Attempt::Fatal(io::Error::new(
+                io::ErrorKind::StaleNetworkFileHandle,
+                e.to_string(),
+            ))
+        }
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
             return Attempt::Fatal(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -539,6 +546,37 @@ impl std::fmt::Debug for S3Source {
     }
 }
 
+impl S3Source {
+    /// Whether an answer is of the version this source was opened at.
+    fn same_version(&self, got: &object_store::ObjectMeta) -> io::Result<()> {
+        let etag_differs = match (&self.etag, &got.e_tag) {
+            (Some(pinned), Some(answered)) => bare_etag(pinned) != bare_etag(answered),
+            _ => false,
+        };
+        if got.size == self.len && !etag_differs {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::StaleNetworkFileHandle,
+            format!(
+                "{}: the origin answered with another version of the object ({} bytes, ETag \
+                 {}) than the one opened ({} bytes, ETag {}); it will be read after the next \
+                 refresh",
+                self.what,
+                got.size,
+                got.e_tag.as_deref().unwrap_or("none"),
+                self.len,
+                self.etag.as_deref().unwrap_or("none"),
+            ),
+        ))
+    }
+}
+
+/// An ETag without its quotes and weakness mark: servers differ in how they spell one.
+fn bare_etag(tag: &str) -> &str {
+    tag.trim_start_matches("W/").trim_matches('"')
+}
+
 impl Source for S3Source {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let end = offset.saturating_add(buf.len() as u64).min(self.len);
@@ -553,6 +591,11 @@ impl Source for S3Source {
                     .get_opts(&self.path, opts)
                     .await
                     .map_err(classify)?;
+                // `If-Match` is a request, not a promise: a server may ignore it (s3s-fs
+                // does) and answer with another version's bytes. The answer names its
+                // version (its ETag, and its whole size in `Content-Range`): another one
+                // is refused rather than mixed into this one.
+                self.same_version(&got.meta).map_err(Attempt::Fatal)?;
                 got.bytes().await.map_err(classify)
             })?;
             if bytes.is_empty() {

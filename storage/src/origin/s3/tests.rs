@@ -45,6 +45,9 @@ enum Mode {
     Unavailable,
     /// `403` to everything.
     Forbidden,
+    /// Ignores `Range` and `If-Match`: `HEAD` answers for `body` (ETag `abc`), `GET` with
+    /// the object that replaced it since (ETag `new`), `grown` bytes longer.
+    Replaced { grown: usize },
 }
 
 /// A one-object S3 server on 127.0.0.1: `HEAD` and `GET` of any key answer for `body`.
@@ -86,12 +89,13 @@ fn answer(conn: TcpStream, body: &[u8], mode: Mode) {
         }
     }
     let mut conn = conn;
-    let head = |status: &str, len: usize| {
+    let head_tagged = |status: &str, len: usize, etag: &str| {
         format!(
-            "HTTP/1.1 {status}\r\nContent-Length: {len}\r\nETag: \"abc\"\r\n\
+            "HTTP/1.1 {status}\r\nContent-Length: {len}\r\nETag: \"{etag}\"\r\n\
              Last-Modified: Tue, 01 Dec 2026 10:00:00 GMT\r\nConnection: close\r\n\r\n"
         )
     };
+    let head = |status: &str, len: usize| head_tagged(status, len, "abc");
     let _ = match mode {
         Mode::Unavailable => conn.write_all(head("503 Service Unavailable", 0).as_bytes()),
         Mode::Forbidden => conn.write_all(head("403 Forbidden", 0).as_bytes()),
@@ -101,6 +105,18 @@ fn answer(conn: TcpStream, body: &[u8], mode: Mode) {
         Mode::Whole => conn
             .write_all(head("200 OK", body.len()).as_bytes())
             .and_then(|_| conn.write_all(body)),
+        Mode::Replaced { .. } if first.starts_with("HEAD") => {
+            conn.write_all(head("200 OK", body.len()).as_bytes())
+        }
+        Mode::Replaced { grown } => {
+            let newer: Vec<u8> = body
+                .iter()
+                .map(|b| b ^ 0x5a)
+                .chain(vec![7; grown])
+                .collect();
+            conn.write_all(head_tagged("200 OK", newer.len(), "new").as_bytes())
+                .and_then(|_| conn.write_all(&newer))
+        }
     };
 }
 
@@ -143,6 +159,31 @@ fn a_server_answering_a_ranged_get_with_the_whole_object_serves_only_the_asked_b
     source.read_at(&mut head, 0).unwrap();
     let taken = origin.remote().traffic().bytes_in.load(Ordering::Relaxed) - before;
     assert!(taken < body.len() as u64 / 2, "took {taken} bytes for 100");
+}
+
+#[test]
+fn an_answer_of_another_version_than_the_one_opened_is_refused_not_served() {
+    // A server that ignores `If-Match` (s3s-fs does) answers a read of an object replaced
+    // since it was opened with the new version's bytes: of the same size (a tag edited in
+    // place) or not. Neither may be served as the version opened.
+    for grown in [0usize, 1] {
+        let body = object(64 << 10);
+        let server = fake(body.clone(), Mode::Replaced { grown });
+        let origin = origin_at(server.port);
+        let source = origin.open(Path::new("a/b.flac")).unwrap();
+        assert_eq!(source.len(), body.len() as u64);
+        let mut buf = vec![0u8; 4096];
+        let err = source.read_at(&mut buf, 1000).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StaleNetworkFileHandle, "{err}");
+        let said = err.to_string();
+        assert!(said.contains("another version"), "{said}");
+        assert!(!said.contains("s3cr3t"), "{said}");
+        assert_eq!(
+            buf,
+            vec![0u8; 4096],
+            "nothing of the other version is handed out"
+        );
+    }
 }
 
 #[test]
