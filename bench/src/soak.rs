@@ -9,7 +9,10 @@
 //! warm-up), beyond a margin.
 //!
 //! With `remote`, the origin is a bucket directory served by `s3s-fs` on 127.0.0.1 (the
-//! writer keeps writing into that directory; the server serves what is on disk), mounted as
+//! writer keeps writing into that directory; the server serves what is on disk) through a
+//! gating proxy that makes it atomic as S3 is (s3s-fs reads an object's bytes and its
+//! ETag in two steps: a file replaced in between would be answered with one version's
+//! bytes under another's ETag; the writer changes files only between answers), mounted as
 //! an `s3://` origin read through a chunk cache of the smallest budget, and the FLAC tracks
 //! carry an APPLICATION block of incompressible filler so the library is several times the
 //! budget: reading it cycles the cache and evictions run all along. The cache's disk use is
@@ -22,11 +25,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use musicfs_core::Format;
+use musicfs_tests::servers::faulty::FaultyHttpProxy;
 use musicfs_tests::servers::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
 use serde::Serialize;
 
@@ -263,6 +267,8 @@ impl SourceMap {
 
 /// The S3 server of the remote form, stopped on drop (after the daemon).
 struct Remote {
+    /// In front of the server (the endpoint the daemon is given); dropped first.
+    proxy: FaultyHttpProxy,
     _server: S3Server,
     config: PathBuf,
 }
@@ -326,13 +332,18 @@ pub fn run(opts: &SoakOpts) -> Result<SoakReport> {
     // the smallest cache budget (there is no flag for either); a request deadline of 30 s,
     // not 5: the soak checks bytes and bounds, not latency, and a loaded CI machine with 64
     // readers on a debug daemon can stall a GET past 5 s (an EIO that proves nothing).
+    // Held by the writer while it changes the origin, and by the remote form's proxy while
+    // the server answers a request.
+    let gate = Arc::new(RwLock::new(()));
     let remote = match opts.remote {
         false => None,
         true => {
             let server = S3Server::start(&out.join("s3"), &out.join("s3s-fs.log"))?;
+            // No faults: the proxy only makes the server's answers atomic (module docs).
+            let proxy = FaultyHttpProxy::start_gated(server.port(), 0, gate.clone())?;
             let spec = format!(
                 "s3://{BUCKET}/{PREFIX}?endpoint=http://127.0.0.1:{}&region=us-east-1&path_style=true",
-                server.port()
+                proxy.port()
             );
             let config = out.join("musicfsd.toml");
             fs::write(
@@ -344,6 +355,7 @@ pub fn run(opts: &SoakOpts) -> Result<SoakReport> {
                 ),
             )?;
             Some(Remote {
+                proxy,
                 _server: server,
                 config,
             })
@@ -351,7 +363,7 @@ pub fn run(opts: &SoakOpts) -> Result<SoakReport> {
     };
     let map = SourceMap {
         remote: remote.as_ref().map(|r| {
-            let port = r._server.port();
+            let port = r.proxy.port();
             (format!("127.0.0.1:{port}/"), origin.clone())
         }),
     };
@@ -423,13 +435,17 @@ pub fn run(opts: &SoakOpts) -> Result<SoakReport> {
         }));
     }
     let writer = {
-        let (stop, counters, versions, origin) = (
+        let (stop, counters, versions, origin, gate) = (
             stop.clone(),
             counters.clone(),
             versions.clone(),
             origin.clone(),
+            gate.clone(),
         );
-        std::thread::spawn(move || writer(&origin, plans, &templates, &versions, &counters, &stop))
+        std::thread::spawn(move || {
+            let shared = (&versions, &*counters, &*gate);
+            writer(&origin, plans, &templates, shared, &stop)
+        })
     };
     let mut samples = Vec::new();
     let mut last_refresh = Instant::now();
@@ -641,14 +657,15 @@ fn writer(
     origin: &Path,
     mut plans: Vec<TrackPlan>,
     templates: &Templates,
-    versions: &Versions,
-    counters: &Counters,
+    (versions, counters, gate): (&Versions, &Counters, &RwLock<()>),
     stop: &AtomicBool,
 ) -> Result<()> {
     let mut rng = Rng::new(99);
     let mut next = plans.len() as u64;
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(150));
+        // No server answer is under way while the origin changes (module docs).
+        let _changing = gate.write().unwrap_or_else(|p| p.into_inner());
         let i = rng.below(plans.len() as u64) as usize;
         match rng.below(4) {
             // Add a track.

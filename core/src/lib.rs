@@ -14,6 +14,7 @@ pub mod config;
 pub mod events;
 pub mod health;
 pub mod meta;
+pub mod nodeid;
 pub mod overlay;
 pub mod sanitize;
 pub mod snapshot;

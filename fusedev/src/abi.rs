@@ -223,6 +223,17 @@ pub struct OpenOut {
     pub backing_id: i32, // 7.40 (was padding)
 }
 
+/// `fuse_getattr_in.getattr_flags`: `fh` names the handle the kernel asks through.
+pub const FUSE_GETATTR_FH: u32 = 1 << 0;
+
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GetattrIn {
+    pub getattr_flags: u32,
+    pub dummy: u32,
+    pub fh: u64,
+}
+
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ReleaseIn {
@@ -369,6 +380,7 @@ pod!(
     InitOut,
     OpenIn,
     OpenOut,
+    GetattrIn,
     ReleaseIn,
     ReadIn,
     GetxattrIn,

@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use musicfs_core::nodeid;
+
 use crate::abi::{self, Pod};
 use crate::fs::{Attr, DirItem, FsModel, Kind};
 use crate::negotiate::{self, InitAnswer, Negotiated, Wants};
@@ -127,7 +129,9 @@ fn entry_out(cfg: &crate::fs::FsConfig, a: &crate::fs::Attr) -> abi::EntryOut {
     let (es, ens) = split(timeout(cfg.entry_timeout, a.ino));
     let (as_, ans) = split(timeout(cfg.attr_timeout, a.ino));
     abi::EntryOut {
-        nodeid: a.ino,
+        // A track file's node id names its content version: a re-tagged file is a new node
+        // to the kernel, and handles on the old one keep reading it (core's `nodeid`).
+        nodeid: nodeid::kernel_id(a.ino, a.generation),
         generation: a.generation,
         entry_valid: es,
         attr_valid: as_,
@@ -243,7 +247,9 @@ impl Dispatcher {
     }
 
     fn answer(&self, io: &mut WorkerIo, req: &Req<'_>, out: &mut [u8]) -> Outcome {
-        let ino = req.h.nodeid;
+        // The inode the node id stands for; getattr, open and read also mind the version
+        // it names (a track file's id carries its content version: core's `nodeid`).
+        let ino = nodeid::split(req.h.nodeid).0;
         let result = match req.h.opcode {
             abi::FUSE_INIT => return self.init(req, out),
             abi::FUSE_FORGET | abi::FUSE_BATCH_FORGET | abi::FUSE_INTERRUPT => {
@@ -255,7 +261,7 @@ impl Dispatcher {
                 return Outcome::Silent;
             }
             abi::FUSE_LOOKUP => return self.lookup(req, out),
-            abi::FUSE_GETATTR => self.model.getattr(ino).map(|a| {
+            abi::FUSE_GETATTR => self.getattr(req, ino).map(|a| {
                 let (s, ns) = split(timeout(self.model.config().attr_timeout, ino));
                 put(
                     out,
@@ -407,7 +413,7 @@ impl Dispatcher {
     }
 
     fn lookup(&self, req: &Req<'_>, out: &mut [u8]) -> Outcome {
-        let parent = req.h.nodeid;
+        let parent = nodeid::split(req.h.nodeid).0;
         let Some(name) = name_arg(req, 0) else {
             return Outcome::Error(libc::EINVAL);
         };
@@ -466,8 +472,26 @@ impl Dispatcher {
             .unwrap_or(false)
     }
 
+    /// The attributes of the node the kernel asks about: the current version's, or, for a
+    /// node id naming an older version of a file that handles still read (a refresh moved
+    /// the name on), that version's as it was opened.
+    fn getattr(&self, req: &Req<'_>, ino: u64) -> Result<Attr, FsError> {
+        let current = self.model.getattr(ino);
+        match &current {
+            Ok(a) if nodeid::names_version(req.h.nodeid, ino, a.generation) => current,
+            _ => {
+                let g = abi::GetattrIn::read_prefix(req.op);
+                let fh = (g.getattr_flags & abi::FUSE_GETATTR_FH != 0).then_some(g.fh);
+                match self.model.attr_of_open_version(req.h.nodeid, fh) {
+                    Some(a) => Ok(a),
+                    None => current.and(Err(FsError::StaleInode(ino))),
+                }
+            }
+        }
+    }
+
     fn open(&self, io: &mut WorkerIo, req: &Req<'_>, out: &mut [u8]) -> Result<Outcome, FsError> {
-        let ino = req.h.nodeid;
+        let ino = nodeid::split(req.h.nodeid).0;
         if self.model.config().skip_open && !self.backing.enabled() {
             // The kernel remembers this (`fc->no_open`): later opens cost no round trip,
             // and READs arrive without a handle (see `FsModel::with_inode_source`). The
@@ -476,10 +500,17 @@ impl Dispatcher {
         }
         let o = abi::OpenIn::read_prefix(req.op);
         let fh = self.model.open(ino, o.flags)?;
-        // The node's attributes, looked up once: its generation keys the backing file, its
+        // The attributes of the version opened: its generation keys the backing file, its
         // size and mtime tell a replaced source.
-        let shown = self.model.getattr(ino).ok();
+        let shown = self.model.opened_attr(fh);
         let generation = shown.as_ref().map_or(0, |a| a.generation);
+        if !nodeid::names_version(req.h.nodeid, ino, generation) {
+            // The node id names a version a refresh has replaced since the kernel looked
+            // the name up: ESTALE makes the kernel look it up again (`open(2)` retries the
+            // walk) and open the version the tree shows now.
+            let _ = self.model.release(fh);
+            return Err(FsError::StaleInode(ino));
+        }
         let backing = if self.backing.enabled() {
             self.model
                 .with_source(fh, |s| {
@@ -539,9 +570,10 @@ impl Dispatcher {
         } else {
             self.model.with_source(r.fh, read)?
         };
-        self.model.note_read(r.fh, req.h.nodeid, r.offset, n);
+        let ino = nodeid::split(req.h.nodeid).0;
+        self.model.note_read(r.fh, ino, r.offset, n);
         if let Some(stats) = &self.stats {
-            if let Some(origin) = self.model.origin_of(req.h.nodeid) {
+            if let Some(origin) = self.model.origin_of(ino) {
                 stats.add_bytes(origin, n as u64);
             }
         }
@@ -594,7 +626,7 @@ impl Dispatcher {
             true
         };
         self.model
-            .readdir(r.fh, req.h.nodeid, r.offset, &mut emit)?;
+            .readdir(r.fh, nodeid::split(req.h.nodeid).0, r.offset, &mut emit)?;
         Ok(Outcome::Reply(used))
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use musicfs_core::health::{OriginHealth, OriginState};
+use musicfs_core::nodeid;
 use musicfs_core::overlay::RenditionSet;
 use musicfs_core::snapshot::{Node, Snapshot, ROOT_INO};
 use musicfs_storage::origin::{Copy, FailoverSource, OriginTable, Seen};
@@ -791,7 +792,10 @@ impl FsModel {
             return Err(FsError::Draining);
         }
         let source = self.open_source(ino)?;
-        let fh = self.files.insert(self.pool.wrap(source));
+        // The attributes of the version opened, for the kernel's questions about it once a
+        // refresh has moved the name on to another version ([`FsModel::opened_attr`]).
+        let shown = self.getattr(ino).ok();
+        let fh = self.files.insert(self.pool.wrap(source, shown));
         if self.plays.active() {
             let snap = self.snapshot.load();
             if let Some(file) = snap.node(ino).and_then(|n| n.file()) {
@@ -937,15 +941,17 @@ impl FsModel {
         opened.map_err(|source| FsError::Origin { ino, source })
     }
 
-    /// Runs `f` on the source of file `ino` for a READ that carries no handle (the kernel
-    /// opens files itself once OPEN answered ENOSYS): the source kept for the inode's
-    /// current content generation, opened on first use. A republish that changes the
-    /// content (new generation) opens the new source.
+    /// Runs `f` on the source of file `nodeid` for a READ that carries no handle (the
+    /// kernel opens files itself once OPEN answered ENOSYS): the source kept for the
+    /// inode's current content generation, opened on first use. A republish that changes
+    /// the content (new generation) opens the new source; a node id naming an older
+    /// version ([`musicfs_core::nodeid`]) is stale, as there is no handle holding it.
     pub fn with_inode_source<R>(
         &self,
-        ino: u64,
+        nodeid: u64,
         f: impl FnOnce(&Source) -> io::Result<R>,
     ) -> Result<R, FsError> {
+        let ino = nodeid::split(nodeid).0;
         let generation = {
             let snap = self.snapshot.load();
             if album::is_extra(ino) || crate::prefetch::is_hint(ino) {
@@ -954,7 +960,7 @@ impl FsModel {
                 let h = match self.by_inode.get(ino, 0) {
                     Some(h) => h,
                     None => {
-                        let h = self.pool.wrap(self.open_source(ino)?);
+                        let h = self.pool.wrap(self.open_source(ino)?, None);
                         if let Some(old) = self.by_inode.insert(ino, 0, h.clone()) {
                             self.pool.recycle(old);
                         }
@@ -966,6 +972,9 @@ impl FsModel {
             }
             let node = snap.node(ino).ok_or(FsError::StaleInode(ino))?;
             let file = node.file().ok_or(FsError::IsADirectory(ino))?;
+            if !nodeid::names_version(nodeid, ino, node.generation()) {
+                return Err(FsError::StaleInode(ino));
+            }
             if self.cfg.origin_health.is_offline(file.origin)
                 && !snap.alternates(file.track_id).any(|a| a.same_bytes)
             {
@@ -986,7 +995,7 @@ impl FsModel {
         let handle = match self.by_inode.get(ino, generation) {
             Some(h) => h,
             None => {
-                let h = self.pool.wrap(self.open_source(ino)?);
+                let h = self.pool.wrap(self.open_source(ino)?, None);
                 if let Some(old) = self.by_inode.insert(ino, generation, h.clone()) {
                     self.pool.recycle(old);
                 }
@@ -995,6 +1004,26 @@ impl FsModel {
         };
         let source = handle.source.as_ref().ok_or(FsError::BadHandle(0))?;
         f(source).map_err(source_io)
+    }
+
+    /// The attributes of the version handle `fh` opened.
+    pub fn opened_attr(&self, fh: u64) -> Option<Attr> {
+        self.files.get(fh)?.shown
+    }
+
+    /// The attributes of the file version the kernel knows as `nodeid` while a handle still
+    /// reads it after a refresh moved its name on to a newer version (the kernel asks for
+    /// them without naming the handle on `fstat`): `fh` first, when the kernel named one,
+    /// else any open handle of that version. `None` when no handle holds it.
+    pub fn attr_of_open_version(&self, nodeid: u64, fh: Option<u64>) -> Option<Attr> {
+        let of_version = |a: &Attr| nodeid::kernel_id(a.ino, a.generation) == nodeid;
+        if let Some(a) = fh.and_then(|fh| self.opened_attr(fh)) {
+            if of_version(&a) {
+                return Some(a);
+            }
+        }
+        self.files
+            .find_map(|h| h.shown.filter(|a| of_version(a) && h.source.is_some()))
     }
 
     /// Runs `f` on the source behind handle `fh` (the read path: one shard lock to clone

@@ -100,6 +100,12 @@ impl<V: Clone> HandleTable<V> {
         Some(value)
     }
 
+    /// The first `f(value)` that is `Some`, over every open handle (a scan: for rare
+    /// questions, not for a request's fast path).
+    pub fn find_map<R>(&self, mut f: impl FnMut(&V) -> Option<R>) -> Option<R> {
+        (0..SHARDS).find_map(|i| self.shard(i).slots.iter().flatten().find_map(&mut f))
+    }
+
     /// Number of open handles.
     pub fn len(&self) -> usize {
         (0..SHARDS).map(|i| self.shard(i).used).sum()
@@ -149,6 +155,8 @@ mod tests {
         assert_eq!(t.get(hs[5]), None);
         assert_eq!(t.remove(hs[5]), None);
         assert_eq!(t.len(), 199);
+        assert_eq!(t.find_map(|v| (*v == 7).then_some("seven")), Some("seven"));
+        assert_eq!(t.find_map(|v| (*v == 5).then_some(())), None, "released");
     }
 
     #[test]

@@ -52,6 +52,9 @@ impl Source {
 /// reused for the next open.
 pub struct OpenFile {
     pub(crate) source: Option<Source>,
+    /// The attributes of the version opened, as the kernel was shown them (its node id
+    /// names that version: [`musicfs_core::nodeid`]); `None` for per-inode sources.
+    pub(crate) shown: Option<crate::fs::Attr>,
 }
 
 /// Released handles kept for reuse at most (a burst of opens beyond it allocates).
@@ -69,19 +72,26 @@ impl HandlePool {
         self.spare.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A handle holding `source`, made from a pooled allocation when there is one.
-    pub fn wrap(&self, source: Source) -> Arc<OpenFile> {
-        let mut handle = self
-            .spare()
-            .pop()
-            .unwrap_or_else(|| Arc::new(OpenFile { source: None }));
+    /// A handle holding `source` of the version shown as `shown`, made from a pooled
+    /// allocation when there is one.
+    pub fn wrap(&self, source: Source, shown: Option<crate::fs::Attr>) -> Arc<OpenFile> {
+        let mut handle = self.spare().pop().unwrap_or_else(|| {
+            Arc::new(OpenFile {
+                source: None,
+                shown: None,
+            })
+        });
         match Arc::get_mut(&mut handle) {
-            Some(slot) => slot.source = Some(source),
+            Some(slot) => {
+                slot.source = Some(source);
+                slot.shown = shown;
+            }
             // Only handles nobody else holds are pooled; this cannot happen, but a fresh
             // allocation is the safe answer if it ever did.
             None => {
                 handle = Arc::new(OpenFile {
                     source: Some(source),
+                    shown,
                 })
             }
         }
@@ -209,7 +219,10 @@ mod tests {
     use super::*;
 
     fn handle() -> Arc<OpenFile> {
-        Arc::new(OpenFile { source: None })
+        Arc::new(OpenFile {
+            source: None,
+            shown: None,
+        })
     }
 
     #[test]

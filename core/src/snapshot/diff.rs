@@ -84,16 +84,15 @@ fn compare(
     if !dir.is_dir() {
         if let Some(before) = old.node(dir.ino()) {
             if before.generation() != dir.generation() {
-                // Replaced content: make the kernel look the name up again, so it sees
-                // the new generation, retires the old inode (I/O on it fails with EIO
-                // instead of mixing old and new pages) and starts a fresh one.
+                // Replaced content: make the kernel look the name up again. The new
+                // version is another node id ([`crate::nodeid`]), a fresh inode; the old
+                // one keeps its pages for the handles still reading the old version.
                 entry(dir.parent_ino(), dir.name());
-                inodes.push(dir.ino());
             } else if before.size() != dir.size()
                 || before.mtime_ns() != dir.mtime_ns()
                 || !same_owner_and_mode(&before, &dir)
             {
-                inodes.push(dir.ino());
+                inodes.push(crate::nodeid::kernel_id(dir.ino(), dir.generation()));
             }
         }
         return;
@@ -261,17 +260,26 @@ mod tests {
         want.sort();
         assert_eq!(entries, want);
         let inodes = rec.inodes.borrow().clone();
-        let kept_ino = new.lookup(b, b"kept").unwrap().ino();
-        assert_eq!(kept_ino, old.lookup(b, b"kept").unwrap().ino());
-        for ino in [ROOT_INO, a, b, kept_ino] {
+        let kept = new.lookup(b, b"kept").unwrap();
+        let was = old.lookup(b, b"kept").unwrap();
+        assert_eq!(kept.ino(), was.ino(), "st_ino stays");
+        for ino in [ROOT_INO, a, b] {
             assert!(inodes.contains(&ino), "{ino} not invalidated: {inodes:?}");
         }
-        assert_eq!(inodes.len(), 4, "{inodes:?}");
+        // Its old version is another node to the kernel, left alone: the handles still
+        // open on it read the old version through its pages.
+        let old_id = crate::nodeid::kernel_id(was.ino(), was.generation());
+        assert_ne!(
+            old_id,
+            crate::nodeid::kernel_id(kept.ino(), kept.generation())
+        );
+        assert!(!inodes.contains(&old_id), "{inodes:?}");
+        assert_eq!(inodes.len(), 3, "{inodes:?}");
         assert_eq!(
             done,
             Invalidated {
                 entries: 4,
-                inodes: 4
+                inodes: 3
             }
         );
     }
@@ -296,7 +304,9 @@ mod tests {
 
         let a = new.lookup(ROOT_INO, b"A").unwrap().ino();
         let b = new.lookup(a, b"B").unwrap().ino();
-        let one = new.lookup(b, b"one").unwrap().ino();
+        let one = new.lookup(b, b"one").unwrap();
+        // The file's node id, as the kernel knows it (its content did not change).
+        let one = crate::nodeid::kernel_id(one.ino(), one.generation());
         let mut inodes = rec.inodes.borrow().clone();
         inodes.sort_unstable();
         let mut want = vec![a, b, one];

@@ -88,6 +88,7 @@ impl Rig {
         self.call(abi::FUSE_LOOKUP, parent, &cstr(name))
     }
 
+    /// The node id the kernel would know `path` by (a track file's names its version).
     pub fn ino(&mut self, path: &str) -> u64 {
         path.split('/').fold(ROOT_INO, |dir, name| {
             let o = self.lookup(dir, name);
@@ -222,7 +223,12 @@ fn lookup_answers_with_the_entry_and_its_timeouts() {
     let e: abi::EntryOut = r.reply(&o);
     assert_ne!(e.nodeid, 0);
     assert_eq!((e.entry_valid, e.attr_valid), (3600, 3600));
-    assert_eq!(e.attr.ino, e.nodeid);
+    // A track file's node id is its inode number tagged with its content version.
+    assert_eq!(
+        nodeid::split(e.nodeid),
+        (e.attr.ino, nodeid::version_tag(e.generation))
+    );
+    assert_ne!(e.nodeid, e.attr.ino);
     assert_eq!(e.attr.size, 5);
     assert_eq!(e.attr.mode & libc::S_IFMT, libc::S_IFREG);
     assert_eq!((e.attr.uid, e.attr.gid), (1234, 5678));
@@ -401,13 +407,78 @@ fn a_read_by_inode_follows_a_republished_source() {
     let file = r.ino("Ann/First/02 - Two.flac");
     assert_eq!(r.read(file, 0, 0, 64, abi::FUSE_READ), Outcome::Reply(5));
     // The source is replaced (new content, new scan state): the next snapshot gives the
-    // file a new generation, and reads by inode open the new source.
+    // file a new generation, so a new node id, and reads by inode open the new source.
     std::fs::write(r.lib.source(2), b"replaced!").expect("rewrite");
     r.lib.records[1].0.scan.size = 9;
     r.lib.records[1].0.scan.mtime_ns += 1;
     r.snap.store(Arc::new(r.lib.snapshot(2)));
-    assert_eq!(r.read(file, 0, 0, 64, abi::FUSE_READ), Outcome::Reply(9));
+    let now = r.ino("Ann/First/02 - Two.flac");
+    assert_ne!(now, file);
+    assert_eq!(nodeid::split(now).0, nodeid::split(file).0, "st_ino stays");
+    assert_eq!(r.read(now, 0, 0, 64, abi::FUSE_READ), Outcome::Reply(9));
     assert_eq!(&r.out[..9], b"replaced!");
+    // The old version's node id holds no handle to read it by: stale, never the new bytes.
+    assert_eq!(errno(r.read(file, 0, 0, 64, abi::FUSE_READ)), libc::ESTALE);
+}
+
+#[test]
+fn a_handle_keeps_reading_the_version_it_opened_after_a_refresh_replaces_it() {
+    let mut r = Rig::standard();
+    let old = r.ino("Ann/First/02 - Two.flac");
+    let o = r.open(old, libc::O_RDONLY);
+    let fh = r.reply::<abi::OpenOut>(&o).fh;
+    let getattr = |r: &mut Rig, nodeid: u64, fh: Option<u64>| {
+        let g = abi::GetattrIn {
+            getattr_flags: fh.map_or(0, |_| abi::FUSE_GETATTR_FH),
+            dummy: 0,
+            fh: fh.unwrap_or(0),
+        };
+        let o = r.call(abi::FUSE_GETATTR, nodeid, g.as_bytes());
+        match o {
+            Outcome::Reply(_) => Ok(r.reply::<abi::AttrOut>(&o).attr),
+            other => Err(errno(other)),
+        }
+    };
+    let before = getattr(&mut r, old, None).expect("getattr");
+    // A tag editor replaces the file (a new file renamed over the old), and a refresh
+    // publishes the new version.
+    let src = r.lib.source(2);
+    std::fs::write(src.with_extension("part"), b"re-tagged!!").expect("write");
+    std::fs::rename(src.with_extension("part"), &src).expect("rename");
+    r.lib.records[1].0.scan.size = 11;
+    r.lib.records[1].0.scan.mtime_ns += 1;
+    r.snap.store(Arc::new(r.lib.snapshot(2)));
+    let new = r.ino("Ann/First/02 - Two.flac");
+    assert_ne!(new, old, "the new version is a new node");
+    // The handle reads the version it opened, whole; the kernel's questions about that
+    // node (fstat names no handle; a read near the end does) get that version's attributes.
+    assert_eq!(r.read(old, fh, 0, 64, abi::FUSE_READ), Outcome::Reply(5));
+    assert_eq!(&r.out[..5], content(2, 5).as_slice());
+    assert_eq!(getattr(&mut r, old, None).map(|a| a.size), Ok(before.size));
+    assert_eq!(
+        getattr(&mut r, old, Some(fh)).map(|a| a.size),
+        Ok(before.size)
+    );
+    assert_eq!(getattr(&mut r, new, None).map(|a| a.size), Ok(11));
+    assert_eq!(getattr(&mut r, new, None).map(|a| a.ino), Ok(before.ino));
+    // Opening the old node again is stale (the kernel then looks the name up again);
+    // the new one opens the new version.
+    assert_eq!(errno(r.open(old, libc::O_RDONLY)), libc::ESTALE);
+    let o = r.open(new, libc::O_RDONLY);
+    let fresh = r.reply::<abi::OpenOut>(&o).fh;
+    assert_eq!(
+        r.read(new, fresh, 0, 64, abi::FUSE_READ),
+        Outcome::Reply(11)
+    );
+    assert_eq!(&r.out[..11], b"re-tagged!!");
+    // Once no handle holds the old version, nothing answers for it.
+    for h in [fh, fresh] {
+        assert_eq!(r.release(old, h, abi::FUSE_RELEASE), Outcome::Reply(0));
+    }
+    assert_eq!(
+        getattr(&mut r, old, None).map(|a| a.size),
+        Err(libc::ESTALE)
+    );
 }
 
 #[test]
@@ -425,7 +496,7 @@ fn readdir_encodes_dots_then_children_and_resumes_at_any_offset() {
     assert_eq!(all[1].1, r.ino("Ann"));
     assert_eq!(all[0].3, u32::from(libc::DT_DIR));
     assert_eq!(all[2].3, u32::from(libc::DT_REG));
-    assert_eq!(all[2].1, r.ino("Ann/First/01 - One.flac"));
+    assert_eq!(all[2].1, nodeid::split(r.ino("Ann/First/01 - One.flac")).0);
     for (i, e) in all.iter().enumerate() {
         let Outcome::Reply(n) = r.read(dir, fh, e.2, 4096, abi::FUSE_READDIR) else {
             panic!("readdir from {}", e.2)
@@ -452,7 +523,7 @@ fn readdirplus_gives_every_child_its_entry_and_the_dots_none() {
     let all = dirents(&r.out[..n], true);
     assert_eq!(all.len(), 4);
     assert_eq!((all[0].4, all[1].4), (0, 0));
-    assert_eq!(all[2].4, all[2].1);
+    assert_eq!(nodeid::split(all[2].4).0, all[2].1, "node id and st_ino");
     let first = abi::EntryOut::read_from(&r.out[..n]).expect("entry");
     assert_eq!(first.entry_valid, 0);
     let third_at =

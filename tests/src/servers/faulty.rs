@@ -9,11 +9,18 @@
 //! Each request goes to the server on a connection of its own (`Connection: close`), the
 //! whole answer is read, then forwarded (possibly damaged) with `Content-Length` framing on
 //! the client's kept-alive connection.
+//!
+//! [`FaultyHttpProxy::start_gated`] also makes the server atomic for a test that changes
+//! the files it serves: s3s-fs answers a request in steps (a GET opens the object's file,
+//! then reads or computes its ETag), so a file replaced in between gets the bytes of one
+//! version under the ETag of another — which no real S3 does. Each request holds a shared
+//! lock while the server answers it; the test's writer takes it exclusively to change a
+//! file, so changes fall between answers, as on S3.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -66,6 +73,8 @@ struct State {
     counters: Counters,
     stop: AtomicBool,
     open: Mutex<Vec<TcpStream>>,
+    /// Held shared while the server answers a request ([`FaultyHttpProxy::start_gated`]).
+    gate: Option<Arc<RwLock<()>>>,
 }
 
 impl State {
@@ -97,6 +106,21 @@ impl FaultyHttpProxy {
     /// A proxy to the HTTP server on `127.0.0.1:target`, injecting nothing until
     /// [`FaultyHttpProxy::set`]; `seed` fixes the sequence of draws.
     pub fn start(target: u16, seed: u64) -> Result<FaultyHttpProxy> {
+        FaultyHttpProxy::start_with(target, seed, None)
+    }
+
+    /// As [`FaultyHttpProxy::start`], and the server answers each request while holding
+    /// `gate` shared: a writer holding it exclusively changes the served files between
+    /// answers (see the module documentation).
+    pub fn start_gated(target: u16, seed: u64, gate: Arc<RwLock<()>>) -> Result<FaultyHttpProxy> {
+        FaultyHttpProxy::start_with(target, seed, Some(gate))
+    }
+
+    fn start_with(
+        target: u16,
+        seed: u64,
+        gate: Option<Arc<RwLock<()>>>,
+    ) -> Result<FaultyHttpProxy> {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the faulty proxy")?;
         let port = listener.local_addr()?.port();
         let state = Arc::new(State {
@@ -106,6 +130,7 @@ impl FaultyHttpProxy {
             counters: Counters::default(),
             stop: AtomicBool::new(false),
             open: Mutex::new(Vec::new()),
+            gate,
         });
         let st = state.clone();
         let accept = std::thread::Builder::new()
@@ -313,7 +338,12 @@ fn serve(client: TcpStream, st: &State) -> io::Result<()> {
             }
             continue;
         }
-        // The server's whole answer, on a connection of its own.
+        // The server's whole answer, on a connection of its own (and, gated, with no
+        // change to what it serves meanwhile).
+        let held = st
+            .gate
+            .as_ref()
+            .map(|g| g.read().unwrap_or_else(|p| p.into_inner()));
         let mut server = TcpStream::connect(("127.0.0.1", st.target))?;
         req.set("Connection", "close".into());
         server.write_all(&req.to_bytes())?;
@@ -331,6 +361,7 @@ fn serve(client: TcpStream, st: &State) -> io::Result<()> {
         } else {
             read_body(&mut sr, &resp, false)?
         };
+        drop(held);
         resp.remove("Transfer-Encoding");
         resp.set("Connection", "keep-alive".into());
         if !head_only {
