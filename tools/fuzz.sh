@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tools/fuzz.sh [CASES]: runs every fuzz target (tests named fuzz_*) with CASES cases each
-# (default 100000), release build, on the stable toolchain (proptest; see fuzz/src/lib.rs).
+# (default 100000), on the stable toolchain (proptest; see fuzz/src/lib.rs), built with the
+# `fuzz` profile: optimised, with overflow checks and debug assertions (Cargo.toml).
 # Targets: the tag readers of every container, the overlay's tag synthesiser, the snapshot
 # loader, the configuration and template parsers, the WavPack format plugin (APEv2), and
 # the FUSE dispatcher's request decoding, the chunk index's records and manifests, and
@@ -17,7 +18,7 @@ started=$(date +%s)
 run() {
   local t0
   t0=$(date +%s)
-  cargo test --release "$@" -- --nocapture --test-threads 2 fuzz_
+  cargo test --profile fuzz "$@" -- --nocapture --test-threads 2 fuzz_
   echo "fuzz: $* done in $(( $(date +%s) - t0 )) s with $cases cases per target"
 }
 run -p musicfs-fuzz --test targets

@@ -359,7 +359,7 @@ impl Snapshot {
                 AltRef {
                     track_id: a.track_id.to_native(),
                     origin: a.origin.to_native(),
-                    rel_path: tree.paths.get(off..off + len).unwrap_or_default(),
+                    rel_path: span(&tree.paths, off, len).unwrap_or_default(),
                     size: a.size.to_native(),
                     mtime_ns: a.mtime_ns.to_native(),
                     same_bytes: a.same_bytes.to_native() != 0,
@@ -506,7 +506,13 @@ impl Snapshot {
 fn name_in<'a>(layer: &'a ArchivedTreeData, raw: &'a ArchivedNodeData) -> &'a [u8] {
     let off = raw.name_off.to_native() as usize;
     let len = raw.name_len.to_native() as usize;
-    layer.names.get(off..off + len).unwrap_or(&[])
+    span(&layer.names, off, len).unwrap_or(&[])
+}
+
+/// `len` bytes of `bytes` from `off`; `None` when they are not all there (a damaged
+/// snapshot's offsets can be anything, up to a sum past `usize::MAX`).
+fn span(bytes: &[u8], off: usize, len: usize) -> Option<&[u8]> {
+    bytes.get(off..off.checked_add(len)?)
 }
 
 impl<'a> View<'a> {
@@ -772,7 +778,7 @@ impl<'a> Node<'a> {
         Some(FileRef {
             track_id: self.raw.track_id.to_native(),
             origin: self.raw.origin.to_native(),
-            rel_path: self.layer.paths.get(off..off + len)?,
+            rel_path: span(&self.layer.paths, off, len)?,
         })
     }
 }

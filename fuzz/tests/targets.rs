@@ -92,6 +92,28 @@ proptest! {
     }
 }
 
+/// Found by `fuzz_snapshot_loader` at a million cases in a debug build: a damaged name
+/// offset near `usize::MAX` overflowed where the name's end was added up (release builds
+/// wrapped it into an empty name). The snapshot must open or be refused, and walk, without
+/// a panic.
+#[test]
+fn a_snapshot_whose_name_offset_overflows_walks_without_a_panic() {
+    use musicfs_fuzz::Mutation::{Remove, Repeat};
+    let mut bytes = snapshot_seed();
+    for m in [
+        Remove(4_493_475_094_239_301_841, 59),
+        Repeat(1_929_840_590_887_493_613, 59, 1),
+    ] {
+        musicfs_fuzz::apply(&mut bytes, &m);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tree.snap");
+    std::fs::write(&path, &bytes).unwrap();
+    if let Ok(s) = musicfs_core::snapshot::Snapshot::open(&path) {
+        let _ = s.walk();
+    }
+}
+
 const CONFIG_SEED: &str = r#"
 template = "$albumartist/$album ($year) [$format]/$track - $title"
 cache_budget = "2G"
