@@ -381,7 +381,11 @@ pub fn run(opts: &SoakOpts) -> Result<SoakReport> {
     let child = cmd
         .args(&opts.daemon_args)
         .arg(&mnt)
-        .env("RUST_LOG", "info,tantivy=warn")
+        // MUSICFS_SOAK_LOG: the daemon's log filter, for a closer look at a run.
+        .env(
+            "RUST_LOG",
+            std::env::var("MUSICFS_SOAK_LOG").unwrap_or_else(|_| "info,tantivy=warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

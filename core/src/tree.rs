@@ -748,8 +748,9 @@ fn derive_dir_perms(nodes: &mut [NodeData]) {
     }
 }
 
-/// A file's content version, from what the scan saw of its source (never 0).
-pub(crate) fn content_generation(scan: &crate::meta::ScanState) -> u64 {
+/// A file's content version, from what the scan saw of its source (never 0): its FUSE
+/// generation, and what tells an opened source's version from the one the tree shows.
+pub fn content_generation(scan: &crate::meta::ScanState) -> u64 {
     let mut bytes = [0u8; 32];
     bytes[0..8].copy_from_slice(&scan.size.to_le_bytes());
     bytes[8..16].copy_from_slice(&scan.mtime_ns.to_le_bytes());

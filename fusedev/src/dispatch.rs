@@ -19,6 +19,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use musicfs_core::nodeid;
+use musicfs_storage::origin::ChangeToken;
 
 use crate::abi::{self, Pod};
 use crate::fs::{Attr, DirItem, FsModel, Kind};
@@ -448,13 +449,37 @@ impl Dispatcher {
         self.model
             .with_source(fh, |s| {
                 // A remote source is read by the version it opened (pinned by its ETag),
-                // which may already be a newer one than the tree shows: its size, and its
-                // mtime to the second (a listing's and a HEAD's precision differ), tell.
+                // which may already be a newer one than the tree shows: its ETag, else its
+                // size and its mtime to the second (a listing's and a HEAD's precision
+                // differ), tell.
                 let Some(fd) = s.raw_fd() else {
                     let crate::sources::Source::Other(o) = s else {
                         // A rendition: its bytes are the tree's own.
                         return Ok(false);
                     };
+                    // A source that names its version (an ETag, also a chunk-cached one):
+                    // when the listing the tree was built from gave ETags, the content
+                    // generation the source would have in the tree (with the tree's mtime:
+                    // a HEAD's is coarser than a listing's) tells a replaced object even
+                    // of the same size within the same second. A listing without ETags
+                    // (s3s-fs) leaves size and mtime to tell.
+                    if let Some(ChangeToken::ETag(tag)) = o.token() {
+                        let generation = |size: u64, tag: &str| {
+                            musicfs_core::tree::content_generation(&musicfs_core::ScanState {
+                                size,
+                                mtime_ns: shown.mtime_ns,
+                                ino: xxhash_rust::xxh3::xxh3_64(tag.as_bytes()),
+                                ctime_ns: 0,
+                                perm: None,
+                            })
+                        };
+                        if generation(o.len(), &tag) == shown.generation {
+                            return Ok(false);
+                        }
+                        if generation(shown.size, "") != shown.generation {
+                            return Ok(true);
+                        }
+                    }
                     let secs = |ns: i64| ns.div_euclid(1_000_000_000);
                     let mtime_differs = o
                         .mtime_ns()
@@ -534,11 +559,18 @@ impl Dispatcher {
             // shows (replaced since the last refresh): the inode's cached pages may hold
             // the old version's bytes, which must not mix with this handle's. Direct I/O
             // uses no page cache: its reads come from its own source through the daemon.
-            Opened::Plain if self.source_changed(shown.as_ref(), fh) => abi::OpenOut {
-                fh,
-                open_flags: abi::FOPEN_DIRECT_IO,
-                backing_id: 0,
-            },
+            Opened::Plain if self.source_changed(shown.as_ref(), fh) => {
+                tracing::debug!(
+                    ino,
+                    fh,
+                    "the source opened is not the version the tree shows: direct I/O"
+                );
+                abi::OpenOut {
+                    fh,
+                    open_flags: abi::FOPEN_DIRECT_IO,
+                    backing_id: 0,
+                }
+            }
             // An extra entry's inode keeps its name, not its content (a new cover under
             // the same name): its pages are not kept across opens.
             Opened::Plain if crate::album::is_extra(ino) => abi::OpenOut {

@@ -465,6 +465,16 @@ impl CachedOrigin {
                 return self.open_offline(rel, &prefix, e);
             }
         };
+        // The tree's mtime names the version (a listing's is finer than a HEAD's), unless
+        // the origin's differs from it even to the second: then the object was replaced
+        // since the listing, and its chunks must not be found again under the tree's
+        // record of the old version (a same-size edit would read as that version).
+        let secs = |ns: i64| ns.div_euclid(1_000_000_000);
+        let seen_mtime = seen_mtime.filter(|seen| {
+            source
+                .mtime_ns()
+                .is_none_or(|m| m == 0 || secs(m) == secs(*seen))
+        });
         let version = shared.version_of(rel, &prefix, source.as_ref(), seen_mtime)?;
         let len = source.len();
         let inner = Inner::new(
@@ -1446,5 +1456,27 @@ impl Source for CachedSource {
 
     fn len(&self) -> u64 {
         self.0.len
+    }
+
+    /// The ETag of the version this source serves (its version key names it after the
+    /// length and mtime): which may be newer than the version the tree shows, when the
+    /// origin replaced the object since the listing (or an earlier open cached the newer
+    /// one under the same size and listed mtime). The FUSE layer compares it with the
+    /// tree's, so such a handle never shares the old version's cached pages.
+    /// The origin's mtime of the version served, when this source opened it at the origin
+    /// (a source served from the cache knows only the tree's).
+    fn mtime_ns(&self) -> Option<i64> {
+        match &self.0.origin {
+            Upstream::Open(source) => source.mtime_ns(),
+            _ => None,
+        }
+    }
+
+    fn token(&self) -> Option<ChangeToken> {
+        let tag = self.0.version.get(self.0.prefix.len() + 16..)?;
+        match std::str::from_utf8(tag) {
+            Ok(tag) if !tag.is_empty() => Some(ChangeToken::ETag(tag.to_string())),
+            _ => None,
+        }
     }
 }
