@@ -441,6 +441,7 @@ pub fn run(opts: &SoakOpts) -> Result<SoakReport> {
             )
         }));
     }
+    let remote_form = opts.remote;
     let writer = {
         let (stop, counters, versions, origin, gate) = (
             stop.clone(),
@@ -451,7 +452,7 @@ pub fn run(opts: &SoakOpts) -> Result<SoakReport> {
         );
         std::thread::spawn(move || {
             let shared = (&versions, &*counters, &*gate);
-            writer(&origin, plans, &templates, shared, &stop)
+            writer(&origin, plans, &templates, shared, remote_form, &stop)
         })
     };
     let mut samples = Vec::new();
@@ -660,21 +661,35 @@ fn write_track(
     Ok(())
 }
 
+/// `remote`: the origin is served by s3s-fs, whose listings carry no ETag and whose times
+/// are to the second; two versions of one size written within the same second would be
+/// the same version to any client's metadata (S3's listings carry ETags, which the daemon
+/// compares). A file is not re-tagged again within 1.1 s there.
 fn writer(
     origin: &Path,
     mut plans: Vec<TrackPlan>,
     templates: &Templates,
     (versions, counters, gate): (&Versions, &Counters, &RwLock<()>),
+    remote: bool,
     stop: &AtomicBool,
 ) -> Result<()> {
     let mut rng = Rng::new(99);
     let mut next = plans.len() as u64;
+    // When each path was last written (remote form).
+    let mut written: HashMap<String, Instant> = HashMap::new();
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(150));
         // No server answer is under way while the origin changes (module docs).
         let _changing = gate.write().unwrap_or_else(|p| p.into_inner());
         let i = rng.below(plans.len() as u64) as usize;
-        match rng.below(4) {
+        let op = rng.below(4);
+        let recent = written
+            .get(&plans[i].rel_path)
+            .is_some_and(|at| at.elapsed() < Duration::from_millis(1100));
+        if remote && op == 1 && recent {
+            continue;
+        }
+        match op {
             // Add a track.
             0 => {
                 let mut p = plans[i].clone();
@@ -682,6 +697,7 @@ fn writer(
                 p.title = Some(format!("Added {next}"));
                 p.rel_path = format!("added/{next}.{}", p.format.ext());
                 write_track(origin, &p, templates, versions)?;
+                written.insert(p.rel_path.clone(), Instant::now());
                 plans.push(p);
             }
             // Re-tag.
@@ -689,6 +705,7 @@ fn writer(
                 let p = &mut plans[i];
                 p.title = Some(format!("Retagged {}", rng.below(1_000_000)));
                 write_track(origin, p, templates, versions)?;
+                written.insert(p.rel_path.clone(), Instant::now());
             }
             // Delete (keep a few).
             2 if plans.len() > 8 => {
@@ -711,6 +728,9 @@ fn writer(
                     .or_default()
                     .extend(bytes);
                 fs::rename(&from, &to)?;
+                if let Some(at) = written.remove(&p.rel_path) {
+                    written.insert(to_rel.clone(), at);
+                }
                 p.rel_path = to_rel;
             }
         }
