@@ -463,20 +463,14 @@ impl Dispatcher {
                     // a HEAD's is coarser than a listing's) tells a replaced object even
                     // of the same size within the same second. A listing without ETags
                     // (s3s-fs) leaves size and mtime to tell.
-                    if let Some(ChangeToken::ETag(tag)) = o.token() {
-                        let generation = |size: u64, tag: &str| {
-                            musicfs_core::tree::content_generation(&musicfs_core::ScanState {
-                                size,
-                                mtime_ns: shown.mtime_ns,
-                                ino: xxhash_rust::xxh3::xxh3_64(tag.as_bytes()),
-                                ctime_ns: 0,
-                                perm: None,
-                            })
-                        };
-                        if generation(o.len(), &tag) == shown.generation {
+                    if let Some(token @ ChangeToken::ETag(_)) = o.token() {
+                        if token.content_generation(o.len(), shown.mtime_ns) == shown.generation {
                             return Ok(false);
                         }
-                        if generation(shown.size, "") != shown.generation {
+                        let untagged = ChangeToken::ETag(String::new());
+                        if untagged.content_generation(shown.size, shown.mtime_ns)
+                            != shown.generation
+                        {
                             return Ok(true);
                         }
                     }

@@ -92,6 +92,30 @@ pub enum ChangeToken {
     ETag(String),
 }
 
+impl ChangeToken {
+    /// The (inode, ctime) a scan records for this token ([`Stat::scan_state`]).
+    fn scan_identity(&self) -> (u64, i64) {
+        match self {
+            ChangeToken::Local { ino, ctime_ns, .. } => (*ino, *ctime_ns),
+            ChangeToken::ETag(etag) => (xxhash_rust::xxh3::xxh3_64(etag.as_bytes()), 0),
+        }
+    }
+
+    /// The content generation a scan would give a file of `size` and `mtime_ns` with this
+    /// token (its FUSE generation in the tree): what tells an opened source's version from
+    /// the one the tree shows.
+    pub fn content_generation(&self, size: u64, mtime_ns: i64) -> u64 {
+        let (ino, ctime_ns) = self.scan_identity();
+        musicfs_core::tree::content_generation(&ScanState {
+            size,
+            mtime_ns,
+            ino,
+            ctime_ns,
+            perm: None,
+        })
+    }
+}
+
 /// The facts about one path in an origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stat {
@@ -122,10 +146,7 @@ impl Stat {
     /// or ctime: the ETag's 64-bit xxh3 stands in the inode's place (ctime is 0), so an
     /// object rewritten with the same size within the same second still reads as changed.
     pub fn scan_state(&self) -> ScanState {
-        let (ino, ctime_ns) = match &self.token {
-            ChangeToken::Local { ino, ctime_ns, .. } => (*ino, *ctime_ns),
-            ChangeToken::ETag(etag) => (xxhash_rust::xxh3::xxh3_64(etag.as_bytes()), 0),
-        };
+        let (ino, ctime_ns) = self.token.scan_identity();
         let perm = match (self.mode, self.uid, self.gid) {
             (Some(mode), Some(uid), Some(gid)) => Some(musicfs_core::meta::Perm { mode, uid, gid }),
             _ => None,
